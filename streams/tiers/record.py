@@ -1,0 +1,54 @@
+"""The stored form of an event, shared by every tier (one column list, one row shape)."""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Any, NamedTuple
+
+__all__ = ["COLUMNS", "EventKey", "StoredEvent"]
+
+
+class EventKey(NamedTuple):
+    """Where a record sits in Kafka: the idempotency key of every tier."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    topic: str
+    partition: int
+    offset: int
+    event_id: str
+    type: str
+    ts: float
+    conversation_id: str
+    turn: int
+    priority: str
+    channel: str | None
+    user_ref: str | None  # pseudonymised (or clear, if configured) user id
+    text: str | None  # utterance text
+    ref_event_id: str | None
+    intent: str | None
+    correct: bool | None
+    ref_text: str | None  # text of the referenced utterance, filled when it is known at write time
+    payload: bytes  # the event as JSON, user_id handled per config
+    kafka_ts: float  # broker/producer record timestamp, seconds
+    ingested_at: float  # when driftd stored it, seconds; tier ages are measured from here
+
+    @property
+    def key(self) -> EventKey:
+        return EventKey(self.topic, self.partition, self.offset)
+
+    def row(self) -> tuple[Any, ...]:
+        return astuple(self)
+
+    @property
+    def labelled_intent(self) -> str | None:
+        """The intent this event teaches, if any: a label, or feedback that names the right intent."""
+        return self.intent if self.type in ("label", "feedback") else None
+
+
+COLUMNS: tuple[str, ...] = tuple(StoredEvent.__dataclass_fields__)

@@ -1,0 +1,150 @@
+"""TieredStore: routes events into hot, warm and cold, and moves them down by age.
+
+Writes go to warm first (durable), then into hot; hot evicts by count and age; warm demotes to cold by
+age per priority rule; cold deletes after its retention. Every disk operation runs on one writer
+thread, so SQLite sees a single connection user and the event loop never blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from ..metrics import StreamMetrics
+from .cold import ColdStore
+from .hot import HotTier
+from .policy import TierPolicy
+from .record import StoredEvent
+from .warm import WarmStore
+
+__all__ = ["TieredStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TieredStore:
+    def __init__(
+        self,
+        warm_path: Path,
+        cold_url: str,
+        policy: TierPolicy,
+        hot_max_events: int,
+        *,
+        warm_synchronous: str = "FULL",
+        demotion_batch: int = 50_000,
+        cold_retention_s: float | None = None,
+        metrics: StreamMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.hot = HotTier(hot_max_events, policy)
+        self.metrics = metrics
+        self.clock = clock
+        self.demotion_batch = demotion_batch
+        self.cold_retention_s = cold_retention_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-store")
+        self._warm_path = warm_path
+        self._warm_synchronous = warm_synchronous
+        self._cold_url = cold_url
+        self.warm: WarmStore
+        self.cold: ColdStore
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> TieredStore:
+        await self.run(self._open)
+        self._publish_sizes()
+        return self
+
+    def _open(self) -> None:
+        self.warm = WarmStore(self._warm_path, self._warm_synchronous)
+        self.cold = ColdStore(self._cold_url)
+        orphans = self.cold.remove_orphans({path for path, _, _ in self.warm.cold_files()})
+        if orphans:
+            log.warning("removed %d cold file(s) written before a crash but never committed; their events are still in warm", len(orphans))
+
+    def close_now(self) -> None:
+        """Close from outside the event loop (after the worker stopped), once the writes in flight finish."""
+        self._executor.submit(self.warm.close).result()
+        self._executor.shutdown(wait=True)
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    async def write(self, events: Sequence[StoredEvent]) -> int:
+        """Store a batch: durable in warm when this returns, then cached in hot. Returns new rows."""
+        if not events:
+            return 0
+        self._fill_ref_text_from_memory(events)
+        demote_after = [e.ingested_at + self.policy.rule(e.priority).warm_retention_s for e in events]
+        inserted = await self.run(self._write_warm, events, demote_after)
+        evicted = self.hot.add(events)
+        if self.metrics:
+            if evicted:
+                self.metrics.demotions.labels("hot", "warm").inc(evicted)
+            self._publish_sizes()
+        return inserted
+
+    def _fill_ref_text_from_memory(self, events: Sequence[StoredEvent]) -> None:
+        in_batch = {e.event_id: e.text for e in events if e.type == "utterance"}
+        for event in events:
+            if event.ref_event_id and event.ref_text is None:
+                cached = in_batch.get(event.ref_event_id) or getattr(self.hot.utterance(event.ref_event_id), "text", None)
+                event.ref_text = cached
+
+    def _write_warm(self, events: Sequence[StoredEvent], demote_after: Sequence[float]) -> int:
+        unresolved = [e for e in events if e.ref_event_id and e.ref_text is None]
+        if unresolved:
+            texts = self.warm.utterance_texts(e.ref_event_id for e in unresolved if e.ref_event_id)
+            for event in unresolved:
+                event.ref_text = texts.get(event.ref_event_id or "")
+        return self.warm.write(events, demote_after)
+
+    # -- ageing ----------------------------------------------------------------------------------
+
+    async def maintain(self) -> dict[str, int]:
+        """Evict expired hot events, demote aged warm events to cold, apply cold retention."""
+        now = self.clock()
+        moved = {"hot_to_warm": self.hot.evict_expired(now)}
+        moved["warm_to_cold"], moved["cold_deleted"] = await self.run(self._age_disk_tiers, now)
+        if self.metrics:
+            self.metrics.demotions.labels("hot", "warm").inc(moved["hot_to_warm"])
+            self.metrics.demotions.labels("warm", "cold").inc(moved["warm_to_cold"])
+            self.metrics.retention_deleted.inc(moved["cold_deleted"])
+            self._publish_sizes()
+        return moved
+
+    def _age_disk_tiers(self, now: float) -> tuple[int, int]:
+        demoted = 0
+        while due := self.warm.due_for_demotion(now, self.demotion_batch):
+            path = self.cold.write(due)
+            self.warm.commit_demotion(due, path, now)
+            demoted += len(due)
+        deleted = 0
+        if self.cold_retention_s is not None:
+            for path, rows, max_ingested_at in self.warm.cold_files():
+                if max_ingested_at <= now - self.cold_retention_s:
+                    self.warm.forget_cold_file(path, rows)  # unindex first: a crash leaves an orphan, never a dangling entry
+                    self.cold.delete(path)
+                    deleted += rows
+        return demoted, deleted
+
+    # -- sizes -----------------------------------------------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        return {"hot": len(self.hot), "warm": self.warm.count, "cold": self.warm.cold_rows}
+
+    def _publish_sizes(self) -> None:
+        if not self.metrics:
+            return
+        for tier, count in self.sizes().items():
+            self.metrics.tier_events.labels(tier).set(count)
+        self.metrics.cold_files.set(self.warm.cold_files_count)
+        self.metrics.hot_bytes.set(self.hot.bytes)
