@@ -1,0 +1,236 @@
+"""Tiers against a real SQLite warm store and real Parquet cold files, with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from streams.tiers import ColdStore, StoredEvent, TieredStore, TierPolicy
+from streams.training_set import query_training_set, stratified_sample
+
+HOUR = 3600.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def event(offset: int, *, kind: str = "utterance", priority: str = "normal", at: float = 1_000_000.0, partition: int = 0, **fields) -> StoredEvent:
+    body = {"event_id": fields.pop("event_id", f"e{partition}-{offset}"), "type": kind}
+    values = dict(
+        topic="conversations", partition=partition, offset=offset, event_id=body["event_id"], type=kind, ts=fields.pop("ts", at),
+        conversation_id=f"c{offset}", turn=0, priority=priority, channel=None, user_ref=None,
+        text=fields.pop("text", f"text {offset}" if kind == "utterance" else None), ref_event_id=fields.pop("ref_event_id", None),
+        intent=fields.pop("intent", None), correct=None, ref_text=None, payload=json.dumps(body).encode(), kafka_ts=at, ingested_at=at,
+    )
+    values.update(fields)
+    return StoredEvent(**values)
+
+
+def label(offset: int, ref: str, intent: str, at: float = 1_000_000.0, kind: str = "label", **fields) -> StoredEvent:
+    return event(offset, kind=kind, at=at, ref_event_id=ref, intent=intent, **fields)
+
+
+def make_store(tmp_path: Path, clock: Clock, *, hot_max_events: int = 1000, hot_age: float = 60.0, warm_age: float = HOUR, rules=None, cold_url: str | None = None, **kw) -> TieredStore:
+    policy = TierPolicy(hot_age, warm_age, rules or {})
+    store = TieredStore(tmp_path / "warm.sqlite3", cold_url or str(tmp_path / "cold"), policy, hot_max_events, clock=clock, **kw)
+    asyncio.run(store.open())
+    return store
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_warm_writes_are_idempotent_by_topic_partition_offset(tmp_path):
+    store = make_store(tmp_path, Clock())
+    batch = [event(i) for i in range(100)]
+    assert run(store.write(batch)) == 100
+    assert run(store.write(batch)) == 0  # a redelivery stores nothing
+    assert run(store.write([event(i, event_id="other") for i in range(50, 150)])) == 50
+    assert store.warm.count == 150
+    assert len(set(store.warm.all_keys())) == 150
+
+
+def test_warm_store_survives_reopen(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock)
+    run(store.write([event(i) for i in range(10)]))
+    store.close_now()
+    reopened = make_store(tmp_path, clock)
+    assert reopened.warm.count == 10
+    assert run(reopened.write([event(i) for i in range(10)])) == 0
+
+
+def test_hot_tier_stays_bounded_under_a_long_stream(tmp_path):
+    store = make_store(tmp_path, Clock(), hot_max_events=500)
+    peak_len = peak_bytes = 0
+    for start in range(0, 20_000, 250):
+        run(store.write([event(i) for i in range(start, start + 250)]))
+        peak_len = max(peak_len, len(store.hot))
+        peak_bytes = max(peak_bytes, store.hot.bytes)
+    largest_payload = max(len(event(i).payload) for i in range(19_750, 20_000))
+    assert peak_len == 500
+    assert peak_bytes <= 500 * largest_payload
+    assert store.warm.count == 20_000  # eviction from hot loses nothing
+    assert [e.offset for e in store.hot] == list(range(19_500, 20_000))  # the newest stay
+
+
+def test_hot_evicts_by_age_and_high_priority_stays_longer(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, hot_age=60.0, rules={"high": {"hot_max_age_s": 600.0}})
+    run(store.write([event(1), event(2, priority="high"), event(3, priority="low")]))
+    clock.now += 61
+    moved = run(store.maintain())
+    assert moved["hot_to_warm"] == 2
+    assert [e.offset for e in store.hot] == [2]
+    clock.now += 600
+    run(store.maintain())
+    assert len(store.hot) == 0
+    assert store.warm.count == 3
+
+
+def test_a_rule_can_keep_a_priority_out_of_hot(tmp_path):
+    store = make_store(tmp_path, Clock(), rules={"low": {"hot": False}})
+    run(store.write([event(1, priority="low"), event(2)]))
+    assert [e.offset for e in store.hot] == [2]
+    assert store.warm.count == 2
+
+
+def test_demotion_moves_aged_events_to_parquet_exactly_once(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR, demotion_batch=300)
+    run(store.write([event(i) for i in range(1000)]))
+    clock.now += HOUR - 1
+    assert run(store.maintain())["warm_to_cold"] == 0
+    clock.now += 2
+    assert run(store.maintain())["warm_to_cold"] == 1000
+    assert store.sizes() == {"hot": 0, "warm": 0, "cold": 1000}
+    files = store.warm.cold_files()
+    assert len(files) == 4  # 300 + 300 + 300 + 100
+    offsets = Counter()
+    for path, rows, _ in files:
+        table = pq.read_table(path)
+        assert table.num_rows == rows
+        offsets.update(table["offset"].to_pylist())
+    assert sorted(offsets) == list(range(1000)) and set(offsets.values()) == {1}
+
+
+def test_high_priority_stays_warm_longer(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR, rules={"high": {"warm_retention_s": 10 * HOUR}})
+    run(store.write([event(1), event(2, priority="high")]))
+    clock.now += 2 * HOUR
+    run(store.maintain())
+    assert store.sizes()["warm"] == 1 and store.sizes()["cold"] == 1
+    clock.now += 10 * HOUR
+    run(store.maintain())
+    assert store.sizes()["warm"] == 0 and store.sizes()["cold"] == 2
+
+
+def test_cold_retention_deletes_expired_files(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR, cold_retention_s=24 * HOUR)
+    run(store.write([event(i) for i in range(10)]))
+    clock.now += 2 * HOUR
+    run(store.maintain())
+    (path, _, _), = store.warm.cold_files()
+    clock.now += 24 * HOUR
+    assert run(store.maintain())["cold_deleted"] == 10
+    assert store.sizes()["cold"] == 0 and not Path(path).exists()
+
+
+def test_a_cold_file_written_before_a_crash_is_discarded_and_redone(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR)
+    events = [event(i) for i in range(20)]
+    run(store.write(events))
+    orphan = store.cold.write(events)  # the crash: file written, demotion never committed
+    store.close_now()
+    clock.now += 2 * HOUR
+    reopened = make_store(tmp_path, clock, warm_age=HOUR)
+    assert not Path(orphan).exists() and reopened.warm.cold_files() == []  # removed at open, rows still warm
+    assert reopened.warm.count == 20
+    run(reopened.maintain())
+    keys = [tuple(r) for p, _, _ in reopened.warm.cold_files() for r in zip(*pq.read_table(p, columns=["partition", "offset"]).to_pydict().values())]
+    assert sorted(keys) == [(0, i) for i in range(20)]
+    assert reopened.sizes() == {"hot": 0, "warm": 0, "cold": 20}
+
+
+def test_cold_tier_works_on_an_fsspec_url(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR, cold_url="memory://driftd-test-bucket/cold")
+    run(store.write([event(i) for i in range(5)]))
+    clock.now += 2 * HOUR
+    run(store.maintain())
+    assert store.sizes()["cold"] == 5
+    assert all(p.startswith("/driftd-test-bucket/cold/") for p, _, _ in store.warm.cold_files())
+    assert ColdStore("memory://driftd-test-bucket/cold").read([p for p, _, _ in store.warm.cold_files()]).num_rows == 5
+
+
+def test_labels_carry_their_utterance_text_from_hot_warm_or_the_same_batch(tmp_path):
+    store = make_store(tmp_path, Clock(), hot_max_events=2)
+    run(store.write([event(1, text="freeze my card")]))
+    run(store.write([event(2), event(3)]))  # utterance 1 leaves hot, stays in warm
+    run(store.write([label(4, "e0-1", "freeze_account"), event(5, text="pay my bill"), label(6, "e0-5", "pay_bill")]))
+    examples = run(query_training_set(store, 0, 2e6)).recent
+    assert {(e.text, e.intent) for e in examples} == {("freeze my card", "freeze_account"), ("pay my bill", "pay_bill")}
+
+
+def test_a_label_that_arrives_before_its_utterance_is_joined_at_query_time(tmp_path):
+    store = make_store(tmp_path, Clock())
+    run(store.write([label(1, "e0-2", "balance")]))
+    run(store.write([event(2, text="what is my balance")]))
+    (example,) = run(query_training_set(store, 0, 2e6)).recent
+    assert (example.text, example.intent) == ("what is my balance", "balance")
+
+
+def test_training_window_and_latest_label_wins(tmp_path):
+    store = make_store(tmp_path, Clock())
+    run(store.write([event(1, text="a"), event(2, text="b"), event(3, text="c")]))
+    run(store.write([
+        label(10, "e0-1", "old", ts=100.0), label(11, "e0-1", "new", ts=200.0),
+        label(12, "e0-2", "x", ts=150.0), label(13, "e0-2", "y", ts=150.0, kind="feedback"),
+        label(14, "e0-3", "late", ts=900.0),
+    ]))
+    recent = run(query_training_set(store, 50.0, 500.0)).recent
+    assert [(e.text, e.intent) for e in recent] == [("b", "x"), ("a", "new")]
+
+
+def test_replay_sample_is_stratified_deterministic_and_excludes_recent(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR)
+    intents = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
+    old = [event(i, text=f"old {i}") for i in range(100)] + [label(100 + i, f"e0-{i}", intent, ts=10.0) for i, intent in enumerate(intents)]
+    run(store.write(old))
+    clock.now += 2 * HOUR
+    run(store.maintain())  # all of it is cold now
+    run(store.write([event(500, text="fresh"), label(501, "e0-500", "a", ts=clock.now)]))
+    first = run(query_training_set(store, clock.now - 60, clock.now + 60, replay_size=30, seed=1))
+    again = run(query_training_set(store, clock.now - 60, clock.now + 60, replay_size=30, seed=1))
+    other = run(query_training_set(store, clock.now - 60, clock.now + 60, replay_size=30, seed=2))
+    assert [(e.text, e.intent) for e in first.recent] == [("fresh", "a")]
+    assert first.replay == again.replay and first.replay != other.replay
+    assert Counter(e.intent for e in first.replay) == {"a": 10, "b": 10, "c": 10}
+    assert all(e.source == "cold" and e.text.startswith("old ") for e in first.replay)
+    big = run(query_training_set(store, 0, 1, replay_size=70, seed=1)).replay
+    assert Counter(e.intent for e in big) == {"a": 30, "b": 30, "c": 10}  # c runs out, the rest is shared evenly
+
+
+def test_stratified_sample_never_exceeds_the_size_or_repeats():
+    from streams.training_set import LabelledExample
+
+    pool = [LabelledExample(f"t{i}", f"i{i % 7}", float(i), f"u{i}", "cold") for i in range(100)]
+    for size in (0, 1, 7, 50, 100, 500):
+        sample = stratified_sample(pool, size, seed=3)
+        assert len(sample) == min(size, 100)
+        assert len({e.utterance_id for e in sample}) == len(sample)
