@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, TomlConfigSettingsSource
 
 __all__ = ["ConfigError", "Settings", "load_settings", "ENV_PREFIX"]
 
@@ -57,7 +57,7 @@ class KafkaSettings(_Section):
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
-            raise ValueError("security_protocol SASL_* needs kafka.sasl_username and kafka.sasl_password")
+            raise ValueError(f"kafka.security_protocol = {self.security_protocol!r} needs kafka.sasl_username and kafka.sasl_password")
         return self
 
 
@@ -155,13 +155,13 @@ def _format_errors(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         key = ".".join(str(part) for part in error["loc"]) or "<root>"
         value = error.get("input")
-        if error["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown setting (value {value!r}); see config.toml for the valid keys")
-            continue
         if isinstance(value, dict):
             value = "<table>"
         elif "password" in key or "token" in key or "salt" in key:
             value = "<secret>"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown setting; see config.toml for the valid keys")  # its value may be a misplaced secret
+            continue
         env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
         lines.append(f"{key} = {value!r} is invalid: {error['msg'][0].lower()}{error['msg'][1:]} (config.toml key {key}, env {env})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
@@ -191,6 +191,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         loaded = _FromFile(**overrides)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
+    except SettingsError as exc:  # an environment variable that is not valid JSON for a table/list setting
+        raise ConfigError(f"invalid environment variable: {exc}") from None
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return loaded

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .schema import REJECTION_REASONS
+
 __all__ = ["StreamMetrics"]
 
 
@@ -29,3 +31,14 @@ class StreamMetrics:
             registry=registry,
         )
         self.batch_size = Histogram("driftd_ingest_batch_events", "Records per ingest batch.", buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000), registry=registry)
+        # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
+        for kind in ("utterance", "feedback", "label"):
+            self.events.labels(kind)
+        for reason in REJECTION_REASONS:
+            self.dlq.labels(reason)
+        for tier in ("hot", "warm", "cold"):
+            self.tier_events.labels(tier)
+        for source, target in (("hot", "warm"), ("warm", "cold")):
+            self.demotions.labels(source, target)
+        for sink in ("warm", "dlq"):
+            self.store_errors.labels(sink)

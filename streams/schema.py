@@ -39,11 +39,11 @@ Priority = Literal["low", "normal", "high"]
 class _EventBase(BaseModel):
     # strict: "3" is not a turn number and 1 is not a channel name. Unknown fields are kept, not fatal,
     # so producers can add context without a schema release.
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
 
     event_id: Identifier = Field(description="Globally unique id of this event, set by the producer.")
     conversation_id: Identifier = Field(description="Conversation this event belongs to.")
-    turn: int = Field(ge=0, description="0-based turn index inside the conversation.")
+    turn: int = Field(ge=0, le=2**31 - 1, description="0-based turn index inside the conversation (stored as int32).")
     ts: float = Field(ge=0, description="Event time, seconds since the Unix epoch (UTC).")
     channel: str | None = Field(default=None, max_length=64, description="Where the conversation happens (web, app, voice...).")
     user_id: str | None = Field(default=None, max_length=256, description="End-user id; pseudonymised before storage unless configured otherwise.")

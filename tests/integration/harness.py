@@ -1,0 +1,202 @@
+"""Helpers for integration tests: a real daemon subprocess, a producer, a DLQ reader, store readers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from daemon.demo import scrape
+
+REPO = Path(__file__).resolve().parents[2]
+_ids = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{next(_ids)}-{int(time.time() * 1000) % 100000}"
+
+
+def valid_event(i: int, *, kind: str = "utterance", run: str = "r") -> dict[str, Any]:
+    base = {"event_id": f"{run}-{kind[0]}{i}", "type": kind, "conversation_id": f"c{i % 97}", "turn": i % 5, "ts": 1_700_000_000.0 + i}
+    if kind == "utterance":
+        base["text"] = f"please move {i} dollars to savings"
+    else:
+        base.update(ref_event_id=f"{run}-u{i}", intent="transfer")
+    return base
+
+
+class DaemonProcess:
+    """``python -m daemon run`` against a given broker, with its own topics, group and data dir."""
+
+    def __init__(self, bootstrap: str, data_dir: Path, topic: str, *, partitions: int = 4, extra_env: dict[str, str] | None = None, group: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.topic = topic
+        self.dlq = f"{topic}.dlq"
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "DRIFTD_KAFKA__BOOTSTRAP": bootstrap,
+            "DRIFTD_KAFKA__GROUP_ID": group or f"{topic}-group",
+            "DRIFTD_KAFKA__SESSION_TIMEOUT_S": "6",
+            "DRIFTD_KAFKA__REBALANCE_TIMEOUT_S": "6",
+            "DRIFTD_KAFKA__HEARTBEAT_INTERVAL_S": "1",
+            "DRIFTD_TOPICS__INPUT": topic,
+            "DRIFTD_TOPICS__DLQ": self.dlq,
+            "DRIFTD_TOPICS__PREDICTIONS": f"{topic}.predictions",
+            "DRIFTD_TOPICS__MODEL_UPDATES": f"{topic}.model-updates",
+            "DRIFTD_TOPICS__PARTITIONS": str(partitions),
+            "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
+            "DRIFTD_DAEMON__STATS_INTERVAL_S": "2",
+            "DRIFTD_WEB__PORT": str(self.web_port),
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "daemon.log"
+
+    def start(self) -> DaemonProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.url + "/metrics")
+
+    def metric(self, name: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k == name or k.startswith(name + "{"))
+
+    def wait_until(self, predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}; log:\n{self.log_tail()}")
+            try:
+                if predicate():
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; log:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        def ready() -> bool:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
+                return json.load(response)["ready"]
+
+        self.wait_until(ready, timeout_s, "readiness")
+
+    def wait_stored(self, count: int, timeout_s: float = 120) -> None:
+        self.wait_until(lambda: self.metric("driftd_events_total") >= count, timeout_s, f"{count} stored events")
+
+    def terminate(self, timeout_s: float = 10) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds to exit)."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "<no log>"
+
+
+def stored_event_ids(data_dir: Path) -> Counter[str]:
+    """Every event id held by warm and cold, with multiplicity (read straight from the files)."""
+    ids: Counter[str] = Counter()
+    db = sqlite3.connect(data_dir / "warm.sqlite3")
+    try:
+        ids.update(row[0] for row in db.execute("SELECT event_id FROM events"))
+        cold_files = [row[0] for row in db.execute("SELECT path FROM cold_files")]
+    finally:
+        db.close()
+    for path in cold_files:
+        ids.update(pq.read_table(path, columns=["event_id"])["event_id"].to_pylist())
+    return ids
+
+
+def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
+    keys: Counter[tuple[int, int]] = Counter()
+    db = sqlite3.connect(data_dir / "warm.sqlite3")
+    try:
+        keys.update(db.execute("SELECT partition, offset FROM events"))
+        cold_files = [row[0] for row in db.execute("SELECT path FROM cold_files")]
+    finally:
+        db.close()
+    for path in cold_files:
+        table = pq.read_table(path, columns=["partition", "offset"])
+        keys.update(zip(table["partition"].to_pylist(), table["offset"].to_pylist()))
+    return keys
+
+
+async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: float = 0, keys: list[bytes | None] | None = None) -> None:
+    """Send every payload and wait for every acknowledgement; ``rate`` events/s, 0 = unlimited."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        futures = []
+        for i, payload in enumerate(payloads):
+            futures.append(await producer.send(topic, payload, key=keys[i] if keys else None))
+            if rate and i % 50 == 49:
+                ahead = (i + 1) / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
+    """All records of ``topic`` from the beginning, until ``expected`` have been read."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
