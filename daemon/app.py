@@ -75,6 +75,7 @@ class Daemon:
             warm_synchronous=tiers.warm_synchronous,
             demotion_batch=tiers.demotion_batch,
             cold_retention_s=tiers.cold_retention_s,
+            redelivery_horizon_s=tiers.redelivery_horizon_s,
             metrics=self.metrics,
         )
 

@@ -90,6 +90,7 @@ class TierSettings(_Section):
     hot_max_age_s: float = Field(900.0, gt=0, description="Events leave the hot tier after this age (they stay in warm).")
     warm_retention_s: float = Field(7 * 86400.0, gt=0, description="Events older than this move from warm (SQLite) to cold (Parquet).")
     cold_retention_s: float | None = Field(None, gt=0, description="Cold files older than this are deleted; unset keeps them forever.")
+    redelivery_horizon_s: float = Field(86400.0, gt=0, description="How long the keys of events demoted to cold are remembered, so a Kafka redelivery of them stores nothing; a consumer-group reset further back than this stores them again.")
     cold_url: str = Field("", description='Where Parquet files go: a path, file:// or s3:// URL (through fsspec). Empty means <data_dir>/cold.')
     warm_synchronous: Literal["FULL", "NORMAL"] = Field("FULL", description="SQLite synchronous mode: FULL survives power loss, NORMAL only process crashes.")
     maintenance_interval_s: float = Field(5.0, gt=0, description="How often hot eviction and warm->cold demotion run.")

@@ -39,6 +39,7 @@ class TieredStore:
         warm_synchronous: str = "FULL",
         demotion_batch: int = 50_000,
         cold_retention_s: float | None = None,
+        redelivery_horizon_s: float = 86400.0,
         metrics: StreamMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -48,6 +49,7 @@ class TieredStore:
         self.clock = clock
         self.demotion_batch = demotion_batch
         self.cold_retention_s = cold_retention_s
+        self.redelivery_horizon_s = redelivery_horizon_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-store")
         self._warm_path = warm_path
         self._warm_synchronous = warm_synchronous
@@ -127,6 +129,7 @@ class TieredStore:
             path = self.cold.write(due)
             self.warm.commit_demotion(due, path, now)
             demoted += len(due)
+        self.warm.forget_demoted_before(now - self.redelivery_horizon_s)
         deleted = 0
         if self.cold_retention_s is not None:
             for path, rows, max_ingested_at in self.warm.cold_files():

@@ -1,7 +1,8 @@
 """Warm tier: a crash-safe local store (SQLite in WAL mode).
 
 Rows are keyed by (topic, partition, offset) and inserted with INSERT OR IGNORE, so a redelivered
-record is stored once. A batch is one transaction; when ``write`` returns, the batch is durable and
+record is stored once; the keys of rows demoted to cold are remembered (for the redelivery horizon)
+so that a record redelivered after its demotion is not stored a second time. A batch is one transaction; when ``write`` returns, the batch is durable and
 its offsets may be committed. The cold tier's file index lives here too, so a demotion (delete rows +
 record the Parquet file) is one atomic transaction.
 
@@ -28,6 +29,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_demote_after ON events (demote_after);
 CREATE INDEX IF NOT EXISTS events_event_id ON events (event_id);
 CREATE INDEX IF NOT EXISTS events_labels ON events (type, ts) WHERE intent IS NOT NULL;
+-- Keys of rows demoted to cold, so a redelivery after demotion is still recognised as one.
+CREATE TABLE IF NOT EXISTS demoted (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    demoted_at REAL NOT NULL,
+    PRIMARY KEY (topic, partition, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS demoted_demoted_at ON demoted (demoted_at);
 CREATE TABLE IF NOT EXISTS cold_files (
     path TEXT PRIMARY KEY,
     rows INTEGER NOT NULL,
@@ -35,7 +45,10 @@ CREATE TABLE IF NOT EXISTS cold_files (
     created_at REAL NOT NULL
 );
 """
-_INSERT = f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})"
+_INSERT = (
+    f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) SELECT {', '.join('?' * (len(COLUMNS) + 1))} "
+    "WHERE NOT EXISTS (SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?)"
+)
 _SELECT = _COLUMN_LIST
 
 
@@ -59,7 +72,7 @@ class WarmStore:
         before = self._db.total_changes
         with self._db:  # one transaction; commits (and syncs) on exit
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(_INSERT, (e.row() + (d,) for e, d in zip(events, demote_after)))
+            self._db.executemany(_INSERT, (e.row() + (d, e.topic, e.partition, e.offset) for e, d in zip(events, demote_after)))
         inserted = self._db.total_changes - before
         self.count += inserted
         return inserted
@@ -84,6 +97,7 @@ class WarmStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("DELETE FROM events WHERE topic = ? AND partition = ? AND offset = ?", (tuple(e.key) for e in events))
+            self._db.executemany("INSERT OR IGNORE INTO demoted VALUES (?, ?, ?, ?)", (tuple(e.key) + (created_at,) for e in events))
             self._db.execute(
                 "INSERT INTO cold_files (path, rows, max_ingested_at, created_at) VALUES (?, ?, ?, ?)",
                 (cold_path, len(events), max(e.ingested_at for e in events), created_at),
@@ -91,6 +105,11 @@ class WarmStore:
         self.count -= len(events)
         self.cold_files_count += 1
         self.cold_rows += len(events)
+
+    def forget_demoted_before(self, cutoff: float) -> int:
+        """Drop demotion records older than the redelivery horizon; returns how many."""
+        with self._db:
+            return self._db.execute("DELETE FROM demoted WHERE demoted_at < ?", (cutoff,)).rowcount
 
     def labelled(self, start_ts: float, end_ts: float) -> list[StoredEvent]:
         """Label and feedback events with an intent whose event time is in [start_ts, end_ts)."""

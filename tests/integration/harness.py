@@ -154,6 +154,14 @@ def stored_event_ids(data_dir: Path) -> Counter[str]:
     return ids
 
 
+def cold_file_count(data_dir: Path) -> int:
+    db = sqlite3.connect(data_dir / "warm.sqlite3")
+    try:
+        return db.execute("SELECT COUNT(*) FROM cold_files").fetchone()[0]
+    finally:
+        db.close()
+
+
 def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
     keys: Counter[tuple[int, int]] = Counter()
     db = sqlite3.connect(data_dir / "warm.sqlite3")

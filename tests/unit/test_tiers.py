@@ -234,3 +234,18 @@ def test_stratified_sample_never_exceeds_the_size_or_repeats():
         sample = stratified_sample(pool, size, seed=3)
         assert len(sample) == min(size, 100)
         assert len({e.utterance_id for e in sample}) == len(sample)
+
+
+def test_a_redelivery_after_demotion_to_cold_stores_nothing_within_the_horizon(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=60.0, redelivery_horizon_s=HOUR)
+    batch = [event(i) for i in range(50)]
+    run(store.write(batch))
+    clock.now += 61
+    run(store.maintain())
+    assert store.sizes() == {"hot": 0, "warm": 0, "cold": 50}
+    assert run(store.write([event(i) for i in range(40, 60)])) == 10  # only offsets 50..59 are new
+    assert store.sizes()["warm"] == 10
+    clock.now += HOUR + 1
+    run(store.maintain())  # past the horizon the demotion records are dropped (an old group reset re-stores)
+    assert run(store.write([event(0)])) == 1
