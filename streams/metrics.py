@@ -14,7 +14,7 @@ __all__ = ["StreamMetrics"]
 
 class StreamMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.events = Counter("driftd_events_total", "Valid events ingested and stored, by event type.", ["type"], registry=registry)
+        self.events = Counter("driftd_events_total", "Valid events received and stored, by event type (a redelivery counts again; see driftd_events_redelivered_total).", ["type"], registry=registry)
         self.duplicates = Counter("driftd_events_redelivered_total", "Records received again (same topic/partition/offset) and stored nothing.", registry=registry)
         self.dlq = Counter("driftd_dlq_total", "Malformed records sent to the dead-letter topic, by reason.", ["reason"], registry=registry)
         self.tier_events = Gauge("driftd_tier_events", "Events held per tier.", ["tier"], registry=registry)

@@ -86,8 +86,8 @@ class TieredStore:
             return 0
         self._fill_ref_text_from_memory(events)
         demote_after = [e.ingested_at + self.policy.rule(e.priority).warm_retention_s for e in events]
-        inserted = await self.run(self._write_warm, events, demote_after)
-        evicted = self.hot.add(events)
+        inserted, already_cold = await self.run(self._write_warm, events, demote_after)
+        evicted = self.hot.add(e for e in events if e.key not in already_cold)
         if self.metrics:
             if evicted:
                 self.metrics.demotions.labels("hot", "warm").inc(evicted)
@@ -101,13 +101,16 @@ class TieredStore:
                 cached = in_batch.get(event.ref_event_id) or getattr(self.hot.utterance(event.ref_event_id), "text", None)
                 event.ref_text = cached
 
-    def _write_warm(self, events: Sequence[StoredEvent], demote_after: Sequence[float]) -> int:
+    def _write_warm(self, events: Sequence[StoredEvent], demote_after: Sequence[float]) -> tuple[int, set[tuple[str, int, int]]]:
         unresolved = [e for e in events if e.ref_event_id and e.ref_text is None]
         if unresolved:
             texts = self.warm.utterance_texts(e.ref_event_id for e in unresolved if e.ref_event_id)
             for event in unresolved:
                 event.ref_text = texts.get(event.ref_event_id or "")
-        return self.warm.write(events, demote_after)
+        inserted = self.warm.write(events, demote_after)
+        # Only a redelivery stores fewer rows than it got; hot must not cache what already left warm.
+        already_cold = self.warm.demoted_among(events) if inserted < len(events) else set()
+        return inserted, already_cold
 
     # -- ageing ----------------------------------------------------------------------------------
 

@@ -106,6 +106,14 @@ class WarmStore:
         self.cold_files_count += 1
         self.cold_rows += len(events)
 
+    def demoted_among(self, events: Sequence[StoredEvent]) -> set[tuple[str, int, int]]:
+        """Keys of ``events`` that were already demoted to cold (they were redelivered)."""
+        found = set()
+        for event in events:
+            if self._db.execute("SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?", tuple(event.key)).fetchone():
+                found.add(tuple(event.key))
+        return found
+
     def forget_demoted_before(self, cutoff: float) -> int:
         """Drop demotion records older than the redelivery horizon; returns how many."""
         with self._db:

@@ -246,6 +246,7 @@ def test_a_redelivery_after_demotion_to_cold_stores_nothing_within_the_horizon(t
     assert store.sizes() == {"hot": 0, "warm": 0, "cold": 50}
     assert run(store.write([event(i) for i in range(40, 60)])) == 10  # only offsets 50..59 are new
     assert store.sizes()["warm"] == 10
+    assert sorted(e.offset for e in store.hot) == list(range(50, 60))  # hot caches only what is in warm
     clock.now += HOUR + 1
     run(store.maintain())  # past the horizon the demotion records are dropped (an old group reset re-stores)
     assert run(store.write([event(0)])) == 1
