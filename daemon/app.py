@@ -76,6 +76,7 @@ class Daemon:
             demotion_batch=tiers.demotion_batch,
             cold_retention_s=tiers.cold_retention_s,
             redelivery_horizon_s=tiers.redelivery_horizon_s,
+            cold_storage_options=tiers.cold_storage_options,
             metrics=self.metrics,
         )
 

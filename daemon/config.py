@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, TomlConfigSettingsSource
 
@@ -92,10 +93,21 @@ class TierSettings(_Section):
     cold_retention_s: float | None = Field(None, gt=0, description="Cold files older than this are deleted; unset keeps them forever.")
     redelivery_horizon_s: float = Field(86400.0, gt=0, description="How long the keys of events demoted to cold are remembered, so a Kafka redelivery of them stores nothing; a consumer-group reset further back than this stores them again.")
     cold_url: str = Field("", description='Where Parquet files go: a path, file:// or s3:// URL (through fsspec). Empty means <data_dir>/cold.')
+    cold_storage_options: dict[str, Any] = Field(default_factory=dict, description='Passed to the fsspec filesystem of cold_url, e.g. {endpoint_url = "http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment variables.')
     warm_synchronous: Literal["FULL", "NORMAL"] = Field("FULL", description="SQLite synchronous mode: FULL survives power loss, NORMAL only process crashes.")
     maintenance_interval_s: float = Field(5.0, gt=0, description="How often hot eviction and warm->cold demotion run.")
     demotion_batch: int = Field(50_000, ge=1, description="Most events moved to one cold file per maintenance round.")
     rules: list[PriorityRule] = Field(default_factory=lambda: [PriorityRule(priority="high", hot_max_age_s=3600.0, warm_retention_s=30 * 86400.0)], description="Per-priority routing rules.")
+
+    @field_validator("cold_url")
+    @classmethod
+    def _cold_url_scheme_is_supported(cls, url: str) -> str:
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"no fsspec filesystem for {protocol}:// ({exc})") from None
+        return url
 
     @field_validator("rules")
     @classmethod

@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -48,8 +49,8 @@ assert tuple(ARROW_SCHEMA.names) == COLUMNS, "cold schema must follow StoredEven
 
 
 class ColdStore:
-    def __init__(self, url: str) -> None:
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.fs.makedirs(self.root, exist_ok=True)
         self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 

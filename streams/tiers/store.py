@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..metrics import StreamMetrics
 from .cold import ColdStore
@@ -40,6 +40,7 @@ class TieredStore:
         demotion_batch: int = 50_000,
         cold_retention_s: float | None = None,
         redelivery_horizon_s: float = 86400.0,
+        cold_storage_options: dict[str, Any] | None = None,
         metrics: StreamMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -54,6 +55,7 @@ class TieredStore:
         self._warm_path = warm_path
         self._warm_synchronous = warm_synchronous
         self._cold_url = cold_url
+        self._cold_storage_options = cold_storage_options
         self.warm: WarmStore
         self.cold: ColdStore
 
@@ -68,7 +70,7 @@ class TieredStore:
 
     def _open(self) -> None:
         self.warm = WarmStore(self._warm_path, self._warm_synchronous)
-        self.cold = ColdStore(self._cold_url)
+        self.cold = ColdStore(self._cold_url, self._cold_storage_options)
         orphans = self.cold.remove_orphans({path for path, _, _ in self.warm.cold_files()})
         if orphans:
             log.warning("removed %d cold file(s) written before a crash but never committed; their events are still in warm", len(orphans))

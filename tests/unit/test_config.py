@@ -281,3 +281,8 @@ def test_config_check_never_prints_the_password(tmp_path: Path) -> None:
     result = driftd_config_check(CONFIG_TOML, DRIFTD_KAFKA__SECURITY_PROTOCOL="SASL_SSL", DRIFTD_KAFKA__SASL_USERNAME="driftd", DRIFTD_KAFKA__SASL_PASSWORD=SECRET)
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_cold_url_with_an_unknown_scheme_is_a_config_error(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[tiers]\ncold_url = "nosuchfs://bucket/cold"\n')
+    assert "tiers.cold_url" in message and "nosuchfs://" in message
