@@ -286,3 +286,12 @@ def test_config_check_never_prints_the_password(tmp_path: Path) -> None:
 def test_cold_url_with_an_unknown_scheme_is_a_config_error(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[tiers]\ncold_url = "nosuchfs://bucket/cold"\n')
     assert "tiers.cold_url" in message and "nosuchfs://" in message
+
+
+def test_driftd_run_with_a_bad_value_stops_with_exit_code_2_before_starting_anything(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env = {**clean, "DRIFTD_TIERS__HOT_MAX_EVENTS": "lots", "DRIFTD_DAEMON__DATA_DIR": str(tmp_path / "state")}
+    result = subprocess.run([sys.executable, "-m", "daemon", "run", "-c", str(CONFIG_TOML)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result
+    assert "tiers.hot_max_events" in result.stderr and "'lots'" in result.stderr and "DRIFTD_TIERS__HOT_MAX_EVENTS" in result.stderr
+    assert not (tmp_path / "state").exists()  # failed before touching any state
