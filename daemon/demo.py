@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,7 +27,7 @@ from .app import topic_specs
 from .broker import EmbeddedBroker, ensure_topics_sync
 from .config import Settings
 
-__all__ = ["run_demo", "scrape"]
+__all__ = ["run_demo", "scrape", "wait_for"]
 
 log = logging.getLogger("driftd.demo")
 
@@ -57,7 +57,8 @@ def _sum(samples: dict[str, float], name: str) -> float:
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
-def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+    """Poll ``predicate`` until it holds; fail if ``proc`` exits first. HTTP errors count as 'not yet'."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -97,15 +98,15 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
         env = {**os.environ, **DEMO_TIER_ENV, "DRIFTD_KAFKA__BOOTSTRAP": bootstrap, "DRIFTD_DAEMON__DATA_DIR": str(data_dir)}
         daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
-        _wait(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 60, "the daemon to be ready", daemon)
+        wait_for(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 60, "the daemon to be ready", daemon)
         try:
             stats = replay_dataset(settings, settings.replay, "train", bootstrap, progress=True)
             asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
             sent = stats.sent
             print(f"driftd demo: sent {stats.utterances} utterances + {stats.labels} labels of {settings.replay.dataset} and {malformed} malformed payloads")
-            _wait(lambda: _sum(scrape(metrics_url), "driftd_events_total") >= sent and _sum(scrape(metrics_url), "driftd_dlq_total") >= malformed, 120, "every event to be stored", daemon)
+            wait_for(lambda: _sum(scrape(metrics_url), "driftd_events_total") >= sent and _sum(scrape(metrics_url), "driftd_dlq_total") >= malformed, 120, "every event to be stored", daemon)
             print("driftd demo: every event is stored; waiting for them to age from hot through warm into cold ...")
-            _wait(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
+            wait_for(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
             final = scrape(metrics_url)
             print("driftd demo: summary from /metrics")
             for name in ("driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files"):

@@ -12,16 +12,16 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from daemon.demo import scrape
+from daemon.demo import scrape, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count()
@@ -91,19 +91,12 @@ class DaemonProcess:
     def metric(self, name: str) -> float:
         return sum(v for k, v in self.metrics().items() if k == name or k.startswith(name + "{"))
 
-    def wait_until(self, predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}; log:\n{self.log_tail()}")
-            try:
-                if predicate():
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; log:\n{self.log_tail()}")
+    def wait_until(self, predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+        assert self.proc is not None
+        try:
+            wait_for(predicate, timeout_s, what, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"{exc}; daemon log:\n{self.log_tail()}") from None
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         def ready() -> bool:

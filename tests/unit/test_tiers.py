@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from streams.tiers import ColdStore, StoredEvent, TieredStore, TierPolicy
 from streams.training_set import query_training_set, stratified_sample
