@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "ensure_topics", "tansu_binary"]
+__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "die_with_parent", "ensure_topics", "ensure_topics_sync", "tansu_binary"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def tansu_binary() -> Path:
     return binary
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child before exec: if the daemon is SIGKILLed, the kernel stops the broker too,
     # so a killed daemon never leaves an orphan holding the port.
     PR_SET_PDEATHSIG = 1
@@ -66,6 +66,10 @@ class EmbeddedBroker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -76,7 +80,7 @@ class EmbeddedBroker:
         cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

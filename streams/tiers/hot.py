@@ -23,9 +23,10 @@ class HotTier:
         self._queues: dict[str, OrderedDict[EventKey, StoredEvent]] = {p: OrderedDict() for p in PRIORITIES}
         self._utterances: dict[str, StoredEvent] = {}  # event_id -> utterance, for label joins
         self.bytes = 0
+        self._count = 0
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return self._count
 
     def add(self, events: Iterable[StoredEvent]) -> int:
         """Insert durable events; returns how many were evicted to respect the count bound."""
@@ -33,14 +34,16 @@ class HotTier:
             if not self.policy.rule(event.priority).hot:
                 continue
             queue = self._queues[event.priority]
-            if event.key in queue:
+            key = event.key
+            if key in queue:
                 continue
-            queue[event.key] = event
+            queue[key] = event
+            self._count += 1
             self.bytes += len(event.payload)
             if event.type == "utterance":
                 self._utterances[event.event_id] = event
         evicted = 0
-        while len(self) > self.max_events:
+        while self._count > self.max_events:
             self._pop_oldest()
             evicted += 1
         return evicted
@@ -68,6 +71,7 @@ class HotTier:
         self._forget(self._queues[priority].popitem(last=False)[1])
 
     def _forget(self, event: StoredEvent) -> None:
+        self._count -= 1
         self.bytes -= len(event.payload)
         if event.type == "utterance" and self._utterances.get(event.event_id) is event:
             del self._utterances[event.event_id]

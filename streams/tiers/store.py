@@ -89,7 +89,7 @@ class TieredStore:
         self._fill_ref_text_from_memory(events)
         demote_after = [e.ingested_at + self.policy.rule(e.priority).warm_retention_s for e in events]
         inserted, already_cold = await self.run(self._write_warm, events, demote_after)
-        evicted = self.hot.add(e for e in events if e.key not in already_cold)
+        evicted = self.hot.add([e for e in events if e.key not in already_cold] if already_cold else events)
         if self.metrics:
             if evicted:
                 self.metrics.demotions.labels("hot", "warm").inc(evicted)

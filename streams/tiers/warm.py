@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 from .record import COLUMNS, StoredEvent
@@ -45,10 +47,22 @@ CREATE TABLE IF NOT EXISTS cold_files (
     created_at REAL NOT NULL
 );
 """
-_INSERT = (
-    f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) SELECT {', '.join('?' * (len(COLUMNS) + 1))} "
-    "WHERE NOT EXISTS (SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?)"
-)
+# One multi-row INSERT per chunk rather than executemany: executemany releases and retakes the GIL
+# around every row's step, which under a busy event loop costs more than the insert itself.
+_ROW_PARAMS = "(" + ", ".join("?" * (len(COLUMNS) + 1)) + ")"
+_ROWS_PER_INSERT = 32766 // (len(COLUMNS) + 1)  # SQLite's bound-parameter limit
+
+
+@lru_cache(maxsize=16)
+def _insert_rows_sql(rows: int, check_demoted: bool) -> str:
+    values = ", ".join([_ROW_PARAMS] * rows)
+    if not check_demoted:
+        return f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) VALUES {values}"
+    # column1..3 of the VALUES rows are topic, partition, offset (COLUMNS starts with them).
+    return (
+        f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) SELECT * FROM (VALUES {values}) AS v "
+        "WHERE NOT EXISTS (SELECT 1 FROM demoted d WHERE d.topic = v.column1 AND d.partition = v.column2 AND d.offset = v.column3)"
+    )
 _SELECT = _COLUMN_LIST
 
 
@@ -63,6 +77,13 @@ class WarmStore:
         # Kept in memory so metrics never touch the database from another thread.
         self.count = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         self.cold_files_count, self.cold_rows = self._db.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM cold_files").fetchone()
+        self._load_max_demoted()
+
+    def _load_max_demoted(self) -> None:
+        # New records arrive with offsets above everything demoted from their partition, so a batch
+        # entirely above these marks cannot hold a redelivery of a demoted record: no lookup needed.
+        rows = self._db.execute("SELECT topic, partition, MAX(offset) FROM demoted GROUP BY topic, partition")
+        self._max_demoted: dict[tuple[str, int], int] = {(topic, partition): offset for topic, partition, offset in rows}
 
     def close(self) -> None:
         self._db.close()
@@ -72,7 +93,12 @@ class WarmStore:
         before = self._db.total_changes
         with self._db:  # one transaction; commits (and syncs) on exit
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(_INSERT, (e.row() + (d, e.topic, e.partition, e.offset) for e, d in zip(events, demote_after)))
+            marks = self._max_demoted
+            check = bool(marks) and any(e.offset <= marks.get((e.topic, e.partition), -1) for e in events)
+            for start in range(0, len(events), _ROWS_PER_INSERT):
+                chunk = range(start, min(start + _ROWS_PER_INSERT, len(events)))
+                params = list(chain.from_iterable(events[i].row() + (demote_after[i],) for i in chunk))
+                self._db.execute(_insert_rows_sql(len(chunk), check), params)
         inserted = self._db.total_changes - before
         self.count += inserted
         return inserted
@@ -96,12 +122,16 @@ class WarmStore:
         """Atomically forget demoted rows and record the cold file that now holds them."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM events WHERE topic = ? AND partition = ? AND offset = ?", (tuple(e.key) for e in events))
-            self._db.executemany("INSERT OR IGNORE INTO demoted VALUES (?, ?, ?, ?)", (tuple(e.key) + (created_at,) for e in events))
+            self._db.executemany("DELETE FROM events WHERE topic = ? AND partition = ? AND offset = ?", (e.key for e in events))
+            self._db.executemany("INSERT OR IGNORE INTO demoted VALUES (?, ?, ?, ?)", (e.key + (created_at,) for e in events))
             self._db.execute(
                 "INSERT INTO cold_files (path, rows, max_ingested_at, created_at) VALUES (?, ?, ?, ?)",
                 (cold_path, len(events), max(e.ingested_at for e in events), created_at),
             )
+        for event in events:
+            tp = (event.topic, event.partition)
+            if event.offset > self._max_demoted.get(tp, -1):
+                self._max_demoted[tp] = event.offset
         self.count -= len(events)
         self.cold_files_count += 1
         self.cold_rows += len(events)
@@ -110,14 +140,17 @@ class WarmStore:
         """Keys of ``events`` that were already demoted to cold (they were redelivered)."""
         found = set()
         for event in events:
-            if self._db.execute("SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?", tuple(event.key)).fetchone():
-                found.add(tuple(event.key))
+            if self._db.execute("SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?", event.key).fetchone():
+                found.add(event.key)
         return found
 
     def forget_demoted_before(self, cutoff: float) -> int:
         """Drop demotion records older than the redelivery horizon; returns how many."""
         with self._db:
-            return self._db.execute("DELETE FROM demoted WHERE demoted_at < ?", (cutoff,)).rowcount
+            forgotten = self._db.execute("DELETE FROM demoted WHERE demoted_at < ?", (cutoff,)).rowcount
+        if forgotten:
+            self._load_max_demoted()
+        return forgotten
 
     def labelled(self, start_ts: float, end_ts: float) -> list[StoredEvent]:
         """Label and feedback events with an intent whose event time is in [start_ts, end_ts)."""

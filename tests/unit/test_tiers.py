@@ -249,3 +249,15 @@ def test_a_redelivery_after_demotion_to_cold_stores_nothing_within_the_horizon(t
     clock.now += HOUR + 1
     run(store.maintain())  # past the horizon the demotion records are dropped (an old group reset re-stores)
     assert run(store.write([event(0)])) == 1
+
+
+def test_after_a_restart_a_redelivery_of_demoted_records_still_stores_nothing(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=60.0)
+    run(store.write([event(i) for i in range(30)]))
+    clock.now += 61
+    run(store.maintain())
+    store.close_now()
+    reopened = make_store(tmp_path, clock, warm_age=60.0)
+    assert run(reopened.write([event(i) for i in range(25, 35)])) == 5
+    assert reopened.sizes() == {"hot": 5, "warm": 5, "cold": 30}
