@@ -122,7 +122,6 @@ class TierSettings(_Section):
 class WebSettings(_Section):
     host: str = Field("127.0.0.1", description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback unless you mean it.")
     port: int = Field(8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token for admin routes; without one they are disabled.")
 
 
 class ReplaySettings(_Section):

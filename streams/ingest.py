@@ -108,7 +108,6 @@ class IngestAgent:
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
-    batches: int = 0
 
     async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
         """The faust agent body: ``app.agent(topic)(lambda s: ingest.consume(s, ...))``."""
@@ -151,7 +150,6 @@ class IngestAgent:
         self.metrics.batch_size.observe(len(records))
         for record in records:  # records of one partition arrive in offset order
             self.next_offsets[(record.topic, record.partition)] = record.offset + 1
-        self.batches += 1
         return len(valid), len(rejected)
 
     def _dead_letter_attempt(self, rejected: list[tuple[RawRecord, Rejection]]) -> Callable[[], Awaitable[None]]:
