@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from models.registry_cli import models_cli
+
 from .config import ConfigError, ReplaySettings, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ __all__ = ["main"]
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="driftd keeps a conversational intent model good while the world changes under it.")
 config_cli = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 cli.add_typer(config_cli, name="config")
+cli.add_typer(models_cli, name="models")
 
 ConfigOption = Annotated[
     Optional[Path],

@@ -122,6 +122,16 @@ class TierSettings(_Section):
 class WebSettings(_Section):
     host: str = Field("127.0.0.1", description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback unless you mean it.")
     port: int = Field(8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (/admin/v1/...); unset disables them. Prefer the env variable.")
+
+
+class ModelSettings(_Section):
+    registry_dir: Path | None = Field(None, description="Model registry root (versioned, checksummed). Unset: <daemon.data_dir>/registry.")
+    bootstrap_dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Seed dataset the first model is trained on when the registry is empty.")
+    bootstrap_groups: list[str] = Field(default_factory=lambda: ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"], description="Domains (or intents) of the seed dataset to train on; empty means all.")
+    top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")
+    max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
+    max_text_chars: int = Field(2000, ge=1, description="Longest text /v1/predict accepts.")
 
 
 class ReplaySettings(_Section):
@@ -151,11 +161,16 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     tiers: TierSettings = Field(default_factory=TierSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
 
     @property
     def warm_path(self) -> Path:
         return self.daemon.data_dir / "warm.sqlite3"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.models.registry_dir or self.daemon.data_dir / "registry"
 
     @property
     def cold_url(self) -> str:

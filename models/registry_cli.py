@@ -17,7 +17,12 @@ __all__ = ["models_cli"]
 
 models_cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the model registry and roll back the live version.")
 
-RegistryOption = Annotated[Path, typer.Option("--registry", help="Registry root directory (holds v000001/, ..., CURRENT).")]
+# The daemon keeps its registry in <daemon.data_dir>/registry unless models.registry_dir says otherwise;
+# the same environment variable that configures the daemon points this command at it.
+RegistryOption = Annotated[
+    Path,
+    typer.Option("--registry", envvar="DRIFTD_MODELS__REGISTRY_DIR", help="Registry root directory (holds v000001/, ..., CURRENT)."),
+]
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -30,7 +35,7 @@ def _iso(ts: float) -> str:
 
 
 @models_cli.command("list")
-def list_versions(registry: RegistryOption) -> None:
+def list_versions(registry: RegistryOption = Path("var/registry")) -> None:
     """One line per version, oldest first; `*` marks the current one. Re-hashes every file."""
     reg = Registry(registry)
     current = reg.current()
@@ -52,7 +57,7 @@ def list_versions(registry: RegistryOption) -> None:
 
 
 @models_cli.command()
-def show(version: str, registry: RegistryOption) -> None:
+def show(version: str, registry: RegistryOption = Path("var/registry")) -> None:
     """Print a version's manifest as JSON (verified; a corrupt one's manifest is printed if readable, exit 1)."""
     try:
         manifest = Registry(registry).verify(version)
@@ -67,7 +72,7 @@ def show(version: str, registry: RegistryOption) -> None:
 
 @models_cli.command()
 def rollback(
-    registry: RegistryOption,
+    registry: RegistryOption = Path("var/registry"),
     version: Annotated[Optional[str], typer.Argument(help="Version to make live (default: the current one's parent).")] = None,
 ) -> None:
     """Make VERSION (or the current version's parent) live, after verifying it; prints the new current."""
