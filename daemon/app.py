@@ -17,6 +17,8 @@ import faust
 import mode
 from prometheus_client import CollectorRegistry, Gauge
 
+from models.registry import Registry
+from models.serving import ModelServer
 from streams.ingest import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, IngestAgent, RawRecord, UserIdPolicy
 from streams.metrics import StreamMetrics
 from streams.schema import Rejection
@@ -25,6 +27,8 @@ from streams.tiers import TieredStore, TierPolicy
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 from .config import Settings
 from .kafka import aiokafka_options, faust_credentials
+from .model_service import ModelService
+from .predict_api import PredictApi
 from .web import WebService
 
 __all__ = ["Daemon", "topic_specs"]
@@ -54,7 +58,10 @@ class Daemon:
         self.store = self._build_store()
         self.app = self._build_app()
         self.ingest = self._build_ingest()
-        self.web = WebService(settings.web.host, settings.web.port, self.registry, self._readiness)
+        self.model_server = ModelServer()
+        self.model_registry = Registry(settings.registry_dir)
+        self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.registry)
+        self.web = WebService(settings.web.host, settings.web.port, self.registry, self._readiness, add_routes=self.predict_api.add_routes)
         self._store_open = False
         self._register()
 
@@ -137,6 +144,7 @@ class Daemon:
                 )
 
         app.service(StoreService)
+        app.service(ModelService(s, self.model_server, self.model_registry))
         app.service(self.web)
 
         @app.agent(self.input_topic, name="driftd.ingest")
@@ -176,7 +184,11 @@ class Daemon:
             last.update(events=events, dlq=dlq)
 
     def _readiness(self) -> dict[str, bool]:
-        return {"store_open": self._store_open, "consumer_assigned": bool(self.app.consumer.assignment()) if self._store_open else False}
+        return {
+            "store_open": self._store_open,
+            "consumer_assigned": bool(self.app.consumer.assignment()) if self._store_open else False,
+            "model_loaded": self.model_server.ready,
+        }
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -188,7 +200,7 @@ class Daemon:
             broker = EmbeddedBroker(self.settings.kafka.embedded_port, log_path=log_path).start()
         try:
             ensure_topics_sync(self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka))
-            log.info("driftd ingests and tiers events from %s on %s; the learning loop is not built yet", self.settings.topics.input, self.bootstrap)
+            log.info("driftd ingests and tiers events from %s on %s and serves the registry's current model; the learning loop is not built yet", self.settings.topics.input, self.bootstrap)
             worker = faust.Worker(self.app, loglevel=self.settings.daemon.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
             try:
                 worker.execute_from_commandline()
@@ -196,6 +208,7 @@ class Daemon:
                 return int(exit_.code or 0)
             return 0
         finally:
+            self.model_server.close(timeout=5)
             if self._store_open:
                 self.store.close_now()
             if broker is not None:

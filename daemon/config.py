@@ -127,6 +127,7 @@ class WebSettings(_Section):
 
 class ModelSettings(_Section):
     registry_dir: Path | None = Field(None, description="Model registry root (versioned, checksummed). Unset: <daemon.data_dir>/registry.")
+    bootstrap: bool = Field(True, description="Train a first model from the seed dataset when the registry is empty; off: serve nothing until a version is activated.")
     bootstrap_dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Seed dataset the first model is trained on when the registry is empty.")
     bootstrap_groups: list[str] = Field(default_factory=lambda: ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"], description="Domains (or intents) of the seed dataset to train on; empty means all.")
     top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")

@@ -98,7 +98,7 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
         env = {**os.environ, **DEMO_TIER_ENV, "DRIFTD_KAFKA__BOOTSTRAP": bootstrap, "DRIFTD_DAEMON__DATA_DIR": str(data_dir)}
         daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
-        wait_for(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 60, "the daemon to be ready", daemon)
+        wait_for(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 180, "the daemon to be ready (first run: training the bootstrap model)", daemon)
         try:
             stats = replay_dataset(settings, settings.replay, "train", bootstrap, progress=True)
             asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))

@@ -1,4 +1,4 @@
-"""The daemon's HTTP surface: /metrics, /healthz, /readyz (issue-by-issue, more routes join here).
+"""The daemon's HTTP surface: /metrics, /healthz, /readyz, plus the routes the daemon adds (predict, admin).
 
 Runs on aiohttp inside the daemon's event loop, bound to 127.0.0.1 unless configured otherwise.
 """
@@ -19,8 +19,17 @@ log = logging.getLogger(__name__)
 
 
 class WebService(mode.Service):
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, readiness: Callable[[], dict[str, bool]], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        readiness: Callable[[], dict[str, bool]],
+        add_routes: Callable[[web.Application], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.add_routes = add_routes
         self.host = host
         self.port = port
         self.registry = registry
@@ -33,6 +42,8 @@ class WebService(mode.Service):
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self.add_routes is not None:
+            self.add_routes(app)
         return app
 
     async def on_start(self) -> None:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class DaemonProcess:
             "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
             "DRIFTD_DAEMON__STATS_INTERVAL_S": "2",
             "DRIFTD_WEB__PORT": str(self.web_port),
+            "DRIFTD_MODELS__BOOTSTRAP": "false",  # ingest tests: no background training competing for the CPU
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -98,12 +100,17 @@ class DaemonProcess:
         except (RuntimeError, TimeoutError) as exc:
             raise AssertionError(f"{exc}; daemon log:\n{self.log_tail()}") from None
 
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        def ready() -> bool:
+    def readiness(self) -> dict[str, bool]:
+        try:
             with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
-                return json.load(response)["ready"]
+                return json.load(response)["checks"]
+        except urllib.error.HTTPError as not_ready:  # 503 carries the same body
+            return json.load(not_ready)["checks"]
 
-        self.wait_until(ready, timeout_s, "readiness")
+    def wait_ready(self, timeout_s: float = 60, model: bool = False) -> None:
+        """Until it consumes (and, with ``model``, serves a model)."""
+        wanted = ("store_open", "consumer_assigned") + (("model_loaded",) if model else ())
+        self.wait_until(lambda: all(self.readiness()[k] for k in wanted), timeout_s, "readiness")
 
     def wait_stored(self, count: int, timeout_s: float = 120) -> None:
         self.wait_until(lambda: self.metric("driftd_events_total") >= count, timeout_s, f"{count} stored events")

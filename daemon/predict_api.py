@@ -1,0 +1,159 @@
+"""HTTP routes of the model: POST /v1/predict, and the token-protected admin routes.
+
+Every malformed or oversized request gets a 4xx with a message saying what was wrong; a well-formed
+request before any model is loaded gets 503. Admin routes need ``Authorization: Bearer <web.admin_token>``
+(compared in constant time); with no token configured they do not exist (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from models.registry import CorruptVersion, Manifest, Registry
+from models.serving import ModelRejected, ModelServer, NoModel
+
+from .config import Settings
+
+__all__ = ["PredictApi"]
+
+log = logging.getLogger("driftd.api")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class PredictApi:
+    def __init__(self, settings: Settings, server: ModelServer, registry: Registry, metrics: CollectorRegistry) -> None:
+        self.settings = settings
+        self.server = server
+        self.registry = registry
+        token = settings.web.admin_token
+        self._token = token.get_secret_value().encode() if token else None
+        self._swap_lock = asyncio.Lock()  # one activation at a time
+        self.requests = Counter("driftd_predict_requests_total", "HTTP prediction requests, by status code.", ["status"], registry=metrics)
+        self.latency = Histogram(
+            "driftd_predict_latency_seconds", "Time to answer a /v1/predict request.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=metrics,
+        )
+        self.swaps = Counter("driftd_model_swaps_total", "Model activations through the admin API, by result.", ["result"], registry=metrics)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/predict", self.predict)
+        app.router.add_get("/admin/v1/models", self.list_models)
+        app.router.add_post("/admin/v1/models/{version}/activate", self.activate)
+        app.router.add_post("/admin/v1/rollback", self.rollback)
+
+    # -- prediction ------------------------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        response = await self._predict(request)
+        self.requests.labels(str(response.status)).inc()
+        self.latency.observe(time.perf_counter() - started)
+        return response
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        limits = self.settings.models
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body over {request.app._client_max_size} bytes")
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            return _error(400, "body is not valid JSON")
+        if not isinstance(payload, dict):
+            return _error(422, 'body must be a JSON object with "text" (a string) or "texts" (a list of strings)')
+        single = "text" in payload
+        if single == ("texts" in payload):
+            return _error(422, 'give exactly one of "text" or "texts"')
+        texts = [payload["text"]] if single else payload["texts"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return _error(422, '"texts" must be a non-empty list of strings' if not single else '"text" must be a string')
+        if len(texts) > limits.max_batch:
+            return _error(413, f"{len(texts)} texts in one request; the limit is {limits.max_batch}")
+        for i, text in enumerate(texts):
+            if not text.strip():
+                return _error(422, f"text {i} is empty")
+            if len(text) > limits.max_text_chars:
+                return _error(413, f"text {i} has {len(text)} characters; the limit is {limits.max_text_chars}")
+        top_k = payload.get("top_k", limits.top_k)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 20:
+            return _error(422, '"top_k" must be an integer from 1 to 20')
+        try:
+            predictions = self.server.predict(texts, top_k=top_k)
+        except NoModel:
+            return _error(503, "no model is loaded yet; see /readyz")
+        if single:
+            return web.json_response(predictions[0].to_dict())
+        return web.json_response({"predictions": [p.to_dict() for p in predictions], "model_version": predictions[0].model_version})
+
+    # -- admin -----------------------------------------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> web.Response | None:
+        if self._token is None:
+            return _error(404, "admin routes are disabled; set web.admin_token to enable them")
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="driftd-admin"'})
+        return None
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        entries = await asyncio.get_running_loop().run_in_executor(None, self.registry.entries)
+        current = self.registry.current()
+        listing = []
+        for version, entry in entries:
+            item: dict[str, Any] = {"version": version, "current": version == current, "serving": version == self.server.version}
+            if isinstance(entry, Manifest):
+                item.update(status="ok", parent=entry.parent, created_at=entry.created_at, info=entry.info)
+            else:
+                item.update(status="corrupt", reason=str(entry))
+            listing.append(item)
+        return web.json_response({"models": listing})
+
+    async def activate(self, request: web.Request) -> web.Response:
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        return await self._activate(request.match_info["version"])
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        current = self.registry.current()
+        if current is None:
+            return _error(409, "there is no current version to roll back from")
+        try:
+            parent = self.registry.verify(current).parent
+        except CorruptVersion as exc:
+            parent = exc.manifest.parent if exc.manifest else None
+        if parent is None:
+            return _error(409, f"{current} has no parent version to roll back to")
+        return await self._activate(parent)
+
+    async def _activate(self, version: str) -> web.Response:
+        if version not in self.registry.versions():
+            return _error(404, f"no version {version!r} in the registry")
+        loop = asyncio.get_running_loop()
+        async with self._swap_lock:
+            try:
+                previous = await loop.run_in_executor(None, self.server.load_and_swap, self.registry, version)
+            except (ModelRejected, CorruptVersion) as exc:
+                self.swaps.labels("refused").inc()
+                log.error("refused to activate %s: %s; %s keeps serving", version, exc, self.server.version)
+                return _error(409, f"{version} refused: {exc}; {self.server.version} keeps serving")
+            await loop.run_in_executor(None, self.registry.set_current, version)
+        self.swaps.labels("ok").inc()
+        log.info("activated model %s (was %s)", version, previous)
+        return web.json_response({"version": version, "previous": previous})

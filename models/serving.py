@@ -1,0 +1,328 @@
+"""Serving one registry version and hot-swapping to the next without failing a request.
+
+``LoadedModel.load`` is the gate between the registry and live traffic: a version is served only
+after its files match the manifest, its ONNX graph loads, and it reproduces the logits recorded at
+export time (the probe). That last check catches what hashes cannot: a manifest rewritten to match
+damaged files, or a runtime that computes differently from the one that exported the model.
+
+``ModelServer`` holds the live model. A request takes a reference under a lock and runs outside
+it, so a swap never waits for inference and inference never waits for a load. A replaced model is
+closed only once the requests that still hold it have finished (counted per model, under the same
+lock), so no request ever sees a closed session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .export import SERVED_MODEL, cpu_session
+from .featurize import HashingFeaturizer
+from .registry import CorruptVersion, Registry
+
+__all__ = ["LoadedModel", "ModelClosed", "ModelRejected", "ModelServer", "NoModel", "Prediction"]
+
+LABELS = "labels.json"
+FEATURIZER = "featurizer.json"
+PROBE = "probe.json"
+_WARMUP_BATCHES = (1, 64)  # the sizes traffic uses most: one request, one micro-batch
+
+
+class ModelRejected(Exception):
+    """A version that must not be served. ``reason`` says why, for logs and the operator."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(f"model {version} rejected: {reason}")
+        self.version = version
+        self.reason = reason
+
+
+class NoModel(RuntimeError):
+    """A prediction was asked for before any version was loaded."""
+
+
+class ModelClosed(RuntimeError):
+    """A prediction on a model whose session was released: a bug in whoever retired it too early."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's answer. ``confidence`` and ``top_k`` are softmax probabilities, ``top_k`` highest first;
+    ``model_version`` says which version answered, so a swap is visible in the output stream."""
+
+    intent: str
+    confidence: float
+    top_k: list[tuple[str, float]]
+    model_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intent": self.intent,
+            "confidence": self.confidence,
+            "top_k": [{"intent": name, "confidence": p} for name, p in self.top_k],
+            "model_version": self.model_version,
+        }
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    # float64: rounding in float32 can make probabilities sum to slightly more than 1.
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+class LoadedModel:
+    """One verified, warmed-up version: an ONNX Runtime session plus the labels and featurizer it was trained with.
+
+    Built by ``load``; thread-safe (ONNX Runtime sessions allow concurrent ``run``). ``close`` releases the
+    session; a later ``predict`` raises ``ModelClosed``. ``active_at_close`` records how many ``predict``
+    calls were running at that moment, which must be 0 when a server retires it (tests check this).
+    """
+
+    def __init__(self, version: str, labels: list[str], featurizer: HashingFeaturizer, session: ort.InferenceSession) -> None:
+        self.version = version
+        self.labels = labels
+        self.featurizer = featurizer
+        self._session: ort.InferenceSession | None = session
+        self._input = session.get_inputs()[0].name
+        self._lock = threading.Lock()
+        self._active = 0
+        self.closed = False
+        self.active_at_close: int | None = None
+        self.in_flight = 0  # requests holding this model through a ModelServer; guarded by that server's lock
+
+    # --- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, registry: Registry, version: str, *, threads: int = 1, probe_atol: float = 1e-4) -> LoadedModel:
+        """Verify, load, parity-check and warm up ``version``; raises ``ModelRejected`` saying why it cannot serve.
+
+        Blocking (hashing, session build, warm-up): run it off the request path. Each file is hashed again
+        as it is read, so a file changed between ``verify`` and the read is caught too.
+        """
+        try:
+            manifest = registry.verify(version)
+        except CorruptVersion as exc:
+            raise ModelRejected(version, "; ".join(exc.problems)) from exc
+        except ValueError as exc:  # no such version, or not a version name
+            raise ModelRejected(version, str(exc)) from exc
+
+        def read(name: str) -> bytes:
+            entry = manifest.files.get(name)
+            if entry is None:
+                raise ModelRejected(version, f"{name} is not in the manifest")
+            try:
+                data = registry.path(version, name).read_bytes()
+            except OSError as exc:
+                raise ModelRejected(version, f"cannot read {name} ({exc})") from exc
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ModelRejected(version, f"{name} changed after verification")
+            return data
+
+        labels = _parse_labels(version, read(LABELS))
+        try:
+            featurizer = HashingFeaturizer.from_json(read(FEATURIZER).decode("utf-8"))
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise ModelRejected(version, f"{FEATURIZER} is unusable ({exc})") from exc
+        texts, expected = _parse_probe(version, read(PROBE))
+        try:
+            session = cpu_session(read(SERVED_MODEL), threads=threads)
+        except ModelRejected:
+            raise
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
+            raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
+        model = cls(version, labels, featurizer, session)
+        try:
+            model._check_probe(texts, expected, probe_atol)
+            for size in _WARMUP_BATCHES:
+                model._logits([texts[i % len(texts)] for i in range(size)])
+        except ModelRejected:
+            model.close()
+            raise
+        except Exception as exc:
+            model.close()
+            raise ModelRejected(version, f"{SERVED_MODEL} fails to run ({exc})") from exc
+        return model
+
+    def _check_probe(self, texts: list[str], expected: np.ndarray, atol: float) -> None:
+        want = (len(texts), len(self.labels))
+        if expected.shape != want:
+            raise ModelRejected(self.version, f"{PROBE} logits have shape {expected.shape}, expected {want} ({len(self.labels)} labels)")
+        got = self._logits(texts)
+        if got.shape != want:
+            raise ModelRejected(self.version, f"{SERVED_MODEL} gives logits of shape {got.shape}, expected {want} ({len(self.labels)} labels)")
+        diff = float(np.abs(got.astype(np.float64) - expected).max())
+        if not diff <= atol:  # written this way so that NaN fails
+            raise ModelRejected(self.version, f"probe parity failed: max abs logit difference {diff:.3g} > {atol:g}")
+
+    # --- serving -------------------------------------------------------------------------------
+
+    def _logits(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            session = self._session
+            if session is None:
+                raise ModelClosed(f"model {self.version} is closed")
+            self._active += 1
+        try:
+            return session.run(None, {self._input: self.featurizer.batch(texts)})[0]
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def predict(self, texts: Sequence[str], top_k: int = 3) -> list[Prediction]:
+        """One ``Prediction`` per text, in order; ``top_k`` is clamped to the number of labels."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if not texts:
+            return []
+        probs = _softmax(self._logits(texts))
+        k = min(top_k, len(self.labels))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out: list[Prediction] = []
+        for row, idx in zip(probs, order):
+            ranked = [(self.labels[i], float(row[i])) for i in idx]
+            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.version))
+        return out
+
+    def close(self) -> None:
+        """Release the session (idempotent). Only the retiring server should call it, after its requests drain."""
+        with self._lock:
+            if self.closed:
+                return
+            self.active_at_close = self._active
+            self.closed = True
+            self._session = None
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.version!r}, {len(self.labels)} labels{', closed' if self.closed else ''})"
+
+
+def _parse_labels(version: str, data: bytes) -> list[str]:
+    try:
+        labels = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelRejected(version, f"{LABELS} is not valid JSON ({exc})") from exc
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelRejected(version, f"{LABELS} is not a non-empty list of strings")
+    if len(set(labels)) != len(labels):
+        raise ModelRejected(version, f"{LABELS} has duplicate labels")
+    return labels
+
+
+def _parse_probe(version: str, data: bytes) -> tuple[list[str], np.ndarray]:
+    try:
+        probe = json.loads(data)
+        texts, logits = probe["texts"], probe["logits"]
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        raise ModelRejected(version, f"{PROBE} is not {{texts, logits}} ({exc})") from exc
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ModelRejected(version, f"{PROBE} has no texts: parity cannot be checked")
+    try:
+        expected = np.asarray(logits, dtype=np.float64)
+    except (ValueError, TypeError) as exc:  # ragged rows or non-numbers
+        raise ModelRejected(version, f"{PROBE} logits are not a numeric matrix ({exc})") from exc
+    return texts, expected
+
+
+class ModelServer:
+    """The live model, swapped atomically. ``predict`` is safe from any thread, the event loop included
+    (the lock is held only to take or return a reference, never during inference or loading)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._current: LoadedModel | None = None
+        self._retiring: list[LoadedModel] = []
+        self.history: list[tuple[float, str]] = []  # (time.monotonic() of the switch, version switched to)
+
+    @property
+    def version(self) -> str | None:
+        model = self._current
+        return None if model is None else model.version
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The live model (for its labels and featurizer); predict through the server, not on this."""
+        return self._current
+
+    def predict(self, texts: Sequence[str], top_k: int = 3) -> list[Prediction]:
+        """Predict with the model live when the call starts; a swap meanwhile does not affect this call."""
+        with self._cond:
+            model = self._current
+            if model is None:
+                raise NoModel("no model loaded yet")
+            model.in_flight += 1
+        try:
+            return model.predict(texts, top_k)
+        finally:
+            with self._cond:
+                model.in_flight -= 1
+                if model.in_flight == 0 and model is not self._current:
+                    self._cond.notify_all()  # a retiring model may now be closed
+
+    def swap(self, new: LoadedModel) -> str | None:
+        """Make ``new`` live at once and return the previous version; the previous model is closed in the
+        background when its last in-flight request returns."""
+        if new.closed:
+            raise ValueError(f"cannot serve {new!r}")
+        with self._cond:
+            old = self._current
+            if old is new:
+                return old.version
+            if new in self._retiring:
+                raise ValueError(f"{new!r} is being retired and will be closed: load the version again")
+            self._current = new
+            self.history.append((time.monotonic(), new.version))
+            if old is not None:
+                self._retiring.append(old)
+        if old is None:
+            return None
+        threading.Thread(target=self._retire, args=(old,), name=f"retire-{old.version}", daemon=True).start()
+        return old.version
+
+    def load_and_swap(self, registry: Registry, version: str, **load_kwargs: Any) -> str | None:
+        """Load (verify, probe, warm up) then swap; blocking, so callers run it in a thread. A ``ModelRejected``
+        propagates and the current model keeps serving."""
+        new = LoadedModel.load(registry, version, **load_kwargs)
+        try:
+            return self.swap(new)
+        except BaseException:
+            new.close()
+            raise
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every replaced model is closed; False if some still have requests after ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._retiring, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop serving (later ``predict`` calls raise ``NoModel``) and wait for the last model to be closed."""
+        with self._cond:
+            old, self._current = self._current, None
+            if old is not None:
+                self._retiring.append(old)
+        if old is not None:
+            threading.Thread(target=self._retire, args=(old,), name=f"retire-{old.version}", daemon=True).start()
+        return self.drain(timeout)
+
+    def _retire(self, model: LoadedModel) -> None:
+        with self._cond:
+            # No new request can take ``model`` (it is no longer current), so once 0 it stays 0.
+            self._cond.wait_for(lambda: model.in_flight == 0)
+        model.close()
+        with self._cond:
+            self._retiring.remove(model)
+            self._cond.notify_all()

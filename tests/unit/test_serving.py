@@ -1,0 +1,279 @@
+"""Serving against real ONNX Runtime sessions of real tiny models: predictions, every way a version is
+rejected, and hot swaps under concurrent load with no failed request and no model closed while in use."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from models.classifier import ClassifierConfig
+from models.export import SERVED_MODEL, build_version_files
+from models.featurize import HashingFeaturizer
+from models.registry import Registry
+from models.serving import LoadedModel, ModelRejected, ModelServer, NoModel, Prediction
+from models.train import TrainSettings, train_classifier
+
+TEMPLATES = {
+    "greet": ["hello there {x}", "hi {x}, good morning", "hey {x} how are you"],
+    "bye": ["goodbye {x}", "see you later {x}", "bye bye {x}, talk soon"],
+    "refund": ["i want my money back for the {x}", "refund the {x} please", "how do i get a refund on {x}"],
+    "track": ["where is my {x}", "track my {x} order", "when will the {x} arrive"],
+    "cancel": ["cancel my {x} order", "please stop the {x} subscription", "i no longer want the {x}"],
+    "upgrade": ["upgrade my {x} plan", "move me to the premium {x}", "i want a bigger {x} tier"],
+}
+FILLERS = ["parcel", "phone", "account", "laptop", "shoes", "team", "friend", "book"]
+PROBE = ["hello friend", "where is my parcel", "refund the phone please", "cancel my order", "", "upgrade the plan now"]
+
+
+def examples(intents: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    pairs = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(intents) for _ in range(n))]
+    return [t for t, _ in pairs], [i for _, i in pairs]
+
+
+def version_files(intents: list[str], seed: int) -> dict[str, bytes]:
+    texts, labels = examples(intents, 200, seed)
+    result = train_classifier(
+        texts, labels,
+        featurizer=HashingFeaturizer(buckets=4096),
+        config=ClassifierConfig(buckets=4096, dim=16, hidden=32),
+        settings=TrainSettings(epochs=30, seed=seed),
+    )
+    files, _ = build_version_files(result.model, result.featurizer, result.labels, PROBE)
+    return files
+
+
+@pytest.fixture(scope="module")
+def builds() -> list[dict[str, bytes]]:
+    """Three different models: two seeds over five intents, and a sixth intent added."""
+    five = ["greet", "bye", "refund", "track", "cancel"]
+    return [version_files(five, 0), version_files(five, 1), version_files([*five, "upgrade"], 2)]
+
+
+@pytest.fixture
+def reg(tmp_path: Path, builds: list[dict[str, bytes]]) -> Registry:
+    registry = Registry(tmp_path / "registry")
+    parent = None
+    for files in builds:
+        parent = registry.publish(files, parent=parent, info={}).version
+    return registry
+
+
+def rewrite(reg: Registry, version: str, name: str, data: bytes, *, fix_manifest: bool) -> None:
+    """Replace a file; with ``fix_manifest`` also record its new hash, so only the loader's own checks can catch it."""
+    reg.path(version, name).write_bytes(data)
+    if fix_manifest:
+        path = reg.root / version / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        path.write_text(json.dumps(manifest))
+        reg.verify(version)
+
+
+def rejected(reg: Registry, version: str, *needles: str) -> str:
+    with pytest.raises(ModelRejected) as caught:
+        LoadedModel.load(reg, version)
+    message = str(caught.value)
+    assert caught.value.version == version and version in message
+    for needle in needles:
+        assert needle in message
+    return message
+
+
+# --- predictions ---------------------------------------------------------------------------------
+
+
+def test_predictions(reg: Registry) -> None:
+    model = LoadedModel.load(reg, "v000001")
+    assert model.version == "v000001" and model.labels == ["bye", "cancel", "greet", "refund", "track"]
+    texts = ["hi there, good morning", "where is my laptop", "refund the shoes please", "cancel my book order", ""]
+    batch = model.predict(texts, top_k=3)
+    assert len(batch) == len(texts)
+    for p in batch:
+        assert isinstance(p, Prediction) and p.model_version == "v000001"
+        assert len(p.top_k) == 3 and p.top_k[0] == (p.intent, p.confidence)
+        probs = [c for _, c in p.top_k]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-9
+        assert {n for n, _ in p.top_k} <= set(model.labels)
+        d = p.to_dict()
+        assert d["intent"] == p.intent and d["model_version"] == "v000001" and len(d["top_k"]) == 3
+        json.dumps(d)
+    assert [p.intent for p in batch[:4]] == ["greet", "track", "refund", "cancel"]
+    full = model.predict(texts[:1], top_k=99)[0]  # clamped to the label count: all probabilities
+    assert len(full.top_k) == 5 and sum(c for _, c in full.top_k) == pytest.approx(1.0)
+    for text, p in zip(texts, batch):  # batch and single agree (INT8 activations are quantised per batch)
+        single = model.predict([text], top_k=3)[0]
+        assert single.intent == p.intent and single.confidence == pytest.approx(p.confidence, abs=0.05)
+    assert model.predict([]) == []
+    with pytest.raises(ValueError):
+        model.predict(texts, top_k=0)
+    model.close()
+    assert model.closed and model.active_at_close == 0
+
+
+def test_versions_differ(reg: Registry) -> None:
+    a, b, c = (LoadedModel.load(reg, v) for v in ("v000001", "v000002", "v000003"))
+    assert c.labels[-1] == "upgrade" and len(c.labels) == 6
+    text = ["hello there friend"]
+    assert a.predict(text)[0].confidence != b.predict(text)[0].confidence
+
+
+def test_predict_before_load_raises_no_model() -> None:
+    server = ModelServer()
+    assert server.version is None and not server.ready and server.history == []
+    with pytest.raises(NoModel):
+        server.predict(["hello"])
+
+
+# --- rejection -----------------------------------------------------------------------------------
+
+
+def test_truncated_model_rejected(reg: Registry) -> None:
+    data = reg.path("v000001", SERVED_MODEL).read_bytes()
+    rewrite(reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=False)
+    rejected(reg, "v000001", SERVED_MODEL, "bytes")
+    rewrite(reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=True)  # hashes agree: ORT must refuse it
+    rejected(reg, "v000001", SERVED_MODEL, "does not load")
+
+
+def test_flipped_label_byte_rejected(reg: Registry) -> None:
+    data = bytearray(reg.path("v000002", "labels.json").read_bytes())
+    data[3] ^= 0x01
+    rewrite(reg, "v000002", "labels.json", bytes(data), fix_manifest=False)
+    rejected(reg, "v000002", "labels.json", "sha256")
+
+
+def test_tampered_probe_rejected(reg: Registry) -> None:
+    probe = json.loads(reg.path("v000001", "probe.json").read_bytes())
+    probe["logits"][2][1] += 0.01
+    rewrite(reg, "v000001", "probe.json", json.dumps(probe).encode(), fix_manifest=True)
+    rejected(reg, "v000001", "probe parity failed")
+    probe["logits"][2][1] = float("nan")
+    rewrite(reg, "v000001", "probe.json", json.dumps(probe).encode(), fix_manifest=True)
+    rejected(reg, "v000001", "probe parity failed")
+
+
+def test_label_count_mismatch_rejected(reg: Registry) -> None:
+    labels = json.loads(reg.path("v000001", "labels.json").read_bytes())
+    rewrite(reg, "v000001", "labels.json", json.dumps([*labels, "extra"]).encode(), fix_manifest=True)
+    rejected(reg, "v000001", "shape", "6 labels")
+    probe = json.loads(reg.path("v000002", "probe.json").read_bytes())
+    probe["logits"] = [row[:-1] for row in probe["logits"]]
+    rewrite(reg, "v000002", "probe.json", json.dumps(probe).encode(), fix_manifest=True)
+    rejected(reg, "v000002", "probe.json", "shape")
+
+
+def test_missing_version_rejected(reg: Registry) -> None:
+    rejected(reg, "v000009", "no version")
+
+
+def test_corrupt_version_keeps_previous_serving(reg: Registry) -> None:
+    server = ModelServer()
+    assert server.load_and_swap(reg, "v000001") is None
+    assert server.version == "v000001" and server.ready
+    data = reg.path("v000002", SERVED_MODEL).read_bytes()
+    rewrite(reg, "v000002", SERVED_MODEL, data[:-10], fix_manifest=False)
+    with pytest.raises(ModelRejected, match=SERVED_MODEL):
+        server.load_and_swap(reg, "v000002")
+    assert server.version == "v000001" and [v for _, v in server.history] == ["v000001"]
+    assert server.predict(["where is my parcel"])[0].model_version == "v000001"
+    assert server.load_and_swap(reg, "v000003") == "v000001"
+    assert server.predict(["where is my parcel"])[0].model_version == "v000003"
+    assert server.drain(timeout=5)
+    assert server.close(timeout=5)
+    with pytest.raises(NoModel):
+        server.predict(["hello"])
+
+
+# --- hot swap under load ---------------------------------------------------------------------------
+
+
+def live_at_some_instant(history: list[tuple[float, str]], version: str, start: float, end: float) -> bool:
+    """Was ``version`` live at some instant of [start, end]? Entry i is live from its time to entry i+1's."""
+    for i, (since, v) in enumerate(history):
+        until = history[i + 1][0] if i + 1 < len(history) else float("inf")
+        if v == version and since <= end and until >= start:
+            return True
+    return False
+
+
+def test_swaps_under_concurrent_load(reg: Registry) -> None:
+    server = ModelServer()
+    server.load_and_swap(reg, "v000001")
+    models = [server.model]
+    stop = threading.Event()
+    records: list[list[tuple[float, float, list[str]]]] = [[] for _ in range(8)]
+    errors: list[BaseException] = []
+    texts = ["hello there friend", "where is my phone", "refund the book please", "cancel my account order", "upgrade my plan"]
+
+    def load(slot: int) -> None:
+        rng = random.Random(slot)
+        try:
+            while not stop.is_set():
+                batch = rng.sample(texts, rng.randint(1, len(texts)))
+                start = time.monotonic()
+                out = server.predict(batch, top_k=2)
+                end = time.monotonic()
+                assert len(out) == len(batch)
+                records[slot].append((start, end, [p.model_version for p in out]))
+        except BaseException as exc:  # noqa: BLE001 - every failure is the test's business
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        versions = ["v000002", "v000003", "v000001"]
+        for i in range(54):
+            expected_previous = server.version
+            assert server.load_and_swap(reg, versions[i % 3]) == expected_previous
+            models.append(server.model)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert errors == []
+    assert server.drain(timeout=10)
+
+    history = server.history
+    assert len(history) == 55 and [v for _, v in history[1:]] == (versions * 18)
+    seen: set[str] = set()
+    total = 0
+    for rows in records:
+        assert rows, "every load thread got requests through"
+        for start, end, answered in rows:
+            assert len(set(answered)) == 1  # one request, one model
+            assert live_at_some_instant(history, answered[0], start, end), (answered[0], start, end)
+            seen.add(answered[0])
+            total += 1
+    assert seen == {"v000001", "v000002", "v000003"} and total > 55
+    assert len({id(m) for m in models}) == 55
+    for old in models[:-1]:  # every replaced model was closed, and only once nothing was using it
+        assert old.closed and old.active_at_close == 0 and old.in_flight == 0
+    assert not models[-1].closed and server.version == "v000001"
+
+
+def test_predict_from_event_loop_during_swaps(reg: Registry) -> None:
+    """The daemon calls predict from its asyncio loop while loads run in worker threads."""
+    server = ModelServer()
+    server.load_and_swap(reg, "v000001")
+
+    async def main() -> set[str]:
+        answered: set[str] = set()
+        swaps = asyncio.gather(*(asyncio.to_thread(server.load_and_swap, reg, v) for v in ("v000002", "v000003", "v000002")))
+        while not swaps.done():
+            answered |= {p.model_version for p in server.predict(["where is my parcel", "hi"])}
+            await asyncio.sleep(0)
+        await swaps
+        return answered
+
+    answered = asyncio.run(main())
+    assert answered and answered <= {"v000001", "v000002", "v000003"} and server.version in {"v000002", "v000003"}
+    assert server.drain(timeout=5) and len(server.history) == 4
