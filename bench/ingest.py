@@ -131,7 +131,25 @@ def _events_total(url: str) -> float:
     return sum(v for k, v in scrape(url).items() if k.startswith("driftd_events_total{"))
 
 
-def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, batch_size: int, work: Path, procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+def publish_model(registry_dir: Path) -> str:
+    """A small real model (5 CLINC150 domains, 3 epochs) made current, so (a) predicts every utterance."""
+    from models.export import build_version_files
+    from models.registry import Registry
+    from models.train import TrainSettings, train_classifier
+    from streams.datasets import groups, load_examples
+
+    domains = groups("clinc150")
+    intents = {i for d in ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute") for i in domains[d]}
+    chosen = [e for e in load_examples("clinc150", "train") if e.intent in intents]
+    result = train_classifier([e.text for e in chosen], [e.intent for e in chosen], settings=TrainSettings(epochs=3))
+    files, _ = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in chosen[:32]])
+    registry = Registry(registry_dir)
+    version = registry.publish(files, parent=None, info={"source": "bench"}).version
+    registry.set_current(version)
+    return version
+
+
+def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, batch_size: int, work: Path, procs: list[subprocess.Popen[bytes]], registry_dir: Path) -> dict[str, Any]:
     data_dir = work / "daemon"
     data_dir.mkdir()
     web_port = _free_port()
@@ -152,6 +170,8 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
         "DRIFTD_WEB__PORT": str(web_port),
         "DRIFTD_INGEST__BATCH_SIZE": str(batch_size),
         "DRIFTD_TIERS__WARM_SYNCHRONOUS": "FULL",
+        "DRIFTD_MODELS__BOOTSTRAP": "false",
+        "DRIFTD_MODELS__REGISTRY_DIR": str(registry_dir),
     }
     env.pop("DRIFTD_CONFIG", None)
     cmd = [sys.executable, "-m", "daemon", "run"]
@@ -182,6 +202,7 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
             if count >= n:
                 t_last = now
                 cpu_last = (_cpu_seconds(proc.pid), _cpu_seconds(broker_pid))
+                predicted = scrape(url).get("driftd_predictions_total", 0.0)
                 break
             time.sleep(0.1)  # a scrape costs the daemon ~1-2 ms of its event loop: keep the probe light
     finally:
@@ -194,6 +215,7 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
         "cpu": cpu_last[0] - cpu_first[0],
         "broker_cpu": cpu_last[1] - cpu_first[1],
         "exit": proc.returncode,
+        "predicted": predicted,
     }
     # Cross-check from the warm store itself: every row carries the time its batch began to be handled.
     with sqlite3.connect(data_dir / "warm.sqlite3") as db:
@@ -359,8 +381,11 @@ def bench(args: argparse.Namespace) -> int:
         utterances, labels, secs = fill_topic(bootstrap, TOPIC, n)
         print(f"filled {TOPIC} on {bootstrap} once: {utterances:,} utterances + {labels:,} labels = {n:,} events in {secs:.1f}s")
 
-        a = run_daemon(bootstrap, broker_pid, TOPIC, n, partitions, args.batch_size, work, procs)
+        version = publish_model(work / "registry")
+        print(f"published model {version} (5 CLINC150 domains): the full path predicts every utterance and publishes it on predictions")
+        a = run_daemon(bootstrap, broker_pid, TOPIC, n, partitions, args.batch_size, work, procs, work / "registry")
         _report("(a) driftd full path", a, "stored")
+        print(f"    utterances predicted and published on predictions: {a['predicted']:,.0f}")
         print(f"    warm-store cross-check: {a['warm_rows']:,} rows in {a['warm_batches']} batches, {a['warm_rate']:,.0f} events/s between the first and last batch")
         b = run_child("faust", faust_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs)
         _report("(b) bare faust", b, "json-decoded")

@@ -18,7 +18,7 @@ import mode
 from prometheus_client import CollectorRegistry, Gauge
 
 from models.registry import Registry
-from models.serving import ModelServer
+from models.serving import ModelServer, NoModel
 from streams.ingest import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, IngestAgent, RawRecord, UserIdPolicy
 from streams.metrics import StreamMetrics
 from streams.schema import Rejection
@@ -109,6 +109,7 @@ class Daemon:
             logging_config=None,
         )
         self.input_topic = app.topic(s.topics.input, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
+        self.predictions_topic = app.topic(s.topics.predictions, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
         self.dlq_topic = app.topic(s.topics.dlq, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
         return app
 
@@ -120,7 +121,19 @@ class Daemon:
             metrics=self.metrics,
             max_event_bytes=ingest_cfg.max_event_bytes,
             users=UserIdPolicy(ingest_cfg.store_user_id, ingest_cfg.user_id_salt.get_secret_value().encode()),
+            predict=self._predict_stream,
+            publish_prediction=self._publish_prediction,
         )
+
+    def _predict_stream(self, texts: list[str]) -> list[dict[str, Any]] | None:
+        try:
+            predictions = self.model_server.predict(texts, top_k=self.settings.models.top_k)
+        except NoModel:
+            return None
+        return [p.to_dict() for p in predictions]
+
+    async def _publish_prediction(self, key: bytes, value: bytes) -> Any:
+        return await self.predictions_topic.send(key=key, value=value)
 
     async def _dead_letter(self, record: RawRecord, rejection: Rejection) -> Any:
         headers = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from .metrics import StreamMetrics
 from .schema import Event, Rejection, decode_event
 from .tiers import StoredEvent, TieredStore
 
-__all__ = ["DeadLetterSink", "IngestAgent", "RawRecord", "UserIdPolicy", "to_stored"]
+__all__ = ["DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor", "RawRecord", "UserIdPolicy", "to_stored"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ class RawRecord:
     def from_message(cls, message: Any) -> RawRecord:
         """From a faust Message (or anything with the same attributes)."""
         return cls(message.topic, message.partition, message.offset, message.key, message.value, message.timestamp, tuple(message.headers or ()))
+
+
+Predictor = Callable[[list[str]], "list[dict[str, Any]] | None"]  # texts -> prediction dicts, None: no model yet
+
+
+class PredictionSink(Protocol):
+    async def __call__(self, key: bytes, value: bytes) -> Awaitable[Any]:
+        """Queue one prediction record; the returned awaitable resolves once the broker has it."""
 
 
 class DeadLetterSink(Protocol):
@@ -107,6 +116,8 @@ class IngestAgent:
     clock: Callable[[], float] = time.time
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
+    predict: Predictor | None = None
+    publish_prediction: PredictionSink | None = None
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
 
     async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
@@ -132,9 +143,10 @@ class IngestAgent:
             else:
                 valid.append(to_stored(record, decoded, self.users, now))
 
-        _, inserted = await asyncio.gather(
+        _, inserted, _ = await asyncio.gather(
             self._retry("dlq", self._dead_letter_attempt(rejected)),
             self._retry("warm", lambda: self.store.write(valid)),
+            self._predict_and_publish([e for e in valid if e.type == "utterance"]),
         )
 
         stored_at = self.clock()
@@ -151,6 +163,35 @@ class IngestAgent:
         for record in records:  # records of one partition arrive in offset order
             self.next_offsets[(record.topic, record.partition)] = record.offset + 1
         return len(valid), len(rejected)
+
+    async def _predict_and_publish(self, utterances: list[StoredEvent]) -> None:
+        """One model call for the batch's utterances (in a worker thread), then one record each on `predictions`."""
+        if not utterances or self.predict is None or self.publish_prediction is None:
+            return
+        predictions = await asyncio.get_running_loop().run_in_executor(None, self.predict, [e.text or "" for e in utterances])
+        if predictions is None:
+            self.metrics.predictions_skipped.inc(len(utterances))
+            return
+        records = [
+            (e.conversation_id.encode(), json.dumps({"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}).encode())
+            for e, p in zip(utterances, predictions)
+        ]
+        await self._retry("predictions", self._publish_attempt(records))
+        self.metrics.predictions.inc(len(records))
+
+    def _publish_attempt(self, records: list[tuple[bytes, bytes]]) -> Callable[[], Awaitable[None]]:
+        pending = list(records)
+
+        async def attempt() -> None:
+            nonlocal pending
+            assert self.publish_prediction is not None
+            results = await asyncio.gather(*[await self.publish_prediction(k, v) for k, v in pending], return_exceptions=True)
+            failed = [(item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)]
+            pending = [item for item, _ in failed]
+            if failed:
+                raise RuntimeError(f"{len(failed)} prediction(s) not delivered: {failed[0][1]!r}")
+
+        return attempt
 
     def _dead_letter_attempt(self, rejected: list[tuple[RawRecord, Rejection]]) -> Callable[[], Awaitable[None]]:
         """One attempt sends every record not yet delivered; a retry resends only those that failed."""

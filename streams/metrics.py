@@ -22,7 +22,7 @@ class StreamMetrics:
         self.demotions = Counter("driftd_demotions_total", "Events moved from one tier to the next.", ["source", "target"], registry=registry)
         self.cold_files = Gauge("driftd_cold_files", "Parquet files in the cold tier.", registry=registry)
         self.retention_deleted = Counter("driftd_cold_retention_deleted_total", "Events deleted from cold at the end of their retention.", registry=registry)
-        self.store_errors = Counter("driftd_store_errors_total", "Failed writes to warm or the DLQ (retried; consumption pauses meanwhile).", ["sink"], registry=registry)
+        self.store_errors = Counter("driftd_store_errors_total", "Failed writes to warm, the DLQ or the predictions topic (retried; consumption pauses meanwhile).", ["sink"], registry=registry)
         self.consumer_lag = Gauge("driftd_consumer_lag", "Records behind the partition's high watermark, per assigned partition.", ["partition"], registry=registry)
         self.ingest_latency = Histogram(
             "driftd_ingest_latency_seconds",
@@ -30,6 +30,8 @@ class StreamMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
+        self.predictions = Counter("driftd_predictions_total", "Utterances predicted in the stream and published on the predictions topic.", registry=registry)
+        self.predictions_skipped = Counter("driftd_predictions_skipped_total", "Utterances stored without a prediction because no model was loaded yet.", registry=registry)
         self.batch_size = Histogram("driftd_ingest_batch_events", "Records per ingest batch.", buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000), registry=registry)
         # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
         for kind in ("utterance", "feedback", "label"):
@@ -40,5 +42,5 @@ class StreamMetrics:
             self.tier_events.labels(tier)
         for source, target in (("hot", "warm"), ("warm", "cold")):
             self.demotions.labels(source, target)
-        for sink in ("warm", "dlq"):
+        for sink in ("warm", "dlq", "predictions"):
             self.store_errors.labels(sink)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import shutil
@@ -17,7 +18,7 @@ from models.featurize import HashingFeaturizer
 from models.registry import Registry
 from models.train import TrainSettings, train_classifier
 from streams.datasets import groups, load_examples
-from tests.integration.harness import DaemonProcess, unique
+from tests.integration.harness import DaemonProcess, produce, read_topic, unique, valid_event
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +85,17 @@ def test_predict_single_and_batch(daemon):
     status, batch = call(daemon.web_port, "POST", "/v1/predict", json.dumps({"texts": ["what is my account balance", "book me a flight"], "top_k": 2}))
     assert status == 200 and len(batch["predictions"]) == 2 and all(len(p["top_k"]) == 2 for p in batch["predictions"])
     assert batch["predictions"][0]["intent"] == single["intent"]
+
+
+def test_streamed_utterances_are_predicted_and_published_with_the_model_version(daemon, broker):
+    events = [valid_event(i, run="stream") for i in range(300)] + [valid_event(i, kind="label", run="stream") for i in range(50)]
+    asyncio.run(produce(broker.bootstrap, daemon.topic, [json.dumps(e).encode() for e in events]))
+    records = asyncio.run(read_topic(broker.bootstrap, f"{daemon.topic}.predictions", 300))
+    predictions = [json.loads(r.value) for r in records]
+    assert sorted(p["event_id"] for p in predictions) == sorted(f"stream-u{i}" for i in range(300))  # utterances only
+    assert all(p["model_version"] == "v000001" and p["intent"] == p["top_k"][0]["intent"] for p in predictions)
+    assert all(r.key == p["conversation_id"].encode() for r, p in zip(records, predictions))
+    assert daemon.metric("driftd_predictions_total") == 300
 
 
 @pytest.mark.parametrize(
