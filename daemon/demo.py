@@ -82,6 +82,17 @@ async def _send_malformed(bootstrap: str, topic: str, count: int) -> None:
         await producer.stop()
 
 
+def _show_predictions(url: str) -> None:
+    """Ask the live model about one seen domain and two it was not bootstrapped on (travel, utility)."""
+    texts = ["what is my checking account balance", "book me a flight to lisbon", "what time is it in tokyo"]
+    request = urllib.request.Request(url, data=json.dumps({"texts": texts}).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answer = json.load(response)
+    print(f"driftd demo: POST /v1/predict answered by model {answer['model_version']}:")
+    for text, p in zip(texts, answer["predictions"]):
+        print(f"  {text!r:45s} -> {p['intent']} ({p['confidence']:.2f})")
+
+
 def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     from .cli import replay_dataset
 
@@ -92,7 +103,7 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     bootstrap = f"127.0.0.1:{port}"
     metrics_url = f"http://{settings.web.host}:{settings.web.port}/metrics"
     print(f"driftd demo: embedded broker on {bootstrap}, data in {data_dir}, metrics at {metrics_url}")
-    print("driftd demo: this build ingests and tiers events; prediction and the learning loop come in later releases.")
+    print("driftd demo: this build ingests, tiers and predicts (a first model is trained on 5 CLINC150 domains); the learning loop comes next.")
 
     with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
@@ -107,9 +118,10 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
             wait_for(lambda: _sum(scrape(metrics_url), "driftd_events_total") >= sent and _sum(scrape(metrics_url), "driftd_dlq_total") >= malformed, 120, "every event to be stored", daemon)
             print("driftd demo: every event is stored; waiting for them to age from hot through warm into cold ...")
             wait_for(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
+            _show_predictions(metrics_url.replace("/metrics", "/v1/predict"))
             final = scrape(metrics_url)
             print("driftd demo: summary from /metrics")
-            for name in ("driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files"):
+            for name in ("driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files", "driftd_predictions_total"):
                 for key, value in sorted(final.items()):
                     if key == name or key.startswith(name + "{"):
                         print(f"  {key:55s} {value:>10.0f}")

@@ -151,7 +151,7 @@ def test_the_readme_demo_shows_events_flowing_through_every_tier(tmp_path):
         "DRIFTD_REPLAY__RATE": "0",
         "DRIFTD_REPLAY__SCHEDULE": "0=banking;700=*",
     }
-    result = subprocess.run([sys.executable, "-m", "daemon", "demo", "--malformed", "10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run([sys.executable, "-m", "daemon", "demo", "--malformed", "10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     labels = int(out.split(" utterances + ")[1].split(" labels")[0])
@@ -163,3 +163,5 @@ def test_the_readme_demo_shows_events_flowing_through_every_tier(tmp_path):
     assert summary["driftd_tier_events{tier=cold}"] == total
     assert summary["driftd_demotions_total{source=warm,target=cold}"] == total
     assert "ingest:" in out and "tiers: hot=" in out  # the daemon's own count lines
+    assert summary["driftd_predictions_total"] == 1500  # every utterance predicted by the bootstrap model
+    assert "POST /v1/predict answered by model v000001" in out
