@@ -107,11 +107,13 @@ class LoadedModel:
     def load(cls, registry: Registry, version: str, *, threads: int = 1, probe_atol: float = 1e-4) -> LoadedModel:
         """Verify, load, parity-check and warm up ``version``; raises ``ModelRejected`` saying why it cannot serve.
 
-        Blocking (hashing, session build, warm-up): run it off the request path. Each file is hashed again
-        as it is read, so a file changed between ``verify`` and the read is caught too.
+        Blocking (hashing, session build, warm-up): run it off the request path. ``verify`` checks the
+        manifest and every file's size; the files served are hashed once, as they are read, so a file
+        changed after the manifest was written is caught. The training-only files (model.pt, the FP32
+        model) are left to whoever uses them: hashing them on every swap would double its cost.
         """
         try:
-            manifest = registry.verify(version)
+            manifest = registry.verify(version, hash_only=())
         except CorruptVersion as exc:
             raise ModelRejected(version, "; ".join(exc.problems)) from exc
         except ValueError as exc:  # no such version, or not a version name
@@ -126,7 +128,7 @@ class LoadedModel:
             except OSError as exc:
                 raise ModelRejected(version, f"cannot read {name} ({exc})") from exc
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ModelRejected(version, f"{name} changed after verification")
+                raise ModelRejected(version, f"{name} has a sha256 that does not match the manifest")
             return data
 
         labels = _parse_labels(version, read(LABELS))
