@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model, cpu_seconds  # noqa: E402
 from daemon.broker import die_with_parent  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
 
@@ -64,30 +65,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (all its threads), from /proc; NaN if unknown."""
-    if not pid:
-        return float("nan")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def _leader_topic(group: str) -> str:
@@ -149,8 +126,8 @@ def publish_model(registry_dir: Path) -> str:
     return version
 
 
-def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, batch_size: int, work: Path, procs: list[subprocess.Popen[bytes]], registry_dir: Path) -> dict[str, Any]:
-    data_dir = work / "daemon"
+def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, batch_size: int, work: Path, procs: list[subprocess.Popen[bytes]], registry_dir: Path, name: str = "daemon") -> dict[str, Any]:
+    data_dir = work / name
     data_dir.mkdir()
     web_port = _free_port()
     group = f"bench-driftd-{uuid.uuid4().hex[:8]}"
@@ -177,7 +154,7 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
     cmd = [sys.executable, "-m", "daemon", "run"]
     if os.environ.get("DRIFTD_BENCH_PROFILE"):  # cProfile the daemon: DRIFTD_BENCH_PROFILE=/path/out.prof
         cmd = [sys.executable, "-m", "cProfile", "-o", os.environ["DRIFTD_BENCH_PROFILE"], "-m", "daemon", "run"]
-    log_path = work / "daemon.log"
+    log_path = work / f"{name}.log"
     url = f"http://127.0.0.1:{web_port}/metrics"
     started = time.perf_counter()
     with open(log_path, "wb") as log:
@@ -198,10 +175,10 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
             now = time.perf_counter()
             if count > 0 and t_first is None:
                 t_first, c_first = now, count
-                cpu_first = (_cpu_seconds(proc.pid), _cpu_seconds(broker_pid))
+                cpu_first = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
             if count >= n:
                 t_last = now
-                cpu_last = (_cpu_seconds(proc.pid), _cpu_seconds(broker_pid))
+                cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
                 predicted = scrape(url).get("driftd_predictions_total", 0.0)
                 break
             time.sleep(0.1)  # a scrape costs the daemon ~1-2 ms of its event loop: keep the probe light
@@ -339,7 +316,7 @@ def _child_aiokafka(args: argparse.Namespace) -> None:
 
 def _mark(broker_pid: int) -> tuple[float, float, float]:
     """(monotonic time, own CPU seconds, broker CPU seconds)."""
-    return time.perf_counter(), time.process_time(), _cpu_seconds(broker_pid)
+    return time.perf_counter(), time.process_time(), cpu_seconds(broker_pid)
 
 
 def _write_result(path: str, first: tuple[float, float, float], n_first: int, last: tuple[float, float, float], count: int) -> None:
@@ -364,7 +341,7 @@ def bench(args: argparse.Namespace) -> int:
     from daemon.broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 
     n, partitions = args.events, args.partitions
-    print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {_cpu_model()}, Python {platform.python_version()}")
+    print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}")
     print(f"N = {n:,} events, {partitions} partitions, driftd batch size {args.batch_size}")
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -387,13 +364,16 @@ def bench(args: argparse.Namespace) -> int:
         _report("(a) driftd full path", a, "stored")
         print(f"    utterances predicted and published on predictions: {a['predicted']:,.0f}")
         print(f"    warm-store cross-check: {a['warm_rows']:,} rows in {a['warm_batches']} batches, {a['warm_rate']:,.0f} events/s between the first and last batch")
+        a0 = run_daemon(bootstrap, broker_pid, TOPIC, n, partitions, args.batch_size, work, procs, work / "empty-registry", name="daemon-no-model")
+        _report("(a0) no model loaded", a0, "stored")
+        print(f"    (a0) is ingest + tiers alone: the same daemon with an empty registry ({a0['predicted']:,.0f} predictions); (a)/(a0) = {a['rate'] / a0['rate']:.2f}x is the cost of stream prediction")
         b = run_child("faust", faust_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs)
         _report("(b) bare faust", b, "json-decoded")
         c = run_child("aiokafka", kafka_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs)
         _report("(c) bare aiokafka", c, "json-decoded")
 
         ab, ac = a["rate"] / b["rate"], a["rate"] / c["rate"]
-        print(f"ratio (a)/(b) = {ab:.2f}x   ratio (a)/(c) = {ac:.2f}x")
+        print(f"ratio (a)/(b) = {ab:.2f}x   ratio (a)/(c) = {ac:.2f}x   ratio (a0)/(b) = {a0['rate'] / b['rate']:.2f}x")
         print(f"{'PASS' if ab >= GOAL_RATIO else 'FAIL'}: full path >= {GOAL_RATIO}x bare faust ({ab:.2f}x)")
         print(f"{'PASS' if a['rate'] >= GOAL_RATE else 'FAIL'}: full path >= {GOAL_RATE:,.0f} events/s ({a['rate']:,.0f})")
         return 0

@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model, cpu_seconds  # noqa: E402
 from daemon.broker import EmbeddedBroker, die_with_parent  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
 from tests.integration.harness import DaemonProcess, free_port, unique  # noqa: E402
@@ -62,30 +63,6 @@ BATCHES = (1, 64)
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (all its threads), from /proc; NaN if unknown."""
-    if not pid:
-        return float("nan")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def _pcts(seconds: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -438,18 +415,18 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
         f"{len(seq) / seq.sum():,.0f} requests/s, failed {seq_failed}  (daemon's own mean in its handler {server_mean:.3f} ms)"
     )
 
-    cpu0 = _cpu_seconds(pid)
+    cpu0 = cpu_seconds(pid)
     steady = under_load(port, bodies, args.clients, args.seconds)
-    steady_cpu = (_cpu_seconds(pid) - cpu0) / steady["seconds"]
+    steady_cpu = (cpu_seconds(pid) - cpu0) / steady["seconds"]
     s50, s99 = _pcts(steady["latencies"])
     print(
         f"    steady, {args.clients} clients, {steady['seconds']:.1f}s: {steady['rps']:,.0f} requests/s, p50 {s50:.3f} ms, p99 {s99:.3f} ms, "
         f"failed {steady['failed']}, daemon CPU {steady_cpu:.2f} cores{_failure_note(steady)}"
     )
 
-    cpu0 = _cpu_seconds(pid)
+    cpu0 = cpu_seconds(pid)
     swapped = under_load(port, bodies, args.clients, args.seconds, swapper(port, versions, args.swap_every))
-    swap_cpu = (_cpu_seconds(pid) - cpu0) / swapped["seconds"]
+    swap_cpu = (cpu_seconds(pid) - cpu0) / swapped["seconds"]
     w50, w99 = _pcts(swapped["latencies"])
     swaps = swapped["driven"]
     ok = [s for s in swaps if s[1] == 200]
@@ -483,7 +460,7 @@ def bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR)  # onnxruntime.quantization's advice to pre-process, once per export
     started = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
-    print(f"machine: nproc {cores} ({os.cpu_count()} CPUs), {_cpu_model()}, Python {platform.python_version()}, {'--quick' if args.quick else 'full'} run")
+    print(f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python {platform.python_version()}, {'--quick' if args.quick else 'full'} run")
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-serve-"))
     cleanup: list[Callable[[], None]] = []
     try:

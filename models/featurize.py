@@ -12,6 +12,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -27,17 +28,34 @@ class HashingFeaturizer:
     word_bigrams: bool = True
     max_features: int = 256
 
+    def __post_init__(self) -> None:
+        # A word's ids never change and word frequencies are skewed, so most words of a text are
+        # already cached: this is most of the featuriser's cost on the stream-prediction path.
+        object.__setattr__(self, "_word_ids", lru_cache(maxsize=1 << 16)(self._word_ids_uncached))
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.buckets, self.char_ngrams, self.word_bigrams, self.max_features))  # the cache stays behind
+
+    def _hash(self, gram: str) -> int:
+        return zlib.crc32(gram.encode()) % (self.buckets - 1) + 1
+
+    def _word_ids_uncached(self, word: str) -> tuple[int, ...]:
+        marked = f"<{word}>"
+        grams = [f"w:{word}"]
+        for n in self.char_ngrams:
+            grams += [f"c:{marked[i:i + n]}" for i in range(max(1, len(marked) - n + 1))]
+        return tuple(self._hash(g) for g in grams)
+
     def features(self, text: str) -> list[int]:
+        """Per word: its unigram and char n-grams; then the word bigrams. At most max_features ids."""
         words = _WORD.findall(text.lower())
-        grams = [f"w:{w}" for w in words]
-        if self.word_bigrams:
-            grams += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
+        ids: list[int] = []
+        word_ids = self._word_ids  # type: ignore[attr-defined]
         for word in words:
-            marked = f"<{word}>"
-            for n in self.char_ngrams:
-                grams += [f"c:{marked[i:i + n]}" for i in range(max(1, len(marked) - n + 1))]
-        slots = self.buckets - 1
-        return [zlib.crc32(g.encode()) % slots + 1 for g in grams[: self.max_features]]
+            ids.extend(word_ids(word))
+        if self.word_bigrams:
+            ids.extend(self._hash(f"b:{a} {b}") for a, b in zip(words, words[1:]))
+        return ids[: self.max_features]
 
     def batch(self, texts: Sequence[str]) -> np.ndarray:
         """int64 ids [batch, length], zero-padded; an empty text becomes one padding id."""

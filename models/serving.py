@@ -145,9 +145,10 @@ class LoadedModel:
             raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
         model = cls(version, labels, featurizer, session)
         try:
-            model._check_probe(texts, expected, probe_atol)
+            probe_ids = featurizer.batch(texts)  # featurised once: Python work here holds the GIL the event loop needs
+            model._check_probe(probe_ids, expected, probe_atol)
             for size in _WARMUP_BATCHES:
-                model._logits([texts[i % len(texts)] for i in range(size)])
+                session.run(None, {model._input: probe_ids[np.arange(size) % len(probe_ids)]})
         except ModelRejected:
             model.close()
             raise
@@ -156,11 +157,11 @@ class LoadedModel:
             raise ModelRejected(version, f"{SERVED_MODEL} fails to run ({exc})") from exc
         return model
 
-    def _check_probe(self, texts: list[str], expected: np.ndarray, atol: float) -> None:
-        want = (len(texts), len(self.labels))
+    def _check_probe(self, probe_ids: np.ndarray, expected: np.ndarray, atol: float) -> None:
+        want = (len(probe_ids), len(self.labels))
         if expected.shape != want:
             raise ModelRejected(self.version, f"{PROBE} logits have shape {expected.shape}, expected {want} ({len(self.labels)} labels)")
-        got = self._logits(texts)
+        got = self._run(probe_ids)
         if got.shape != want:
             raise ModelRejected(self.version, f"{SERVED_MODEL} gives logits of shape {got.shape}, expected {want} ({len(self.labels)} labels)")
         diff = float(np.abs(got.astype(np.float64) - expected).max())
@@ -170,13 +171,16 @@ class LoadedModel:
     # --- serving -------------------------------------------------------------------------------
 
     def _logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(self.featurizer.batch(texts))
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
         with self._lock:
             session = self._session
             if session is None:
                 raise ModelClosed(f"model {self.version} is closed")
             self._active += 1
         try:
-            return session.run(None, {self._input: self.featurizer.batch(texts)})[0]
+            return session.run(None, {self._input: ids})[0]
         finally:
             with self._lock:
                 self._active -= 1
