@@ -52,17 +52,17 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = CollectorRegistry()
-        self.metrics = StreamMetrics(self.registry)
-        Gauge("driftd_up_since_seconds", "Unix time the daemon started.", registry=self.registry).set(time.time())
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = StreamMetrics(self.metrics_registry)
+        Gauge("driftd_up_since_seconds", "Unix time the daemon started.", registry=self.metrics_registry).set(time.time())
         self.bootstrap = f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
         self.store = self._build_store()
         self.app = self._build_app()
         self.ingest = self._build_ingest()
         self.model_server = ModelServer()
         self.model_registry = Registry(settings.registry_dir)
-        self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.registry)
-        self.web = WebService(settings.web.host, settings.web.port, self.registry, self._readiness, add_routes=self.predict_api.add_routes)
+        self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry)
+        self.web = WebService(settings.web.host, settings.web.port, self.metrics_registry, self._readiness, add_routes=self.predict_api.add_routes)
         self._store_open = False
         self._register()
 
