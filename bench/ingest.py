@@ -31,7 +31,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,8 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.machine import cpu_model, cpu_seconds  # noqa: E402
-from daemon.broker import die_with_parent  # noqa: E402 - after the path set-up above
+from bench.common import cpu_model, cpu_seconds, positive_int  # noqa: E402
+from daemon.broker import die_with_parent, free_port  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
 
 TOPIC = "bench-conversations"
@@ -59,12 +58,6 @@ CONTESTANT_TIMEOUT_S = 150.0
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _leader_topic(group: str) -> str:
@@ -129,7 +122,7 @@ def publish_model(registry_dir: Path) -> str:
 def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, batch_size: int, work: Path, procs: list[subprocess.Popen[bytes]], registry_dir: Path, name: str = "daemon") -> dict[str, Any]:
     data_dir = work / name
     data_dir.mkdir()
-    web_port = _free_port()
+    web_port = free_port()
     group = f"bench-driftd-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -347,7 +340,7 @@ def bench(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     broker = None
     try:
-        port = args.port or _free_port()
+        port = args.port or free_port()
         broker = EmbeddedBroker(port, log_path=work / "broker.log").start()
         bootstrap = broker.bootstrap
         broker_pid = broker.pid
@@ -388,18 +381,11 @@ def bench(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=_positive, default=200_000, help="N, events pre-filled and consumed by each contestant (default 200000)")
-    parser.add_argument("--partitions", type=_positive, default=4, help="partitions of the topic (default 4)")
-    parser.add_argument("--batch-size", type=_positive, default=1000, help="the daemon's ingest.batch_size (DRIFTD_INGEST__BATCH_SIZE; default 1000)")
+    parser.add_argument("--events", type=positive_int, default=200_000, help="N, events pre-filled and consumed by each contestant (default 200000)")
+    parser.add_argument("--partitions", type=positive_int, default=4, help="partitions of the topic (default 4)")
+    parser.add_argument("--batch-size", type=positive_int, default=1000, help="the daemon's ingest.batch_size (DRIFTD_INGEST__BATCH_SIZE; default 1000)")
     parser.add_argument("--port", type=int, default=0, help="embedded broker port (default: a free one)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, warm store) for inspection")
     # internal: a contestant child process

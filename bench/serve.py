@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.machine import cpu_model, cpu_seconds  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, positive_int  # noqa: E402
 from daemon.broker import EmbeddedBroker, die_with_parent  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
 from tests.integration.harness import DaemonProcess, free_port, unique  # noqa: E402
@@ -481,18 +481,11 @@ def bench(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small model (5 domains, 3 epochs) and shorter HTTP phases")
-    parser.add_argument("--requests", type=_positive, help="sequential requests (default 3000; --quick 1000)")
-    parser.add_argument("--clients", type=_positive, default=8, help="client threads under load (default 8)")
+    parser.add_argument("--requests", type=positive_int, help="sequential requests (default 3000; --quick 1000)")
+    parser.add_argument("--clients", type=positive_int, default=8, help="client threads under load (default 8)")
     parser.add_argument("--seconds", type=float, help="seconds of each load phase, steady and during swaps (default 10; --quick 4)")
     parser.add_argument("--swap-every", type=float, default=0.2, help="seconds between activations during the swap phase (default 0.2)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, registry) for inspection")

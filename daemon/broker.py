@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "die_with_parent", "ensure_topics", "ensure_topics_sync", "tansu_binary"]
+__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "die_with_parent", "free_port", "ensure_topics", "ensure_topics_sync", "tansu_binary"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,13 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for the embedded broker and web endpoint of tests and benches)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def _port_open(host: str, port: int) -> bool:

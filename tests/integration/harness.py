@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,16 +21,11 @@ from typing import Any
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from daemon.broker import free_port
 from daemon.demo import scrape, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def unique(prefix: str) -> str:

@@ -1,12 +1,13 @@
-"""Facts about the machine a benchmark runs on, shared by the benchmarks."""
+"""What the benchmarks share: facts about the machine, argument types."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_model", "cpu_seconds"]
+__all__ = ["cpu_model", "cpu_seconds", "positive_int"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -30,3 +31,10 @@ def cpu_seconds(pid: int | None) -> float:
         return (int(fields[11]) + int(fields[12])) / _TICK
     except (OSError, IndexError, ValueError):
         return float("nan")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
