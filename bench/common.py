@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 from pathlib import Path
 
-__all__ = ["cpu_model", "cpu_seconds", "positive_int"]
+__all__ = ["cpu_model", "cpu_seconds", "exit_on_sigterm", "positive_int"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -38,3 +39,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a benchmark's finally blocks stop its processes and remove its temp dir."""
+
+    def _terminate(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)

@@ -46,9 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, cpu_seconds, positive_int  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
 from daemon.broker import die_with_parent, free_port  # noqa: E402 - after the path set-up above
-from daemon.demo import scrape  # noqa: E402
+from daemon.demo import family_total, scrape  # noqa: E402
 
 TOPIC = "bench-conversations"
 GOAL_RATIO = 0.8  # full path >= 0.8x bare faust
@@ -95,10 +95,6 @@ def fill_topic(bootstrap: str, topic: str, n: int) -> tuple[int, int, float]:
 
 
 # -- (a) the full daemon ---------------------------------------------------------------------------
-
-
-def _events_total(url: str) -> float:
-    return sum(v for k, v in scrape(url).items() if k.startswith("driftd_events_total{"))
 
 
 def publish_model(registry_dir: Path) -> str:
@@ -162,7 +158,7 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"the daemon did not store {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}")
             try:
-                count = _events_total(url)
+                count = family_total(scrape(url), "driftd_events_total")
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 count = 0.0
             now = time.perf_counter()
@@ -403,10 +399,7 @@ def main() -> int:
         (_child_faust if args.role == "faust" else _child_aiokafka)(args)
         return 0
 
-    def _terminate(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)  # run the finally blocks: stop children and broker, remove the temp dir
-
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     return bench(args)
 
 

@@ -32,7 +32,6 @@ import logging
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, cpu_seconds, positive_int  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
 from daemon.broker import EmbeddedBroker, die_with_parent  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
 from tests.integration.harness import DaemonProcess, free_port, unique  # noqa: E402
@@ -493,10 +492,7 @@ def main() -> int:
     args.requests = args.requests or (1000 if args.quick else 3000)
     args.seconds = args.seconds or (4.0 if args.quick else 10.0)
 
-    def _terminate(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)  # run the finally blocks: stop daemon and broker, remove the temp dir
-
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     return bench(args)
 
 

@@ -27,7 +27,7 @@ from .app import topic_specs
 from .broker import EmbeddedBroker, ensure_topics_sync
 from .config import Settings
 
-__all__ = ["run_demo", "scrape", "wait_for"]
+__all__ = ["family_total", "run_demo", "scrape", "wait_for"]
 
 log = logging.getLogger("driftd.demo")
 
@@ -53,7 +53,8 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
-def _sum(samples: dict[str, float], name: str) -> float:
+def family_total(samples: dict[str, float], name: str) -> float:
+    """Sum of every sample of metric ``name`` (all label sets) in a ``scrape`` result."""
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
@@ -115,7 +116,11 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
             asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
             sent = stats.sent
             print(f"driftd demo: sent {stats.utterances} utterances + {stats.labels} labels of {settings.replay.dataset} and {malformed} malformed payloads")
-            wait_for(lambda: _sum(scrape(metrics_url), "driftd_events_total") >= sent and _sum(scrape(metrics_url), "driftd_dlq_total") >= malformed, 120, "every event to be stored", daemon)
+            def all_stored() -> bool:
+                samples = scrape(metrics_url)  # once per poll
+                return family_total(samples, "driftd_events_total") >= sent and family_total(samples, "driftd_dlq_total") >= malformed
+
+            wait_for(all_stored, 120, "every event to be stored", daemon)
             print("driftd demo: every event is stored; waiting for them to age from hot through warm into cold ...")
             wait_for(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
             _show_predictions(metrics_url.replace("/metrics", "/v1/predict"))

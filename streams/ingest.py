@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .metrics import StreamMetrics
 from .schema import Event, Rejection, decode_event
@@ -27,6 +27,7 @@ from .tiers import StoredEvent, TieredStore
 __all__ = ["DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor", "RawRecord", "UserIdPolicy", "to_stored"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REASON_HEADER = "driftd-reason"
 DETAIL_HEADER = "driftd-detail"
@@ -144,7 +145,7 @@ class IngestAgent:
                 valid.append(to_stored(record, decoded, self.users, now))
 
         _, inserted, _ = await asyncio.gather(
-            self._retry("dlq", self._dead_letter_attempt(rejected)),
+            self._retry("dlq", self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)")),
             self._retry("warm", lambda: self.store.write(valid)),
             self._predict_and_publish([e for e in valid if e.type == "utterance"]),
         )
@@ -176,35 +177,22 @@ class IngestAgent:
             (e.conversation_id.encode(), json.dumps({"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}).encode())
             for e, p in zip(utterances, predictions)
         ]
-        await self._retry("predictions", self._publish_attempt(records))
+        publish = self.publish_prediction
+        await self._retry("predictions", self._delivery_attempt(records, lambda kv: publish(*kv), "prediction(s)"))
         self.metrics.predictions.inc(len(records))
 
-    def _publish_attempt(self, records: list[tuple[bytes, bytes]]) -> Callable[[], Awaitable[None]]:
-        pending = list(records)
+    @staticmethod
+    def _delivery_attempt(items: list[T], send: Callable[[T], Awaitable[Awaitable[Any]]], what: str) -> Callable[[], Awaitable[None]]:
+        """One attempt sends every item not yet delivered; a retry resends only those that failed."""
+        pending = list(items)
 
         async def attempt() -> None:
             nonlocal pending
-            assert self.publish_prediction is not None
-            results = await asyncio.gather(*[await self.publish_prediction(k, v) for k, v in pending], return_exceptions=True)
+            results = await asyncio.gather(*[await send(item) for item in pending], return_exceptions=True)
             failed = [(item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)]
             pending = [item for item, _ in failed]
             if failed:
-                raise RuntimeError(f"{len(failed)} prediction(s) not delivered: {failed[0][1]!r}")
-
-        return attempt
-
-    def _dead_letter_attempt(self, rejected: list[tuple[RawRecord, Rejection]]) -> Callable[[], Awaitable[None]]:
-        """One attempt sends every record not yet delivered; a retry resends only those that failed."""
-        pending = list(rejected)
-
-        async def attempt() -> None:
-            nonlocal pending
-            deliveries = [await self.dead_letter(record, why) for record, why in pending]
-            results = await asyncio.gather(*deliveries, return_exceptions=True)
-            failed = [(item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)]
-            pending = [item for item, _ in failed]
-            if failed:
-                raise RuntimeError(f"{len(failed)} dead letter(s) not delivered: {failed[0][1]!r}")
+                raise RuntimeError(f"{len(failed)} {what} not delivered: {failed[0][1]!r}")
 
         return attempt
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from daemon.broker import free_port
-from daemon.demo import scrape, wait_for
+from daemon.demo import family_total, scrape, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count()
@@ -85,7 +85,7 @@ class DaemonProcess:
         return scrape(self.url + "/metrics")
 
     def metric(self, name: str) -> float:
-        return sum(v for k, v in self.metrics().items() if k == name or k.startswith(name + "{"))
+        return family_total(self.metrics(), name)
 
     def wait_until(self, predicate: Callable[[], object], timeout_s: float, what: str) -> None:
         assert self.proc is not None
