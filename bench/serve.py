@@ -1,11 +1,12 @@
 """Serving latency and throughput: the INT8 ONNX model in process against FP32 ONNX and torch eager, then the
 real daemon's POST /v1/predict, steady and while versions are hot-swapped.
 
-One run. A model is trained once on the CLINC150 train split (``train_classifier`` with its defaults, ~40 s;
-``--quick``: 5 domains, 3 epochs) and exported with ``build_version_files`` (FP32 ONNX, INT8 ONNX = the served
+One run. Each architecture (the default bag of n-grams, then the transformer option) is trained once on the
+CLINC150 train split (``train_classifier`` with its defaults, ~1.5 and ~3 min on 2 cores; ``--quick``: 5 domains,
+3 epochs) and exported with ``build_version_files`` (FP32 ONNX, INT8 ONNX = the served
 model). Then:
 
-  (a) in process, on the CLINC150 test texts, one thread everywhere: featurisation (``HashingFeaturizer.batch``)
+  (a) in process, for each architecture, on the CLINC150 test texts, one thread everywhere: featurisation (``HashingFeaturizer.batch``)
       timed once on its own; the model call alone, on pre-featurised ids, for INT8 ONNX (``cpu_session``, 1
       thread), FP32 ONNX and torch eager FP32 (``set_num_threads(1)``, ``no_grad``, ``eval``) at batch 1 and 64;
       and end to end (featurise + INT8) at batch 1. Per-call p50/p99, and texts/s = texts / summed call time.
@@ -93,9 +94,9 @@ def train_models(quick: bool) -> dict[str, Any]:
     small_intents = {i for d in QUICK_DOMAINS for i in domains[d]}
     small = [e for e in train if e.intent in small_intents]
 
-    def fit(examples: list[Any], settings: TrainSettings | None) -> Any:
+    def fit(examples: list[Any], settings: TrainSettings | None, architecture: str = "bag_of_ngrams") -> Any:
         kwargs = {} if settings is None else {"settings": settings}
-        return train_classifier([e.text for e in examples], [e.intent for e in examples], **kwargs)
+        return train_classifier([e.text for e in examples], [e.intent for e in examples], architecture=architecture, **kwargs)
 
     def files_of(result: Any, examples: list[Any], calibrate: bool) -> tuple[dict[str, bytes], dict[str, Any]]:
         probe = [e.text for e in examples[:: max(1, len(examples) // 64)]][:64]  # as the daemon's bootstrap does
@@ -112,7 +113,13 @@ def train_models(quick: bool) -> dict[str, Any]:
         (files_of(main, main_examples, calibrate=True)[0], {"bench": "main model, calibrated INT8 (static kept only if it agrees better)"}),
         (files_of(other, small, calibrate=False)[0], {"bench": "5-domain model, 3 epochs, seed 1"}),
     ]
-    return {"main": main, "examples": main_examples, "files": files, "report": report, "variants": variants, "test": test, "torch_threads": threads}
+    transformer = fit(main_examples, TrainSettings(epochs=3) if quick else None, "transformer")
+    t_files, t_report = files_of(transformer, main_examples, calibrate=False)
+    models = [
+        {"result": main, "files": files, "report": report},
+        {"result": transformer, "files": t_files, "report": t_report},
+    ]
+    return {"main": main, "models": models, "examples": main_examples, "files": files, "report": report, "variants": variants, "test": test, "torch_threads": threads}
 
 
 # -- (a) in process --------------------------------------------------------------------------------
@@ -135,27 +142,33 @@ def time_calls(call: Callable[[Any], Any], inputs: Sequence[Any], passes: int, w
 
 
 def in_process(trained: dict[str, Any], quick: bool) -> None:
+    """Section (a) for each architecture: the default model first, then the transformer option."""
+    for entry in trained["models"]:
+        measure_in_process(entry, trained, quick)
+
+
+def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bool) -> None:
     import onnxruntime as ort
     import torch
 
     from models.export import SERVED_MODEL, cpu_session
 
-    main, files = trained["main"], trained["files"]
+    main, files, export_report = entry["result"], entry["files"], entry["report"]
     model, featurizer, labels = main.model, main.featurizer, main.labels
     texts = [e.text for e in trained["test"]]
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"model: BagOfNgramsClassifier {model.config.to_dict()}, {len(labels)} labels, {n_params:,} parameters; "
+        f"\nmodel: {type(model).__name__} ({model.architecture}) {model.config.to_dict()}, {len(labels)} labels, {n_params:,} parameters; "
         f"trained on {len(trained['examples']):,} CLINC150 train examples, {main.epochs_run} epochs in {main.seconds:.1f}s "
         f"(torch {torch.__version__}, {trained['torch_threads']} threads for training)"
     )
     print(
         f"files: model.onnx (FP32) {_mb(len(files['model.onnx']))}, {SERVED_MODEL} {_mb(len(files[SERVED_MODEL]))} "
-        f"({len(files['model.onnx']) / len(files[SERVED_MODEL]):.1f}x smaller; quantisation {trained['report']['quantization']['method']}, "
-        f"FP32 parity {trained['report']['fp32_parity_max_abs']:.1e}); onnxruntime {ort.__version__}, opset {trained['report']['opset']}"
+        f"({len(files['model.onnx']) / len(files[SERVED_MODEL]):.1f}x smaller; quantisation {export_report['quantization']['method']}, "
+        f"FP32 parity {export_report['fp32_parity_max_abs']:.1e}); onnxruntime {ort.__version__}, opset {export_report['opset']}"
     )
-    print("transformer option: not built yet, skipped")
 
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     model.eval()
     int8 = cpu_session(files[SERVED_MODEL], threads=1)
@@ -187,7 +200,7 @@ def in_process(trained: dict[str, Any], quick: bool) -> None:
         return rate
 
     for b in BATCHES:
-        rates[("featurize", b)] = row("featurize (HashingFeaturizer.batch)", b, time_calls(featurizer.batch, chunks[b], passes[b]))
+        rates[("featurize", b)] = row(f"featurize ({type(featurizer).__name__}.batch)", b, time_calls(featurizer.batch, chunks[b], passes[b]))
     for b in BATCHES:
         for label, call in runtimes.items():
             inputs = tensors[b] if label.startswith("torch") else ids[b]
@@ -216,7 +229,8 @@ def in_process(trained: dict[str, Any], quick: bool) -> None:
         f"FP32 ONNX/torch: batch 1 {rates[('FP32 ONNX', 1)] / rates[(t, 1)]:.2f}x, batch 64 {rates[('FP32 ONNX', 64)] / rates[(t, 64)]:.2f}x   "
         f"featurize share of end to end at batch 1: {rates[('e2e', 1)] / rates[('featurize', 1)]:.0%}"
     )
-    print(f"{'PASS' if r1 >= GOAL_SPEEDUP else 'FAIL'}: INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager at batch 1 ({r1:.2f}x)")
+    print(f"{'PASS' if r1 >= GOAL_SPEEDUP else 'FAIL'}: {model.architecture}: INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager at batch 1 ({r1:.2f}x)")
+    torch.set_num_threads(threads_before)
 
 
 # -- (b) over HTTP ---------------------------------------------------------------------------------

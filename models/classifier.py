@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .base import IntentClassifier
+
 __all__ = ["BagOfNgramsClassifier", "ClassifierConfig"]
 
 
@@ -25,7 +27,9 @@ class ClassifierConfig:
         return asdict(self)
 
 
-class BagOfNgramsClassifier(nn.Module):
+class BagOfNgramsClassifier(IntentClassifier):
+    architecture = "bag_of_ngrams"
+
     def __init__(self, config: ClassifierConfig, num_labels: int) -> None:
         super().__init__()
         self.config = config
@@ -34,27 +38,8 @@ class BagOfNgramsClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(config.hidden, num_labels)
 
-    @property
-    def num_labels(self) -> int:
-        return self.output.out_features
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: int64 [batch, length], 0 = padding -> logits [batch, labels]."""
         mask = (ids != 0).unsqueeze(-1).to(self.embedding.weight.dtype)
         pooled = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.output(self.dropout(torch.relu(self.hidden(self.dropout(pooled)))))
-
-    @torch.no_grad()
-    def grow(self, num_labels: int) -> None:
-        """Add output rows for new labels; the existing rows, and so existing predictions, are kept."""
-        if num_labels < self.num_labels:
-            raise ValueError(f"cannot shrink the label set from {self.num_labels} to {num_labels}")
-        if num_labels == self.num_labels:
-            return
-        old = self.output
-        new = nn.Linear(old.in_features, num_labels).to(old.weight.device, old.weight.dtype)
-        new.weight[: old.out_features] = old.weight
-        new.bias[: old.out_features] = old.bias
-        # New labels start below every learned one, so they only win once training gives them weight.
-        new.bias[old.out_features :] = old.bias.min() - 1.0
-        self.output = new

@@ -19,8 +19,9 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-from .classifier import BagOfNgramsClassifier
-from .featurize import HashingFeaturizer
+from .architectures import save_weights
+from .base import IntentClassifier
+from .featurize import Featurizer
 
 __all__ = ["OPSET", "PARITY_ATOL", "SERVED_MODEL", "ExportError", "build_version_files", "cpu_session", "export_onnx", "quantize_int8"]
 
@@ -42,7 +43,7 @@ def cpu_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSes
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: BagOfNgramsClassifier) -> bytes:
+def export_onnx(model: IntentClassifier) -> bytes:
     model.eval()
     example = torch.ones((2, 8), dtype=torch.long)
     buffer = io.BytesIO()
@@ -100,8 +101,8 @@ def quantize_int8(fp32: bytes, calibration_ids: Sequence[np.ndarray] = ()) -> tu
 
 
 def build_version_files(
-    model: BagOfNgramsClassifier,
-    featurizer: HashingFeaturizer,
+    model: IntentClassifier,
+    featurizer: Featurizer,
     labels: Sequence[str],
     probe_texts: Sequence[str],
     calibration_texts: Sequence[str] = (),
@@ -120,15 +121,13 @@ def build_version_files(
     calibration = [featurizer.batch(list(calibration_texts[i : i + 64])) for i in range(0, len(calibration_texts), 64)]
     int8, quant_report = quantize_int8(fp32, calibration)
     served_logits = cpu_session(int8).run(None, {"ids": probe_ids})[0]
-    weights = io.BytesIO()
-    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, weights)
     files = {
         "model.onnx": fp32,
         SERVED_MODEL: int8,
         "labels.json": json.dumps(list(labels)).encode(),
         "featurizer.json": featurizer.to_json().encode(),
-        "model.pt": weights.getvalue(),
+        "model.pt": save_weights(model),
         "probe.json": json.dumps({"texts": list(probe_texts), "logits": served_logits.tolist()}).encode(),
     }
-    report = {"opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
+    report = {"architecture": model.architecture, "opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
     return files, report

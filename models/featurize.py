@@ -1,4 +1,8 @@
-"""Text -> hashed n-gram ids: the featuriser shared by training (torch) and serving (ONNX Runtime).
+"""Text -> hashed ids: the featurisers shared by training (torch) and serving (ONNX Runtime).
+
+``HashingFeaturizer`` (the default model's) gives an unordered bag of n-gram ids; ``HashingTokenizer``
+(the transformer's) gives the ordered word tokens. Both are saved as JSON with a ``kind`` that
+``featurizer_from_json`` dispatches on.
 
 Word unigrams and bigrams plus character 3-5-grams of each word (with boundary marks) are hashed
 with CRC32 into ``buckets - 1`` slots; id 0 is padding. Hashing lives outside the model graph, so the
@@ -16,7 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["HashingFeaturizer"]
+__all__ = ["Featurizer", "HashingFeaturizer", "HashingTokenizer", "featurizer_from_json"]
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -27,6 +31,7 @@ class HashingFeaturizer:
     char_ngrams: tuple[int, ...] = (3, 4, 5)
     word_bigrams: bool = True
     max_features: int = 256
+    kind = "hashing_ngrams"  # a class attribute, not a field: the JSON tag featurizer_from_json reads
 
     def __post_init__(self) -> None:
         # A word's ids never change and word frequencies are skewed, so most words of a text are
@@ -71,10 +76,64 @@ class HashingFeaturizer:
         return ids
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({"kind": self.kind, **asdict(self)}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> HashingFeaturizer:
         fields = json.loads(text)
+        fields.pop("kind", None)
         fields["char_ngrams"] = tuple(fields["char_ngrams"])
         return cls(**fields)
+
+
+@dataclass(frozen=True)
+class HashingTokenizer:
+    """Ordered word tokens hashed into ``buckets - 1`` ids (0 = padding): the transformer's input.
+
+    Nothing to fit and no vocabulary file: a word's id is its CRC32, so a new word never needs a
+    vocabulary change, and collisions are rare at 32k buckets for intent-sized vocabularies. A word
+    longer than 12 characters adds its 6-character prefix as a second token, which gives inflections
+    ("transferring", "transferred") a shared token.
+    """
+
+    buckets: int = 1 << 15
+    max_features: int = 64  # most tokens per text (the transformer's position table size)
+    kind = "hashing_tokens"
+
+    def _hash(self, token: str) -> int:
+        return zlib.crc32(token.encode()) % (self.buckets - 1) + 1
+
+    def features(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for word in _WORD.findall(text.lower()):
+            ids.append(self._hash(f"w:{word}"))
+            if len(word) > 12:
+                ids.append(self._hash(f"p:{word[:6]}"))
+        return ids[: self.max_features]
+
+    def batch(self, texts: Sequence[str]) -> np.ndarray:
+        return HashingFeaturizer.pad([self.features(t) for t in texts])
+
+    pad = staticmethod(HashingFeaturizer.pad)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HashingTokenizer:
+        fields = json.loads(text)
+        fields.pop("kind", None)
+        return cls(**fields)
+
+
+Featurizer = HashingFeaturizer | HashingTokenizer
+_KINDS: dict[str, type] = {HashingFeaturizer.kind: HashingFeaturizer, HashingTokenizer.kind: HashingTokenizer}
+
+
+def featurizer_from_json(text: str) -> Featurizer:
+    """The featuriser a registry version was trained with; files without a ``kind`` predate it (n-grams)."""
+    fields = json.loads(text)
+    kind = fields.get("kind", HashingFeaturizer.kind) if isinstance(fields, dict) else None
+    if kind not in _KINDS:
+        raise ValueError(f"unknown featurizer kind {kind!r}; known: {', '.join(sorted(_KINDS))}")
+    return _KINDS[kind].from_json(text)

@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .export import SERVED_MODEL, cpu_session
-from .featurize import HashingFeaturizer
+from .featurize import Featurizer, featurizer_from_json
 from .registry import CorruptVersion, Registry
 
 __all__ = ["LoadedModel", "ModelClosed", "ModelRejected", "ModelServer", "NoModel", "Prediction"]
@@ -92,7 +92,7 @@ class LoadedModel:
     calls were running at that moment, which must be 0 when a server retires it (tests check this).
     """
 
-    def __init__(self, version: str, labels: list[str], featurizer: HashingFeaturizer, session: ort.InferenceSession) -> None:
+    def __init__(self, version: str, labels: list[str], featurizer: Featurizer, session: ort.InferenceSession) -> None:
         self.version = version
         self.labels = labels
         self.featurizer = featurizer
@@ -136,7 +136,7 @@ class LoadedModel:
 
         labels = _parse_labels(version, read(LABELS))
         try:
-            featurizer = HashingFeaturizer.from_json(read(FEATURIZER).decode("utf-8"))
+            featurizer = featurizer_from_json(read(FEATURIZER).decode("utf-8"))
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
             raise ModelRejected(version, f"{FEATURIZER} is unusable ({exc})") from exc
         texts, expected = _parse_probe(version, read(PROBE))
@@ -152,7 +152,7 @@ class LoadedModel:
             model._check_probe(probe_ids, expected, probe_atol)
             for size in _WARMUP_BATCHES:
                 rows = probe_ids[np.arange(size) % len(probe_ids)]
-                for length in _WARMUP_LENGTHS:
+                for length in sorted({min(n, featurizer.max_features) for n in _WARMUP_LENGTHS}):
                     shaped = np.zeros((size, length), dtype=rows.dtype)
                     width = min(length, rows.shape[1])
                     shaped[:, :width] = rows[:, :width]

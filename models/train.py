@@ -1,47 +1,93 @@
-"""Training the default classifier from labelled texts: from scratch (bootstrap) or warm-started.
+"""Training an intent model from labelled texts: from scratch (bootstrap) or warm-started (fine-tune).
 
 Plain data in, a trained model out: the orchestrator hands (text, intent) pairs, nothing here reads
-Kafka or the tiers. The learning-loop issue adds the fine-tune schedule, AMP and the child process.
+Kafka or the tiers. One loop serves every architecture: AdamW, linear warm-up then cosine decay,
+gradient accumulation, gradient clipping, early stopping on a validation split, and mixed precision
+on CUDA (bf16 where the GPU has it, else fp16 with a GradScaler). A non-finite loss stops training
+with ``TrainingDiverged``: a diverged model must never reach the export step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .classifier import BagOfNgramsClassifier, ClassifierConfig
-from .featurize import HashingFeaturizer
+from .architectures import DEFAULT_ARCHITECTURE, get_architecture
+from .base import IntentClassifier
+from .featurize import Featurizer
 
-__all__ = ["TrainResult", "TrainSettings", "train_classifier"]
+__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "predict_indices", "resolve_precision", "train_classifier"]
 
 log = logging.getLogger(__name__)
+Progress = Callable[[dict[str, Any]], None]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the model is unusable."""
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 10
+    epochs: int | None = None  # None: the architecture's default
     batch_size: int = 64
-    lr: float = 5e-3
+    lr: float | None = None  # None: the architecture's default
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     seed: int = 0
     patience: int = 2  # epochs without validation gain before stopping (when a validation set is given)
+    warmup_ratio: float = 0.06  # share of optimiser steps with a linear learning-rate ramp
+    min_lr_ratio: float = 0.05  # the cosine decays to lr * this
+    accumulation_steps: int = 1  # micro-batches per optimiser step
+    clip_norm: float = 1.0  # max gradient norm; 0 turns clipping off
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    precision: str = "auto"  # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
+    deadline: float | None = None  # time.monotonic() after which training stops at the next step
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.accumulation_steps < 1 or self.batch_size < 1:
+            raise ValueError("batch_size and accumulation_steps must be at least 1")
 
 
 @dataclass
 class TrainResult:
-    model: BagOfNgramsClassifier
+    model: IntentClassifier
     labels: list[str]
-    featurizer: HashingFeaturizer
+    featurizer: Featurizer
     epochs_run: int
     seconds: float
     val_accuracy: float | None
+    samples_per_s: float = 0.0
+    precision: str = "fp32"
+    device: str = "cpu"
+    peak_memory_bytes: int | None = None  # CUDA only
+    stopped_by_deadline: bool = False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_classifier(
@@ -49,68 +95,120 @@ def train_classifier(
     intents: Sequence[str],
     *,
     labels: Sequence[str] | None = None,
-    featurizer: HashingFeaturizer | None = None,
-    config: ClassifierConfig | None = None,
+    featurizer: Featurizer | None = None,
+    config: Any = None,
     settings: TrainSettings = TrainSettings(),
-    init: BagOfNgramsClassifier | None = None,
+    init: IntentClassifier | None = None,
     val: tuple[Sequence[str], Sequence[str]] | None = None,
+    architecture: str = DEFAULT_ARCHITECTURE,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Fit on (texts, intents). ``labels`` fixes the label order (new intents are appended to it);
-    ``init`` warm-starts from an existing model, grown to the new label set."""
+    ``init`` warm-starts from an existing model (its architecture wins), grown to the new label set."""
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     label_list = list(labels or [])
     label_list += sorted(set(intents) - set(label_list))
     index = {label: i for i, label in enumerate(label_list)}
-    featurizer = featurizer or HashingFeaturizer(buckets=(config or ClassifierConfig()).buckets)
+    arch = get_architecture(init.architecture if init is not None else architecture)
     if init is not None:
         model = init
         model.grow(len(label_list))
     else:
-        model = BagOfNgramsClassifier(config or ClassifierConfig(buckets=featurizer.buckets), len(label_list))
+        model = arch.model(config or arch.config(), len(label_list))
+    featurizer = featurizer or arch.new_featurizer(model.config)
     if model.config.buckets != featurizer.buckets:
         raise ValueError(f"featurizer has {featurizer.buckets} buckets, the model {model.config.buckets}")
 
+    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else ("cpu" if settings.device == "auto" else settings.device))
+    precision = resolve_precision(settings.precision, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.to(device)
+
     features = [featurizer.features(t) for t in texts]
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    best_state, best_acc, stale, epochs_run = None, -1.0, 0, 0
-    for epoch in range(settings.epochs):
+    epochs = settings.epochs or arch.epochs
+    lr = settings.lr or arch.lr
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
+    micro_batches = math.ceil(len(features) / settings.batch_size)
+    total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))
+    warmup = max(1, int(total_steps * settings.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
+
+    best_state, best_acc, stale, epochs_run, samples, train_seconds, stopped = None, -1.0, 0, 0, 0, 0.0, False
+    for epoch in range(epochs):
         model.train()
+        epoch_started = time.perf_counter()
         order = rng.permutation(len(features))
-        for start in range(0, len(order), settings.batch_size):
-            batch = order[start : start + settings.batch_size]
-            ids = torch.from_numpy(HashingFeaturizer.pad([features[i] for i in batch]))
-            loss = nn.functional.cross_entropy(model(ids), targets[batch], label_smoothing=settings.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+        loss_sum = 0.0
+        for i, batch in enumerate(batches):
+            ids = torch.from_numpy(featurizer.pad([features[j] for j in batch])).to(device, non_blocking=True)
+            with autocast():
+                loss = nn.functional.cross_entropy(model(ids).float(), targets[batch].to(device), label_smoothing=settings.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
+            loss_sum += loss.item()
+            scaled = loss / settings.accumulation_steps
+            (scaler.scale(scaled) if scaler else scaled).backward()
+            if (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches):
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if settings.clip_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            samples += len(batch)
+            if settings.deadline is not None and time.monotonic() > settings.deadline:
+                stopped = True
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - epoch_started
         epochs_run = epoch + 1
+        report: dict[str, Any] = {"epoch": epochs_run, "epochs": epochs, "loss": loss_sum / max(1, len(batches)), "samples_per_s": samples / max(train_seconds, 1e-9), "lr": scheduler.get_last_lr()[0]}
         if val is not None:
             acc = accuracy(model, featurizer, label_list, *val)
-            log.info("epoch %d: validation accuracy %.4f", epoch + 1, acc)
+            report["val_accuracy"] = acc
             if acc > best_acc:
                 best_acc, stale = acc, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
-                if stale >= settings.patience:
-                    break
+        log.info("epoch %d/%d: %s", epochs_run, epochs, ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")))
+        if progress is not None:
+            progress(report)
+        if stopped or (val is not None and stale >= settings.patience):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc if val is not None else None)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    model.to("cpu").eval()
+    return TrainResult(
+        model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc if val is not None else None,
+        samples_per_s=samples / max(train_seconds, 1e-9), precision=precision, device=str(device), peak_memory_bytes=peak, stopped_by_deadline=stopped,
+    )
 
 
 @torch.no_grad()
-def predict_indices(model: BagOfNgramsClassifier, featurizer: HashingFeaturizer, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
+def predict_indices(model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
     model.eval()
-    out = [model(torch.from_numpy(featurizer.batch(texts[i : i + batch_size]))).argmax(1).numpy() for i in range(0, len(texts), batch_size)]
+    device = next(model.parameters()).device
+    out = [model(torch.from_numpy(featurizer.batch(texts[i : i + batch_size])).to(device)).argmax(1).cpu().numpy() for i in range(0, len(texts), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def accuracy(model: BagOfNgramsClassifier, featurizer: HashingFeaturizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str]) -> float:
+def accuracy(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str]) -> float:
     if not texts:
         return float("nan")
     predicted = predict_indices(model, featurizer, texts)

@@ -1,0 +1,40 @@
+"""What every intent model architecture shares: ids in, logits out, and a label set that can grow.
+
+An architecture is a torch module taking int64 token ids ``[batch, length]`` (0 = padding) and
+returning logits ``[batch, labels]``, with a frozen config dataclass and a final linear layer named
+``output``. That contract is what export, serving and training rely on; nothing else is assumed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["IntentClassifier"]
+
+
+class IntentClassifier(nn.Module):
+    architecture: str  # the name it is registered under in models.architectures
+    config: Any
+    output: nn.Linear
+
+    @property
+    def num_labels(self) -> int:
+        return self.output.out_features
+
+    @torch.no_grad()
+    def grow(self, num_labels: int) -> None:
+        """Add output rows for new labels; the existing rows, and so existing predictions, are kept."""
+        if num_labels < self.num_labels:
+            raise ValueError(f"cannot shrink the label set from {self.num_labels} to {num_labels}")
+        if num_labels == self.num_labels:
+            return
+        old = self.output
+        new = nn.Linear(old.in_features, num_labels).to(old.weight.device, old.weight.dtype)
+        new.weight[: old.out_features] = old.weight
+        new.bias[: old.out_features] = old.bias
+        # New labels start below every learned one, so they only win once training gives them weight.
+        new.bias[old.out_features :] = old.bias.min() - 1.0
+        self.output = new

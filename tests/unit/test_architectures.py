@@ -1,0 +1,136 @@
+"""Contract tests run on every registered architecture: it learns, exports with parity, serves through
+the registry, round-trips its weights, grows its label set, and fails loudly when training diverges."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.architectures import ARCHITECTURES, get_architecture, load_weights, save_weights
+from models.export import PARITY_ATOL, build_version_files
+from models.featurize import featurizer_from_json
+from models.registry import Registry
+from models.serving import LoadedModel
+from models.train import TrainingDiverged, TrainSettings, accuracy, train_classifier
+
+TEMPLATES = {
+    "greet": ["hello there {x}", "hi {x}, good morning", "hey {x} how are you"],
+    "refund": ["i want my money back for the {x}", "refund the {x} please", "how do i get a refund on {x}"],
+    "track": ["where is my {x}", "track my {x} order", "when will the {x} arrive"],
+    "cancel": ["cancel my {x} order", "please stop the {x} subscription", "i no longer want the {x}"],
+    "upgrade": ["upgrade my {x} plan", "move me to the premium {x}", "i want a bigger {x} tier"],
+}
+FILLERS = ["parcel", "phone", "account", "laptop", "shoes", "team", "friend", "book"]
+PROBE = ["hello friend", "where is my parcel", "refund the phone please", "", "upgrade the plan now"]
+SMALL = {  # tiny configs: the contract, not the quality, is under test here
+    "bag_of_ngrams": {"buckets": 4096, "dim": 16, "hidden": 32},
+    "transformer": {"buckets": 4096, "max_len": 32, "dim": 32, "heads": 2, "layers": 1, "ffn": 64},
+}
+
+
+def examples(intents: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    pairs = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(intents) for _ in range(n))]
+    return [t for t, _ in pairs], [i for _, i in pairs]
+
+
+def train(name: str, intents: list[str], **kwargs):
+    arch = get_architecture(name)
+    settings = kwargs.pop("settings", TrainSettings(epochs=25, lr=arch.lr * 2, seed=0))
+    texts, labels = examples(intents, 300, 0)
+    return train_classifier(texts, labels, architecture=name, config=arch.config(**SMALL[name]), settings=settings, **kwargs)
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def trained(request):
+    return request.param, train(request.param, ["greet", "refund", "track", "cancel"])
+
+
+def test_every_architecture_has_a_small_config_here():
+    assert set(SMALL) == set(ARCHITECTURES)
+
+
+def test_it_learns_the_task(trained):
+    _, result = trained
+    texts, labels = examples(["greet", "refund", "track", "cancel"], 200, 99)
+    assert accuracy(result.model, result.featurizer, result.labels, texts, labels) >= 0.95
+
+
+def test_export_matches_torch_and_serves_through_the_registry(trained, tmp_path: Path):
+    name, result = trained
+    files, report = build_version_files(result.model, result.featurizer, result.labels, PROBE)
+    assert report["architecture"] == name and report["fp32_parity_max_abs"] <= PARITY_ATOL
+    assert featurizer_from_json(files["featurizer.json"].decode()) == result.featurizer
+    registry = Registry(tmp_path / "registry")
+    version = registry.publish(files, parent=None, info={}).version
+    served = LoadedModel.load(registry, version)
+    try:
+        got = [p.intent for p in served.predict(PROBE)]
+    finally:
+        served.close()
+    with torch.no_grad():
+        want = [result.labels[i] for i in result.model(torch.from_numpy(result.featurizer.batch(PROBE))).argmax(1)]
+    assert got == want
+
+
+def test_weights_round_trip_exactly(trained):
+    _, result = trained
+    ids = torch.from_numpy(result.featurizer.batch(PROBE))
+    restored = load_weights(save_weights(result.model))
+    assert type(restored) is type(result.model) and restored.config == result.model.config
+    with torch.no_grad():
+        assert torch.equal(restored(ids), result.model(ids))
+
+
+def test_an_empty_text_gives_finite_logits(trained):
+    _, result = trained
+    with torch.no_grad():
+        logits = result.model(torch.from_numpy(result.featurizer.batch(["", "!!!"])))
+    assert torch.isfinite(logits).all()
+
+
+def test_a_new_intent_is_learned_and_old_ones_kept_on_warm_start(trained):
+    name, result = trained
+    incumbent = load_weights(save_weights(result.model))
+    old_ids = torch.from_numpy(result.featurizer.batch(PROBE))
+    grown = load_weights(save_weights(result.model))
+    grown.grow(grown.num_labels + 1)
+    with torch.no_grad():  # growing alone changes no prediction
+        assert torch.equal(grown(old_ids).argmax(1), incumbent(old_ids).argmax(1))
+    five = ["greet", "refund", "track", "cancel", "upgrade"]
+    texts, labels = examples(five, 300, 1)
+    tuned = train_classifier(texts, labels, labels=result.labels, featurizer=result.featurizer, init=incumbent, settings=TrainSettings(epochs=10, lr=get_architecture(name).lr, seed=1))
+    assert tuned.labels[: len(result.labels)] == result.labels and tuned.labels[-1] == "upgrade"
+    test_texts, test_labels = examples(five, 200, 7)
+    assert accuracy(tuned.model, tuned.featurizer, tuned.labels, test_texts, test_labels) >= 0.9
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_a_diverging_loss_raises_instead_of_returning_a_model(name: str):
+    with pytest.raises(TrainingDiverged, match="loss is"):
+        train(name, ["greet", "refund"], settings=TrainSettings(epochs=3, lr=1e30, clip_norm=0))
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_mixed_precision_path_trains_on_cpu(name: str):
+    """bf16 autocast is the CUDA path's code; on CPU it runs the same loop, so a CPU-only CI covers it."""
+    result = train(name, ["greet", "refund", "track"], settings=TrainSettings(epochs=15, lr=get_architecture(name).lr * 2, precision="bf16"))
+    assert result.precision == "bf16"
+    texts, labels = examples(["greet", "refund", "track"], 100, 5)
+    assert accuracy(result.model, result.featurizer, result.labels, texts, labels) >= 0.9
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())  # AMP keeps fp32 master weights
+
+
+def test_warmup_then_cosine_schedule():
+    from models.train import _lr_factor
+
+    factors = [_lr_factor(s, 100, 10, 0.05) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # never rises after warm-up
+    assert factors[-1] == pytest.approx(0.05, abs=0.01) and not any(math.isnan(f) for f in factors)
+    assert np.isclose(_lr_factor(55, 100, 10, 0.0), 0.5)
