@@ -8,6 +8,7 @@ streams.ingest), the consumer commits what was acknowledged, and the process exi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -28,6 +29,7 @@ from streams.tiers import TieredStore, TierPolicy
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 from .config import Settings
 from .kafka import aiokafka_options, faust_credentials
+from .learning import LearningLoop
 from .model_service import ModelService
 from .predict_api import PredictApi
 from .web import WebService
@@ -61,7 +63,11 @@ class Daemon:
         self.ingest = self._build_ingest()
         self.model_server = ModelServer()
         self.model_registry = Registry(settings.registry_dir)
-        self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry)
+        swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
+        self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock)
+        self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)
+        self.ingest.observe = self.learning.observe_batch
+        self.predict_api.learning = self.learning
         self.web = WebService(settings.web.host, settings.web.port, self.metrics_registry, self._readiness, add_routes=self.predict_api.add_routes)
         self._store_open = False
         self._register()
@@ -137,6 +143,9 @@ class Daemon:
         # send machinery (codecs, FutureMessage, callbacks) a visible share of the ingest path.
         return await self.app.producer.send(self.settings.topics.predictions, key, value, partition=None, timestamp=None, headers=None)
 
+    async def _announce_model(self, key: bytes, value: bytes) -> Any:
+        return await self.app.producer.send(self.settings.topics.model_updates, key, value, partition=None, timestamp=None, headers=None)
+
     async def _dead_letter(self, record: RawRecord, rejection: Rejection) -> Any:
         headers = [
             (REASON_HEADER, rejection.reason.encode()),
@@ -161,6 +170,13 @@ class Daemon:
         app.service(StoreService)
         app.service(ModelService(s, self.model_server, self.model_registry))
         app.service(self.web)
+        learning = self.learning
+
+        class LearningService(mode.Service):
+            async def on_stop(inner) -> None:  # noqa: N805
+                await learning.stop()  # kills a running fine-tune child; the serving model is untouched
+
+        app.service(LearningService)
 
         @app.agent(self.input_topic, name="driftd.ingest")
         async def ingest_agent(stream: faust.StreamT) -> None:
@@ -182,6 +198,10 @@ class Daemon:
                 position = ingest.next_offsets.get((tp.topic, tp.partition))
                 lag = highwater - position if position is not None else highwater
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, lag))
+
+        @app.timer(10.0, name="driftd.outcomes.expire")
+        async def expire_outcomes() -> None:
+            self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
 
         last = {"events": 0.0, "dlq": 0.0}
 
@@ -219,7 +239,7 @@ class Daemon:
             broker = EmbeddedBroker(self.settings.kafka.embedded_port, log_path=log_path).start()
         try:
             ensure_topics_sync(self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka))
-            log.info("driftd ingests and tiers events from %s on %s and serves the registry's current model; the learning loop is not built yet", self.settings.topics.input, self.bootstrap)
+            log.info("driftd ingests and tiers events from %s on %s, serves the registry's current model and retrains it on decay (learning.enabled=%s)", self.settings.topics.input, self.bootstrap, self.settings.learning.enabled)
             worker = faust.Worker(self.app, loglevel=self.settings.daemon.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
             try:
                 worker.execute_from_commandline()

@@ -15,6 +15,8 @@ import fsspec
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, TomlConfigSettingsSource
 
+from streams.monitor import MonitorConfig
+
 __all__ = ["ConfigError", "Settings", "load_settings", "ENV_PREFIX"]
 
 ENV_PREFIX = "DRIFTD_"
@@ -133,6 +135,65 @@ class ModelSettings(_Section):
     top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")
     max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
     max_text_chars: int = Field(2000, ge=1, description="Longest text /v1/predict accepts.")
+    architecture: Literal["bag_of_ngrams", "transformer"] = Field("bag_of_ngrams", description="Architecture of a model trained from scratch: the CPU-fast bag of n-grams, or the small transformer meant for a GPU. Fine-tunes keep the incumbent's.")
+
+
+_MONITOR = MonitorConfig()  # the decay policy's defaults live beside its code (measured by bench/loop.py)
+Signal = Literal["ewma", "adwin", "page_hinkley", "confidence", "low_confidence_share", "oos_share"]
+
+
+class MonitorSettings(_Section):
+    signals: list[Signal] = Field(list(_MONITOR.signals), min_length=1, description="Signals that count toward a decay decision: ewma (accuracy EWMA vs reference), adwin, page_hinkley (river, on the error stream), confidence, low_confidence_share, oos_share (label-free).")
+    mode: Literal["any", "all"] = Field(_MONITOR.mode, description="any: one listed signal decides; all: every listed signal must have fired.")
+    min_samples: int = Field(_MONITOR.min_samples, ge=0, description="Labelled outcomes of the serving model before any decision.")
+    cooldown_s: float = Field(60.0, ge=0, description="No decay decision within this long of the previous one.")
+    label_horizon_s: float = Field(3600.0, gt=0, description="How long a prediction waits for its label (and a label for its prediction) before it is dropped.")
+    ewma_alpha: float = Field(_MONITOR.ewma_alpha, gt=0, le=1, description="EWMA weight of the newest outcome (about 1/alpha outcomes of memory).")
+    ewma_relative_drop: float = Field(_MONITOR.ewma_relative_drop, gt=0, lt=1, description="Decay when the accuracy EWMA falls below reference * (1 - this).")
+    ewma_warmup: int = Field(_MONITOR.ewma_warmup, ge=1, description="Outcomes after a model change whose mean accuracy becomes the reference.")
+    ewma_hysteresis: float = Field(_MONITOR.ewma_hysteresis, ge=0, le=1, description="Re-armed only above reference * (1 - relative_drop * this).")
+    adwin_delta: float = Field(_MONITOR.adwin_delta, gt=0, lt=1, description="river ADWIN confidence parameter.")
+    page_hinkley_threshold: float = Field(_MONITOR.page_hinkley_threshold, gt=0, description="river PageHinkley threshold.")
+    page_hinkley_min_instances: int = Field(_MONITOR.page_hinkley_min_instances, ge=1, description="river PageHinkley warm-up.")
+    label_free_alpha: float = Field(_MONITOR.label_free_alpha, gt=0, le=1, description="EWMA weight of the label-free signals.")
+    low_confidence: float = Field(_MONITOR.low_confidence, ge=0, le=1, description="A prediction below this confidence counts as low-confidence.")
+    oos_intents: list[str] = Field(list(_MONITOR.oos_intents), description="Intents that mean out of scope.")
+    label_free_warmup: int = Field(_MONITOR.label_free_warmup, ge=1, description="Predictions after a model change that set the label-free references.")
+    label_free_relative_change: float = Field(_MONITOR.label_free_relative_change, gt=0, lt=1, description="Relative change of a label-free signal that fires it.")
+    window_size: int = Field(_MONITOR.window_size, ge=1, description="Labelled outcomes in the live accuracy window (metrics, status).")
+
+    def to_config(self) -> MonitorConfig:
+        return MonitorConfig(**self.model_dump(exclude={"label_horizon_s"}))
+
+
+class LearningSettings(_Section):
+    enabled: bool = Field(True, description="Fine-tune when decay is confirmed (or on a manual trigger); off: detect and report only.")
+    window_s: float = Field(86400.0, gt=0, description="Recent labelled events (hot + warm) of this many seconds, by event time, make the training data.")
+    replay_ratio: float = Field(0.3, ge=0, le=10, description="Replay examples sampled from cold per recent example (guards against forgetting).")
+    holdout_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of the most recent labelled events kept out of training to judge the candidate.")
+    replay_eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the replay sample kept out of training to measure forgetting.")
+    min_labelled: int = Field(300, ge=10, description="Fewest labelled examples a fine-tune starts with.")
+    max_examples: int = Field(30000, ge=100, description="Most recent labelled examples used (the newest are kept).")
+    cooldown_s: float = Field(30.0, ge=0, description="Least time between the end of one fine-tune and the start of the next automatic one.")
+    timeout_s: float = Field(600.0, gt=0, description="A fine-tune still running after this long is killed (no swap, a failure metric).")
+    threads: int = Field(1, ge=1, le=256, description="Torch threads of the fine-tune child; the rest of the cores keep ingesting.")
+    epochs: int = Field(6, ge=1, le=200, description="Most epochs per fine-tune (early stopping on a validation split may stop sooner).")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (AdamW); unset: the architecture's default scaled by sqrt(examples per step / 64).")
+    batch_size: int = Field(256, ge=1, le=65536, description="Examples per micro-batch (large batches: far fewer optimiser steps over the embedding table, so much faster on CPU).")
+    accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step (gradient accumulation).")
+    clip_norm: float = Field(1.0, ge=0, description="Gradient norm clip; 0 turns it off.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with a linear learning-rate warm-up before the cosine decay.")
+    patience: int = Field(2, ge=1, description="Epochs without validation gain before early stopping.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description='"auto" (CUDA when present), "cpu" or "cuda[:N]".')
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 on CPU.')
+    gate_margin: float = Field(0.005, ge=0, le=1, description="Holdout accuracy the candidate must gain over the incumbent (absolute).")
+    forgetting_epsilon: float = Field(0.02, ge=0, le=1, description="Replay accuracy the candidate may lose against the incumbent (absolute).")
+    latency_ratio: float = Field(1.5, ge=1, description="Candidate p99 (one text) may be this multiple of the incumbent's...")
+    latency_budget_ms: float = Field(5.0, gt=0, description="...or under this absolute p99 budget.")
+    followup_labels: int = Field(1500, ge=0, description="After a decay-triggered swap, retrain each time this many new labels arrived, while each retrain passes the gate (recovery); 0 turns follow-ups off.")
+    max_followups: int = Field(6, ge=0, description="Most follow-up retrains after one decay.")
+    canary_labels: int = Field(300, ge=0, description="Labelled outcomes watched after a swap; 0 turns the canary off.")
+    canary_margin: float = Field(0.05, ge=0, le=1, description="Roll back when the new model's canary accuracy is this much below the previous model's last accuracy.")
 
 
 class ReplaySettings(_Section):
@@ -163,6 +224,8 @@ class Settings(BaseSettings):
     tiers: TierSettings = Field(default_factory=TierSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    learning: LearningSettings = Field(default_factory=LearningSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
 
     @property

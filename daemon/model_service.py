@@ -38,13 +38,13 @@ def bootstrap_model(settings: Settings, registry: Registry) -> str:
         raise ValueError(f"models.bootstrap_groups {sorted(wanted)} match nothing in {m.bootstrap_dataset}")
     log.info("no model yet: training the first one on %d %s examples (%s)", len(chosen), m.bootstrap_dataset, ", ".join(sorted(wanted)) or "all")
     started = time.time()
-    result = train_classifier([e.text for e in chosen], [e.intent for e in chosen])
+    result = train_classifier([e.text for e in chosen], [e.intent for e in chosen], architecture=m.architecture)
     probe = [e.text for e in chosen[:: max(1, len(chosen) // 64)]][:64]
     files, report = build_version_files(result.model, result.featurizer, result.labels, probe, calibration_texts=[e.text for e in chosen[:1024]])
     manifest = registry.publish(
         files,
         parent=None,
-        info={"source": "bootstrap", "dataset": m.bootstrap_dataset, "groups": sorted(wanted), "examples": len(chosen), "labels": len(result.labels), "train_seconds": round(time.time() - started, 1), "export": report},
+        info={"source": "bootstrap", "dataset": m.bootstrap_dataset, "groups": sorted(wanted), "examples": len(chosen), "labels": len(result.labels), "architecture": m.architecture, "train_seconds": round(time.time() - started, 1), "export": report},
     )
     registry.set_current(manifest.version)
     log.info("bootstrap model %s: %d intents, trained in %.1fs", manifest.version, len(result.labels), time.time() - started)

@@ -32,13 +32,14 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class PredictApi:
-    def __init__(self, settings: Settings, server: ModelServer, registry: Registry, metrics: CollectorRegistry) -> None:
+    def __init__(self, settings: Settings, server: ModelServer, registry: Registry, metrics: CollectorRegistry, swap_lock: asyncio.Lock | None = None) -> None:
         self.settings = settings
         self.server = server
         self.registry = registry
         token = settings.web.admin_token
         self._token = token.get_secret_value().encode() if token else None
-        self._swap_lock = asyncio.Lock()  # one activation at a time
+        self._swap_lock = swap_lock or asyncio.Lock()  # one activation at a time (shared with the learning loop)
+        self.learning: Any = None  # daemon.learning.LearningLoop, when the daemon runs one
         self.requests = Counter("driftd_predict_requests_total", "HTTP prediction requests, by status code.", ["status"], registry=metrics)
         self.latency = Histogram(
             "driftd_predict_latency_seconds", "Time to answer a /v1/predict request.",
@@ -51,6 +52,8 @@ class PredictApi:
         app.router.add_get("/admin/v1/models", self.list_models)
         app.router.add_post("/admin/v1/models/{version}/activate", self.activate)
         app.router.add_post("/admin/v1/rollback", self.rollback)
+        app.router.add_post("/admin/v1/retrain", self.retrain)
+        app.router.add_get("/admin/v1/learning", self.learning_status)
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -141,6 +144,22 @@ class PredictApi:
         if parent is None:
             return _error(409, f"{current} has no parent version to roll back to")
         return await self._activate(parent)
+
+    async def retrain(self, request: web.Request) -> web.Response:
+        """Manual fine-tune trigger: 202 when one starts, 409 when one is already running."""
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        if self.learning is None:
+            return _error(409, "the learning loop is not running in this process")
+        started, message = self.learning.request("manual")
+        return web.json_response({"started": started, "message": message}, status=202 if started else 409)
+
+    async def learning_status(self, request: web.Request) -> web.Response:
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        if self.learning is None:
+            return _error(409, "the learning loop is not running in this process")
+        return web.json_response(self.learning.status())
 
     async def _activate(self, version: str) -> web.Response:
         if version not in self.registry.versions():

@@ -40,7 +40,7 @@ class TrainingDiverged(RuntimeError):
 class TrainSettings:
     epochs: int | None = None  # None: the architecture's default
     batch_size: int = 64
-    lr: float | None = None  # None: the architecture's default
+    lr: float | None = None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per step / 64)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     seed: int = 0
@@ -133,7 +133,7 @@ def train_classifier(
     features = [featurizer.features(t) for t in texts]
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
     epochs = settings.epochs or arch.epochs
-    lr = settings.lr or arch.lr
+    lr = settings.lr or arch.lr * math.sqrt(settings.batch_size * settings.accumulation_steps / 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
     micro_batches = math.ceil(len(features) / settings.batch_size)
     total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))

@@ -24,7 +24,7 @@ from .metrics import StreamMetrics
 from .schema import Event, Rejection, decode_event
 from .tiers import StoredEvent, TieredStore
 
-__all__ = ["DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor", "RawRecord", "UserIdPolicy", "to_stored"]
+__all__ = ["BatchObserver", "DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor", "RawRecord", "UserIdPolicy", "to_stored"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +51,8 @@ class RawRecord:
 
 
 Predictor = Callable[[list[str]], "list[dict[str, Any]] | None"]  # texts -> prediction dicts, None: no model yet
+# After each stored batch: its valid events, and the (utterance, prediction) pairs made for it.
+BatchObserver = Callable[[Sequence["StoredEvent"], Sequence[tuple["StoredEvent", dict[str, Any]]]], None]
 
 
 class PredictionSink(Protocol):
@@ -119,6 +121,7 @@ class IngestAgent:
     retry_max_s: float = 5.0
     predict: Predictor | None = None
     publish_prediction: PredictionSink | None = None
+    observe: BatchObserver | None = None  # the learning loop's hook (outcome join, decay monitor)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
 
     async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
@@ -144,7 +147,7 @@ class IngestAgent:
             else:
                 valid.append(to_stored(record, decoded, self.users, now))
 
-        _, inserted, _ = await asyncio.gather(
+        _, inserted, predicted = await asyncio.gather(
             self._retry("dlq", self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)")),
             self._retry("warm", lambda: self.store.write(valid)),
             self._predict_and_publish([e for e in valid if e.type == "utterance"]),
@@ -163,16 +166,21 @@ class IngestAgent:
         self.metrics.batch_size.observe(len(records))
         for record in records:  # records of one partition arrive in offset order
             self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+        if self.observe is not None:
+            try:
+                self.observe(valid, predicted)
+            except Exception:  # noqa: BLE001 - monitoring must never stop ingest; the batch is stored already
+                log.exception("the batch observer failed on a batch of %d events", len(valid))
         return len(valid), len(rejected)
 
-    async def _predict_and_publish(self, utterances: list[StoredEvent]) -> None:
+    async def _predict_and_publish(self, utterances: list[StoredEvent]) -> list[tuple[StoredEvent, dict[str, Any]]]:
         """One model call for the batch's utterances (in a worker thread), then one record each on `predictions`."""
         if not utterances or self.predict is None or self.publish_prediction is None:
-            return
+            return []
         predictions = await asyncio.get_running_loop().run_in_executor(None, self.predict, [e.text or "" for e in utterances])
         if predictions is None:
             self.metrics.predictions_skipped.inc(len(utterances))
-            return
+            return []
         records = [
             (e.conversation_id.encode(), json.dumps({"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}).encode())
             for e, p in zip(utterances, predictions)
@@ -180,6 +188,7 @@ class IngestAgent:
         publish = self.publish_prediction
         await self._retry("predictions", self._delivery_attempt(records, lambda kv: publish(*kv), "prediction(s)"))
         self.metrics.predictions.inc(len(records))
+        return list(zip(utterances, predictions))
 
     @staticmethod
     def _delivery_attempt(items: list[T], send: Callable[[T], Awaitable[Awaitable[Any]]], what: str) -> Callable[[], Awaitable[None]]:

@@ -1,0 +1,390 @@
+"""The learning loop: outcomes -> decay decision -> fine-tune (child) -> gate -> register -> announce -> swap -> canary.
+
+``LearningLoop.observe_batch`` is called by ingest after each stored batch, with the predictions it
+made. It joins labels and feedback to the predictions they refer to (``OutcomeJoiner``), feeds the
+outcomes of the serving version and every prediction to the ``DecayMonitor``, and when the policy
+confirms decay (or an operator asks) starts at most one fine-tune, in a child process
+(``TrainerProcess``), on the recent labelled events plus a replay sample from cold.
+
+A candidate that passes the gate is published to the registry, announced on ``model-updates``,
+and hot-swapped; the detectors then restart on the new model. After a decay, follow-up retrains run
+each time ``followup_labels`` new labels have arrived, while each one passes the gate: the first
+fine-tune sees few examples of what changed, the follow-ups catch up as labels accumulate. A canary
+watches the first ``canary_labels`` outcomes of a new version and rolls back to the previous one if
+it does worse than that one did. Any failure (diverged loss, crash, timeout, rejection) leaves the
+serving model as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from models.finetune import FineTuneJob, FineTuneResult
+from models.gate import GateSettings
+from models.registry import Registry
+from models.serving import ModelServer
+from models.train import TrainSettings
+from streams.monitor import DecayMonitor, Decision, MonitorMetrics, Outcome, OutcomeJoiner
+from streams.tiers import StoredEvent, TieredStore
+from streams.training_set import LabelledExample, query_training_set
+
+from .config import Settings
+from .timeline import TimelineRecorder, render_png
+from .trainer import FAILURE_REASONS, TrainerProcess, TrainingFailed
+
+__all__ = ["LearningLoop", "LearningMetrics"]
+
+log = logging.getLogger("driftd.learning")
+Announce = Callable[[bytes, bytes], Awaitable[Any]]
+FINETUNE_RESULTS = ("swapped", "gate_rejected", "failed", "skipped", "rolled_back")
+
+
+class LearningMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter("driftd_finetune_runs_total", "Fine-tunes by trigger (decay, followup, manual).", ["trigger"], registry=registry)
+        self.results = Counter("driftd_finetune_results_total", "Fine-tune outcomes: swapped, gate_rejected, failed, skipped (too little data).", ["result"], registry=registry)
+        self.failures = Counter("driftd_finetune_failures_total", "Failed fine-tunes by reason (diverged, crashed, timeout, error); the incumbent kept serving.", ["reason"], registry=registry)
+        self.running = Gauge("driftd_finetune_running", "1 while a fine-tune child runs.", registry=registry)
+        self.progress = Gauge("driftd_finetune_progress_ratio", "Epochs done / planned of the running fine-tune.", registry=registry)
+        self.duration = Histogram("driftd_finetune_duration_seconds", "Wall time of a fine-tune, from the data query to the verdict.", buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1800), registry=registry)
+        self.samples_per_s = Gauge("driftd_finetune_samples_per_second", "Training throughput of the last fine-tune.", registry=registry)
+        self.gate_accuracy = Gauge("driftd_gate_holdout_accuracy", "Holdout accuracy in the last gate, by model (candidate, incumbent).", ["model"], registry=registry)
+        self.rollbacks = Counter("driftd_canary_rollbacks_total", "Automatic rollbacks after a failed canary.", registry=registry)
+        self.model_info = Gauge("driftd_serving_model_info", "1 for the version the learning loop last saw serving.", ["version"], registry=registry)
+        for trigger in ("decay", "followup", "manual"):
+            self.runs.labels(trigger)
+        for result in FINETUNE_RESULTS:
+            self.results.labels(result)
+        for reason in FAILURE_REASONS:
+            self.failures.labels(reason)
+
+
+class LearningLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TieredStore,
+        server: ModelServer,
+        registry: Registry,
+        metrics_registry: CollectorRegistry,
+        announce: Announce,
+        swap_lock: asyncio.Lock,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.learning = settings.learning
+        self.store = store
+        self.server = server
+        self.registry = registry
+        self.announce = announce
+        self.swap_lock = swap_lock
+        self.clock = clock
+        self.metrics = LearningMetrics(metrics_registry)
+        self.monitor_metrics = MonitorMetrics(metrics_registry)
+        self.monitor = DecayMonitor(settings.monitor.to_config(), self.monitor_metrics, clock=clock)
+        self.joiner = OutcomeJoiner(horizon_s=settings.monitor.label_horizon_s, clock=clock)
+        self.timeline = TimelineRecorder(window=200)
+        self.trainer = TrainerProcess(threads=self.learning.threads)
+        self.state = "idle"
+        self.last_decision: Decision | None = None
+        self.last_run: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []  # one entry per fine-tune, for the status route and tests
+        self._task: asyncio.Task[None] | None = None
+        self._finished_at = 0.0
+        self._followups_left = 0
+        self._labels_since_swap = 0
+        self._monitored_version: str | None = None
+        self._recent_correct: deque[bool] = deque(maxlen=max(1, self.learning.canary_labels))
+        self._canary: dict[str, Any] | None = None
+        self._outcomes = 0
+
+    # -- the ingest hook ---------------------------------------------------------------------------
+
+    def observe_batch(self, events: Sequence[StoredEvent], predicted: Sequence[tuple[StoredEvent, dict[str, Any]]]) -> None:
+        """Called once per stored batch, in the event loop: cheap dictionary and detector updates only."""
+        self._follow_serving_version()
+        for event, prediction in predicted:
+            decision = self.monitor.observe_prediction(prediction["confidence"], prediction["intent"])
+            if decision is not None:
+                self._on_decision(decision)
+            outcome = self.joiner.record_prediction(event.event_id, prediction["intent"], prediction["confidence"], prediction["model_version"], event.ts)
+            if outcome is not None:
+                self._on_outcome(outcome)
+        for event in events:
+            if event.type in ("label", "feedback") and event.ref_event_id:
+                outcome = self.joiner.record_label(event.ref_event_id, intent=event.intent, correct=event.correct, ts=event.ts)
+                if outcome is not None:
+                    self._on_outcome(outcome)
+        self.monitor_metrics.sync_joiner(self.joiner.counts)
+
+    def _follow_serving_version(self) -> None:
+        """A version swapped in by anyone (admin API, rollback, this loop) restarts the detectors."""
+        version = self.server.version
+        if version != self._monitored_version:
+            if self._monitored_version is not None:
+                self.metrics.model_info.labels(self._monitored_version).set(0)
+            if version is not None:
+                self.metrics.model_info.labels(version).set(1)
+            self._monitored_version = version
+            self.monitor.reset(model_version=version)
+            self._recent_correct.clear()
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        self._outcomes += 1
+        self.timeline.add_outcome(outcome.correct, self._outcomes, outcome.labelled_at, outcome.model_version)
+        if outcome.model_version != self._monitored_version:
+            return  # a prediction of a replaced version says nothing about the one serving now
+        self._recent_correct.append(outcome.correct)
+        self._labels_since_swap += 1
+        decision = self.monitor.observe_outcome(outcome)
+        if decision is not None:
+            self._on_decision(decision)
+        if self._canary is not None:
+            self._canary_step(outcome)
+        if self._followups_left > 0 and self._labels_since_swap >= self.learning.followup_labels and self.state == "idle":
+            self._followups_left -= 1
+            self._start("followup", None)
+
+    def _on_decision(self, decision: Decision) -> None:
+        self.last_decision = decision
+        self.timeline.mark("detection", self._outcomes, decision.at, ",".join(decision.signals))
+        if not self.learning.enabled:
+            log.warning("decay confirmed, learning.enabled is off: no fine-tune (%s)", decision.describe())
+            return
+        since = self.clock() - self._finished_at
+        if self.state != "idle":
+            log.info("decay confirmed while a fine-tune runs; it will be judged on newer data")
+            return
+        if since < self.learning.cooldown_s:
+            log.info("decay confirmed %.0fs after the last fine-tune, inside learning.cooldown_s=%.0f: not retraining yet", since, self.learning.cooldown_s)
+            return
+        self._followups_left = self.learning.max_followups if self.learning.followup_labels > 0 else 0
+        self._start("decay", decision)
+
+    # -- triggering --------------------------------------------------------------------------------
+
+    def request(self, trigger: str = "manual") -> tuple[bool, str]:
+        """Manual trigger (admin API, CLI): starts unless one runs already; ignores the cooldown."""
+        if self.state != "idle":
+            return False, f"a fine-tune is already running (pid {self.trainer.pid})"
+        self._start(trigger, None)
+        return True, "fine-tune started"
+
+    def _start(self, trigger: str, decision: Decision | None) -> None:
+        self.state = "training"
+        self.metrics.runs.labels(trigger).inc()
+        self.metrics.running.set(1)
+        self.metrics.progress.set(0)
+        self.timeline.mark("training_started", self._outcomes, self.clock(), trigger)
+        self._task = asyncio.get_running_loop().create_task(self._fine_tune(trigger, decision), name=f"driftd-finetune-{trigger}")
+
+    async def _fine_tune(self, trigger: str, decision: Decision | None) -> None:
+        started = time.monotonic()
+        run: dict[str, Any] = {"trigger": trigger, "started_at": self.clock(), "incumbent": self.server.version, "evidence": decision.evidence if decision else None}
+        self.last_run = run
+        try:
+            await self._fine_tune_steps(trigger, run)
+        except asyncio.CancelledError:
+            run["result"] = "cancelled"
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing a fine-tune does may take the daemon down
+            log.exception("fine-tune failed unexpectedly; %s keeps serving", self.server.version)
+            run.update(result="failed", reason="error", detail=repr(exc))
+            self.metrics.results.labels("failed").inc()
+            self.metrics.failures.labels("error").inc()
+        finally:
+            run["seconds"] = round(time.monotonic() - started, 2)
+            self.metrics.duration.observe(time.monotonic() - started)
+            self.metrics.running.set(0)
+            self.history.append(run)
+            self._finished_at = self.clock()
+            self.state = "idle"
+
+    async def _fine_tune_steps(self, trigger: str, run: dict[str, Any]) -> None:
+        incumbent = self.server.version
+        job, counts = await self._build_job(incumbent)
+        run["data"] = counts
+        if job is None:
+            log.warning("fine-tune (%s) skipped: %d labelled examples, fewer than learning.min_labelled=%d", trigger, counts["recent"], self.learning.min_labelled)
+            run["result"] = "skipped"
+            self.metrics.results.labels("skipped").inc()
+            return
+        log.warning("fine-tune (%s) started: %d training examples (%d recent + %d replay), holdout %d, replay check %d; incumbent %s",
+                    trigger, counts["train"], counts["train_recent"], counts["train_replay"], counts["holdout"], counts["replay_eval"], incumbent)
+        try:
+            result = await self.trainer.run(job, self.learning.timeout_s, self._on_progress)
+        except TrainingFailed as exc:
+            log.error("fine-tune (%s) failed, %s keeps serving: %s", trigger, incumbent, exc)
+            run.update(result="failed", reason=exc.reason, detail=exc.detail[:2000])
+            self.metrics.results.labels("failed").inc()
+            self.metrics.failures.labels(exc.reason).inc()
+            return
+        verdict = result.verdict
+        run.update(gate=verdict.to_dict(), train=result.report)
+        self.metrics.samples_per_s.set(result.report["samples_per_s"])
+        self.metrics.gate_accuracy.labels("candidate").set(verdict.candidate_holdout)
+        if verdict.incumbent_holdout is not None:
+            self.metrics.gate_accuracy.labels("incumbent").set(verdict.incumbent_holdout)
+        log.warning("gate (%s): %s", trigger, verdict.describe())
+        if not verdict.passed:
+            run["result"] = "gate_rejected"
+            self.metrics.results.labels("gate_rejected").inc()
+            self.timeline.mark("gate_rejected", self._outcomes, self.clock(), trigger)
+            if trigger == "followup":
+                self._followups_left = 0  # no longer improving: recovered as far as the data allows
+            return
+        version = await self._promote(result, incumbent, trigger, run)
+        run.update(result="swapped", version=version)
+        self.metrics.results.labels("swapped").inc()
+
+    def _on_progress(self, update: dict[str, Any]) -> None:
+        stage = update.get("stage")
+        if stage == "epoch":
+            self.metrics.progress.set(update["epoch"] / max(1, update["epochs"]))
+            extra = f", validation accuracy {update['val_accuracy']:.4f}" if "val_accuracy" in update else ""
+            log.info("fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s", update["epoch"], update["epochs"], update["loss"], update["samples_per_s"], extra)
+        elif stage in ("exporting", "gating"):
+            log.info("fine-tune: %s", stage)
+        if self.last_run is not None:
+            self.last_run["progress"] = update
+
+    # -- data ----------------------------------------------------------------------------------------
+
+    async def _build_job(self, incumbent: str | None) -> tuple[FineTuneJob | None, dict[str, int]]:
+        cfg = self.learning
+        now = self.clock()
+        recent_set = await query_training_set(self.store, now - cfg.window_s, now + 366 * 86400, 0)
+        recent = sorted(recent_set.recent, key=lambda e: e.ts)[-cfg.max_examples :]
+        counts = {"recent": len(recent)}
+        if len(recent) < cfg.min_labelled:
+            return None, counts
+        cut = len(recent) - max(1, int(len(recent) * cfg.holdout_fraction))
+        train_recent, holdout = recent[:cut], recent[cut:]
+        replay: list[LabelledExample] = []
+        if cfg.replay_ratio > 0:
+            replay = (await query_training_set(self.store, now, now, int(len(train_recent) * cfg.replay_ratio), seed=int(now))).replay
+        n_eval = int(len(replay) * cfg.replay_eval_fraction)
+        replay_eval, replay_train = replay[:n_eval], replay[n_eval:]
+        train = train_recent + replay_train
+        counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train), holdout=len(holdout), replay_eval=len(replay_eval))
+        settings = TrainSettings(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
+            warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
+            device=cfg.device, precision=cfg.precision,
+        )
+        gate = GateSettings(cfg.gate_margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms)
+        job = FineTuneJob(
+            train=([e.text for e in train], [e.intent for e in train]),
+            holdout=([e.text for e in holdout], [e.intent for e in holdout]),
+            replay_eval=([e.text for e in replay_eval], [e.intent for e in replay_eval]),
+            incumbent_dir=str(self.registry.root / incumbent) if incumbent else None,
+            settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000,
+        )
+        return job, counts
+
+    # -- promotion, canary, rollback -----------------------------------------------------------------
+
+    async def _promote(self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]) -> str:
+        loop = asyncio.get_running_loop()
+        info = {"source": "fine-tune", "trigger": trigger, "data": run["data"], "gate": result.verdict.to_dict(), "train": result.report, "decay_evidence": run.get("evidence")}
+        manifest = await loop.run_in_executor(None, lambda: self.registry.publish(result.files, parent=incumbent, info=_jsonable(info)))
+        baseline = float(np.mean(self._recent_correct)) if self._recent_correct else None
+        async with self.swap_lock:
+            await loop.run_in_executor(None, self.server.load_and_swap, self.registry, manifest.version)
+            await loop.run_in_executor(None, self.registry.set_current, manifest.version)
+        self._labels_since_swap = 0
+        self._follow_serving_version()
+        if self.learning.canary_labels > 0 and incumbent is not None and baseline is not None:
+            self._canary = {"version": manifest.version, "previous": incumbent, "baseline": baseline, "correct": 0, "n": 0}
+        self.timeline.mark("swap", self._outcomes, self.clock(), manifest.version)
+        update = {"event": "model_promoted", "version": manifest.version, "parent": incumbent, "trigger": trigger, "gate": result.verdict.to_dict(), "at": self.clock()}
+        try:
+            await (await self.announce(b"driftd", json.dumps(_jsonable(update)).encode()))
+        except Exception as exc:  # noqa: BLE001 - the swap happened; a missed announcement is logged, not fatal
+            log.error("could not announce %s on %s: %s", manifest.version, self.settings.topics.model_updates, exc)
+        log.warning("swapped to %s (parent %s, %s): %s", manifest.version, incumbent, trigger, result.verdict.describe())
+        return manifest.version
+
+    def _canary_step(self, outcome: Outcome) -> None:
+        canary = self._canary
+        assert canary is not None
+        if outcome.model_version != canary["version"]:
+            return
+        canary["n"] += 1
+        canary["correct"] += int(outcome.correct)
+        if canary["n"] < self.learning.canary_labels:
+            return
+        self._canary = None
+        accuracy = canary["correct"] / canary["n"]
+        if accuracy >= canary["baseline"] - self.learning.canary_margin:
+            log.info("canary passed: %s at %.4f over %d outcomes (previous model %.4f)", canary["version"], accuracy, canary["n"], canary["baseline"])
+            return
+        log.error("canary failed: %s at %.4f over %d outcomes, previous %s had %.4f: rolling back", canary["version"], accuracy, canary["n"], canary["previous"], canary["baseline"])
+        self._followups_left = 0
+        asyncio.get_running_loop().create_task(self._rollback(canary["previous"], canary["version"]))
+
+    async def _rollback(self, previous: str, failed: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self.swap_lock:
+                await loop.run_in_executor(None, self.server.load_and_swap, self.registry, previous)
+                await loop.run_in_executor(None, self.registry.set_current, previous)
+        except Exception:  # noqa: BLE001
+            log.exception("rollback to %s failed; %s keeps serving", previous, failed)
+            return
+        self.metrics.rollbacks.inc()
+        self.metrics.results.labels("rolled_back").inc()
+        self.timeline.mark("rollback", self._outcomes, self.clock(), previous)
+        self._follow_serving_version()
+
+    # -- status ----------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return _jsonable({
+            "state": self.state,
+            "pid": self.trainer.pid,
+            "serving": self.server.version,
+            "followups_left": self._followups_left,
+            "labels_since_swap": self._labels_since_swap,
+            "canary": self._canary,
+            "monitor": self.monitor.snapshot(),
+            "joiner": self.joiner.counts,
+            "last_decision": None if self.last_decision is None else {"at": self.last_decision.at, "signals": list(self.last_decision.signals), "describe": self.last_decision.describe()},
+            "last_run": self.last_run,
+            "runs": len(self.history),
+        })
+
+    def write_timeline(self, directory: Path, onset_event: int | None = None) -> Path:
+        self.timeline.save_json(directory / "timeline.json")
+        return render_png(self.timeline, directory / "timeline.png")
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+
+def _jsonable(value: Any) -> Any:
+    """Floats that JSON can carry (NaN -> None), recursively."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _jsonable(value.item())
+    return value

@@ -1,0 +1,128 @@
+"""One fine-tune job, start to verdict: warm-start, train, export, quantise, and judge against the incumbent.
+
+``run_fine_tune`` is what the daemon's child process runs (``daemon/trainer.py``); it takes plain data
+(``FineTuneJob``: texts, intents, a path to the incumbent's registry directory) and returns the
+candidate's version files and a report with the gate verdict. It never touches the registry or the
+live server: promotion is the parent's decision, so a crash here can only lose the candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .architectures import DEFAULT_ARCHITECTURE, load_weights
+from .export import SERVED_MODEL, build_version_files, cpu_session
+from .featurize import featurizer_from_json
+from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
+from .train import TrainSettings, train_classifier
+
+__all__ = ["FineTuneJob", "FineTuneResult", "run_fine_tune"]
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class FineTuneJob:
+    train: tuple[list[str], list[str]]  # recent labelled + replay sample: (texts, intents)
+    holdout: tuple[list[str], list[str]]  # recent labelled events kept out of training
+    replay_eval: tuple[list[str], list[str]]  # replay examples kept out of training (forgetting check)
+    incumbent_dir: str | None  # registry directory of the serving version; None trains from scratch
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
+    val_fraction: float = 0.1  # of the training examples, for early stopping
+    seed: int = 0
+
+
+@dataclass
+class FineTuneResult:
+    files: dict[str, bytes]
+    verdict: GateVerdict
+    report: dict[str, Any]
+
+
+class _Served:
+    """A version's served INT8 model, as the endpoint runs it (featuriser + one-thread ONNX session)."""
+
+    def __init__(self, model: bytes | Path, labels: list[str], featurizer: Any) -> None:
+        self.session = cpu_session(model)
+        self.input = self.session.get_inputs()[0].name
+        self.labels = labels
+        self.featurizer = featurizer
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(texts), 256):
+            logits = self.session.run(None, {self.input: self.featurizer.batch(texts[i : i + 256])})[0]
+            out += [self.labels[j] for j in logits.argmax(1)]
+        return out
+
+    def one(self, text: str) -> Any:
+        return self.session.run(None, {self.input: self.featurizer.batch([text])})
+
+
+def _split_validation(texts: list[str], intents: list[str], fraction: float, seed: int) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]] | None]:
+    if fraction <= 0 or len(texts) < 50:
+        return (texts, intents), None
+    order = np.random.default_rng(seed).permutation(len(texts))
+    cut = int(len(texts) * fraction)
+    val, train = order[:cut], order[cut:]
+    return ([texts[i] for i in train], [intents[i] for i in train]), ([texts[i] for i in val], [intents[i] for i in val])
+
+
+def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTuneResult:
+    """Train a candidate and judge it. Raises on failure (``TrainingDiverged``, ``ExportError``...)."""
+    started = time.time()
+    report = lambda stage, **kw: progress({"stage": stage, **kw}) if progress else None  # noqa: E731
+    incumbent = init = labels = featurizer = None
+    if job.incumbent_dir is not None:
+        root = Path(job.incumbent_dir)
+        labels = json.loads((root / "labels.json").read_text())
+        featurizer = featurizer_from_json((root / "featurizer.json").read_text())
+        init = load_weights((root / "model.pt").read_bytes())
+        incumbent = _Served(root / SERVED_MODEL, labels, featurizer)
+    (texts, intents), val = _split_validation(*job.train, job.val_fraction, job.seed)
+    report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
+    result = train_classifier(
+        texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,
+        architecture=job.architecture, progress=lambda r: report("epoch", **r),
+    )
+    report("exporting")
+    probe = texts[:: max(1, len(texts) // 64)][:64]
+    calibration = texts[:: max(1, len(texts) // 512)][:512]
+    files, export_report = build_version_files(result.model, result.featurizer, result.labels, probe, calibration_texts=calibration)
+    report("gating")
+    candidate = _Served(files[SERVED_MODEL], result.labels, result.featurizer)
+    latency_texts = job.holdout[0][:200] or probe
+    verdict = decide(
+        job.gate,
+        job.holdout[1], candidate.predict(job.holdout[0]), incumbent.predict(job.holdout[0]) if incumbent else None,
+        job.replay_eval[1], candidate.predict(job.replay_eval[0]), incumbent.predict(job.replay_eval[0]) if incumbent else None,
+        p99_latency_ms(candidate.one, latency_texts), p99_latency_ms(incumbent.one, latency_texts) if incumbent else None,
+    )
+    summary = {
+        "architecture": result.model.architecture,
+        "labels": len(result.labels),
+        "new_labels": sorted(set(result.labels) - set(labels or [])),
+        "train_examples": len(texts),
+        "validation_examples": 0 if val is None else len(val[0]),
+        "holdout_examples": len(job.holdout[0]),
+        "replay_eval_examples": len(job.replay_eval[0]),
+        "epochs_run": result.epochs_run,
+        "val_accuracy": result.val_accuracy,
+        "samples_per_s": round(result.samples_per_s, 1),
+        "precision": result.precision,
+        "device": result.device,
+        "train_seconds": round(result.seconds, 2),
+        "total_seconds": round(time.time() - started, 2),
+        "export": export_report,
+    }
+    report("verdict", passed=verdict.passed, describe=verdict.describe())
+    return FineTuneResult(files, verdict, summary)

@@ -1,0 +1,105 @@
+"""The promotion gate: a candidate replaces the incumbent only if it is better where it matters.
+
+Three checks, all recorded (the verdict goes into the candidate's manifest):
+  - improvement: accuracy on a recent holdout (labelled events not used for training) must beat the
+    incumbent's by ``margin``;
+  - forgetting: on the replay set (older labelled events from cold) it may lose at most ``forgetting_epsilon``;
+  - latency: its served INT8 model's p99 at batch 1 may be at most ``latency_ratio`` x the incumbent's
+    (or under ``latency_budget_ms`` when there is no incumbent). FP32/torch parity is checked at export.
+Pure functions over predictions and timings: the caller runs the models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["GateSettings", "GateVerdict", "accuracy_of", "decide", "p99_latency_ms"]
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    margin: float = 0.005  # holdout accuracy gain over the incumbent required (absolute)
+    forgetting_epsilon: float = 0.02  # largest replay accuracy loss allowed (absolute)
+    latency_ratio: float = 1.5  # candidate p99 / incumbent p99 at batch 1
+    latency_budget_ms: float = 5.0  # absolute p99 ceiling, also used when there is no incumbent
+    min_holdout: int = 50  # fewer holdout examples than this: the improvement check cannot pass
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    passed: bool
+    reasons: list[str]  # why it failed; empty when it passed
+    holdout_n: int
+    candidate_holdout: float
+    incumbent_holdout: float | None
+    replay_n: int
+    candidate_replay: float | None
+    incumbent_replay: float | None
+    candidate_p99_ms: float
+    incumbent_p99_ms: float | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        inc = "n/a" if self.incumbent_holdout is None else f"{self.incumbent_holdout:.4f}"
+        head = f"holdout {self.candidate_holdout:.4f} vs incumbent {inc} (n={self.holdout_n})"
+        if self.candidate_replay is not None:
+            head += f", replay {self.candidate_replay:.4f} vs {self.incumbent_replay:.4f} (n={self.replay_n})"
+        head += f", p99 {self.candidate_p99_ms:.3f} ms"
+        return ("PASS: " if self.passed else "FAIL: ") + head + ("" if self.passed else " -- " + "; ".join(self.reasons))
+
+
+def accuracy_of(predicted: Sequence[str], truth: Sequence[str]) -> float:
+    return float(np.mean([p == t for p, t in zip(predicted, truth)])) if truth else float("nan")
+
+
+def p99_latency_ms(call: Callable[[str], Any], texts: Sequence[str], repeats: int = 2) -> float:
+    """p99 of one-text calls (what the endpoint serves), after a warm-up pass."""
+    for text in texts[:20]:
+        call(text)
+    seconds = []
+    for _ in range(repeats):
+        for text in texts:
+            started = time.perf_counter()
+            call(text)
+            seconds.append(time.perf_counter() - started)
+    return float(np.percentile(seconds, 99) * 1000) if seconds else float("nan")
+
+
+def decide(
+    settings: GateSettings,
+    holdout_truth: Sequence[str],
+    candidate_holdout: Sequence[str],
+    incumbent_holdout: Sequence[str] | None,
+    replay_truth: Sequence[str],
+    candidate_replay: Sequence[str],
+    incumbent_replay: Sequence[str] | None,
+    candidate_p99_ms: float,
+    incumbent_p99_ms: float | None,
+) -> GateVerdict:
+    reasons: list[str] = []
+    cand_h = accuracy_of(candidate_holdout, holdout_truth)
+    inc_h = None if incumbent_holdout is None else accuracy_of(incumbent_holdout, holdout_truth)
+    if len(holdout_truth) < settings.min_holdout:
+        reasons.append(f"holdout has {len(holdout_truth)} examples, fewer than min_holdout {settings.min_holdout}")
+    elif inc_h is not None and not cand_h >= inc_h + settings.margin:
+        reasons.append(f"holdout accuracy {cand_h:.4f} does not beat the incumbent's {inc_h:.4f} by {settings.margin}")
+    cand_r = inc_r = None
+    if replay_truth:
+        cand_r = accuracy_of(candidate_replay, replay_truth)
+        if incumbent_replay is not None:
+            inc_r = accuracy_of(incumbent_replay, replay_truth)
+            if not cand_r >= inc_r - settings.forgetting_epsilon:
+                reasons.append(f"replay accuracy {cand_r:.4f} lost more than {settings.forgetting_epsilon} against the incumbent's {inc_r:.4f} (forgetting)")
+    limit = settings.latency_budget_ms if incumbent_p99_ms is None else max(settings.latency_budget_ms, incumbent_p99_ms * settings.latency_ratio)
+    if not math.isfinite(candidate_p99_ms) or candidate_p99_ms > limit:
+        reasons.append(f"p99 latency {candidate_p99_ms:.3f} ms exceeds {limit:.3f} ms")
+    return GateVerdict(not reasons, reasons, len(holdout_truth), cand_h, inc_h, len(replay_truth), cand_r, inc_r, candidate_p99_ms, incumbent_p99_ms, asdict(settings))

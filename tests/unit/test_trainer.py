@@ -1,0 +1,77 @@
+"""The fine-tune child process: a real spawned interpreter running a real job, and each way it can end."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from daemon.trainer import TrainerProcess, TrainingFailed
+from models.finetune import FineTuneJob
+from models.gate import GateSettings
+from models.train import TrainSettings
+
+TEMPLATES = {
+    "refund": ["refund the {x} please", "i want my money back for the {x}"],
+    "track": ["where is my {x}", "track my {x} order"],
+    "cancel": ["cancel my {x} order", "i no longer want the {x}"],
+}
+FILLERS = ["parcel", "phone", "laptop", "shoes", "book"]
+
+
+def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    chosen = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(list(TEMPLATES)) for _ in range(n))]
+    return [t for t, _ in chosen], [i for _, i in chosen]
+
+
+def job(**settings: object) -> FineTuneJob:
+    return FineTuneJob(train=pairs(300, 0), holdout=pairs(80, 1), replay_eval=([], []), incumbent_dir=None, settings=TrainSettings(**{"epochs": 5, "batch_size": 32, **settings}), gate=GateSettings(min_holdout=50))
+
+
+def run(j: FineTuneJob, timeout_s: float = 120) -> tuple[object, list[dict]]:
+    progress: list[dict] = []
+    trainer = TrainerProcess()
+    result = asyncio.run(trainer.run(j, timeout_s, progress.append))
+    assert trainer.pid is None  # cleared once the child is gone
+    return result, progress
+
+
+def test_a_job_runs_in_a_child_and_returns_files_and_a_verdict() -> None:
+    result, progress = run(job())
+    assert result.verdict.passed, result.verdict.describe()
+    assert result.verdict.candidate_holdout >= 0.95 and result.verdict.incumbent_holdout is None
+    assert {"model.int8.onnx", "model.onnx", "labels.json", "model.pt", "probe.json", "featurizer.json"} <= set(result.files)
+    stages = [p["stage"] for p in progress]
+    assert stages[0] == "training" and "epoch" in stages and stages[-1] == "verdict"
+
+
+def test_a_diverging_loss_is_reported_as_diverged() -> None:
+    with pytest.raises(TrainingFailed) as failure:
+        run(job(lr=1e30, clip_norm=0.0))
+    assert failure.value.reason == "diverged" and "loss is" in failure.value.detail
+
+
+def test_a_job_past_its_timeout_is_killed() -> None:
+    with pytest.raises(TrainingFailed) as failure:
+        run(job(epochs=10_000), timeout_s=3)
+    assert failure.value.reason == "timeout"
+
+
+def test_a_child_that_dies_is_reported_as_crashed() -> None:
+    import os
+    import signal
+
+    async def kill_when_started() -> None:
+        trainer = TrainerProcess()
+        task = asyncio.ensure_future(trainer.run(job(epochs=10_000), 120, lambda p: None))
+        while trainer.pid is None:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        os.kill(trainer.pid, signal.SIGKILL)
+        await task
+
+    with pytest.raises(TrainingFailed) as failure:
+        asyncio.run(kill_when_started())
+    assert failure.value.reason == "crashed" and "-9" in failure.value.detail
