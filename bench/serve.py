@@ -33,7 +33,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
-from daemon.broker import EmbeddedBroker, die_with_parent  # noqa: E402 - after the path set-up above
+from bench.common import BenchDaemon, cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
+from daemon.broker import EmbeddedBroker  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
 from tests.integration.harness import DaemonProcess, free_port, unique  # noqa: E402
 
@@ -236,19 +235,6 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
 # -- (b) over HTTP ---------------------------------------------------------------------------------
 
 
-class _Daemon(DaemonProcess):
-    """The harness's daemon, started so that it dies with this process even if this one is SIGKILLed."""
-
-    def start(self) -> _Daemon:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"], env=self.env, cwd=ROOT,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
-            )
-        return self
-
-
 _HEADERS = {"Content-Type": "application/json"}
 
 
@@ -393,7 +379,7 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
 
     broker = EmbeddedBroker(free_port(), log_path=work / "broker.log").start()
     cleanup.append(broker.stop)
-    daemon = _Daemon(
+    daemon = BenchDaemon(
         broker.bootstrap, work / "daemon", unique("bench-serve"),
         extra_env={
             "DRIFTD_MODELS__REGISTRY_DIR": str(registry.root),

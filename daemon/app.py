@@ -171,10 +171,12 @@ class Daemon:
         app.service(ModelService(s, self.model_server, self.model_registry))
         app.service(self.web)
         learning = self.learning
+        timeline_path = s.daemon.data_dir / "timeline.json"
 
         class LearningService(mode.Service):
             async def on_stop(inner) -> None:  # noqa: N805
                 await learning.stop()  # kills a running fine-tune child; the serving model is untouched
+                learning.save_timeline(timeline_path)
 
         app.service(LearningService)
 
@@ -202,6 +204,7 @@ class Daemon:
         @app.timer(10.0, name="driftd.outcomes.expire")
         async def expire_outcomes() -> None:
             self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
+            self.learning.save_timeline(timeline_path)  # small (bounded points); survives a crash for the post-mortem
 
         last = {"events": 0.0, "dlq": 0.0}
 

@@ -25,6 +25,8 @@ cli = typer.Typer(add_completion=False, no_args_is_help=True, help="driftd keeps
 config_cli = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(models_cli, name="models")
+learning_cli = typer.Typer(no_args_is_help=True, help="Talk to a running daemon's learning loop (admin API; needs web.admin_token).")
+cli.add_typer(learning_cli, name="learning")
 
 ConfigOption = Annotated[
     Optional[Path],
@@ -120,6 +122,41 @@ def schema(write: Annotated[bool, typer.Option(help="Rewrite streams/event.schem
         typer.echo(f"wrote {EVENT_SCHEMA_PATH}")
     else:
         typer.echo(json.dumps(event_json_schema(), indent=2, sort_keys=True))
+
+
+def _admin(settings: Settings, method: str, path: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    token = settings.web.admin_token
+    if token is None:
+        raise ConfigError("web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin API is disabled, so there is nothing to call")
+    host = "127.0.0.1" if settings.web.host in ("0.0.0.0", "::") else settings.web.host
+    request = urllib.request.Request(f"http://{host}:{settings.web.port}{path}", method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+    except urllib.error.URLError as error:
+        typer.echo(f"driftd learning: no daemon answers on {host}:{settings.web.port} ({error.reason})", err=True)
+        raise typer.Exit(1) from None
+
+
+@learning_cli.command("retrain")
+def learning_retrain(config: ConfigOption = None) -> None:
+    """Start a fine-tune now (refused while one runs). Exit code 0 when it started."""
+    status, body = _admin(_settings(config), "POST", "/admin/v1/retrain")
+    typer.echo(body.get("message") or body.get("error"))
+    raise typer.Exit(0 if status == 202 else 1)
+
+
+@learning_cli.command("status")
+def learning_status(config: ConfigOption = None) -> None:
+    """The loop's state: serving version, monitor evidence, running or last fine-tune, canary."""
+    status, body = _admin(_settings(config), "GET", "/admin/v1/learning")
+    typer.echo(json.dumps(body, indent=2, sort_keys=True))
+    raise typer.Exit(0 if status == 200 else 1)
 
 
 @config_cli.command("check")

@@ -199,11 +199,11 @@ class LearningSettings(_Section):
 class ReplaySettings(_Section):
     dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Dataset the demo replays.")
     data_dir: Path | None = Field(None, description="Where the datasets are; unset uses the copy shipped in data/.")
-    rate: float = Field(2000.0, ge=0, description="Events per second; 0 means as fast as possible.")
-    limit: int = Field(20000, ge=0, description="Utterances to send; 0 means the whole split.")
+    rate: float = Field(800.0, ge=0, description="Events per second; 0 means as fast as possible.")
+    limit: int = Field(30000, ge=0, description="Utterances to send; 0 means the whole split.")
     label_fraction: float = Field(0.5, ge=0, le=1, description="Share of utterances that later get a label event.")
     label_delay: int = Field(200, ge=0, description="A label is sent this many utterances after its utterance.")
-    schedule: str = Field("0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;8000=*", description="Drift schedule: <utterance index>=<domains or intents, comma separated, * for all>;...")
+    schedule: str = Field("0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;6000=*", description="Drift schedule: <utterance index>=<domains or intents, comma separated, * for all>;...")
     seed: int = Field(7, description="Seed of the replay order.")
 
 

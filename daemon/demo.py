@@ -1,8 +1,10 @@
-"""The README's main command: embedded broker, the real daemon as a child process, a CLINC150 replay.
+"""The README's main command: embedded broker, the real daemon as a child process, a CLINC150 replay with drift.
 
-It shows events flowing into the tiers: the daemon logs its counts, and this driver reads /metrics
-until every event sent is stored (or dead-lettered) and has aged from hot through warm into cold.
-Tier ages are shortened for the demo so that all three tiers fill within a minute.
+The daemon bootstraps a model on 5 CLINC150 domains; the replay then moves to all 10 with delayed labels.
+Its log (on this terminal) shows the decay being detected, the fine-tune's epochs, the gate verdict and
+the swap as they happen, plus the tier counts. This driver waits until every event is stored and has
+aged into cold, prints a summary from /metrics, and writes ``timeline.png``: windowed accuracy with the
+drift onset, the detection and every swap marked. Tier ages are shortened so all three tiers fill.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,10 +34,12 @@ __all__ = ["family_total", "run_demo", "scrape", "wait_for"]
 
 log = logging.getLogger("driftd.demo")
 
-# The demo compresses time: hot for 5 s, warm for 15 s, then cold.
+# The demo compresses time: hot for 5 s, warm for 30 s, then cold; fine-tunes replay from cold 1:1.
 DEMO_TIER_ENV = {
     "DRIFTD_TIERS__HOT_MAX_AGE_S": "5",
-    "DRIFTD_TIERS__WARM_RETENTION_S": "15",
+    "DRIFTD_TIERS__WARM_RETENTION_S": "30",
+    "DRIFTD_LEARNING__REPLAY_RATIO": "1.0",
+    "DRIFTD_LEARNING__COOLDOWN_S": "0",
     "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "2",
     "DRIFTD_TIERS__RULES": "[]",
     "DRIFTD_DAEMON__STATS_INTERVAL_S": "3",
@@ -94,6 +99,40 @@ def _show_predictions(url: str) -> None:
         print(f"  {text!r:45s} -> {p['intent']} ({p['confidence']:.2f})")
 
 
+def onset_outcome(settings: Settings) -> int | None:
+    """How many labelled outcomes precede the first one about a post-onset utterance (the plan is deterministic)."""
+    from streams.datasets import groups, load_examples
+    from streams.replay import DriftSchedule, plan_events
+
+    r = settings.replay
+    examples = load_examples(r.dataset, "train", r.data_dir)
+    plan = DriftSchedule.parse(r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples})
+    if len(plan.phases) < 2:
+        return None
+    onset = plan.phases[1].start
+    labels = 0
+    for event in plan_events(examples, plan, limit=r.limit or len(examples), label_fraction=r.label_fraction, label_delay=r.label_delay, seed=r.seed, start_ts=0):
+        if event["type"] == "label":
+            if int(event["ref_event_id"].rsplit("-u", 1)[1]) >= onset:
+                return labels
+            labels += 1
+    return None
+
+
+def write_timeline_png(settings: Settings, data_dir: Path) -> Path | None:
+    from .timeline import TimelineRecorder, render_png
+
+    source = data_dir / "timeline.json"
+    if not source.exists():
+        print("driftd demo: the daemon wrote no timeline.json; no PNG")
+        return None
+    timeline = TimelineRecorder.from_json(json.loads(source.read_text()))
+    onset = onset_outcome(settings)
+    if onset is not None:
+        timeline.mark("drift_onset", onset, 0.0, "drift onset")
+    return render_png(timeline, data_dir / "timeline.png", title=f"driftd demo: windowed accuracy over the last {timeline.window} labelled outcomes")
+
+
 def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     from .cli import replay_dataset
 
@@ -104,7 +143,7 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     bootstrap = f"127.0.0.1:{port}"
     metrics_url = f"http://{settings.web.host}:{settings.web.port}/metrics"
     print(f"driftd demo: embedded broker on {bootstrap}, data in {data_dir}, metrics at {metrics_url}")
-    print("driftd demo: this build ingests, tiers and predicts (a first model is trained on 5 CLINC150 domains); the learning loop comes next.")
+    print(f"driftd demo: a first model is trained on 5 CLINC150 domains; the replay drifts ({settings.replay.schedule}); watch the daemon detect it, fine-tune, gate and swap.")
 
     with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
@@ -123,10 +162,14 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
             wait_for(all_stored, 120, "every event to be stored", daemon)
             print("driftd demo: every event is stored; waiting for them to age from hot through warm into cold ...")
             wait_for(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
+            wait_for(lambda: scrape(metrics_url).get("driftd_finetune_running", 0) == 0, 300, "the last fine-tune to finish", daemon)
             _show_predictions(metrics_url.replace("/metrics", "/v1/predict"))
             final = scrape(metrics_url)
             print("driftd demo: summary from /metrics")
-            for name in ("driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files", "driftd_predictions_total"):
+            for name in (
+                "driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files", "driftd_predictions_total",
+                "driftd_outcomes_total", "driftd_decay_decisions_total", "driftd_finetune_runs_total", "driftd_finetune_results_total", "driftd_live_accuracy",
+            ):
                 for key, value in sorted(final.items()):
                     if key == name or key.startswith(name + "{"):
                         print(f"  {key:55s} {value:>10.0f}")
@@ -138,6 +181,9 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
                 daemon.kill()
                 code = daemon.wait()
             print(f"driftd demo: daemon stopped (exit code {code})")
+    png = write_timeline_png(settings, data_dir)
+    if png is not None:
+        print(f"driftd demo: timeline of windowed accuracy (drift onset, detection, swaps) written to {png}")
     if not keep:
         shutil.rmtree(data_dir, ignore_errors=True)
     return code

@@ -39,7 +39,7 @@ from streams.tiers import StoredEvent, TieredStore
 from streams.training_set import LabelledExample, query_training_set
 
 from .config import Settings
-from .timeline import TimelineRecorder, render_png
+from .timeline import TimelineRecorder
 from .trainer import FAILURE_REASONS, TrainerProcess, TrainingFailed
 
 __all__ = ["LearningLoop", "LearningMetrics"]
@@ -364,9 +364,9 @@ class LearningLoop:
             "runs": len(self.history),
         })
 
-    def write_timeline(self, directory: Path, onset_event: int | None = None) -> Path:
-        self.timeline.save_json(directory / "timeline.json")
-        return render_png(self.timeline, directory / "timeline.png")
+    def save_timeline(self, path: Path) -> None:
+        """The outcome timeline as JSON (``daemon.timeline.render_png`` draws it; the demo adds the drift onset)."""
+        self.timeline.save_json(path)
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

@@ -141,27 +141,39 @@ def test_embedded_broker_starts_creates_topics_and_stops_with_the_daemon(tmp_pat
         daemon.stop_quietly()
 
 
-def test_the_readme_demo_shows_events_flowing_through_every_tier(tmp_path):
+def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_every_tier(tmp_path):
+    """The README's main command, shortened: drift detected, fine-tuned, gated, swapped, timeline drawn; every tier filled."""
     env = {
         **os.environ,
         "DRIFTD_KAFKA__EMBEDDED_PORT": str(free_port()),
         "DRIFTD_WEB__PORT": str(free_port()),
         "DRIFTD_DAEMON__DATA_DIR": str(tmp_path / "var"),
-        "DRIFTD_REPLAY__LIMIT": "1500",
+        "DRIFTD_REPLAY__LIMIT": "5000",
         "DRIFTD_REPLAY__RATE": "0",
-        "DRIFTD_REPLAY__SCHEDULE": "0=banking;700=*",
+        "DRIFTD_REPLAY__LABEL_FRACTION": "1.0",
+        "DRIFTD_REPLAY__LABEL_DELAY": "20",
+        "DRIFTD_REPLAY__SCHEDULE": "0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;2000=*",
+        "DRIFTD_LEARNING__FOLLOWUP_LABELS": "0",
     }
     result = subprocess.run([sys.executable, "-m", "daemon", "demo", "--malformed", "10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     labels = int(out.split(" utterances + ")[1].split(" labels")[0])
-    total = 1500 + labels
+    total = 5000 + labels
     summary = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.startswith("  driftd_")}
-    assert summary["driftd_events_total{type=utterance}"] == 1500
+    assert summary["driftd_events_total{type=utterance}"] == 5000
     assert summary["driftd_events_total{type=label}"] == labels
     assert sum(v for k, v in summary.items() if k.startswith("driftd_dlq_total")) == 10
     assert summary["driftd_tier_events{tier=cold}"] == total
     assert summary["driftd_demotions_total{source=warm,target=cold}"] == total
     assert "ingest:" in out and "tiers: hot=" in out  # the daemon's own count lines
-    assert summary["driftd_predictions_total"] == 1500  # every utterance predicted by the bootstrap model
-    assert "POST /v1/predict answered by model v000001" in out
+    assert summary["driftd_predictions_total"] == 5000  # every utterance predicted
+    # The learning loop, visible as it happens: the decision, the fine-tune's epochs, the gate verdict, the swap.
+    assert summary["driftd_decay_decisions_total"] >= 1 and summary["driftd_finetune_results_total{result=swapped}"] >= 1
+    for line in ("decay: ewma fired", "fine-tune (decay) started", "fine-tune epoch 1/", "gate (decay): PASS", "swapped to v000002"):
+        assert line in out, line
+    assert "POST /v1/predict answered by model v000002" in out
+    png = tmp_path / "var" / "demo" / "timeline.png"
+    assert f"written to {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    marks = {m["kind"] for m in json.loads((tmp_path / "var" / "demo" / "timeline.json").read_text())["marks"]}
+    assert {"detection", "training_started", "swap"} <= marks
