@@ -100,9 +100,12 @@ class LearningLoop:
         self.last_run: dict[str, Any] | None = None
         self.history: list[dict[str, Any]] = []  # one entry per fine-tune, for the status route and tests
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._finished_at = 0.0
         self._followups_left = 0
+        self._followup_rejections = 0
         self._labels_since_swap = 0
+        self._labels_since_start = 0  # labelled outcomes since the last fine-tune took its data
         self._monitored_version: str | None = None
         self._recent_correct: deque[bool] = deque(maxlen=max(1, self.learning.canary_labels))
         self._canary: dict[str, Any] | None = None
@@ -141,6 +144,7 @@ class LearningLoop:
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self._outcomes += 1
+        self._labels_since_start += 1  # new training data, whichever version it judged
         self.timeline.add_outcome(outcome.correct, self._outcomes, outcome.labelled_at, outcome.model_version)
         if outcome.model_version != self._monitored_version:
             return  # a prediction of a replaced version says nothing about the one serving now
@@ -151,7 +155,11 @@ class LearningLoop:
             self._on_decision(decision)
         if self._canary is not None:
             self._canary_step(outcome)
-        if self._followups_left > 0 and self._labels_since_swap >= self.learning.followup_labels and self.state == "idle":
+        self._maybe_followup()
+
+    def _maybe_followup(self) -> None:
+        """Retrain once ``followup_labels`` labels arrived after the last fine-tune took its data."""
+        if self._followups_left > 0 and self._labels_since_start >= self.learning.followup_labels and self.state == "idle":
             self._followups_left -= 1
             self._start("followup", None)
 
@@ -169,6 +177,7 @@ class LearningLoop:
             log.info("decay confirmed %.0fs after the last fine-tune, inside learning.cooldown_s=%.0f: not retraining yet", since, self.learning.cooldown_s)
             return
         self._followups_left = self.learning.max_followups if self.learning.followup_labels > 0 else 0
+        self._followup_rejections = 0
         self._start("decay", decision)
 
     # -- triggering --------------------------------------------------------------------------------
@@ -182,6 +191,7 @@ class LearningLoop:
 
     def _start(self, trigger: str, decision: Decision | None) -> None:
         self.state = "training"
+        self._labels_since_start = 0
         self.metrics.runs.labels(trigger).inc()
         self.metrics.running.set(1)
         self.metrics.progress.set(0)
@@ -209,6 +219,8 @@ class LearningLoop:
             self.history.append(run)
             self._finished_at = self.clock()
             self.state = "idle"
+            if trigger != "manual" and not self._stopping:
+                self._maybe_followup()  # labels that arrived while it trained may already warrant the next one
 
     async def _fine_tune_steps(self, trigger: str, run: dict[str, Any]) -> None:
         incumbent = self.server.version
@@ -241,8 +253,11 @@ class LearningLoop:
             self.metrics.results.labels("gate_rejected").inc()
             self.timeline.mark("gate_rejected", self._outcomes, self.clock(), trigger)
             if trigger == "followup":
-                self._followups_left = 0  # no longer improving: recovered as far as the data allows
+                self._followup_rejections += 1
+                if self._followup_rejections >= self.learning.followup_patience:
+                    self._followups_left = 0  # no longer improving: recovered as far as the data allows
             return
+        self._followup_rejections = 0
         version = await self._promote(result, incumbent, trigger, run)
         run.update(result="swapped", version=version)
         self.metrics.results.labels("swapped").inc()
@@ -369,6 +384,7 @@ class LearningLoop:
         self.timeline.save_json(path)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:

@@ -37,7 +37,7 @@ class FineTuneJob:
     settings: TrainSettings = field(default_factory=TrainSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
-    val_fraction: float = 0.1  # of the training examples, for early stopping
+    val_fraction: float = 0.05  # of the training examples, for early stopping (small: every example withheld is one the candidate never learns)
     seed: int = 0
 
 

@@ -31,8 +31,7 @@ from tests.integration.harness import DaemonProcess, produce, read_topic, unique
 CLINC_SEED_DOMAINS = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")
 FAST_LOOP = {  # test-sized knobs; every other setting is the shipped default
     "DRIFTD_LEARNING__COOLDOWN_S": "0",
-    "DRIFTD_LEARNING__EPOCHS": "6",
-    "DRIFTD_LEARNING__FOLLOWUP_LABELS": "1500",
+    "DRIFTD_LEARNING__FOLLOWUP_LABELS": "1000",
     "DRIFTD_MONITOR__COOLDOWN_S": "10",
     "DRIFTD_WEB__ADMIN_TOKEN": "learning-loop-test-token",
 }
@@ -154,7 +153,7 @@ def test_clinc150_drift_from_5_to_10_domains_is_detected_retrained_and_recovered
 def test_banking77_drift_from_half_the_classes_to_all_is_detected_retrained_and_recovered(broker: Any, tmp_path: Path) -> None:
     everything = sorted({e.intent for e in load_examples("banking77", "train")})
     seed = set(random.Random(77).sample(everything, len(everything) // 2))
-    result = run_drift_scenario(broker.bootstrap, tmp_path, "banking77", seed, set(everything), before=2000, total=9000, rate=1000)
+    result = run_drift_scenario(broker.bootstrap, tmp_path, "banking77", seed, set(everything), before=2000, total=9000, rate=800)
     check_recovery(result)
 
 

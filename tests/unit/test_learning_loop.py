@@ -1,0 +1,88 @@
+"""The learning loop's promotion and canary on real parts (registry, ONNX Runtime sessions, a fine-tune run
+in process): a promoted version is published, announced and served; one that does worse than its
+predecessor over the canary window is rolled back automatically."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from daemon.config import load_settings
+from daemon.learning import LearningLoop
+from models.finetune import FineTuneJob, run_fine_tune
+from models.gate import GateSettings
+from models.registry import Registry
+from models.serving import ModelServer
+from models.train import TrainSettings
+from streams.tiers import StoredEvent
+
+TEMPLATES = {
+    "refund": ["refund the {x} please", "i want my money back for the {x}"],
+    "track": ["where is my {x}", "track my {x} order"],
+    "cancel": ["cancel my {x} order", "i no longer want the {x}"],
+}
+FILLERS = ["parcel", "phone", "laptop", "shoes", "book"]
+
+
+def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    chosen = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(list(TEMPLATES)) for _ in range(n))]
+    return [t for t, _ in chosen], [i for _, i in chosen]
+
+
+def event(i: int, kind: str, **fields: object) -> StoredEvent:
+    base = dict(topic="t", partition=0, offset=i, event_id=f"{kind}{i}", type=kind, ts=float(i), conversation_id=f"c{i}", turn=0, priority="normal",
+                channel=None, user_ref=None, text=None, ref_event_id=None, intent=None, correct=None, ref_text=None, payload=b"{}", kafka_ts=0.0, ingested_at=0.0)
+    return StoredEvent(**{**base, **fields})
+
+
+def feed(loop: LearningLoop, start: int, n: int, version: str, correct: bool) -> None:
+    """n utterances predicted by ``version`` and their labels, right or wrong."""
+    utterances = [event(start + i, "utterance", text="where is my parcel") for i in range(n)]
+    predicted = [(u, {"intent": "track", "confidence": 0.9, "model_version": version}) for u in utterances]
+    labels = [event(start + i, "label", ref_event_id=u.event_id, intent="track" if correct else "refund") for i, u in enumerate(utterances)]
+    loop.observe_batch(utterances, predicted)
+    loop.observe_batch(labels, [])
+
+
+def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back(tmp_path: Path) -> None:
+    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 100, "canary_margin": 0.05, "followup_labels": 0})
+    registry = Registry(tmp_path / "registry")
+    seed = run_fine_tune(FineTuneJob(train=pairs(300, 0), holdout=pairs(60, 1), replay_eval=([], []), incumbent_dir=None, settings=TrainSettings(epochs=5, batch_size=32)))
+    v1 = registry.publish(seed.files, parent=None, info={}).version
+    registry.set_current(v1)
+    server = ModelServer()
+    server.load_and_swap(registry, v1)
+    announced: list[dict] = []
+
+    async def announce(key: bytes, value: bytes):
+        announced.append(json.loads(value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def scenario() -> None:
+        loop = LearningLoop(settings, store=None, server=server, registry=registry, metrics_registry=CollectorRegistry(), announce=announce, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
+        feed(loop, 0, 200, v1, correct=True)  # v1 was right on its last outcomes: the canary's baseline is 1.0
+        candidate = run_fine_tune(FineTuneJob(train=pairs(300, 2), holdout=pairs(60, 3), replay_eval=([], []), incumbent_dir=str(registry.root / v1), settings=TrainSettings(epochs=2, batch_size=32)))
+        v2 = await loop._promote(candidate, v1, "manual", {"data": {}})
+        assert server.version == v2 and registry.current() == v2 and registry.verify(v2).parent == v1
+        assert announced and announced[-1]["version"] == v2 and announced[-1]["parent"] == v1
+        feed(loop, 1000, 60, v2, correct=False)  # not yet the canary's 100 outcomes: no verdict
+        await asyncio.sleep(0.1)
+        assert server.version == v2
+        feed(loop, 2000, 40, v2, correct=False)  # 0% over 100 against 100% before: roll back
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if server.version == v1:
+                break
+        assert server.version == v1 and registry.current() == v1
+        assert loop.metrics.rollbacks._value.get() == 1
+        assert any(m.kind == "rollback" for m in loop.timeline.marks)
+
+    asyncio.run(scenario())
+    server.close(timeout=5)
