@@ -142,6 +142,8 @@ def check_recovery(result: dict[str, Any]) -> None:
     assert len(samples) >= 2 and samples[-1][1] > samples[0][1], f"no ingest progress seen while training: {samples}"
 
 
+# Each runs a stream, several fine-tunes and an offline reference training: minutes on 2 busy cores.
+@pytest.mark.timeout(900)
 def test_clinc150_drift_from_5_to_10_domains_is_detected_retrained_and_recovered(broker: Any, tmp_path: Path) -> None:
     domains = groups("clinc150")
     seed = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
@@ -150,6 +152,7 @@ def test_clinc150_drift_from_5_to_10_domains_is_detected_retrained_and_recovered
     check_recovery(result)
 
 
+@pytest.mark.timeout(900)
 def test_banking77_drift_from_half_the_classes_to_all_is_detected_retrained_and_recovered(broker: Any, tmp_path: Path) -> None:
     everything = sorted({e.intent for e in load_examples("banking77", "train")})
     seed = set(random.Random(77).sample(everything, len(everything) // 2))
