@@ -4,7 +4,6 @@ the registry, round-trips its weights, grows its label set, and fails loudly whe
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +16,13 @@ from models.featurize import featurizer_from_json
 from models.registry import Registry
 from models.serving import LoadedModel
 from models.train import TrainingDiverged, TrainSettings, accuracy, train_classifier
+from tests.toy_intents import examples
 
-TEMPLATES = {
-    "greet": ["hello there {x}", "hi {x}, good morning", "hey {x} how are you"],
-    "refund": ["i want my money back for the {x}", "refund the {x} please", "how do i get a refund on {x}"],
-    "track": ["where is my {x}", "track my {x} order", "when will the {x} arrive"],
-    "cancel": ["cancel my {x} order", "please stop the {x} subscription", "i no longer want the {x}"],
-    "upgrade": ["upgrade my {x} plan", "move me to the premium {x}", "i want a bigger {x} tier"],
-}
-FILLERS = ["parcel", "phone", "account", "laptop", "shoes", "team", "friend", "book"]
 PROBE = ["hello friend", "where is my parcel", "refund the phone please", "", "upgrade the plan now"]
 SMALL = {  # tiny configs: the contract, not the quality, is under test here
     "bag_of_ngrams": {"buckets": 4096, "dim": 16, "hidden": 32},
     "transformer": {"buckets": 4096, "max_len": 32, "dim": 32, "heads": 2, "layers": 1, "ffn": 64},
 }
-
-
-def examples(intents: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
-    rng = random.Random(seed)
-    pairs = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(intents) for _ in range(n))]
-    return [t for t, _ in pairs], [i for _, i in pairs]
 
 
 def train(name: str, intents: list[str], **kwargs):

@@ -19,23 +19,9 @@ from models.featurize import HashingFeaturizer
 from models.registry import Registry
 from models.serving import LoadedModel, ModelRejected, ModelServer, NoModel, Prediction
 from models.train import TrainSettings, train_classifier
+from tests.toy_intents import examples
 
-TEMPLATES = {
-    "greet": ["hello there {x}", "hi {x}, good morning", "hey {x} how are you"],
-    "bye": ["goodbye {x}", "see you later {x}", "bye bye {x}, talk soon"],
-    "refund": ["i want my money back for the {x}", "refund the {x} please", "how do i get a refund on {x}"],
-    "track": ["where is my {x}", "track my {x} order", "when will the {x} arrive"],
-    "cancel": ["cancel my {x} order", "please stop the {x} subscription", "i no longer want the {x}"],
-    "upgrade": ["upgrade my {x} plan", "move me to the premium {x}", "i want a bigger {x} tier"],
-}
-FILLERS = ["parcel", "phone", "account", "laptop", "shoes", "team", "friend", "book"]
 PROBE = ["hello friend", "where is my parcel", "refund the phone please", "cancel my order", "", "upgrade the plan now"]
-
-
-def examples(intents: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
-    rng = random.Random(seed)
-    pairs = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(intents) for _ in range(n))]
-    return [t for t, _ in pairs], [i for _, i in pairs]
 
 
 def version_files(intents: list[str], seed: int) -> dict[str, bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
@@ -11,19 +10,11 @@ from daemon.trainer import TrainerProcess, TrainingFailed
 from models.finetune import FineTuneJob
 from models.gate import GateSettings
 from models.train import TrainSettings
-
-TEMPLATES = {
-    "refund": ["refund the {x} please", "i want my money back for the {x}"],
-    "track": ["where is my {x}", "track my {x} order"],
-    "cancel": ["cancel my {x} order", "i no longer want the {x}"],
-}
-FILLERS = ["parcel", "phone", "laptop", "shoes", "book"]
+from tests.toy_intents import examples
 
 
 def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
-    rng = random.Random(seed)
-    chosen = [(rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i) for i in (rng.choice(list(TEMPLATES)) for _ in range(n))]
-    return [t for t, _ in chosen], [i for _, i in chosen]
+    return examples(["refund", "track", "cancel"], n, seed)
 
 
 def job(**settings: object) -> FineTuneJob:
