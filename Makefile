@@ -8,10 +8,12 @@ demo:
 
 test:
 	@bash scripts/venv.sh
+	@bash scripts/debian-packages.sh
 	.venv/bin/python -m pytest
 
 test-stress:
 	@bash scripts/venv.sh
+	@bash scripts/debian-packages.sh
 	.venv/bin/python -m pytest -m stress
 
 bench:

@@ -4,12 +4,16 @@
 creates every topic explicitly, runs the faust worker until SIGTERM/SIGINT, and stops the broker.
 faust's worker turns SIGTERM into a graceful stop: agents finish their batch in flight (see
 streams.ingest), the consumer commits what was acknowledged, and the process exits 0.
+SIGHUP re-reads the configuration and applies what may change at run time (daemon.reload). Under
+systemd the daemon reports READY, WATCHDOG, RELOADING and STOPPING itself (daemon.systemd).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import Any
 
 import faust
 import mode
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from models.registry import Registry
 from models.serving import ModelServer, NoModel
@@ -27,11 +31,15 @@ from streams.schema import Rejection
 from streams.tiers import TieredStore, TierPolicy
 
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
-from .config import Settings
+from . import systemd
+from .config import ConfigError, Settings, load_settings
 from .kafka import aiokafka_options, faust_credentials
 from .learning import LearningLoop
+from .logs import setup_logging
 from .model_service import ModelService
 from .predict_api import PredictApi
+from .reload import diff_settings
+from .serving_metrics import ServingCollector
 from .web import WebService
 
 __all__ = ["Daemon", "topic_specs"]
@@ -52,9 +60,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path  # re-read on SIGHUP
         self.metrics_registry = CollectorRegistry()
+        ProcessCollector(registry=self.metrics_registry)  # RSS, CPU, open fds: what a leak or a soak shows first
         self.metrics = StreamMetrics(self.metrics_registry)
         Gauge("driftd_up_since_seconds", "Unix time the daemon started.", registry=self.metrics_registry).set(time.time())
         self.bootstrap = f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
@@ -62,12 +72,15 @@ class Daemon:
         self.app = self._build_app()
         self.ingest = self._build_ingest()
         self.model_server = ModelServer()
+        self.metrics_registry.register(ServingCollector(self.model_server))
         self.model_registry = Registry(settings.registry_dir)
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
         self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock)
         self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)
         self.ingest.observe = self.learning.observe_batch
         self.predict_api.learning = self.learning
+        self.predict_api.daemon_status = self.status
+        self.started_at = time.time()
         self.web = WebService(settings.web.host, settings.web.port, self.metrics_registry, self._readiness, add_routes=self.predict_api.add_routes)
         self._store_open = False
         self._register()
@@ -179,6 +192,7 @@ class Daemon:
                 learning.save_timeline(timeline_path)
 
         app.service(LearningService)
+        app.service(LifecycleService(self))
 
         @app.agent(self.input_topic, name="driftd.ingest")
         async def ingest_agent(stream: faust.StreamT) -> None:
@@ -193,13 +207,8 @@ class Daemon:
 
         @app.timer(1.0, name="driftd.consumer_lag")
         async def update_lag() -> None:
-            for tp in app.consumer.assignment():
-                highwater = app.consumer.highwater(tp)
-                if highwater is None:
-                    continue
-                position = ingest.next_offsets.get((tp.topic, tp.partition))
-                lag = highwater - position if position is not None else highwater
-                self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, lag))
+            for partition, lag in self.consumer_lag().items():
+                self.metrics.consumer_lag.labels(str(partition)).set(lag)
 
         @app.timer(10.0, name="driftd.outcomes.expire")
         async def expire_outcomes() -> None:
@@ -220,6 +229,76 @@ class Daemon:
                 events, events - last["events"], dlq, dlq - last["dlq"], sizes["hot"], sizes["warm"], sizes["cold"],
             )
             last.update(events=events, dlq=dlq)
+
+    def consumer_lag(self) -> dict[int, int]:
+        """Records behind the high watermark, per assigned input partition (known once a fetch saw it)."""
+        lags = {}
+        for tp in self.app.consumer.assignment():
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = self.ingest.next_offsets.get((tp.topic, tp.partition))
+            lags[tp.partition] = max(0, highwater - position if position is not None else highwater)
+        return lags
+
+    def status(self) -> dict[str, Any]:
+        """What ``driftd status`` shows: model, quality and detectors, tiers, lag, the last training."""
+        model = self.model_server.model
+        learning = self.learning.status()
+        monitor = learning.pop("monitor")
+        now = time.time()
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 1),
+            "model": None if model is None else {
+                "version": model.version,
+                "created_at": model.created_at,
+                "age_s": None if model.created_at is None else round(now - model.created_at, 1),
+                "intents": len(model.labels),
+                "registry_current": self.model_registry.current(),
+            },
+            "quality": {
+                "ewma_accuracy": monitor["ewma_accuracy"],
+                "reference_accuracy": monitor["reference_accuracy"],
+                "window_accuracy": monitor["window_accuracy"],
+                "samples": monitor["samples"],
+                "signals": monitor["signals"],
+                "fired": monitor["fired"],
+                "detectors": monitor["detectors"],
+                "label_free": monitor["label_free"],
+                "decisions": monitor["decisions"],
+                "cooldown_remaining_s": monitor["cooldown_remaining_s"],
+                "config": self.learning.monitor.config.to_dict(),  # the thresholds live now (SIGHUP changes them)
+            },
+            "tiers": self.store.sizes() if self._store_open else None,
+            "ingest": {"events": _total(self.metrics.events), "dead_lettered": _total(self.metrics.dlq)},
+            "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag().items())} if self._store_open else {},
+            "training": learning,
+        }
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read config.toml and the environment, apply the run-time settings, report the rest.
+
+        A configuration that no longer validates is refused as a whole and the running settings stay;
+        the daemon never stops over a reload. Returns True when the new settings were taken.
+        """
+        systemd.reloading()
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
+            return False
+        finally:
+            systemd.notify("READY=1")
+        diff = diff_settings(self.settings, new)
+        if diff.needs_restart:
+            log.warning("SIGHUP: %s changed; these take effect only after a restart and were not applied", ", ".join(diff.needs_restart))
+        daemon = self.settings.daemon.model_copy(update={"log_level": new.daemon.log_level, "log_format": new.daemon.log_format})
+        self.settings = self.settings.model_copy(update={"daemon": daemon, "monitor": new.monitor, "learning": new.learning})
+        setup_logging(daemon.log_level, daemon.log_format)
+        restarted = self.learning.reconfigure(self.settings)
+        log.info("SIGHUP: reloaded %s: %s%s", self.config_path or "the environment", diff.describe(), f" (restarted: {', '.join(restarted)})" if restarted else "")
+        return True
 
     def _readiness(self) -> dict[str, bool]:
         return {
@@ -243,7 +322,7 @@ class Daemon:
         try:
             ensure_topics_sync(self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka))
             log.info("driftd ingests and tiers events from %s on %s, serves the registry's current model and retrains it on decay (learning.enabled=%s)", self.settings.topics.input, self.bootstrap, self.settings.learning.enabled)
-            worker = faust.Worker(self.app, loglevel=self.settings.daemon.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+            worker = _Worker(self.app, loglevel=self.settings.daemon.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
             try:
                 worker.execute_from_commandline()
             except SystemExit as exit_:
@@ -255,6 +334,36 @@ class Daemon:
                 self.store.close_now()
             if broker is not None:
                 broker.stop()
+
+
+class _Worker(faust.Worker):
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        systemd.notify("READY=1", "STATUS=consuming; /readyz says when a model serves")
+
+
+class LifecycleService(mode.Service):
+    """SIGHUP to reload, systemd's watchdog pings, and STOPPING=1 as the graceful stop begins."""
+
+    def __init__(self, daemon: Daemon, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.daemon = daemon
+        self.watchdog_s = systemd.watchdog_interval_s()
+
+    async def on_start(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.daemon.reload)
+        if self.watchdog_s is not None:
+            self.add_future(self._watchdog())
+
+    async def _watchdog(self) -> None:
+        # Pinged from the event loop, so a loop blocked for longer than WatchdogSec gets the process restarted.
+        while not self.should_stop:
+            systemd.notify("WATCHDOG=1")
+            await self.sleep(self.watchdog_s)
+
+    async def on_stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
 
 def _total(counter: Any) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import typer
 from models.registry_cli import models_cli
 
 from .config import ConfigError, ReplaySettings, Settings, load_settings
+from .logs import setup_logging
 
 if TYPE_CHECKING:
     from streams.replay import ReplayStats
@@ -34,28 +34,28 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None, **overrides: object) -> Settings:
+def _config_path(config: Path | None) -> Path | None:
     if config is None:
         env = os.environ.get("DRIFTD_CONFIG")
         config = Path(env) if env else (Path("config.toml") if Path("config.toml").is_file() else None)
-    return load_settings(config, **overrides)
+    return config
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
-    if level != "DEBUG":  # faust and aiokafka narrate every rebalance at INFO
-        for noisy in ("faust", "mode", "aiokafka"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    return load_settings(_config_path(config), **overrides)
 
 
 @cli.command()
 def run(config: ConfigOption = None) -> None:
-    """Run the daemon until SIGTERM/SIGINT (starts the embedded broker when kafka.bootstrap = "embedded")."""
-    settings = _settings(config)
-    _setup_logging(settings.daemon.log_level)
+    """Run the daemon until SIGTERM/SIGINT (starts the embedded broker when kafka.bootstrap = "embedded").
+
+    SIGHUP re-reads the configuration and applies [monitor], [learning] and the log settings."""
+    path = _config_path(config)
+    settings = load_settings(path)
+    setup_logging(settings.daemon.log_level, settings.daemon.log_format)
     from .app import Daemon
 
-    raise typer.Exit(Daemon(settings).run())
+    raise typer.Exit(Daemon(settings, config_path=path).run())
 
 
 @cli.command()
@@ -74,7 +74,7 @@ def replay(
 ) -> None:
     """Produce conversation events from a dataset, with a drift schedule, labels and a rate limit."""
     settings = _settings(config)
-    _setup_logging(settings.daemon.log_level)
+    setup_logging(settings.daemon.log_level, settings.daemon.log_format)
     r = settings.replay.model_copy(
         update={k: v for k, v in dict(dataset=dataset, rate=rate, limit=limit, label_fraction=label_fraction, label_delay=label_delay, schedule=schedule, seed=seed).items() if v is not None}
     )
@@ -108,7 +108,7 @@ def demo(
     from .demo import run_demo
 
     settings = _settings(config)
-    _setup_logging("INFO")
+    setup_logging("INFO", settings.daemon.log_format)
     raise typer.Exit(run_demo(settings, malformed=malformed, keep=keep))
 
 
@@ -139,7 +139,7 @@ def _admin(settings: Settings, method: str, path: str) -> tuple[int, dict]:
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
     except urllib.error.URLError as error:
-        typer.echo(f"driftd learning: no daemon answers on {host}:{settings.web.port} ({error.reason})", err=True)
+        typer.echo(f"driftd: no daemon answers on {host}:{settings.web.port} ({error.reason})", err=True)
         raise typer.Exit(1) from None
 
 
@@ -157,6 +157,22 @@ def learning_status(config: ConfigOption = None) -> None:
     status, body = _admin(_settings(config), "GET", "/admin/v1/learning")
     typer.echo(json.dumps(body, indent=2, sort_keys=True))
     raise typer.Exit(0 if status == 200 else 1)
+
+
+@cli.command()
+def status(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON instead of text.")] = False,
+) -> None:
+    """A running daemon at a glance: model version, accuracy EWMA and detectors, tiers, lag, last training."""
+    from .status_view import render_status
+
+    settings = _settings(config)
+    code, body = _admin(settings, "GET", "/admin/v1/status")
+    if code != 200:
+        typer.echo(f"driftd status: {body.get('error', body)}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(body, indent=2, sort_keys=True) if as_json else render_status(body, f"{settings.web.host}:{settings.web.port}"))
 
 
 @config_cli.command("check")

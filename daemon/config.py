@@ -33,7 +33,8 @@ class _Section(BaseModel):
 
 class DaemonSettings(_Section):
     data_dir: Path = Field(Path("var"), description="Root of all local state (warm store, cold files, faust data). Relative paths are taken from the working directory.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (changes on SIGHUP).")
+    log_format: Literal["text", "json"] = Field("text", description='"json": one JSON object per line (timestamp, level, logger, message), for log shippers (changes on SIGHUP).')
     stats_interval_s: float = Field(10.0, gt=0, description="How often the daemon logs its ingest and tier counts.")
 
 

@@ -34,6 +34,7 @@ from models.gate import GateSettings
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
+from streams.jsonsafe import json_safe
 from streams.monitor import DecayMonitor, Decision, MonitorMetrics, Outcome, OutcomeJoiner
 from streams.tiers import StoredEvent, TieredStore
 from streams.training_set import LabelledExample, query_training_set
@@ -60,7 +61,6 @@ class LearningMetrics:
         self.samples_per_s = Gauge("driftd_finetune_samples_per_second", "Training throughput of the last fine-tune.", registry=registry)
         self.gate_accuracy = Gauge("driftd_gate_holdout_accuracy", "Holdout accuracy in the last gate, by model (candidate, incumbent).", ["model"], registry=registry)
         self.rollbacks = Counter("driftd_canary_rollbacks_total", "Automatic rollbacks after a failed canary.", registry=registry)
-        self.model_info = Gauge("driftd_serving_model_info", "1 for the version the learning loop last saw serving.", ["version"], registry=registry)
         for trigger in ("decay", "followup", "manual"):
             self.runs.labels(trigger)
         for result in FINETUNE_RESULTS:
@@ -134,10 +134,6 @@ class LearningLoop:
         """A version swapped in by anyone (admin API, rollback, this loop) restarts the detectors."""
         version = self.server.version
         if version != self._monitored_version:
-            if self._monitored_version is not None:
-                self.metrics.model_info.labels(self._monitored_version).set(0)
-            if version is not None:
-                self.metrics.model_info.labels(version).set(1)
             self._monitored_version = version
             self.monitor.reset(model_version=version)
             self._recent_correct.clear()
@@ -312,7 +308,7 @@ class LearningLoop:
     async def _promote(self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]) -> str:
         loop = asyncio.get_running_loop()
         info = {"source": "fine-tune", "trigger": trigger, "data": run["data"], "gate": result.verdict.to_dict(), "train": result.report, "decay_evidence": run.get("evidence")}
-        manifest = await loop.run_in_executor(None, lambda: self.registry.publish(result.files, parent=incumbent, info=_jsonable(info)))
+        manifest = await loop.run_in_executor(None, lambda: self.registry.publish(result.files, parent=incumbent, info=json_safe(info)))
         baseline = float(np.mean(self._recent_correct)) if self._recent_correct else None
         async with self.swap_lock:
             await loop.run_in_executor(None, self.server.load_and_swap, self.registry, manifest.version)
@@ -324,7 +320,7 @@ class LearningLoop:
         self.timeline.mark("swap", self._outcomes, self.clock(), manifest.version)
         update = {"event": "model_promoted", "version": manifest.version, "parent": incumbent, "trigger": trigger, "gate": result.verdict.to_dict(), "at": self.clock()}
         try:
-            await (await self.announce(b"driftd", json.dumps(_jsonable(update)).encode()))
+            await (await self.announce(b"driftd", json.dumps(json_safe(update)).encode()))
         except Exception as exc:  # noqa: BLE001 - the swap happened; a missed announcement is logged, not fatal
             log.error("could not announce %s on %s: %s", manifest.version, self.settings.topics.model_updates, exc)
         log.warning("swapped to %s (parent %s, %s): %s", manifest.version, incumbent, trigger, result.verdict.describe())
@@ -364,8 +360,19 @@ class LearningLoop:
 
     # -- status ----------------------------------------------------------------------------------------
 
+    def reconfigure(self, settings: Settings) -> list[str]:
+        """Take new [monitor] and [learning] settings at run time (SIGHUP); a running fine-tune keeps the
+        settings it started with. Returns the detectors that had to restart (see DecayMonitor.reconfigure)."""
+        self.settings = settings
+        self.learning = settings.learning
+        self.joiner.horizon_s = settings.monitor.label_horizon_s
+        self.trainer.threads = self.learning.threads
+        if self._recent_correct.maxlen != max(1, self.learning.canary_labels):
+            self._recent_correct = deque(self._recent_correct, maxlen=max(1, self.learning.canary_labels))
+        return self.monitor.reconfigure(settings.monitor.to_config())
+
     def status(self) -> dict[str, Any]:
-        return _jsonable({
+        return json_safe({
             "state": self.state,
             "pid": self.trainer.pid,
             "serving": self.server.version,
@@ -391,16 +398,3 @@ class LearningLoop:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-
-
-def _jsonable(value: Any) -> Any:
-    """Floats that JSON can carry (NaN -> None), recursively."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _jsonable(value.item())
-    return value

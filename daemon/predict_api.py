@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from models.registry import CorruptVersion, Manifest, Registry
 from models.serving import ModelRejected, ModelServer, NoModel
+from streams.jsonsafe import json_safe
 
 from .config import Settings
 
@@ -40,6 +42,7 @@ class PredictApi:
         self._token = token.get_secret_value().encode() if token else None
         self._swap_lock = swap_lock or asyncio.Lock()  # one activation at a time (shared with the learning loop)
         self.learning: Any = None  # daemon.learning.LearningLoop, when the daemon runs one
+        self.daemon_status: Callable[[], dict[str, Any]] | None = None  # daemon.app.Daemon.status
         self.requests = Counter("driftd_predict_requests_total", "HTTP prediction requests, by status code.", ["status"], registry=metrics)
         self.latency = Histogram(
             "driftd_predict_latency_seconds", "Time to answer a /v1/predict request.",
@@ -54,6 +57,7 @@ class PredictApi:
         app.router.add_post("/admin/v1/rollback", self.rollback)
         app.router.add_post("/admin/v1/retrain", self.retrain)
         app.router.add_get("/admin/v1/learning", self.learning_status)
+        app.router.add_get("/admin/v1/status", self.status)
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -160,6 +164,14 @@ class PredictApi:
         if self.learning is None:
             return _error(409, "the learning loop is not running in this process")
         return web.json_response(self.learning.status())
+
+    async def status(self, request: web.Request) -> web.Response:
+        """Everything ``driftd status`` prints, as JSON."""
+        if (denied := self._authorised(request)) is not None:
+            return denied
+        if self.daemon_status is None:
+            return _error(409, "no daemon status in this process")
+        return web.json_response(json_safe(self.daemon_status()))
 
     async def _activate(self, version: str) -> web.Response:
         if version not in self.registry.versions():

@@ -92,8 +92,9 @@ class LoadedModel:
     calls were running at that moment, which must be 0 when a server retires it (tests check this).
     """
 
-    def __init__(self, version: str, labels: list[str], featurizer: Featurizer, session: ort.InferenceSession) -> None:
+    def __init__(self, version: str, labels: list[str], featurizer: Featurizer, session: ort.InferenceSession, created_at: float | None = None) -> None:
         self.version = version
+        self.created_at = created_at  # the manifest's publication time (Unix s): how old the served model is
         self.labels = labels
         self.featurizer = featurizer
         self._session: ort.InferenceSession | None = session
@@ -146,7 +147,7 @@ class LoadedModel:
             raise
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
             raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
-        model = cls(version, labels, featurizer, session)
+        model = cls(version, labels, featurizer, session, created_at=manifest.created_at)
         try:
             probe_ids = featurizer.batch(texts)  # featurised once: Python work here holds the GIL the event loop needs
             model._check_probe(probe_ids, expected, probe_atol)

@@ -159,7 +159,11 @@ class AccuracyWindow:
 
     def add(self, outcome: Outcome) -> None:
         self._push(outcome.true_intent, outcome.correct)
-        if len(self._items) > self.size:
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop the oldest outcomes beyond ``size`` (after an add, or after ``size`` shrank)."""
+        while len(self._items) > self.size:
             self._pop()
 
     def per_intent(self) -> dict[str, tuple[float, int]]:

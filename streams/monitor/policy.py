@@ -11,6 +11,7 @@ Pure logic on the caller's thread: no I/O but logging and metrics, not thread-sa
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ..jsonsafe import json_safe
 from .detectors import DETECTORS, ErrorDetector, EwmaDecayDetector, RiverDetector
 from .metrics import MonitorMetrics
 from .outcomes import AccuracyWindow, Outcome
@@ -103,16 +105,6 @@ class MonitorConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -143,17 +135,33 @@ class DecayMonitor:
         self.config = config or MonitorConfig()
         self.metrics = metrics
         self._clock = clock
-        c = self.config
-        self.detectors: dict[str, ErrorDetector] = {
-            "ewma": EwmaDecayDetector(alpha=c.ewma_alpha, relative_drop=c.ewma_relative_drop, min_samples=c.min_samples, warmup=c.ewma_warmup, hysteresis=c.ewma_hysteresis),
-            "adwin": RiverDetector("adwin", min_samples=c.min_samples, delta=c.adwin_delta),
-            "page_hinkley": RiverDetector("page_hinkley", min_samples=c.min_samples, threshold=c.page_hinkley_threshold, min_instances=c.page_hinkley_min_instances),
-        }
-        self.label_free = LabelFreeSignals(alpha=c.label_free_alpha, low_confidence=c.low_confidence, oos_intents=c.oos_intents, warmup=c.label_free_warmup, relative_change=c.label_free_relative_change)
-        self.window = AccuracyWindow(c.window_size)
+        self.detectors, self.label_free, self.window = _build_parts(self.config)
         self.decisions = 0
         self.last_decision: Decision | None = None
         self.reset()
+
+    def reconfigure(self, config: MonitorConfig) -> list[str]:
+        """Apply new thresholds at run time (SIGHUP) without forgetting what was learned.
+
+        Each part is rebuilt from ``config`` (so the constructors validate it) and then takes over its
+        predecessor's state: the EWMA keeps its value and reference, the window its outcomes. A river
+        detector whose own parameters changed starts afresh instead, as its internal statistics
+        depend on them. Latches, the cooldown clock and the decision count are kept. Returns the names
+        of the parts that restarted.
+        """
+        detectors, label_free, window = _build_parts(config)
+        restarted = []
+        for name, detector in detectors.items():
+            old = self.detectors[name]
+            if isinstance(detector, RiverDetector) and isinstance(old, RiverDetector) and detector.params != old.params:
+                restarted.append(name)
+                continue
+            _carry_state(old, detector)
+        _carry_state(self.label_free, label_free)
+        _carry_state(self.window, window)
+        window.trim()
+        self.config, self.detectors, self.label_free, self.window = config, detectors, label_free, window
+        return restarted
 
     def reset(self, now: float | None = None, model_version: str | None = None) -> None:
         """A new model serves: forget every reference. The cooldown clock is kept.
@@ -252,7 +260,7 @@ class DecayMonitor:
     def snapshot(self, worst_intents: int = 10) -> dict[str, Any]:
         """Current state for a status endpoint, JSON-safe (unknown numbers are None, not NaN).
         Per-intent accuracy: the ``worst_intents`` weakest intents with 5+ outcomes in the window."""
-        return _json_safe(self._snapshot(worst_intents))
+        return json_safe(self._snapshot(worst_intents))
 
     def _snapshot(self, worst_intents: int) -> dict[str, Any]:
         ewma = self.detectors["ewma"]
@@ -277,3 +285,21 @@ class DecayMonitor:
             "last_decision": None if self.last_decision is None else {"at": self.last_decision.at, "signals": list(self.last_decision.signals), "summary": self.last_decision.describe()},
             "cooldown_remaining_s": 0.0 if self.last_decision is None else max(0.0, self.config.cooldown_s - (now - self.last_decision.at)),
         }
+
+
+def _build_parts(c: MonitorConfig) -> tuple[dict[str, ErrorDetector], LabelFreeSignals, AccuracyWindow]:
+    detectors: dict[str, ErrorDetector] = {
+        "ewma": EwmaDecayDetector(alpha=c.ewma_alpha, relative_drop=c.ewma_relative_drop, min_samples=c.min_samples, warmup=c.ewma_warmup, hysteresis=c.ewma_hysteresis),
+        "adwin": RiverDetector("adwin", min_samples=c.min_samples, delta=c.adwin_delta),
+        "page_hinkley": RiverDetector("page_hinkley", min_samples=c.min_samples, threshold=c.page_hinkley_threshold, min_instances=c.page_hinkley_min_instances),
+    }
+    label_free = LabelFreeSignals(alpha=c.label_free_alpha, low_confidence=c.low_confidence, oos_intents=c.oos_intents, warmup=c.label_free_warmup, relative_change=c.label_free_relative_change)
+    return detectors, label_free, AccuracyWindow(c.window_size)
+
+
+def _carry_state(old: object, new: object) -> None:
+    """Copy every attribute of ``old`` that ``new`` did not get from its (new) constructor arguments."""
+    parameters = set(inspect.signature(type(new)).parameters) | {"name", "params", "_factory", "_one_sided"}
+    for key, value in vars(old).items():
+        if key not in parameters:
+            setattr(new, key, value)

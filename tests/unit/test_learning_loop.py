@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from daemon.config import load_settings
 from daemon.learning import LearningLoop
 from models.finetune import FineTuneJob, run_fine_tune
-from models.gate import GateSettings
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings

@@ -263,3 +263,22 @@ def test_predict_from_event_loop_during_swaps(reg: Registry) -> None:
     answered = asyncio.run(main())
     assert answered and answered <= {"v000001", "v000002", "v000003"} and server.version in {"v000002", "v000003"}
     assert server.drain(timeout=5) and len(server.history) == 4
+
+
+def test_serving_collector_reports_only_the_live_version(reg: Registry) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from daemon.serving_metrics import ServingCollector
+
+    server = ModelServer()
+    metrics = CollectorRegistry()
+    metrics.register(ServingCollector(server))
+    assert metrics.get_sample_value("driftd_serving_model_created_timestamp_seconds") == 0
+    first, second = reg.versions()[:2]
+    for version in (first, second):
+        server.load_and_swap(reg, version)
+    info = [s for m in metrics.collect() for s in m.samples if s.name == "driftd_serving_model_info"]
+    assert [(s.labels, s.value) for s in info] == [({"version": second}, 1.0)]
+    assert metrics.get_sample_value("driftd_serving_model_created_timestamp_seconds") == reg.verify(second).created_at
+    assert metrics.get_sample_value("driftd_serving_model_switches_total") == 2
+    server.close(timeout=10)

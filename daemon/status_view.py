@@ -1,0 +1,77 @@
+"""``driftd status`` as text: one line per concern, from the JSON of GET /admin/v1/status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["render_status"]
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _detector(name: str, evidence: dict[str, Any]) -> str:
+    if name == "ewma":
+        state = "armed" if evidence.get("armed") else "fired, re-arms on recovery"
+        if not evidence.get("warmed_up"):
+            state = f"warming up ({evidence.get('n', 0):.0f} outcomes)"
+        return f"ewma {_num(evidence.get('ewma'))} vs line {_num(evidence.get('threshold'))} ({state}, {evidence.get('fires', 0):.0f} fires)"
+    if name == "adwin":
+        return f"adwin error {_num(evidence.get('window_error_rate'))} over {evidence.get('window', 0):.0f} ({evidence.get('fires', 0):.0f} fires)"
+    if name == "page_hinkley":
+        return f"page_hinkley {_num(evidence.get('statistic'), 1)}/{_num(evidence.get('threshold'), 0)} ({evidence.get('fires', 0):.0f} fires)"
+    return f"{name} {evidence}"
+
+
+def _training(training: dict[str, Any]) -> list[str]:
+    lines = [f"training   {training['state']}, {training.get('runs', 0)} fine-tunes so far"]
+    run = training.get("last_run")
+    if not run:
+        return lines + ["last run   none yet"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"])) if run.get("started_at") else "?"
+    result = run.get("result", "running")
+    head = f"last run   {run.get('trigger')} at {when}: {result}"
+    if run.get("version"):
+        head += f" -> {run['version']}"
+    if run.get("reason"):
+        head += f" ({run['reason']})"
+    lines.append(head)
+    gate = run.get("gate")
+    if gate:
+        verdict = "passed" if gate["passed"] else "rejected: " + "; ".join(gate["reasons"])
+        lines.append(f"gate       {verdict}; holdout {_num(gate['candidate_holdout'])} vs incumbent {_num(gate['incumbent_holdout'])} (n={gate['holdout_n']})")
+    return lines
+
+
+def render_status(status: dict[str, Any], where: str) -> str:
+    lines = [f"driftd at {where}: pid {status['pid']}, up {_age(status['uptime_s'])}"]
+    model = status.get("model")
+    if model is None:
+        lines.append("model      none loaded yet")
+    else:
+        lines.append(f"model      {model['version']} ({model['intents']} intents), published {_age(model['age_s'])} ago; registry current {model['registry_current']}")
+    q = status["quality"]
+    samples = q["samples"]
+    lines.append(f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference {_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} ({samples['labelled']} labelled outcomes)")
+    lines.append("detectors  " + " | ".join(_detector(name, ev) for name, ev in q["detectors"].items()))
+    fired = [name for name, on in q["fired"].items() if on]
+    lines.append(f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; {q['decisions']} decisions; cooldown {q['cooldown_remaining_s']:.0f} s left")
+    tiers = status.get("tiers")
+    lines.append("tiers      " + ("not open yet" if tiers is None else ", ".join(f"{k} {v}" for k, v in tiers.items())))
+    ingest = status["ingest"]
+    lines.append(f"ingest     {ingest['events']:.0f} events stored, {ingest['dead_lettered']:.0f} dead-lettered")
+    lag = status.get("consumer_lag") or {}
+    lines.append("lag        " + (", ".join(f"p{p} {v}" for p, v in lag.items()) + f" (total {sum(lag.values())})" if lag else "no partition assigned yet"))
+    lines.extend(_training(status["training"]))
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Log formats: text for people, one JSON object per line for log shippers; switchable at run time."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from daemon.logs import CHATTY, setup_logging
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """setup_logging reconfigures the root logger; give the next test the one it had."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    chatty = {name: logging.getLogger(name).level for name in CHATTY}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, value in chatty.items():
+        logging.getLogger(name).setLevel(value)
+
+
+def test_json_lines_carry_level_logger_and_message(capsys):
+    setup_logging("INFO", "json")
+    logging.getLogger("driftd.test").info("swapped %s", "v0002")
+    logging.getLogger("driftd.test").debug("not shown at INFO")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["level"] == "INFO" and record["logger"] == "driftd.test" and record["message"] == "swapped v0002"
+    assert "asctime" in record
+
+
+def test_switching_back_to_text_and_debug_replaces_the_handler(capsys):
+    setup_logging("INFO", "json")
+    setup_logging("DEBUG", "text")
+    logging.getLogger("driftd.test").debug("now visible")
+    logging.getLogger("aiokafka").debug("chatty library at DEBUG too")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "DEBUG" in err[0] and err[0].endswith("driftd.test: now visible")
+    setup_logging("INFO", "text")
+    logging.getLogger("aiokafka").info("rebalance chatter")
+    assert capsys.readouterr().err == ""
