@@ -66,7 +66,7 @@ def render_status(status: dict[str, Any], where: str) -> str:
     lines.append(f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference {_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} ({samples['labelled']} labelled outcomes)")
     lines.append("detectors  " + " | ".join(_detector(name, ev) for name, ev in q["detectors"].items()))
     fired = [name for name, on in q["fired"].items() if on]
-    lines.append(f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; {q['decisions']} decisions; cooldown {q['cooldown_remaining_s']:.0f} s left")
+    lines.append(f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; decisions {q['decisions']}; cooldown {q['cooldown_remaining_s']:.0f} s left")
     tiers = status.get("tiers")
     lines.append("tiers      " + ("not open yet" if tiers is None else ", ".join(f"{k} {v}" for k, v in tiers.items())))
     ingest = status["ingest"]
