@@ -271,7 +271,6 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Onset -> detection -> fine-tune -> gate -> swap -> recovered accuracy, on a real daemon and broker."""
     import asyncio
-    import json
     import shutil
     import tempfile
 

@@ -49,9 +49,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import BenchDaemon, cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
+from bench.wrk import wrk_available, wrk_load  # noqa: E402
 from daemon.broker import EmbeddedBroker  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402
-from tests.integration.harness import DaemonProcess, free_port, unique  # noqa: E402
+from tests.integration.harness import free_port, unique  # noqa: E402
 
 GOAL_SPEEDUP = 2.0  # INT8 ONNX >= 2x torch eager texts/s at batch 1
 GOAL_P99_MS = 5.0  # endpoint p99 < 5 ms, one sequential client
@@ -444,8 +445,29 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
     print(f"{'PASS' if p99 < GOAL_P99_MS else 'FAIL'}: endpoint p99 < {GOAL_P99_MS:g} ms (sequential client: {p99:.3f} ms)")
     print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps <= {GOAL_SWAP_RATIO:g}x steady ({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
 
+    with_wrk(port, bodies, versions, args)
     code, secs = daemon.terminate(15)
     print(f"    daemon stopped: exit code {code} in {secs:.1f}s")
+
+
+def with_wrk(port: int, bodies: list[bytes], versions: list[str], args: argparse.Namespace) -> None:
+    """(c) The steady and swap phases again with wrk, a C client in its own process: the same goal, measured
+    without the Python client threads' GIL queueing in the figures."""
+    if not wrk_available():
+        print("(c) wrk is not installed (bash scripts/debian-packages.sh wrk:wrk): skipped")
+        return
+    print(f"(c) the same load from wrk (1 thread, {args.clients} keep-alive connections, its own process), steady then during swaps")
+    steady = wrk_load(port, bodies, args.clients, args.seconds)
+    print(f"    steady, {args.seconds:g}s: {steady['rps']:,.0f} requests/s, p50 {steady['p50']:.3f} ms, p99 {steady['p99']:.3f} ms, failed {steady['failed']}")
+    swapped = wrk_load(port, bodies, args.clients, args.seconds, swapper(port, versions, args.swap_every))
+    ok = sum(1 for s in swapped["driven"] if s[1] == 200)
+    print(
+        f"    during swaps, {args.seconds:g}s: {swapped['rps']:,.0f} requests/s, p50 {swapped['p50']:.3f} ms, p99 {swapped['p99']:.3f} ms, "
+        f"failed {swapped['failed']}; {ok} swaps done ({len(swapped['driven']) - ok} refused or failed)"
+    )
+    ratio = swapped["p99"] / steady["p99"]
+    print(f"ratio (wrk) p99 during swaps / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
+    print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during swaps <= {GOAL_SWAP_RATIO:g}x steady ({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
 
 
 def _failure_note(result: dict[str, Any]) -> str:

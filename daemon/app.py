@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import resource
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +165,7 @@ class Daemon:
     async def _dead_letter(self, record: RawRecord, rejection: Rejection) -> Any:
         headers = [
             (REASON_HEADER, rejection.reason.encode()),
-            (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")[:1024]),
+            (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")[:1024].decode("utf-8", "ignore").encode()),  # cut on a character boundary
             (SOURCE_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
         return await self.dlq_topic.send(key=record.key, value=record.value, headers=headers, partition=record.partition % self.settings.topics.partitions)
@@ -198,26 +201,26 @@ class Daemon:
         async def ingest_agent(stream: faust.StreamT) -> None:
             await ingest.consume(stream, s.ingest.batch_size, s.ingest.batch_timeout_s)
 
-        @app.timer(s.tiers.maintenance_interval_s, name="driftd.tiers.maintain")
+        @_guarded_timer(app, s.tiers.maintenance_interval_s, "driftd.tiers.maintain")
         async def maintain_tiers() -> None:
             if self._store_open:
                 moved = await store.maintain()
                 if moved["warm_to_cold"] or moved["cold_deleted"]:
                     log.info("tiers: %d warm->cold, %d deleted by cold retention", moved["warm_to_cold"], moved["cold_deleted"])
 
-        @app.timer(1.0, name="driftd.consumer_lag")
+        @_guarded_timer(app, 1.0, "driftd.consumer_lag")
         async def update_lag() -> None:
             for partition, lag in self.consumer_lag().items():
                 self.metrics.consumer_lag.labels(str(partition)).set(lag)
 
-        @app.timer(10.0, name="driftd.outcomes.expire")
+        @_guarded_timer(app, 10.0, "driftd.outcomes.expire")
         async def expire_outcomes() -> None:
             self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
             self.learning.save_timeline(timeline_path)  # small (bounded points); survives a crash for the post-mortem
 
         last = {"events": 0.0, "dlq": 0.0}
 
-        @app.timer(s.daemon.stats_interval_s, name="driftd.stats")
+        @_guarded_timer(app, s.daemon.stats_interval_s, "driftd.stats")
         async def log_stats() -> None:
             if not self._store_open:
                 return
@@ -315,6 +318,9 @@ class Daemon:
         # lets one keep the GIL for up to the switch interval, which the event loop's requests then
         # wait out. 1 ms instead of 5 bounds that wait (swap-time p99) for a few % more GIL hand-offs.
         sys.setswitchinterval(0.001)
+        before, after = raise_open_file_limit()
+        if after != before:
+            log.info("open-file limit raised from %d to %d", before, after)
         broker = None
         if self.settings.kafka.embedded:
             log_path = self.settings.daemon.data_dir / "broker.log"
@@ -334,6 +340,40 @@ class Daemon:
                 self.store.close_now()
             if broker is not None:
                 broker.stop()
+
+
+def _guarded_timer(app: faust.App, interval: float, name: str) -> Callable[[Callable[[], Awaitable[None]]], Any]:
+    """``app.timer`` whose body never takes the daemon down: faust stops the whole worker when a timer
+    raises (a full disk, no file descriptor left), so the error is logged (once a minute at most) and
+    the next tick tries again."""
+
+    def register(body: Callable[[], Awaitable[None]]) -> Any:
+        last_logged = [-math.inf]
+
+        async def guarded() -> None:
+            try:
+                await body()
+            except Exception:  # noqa: BLE001 - see the docstring
+                if time.monotonic() - last_logged[0] >= 60:
+                    last_logged[0] = time.monotonic()
+                    log.exception("timer %s failed; it runs again in %.0f s", name, interval)
+
+        guarded.__name__ = guarded.__qualname__ = body.__name__
+        return app.timer(interval, name=name)(guarded)
+
+    return register
+
+
+def raise_open_file_limit(wanted: int = 65536) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards the hard one: every HTTP client and Kafka connection is a file
+    descriptor, and systemd's and most shells' default soft limit (1024) is a few hundred idle clients
+    away. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    return soft, soft
 
 
 class _Worker(faust.Worker):

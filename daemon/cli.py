@@ -184,7 +184,7 @@ def config_check(config: ConfigOption = None) -> None:
 
 def main() -> None:
     try:
-        cli(standalone_mode=False)
+        sys.exit(cli(standalone_mode=False) or 0)  # standalone_mode=False returns typer.Exit codes instead of exiting
     except ConfigError as exc:
         print(f"driftd: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from models.registry import CorruptVersion, Manifest, Registry
@@ -74,6 +75,8 @@ class PredictApi:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over {request.app._client_max_size} bytes")
+        except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a body that does not decode per its Content-Encoding
+            return _error(400, f"the request body cannot be read: {str(exc).strip() or type(exc).__name__}")
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):
@@ -111,7 +114,7 @@ class PredictApi:
             return _error(404, "admin routes are disabled; set web.admin_token to enable them")
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self._token):
             return web.json_response({"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="driftd-admin"'})
         return None
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -23,6 +23,32 @@ import numpy as np
 __all__ = ["Featurizer", "HashingFeaturizer", "HashingTokenizer", "featurizer_from_json"]
 
 _WORD = re.compile(r"[a-z0-9']+")
+
+
+def _hash(gram: str, buckets: int) -> int:
+    return zlib.crc32(gram.encode()) % (buckets - 1) + 1
+
+
+@lru_cache(maxsize=8)
+def _word_id_cache(buckets: int, char_ngrams: tuple[int, ...]) -> Callable[[str], tuple[int, ...]]:
+    """The memo of a word's ids, one per hashing configuration and shared by every featuriser that has it.
+
+    A word's ids never change and word frequencies are skewed, so most words of a text are already
+    cached: this is most of the featuriser's cost on the stream-prediction path. Sharing it across
+    model versions matters at a hot swap: a fine-tuned version keeps its parent's featuriser, so it
+    starts warm instead of re-hashing every word it meets and filling a fresh cache with tens of
+    thousands of tuples, which the cyclic GC then scans while requests wait.
+    """
+
+    @lru_cache(maxsize=1 << 16)
+    def word_ids(word: str) -> tuple[int, ...]:
+        marked = f"<{word}>"
+        grams = [f"w:{word}"]
+        for n in char_ngrams:
+            grams += [f"c:{marked[i:i + n]}" for i in range(max(1, len(marked) - n + 1))]
+        return tuple(_hash(g, buckets) for g in grams)
+
+    return word_ids
 
 
 @dataclass(frozen=True)
@@ -34,22 +60,13 @@ class HashingFeaturizer:
     kind = "hashing_ngrams"  # a class attribute, not a field: the JSON tag featurizer_from_json reads
 
     def __post_init__(self) -> None:
-        # A word's ids never change and word frequencies are skewed, so most words of a text are
-        # already cached: this is most of the featuriser's cost on the stream-prediction path.
-        object.__setattr__(self, "_word_ids", lru_cache(maxsize=1 << 16)(self._word_ids_uncached))
+        object.__setattr__(self, "_word_ids", _word_id_cache(self.buckets, self.char_ngrams))
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.buckets, self.char_ngrams, self.word_bigrams, self.max_features))  # the cache stays behind
 
     def _hash(self, gram: str) -> int:
-        return zlib.crc32(gram.encode()) % (self.buckets - 1) + 1
-
-    def _word_ids_uncached(self, word: str) -> tuple[int, ...]:
-        marked = f"<{word}>"
-        grams = [f"w:{word}"]
-        for n in self.char_ngrams:
-            grams += [f"c:{marked[i:i + n]}" for i in range(max(1, len(marked) - n + 1))]
-        return tuple(self._hash(g) for g in grams)
+        return _hash(gram, self.buckets)
 
     def features(self, text: str) -> list[int]:
         """Per word: its unigram and char n-grams; then the word bigrams. At most max_features ids."""

@@ -8,11 +8,13 @@ the ingest path sends every rejection to the dead-letter topic with that reason.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "EVENT_SCHEMA_PATH",
@@ -36,6 +38,16 @@ Identifier = Annotated[str, Field(min_length=1, max_length=256)]
 Priority = Literal["low", "normal", "high"]
 
 
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 class _EventBase(BaseModel):
     # strict: "3" is not a turn number and 1 is not a channel name. Unknown fields are kept, not fatal,
     # so producers can add context without a schema release.
@@ -49,6 +61,14 @@ class _EventBase(BaseModel):
     user_id: str | None = Field(default=None, max_length=256, description="End-user id; pseudonymised before storage unless configured otherwise.")
     priority: Priority = Field(default="normal", description="Routing priority; tier rules can keep high-priority events hot longer.")
     meta: dict[str, Any] | None = Field(default=None, description="Free-form producer metadata, stored as is.")
+
+    @model_validator(mode="after")
+    def _free_form_values_are_json(self) -> _EventBase:
+        # The JSON parser takes NaN and Infinity literals, which RFC 8259 JSON has not; typed fields refuse
+        # them (allow_inf_nan=False), free-form ones (meta, unknown fields) are checked here.
+        if not (_finite(self.meta) and _finite(self.model_extra)):
+            raise PydanticCustomError("json_invalid", "NaN and Infinity are not JSON values (in meta or an unknown field)")
+        return self
 
 
 class UtteranceEvent(_EventBase):

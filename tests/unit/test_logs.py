@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -44,3 +45,24 @@ def test_switching_back_to_text_and_debug_replaces_the_handler(capsys):
     setup_logging("INFO", "text")
     logging.getLogger("aiokafka").info("rebalance chatter")
     assert capsys.readouterr().err == ""
+
+
+def test_a_flood_of_one_asyncio_message_is_logged_once_per_interval_with_its_count(capsys):
+    from daemon.logs import RepeatFilter
+
+    setup_logging("INFO", "text")
+    flood = RepeatFilter("socket.accept() out of system resource", every_s=0.2)
+    logger = logging.getLogger("asyncio.test")
+    logger.addFilter(flood)
+    try:
+        for _ in range(500):
+            logger.error("socket.accept() out of system resource")
+        logger.error("another asyncio error")  # other messages are untouched
+        time.sleep(0.25)
+        logger.error("socket.accept() out of system resource")
+    finally:
+        logger.removeFilter(flood)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].endswith("socket.accept() out of system resource") and lines[1].endswith("another asyncio error")
+    assert "(499 more in the last" in lines[2]
