@@ -43,6 +43,7 @@ from .model_service import ModelService
 from .predict_api import PredictApi
 from .reload import diff_settings
 from .serving_metrics import ServingCollector
+from .tls import server_context
 from .web import WebService
 
 __all__ = ["Daemon", "topic_specs"]
@@ -84,7 +85,10 @@ class Daemon:
         self.predict_api.learning = self.learning
         self.predict_api.daemon_status = self.status
         self.started_at = time.time()
-        self.web = WebService(settings.web.host, settings.web.port, self.metrics_registry, self._readiness, add_routes=self.predict_api.add_routes)
+        self.web = WebService(
+            settings.web.host, settings.web.port, self.metrics_registry, self._readiness,
+            add_routes=self.predict_api.add_routes, ssl_context=server_context(settings.web),  # a bad cert/key pair: ConfigError before anything starts
+        )
         self._store_open = False
         self._register()
 
@@ -143,6 +147,7 @@ class Daemon:
             metrics=self.metrics,
             max_event_bytes=ingest_cfg.max_event_bytes,
             users=UserIdPolicy(ingest_cfg.store_user_id, ingest_cfg.user_id_salt.get_secret_value().encode()),
+            redactor=self.settings.privacy.redactor(),
             predict=self._predict_stream,
             publish_prediction=self._publish_prediction,
         )

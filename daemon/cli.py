@@ -125,21 +125,27 @@ def schema(write: Annotated[bool, typer.Option(help="Rewrite streams/event.schem
 
 
 def _admin(settings: Settings, method: str, path: str) -> tuple[int, dict]:
+    import http.client
     import urllib.error
     import urllib.request
 
     token = settings.web.admin_token
     if token is None:
         raise ConfigError("web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin API is disabled, so there is nothing to call")
+    from .tls import client_context
+
     host = "127.0.0.1" if settings.web.host in ("0.0.0.0", "::") else settings.web.host
-    request = urllib.request.Request(f"http://{host}:{settings.web.port}{path}", method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"})
+    context = client_context(settings.web)  # https when the endpoint has a certificate
+    scheme = "https" if context is not None else "http"
+    request = urllib.request.Request(f"{scheme}://{host}:{settings.web.port}{path}", method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
-    except urllib.error.URLError as error:
-        typer.echo(f"driftd: no daemon answers on {host}:{settings.web.port} ({error.reason})", err=True)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, TLS refused, http to https...
+        reason = getattr(error, "reason", None) or repr(error)
+        typer.echo(f"driftd: no daemon answers on {scheme}://{host}:{settings.web.port} ({reason})", err=True)
         raise typer.Exit(1) from None
 
 

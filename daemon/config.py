@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, TomlConfigSettingsSource
 
 from streams.monitor import MonitorConfig
+from streams.redact import DEFAULT_PATTERNS, Redactor, check_pattern
 
 __all__ = ["ConfigError", "Settings", "load_settings", "ENV_PREFIX"]
 
@@ -82,6 +83,37 @@ class IngestSettings(_Section):
     user_id_salt: SecretStr = Field(SecretStr("driftd-default-salt"), description="Key of the user_id hash; set your own in production.")
 
 
+class RedactPattern(_Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$", description="Name of the pattern (unique; letters, digits, _ . -).")
+    regex: str = Field(min_length=1, description="Python regular expression. All patterns run as one alternation: use scoped flags such as (?i:...) and named back-references, not global flags or \\1.")
+    replacement: str = Field(description="Text put in place of each match, as is (no group references).")
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, regex: str, info: ValidationInfo) -> str:
+        try:
+            check_pattern(regex)
+        except ValueError as exc:
+            raise ValueError(f"pattern {info.data.get('name', '?')!r} {exc}") from None
+        return regex
+
+
+class PrivacySettings(_Section):
+    redact_patterns: list[RedactPattern] = Field(
+        default_factory=lambda: [RedactPattern(name=n, regex=r, replacement=t) for n, r, t in DEFAULT_PATTERNS],
+        description="Replaced in utterance text, meta and unknown fields' strings before an event is stored, published or logged (the model sees the redacted text); the DLQ keeps malformed records' original bytes. Empty turns redaction off.",
+    )
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns_combine(cls, patterns: list[RedactPattern]) -> list[RedactPattern]:
+        Redactor((p.name, p.regex, p.replacement) for p in patterns)  # unique names, one combined regex
+        return patterns
+
+    def redactor(self) -> Redactor:
+        return Redactor((p.name, p.regex, p.replacement) for p in self.redact_patterns)
+
+
 class PriorityRule(_Section):
     priority: Literal["low", "normal", "high"] = Field(description="Events with this priority follow this rule.")
     hot: bool = Field(True, description="Whether these events are kept in the hot tier at all.")
@@ -126,6 +158,25 @@ class WebSettings(_Section):
     host: str = Field("127.0.0.1", description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback unless you mean it.")
     port: int = Field(8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one.")
     admin_token: SecretStr | None = Field(None, description="Bearer token of the admin routes (/admin/v1/...); unset disables them. Prefer the env variable.")
+    tls_certfile: Path | None = Field(None, description="PEM certificate (chain) of the HTTP endpoint; set with tls_keyfile to serve https only. Unset: plain http.")
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile (unencrypted; keep it mode 0600).")
+    tls_min_version: Literal["TLSv1.2", "TLSv1.3"] = Field("TLSv1.2", description="Oldest TLS version the endpoint accepts.")
+    tls_cafile: Path | None = Field(None, description="CA bundle the driftd CLI (status, learning) verifies the endpoint with, host name included; unset: it trusts tls_certfile itself (pinned).")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> WebSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            given, missing = ("web.tls_certfile", "web.tls_keyfile") if self.tls_keyfile is None else ("web.tls_keyfile", "web.tls_certfile")
+            raise ValueError(f"{given} is set but {missing} is not: set both for https, or neither for http")
+        for key in ("tls_certfile", "tls_keyfile", "tls_cafile"):
+            path = getattr(self, key)
+            if path is not None and not path.is_file():
+                raise ValueError(f"web.{key} = {str(path)!r}: no such file")
+        return self
 
 
 class ModelSettings(_Section):
@@ -188,6 +239,7 @@ class LearningSettings(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description='"auto" (CUDA when present), "cpu" or "cuda[:N]".')
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 on CPU.')
     gate_margin: float = Field(0.005, ge=0, le=1, description="Holdout accuracy the candidate must gain over the incumbent (absolute).")
+    followup_gate_margin: float = Field(0.0, ge=0, le=1, description="The same for follow-ups, whose incumbent is the previous candidate of the episode trained on less of the same data: 0 lets a candidate that matches it through.")
     forgetting_epsilon: float = Field(0.02, ge=0, le=1, description="Replay accuracy the candidate may lose against the incumbent (absolute).")
     latency_ratio: float = Field(1.5, ge=1, description="Candidate p99 (one text) may be this multiple of the incumbent's...")
     latency_budget_ms: float = Field(5.0, gt=0, description="...or under this absolute p99 budget.")
@@ -223,6 +275,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     tiers: TierSettings = Field(default_factory=TierSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)

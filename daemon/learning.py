@@ -220,7 +220,7 @@ class LearningLoop:
 
     async def _fine_tune_steps(self, trigger: str, run: dict[str, Any]) -> None:
         incumbent = self.server.version
-        job, counts = await self._build_job(incumbent)
+        job, counts = await self._build_job(incumbent, trigger)
         run["data"] = counts
         if job is None:
             log.warning("fine-tune (%s) skipped: %d labelled examples, fewer than learning.min_labelled=%d", trigger, counts["recent"], self.learning.min_labelled)
@@ -271,7 +271,7 @@ class LearningLoop:
 
     # -- data ----------------------------------------------------------------------------------------
 
-    async def _build_job(self, incumbent: str | None) -> tuple[FineTuneJob | None, dict[str, int]]:
+    async def _build_job(self, incumbent: str | None, trigger: str) -> tuple[FineTuneJob | None, dict[str, int]]:
         cfg = self.learning
         now = self.clock()
         recent_set = await query_training_set(self.store, now - cfg.window_s, now + 366 * 86400, 0)
@@ -293,7 +293,11 @@ class LearningLoop:
             warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
             device=cfg.device, precision=cfg.precision,
         )
-        gate = GateSettings(cfg.gate_margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms)
+        # A follow-up's incumbent is the previous candidate of the same episode, trained on a subset of this
+        # one's data: it need not be beaten by a margin, only matched (a tie on a few hundred holdout labels
+        # would otherwise leave the last labels of the episode unlearned).
+        margin = cfg.followup_gate_margin if trigger == "followup" else cfg.gate_margin
+        gate = GateSettings(margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms)
         job = FineTuneJob(
             train=([e.text for e in train], [e.intent for e in train]),
             holdout=([e.text for e in holdout], [e.intent for e in holdout]),

@@ -41,6 +41,7 @@ class PredictApi:
         self.registry = registry
         token = settings.web.admin_token
         self._token = token.get_secret_value().encode() if token else None
+        self._redact = settings.privacy.redactor().text  # the model sees what ingest would store, as it was trained on
         self._swap_lock = swap_lock or asyncio.Lock()  # one activation at a time (shared with the learning loop)
         self.learning: Any = None  # daemon.learning.LearningLoop, when the daemon runs one
         self.daemon_status: Callable[[], dict[str, Any]] | None = None  # daemon.app.Daemon.status
@@ -100,7 +101,7 @@ class PredictApi:
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 20:
             return _error(422, '"top_k" must be an integer from 1 to 20')
         try:
-            predictions = self.server.predict(texts, top_k=top_k)
+            predictions = self.server.predict([self._redact(t) for t in texts], top_k=top_k)
         except NoModel:
             return _error(503, "no model is loaded yet; see /readyz")
         if single:

@@ -1,11 +1,13 @@
 """The daemon's HTTP surface: /metrics, /healthz, /readyz, plus the routes the daemon adds (predict, admin).
 
-Runs on aiohttp inside the daemon's event loop, bound to 127.0.0.1 unless configured otherwise.
+Runs on aiohttp inside the daemon's event loop, bound to 127.0.0.1 unless configured otherwise; https only
+(TLS 1.2 at least) when web.tls_certfile and web.tls_keyfile are set.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +28,7 @@ class WebService(mode.Service):
         registry: CollectorRegistry,
         readiness: Callable[[], dict[str, bool]],
         add_routes: Callable[[web.Application], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -34,6 +37,7 @@ class WebService(mode.Service):
         self.port = port
         self.registry = registry
         self.readiness = readiness
+        self.ssl_context = ssl_context  # https only when set (daemon.tls.server_context)
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -49,10 +53,11 @@ class WebService(mode.Service):
     async def on_start(self) -> None:
         self._runner = web.AppRunner(self.build(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self.bound_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-        log.info("HTTP endpoint on http://%s:%d (/metrics /healthz /readyz)", self.host, self.bound_port)
+        scheme = "https" if self.ssl_context is not None else "http"
+        log.info("HTTP endpoint on %s://%s:%d (/metrics /healthz /readyz)", scheme, self.host, self.bound_port)
 
     async def on_stop(self) -> None:
         if self._runner is not None:

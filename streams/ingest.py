@@ -5,6 +5,11 @@ only after faust's ``take_events`` regains control, and this module makes sure t
 once every valid record is durable in warm and every malformed one is delivered to the DLQ:
 storage failures are retried (consumption pauses meanwhile: backpressure), and a cancellation at
 shutdown waits for the batch in flight before it lets go. One bad record never stops the daemon.
+
+Personal data is handled before a valid event goes anywhere: the configured patterns (streams.redact)
+are replaced in its text, meta and unknown fields, and user_id is pseudonymised (UserIdPolicy), so the
+tiers, the predictions topic, the observe hook and the model only ever see the redacted event. The DLQ
+gets the original bytes of a malformed record (it may not even decode), for operators to inspect.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from .metrics import StreamMetrics
+from .redact import Redactor
 from .schema import Event, Rejection, decode_event
 from .tiers import StoredEvent, TieredStore
 
@@ -78,14 +84,18 @@ class UserIdPolicy:
         return hmac.new(self.salt, user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def to_stored(record: RawRecord, event: Event, users: UserIdPolicy, now: float) -> StoredEvent:
+def to_stored(record: RawRecord, event: Event, users: UserIdPolicy, now: float, redactor: Redactor | None = None) -> StoredEvent:
     # Read type-specific fields from __dict__: getattr on a missing one raises inside pydantic's
     # __getattr__ (extra="allow"), which costs more than the whole rest of this function.
     fields = event.__dict__
     user_ref = users.apply(event.user_id)
-    payload = record.value
+    # Redacted text, meta and unknown fields: what is stored (row and payload), predicted and published.
+    update = redactor.event_updates(fields, event.__pydantic_extra__) if redactor is not None else {}
     if event.user_id is not None and user_ref != event.user_id:
-        payload = event.model_copy(update={"user_id": user_ref}).model_dump_json(exclude_none=True).encode()
+        update["user_id"] = user_ref
+    payload = record.value
+    if update:  # the original bytes are kept only when nothing in them changed
+        payload = event.model_copy(update=update).model_dump_json(exclude_none=True).encode()
     return StoredEvent(
         topic=record.topic,
         partition=record.partition,
@@ -98,7 +108,7 @@ def to_stored(record: RawRecord, event: Event, users: UserIdPolicy, now: float) 
         priority=event.priority,
         channel=event.channel,
         user_ref=user_ref,
-        text=fields.get("text"),
+        text=update.get("text", fields.get("text")),
         ref_event_id=fields.get("ref_event_id"),
         intent=fields.get("intent"),
         correct=fields.get("correct"),
@@ -116,6 +126,7 @@ class IngestAgent:
     metrics: StreamMetrics
     max_event_bytes: int = 65536
     users: UserIdPolicy = field(default_factory=UserIdPolicy)
+    redactor: Redactor | None = None  # privacy.redact_patterns, applied before anything is stored or published
     clock: Callable[[], float] = time.time
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
@@ -145,7 +156,7 @@ class IngestAgent:
             if isinstance(decoded, Rejection):
                 rejected.append((record, decoded))
             else:
-                valid.append(to_stored(record, decoded, self.users, now))
+                valid.append(to_stored(record, decoded, self.users, now, self.redactor))
 
         _, inserted, predicted = await asyncio.gather(
             self._retry("dlq", self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)")),
