@@ -50,8 +50,9 @@ USER driftd
 WORKDIR /var/lib/driftd
 VOLUME ["/var/lib/driftd"]
 EXPOSE 8780
+# `driftd healthcheck` reads the same configuration as the daemon: its port, and https when TLS is on.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('DRIFTD_WEB__PORT', '8780')}/healthz\", timeout=4)"]
+    CMD ["driftd", "healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["driftd"]
 CMD ["run"]

@@ -166,6 +166,28 @@ def learning_status(config: ConfigOption = None) -> None:
 
 
 @cli.command()
+def healthcheck(config: ConfigOption = None) -> None:
+    """GET /healthz of the daemon this configuration describes (port, TLS): exit 0 when it answers 200.
+    The container's HEALTHCHECK; needs no admin token."""
+    import urllib.error
+    import urllib.request
+
+    from .tls import client_context
+
+    web = _settings(config).web
+    context = client_context(web)
+    host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
+    url = f"{'https' if context is not None else 'http'}://{host}:{web.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=4, context=context) as response:
+            ok = response.status == 200
+    except (urllib.error.URLError, OSError) as error:
+        typer.echo(f"driftd healthcheck: {url}: {getattr(error, 'reason', error)}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(0 if ok else 1)
+
+
+@cli.command()
 def status(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON instead of text.")] = False,

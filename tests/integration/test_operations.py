@@ -115,9 +115,12 @@ def test_notify_watchdog_status_sighup_reload_and_json_logs(broker, tmp_path):
         after = json.loads(_cli(daemon, "status", "--json", "-c", str(tmp_path / "cli.toml")).stdout)
         assert after["quality"]["config"]["ewma_relative_drop"] == 0.25 and after["pid"] == pid
 
+        assert _cli(daemon, "healthcheck", "-c", str(tmp_path / "cli.toml")).returncode == 0  # the image's HEALTHCHECK
         code, seconds = daemon.terminate()
         assert code == 0 and seconds < 10
         assert notify.count("STOPPING=1") == 1
+        down = _cli(daemon, "healthcheck", "-c", str(tmp_path / "cli.toml"))
+        assert down.returncode == 1 and "/healthz" in down.stderr
     finally:
         daemon.stop_quietly()
         notify.close()

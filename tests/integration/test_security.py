@@ -122,6 +122,8 @@ def test_https_only_endpoint_and_the_cli_over_tls(daemon: TlsDaemon) -> None:
     plain = {k: v for k, v in daemon.env.items() if not k.startswith("DRIFTD_WEB__TLS_")}
     result = _cli(daemon, "status", env=plain)  # a CLI configured for http gets a message, not a traceback
     assert result.returncode == 1 and "no daemon answers on http://127.0.0.1" in result.stderr, result.stderr
+    assert _cli(daemon, "healthcheck").returncode == 0  # the image's HEALTHCHECK follows TLS
+    assert _cli(daemon, "healthcheck", env=plain).returncode == 1
 
 
 def _utterance(i: int, text: str, **extra: Any) -> dict[str, Any]:
