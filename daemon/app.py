@@ -302,9 +302,14 @@ class Daemon:
         if diff.needs_restart:
             log.warning("SIGHUP: %s changed; these take effect only after a restart and were not applied", ", ".join(diff.needs_restart))
         daemon = self.settings.daemon.model_copy(update={"log_level": new.daemon.log_level, "log_format": new.daemon.log_format})
-        self.settings = self.settings.model_copy(update={"daemon": daemon, "monitor": new.monitor, "learning": new.learning})
+        applied = self.settings.model_copy(update={"daemon": daemon, "monitor": new.monitor, "learning": new.learning})
+        try:
+            restarted = self.learning.reconfigure(applied)  # the monitor first: all of it or nothing
+        except ValueError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
+            return False
+        self.settings = applied
         setup_logging(daemon.log_level, daemon.log_format)
-        restarted = self.learning.reconfigure(self.settings)
         log.info("SIGHUP: reloaded %s: %s%s", self.config_path or "the environment", diff.describe(), f" (restarted: {', '.join(restarted)})" if restarted else "")
         return True
 

@@ -367,13 +367,14 @@ class LearningLoop:
     def reconfigure(self, settings: Settings) -> list[str]:
         """Take new [monitor] and [learning] settings at run time (SIGHUP); a running fine-tune keeps the
         settings it started with. Returns the detectors that had to restart (see DecayMonitor.reconfigure)."""
+        restarted = self.monitor.reconfigure(settings.monitor.to_config())  # raises before changing anything
         self.settings = settings
         self.learning = settings.learning
         self.joiner.horizon_s = settings.monitor.label_horizon_s
         self.trainer.threads = self.learning.threads
         if self._recent_correct.maxlen != max(1, self.learning.canary_labels):
             self._recent_correct = deque(self._recent_correct, maxlen=max(1, self.learning.canary_labels))
-        return self.monitor.reconfigure(settings.monitor.to_config())
+        return restarted
 
     def status(self) -> dict[str, Any]:
         return json_safe({
