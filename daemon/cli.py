@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,7 +14,7 @@ import typer
 
 from models.registry_cli import models_cli
 
-from .config import ConfigError, ReplaySettings, Settings, load_settings
+from .config import ConfigError, ReplaySettings, Settings, WebSettings, load_settings
 from .logs import setup_logging
 
 if TYPE_CHECKING:
@@ -124,6 +125,15 @@ def schema(write: Annotated[bool, typer.Option(help="Rewrite streams/event.schem
         typer.echo(json.dumps(event_json_schema(), indent=2, sort_keys=True))
 
 
+def _endpoint(web: WebSettings) -> tuple[str, ssl.SSLContext | None]:
+    """The running daemon's base URL as this configuration describes it, and the TLS context to reach it."""
+    from .tls import client_context
+
+    host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
+    context = client_context(web)  # https when the endpoint has a certificate
+    return f"{'https' if context is not None else 'http'}://{host}:{web.port}", context
+
+
 def _admin(settings: Settings, method: str, path: str) -> tuple[int, dict]:
     import http.client
     import urllib.error
@@ -132,12 +142,8 @@ def _admin(settings: Settings, method: str, path: str) -> tuple[int, dict]:
     token = settings.web.admin_token
     if token is None:
         raise ConfigError("web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin API is disabled, so there is nothing to call")
-    from .tls import client_context
-
-    host = "127.0.0.1" if settings.web.host in ("0.0.0.0", "::") else settings.web.host
-    context = client_context(settings.web)  # https when the endpoint has a certificate
-    scheme = "https" if context is not None else "http"
-    request = urllib.request.Request(f"{scheme}://{host}:{settings.web.port}{path}", method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"})
+    base, context = _endpoint(settings.web)
+    request = urllib.request.Request(base + path, method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"})
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.load(response)
@@ -145,7 +151,7 @@ def _admin(settings: Settings, method: str, path: str) -> tuple[int, dict]:
         return error.code, json.load(error)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, TLS refused, http to https...
         reason = getattr(error, "reason", None) or repr(error)
-        typer.echo(f"driftd: no daemon answers on {scheme}://{host}:{settings.web.port} ({reason})", err=True)
+        typer.echo(f"driftd: no daemon answers on {base} ({reason})", err=True)
         raise typer.Exit(1) from None
 
 
@@ -172,12 +178,8 @@ def healthcheck(config: ConfigOption = None) -> None:
     import urllib.error
     import urllib.request
 
-    from .tls import client_context
-
-    web = _settings(config).web
-    context = client_context(web)
-    host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
-    url = f"{'https' if context is not None else 'http'}://{host}:{web.port}/healthz"
+    base, context = _endpoint(_settings(config).web)
+    url = base + "/healthz"
     try:
         with urllib.request.urlopen(url, timeout=4, context=context) as response:
             ok = response.status == 200

@@ -1300,6 +1300,21 @@ def run_http_cases(port: int, cases: Sequence[HttpCase], report: HttpReport, *, 
             report.record(case.group or _group(case.name), case.name, answer, check_answer(case, answer))
 
 
+def predict_json_bodies(max_text: int, max_list: int, max_dict: int, max_leaves: int) -> Any:
+    """A hypothesis strategy of JSON values shaped like /v1/predict bodies (its keys, wrong types, nesting)."""
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=max_text)
+    keys = st.sampled_from(["text", "texts", "top_k", "x"]) | st.text(max_size=5)
+    return st.recursive(scalars, lambda kids: st.lists(kids, max_size=max_list) | st.dictionaries(keys, kids, max_size=max_dict), max_leaves=max_leaves)
+
+
+def post_json(port: int, body: Any, ascii_only: bool, report: HttpReport) -> Answer:
+    """``body`` serialised as JSON (lone surrogates passed through when not ASCII) and POSTed by ``post_body``."""
+    raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    return post_body(port, raw, report, "hypothesis JSON bodies", f"hypothesis {raw[:80]!r}")
+
+
 def post_body(port: int, body: bytes, report: HttpReport, group: str, name: str, timeout: float = 10.0) -> Answer:
     """POST one body to /v1/predict; any 200/400/413/422 with JSON is fine, anything else is a failure."""
     case = HttpCase(name, _post(body), frozenset({200, 400, 413, 422}), timeout=timeout)

@@ -10,7 +10,6 @@ tests/unit/test_decoder_fuzz.py, tests/integration/test_hostile_broker.py, tests
 
 from __future__ import annotations
 
-import json
 import random
 import time
 
@@ -134,16 +133,10 @@ def test_http_random_bodies(served, http_report):
     assert not http_report.failures, "\n".join(http_report.failures)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
-                    lambda kids: st.lists(kids, max_size=8) | st.dictionaries(st.sampled_from(["text", "texts", "top_k", "x"]) | st.text(max_size=5), kids, max_size=5),
-                    max_leaves=60)
-
-
 @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(body=JSON, ascii_only=st.booleans())
+@given(body=hostile.predict_json_bodies(max_text=50, max_list=8, max_dict=5, max_leaves=60), ascii_only=st.booleans())
 def test_http_generated_json_bodies(served, http_report, body, ascii_only):
-    raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-    answer = hostile.post_body(served.web_port, raw, http_report, "hypothesis JSON bodies", f"hypothesis {raw[:80]!r}")
+    answer = hostile.post_json(served.web_port, body, ascii_only, http_report)
     assert answer.status in (200, 400, 413, 422), answer
 
 
