@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -19,16 +20,16 @@ class RepeatFilter(logging.Filter):
     copies dropped since. asyncio logs "socket.accept() out of system resource" with a traceback on every
     accept attempt while file descriptors are exhausted: thousands a second, enough to fill a disk."""
 
-    def __init__(self, prefix: str, every_s: float = 10.0) -> None:
+    def __init__(self, prefix: str, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.prefix, self.every_s = prefix, every_s
+        self.prefix, self.every_s, self.clock = prefix, every_s, clock
         self._last = -float("inf")
         self._dropped = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(self.prefix):
             return True
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last < self.every_s:
             self._dropped += 1
             return False

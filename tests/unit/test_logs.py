@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 import pytest
 
@@ -51,14 +50,16 @@ def test_a_flood_of_one_asyncio_message_is_logged_once_per_interval_with_its_cou
     from daemon.logs import RepeatFilter
 
     setup_logging("INFO", "text")
-    flood = RepeatFilter("socket.accept() out of system resource", every_s=0.2)
+    now = [100.0]
+    flood = RepeatFilter("socket.accept() out of system resource", every_s=10.0, clock=lambda: now[0])
     logger = logging.getLogger("asyncio.test")
     logger.addFilter(flood)
     try:
         for _ in range(500):
             logger.error("socket.accept() out of system resource")
+            now[0] += 0.01  # 500 in 5 s: all inside one interval but the first
         logger.error("another asyncio error")  # other messages are untouched
-        time.sleep(0.25)
+        now[0] = 111.0
         logger.error("socket.accept() out of system resource")
     finally:
         logger.removeFilter(flood)
