@@ -34,6 +34,7 @@ from streams.schema import Rejection
 from streams.tiers import TieredStore, TierPolicy
 
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
+from .broker_probe import BrokerProbe
 from . import systemd
 from .config import ConfigError, Settings, load_settings
 from .kafka import aiokafka_options, faust_credentials
@@ -73,6 +74,7 @@ class Daemon:
         Gauge("driftd_up_since_seconds", "Unix time the daemon started.", registry=self.metrics_registry).set(time.time())
         self.bootstrap = f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
         self.store = self._build_store()
+        self.broker_probe = BrokerProbe(self.bootstrap, aiokafka_options(settings.kafka), settings.kafka.probe_interval_s, self.metrics_registry)
         self.app = self._build_app()
         self.ingest = self._build_ingest()
         self.model_server = ModelServer()
@@ -181,7 +183,15 @@ class Daemon:
 
         class StoreService(mode.Service):
             async def on_start(inner) -> None:  # noqa: N805 - mode's hook on a nested class
-                await store.open()
+                suffix = time.strftime("@retired-%Y%m%dT%H%M%SZ", time.gmtime())
+                await store.open(self._fresh_log_ends(), retired_suffix=suffix)
+                for (topic, partition), (highest, _) in sorted(store.retired.items()):
+                    log.warning(
+                        "the embedded broker keeps nothing across its restart (kafka.embedded_storage = %s): the events stored from "
+                        "its previous log of %s partition %d (offsets up to %d) are kept under topic %r, and the new records that "
+                        "reuse those offsets are stored as new events",
+                        s.kafka.embedded_storage, topic, partition, highest, f"{topic}{suffix}",
+                    )
                 self._store_open = True
                 log.info(
                     "tiers open: hot max %d events, warm %s (%d events), cold %s (%d events)",
@@ -191,6 +201,7 @@ class Daemon:
         app.service(StoreService)
         app.service(ModelService(s, self.model_server, self.model_registry))
         app.service(self.web)
+        app.service(self.broker_probe)
         learning = self.learning
         timeline_path = s.daemon.data_dir / "timeline.json"
 
@@ -238,6 +249,15 @@ class Daemon:
             )
             last.update(events=events, dlq=dlq)
 
+    def _fresh_log_ends(self) -> dict[tuple[str, int], int]:
+        """Log ends known for certain at start: an embedded broker on memory storage was started empty by
+        this process, so every input partition's log begins again at offset 0 and any offset stored before
+        belongs to a log that is gone (TieredStore.open retires it). Anything else: unknown, nothing retired.
+        (Asking the broker would be no substitute: Tansu reports a partition's end at its last batch.)"""
+        if not (self.settings.kafka.embedded and self.settings.kafka.embedded_storage.startswith("memory://")):
+            return {}
+        return {(self.settings.topics.input, partition): 0 for partition in range(self.settings.topics.partitions)}
+
     def consumer_lag(self) -> dict[int, int]:
         """Records behind the high watermark, per assigned input partition (known once a fetch saw it)."""
         lags = {}
@@ -279,7 +299,12 @@ class Daemon:
                 "config": self.learning.monitor.config.to_dict(),  # the thresholds live now (SIGHUP changes them)
             },
             "tiers": self.store.sizes() if self._store_open else None,
-            "ingest": {"events": _total(self.metrics.events), "dead_lettered": _total(self.metrics.dlq)},
+            "ingest": {
+                "events": _total(self.metrics.events),
+                "dead_lettered": _total(self.metrics.dlq),
+                "blocked_on": [sample.labels["sink"] for sample in _samples(self.metrics.ingest_blocked) if sample.value],  # sinks a batch waits for
+            },
+            "broker": self.broker_probe.status(),
             "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag().items())} if self._store_open else {},
             "training": learning,
         }
@@ -334,7 +359,7 @@ class Daemon:
         broker = None
         if self.settings.kafka.embedded:
             log_path = self.settings.daemon.data_dir / "broker.log"
-            broker = EmbeddedBroker(self.settings.kafka.embedded_port, log_path=log_path).start()
+            broker = EmbeddedBroker(self.settings.kafka.embedded_port, log_path=log_path, storage=self.settings.kafka.embedded_storage).start()
         try:
             ensure_topics_sync(self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka))
             log.info("driftd ingests and tiers events from %s on %s, serves the registry's current model and retrains it on decay (learning.enabled=%s)", self.settings.topics.input, self.bootstrap, self.settings.learning.enabled)
@@ -354,19 +379,20 @@ class Daemon:
 
 def _guarded_timer(app: faust.App, interval: float, name: str) -> Callable[[Callable[[], Awaitable[None]]], Any]:
     """``app.timer`` whose body never takes the daemon down: faust stops the whole worker when a timer
-    raises (a full disk, no file descriptor left), so the error is logged (once a minute at most) and
-    the next tick tries again."""
+    raises (a full disk, no file descriptor left), so the error is logged (a repeat of the same error
+    once a minute at most) and the next tick tries again."""
 
     def register(body: Callable[[], Awaitable[None]]) -> Any:
-        last_logged = [-math.inf]
+        last_logged: list[Any] = [-math.inf, None]  # when, and which error
 
         async def guarded() -> None:
             try:
                 await body()
-            except Exception:  # noqa: BLE001 - see the docstring
-                if time.monotonic() - last_logged[0] >= 60:
-                    last_logged[0] = time.monotonic()
-                    log.exception("timer %s failed; it runs again in %.0f s", name, interval)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                error = (type(exc).__name__, getattr(exc, "errno", None) or str(exc)[:100])  # not the path: it changes per attempt
+                if error != last_logged[1] or time.monotonic() - last_logged[0] >= 60:
+                    last_logged[:] = [time.monotonic(), error]
+                    log.exception("timer %s failed; it runs again in %g s", name, interval)
 
         guarded.__name__ = guarded.__qualname__ = body.__name__
         return app.timer(interval, name=name)(guarded)
@@ -416,5 +442,9 @@ class LifecycleService(mode.Service):
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
 
+def _samples(metric: Any) -> list[Any]:
+    return [sample for family in metric.collect() for sample in family.samples]
+
+
 def _total(counter: Any) -> float:
-    return sum(sample.value for metric in counter.collect() for sample in metric.samples if sample.name.endswith("_total"))
+    return sum(sample.value for sample in _samples(counter) if sample.name.endswith("_total"))

@@ -57,12 +57,20 @@ def die_with_parent() -> None:
 
 
 class EmbeddedBroker:
-    """A Tansu broker on 127.0.0.1 with in-memory storage. Use as a context manager."""
+    """A Tansu broker on 127.0.0.1. Use as a context manager.
 
-    def __init__(self, port: int, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+    ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (the default) keeps nothing across a
+    restart of the broker; ``s3://BUCKET/`` keeps topics, records and committed offsets in an
+    S3-compatible store (endpoint and credentials from the AWS_* environment variables, e.g.
+    AWS_ENDPOINT and AWS_ALLOW_HTTP=true for a local MinIO).
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", log_path: Path | None = None, storage: str = "memory://tansu/", env: dict[str, str] | None = None) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.storage = storage
+        self.env = env  # the broker's environment (default: this process's)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,10 +85,10 @@ class EmbeddedBroker:
         if _port_open(self.host, self.port):
             raise BrokerError(f"port {self.port} on {self.host} is already in use; set kafka.embedded_port to a free port")
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", self.storage]
         out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, env=self.env)
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
@@ -150,3 +158,4 @@ async def ensure_topics(bootstrap: str, topics: list[TopicSpec], client_options:
 
 def ensure_topics_sync(bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None) -> None:
     asyncio.run(ensure_topics(bootstrap, topics, client_options))
+

@@ -42,6 +42,10 @@ class DaemonSettings(_Section):
 class KafkaSettings(_Section):
     bootstrap: str = Field("embedded", min_length=1, description='"embedded" starts the bundled Tansu broker on 127.0.0.1; anything else is a host:port[,host:port] list of a real cluster.')
     embedded_port: int = Field(19092, ge=1, le=65535, description="Port of the embedded broker.")
+    embedded_storage: str = Field(
+        "memory://tansu/", pattern=r"^(memory|s3)://[^/\s]+/?$",
+        description='Storage engine of the embedded broker: "memory://tansu/" keeps nothing across its restart; "s3://BUCKET/" keeps records and committed offsets in S3 or MinIO (AWS_ENDPOINT, AWS_ALLOW_HTTP and credentials from the environment).',
+    )
     group_id: str = Field("driftd", min_length=1, description="Consumer group id; replicas with the same id share the partitions.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Passed to the Kafka client as is.")
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("PLAIN", description="SASL mechanism when the protocol is SASL_*.")
@@ -54,6 +58,7 @@ class KafkaSettings(_Section):
     rebalance_timeout_s: float = Field(10.0, gt=0, description="Consumer group rebalance timeout. Group joins take about half of it on the embedded broker.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
     commit_interval_s: float = Field(1.0, gt=0, description="How often acknowledged (durably stored) offsets are committed.")
+    probe_interval_s: float = Field(2.0, gt=0, description="How often a metadata request checks that the cluster is reachable (driftd_broker_up).")
 
     @property
     def embedded(self) -> bool:
@@ -239,7 +244,10 @@ class LearningSettings(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description='"auto" (CUDA when present), "cpu" or "cuda[:N]".')
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 on CPU.')
     gate_margin: float = Field(0.005, ge=0, le=1, description="Holdout accuracy the candidate must gain over the incumbent (absolute).")
-    followup_gate_margin: float = Field(0.0, ge=0, le=1, description="The same for follow-ups, whose incumbent is the previous candidate of the episode trained on less of the same data: 0 lets a candidate that matches it through.")
+    followup_gate_margin: float = Field(
+        -0.01, ge=-0.1, le=1,
+        description="The same for follow-ups. Their incumbent is the previous candidate of the episode, trained on a subset of the same data; a negative value lets one through that trails it by at most that much (noise on a holdout of a few hundred labels).",
+    )
     forgetting_epsilon: float = Field(0.02, ge=0, le=1, description="Replay accuracy the candidate may lose against the incumbent (absolute).")
     latency_ratio: float = Field(1.5, ge=1, description="Candidate p99 (one text) may be this multiple of the incumbent's...")
     latency_budget_ms: float = Field(5.0, gt=0, description="...or under this absolute p99 budget.")

@@ -286,7 +286,7 @@ class LearningLoop:
             replay = (await query_training_set(self.store, now, now, int(len(train_recent) * cfg.replay_ratio), seed=int(now))).replay
         n_eval = int(len(replay) * cfg.replay_eval_fraction)
         replay_eval, replay_train = replay[:n_eval], replay[n_eval:]
-        train = train_recent + replay_train
+        train = replay_train + train_recent  # oldest first: the fine-tune validates on the newest
         counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train), holdout=len(holdout), replay_eval=len(replay_eval))
         settings = TrainSettings(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
@@ -294,8 +294,8 @@ class LearningLoop:
             device=cfg.device, precision=cfg.precision,
         )
         # A follow-up's incumbent is the previous candidate of the same episode, trained on a subset of this
-        # one's data: it need not be beaten by a margin, only matched (a tie on a few hundred holdout labels
-        # would otherwise leave the last labels of the episode unlearned).
+        # one's data: the candidate need only not be worse beyond holdout noise (a tie or a few examples'
+        # deficit on a few hundred labels would otherwise leave the episode's last labels unlearned).
         margin = cfg.followup_gate_margin if trigger == "followup" else cfg.gate_margin
         gate = GateSettings(margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms)
         job = FineTuneJob(

@@ -16,30 +16,36 @@ CHATTY = ("faust", "mode", "aiokafka")
 
 
 class RepeatFilter(logging.Filter):
-    """Lets a message that starts with ``prefix`` through once per ``every_s`` seconds, with the count of the
-    copies dropped since. asyncio logs "socket.accept() out of system resource" with a traceback on every
-    accept attempt while file descriptors are exhausted: thousands a second, enough to fill a disk."""
+    """Lets each message template through once per ``every_s`` seconds, with the count of the copies
+    dropped since. Only templates that start with ``prefix`` and come from ``loggers`` (and their
+    children; empty: any logger) are limited. asyncio logs "socket.accept() out of system resource" on
+    every accept attempt while file descriptors are exhausted, and aiokafka logs each failed connect,
+    metadata update and fetch about ten times a second while the cluster is unreachable: enough to fill
+    a disk during an outage, and to bury the one line that says what is wrong."""
 
-    def __init__(self, prefix: str, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, prefix: str = "", every_s: float = 10.0, clock: Callable[[], float] = time.monotonic, loggers: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.prefix, self.every_s, self.clock = prefix, every_s, clock
-        self._last = -float("inf")
-        self._dropped = 0
+        self.prefix, self.every_s, self.clock, self.loggers = prefix, every_s, clock, loggers
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # (logger, template) -> (last let through, dropped since)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.prefix):
+        template = str(record.msg)
+        if not template.startswith(self.prefix) or (self.loggers and not record.name.startswith(self.loggers)):
             return True
+        key = (record.name, template)
+        last, dropped = self._seen.get(key, (-float("inf"), 0))
         now = self.clock()
-        if now - self._last < self.every_s:
-            self._dropped += 1
+        if now - last < self.every_s:
+            self._seen[key] = (last, dropped + 1)
             return False
-        if self._dropped:
-            record.msg = f"{record.msg} ({self._dropped} more in the last {now - self._last:.0f} s, not logged)"
-        self._last, self._dropped = now, 0
+        if dropped:
+            record.msg = f"{template} ({dropped} more in the last {now - last:.0f} s, not logged)"
+        self._seen[key] = (now, 0)
         return True
 
 
 _ACCEPT_FLOOD = RepeatFilter("socket.accept() out of system resource")
+_KAFKA_CLIENT_REPEATS = RepeatFilter(loggers=("aiokafka",))
 
 
 def setup_logging(level: str, log_format: str = "text") -> None:
@@ -49,6 +55,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"}))
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(_KAFKA_CLIENT_REPEATS)  # on the handler: logger filters do not see children's records
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)

@@ -70,7 +70,14 @@ def render_status(status: dict[str, Any], where: str) -> str:
     tiers = status.get("tiers")
     lines.append("tiers      " + ("not open yet" if tiers is None else ", ".join(f"{k} {v}" for k, v in tiers.items())))
     ingest = status["ingest"]
-    lines.append(f"ingest     {ingest['events']:.0f} events stored, {ingest['dead_lettered']:.0f} dead-lettered")
+    blocked = ingest.get("blocked_on") or []
+    paused = f"; PAUSED, waiting for {', '.join(blocked)} (see the log)" if blocked else ""
+    lines.append(f"ingest     {ingest['events']:.0f} events stored, {ingest['dead_lettered']:.0f} dead-lettered{paused}")
+    broker = status.get("broker") or {}
+    if broker.get("up") is False:
+        lines.append(f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: {broker['last_error']} ({broker['outages']} outages so far)")
+    else:
+        lines.append(f"broker     {'reachable' if broker.get('up') else 'not probed yet'} ({broker.get('outages', 0)} outages so far)")
     lag = status.get("consumer_lag") or {}
     lines.append("lag        " + (", ".join(f"p{p} {v}" for p, v in lag.items()) + f" (total {sum(lag.values())})" if lag else "no partition assigned yet"))
     lines.extend(_training(status["training"]))

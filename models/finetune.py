@@ -30,14 +30,14 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass
 class FineTuneJob:
-    train: tuple[list[str], list[str]]  # recent labelled + replay sample: (texts, intents)
+    train: tuple[list[str], list[str]]  # replay sample, then recent labelled oldest first: (texts, intents)
     holdout: tuple[list[str], list[str]]  # recent labelled events kept out of training
     replay_eval: tuple[list[str], list[str]]  # replay examples kept out of training (forgetting check)
     incumbent_dir: str | None  # registry directory of the serving version; None trains from scratch
     settings: TrainSettings = field(default_factory=TrainSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
-    val_fraction: float = 0.05  # of the training examples, for early stopping (small: every example withheld is one the candidate never learns)
+    val_fraction: float = 0.05  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
     seed: int = 0
 
 
@@ -68,12 +68,18 @@ class _Served:
         return self.session.run(None, {self.input: self.featurizer.batch([text])})
 
 
-def _split_validation(texts: list[str], intents: list[str], fraction: float, seed: int) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]] | None]:
+def _split_validation(texts: list[str], intents: list[str], fraction: float, seed: int, *, newest: bool) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]] | None]:
+    """Keep ``fraction`` of the training examples out for early stopping.
+
+    A warm start validates on the newest examples (``newest``; the list is oldest first): most of the
+    older ones trained the incumbent already, so a random split scores near its ceiling from the first
+    epoch and early stopping would keep a checkpoint that has hardly learnt what is new.
+    """
     if fraction <= 0 or len(texts) < 50:
         return (texts, intents), None
-    order = np.random.default_rng(seed).permutation(len(texts))
     cut = int(len(texts) * fraction)
-    val, train = order[:cut], order[cut:]
+    order = np.arange(len(texts))[::-1] if newest else np.random.default_rng(seed).permutation(len(texts))
+    val, train = np.sort(order[:cut]), np.sort(order[cut:])
     return ([texts[i] for i in train], [intents[i] for i in train]), ([texts[i] for i in val], [intents[i] for i in val])
 
 
@@ -88,7 +94,7 @@ def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTun
         featurizer = featurizer_from_json((root / "featurizer.json").read_text())
         init = load_weights((root / "model.pt").read_bytes())
         incumbent = _Served(root / SERVED_MODEL, labels, featurizer)
-    (texts, intents), val = _split_validation(*job.train, job.val_fraction, job.seed)
+    (texts, intents), val = _split_validation(*job.train, job.val_fraction, job.seed, newest=job.incumbent_dir is not None)
     report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
     result = train_classifier(
         texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,

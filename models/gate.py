@@ -2,7 +2,8 @@
 
 Three checks, all recorded (the verdict goes into the candidate's manifest):
   - improvement: accuracy on a recent holdout (labelled events not used for training) must beat the
-    incumbent's by ``margin``;
+    incumbent's by ``margin`` (a negative margin is a non-inferiority bound: the candidate may trail by
+    at most that much, for a retrain on a superset of the incumbent's data);
   - forgetting: on the replay set (older labelled events from cold) it may lose at most ``forgetting_epsilon``;
   - latency: its served INT8 model's p99 at batch 1 may be at most ``latency_ratio`` x the incumbent's
     (or under ``latency_budget_ms`` when there is no incumbent). FP32/torch parity is checked at export.
@@ -24,7 +25,7 @@ __all__ = ["GateSettings", "GateVerdict", "accuracy_of", "decide", "p99_latency_
 
 @dataclass(frozen=True)
 class GateSettings:
-    margin: float = 0.005  # holdout accuracy gain over the incumbent required (absolute)
+    margin: float = 0.005  # holdout accuracy gain over the incumbent required (absolute; negative: largest loss allowed)
     forgetting_epsilon: float = 0.02  # largest replay accuracy loss allowed (absolute)
     latency_ratio: float = 1.5  # candidate p99 / incumbent p99 at batch 1
     latency_budget_ms: float = 5.0  # absolute p99 ceiling, also used when there is no incumbent
@@ -91,7 +92,10 @@ def decide(
     if len(holdout_truth) < settings.min_holdout:
         reasons.append(f"holdout has {len(holdout_truth)} examples, fewer than min_holdout {settings.min_holdout}")
     elif inc_h is not None and not cand_h >= inc_h + settings.margin:
-        reasons.append(f"holdout accuracy {cand_h:.4f} does not beat the incumbent's {inc_h:.4f} by {settings.margin}")
+        if settings.margin >= 0:
+            reasons.append(f"holdout accuracy {cand_h:.4f} does not beat the incumbent's {inc_h:.4f} by {settings.margin}")
+        else:
+            reasons.append(f"holdout accuracy {cand_h:.4f} trails the incumbent's {inc_h:.4f} by more than {-settings.margin}")
     cand_r = inc_r = None
     if replay_truth:
         cand_r = accuracy_of(candidate_replay, replay_truth)

@@ -180,11 +180,11 @@ def train_classifier(
         if val is not None:
             acc = accuracy(model, featurizer, label_list, *val)
             report["val_accuracy"] = acc
-            if acc > best_acc:
-                best_acc, stale = acc, 0
+            # A tie keeps the later epoch (it has trained longer at a lower rate) but counts as no gain.
+            stale = 0 if acc > best_acc else stale + 1
+            if acc >= best_acc:
+                best_acc = acc
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
         log.info("epoch %d/%d: %s", epochs_run, epochs, ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")))
         if progress is not None:
             progress(report)

@@ -217,15 +217,24 @@ class IngestAgent:
         return attempt
 
     async def _retry(self, sink: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
-        """Retry until it works: losing a record is worse than pausing consumption."""
+        """Retry until it works: losing a record is worse than pausing consumption (backpressure: the
+        agent takes no new batch and commits nothing until this one is stored)."""
         delay = self.retry_initial_s
+        failures, since = 0, time.monotonic()
         while True:
             try:
-                return await attempt()
+                result = await attempt()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any storage/broker failure is retried the same way
+                failures += 1
                 self.metrics.store_errors.labels(sink).inc()
-                log.error("writing to %s failed, consumption paused, retrying in %.1fs: %s", sink, delay, exc)
+                self.metrics.ingest_blocked.labels(sink).set(1)
+                log.error("writing to %s failed (attempt %d), consumption paused, retrying in %.1fs: %s", sink, failures, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+                continue
+            if failures:
+                self.metrics.ingest_blocked.labels(sink).set(0)
+                log.warning("writing to %s works again after %d failed attempts (%.1f s paused); consumption resumes", sink, failures, time.monotonic() - since)
+            return result

@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .schema import REJECTION_REASONS
 
-__all__ = ["StreamMetrics"]
+__all__ = ["INGEST_SINKS", "StreamMetrics"]
+
+INGEST_SINKS = ("warm", "dlq", "predictions")  # where a batch must land before its offsets may be committed
 
 
 class StreamMetrics:
@@ -22,7 +24,12 @@ class StreamMetrics:
         self.demotions = Counter("driftd_demotions_total", "Events moved from one tier to the next.", ["source", "target"], registry=registry)
         self.cold_files = Gauge("driftd_cold_files", "Parquet files in the cold tier.", registry=registry)
         self.retention_deleted = Counter("driftd_cold_retention_deleted_total", "Events deleted from cold at the end of their retention.", registry=registry)
-        self.store_errors = Counter("driftd_store_errors_total", "Failed writes to warm, the DLQ or the predictions topic (retried; consumption pauses meanwhile).", ["sink"], registry=registry)
+        self.store_errors = Counter(
+            "driftd_store_errors_total",
+            "Failed writes to warm, the DLQ or the predictions topic (retried; consumption pauses meanwhile), and failed demotions to cold (retried at the next maintenance; the events stay in warm).",
+            ["sink"], registry=registry,
+        )
+        self.ingest_blocked = Gauge("driftd_ingest_blocked", "1 while ingest waits for a failing sink (full or unwritable store, unreachable broker): nothing is consumed or committed.", ["sink"], registry=registry)
         self.consumer_lag = Gauge("driftd_consumer_lag", "Records behind the partition's high watermark, per assigned partition.", ["partition"], registry=registry)
         self.ingest_latency = Histogram(
             "driftd_ingest_latency_seconds",
@@ -42,5 +49,7 @@ class StreamMetrics:
             self.tier_events.labels(tier)
         for source, target in (("hot", "warm"), ("warm", "cold")):
             self.demotions.labels(source, target)
-        for sink in ("warm", "dlq", "predictions"):
+        for sink in INGEST_SINKS:
             self.store_errors.labels(sink)
+            self.ingest_blocked.labels(sink)
+        self.store_errors.labels("cold")

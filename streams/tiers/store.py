@@ -47,6 +47,7 @@ class TieredStore:
         self.policy = policy
         self.hot = HotTier(hot_max_events, policy)
         self.metrics = metrics
+        self.retired: dict[tuple[str, int], tuple[int, int]] = {}  # partitions retired at open (reset logs)
         self.clock = clock
         self.demotion_batch = demotion_batch
         self.cold_retention_s = cold_retention_s
@@ -63,17 +64,36 @@ class TieredStore:
         """Run ``fn`` on the writer thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def open(self) -> TieredStore:
-        await self.run(self._open)
+    async def open(self, log_ends: dict[tuple[str, int], int] | None = None, retired_suffix: str = "@retired") -> TieredStore:
+        """Open warm and cold. With ``log_ends`` (where each partition's log ends on the broker now), first
+        retire the partitions whose log was reset (``retire_reset_logs``), in the same step, so that no
+        write can come in between."""
+        self.retired = await self.run(self._open, log_ends or {}, retired_suffix)
         self._publish_sizes()
         return self
 
-    def _open(self) -> None:
+    def _open(self, log_ends: dict[tuple[str, int], int], retired_suffix: str) -> dict[tuple[str, int], tuple[int, int]]:
         self.warm = WarmStore(self._warm_path, self._warm_synchronous)
         self.cold = ColdStore(self._cold_url, self._cold_storage_options)
         orphans = self.cold.remove_orphans({path for path, _, _ in self.warm.cold_files()})
         if orphans:
             log.warning("removed %d cold file(s) written before a crash but never committed; their events are still in warm", len(orphans))
+        return self._retire_reset_logs(log_ends, retired_suffix)
+
+    def _retire_reset_logs(self, log_ends: dict[tuple[str, int], int], retired_suffix: str) -> dict[tuple[str, int], tuple[int, int]]:
+        """Compare what is stored with where each partition's log ends now. A log that ends at or below
+        an offset already stored was reset (an in-memory broker restarted, a topic deleted and created
+        again): new records will reuse those offsets, and keyed by (topic, partition, offset) they would
+        be dropped as redeliveries. Such a partition's stored rows are retired (``WarmStore.retire_partition``).
+        Returns {(topic, partition): (highest offset stored, log end)} for each retired partition."""
+        retired = {}
+        for topic in {topic for topic, _ in log_ends}:
+            for partition, highest in self.warm.highest_offsets(topic).items():
+                end = log_ends.get((topic, partition))
+                if end is not None and end <= highest:
+                    self.warm.retire_partition(topic, partition, f"{topic}{retired_suffix}")
+                    retired[(topic, partition)] = (highest, end)
+        return retired
 
     def close_now(self) -> None:
         """Close from outside the event loop (after the worker stopped), once the writes in flight finish."""
@@ -120,9 +140,17 @@ class TieredStore:
         """Evict expired hot events, demote aged warm events to cold, apply cold retention."""
         now = self.clock()
         moved = {"hot_to_warm": self.hot.evict_expired(now)}
-        moved["warm_to_cold"], moved["cold_deleted"] = await self.run(self._age_disk_tiers, now)
         if self.metrics:
             self.metrics.demotions.labels("hot", "warm").inc(moved["hot_to_warm"])
+        try:
+            moved["warm_to_cold"], moved["cold_deleted"] = await self.run(self._age_disk_tiers, now)
+        except Exception:
+            # Cold unwritable or full: the events stay in warm (a demotion commits only after its file is
+            # written) and the next maintenance tries again. Counted here, logged by the caller.
+            if self.metrics:
+                self.metrics.store_errors.labels("cold").inc()
+            raise
+        if self.metrics:
             self.metrics.demotions.labels("warm", "cold").inc(moved["warm_to_cold"])
             self.metrics.retention_deleted.inc(moved["cold_deleted"])
             self._publish_sizes()

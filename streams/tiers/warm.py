@@ -152,6 +152,26 @@ class WarmStore:
             self._load_max_demoted()
         return forgotten
 
+    def highest_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition of ``topic``, the highest offset stored in warm or remembered as demoted."""
+        rows = self._db.execute(
+            "SELECT partition, MAX(offset) FROM (SELECT partition, offset FROM events WHERE topic = ?1 UNION ALL "
+            "SELECT partition, offset FROM demoted WHERE topic = ?1) GROUP BY partition",
+            (topic,),
+        )
+        return dict(rows.fetchall())
+
+    def retire_partition(self, topic: str, partition: int, retired_topic: str) -> int:
+        """The broker's log of (topic, partition) was reset: its offsets will be reused by new records.
+        The stored rows keep their data under ``retired_topic`` and the demotion keys are dropped, so that
+        no new record is taken for a redelivery of an old one. Returns how many warm rows were renamed."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            renamed = self._db.execute("UPDATE events SET topic = ? WHERE topic = ? AND partition = ?", (retired_topic, topic, partition)).rowcount
+            self._db.execute("DELETE FROM demoted WHERE topic = ? AND partition = ?", (topic, partition))
+        self._max_demoted.pop((topic, partition), None)
+        return renamed
+
     def labelled(self, start_ts: float, end_ts: float) -> list[StoredEvent]:
         """Label and feedback events with an intent whose event time is in [start_ts, end_ts)."""
         rows = self._db.execute(

@@ -44,7 +44,7 @@ def valid_event(i: int, *, kind: str = "utterance", run: str = "r") -> dict[str,
 class DaemonProcess:
     """``python -m daemon run`` against a given broker, with its own topics, group and data dir."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, topic: str, *, partitions: int = 4, extra_env: dict[str, str] | None = None, group: str | None = None) -> None:
+    def __init__(self, bootstrap: str, data_dir: Path, topic: str, *, partitions: int = 4, extra_env: dict[str, str] | None = None, group: str | None = None, log_path: Path | None = None) -> None:
         self.data_dir = data_dir
         self.topic = topic
         self.dlq = f"{topic}.dlq"
@@ -68,7 +68,7 @@ class DaemonProcess:
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / "daemon.log"
+        self.log_path = log_path or data_dir / "daemon.log"
 
     def start(self) -> DaemonProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,8 @@ def test_notify_watchdog_status_sighup_reload_and_json_logs(broker, tmp_path):
         status = _status(daemon)
         assert status["pid"] == daemon.proc.pid
         tiers = status["tiers"]  # hot caches what warm holds durably; cold takes over from warm
-        assert tiers["hot"] == 300 and tiers["warm"] + tiers["cold"] == 300 and status["ingest"] == {"events": 300, "dead_lettered": 20}
+        assert tiers["hot"] == 300 and tiers["warm"] + tiers["cold"] == 300 and status["ingest"] == {"events": 300, "dead_lettered": 20, "blocked_on": []}
+        assert status["broker"] == {"up": True, "down_for_s": None, "last_error": None, "outages": 0}
         assert sorted(status["consumer_lag"]) == ["0", "1", "2", "3"]
         daemon.wait_until(lambda: sum(_status(daemon)["consumer_lag"].values()) == 0, 30, "lag 0 once everything is consumed")
         assert status["model"] is None and status["training"]["state"] == "idle"  # no bootstrap in this test
@@ -94,7 +95,7 @@ def test_notify_watchdog_status_sighup_reload_and_json_logs(broker, tmp_path):
         assert text.returncode == 0, text.stderr
         lines = {line.split()[0]: line for line in text.stdout.splitlines() if line.strip()}
         assert "none loaded yet" in lines["model"] and "ewma" in lines["detectors"] and "adwin" in lines["detectors"]
-        assert "hot" in lines["tiers"] and "(total 0)" in lines["lag"] and "300 events stored, 20 dead-lettered" in lines["ingest"]
+        assert "hot" in lines["tiers"] and "(total 0)" in lines["lag"] and lines["ingest"].endswith("300 events stored, 20 dead-lettered") and "reachable (0 outages" in lines["broker"]
         assert _cli(daemon, "status", "-c", str(config)).returncode == 0
 
         # SIGHUP: a new threshold and log level, applied without a restart; a restart-only key is reported.

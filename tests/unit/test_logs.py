@@ -67,3 +67,19 @@ def test_a_flood_of_one_asyncio_message_is_logged_once_per_interval_with_its_cou
     assert len(lines) == 3
     assert lines[0].endswith("socket.accept() out of system resource") and lines[1].endswith("another asyncio error")
     assert "(499 more in the last" in lines[2]
+
+
+def test_kafka_client_errors_repeated_during_an_outage_are_logged_once_per_template(capsys):
+    setup_logging("INFO", "text")
+    for attempt in range(200):  # what aiokafka writes while the cluster is down: a few templates, new args each time
+        logging.getLogger("aiokafka.conn.unit-test").error("Unable connect to node with id %s: %s", 111, f"attempt {attempt}")
+        logging.getLogger("aiokafka.consumer.unit-test").error("Failed fetch messages from %s: %s", 111, f"attempt {attempt}")
+    logging.getLogger("driftd.unit-test").error("Kafka cluster %s unreachable", "127.0.0.1:9092")
+    logging.getLogger("driftd.unit-test").error("Kafka cluster %s unreachable", "127.0.0.1:9092")  # our own lines are never limited
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "Unable connect to node with id 111: attempt 0",
+        "Failed fetch messages from 111: attempt 0",
+        "Kafka cluster 127.0.0.1:9092 unreachable",
+        "Kafka cluster 127.0.0.1:9092 unreachable",
+    ]

@@ -261,3 +261,24 @@ def test_after_a_restart_a_redelivery_of_demoted_records_still_stores_nothing(tm
     reopened = make_store(tmp_path, clock, warm_age=60.0)
     assert run(reopened.write([event(i) for i in range(25, 35)])) == 5
     assert reopened.sizes() == {"hot": 5, "warm": 5, "cold": 30}
+
+
+def test_a_partition_whose_log_was_reset_is_retired_at_open_and_its_reused_offsets_store_as_new(tmp_path):
+    clock = Clock()
+    store = make_store(tmp_path, clock, warm_age=HOUR, demotion_batch=50)
+    asyncio.run(store.write([event(i, partition=p) for p in (0, 1) for i in range(100)]))
+    clock.now += 2 * HOUR
+    asyncio.run(store.maintain())  # offsets 0..99 of both partitions now cold, remembered as demoted
+    asyncio.run(store.write([event(i, partition=p) for p in (0, 1) for i in range(100, 120)]))
+    store.close_now()
+
+    # Partition 0's log now ends at 5 (reset, refilled a little); partition 1's at 120, past what is stored.
+    store = TieredStore(tmp_path / "warm.sqlite3", str(tmp_path / "cold"), TierPolicy(60.0, HOUR, {}), 1000, clock=clock)
+    asyncio.run(store.open({("conversations", 0): 5, ("conversations", 1): 120}, retired_suffix="@old"))
+    assert store.retired == {("conversations", 0): (119, 5)}
+    fresh = [event(i, partition=p, event_id=f"new-{p}-{i}") for p in (0, 1) for i in (3, 110)]
+    inserted = asyncio.run(store.write(fresh))
+    assert inserted == 2  # partition 0: stored as new; partition 1: offsets 3 (demoted) and 110 (in warm) are redeliveries
+    topics = dict(store.warm._db.execute("SELECT topic, COUNT(*) FROM events GROUP BY topic").fetchall())
+    assert topics == {"conversations@old": 20, "conversations": 22}
+    store.close_now()
