@@ -137,10 +137,12 @@ class DaemonProcess:
 def stored_event_ids(data_dir: Path) -> Counter[str]:
     """Every event id held by warm and cold, with multiplicity (read straight from the files)."""
     ids: Counter[str] = Counter()
-    db = sqlite3.connect(data_dir / "warm.sqlite3")
+    db = sqlite3.connect(data_dir / "warm.sqlite3", isolation_level=None)
     try:
+        db.execute("BEGIN")  # one snapshot: a demotion committing between the two reads would count its events twice
         ids.update(row[0] for row in db.execute("SELECT event_id FROM events"))
         cold_files = [row[0] for row in db.execute("SELECT path FROM cold_files")]
+        db.execute("COMMIT")
     finally:
         db.close()
     for path in cold_files:
@@ -158,10 +160,12 @@ def cold_file_count(data_dir: Path) -> int:
 
 def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
     keys: Counter[tuple[int, int]] = Counter()
-    db = sqlite3.connect(data_dir / "warm.sqlite3")
+    db = sqlite3.connect(data_dir / "warm.sqlite3", isolation_level=None)
     try:
+        db.execute("BEGIN")  # one snapshot, as in stored_event_ids
         keys.update(db.execute("SELECT partition, offset FROM events"))
         cold_files = [row[0] for row in db.execute("SELECT path FROM cold_files")]
+        db.execute("COMMIT")
     finally:
         db.close()
     for path in cold_files:
