@@ -134,20 +134,40 @@ class DaemonProcess:
             return "<no log>"
 
 
-def stored_event_ids(data_dir: Path) -> Counter[str]:
-    """Every event id held by warm and cold, with multiplicity (read straight from the files)."""
-    ids: Counter[str] = Counter()
+def _stored_rows(data_dir: Path, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """``columns`` of every event held by warm and cold, with multiplicity (read straight from the files).
+    One snapshot: a demotion committing between the reads of warm and of the cold index would count its events twice."""
     db = sqlite3.connect(data_dir / "warm.sqlite3", isolation_level=None)
     try:
-        db.execute("BEGIN")  # one snapshot: a demotion committing between the two reads would count its events twice
-        ids.update(row[0] for row in db.execute("SELECT event_id FROM events"))
+        db.execute("BEGIN")
+        rows = db.execute(f"SELECT {', '.join(columns)} FROM events").fetchall()
         cold_files = [row[0] for row in db.execute("SELECT path FROM cold_files")]
         db.execute("COMMIT")
     finally:
         db.close()
     for path in cold_files:
-        ids.update(pq.read_table(path, columns=["event_id"])["event_id"].to_pylist())
-    return ids
+        table = pq.read_table(path, columns=list(columns))
+        rows += zip(*(table[c].to_pylist() for c in columns))
+    return rows
+
+
+def stored_event_ids(data_dir: Path) -> Counter[str]:
+    """Every event id held by warm and cold, with multiplicity."""
+    return Counter(event_id for (event_id,) in _stored_rows(data_dir, ("event_id",)))
+
+
+def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
+    """Every (partition, offset) held by warm and cold, with multiplicity."""
+    return Counter(_stored_rows(data_dir, ("partition", "offset")))
+
+
+def stored_count(data_dir: Path) -> int:
+    """Events in warm + cold, duplicates included (one statement: one consistent snapshot while the daemon writes)."""
+    db = sqlite3.connect(data_dir / "warm.sqlite3")
+    try:
+        return db.execute("SELECT (SELECT COUNT(*) FROM events) + (SELECT COALESCE(SUM(rows), 0) FROM cold_files)").fetchone()[0]
+    finally:
+        db.close()
 
 
 def cold_file_count(data_dir: Path) -> int:
@@ -156,22 +176,6 @@ def cold_file_count(data_dir: Path) -> int:
         return db.execute("SELECT COUNT(*) FROM cold_files").fetchone()[0]
     finally:
         db.close()
-
-
-def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
-    keys: Counter[tuple[int, int]] = Counter()
-    db = sqlite3.connect(data_dir / "warm.sqlite3", isolation_level=None)
-    try:
-        db.execute("BEGIN")  # one snapshot, as in stored_event_ids
-        keys.update(db.execute("SELECT partition, offset FROM events"))
-        cold_files = [row[0] for row in db.execute("SELECT path FROM cold_files")]
-        db.execute("COMMIT")
-    finally:
-        db.close()
-    for path in cold_files:
-        table = pq.read_table(path, columns=["partition", "offset"])
-        keys.update(zip(table["partition"].to_pylist(), table["offset"].to_pylist()))
-    return keys
 
 
 async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: float = 0, keys: list[bytes | None] | None = None) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import random
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ import pytest
 
 from models.registry import TMP_PREFIX, CorruptVersion, Registry
 from streams.datasets import Example, groups, load_examples
-from tests.integration.harness import DaemonProcess, produce, stored_event_ids, unique
+from tests.integration.harness import DaemonProcess, produce, stored_count, stored_event_ids, unique
 from tests.integration.test_learning_failures import TOKEN, call
 from tests.integration.test_learning_loop import publish_seed_model
 
@@ -104,15 +103,6 @@ class Producer(threading.Thread):
         self.stopping.set()
         self.join(60)
         assert not self.is_alive() and self.error is None, f"producer: {self.error!r}"
-
-
-def stored_count(data_dir: Path) -> int:
-    """Events in warm + cold, duplicates included (one statement: one consistent snapshot while the daemon writes)."""
-    db = sqlite3.connect(data_dir / "warm.sqlite3")
-    try:
-        return db.execute("SELECT (SELECT COUNT(*) FROM events) + (SELECT COALESCE(SUM(rows), 0) FROM cold_files)").fetchone()[0]
-    finally:
-        db.close()
 
 
 def _running(pid: int) -> bool:
