@@ -40,6 +40,7 @@ from .config import ConfigError, Settings, load_settings
 from .kafka import aiokafka_options, faust_credentials
 from .learning import LearningLoop
 from .logs import setup_logging
+from .memory import trim_heap
 from .model_service import ModelService
 from .predict_api import PredictApi
 from .reload import diff_settings
@@ -233,6 +234,14 @@ class Daemon:
         async def expire_outcomes() -> None:
             self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
             self.learning.save_timeline(timeline_path)  # small (bounded points); survives a crash for the post-mortem
+
+        if s.daemon.trim_interval_s > 0:
+
+            @_guarded_timer(app, s.daemon.trim_interval_s, "driftd.memory.trim")
+            async def trim_memory() -> None:
+                seconds = await asyncio.get_running_loop().run_in_executor(None, trim_heap)
+                if seconds is not None and seconds > 0.05:
+                    log.debug("malloc_trim took %.3f s", seconds)
 
         last = {"events": 0.0, "dlq": 0.0}
 

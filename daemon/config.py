@@ -37,6 +37,7 @@ class DaemonSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level (changes on SIGHUP).")
     log_format: Literal["text", "json"] = Field("text", description='"json": one JSON object per line (timestamp, level, logger, message), for log shippers (changes on SIGHUP).')
     stats_interval_s: float = Field(10.0, gt=0, description="How often the daemon logs its ingest and tier counts.")
+    trim_interval_s: float = Field(10.0, ge=0, description="How often freed heap memory is handed back to the OS (glibc malloc_trim); without it RSS stays at the high-water mark of every fine-tune and swap. 0 turns it off.")
 
 
 class KafkaSettings(_Section):
@@ -228,6 +229,10 @@ class LearningSettings(_Section):
     window_s: float = Field(86400.0, gt=0, description="Recent labelled events (hot + warm) of this many seconds, by event time, make the training data.")
     replay_ratio: float = Field(0.3, ge=0, le=10, description="Replay examples sampled from cold per recent example (guards against forgetting).")
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the most recent labelled events kept out of training to judge the candidate.")
+    replay_scan_rows: int = Field(
+        2_000_000, ge=1000,
+        description="Most cold rows read to draw the replay sample. When cold holds more, whole files are chosen at random under the fine-tune's seed, so the parent's memory stays bounded as history grows.",
+    )
     replay_eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the replay sample kept out of training to measure forgetting.")
     min_labelled: int = Field(300, ge=10, description="Fewest labelled examples a fine-tune starts with.")
     max_examples: int = Field(30000, ge=100, description="Most recent labelled examples used (the newest are kept).")

@@ -37,7 +37,7 @@ from models.train import TrainSettings
 from streams.jsonsafe import json_safe
 from streams.monitor import DecayMonitor, Decision, MonitorMetrics, Outcome, OutcomeJoiner
 from streams.tiers import StoredEvent, TieredStore
-from streams.training_set import LabelledExample, query_training_set
+from streams.training_set import LabelledExample, query_recent, query_replay
 
 from .config import Settings
 from .timeline import TimelineRecorder
@@ -274,8 +274,7 @@ class LearningLoop:
     async def _build_job(self, incumbent: str | None, trigger: str) -> tuple[FineTuneJob | None, dict[str, int]]:
         cfg = self.learning
         now = self.clock()
-        recent_set = await query_training_set(self.store, now - cfg.window_s, now + 366 * 86400, 0)
-        recent = sorted(recent_set.recent, key=lambda e: e.ts)[-cfg.max_examples :]
+        recent = await query_recent(self.store, now - cfg.window_s, now + 366 * 86400, cfg.max_examples)
         counts = {"recent": len(recent)}
         if len(recent) < cfg.min_labelled:
             return None, counts
@@ -283,7 +282,7 @@ class LearningLoop:
         train_recent, holdout = recent[:cut], recent[cut:]
         replay: list[LabelledExample] = []
         if cfg.replay_ratio > 0:
-            replay = (await query_training_set(self.store, now, now, int(len(train_recent) * cfg.replay_ratio), seed=int(now))).replay
+            replay = await query_replay(self.store, int(len(train_recent) * cfg.replay_ratio), int(now), {e.utterance_id for e in recent}, cfg.replay_scan_rows)
         n_eval = int(len(replay) * cfg.replay_eval_fraction)
         replay_eval, replay_train = replay[:n_eval], replay[n_eval:]
         train = replay_train + train_recent  # oldest first: the fine-tune validates on the newest

@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .record import COLUMNS, StoredEvent
@@ -92,11 +93,14 @@ class ColdStore:
         if self.fs.exists(path):
             self.fs.rm(path)
 
-    def read(self, paths: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
+    def read(self, paths: Sequence[str], columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
+        """The rows of ``paths`` (only ``columns``; only those matching ``where``), file by file, so a
+        filtered read never holds more than one whole file's columns."""
         if not paths:
             return ARROW_SCHEMA.empty_table() if columns is None else ARROW_SCHEMA.empty_table().select(list(columns))
         tables = []
         for path in paths:
             with self.fs.open(path, "rb") as src:
-                tables.append(pq.read_table(src, columns=list(columns) if columns else None))
+                table = pq.read_table(src, columns=list(columns) if columns else None)
+            tables.append(table if where is None else table.filter(where))
         return pa.concat_tables(tables)

@@ -12,7 +12,7 @@ Not thread-safe: the TieredStore runs every call on its single writer thread.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_demote_after ON events (demote_after);
 CREATE INDEX IF NOT EXISTS events_event_id ON events (event_id);
-CREATE INDEX IF NOT EXISTS events_labels ON events (type, ts) WHERE intent IS NOT NULL;
+-- Labels newest first, read lazily: a fine-tune takes the newest N without sorting the whole window.
+DROP INDEX IF EXISTS events_labels;
+CREATE INDEX IF NOT EXISTS events_labels_by_time ON events (ts) WHERE type IN ('label', 'feedback') AND intent IS NOT NULL;
 -- Keys of rows demoted to cold, so a redelivery after demotion is still recognised as one.
 CREATE TABLE IF NOT EXISTS demoted (
     topic TEXT NOT NULL,
@@ -172,13 +174,19 @@ class WarmStore:
         self._max_demoted.pop((topic, partition), None)
         return renamed
 
-    def labelled(self, start_ts: float, end_ts: float) -> list[StoredEvent]:
-        """Label and feedback events with an intent whose event time is in [start_ts, end_ts)."""
-        rows = self._db.execute(
-            f"SELECT {_SELECT} FROM events WHERE type IN ('label', 'feedback') AND intent IS NOT NULL AND ts >= ? AND ts < ?",
+    def labels_newest_first(self, start_ts: float, end_ts: float, chunk: int = 5000) -> Iterator[list[tuple[float, str, str | None, str, str | None]]]:
+        """(ts, type, ref_event_id, intent, ref_text) of the label and feedback events with an intent whose
+        event time is in [start_ts, end_ts), newest first, in chunks: the caller stops when it has enough."""
+        cursor = self._db.execute(
+            "SELECT ts, type, ref_event_id, intent, ref_text FROM events INDEXED BY events_labels_by_time "
+            "WHERE type IN ('label', 'feedback') AND intent IS NOT NULL AND ts >= ? AND ts < ? ORDER BY ts DESC",
             (start_ts, end_ts),
         )
-        return [StoredEvent(*row) for row in rows]
+        try:
+            while rows := cursor.fetchmany(chunk):
+                yield rows
+        finally:
+            cursor.close()  # ends the read transaction when the caller stops early
 
     def all_keys(self) -> list[tuple[str, int, int]]:
         return self._db.execute("SELECT topic, partition, offset FROM events").fetchall()

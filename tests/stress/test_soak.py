@@ -1,6 +1,11 @@
 """Soak: 1,000,000 CLINC150 events through one daemon with a fine-tune every minute and a hot swap every
-10 s. After warm-up (the first 200,000 events: the hot tier and caches full), RSS must stay within +10%,
-and open files and threads must not grow. Every event must be stored exactly once. Prints the samples.
+10 s. After warm-up, RSS must stay within +10% of its level, and open files and threads must not grow.
+Every event must be stored exactly once. Prints the samples.
+
+Warm-up is the first 450,000 events: by then every bounded cache is full (the hot tier holds 100,000
+events; the outcome joiner remembers 200,000 joined ids, and every other event here is a label). The
+level is the median RSS of the first minute after warm-up (one 5-s sample can sit at the top or the
+bottom of an ingest batch's swing); the peak is the highest single sample after it.
 
     .venv/bin/python -m pytest -m stress tests/stress/test_soak.py -s
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import threading
 import time
 import urllib.error
@@ -29,7 +35,8 @@ from tests.integration.test_learning_loop import CLINC_SEED_DOMAINS, events_of, 
 pytestmark = pytest.mark.stress
 
 EVENTS = int(os.environ.get("SOAK_EVENTS", "1000000"))
-WARM_UP = EVENTS // 5
+WARM_UP = EVENTS * 9 // 20
+LEVEL_WINDOW_S = 60
 TOKEN = "soak-admin-token-0123456789"
 
 
@@ -80,7 +87,7 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
         started = last_retrain = last_swap = time.monotonic()
         while True:
             time.sleep(5)
-            sample = process_sample(daemon)
+            sample = {**process_sample(daemon), "t": time.monotonic() - started}
             samples.append(sample)
             print(f"  {time.monotonic() - started:6.0f} s  {sample['events']:9.0f} events  rss {sample['rss_mb']:6.1f} MB  fds {sample['fds']:4.0f}  "
                   f"threads {sample['threads']:3d}  swaps {sample['swaps']:3.0f}  fine-tunes {sample['finetunes']:2.0f}", flush=True)
@@ -107,10 +114,11 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
     expected = Counter(json.loads(p)["event_id"] for p in payloads)
     lost, duplicated = sum((expected - stored).values()), sum((stored - expected).values())
     after = [s for s in samples if s["events"] >= WARM_UP]
-    base = after[0]
+    first_minute = [s for s in after if s["t"] - after[0]["t"] <= LEVEL_WINDOW_S]
+    base = {**after[0], "rss_mb": statistics.median(s["rss_mb"] for s in first_minute)}
     peak = {k: max(s[k] for s in after) for k in ("rss_mb", "fds", "threads")}
     print(f"\n  soak: {len(payloads)} events, {final['finetunes']:.0f} fine-tunes, {final['swaps']:.0f} swaps; after warm-up ({base['events']:.0f} events): "
-          f"rss {base['rss_mb']:.1f} -> peak {peak['rss_mb']:.1f} MB (+{100 * (peak['rss_mb'] / base['rss_mb'] - 1):.1f}%), "
+          f"rss level {base['rss_mb']:.1f} -> peak {peak['rss_mb']:.1f} MB (+{100 * (peak['rss_mb'] / base['rss_mb'] - 1):.1f}%), "
           f"fds {base['fds']:.0f} -> peak {peak['fds']:.0f} (end {final['fds']:.0f}), threads {base['threads']} -> peak {peak['threads']} (end {final['threads']}); "
           f"lost {lost}, duplicated {duplicated}")
     assert lost == 0 and duplicated == 0
