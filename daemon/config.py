@@ -239,6 +239,8 @@ class LearningSettings(_Section):
     cooldown_s: float = Field(30.0, ge=0, description="Least time between the end of one fine-tune and the start of the next automatic one.")
     timeout_s: float = Field(600.0, gt=0, description="A fine-tune still running after this long is killed (no swap, a failure metric).")
     threads: int = Field(1, ge=1, le=256, description="Torch threads of the fine-tune child; the rest of the cores keep ingesting.")
+    distributed_processes: int = Field(1, ge=1, le=64, description="Fine-tune under torchrun with this many DDP workers (each with `threads` torch threads); 1 trains in one child process. The same gate and registry steps follow; rank 0 judges.")
+    distributed_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description='torch.distributed backend of the workers: "auto" is NCCL when CUDA is present, else gloo.')
     epochs: int = Field(10, ge=1, le=200, description="Most epochs per fine-tune (early stopping on a validation split may stop sooner).")
     lr: float | None = Field(None, gt=0, description="Peak learning rate (AdamW); unset: the architecture's default scaled by sqrt(examples per step / 64).")
     batch_size: int = Field(256, ge=1, le=65536, description="Examples per micro-batch (large batches: far fewer optimiser steps over the embedding table, so much faster on CPU).")

@@ -94,7 +94,7 @@ class LearningLoop:
         self.monitor = DecayMonitor(settings.monitor.to_config(), self.monitor_metrics, clock=clock)
         self.joiner = OutcomeJoiner(horizon_s=settings.monitor.label_horizon_s, clock=clock)
         self.timeline = TimelineRecorder(window=200)
-        self.trainer = TrainerProcess(threads=self.learning.threads)
+        self.trainer = TrainerProcess(self.learning.threads, self.learning.distributed_processes, self.learning.distributed_backend)
         self.state = "idle"
         self.last_decision: Decision | None = None
         self.last_run: dict[str, Any] | None = None
@@ -371,6 +371,7 @@ class LearningLoop:
         self.learning = settings.learning
         self.joiner.horizon_s = settings.monitor.label_horizon_s
         self.trainer.threads = self.learning.threads
+        self.trainer.processes, self.trainer.backend = self.learning.distributed_processes, self.learning.distributed_backend
         if self._recent_correct.maxlen != max(1, self.learning.canary_labels):
             self._recent_correct = deque(self._recent_correct, maxlen=max(1, self.learning.canary_labels))
         return restarted

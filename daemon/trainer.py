@@ -5,18 +5,33 @@ sockets are not inherited), dies with the daemon (``PR_SET_PDEATHSIG``), uses ``
 threads (one by default: the other core keeps ingesting), and reports through a one-way pipe:
 progress dicts as they come, then the result or the error. A timeout kills it. Whatever happens to
 the child, the parent gets a ``FineTuneResult`` or a ``TrainingFailed`` saying why, never a hang.
+
+With ``processes`` > 1 the child is torchrun instead (``torch.distributed.run --standalone``), running
+``models/distributed.py`` in that many workers (DDP; gloo on CPU, NCCL on GPUs). The job and the
+answers travel through files in a private temporary directory; the contract is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import json
 import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
+from models.distributed import BACKEND_ENV, BACKENDS
 from models.finetune import FineTuneJob, FineTuneResult
 
 __all__ = ["FAILURE_REASONS", "TrainerProcess", "TrainingFailed"]
@@ -53,15 +68,49 @@ def _child_main(job: FineTuneJob, conn: Connection, threads: int) -> None:
         conn.close()
 
 
-class TrainerProcess:
-    """One fine-tune in a child; ``pid`` is set while it runs (the admin status shows it)."""
+class _ProgressTail:
+    """The complete JSON lines rank 0 has appended to its progress file since the last read."""
 
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = threads
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun; its workers follow (PR_SET_PDEATHSIG, models/distributed.py)
+    except ProcessLookupError:
+        pass
+
+
+class TrainerProcess:
+    """One fine-tune in a child; ``pid`` is set while it runs (the admin status shows it).
+
+    ``processes`` > 1 trains under torchrun with that many workers on ``backend`` ("auto", "gloo",
+    "nccl"); ``pid`` is then the launcher's, and killing it takes the workers down too."""
+
+    def __init__(self, threads: int = 1, processes: int = 1, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"distributed backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.threads = threads  # torch threads per process (OMP_NUM_THREADS under torchrun)
+        self.processes = processes
+        self.backend = backend
         self.pid: int | None = None
         self.started_at: float | None = None
 
     async def run(self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
+        if self.processes > 1:
+            return await self._run_torchrun(job, timeout_s, on_progress)
         loop = asyncio.get_running_loop()
         ctx = multiprocessing.get_context("spawn")
         receive, send = ctx.Pipe(duplex=False)
@@ -104,3 +153,63 @@ class TrainerProcess:
             else:
                 reason, detail = payload
                 raise TrainingFailed(reason, detail)
+
+    async def _run_torchrun(self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
+        loop = asyncio.get_running_loop()
+        workdir = Path(tempfile.mkdtemp(prefix="driftd-ddp-"))  # mode 0700: nobody else can swap the pickles
+        try:
+            (workdir / "job.pkl").write_bytes(pickle.dumps(job))
+            cmd = [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
+                "-m", "models.distributed", str(workdir / "job.pkl"), str(workdir / "result.pkl"), str(workdir / "progress.jsonl"),
+            ]
+            env = {
+                **os.environ, "OMP_NUM_THREADS": str(self.threads), BACKEND_ENV: self.backend,
+                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # the workers import what we import, as spawn's children do
+            }
+            # prctl is looked up here, before the fork: loading a library in the child of a threaded
+            # process can deadlock (so not broker.die_with_parent, which loads libc in the child).
+            prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+            with open(workdir / "output.log", "wb") as output:
+                process = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
+                    start_new_session=True, preexec_fn=lambda: prctl(1, signal.SIGTERM),  # PR_SET_PDEATHSIG: torchrun stops its workers on SIGTERM
+                )
+            self.pid, self.started_at = process.pid, time.time()
+            deadline = time.monotonic() + timeout_s
+
+            def progress_threadsafe(update: dict[str, Any]) -> None:
+                loop.call_soon_threadsafe(on_progress, update)
+
+            try:
+                return await loop.run_in_executor(None, self._collect_torchrun, process, workdir, deadline, progress_threadsafe, timeout_s)
+            finally:
+                if process.poll() is None:
+                    _kill_group(process)
+                await loop.run_in_executor(None, process.wait)
+                self.pid = None
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @staticmethod
+    def _collect_torchrun(process: subprocess.Popen[bytes], workdir: Path, deadline: float, on_progress: Callable[[dict[str, Any]], None], timeout_s: float) -> FineTuneResult:
+        progress = _ProgressTail(workdir / "progress.jsonl")
+        while process.poll() is None:
+            if time.monotonic() >= deadline:
+                _kill_group(process)
+                raise TrainingFailed("timeout", f"no result after {timeout_s:.0f}s; torchrun and its workers were killed")
+            for update in progress.read():
+                on_progress(update)
+            time.sleep(0.2)
+        for update in progress.read():
+            on_progress(update)
+        # Rank 0's result if it wrote one; else the first failure written: the cause, where the later
+        # ones are other ranks losing their peer (a failing rank may even have been the only one to write).
+        records = sorted(workdir.glob("result.pkl*"), key=lambda p: p.stat().st_mtime_ns)
+        for kind, payload in sorted((pickle.loads(p.read_bytes()) for p in records), key=lambda r: r[0] != "result"):
+            if kind == "result":
+                return payload
+            reason, detail = payload
+            raise TrainingFailed(reason, detail)
+        tail = (workdir / "output.log").read_bytes()[-2000:].decode(errors="replace")
+        raise TrainingFailed("crashed", f"torchrun exited with code {process.returncode} before reporting a result; its output ends:\n{tail}")

@@ -4,6 +4,9 @@
 (``FineTuneJob``: texts, intents, a path to the incumbent's registry directory) and returns the
 candidate's version files and a report with the gate verdict. It never touches the registry or the
 live server: promotion is the parent's decision, so a crash here can only lose the candidate.
+
+It is two stages, ``train_candidate`` then ``judge_candidate`` (export, quantise, gate): under torchrun
+(``models/distributed.py``) every rank trains and only rank 0 judges.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from .architectures import DEFAULT_ARCHITECTURE, load_weights
 from .export import SERVED_MODEL, build_version_files, cpu_session
 from .featurize import featurizer_from_json
 from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
-from .train import TrainSettings, train_classifier
+from .train import TrainResult, TrainSettings, train_classifier
 
-__all__ = ["FineTuneJob", "FineTuneResult", "run_fine_tune"]
+__all__ = ["FineTuneJob", "FineTuneResult", "TrainedCandidate", "judge_candidate", "run_fine_tune", "train_candidate"]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -46,6 +49,17 @@ class FineTuneResult:
     files: dict[str, bytes]
     verdict: GateVerdict
     report: dict[str, Any]
+
+
+@dataclass
+class TrainedCandidate:
+    """What ``train_candidate`` hands to ``judge_candidate``."""
+
+    result: TrainResult
+    texts: list[str]  # the training texts (export probes and INT8 calibration come from them)
+    validation_examples: int
+    incumbent_labels: list[str] | None
+    started: float  # time.time() when the job started
 
 
 class _Served:
@@ -83,23 +97,35 @@ def _split_validation(texts: list[str], intents: list[str], fraction: float, see
     return ([texts[i] for i in train], [intents[i] for i in train]), ([texts[i] for i in val], [intents[i] for i in val])
 
 
-def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTuneResult:
-    """Train a candidate and judge it. Raises on failure (``TrainingDiverged``, ``ExportError``...)."""
+def _reporter(progress: Progress | None) -> Callable[..., None]:
+    return lambda stage, **kw: progress({"stage": stage, **kw}) if progress else None
+
+
+def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> TrainedCandidate:
+    """Warm-start (or start) and train; distributed when a process group is initialised."""
     started = time.time()
-    report = lambda stage, **kw: progress({"stage": stage, **kw}) if progress else None  # noqa: E731
-    incumbent = init = labels = featurizer = None
+    report = _reporter(progress)
+    init = labels = featurizer = None
     if job.incumbent_dir is not None:
         root = Path(job.incumbent_dir)
         labels = json.loads((root / "labels.json").read_text())
         featurizer = featurizer_from_json((root / "featurizer.json").read_text())
         init = load_weights((root / "model.pt").read_bytes())
-        incumbent = _Served(root / SERVED_MODEL, labels, featurizer)
     (texts, intents), val = _split_validation(*job.train, job.val_fraction, job.seed, newest=job.incumbent_dir is not None)
     report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
     result = train_classifier(
         texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,
         architecture=job.architecture, progress=lambda r: report("epoch", **r),
     )
+    return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started)
+
+
+def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progress | None = None) -> FineTuneResult:
+    """Export and quantise the trained candidate, and run the gate against the incumbent."""
+    report = _reporter(progress)
+    result, texts = trained.result, trained.texts
+    # A warm start keeps the incumbent's featuriser, so the candidate's is the incumbent's too.
+    incumbent = None if job.incumbent_dir is None else _Served(Path(job.incumbent_dir) / SERVED_MODEL, trained.incumbent_labels or [], result.featurizer)
     report("exporting")
     probe = texts[:: max(1, len(texts) // 64)][:64]
     calibration = texts[:: max(1, len(texts) // 512)][:512]
@@ -116,9 +142,9 @@ def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTun
     summary = {
         "architecture": result.model.architecture,
         "labels": len(result.labels),
-        "new_labels": sorted(set(result.labels) - set(labels or [])),
+        "new_labels": sorted(set(result.labels) - set(trained.incumbent_labels or [])),
         "train_examples": len(texts),
-        "validation_examples": 0 if val is None else len(val[0]),
+        "validation_examples": trained.validation_examples,
         "holdout_examples": len(job.holdout[0]),
         "replay_eval_examples": len(job.replay_eval[0]),
         "epochs_run": result.epochs_run,
@@ -126,9 +152,16 @@ def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTun
         "samples_per_s": round(result.samples_per_s, 1),
         "precision": result.precision,
         "device": result.device,
+        "world_size": result.world_size,
+        "backend": result.backend,
         "train_seconds": round(result.seconds, 2),
-        "total_seconds": round(time.time() - started, 2),
+        "total_seconds": round(time.time() - trained.started, 2),
         "export": export_report,
     }
     report("verdict", passed=verdict.passed, describe=verdict.describe())
     return FineTuneResult(files, verdict, summary)
+
+
+def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTuneResult:
+    """Train a candidate and judge it. Raises on failure (``TrainingDiverged``, ``ExportError``...)."""
+    return judge_candidate(job, train_candidate(job, progress), progress)

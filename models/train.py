@@ -5,6 +5,11 @@ Kafka or the tiers. One loop serves every architecture: AdamW, linear warm-up th
 gradient accumulation, gradient clipping, early stopping on a validation split, and mixed precision
 on CUDA (bf16 where the GPU has it, else fp16 with a GradScaler). A non-finite loss stops training
 with ``TrainingDiverged``: a diverged model must never reach the export step.
+
+Under an initialised ``torch.distributed`` process group (``models/distributed.py``, run by torchrun)
+the same loop trains data-parallel: the model is wrapped in ``DistributedDataParallel``, every rank
+draws the same shuffled batch order and takes its own share of it, and the ranks agree once per step
+(loss, deadline) and once per epoch (rank 0's validation score), so they stop together.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .architectures import DEFAULT_ARCHITECTURE, get_architecture
@@ -40,7 +46,7 @@ class TrainingDiverged(RuntimeError):
 class TrainSettings:
     epochs: int | None = None  # None: the architecture's default
     batch_size: int = 64
-    lr: float | None = None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per step / 64)
+    lr: float | None = None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per optimiser step over all ranks / 64)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     seed: int = 0
@@ -73,6 +79,8 @@ class TrainResult:
     device: str = "cpu"
     peak_memory_bytes: int | None = None  # CUDA only
     stopped_by_deadline: bool = False
+    world_size: int = 1  # processes that trained it (torch.distributed)
+    backend: str | None = None  # their process group's backend ("gloo", "nccl"); None in one process
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -81,6 +89,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
@@ -106,6 +121,8 @@ def train_classifier(
     """Fit on (texts, intents). ``labels`` fixes the label order (new intents are appended to it);
     ``init`` warm-starts from an existing model (its architecture wins), grown to the new label set."""
     started = time.perf_counter()
+    rank, world = _world()
+    distributed = world > 1
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     label_list = list(labels or [])
@@ -122,6 +139,8 @@ def train_classifier(
         raise ValueError(f"featurizer has {featurizer.buckets} buckets, the model {model.config.buckets}")
 
     device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else ("cpu" if settings.device == "auto" else settings.device))
+    if distributed and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (the entry point set it from LOCAL_RANK)
     precision = resolve_precision(settings.precision, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
@@ -129,13 +148,18 @@ def train_classifier(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.to(device)
+    net: nn.Module = model
+    if distributed:
+        # DDP averages gradients over the ranks in backward; constructing it broadcasts rank 0's weights.
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(settings.seed + rank)  # independent dropout noise per rank (the batch order stays on the shared ``rng``)
 
     features = [featurizer.features(t) for t in texts]
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
     epochs = settings.epochs or arch.epochs
-    lr = settings.lr or arch.lr * math.sqrt(settings.batch_size * settings.accumulation_steps / 64)
+    lr = settings.lr or arch.lr * math.sqrt(settings.batch_size * settings.accumulation_steps * world / 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
-    micro_batches = math.ceil(len(features) / settings.batch_size)
+    micro_batches = math.ceil(math.ceil(len(features) / settings.batch_size) / world)  # per rank: the schedule counts global steps
     total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))
     warmup = max(1, int(total_steps * settings.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
@@ -146,17 +170,34 @@ def train_classifier(
         epoch_started = time.perf_counter()
         order = rng.permutation(len(features))
         batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+        if distributed:
+            # The same order on every rank (same seed); rank r takes batches r, r + world, ..., wrapped
+            # round so that every rank runs the same number of steps: one short of a step would leave
+            # the others waiting in a collective.
+            batches = [batches[(rank + k * world) % len(batches)] for k in range(micro_batches)]
         loss_sum = 0.0
         for i, batch in enumerate(batches):
             ids = torch.from_numpy(featurizer.pad([features[j] for j in batch])).to(device, non_blocking=True)
-            with autocast():
-                loss = nn.functional.cross_entropy(model(ids).float(), targets[batch].to(device), label_smoothing=settings.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
-            loss_sum += loss.item()
+            step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
+            with autocast(), net.no_sync() if distributed and not step_now else nullcontext():  # accumulate locally, all-reduce once per optimiser step
+                loss = nn.functional.cross_entropy(net(ids).float(), targets[batch].to(device), label_smoothing=settings.label_smoothing)
+            if distributed:
+                # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any rank, or
+                # the deadline passing on any, stops every rank at the same step.
+                late = settings.deadline is not None and time.monotonic() > settings.deadline
+                agreed = torch.stack([loss.detach().float(), torch.tensor(float(late), device=device), torch.tensor(float(len(batch)), device=device)])
+                dist.all_reduce(agreed)
+                mean_loss, late, step_samples = agreed[0].item() / world, agreed[1].item() > 0, int(agreed[2].item())
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} (mean over {world} ranks)")
+                loss_sum += mean_loss
+            else:
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
+                loss_sum += loss.item()
             scaled = loss / settings.accumulation_steps
             (scaler.scale(scaled) if scaler else scaled).backward()
-            if (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches):
+            if step_now:
                 if scaler:
                     scaler.unscale_(optimizer)
                 if settings.clip_norm > 0:
@@ -168,8 +209,12 @@ def train_classifier(
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            samples += len(batch)
-            if settings.deadline is not None and time.monotonic() > settings.deadline:
+            if distributed:
+                samples += step_samples  # every rank's: samples_per_s is the global rate
+            else:
+                samples += len(batch)
+                late = settings.deadline is not None and time.monotonic() > settings.deadline
+            if late:
                 stopped = True
                 break
         if device.type == "cuda":
@@ -178,7 +223,13 @@ def train_classifier(
         epochs_run = epoch + 1
         report: dict[str, Any] = {"epoch": epochs_run, "epochs": epochs, "loss": loss_sum / max(1, len(batches)), "samples_per_s": samples / max(train_seconds, 1e-9), "lr": scheduler.get_last_lr()[0]}
         if val is not None:
-            acc = accuracy(model, featurizer, label_list, *val)
+            if distributed:
+                # Rank 0 scores and every rank takes its number, so the keep/stop decisions below match.
+                score = torch.tensor([accuracy(model, featurizer, label_list, *val) if rank == 0 else 0.0], dtype=torch.float64, device=device)
+                dist.broadcast(score, 0)
+                acc = score.item()
+            else:
+                acc = accuracy(model, featurizer, label_list, *val)
             report["val_accuracy"] = acc
             # A tie keeps the later epoch (it has trained longer at a lower rate) but counts as no gain.
             stale = 0 if acc > best_acc else stale + 1
@@ -197,6 +248,7 @@ def train_classifier(
     return TrainResult(
         model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc if val is not None else None,
         samples_per_s=samples / max(train_seconds, 1e-9), precision=precision, device=str(device), peak_memory_bytes=peak, stopped_by_deadline=stopped,
+        world_size=world, backend=dist.get_backend() if distributed else None,
     )
 
 
