@@ -35,7 +35,6 @@ torch's thread count is left as it is and reported; on a shared VM the CPU figur
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import platform
@@ -55,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model, exit_on_sigterm, positive_int  # noqa: E402 - after the path set-up above
+from daemon.memory import trim_heap  # noqa: E402
 
 GOAL_SPEEDUP = 2.0  # transformer: AMP >= 2x FP32 samples/s on CUDA (stated for an H200)
 GOAL_ARCH = "transformer"
@@ -133,10 +133,7 @@ def _release_memory(cuda: bool) -> None:
     if cuda:
         torch.cuda.empty_cache()
     else:
-        try:  # glibc keeps freed heap pages; hand them back so the next RSS baseline is honest
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+        trim_heap()  # glibc keeps freed heap pages; hand them back so the next RSS baseline is honest
 
 
 def _cpu_seconds() -> float:

@@ -49,11 +49,16 @@ def tansu_binary() -> Path:
     return binary
 
 
-def die_with_parent() -> None:
-    # Runs in the child before exec: if the daemon is SIGKILLed, the kernel stops the broker too,
-    # so a killed daemon never leaves an orphan holding the port.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+_PR_SET_PDEATHSIG = 1
+# Looked up at import, not in the child: as a preexec_fn this runs between fork and exec, where loading a
+# library in the child of a threaded process can deadlock.
+_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child (a ``preexec_fn``, or first thing in a spawned process): the kernel sends it ``sig`` when
+    the daemon dies, so a SIGKILLed daemon never leaves an orphan broker or trainer behind."""
+    _PRCTL(_PR_SET_PDEATHSIG, sig)
 
 
 class EmbeddedBroker:

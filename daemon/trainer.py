@@ -14,7 +14,6 @@ answers travel through files in a private temporary directory; the contract is t
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import multiprocessing
 import os
@@ -34,6 +33,8 @@ from typing import Any
 from models.distributed import BACKEND_ENV, BACKENDS
 from models.finetune import FineTuneJob, FineTuneResult
 
+from .broker import die_with_parent
+
 __all__ = ["FAILURE_REASONS", "TrainerProcess", "TrainingFailed"]
 
 FAILURE_REASONS = ("diverged", "crashed", "timeout", "error")
@@ -47,8 +48,6 @@ class TrainingFailed(Exception):
 
 
 def _child_main(job: FineTuneJob, conn: Connection, threads: int) -> None:
-    from .broker import die_with_parent
-
     die_with_parent()
     import torch
 
@@ -109,9 +108,11 @@ class TrainerProcess:
         self.started_at: float | None = None
 
     async def run(self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
-        if self.processes > 1:
-            return await self._run_torchrun(job, timeout_s, on_progress)
         loop = asyncio.get_running_loop()
+        # The collectors read progress in a worker thread; the callback belongs to the event loop.
+        progress = lambda update: loop.call_soon_threadsafe(on_progress, update)  # noqa: E731
+        if self.processes > 1:
+            return await self._run_torchrun(job, timeout_s, progress)
         ctx = multiprocessing.get_context("spawn")
         receive, send = ctx.Pipe(duplex=False)
         process = ctx.Process(target=_child_main, args=(job, send, self.threads), name="driftd-finetune", daemon=True)
@@ -119,12 +120,8 @@ class TrainerProcess:
         send.close()  # the child holds the only write end now: EOF means it is gone
         self.pid, self.started_at = process.pid, time.time()
         deadline = time.monotonic() + timeout_s
-
-        def progress_threadsafe(update: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(on_progress, update)
-
         try:
-            return await loop.run_in_executor(None, self._collect, process, receive, deadline, progress_threadsafe, timeout_s)
+            return await loop.run_in_executor(None, self._collect, process, receive, deadline, progress, timeout_s)
         finally:
             if process.is_alive():
                 process.kill()
@@ -154,7 +151,7 @@ class TrainerProcess:
                 reason, detail = payload
                 raise TrainingFailed(reason, detail)
 
-    async def _run_torchrun(self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
+    async def _run_torchrun(self, job: FineTuneJob, timeout_s: float, progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
         loop = asyncio.get_running_loop()
         workdir = Path(tempfile.mkdtemp(prefix="driftd-ddp-"))  # mode 0700: nobody else can swap the pickles
         try:
@@ -167,22 +164,15 @@ class TrainerProcess:
                 **os.environ, "OMP_NUM_THREADS": str(self.threads), BACKEND_ENV: self.backend,
                 "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # the workers import what we import, as spawn's children do
             }
-            # prctl is looked up here, before the fork: loading a library in the child of a threaded
-            # process can deadlock (so not broker.die_with_parent, which loads libc in the child).
-            prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
             with open(workdir / "output.log", "wb") as output:
                 process = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True, preexec_fn=lambda: prctl(1, signal.SIGTERM),  # PR_SET_PDEATHSIG: torchrun stops its workers on SIGTERM
+                    start_new_session=True, preexec_fn=die_with_parent,  # SIGTERM: torchrun stops its workers on it
                 )
             self.pid, self.started_at = process.pid, time.time()
             deadline = time.monotonic() + timeout_s
-
-            def progress_threadsafe(update: dict[str, Any]) -> None:
-                loop.call_soon_threadsafe(on_progress, update)
-
             try:
-                return await loop.run_in_executor(None, self._collect_torchrun, process, workdir, deadline, progress_threadsafe, timeout_s)
+                return await loop.run_in_executor(None, self._collect_torchrun, process, workdir, deadline, progress, timeout_s)
             finally:
                 if process.poll() is None:
                     _kill_group(process)
