@@ -233,6 +233,7 @@ class Daemon:
         @_guarded_timer(app, 10.0, "driftd.outcomes.expire")
         async def expire_outcomes() -> None:
             self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
+            self.learning.settle()  # a quiet stream still gets its episode's last labels learned
             self.learning.save_timeline(timeline_path)  # small (bounded points); survives a crash for the post-mortem
 
         if s.daemon.trim_interval_s > 0:

@@ -261,6 +261,10 @@ class LearningSettings(_Section):
     followup_labels: int = Field(1500, ge=0, description="After a decay, retrain each time this many new labels arrived since the last fine-tune ended, until followup_patience rejections in a row or max_followups (recovery); 0 turns follow-ups off.")
     max_followups: int = Field(6, ge=0, description="Most follow-up retrains after one decay.")
     followup_patience: int = Field(2, ge=1, description="Follow-ups stop after this many consecutive gate rejections (nothing left to gain).")
+    followup_quiet_s: float = Field(
+        60.0, ge=0,
+        description="After a decay, when labels stop arriving for this long and at least a quarter of followup_labels came since the last fine-tune took its data, retrain once more so the episode's last labels are learned; 0 turns it off.",
+    )
     canary_labels: int = Field(300, ge=0, description="Labelled outcomes watched after a swap; 0 turns the canary off.")
     canary_margin: float = Field(0.05, ge=0, le=1, description="Roll back when the new model's canary accuracy is this much below the previous model's last accuracy.")
 

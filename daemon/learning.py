@@ -106,6 +106,7 @@ class LearningLoop:
         self._followup_rejections = 0
         self._labels_since_swap = 0
         self._labels_since_start = 0  # labelled outcomes since the last fine-tune took its data
+        self._last_label_at = 0.0
         self._monitored_version: str | None = None
         self._recent_correct: deque[bool] = deque(maxlen=max(1, self.learning.canary_labels))
         self._canary: dict[str, Any] | None = None
@@ -141,6 +142,7 @@ class LearningLoop:
     def _on_outcome(self, outcome: Outcome) -> None:
         self._outcomes += 1
         self._labels_since_start += 1  # new training data, whichever version it judged
+        self._last_label_at = self.clock()
         self.timeline.add_outcome(outcome.correct, self._outcomes, outcome.labelled_at, outcome.model_version)
         if outcome.model_version != self._monitored_version:
             return  # a prediction of a replaced version says nothing about the one serving now
@@ -156,6 +158,17 @@ class LearningLoop:
     def _maybe_followup(self) -> None:
         """Retrain once ``followup_labels`` labels arrived after the last fine-tune took its data."""
         if self._followups_left > 0 and self._labels_since_start >= self.learning.followup_labels and self.state == "idle":
+            self._followups_left -= 1
+            self._start("followup", None)
+
+    def _episode_labels_waiting(self) -> bool:
+        """A decay episode still has follow-ups, and enough labels came since the last one for a quiet-stream retrain."""
+        return self.learning.followup_quiet_s > 0 and self._followups_left > 0 and self._labels_since_start >= max(1, self.learning.followup_labels // 4)
+
+    def settle(self) -> None:
+        """Timer hook: when the labels stop, learn the episode's last ones instead of leaving them unlearned."""
+        if self.state == "idle" and self._episode_labels_waiting() and self.clock() - self._last_label_at >= self.learning.followup_quiet_s:
+            log.info("no label for %.0f s; retraining on the %d labels since the last fine-tune", self.clock() - self._last_label_at, self._labels_since_start)
             self._followups_left -= 1
             self._start("followup", None)
 
@@ -382,6 +395,8 @@ class LearningLoop:
             "pid": self.trainer.pid,
             "serving": self.server.version,
             "followups_left": self._followups_left,
+            "labels_since_start": self._labels_since_start,
+            "followup_pending": self._episode_labels_waiting(),
             "labels_since_swap": self._labels_since_swap,
             "canary": self._canary,
             "monitor": self.monitor.snapshot(),

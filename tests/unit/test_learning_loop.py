@@ -76,3 +76,31 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
 
     asyncio.run(scenario())
     server.close(timeout=5)
+
+
+def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) -> None:
+    """Fewer than followup_labels after the last fine-tune, then silence: one more follow-up, only once quiet."""
+    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"followup_labels": 1000, "followup_quiet_s": 60, "canary_labels": 0})
+    now = [1000.0]
+    loop = LearningLoop(settings, store=None, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
+                        announce=None, swap_lock=None, clock=lambda: now[0])  # type: ignore[arg-type]
+    started: list[str] = []
+    loop._start = lambda trigger, decision: started.append(trigger)  # type: ignore[method-assign]  # the trigger, not a real run
+    feed(loop, 0, 300, "v1", correct=True)
+    loop.settle()
+    assert not started, "no decay episode: nothing to follow up"
+
+    loop._followups_left = 2  # what a decay decision leaves behind
+    feed(loop, 1000, 200, "v1", correct=True)
+    loop._labels_since_start = 200  # the last fine-tune took its data before these
+    now[0] += 61
+    loop.settle()
+    assert not started, "200 labels are under a quarter of followup_labels"
+    feed(loop, 2000, 100, "v1", correct=True)
+    assert loop.status()["followup_pending"]
+    now[0] += 59
+    loop.settle()
+    assert not started, "labels arrived 59 s ago: the stream is not quiet yet"
+    now[0] += 2
+    loop.settle()
+    assert started == ["followup"] and loop._followups_left == 1
