@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -242,6 +243,15 @@ class LearningLoop:
             return
         log.warning("fine-tune (%s) started: %d training examples (%d recent + %d replay), holdout %d, replay check %d; incumbent %s",
                     trigger, counts["train"], counts["train_recent"], counts["train_replay"], counts["holdout"], counts["replay_eval"], incumbent)
+        # The child writes the candidate's files here (next to the registry, swept if we crash): only
+        # their paths come back, and publishing streams them, so the model bytes never enter this heap.
+        job.output_dir = str(self.registry.staging_dir())
+        try:
+            await self._train_judge_promote(job, incumbent, trigger, run)
+        finally:
+            shutil.rmtree(job.output_dir, ignore_errors=True)
+
+    async def _train_judge_promote(self, job: FineTuneJob, incumbent: str | None, trigger: str, run: dict[str, Any]) -> None:
         try:
             result = await self.trainer.run(job, self.learning.timeout_s, self._on_progress)
         except TrainingFailed as exc:

@@ -42,11 +42,14 @@ class FineTuneJob:
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
     val_fraction: float = 0.05  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
     seed: int = 0
+    # Set by the daemon: the candidate's files are written here and the result carries their paths, so
+    # tens of MB of model bytes never cross the pipe into the long-lived parent (whose heap keeps them).
+    output_dir: str | None = None
 
 
 @dataclass
 class FineTuneResult:
-    files: dict[str, bytes]
+    files: dict[str, bytes | Path]  # bytes, or paths under the job's output_dir
     verdict: GateVerdict
     report: dict[str, Any]
 
@@ -159,7 +162,16 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
         "export": export_report,
     }
     report("verdict", passed=verdict.passed, describe=verdict.describe())
-    return FineTuneResult(files, verdict, summary)
+    return FineTuneResult(files if job.output_dir is None else _write_out(files, Path(job.output_dir)), verdict, summary)
+
+
+def _write_out(files: dict[str, bytes], directory: Path) -> dict[str, bytes | Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, bytes | Path] = {}
+    for name, data in files.items():
+        (directory / name).write_bytes(data)  # the registry checksums and fsyncs its own copy on publish
+        paths[name] = directory / name
+    return paths
 
 
 def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTuneResult:

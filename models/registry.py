@@ -306,6 +306,14 @@ class Registry:
         self.set_current(to)
         return to
 
+    def staging_dir(self) -> Path:
+        """A new empty directory inside the registry root for files about to be published (same filesystem;
+        a leftover is swept by ``remove_stale_temp`` like any ``.tmp-*``). The caller removes it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}.staging"
+        path.mkdir()
+        return path
+
     def remove_stale_temp(self, older_than_s: float = 3600) -> list[str]:
         """Delete ``.tmp-*`` leftovers of crashed publishers untouched for ``older_than_s``; returns their names.
 

@@ -38,6 +38,21 @@ def test_a_job_runs_in_a_child_and_returns_files_and_a_verdict() -> None:
     assert stages[0] == "training" and "epoch" in stages and stages[-1] == "verdict"
 
 
+def test_with_an_output_dir_the_files_come_back_as_paths_and_publish_as_written(tmp_path) -> None:
+    """The daemon's way: the model bytes stay in the child and on disk; the registry streams them in."""
+    from pathlib import Path
+
+    from models.registry import Registry
+
+    j = job()
+    j.output_dir = str(tmp_path / "staging")
+    result, _ = run(j)
+    assert result.files and all(isinstance(p, Path) and p.parent == tmp_path / "staging" and p.stat().st_size > 0 for p in result.files.values())
+    registry = Registry(tmp_path / "registry")
+    manifest = registry.publish(result.files, parent=None, info={})
+    assert registry.verify(manifest.version).files["model.int8.onnx"]["bytes"] == result.files["model.int8.onnx"].stat().st_size
+
+
 def test_a_diverging_loss_is_reported_as_diverged() -> None:
     with pytest.raises(TrainingFailed) as failure:
         run(job(lr=1e30, clip_norm=0.0))
