@@ -35,6 +35,7 @@ from streams.tiers import TieredStore, TierPolicy
 
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 from .broker_probe import BrokerProbe
+from .cluster import ReplicaLink
 from . import systemd
 from .config import ConfigError, Settings, load_settings
 from .kafka import aiokafka_options, faust_credentials
@@ -61,6 +62,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.dlq, t.partitions, rf),
         TopicSpec(t.predictions, t.partitions, rf),
         TopicSpec(t.model_updates, 1, rf),
+        TopicSpec(t.quality, 1, rf),
         TopicSpec(f"{settings.kafka.group_id}-__assignor-__leader", 1, rf),
     ]
 
@@ -85,6 +87,11 @@ class Daemon:
         self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock)
         self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)
         self.ingest.observe = self.learning.observe_batch
+        self.replica_link = ReplicaLink(
+            settings, self.bootstrap, aiokafka_options(settings.kafka), self.learning, self.model_server, self.model_registry, swap_lock,
+            send=lambda topic, key, value: self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None),
+            assignment=lambda: self.app.consumer.assignment(), metrics_registry=self.metrics_registry,
+        )
         self.predict_api.learning = self.learning
         self.predict_api.daemon_status = self.status
         self.started_at = time.time()
@@ -201,6 +208,7 @@ class Daemon:
 
         app.service(StoreService)
         app.service(ModelService(s, self.model_server, self.model_registry))
+        app.service(self.replica_link)
         app.service(self.web)
         app.service(self.broker_probe)
         learning = self.learning
@@ -316,6 +324,7 @@ class Daemon:
             },
             "broker": self.broker_probe.status(),
             "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag().items())} if self._store_open else {},
+            "replica": self.replica_link.status(),
             "training": learning,
         }
 

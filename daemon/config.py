@@ -77,6 +77,7 @@ class TopicSettings(_Section):
     dlq: str = Field("conversations.dlq", min_length=1, description="Dead-letter topic for malformed events (original bytes + reason header).")
     predictions: str = Field("predictions", min_length=1, description="Topic the live model's predictions are published on.")
     model_updates: str = Field("model-updates", min_length=1, description="Topic new model versions are announced on.")
+    quality: str = Field("quality", min_length=1, description="Topic the replicas that do not train forward their decay decisions and labelled examples on, for the trainer (docs/scaling.md).")
     partitions: int = Field(4, ge=1, le=1024, description="Partition count of the input topic (created explicitly with it).")
     replication_factor: int = Field(1, ge=1, description="Replication factor for topics driftd creates.")
 
@@ -193,6 +194,7 @@ class ModelSettings(_Section):
     top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")
     max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
     max_text_chars: int = Field(2000, ge=1, description="Longest text /v1/predict accepts.")
+    sync_interval_s: float = Field(10.0, ge=0, description="How often a replica checks the registry's CURRENT and swaps to it if another replica changed it (a missed model-updates record, a replica that was down); 0: only on model-updates records.")
     architecture: Literal["bag_of_ngrams", "transformer"] = Field("bag_of_ngrams", description="Architecture of a model trained from scratch: the CPU-fast bag of n-grams, or the small transformer meant for a GPU. Fine-tunes keep the incumbent's.")
 
 
@@ -226,6 +228,10 @@ class MonitorSettings(_Section):
 
 class LearningSettings(_Section):
     enabled: bool = Field(True, description="Fine-tune when decay is confirmed (or on a manual trigger); off: detect and report only.")
+    role: Literal["auto", "trainer", "follower"] = Field(
+        "auto",
+        description='Which replica of the consumer group fine-tunes: "auto" is the one that owns partition 0 of the input topic (it moves on failover; a single replica always owns it), "trainer" always, "follower" never. A replica that is not the trainer forwards its decay decisions and labelled examples on topics.quality.',
+    )
     window_s: float = Field(86400.0, gt=0, description="Recent labelled events (hot + warm) of this many seconds, by event time, make the training data.")
     replay_ratio: float = Field(0.3, ge=0, le=10, description="Replay examples sampled from cold per recent example (guards against forgetting).")
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the most recent labelled events kept out of training to judge the candidate.")

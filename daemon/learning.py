@@ -38,7 +38,7 @@ from models.train import TrainSettings
 from streams.jsonsafe import json_safe
 from streams.monitor import DecayMonitor, Decision, MonitorMetrics, Outcome, OutcomeJoiner
 from streams.tiers import StoredEvent, TieredStore
-from streams.training_set import LabelledExample, query_recent, query_replay
+from streams.training_set import LabelledExample, labelled_examples, merge_recent, query_recent, query_replay
 
 from .config import Settings
 from .timeline import TimelineRecorder
@@ -112,6 +112,11 @@ class LearningLoop:
         self._recent_correct: deque[bool] = deque(maxlen=max(1, self.learning.canary_labels))
         self._canary: dict[str, Any] | None = None
         self._outcomes = 0
+        # Replicas (daemon.cluster): whether this one trains, how a follower forwards its decisions and
+        # labelled examples to the trainer, and the examples the trainer got from the others' partitions.
+        self.is_trainer: Callable[[], bool] = lambda: True
+        self.forward: Callable[[str, Any], None] | None = None
+        self._peer_examples: deque[LabelledExample] = deque(maxlen=self.learning.max_examples)
 
     # -- the ingest hook ---------------------------------------------------------------------------
 
@@ -131,6 +136,19 @@ class LearningLoop:
                 if outcome is not None:
                     self._on_outcome(outcome)
         self.monitor_metrics.sync_joiner(self.joiner.counts)
+        if self.forward is not None and not self.is_trainer() and (examples := labelled_examples(events)):
+            self.forward("examples", examples)  # the trainer learns from every replica's partitions
+
+    def add_peer_examples(self, examples: Sequence[LabelledExample]) -> None:
+        """Labelled examples another replica stored (the trainer only): training data, and follow-up progress."""
+        self._peer_examples.extend(examples)
+        self._labels_since_start += len(examples)
+        self._last_label_at = self.clock()
+        self._maybe_followup()
+
+    def receive_decision(self, decision: Decision) -> None:
+        """A decay decision another replica forwarded: the trainer acts on it as on its own."""
+        self._on_decision(decision)
 
     def _follow_serving_version(self) -> None:
         """A version swapped in by anyone (admin API, rollback, this loop) restarts the detectors."""
@@ -158,7 +176,7 @@ class LearningLoop:
 
     def _maybe_followup(self) -> None:
         """Retrain once ``followup_labels`` labels arrived after the last fine-tune took its data."""
-        if self._followups_left > 0 and self._labels_since_start >= self.learning.followup_labels and self.state == "idle":
+        if self._followups_left > 0 and self._labels_since_start >= self.learning.followup_labels and self.state == "idle" and self.is_trainer():
             self._followups_left -= 1
             self._start("followup", None)
 
@@ -168,7 +186,7 @@ class LearningLoop:
 
     def settle(self) -> None:
         """Timer hook: when the labels stop, learn the episode's last ones instead of leaving them unlearned."""
-        if self.state == "idle" and self._episode_labels_waiting() and self.clock() - self._last_label_at >= self.learning.followup_quiet_s:
+        if self.state == "idle" and self.is_trainer() and self._episode_labels_waiting() and self.clock() - self._last_label_at >= self.learning.followup_quiet_s:
             log.info("no label for %.0f s; retraining on the %d labels since the last fine-tune", self.clock() - self._last_label_at, self._labels_since_start)
             self._followups_left -= 1
             self._start("followup", None)
@@ -178,6 +196,11 @@ class LearningLoop:
         self.timeline.mark("detection", self._outcomes, decision.at, ",".join(decision.signals))
         if not self.learning.enabled:
             log.warning("decay confirmed, learning.enabled is off: no fine-tune (%s)", decision.describe())
+            return
+        if not self.is_trainer():
+            if self.forward is not None:
+                log.warning("decay confirmed, forwarded to the trainer replica: %s", decision.describe())
+                self.forward("decision", decision)
             return
         since = self.clock() - self._finished_at
         if self.state != "idle":
@@ -196,6 +219,8 @@ class LearningLoop:
         """Manual trigger (admin API, CLI): starts unless one runs already; ignores the cooldown."""
         if self.state != "idle":
             return False, f"a fine-tune is already running (pid {self.trainer.pid})"
+        if not self.is_trainer():
+            return False, f"this replica is not the trainer (learning.role = {self.learning.role}): ask the trainer replica"
         self._start(trigger, None)
         return True, "fine-tune started"
 
@@ -298,7 +323,9 @@ class LearningLoop:
         cfg = self.learning
         now = self.clock()
         recent = await query_recent(self.store, now - cfg.window_s, now + 366 * 86400, cfg.max_examples)
-        counts = {"recent": len(recent)}
+        if self._peer_examples:  # the other replicas' partitions
+            recent = merge_recent(recent, self._peer_examples, now - cfg.window_s, now + 366 * 86400, cfg.max_examples)
+        counts = {"recent": len(recent), "from_replicas": sum(1 for e in recent if e.source == "replica")}
         if len(recent) < cfg.min_labelled:
             return None, counts
         cut = len(recent) - max(1, int(len(recent) * cfg.holdout_fraction))
@@ -397,6 +424,8 @@ class LearningLoop:
         self.trainer.processes, self.trainer.backend = self.learning.distributed_processes, self.learning.distributed_backend
         if self._recent_correct.maxlen != max(1, self.learning.canary_labels):
             self._recent_correct = deque(self._recent_correct, maxlen=max(1, self.learning.canary_labels))
+        if self._peer_examples.maxlen != self.learning.max_examples:
+            self._peer_examples = deque(self._peer_examples, maxlen=self.learning.max_examples)
         return restarted
 
     def status(self) -> dict[str, Any]:
@@ -404,6 +433,8 @@ class LearningLoop:
             "state": self.state,
             "pid": self.trainer.pid,
             "serving": self.server.version,
+            "trainer": self.is_trainer(),
+            "peer_examples": len(self._peer_examples),
             "followups_left": self._followups_left,
             "labels_since_start": self._labels_since_start,
             "followup_pending": self._episode_labels_waiting(),

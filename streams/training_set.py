@@ -8,7 +8,7 @@ fine-tune can be reproduced from (window, replay_size, seed).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from .tiers import StoredEvent, TieredStore
 
-__all__ = ["LabelledExample", "TrainingSet", "query_recent", "query_replay", "query_training_set", "stratified_sample"]
+__all__ = ["LabelledExample", "TrainingSet", "labelled_examples", "merge_recent", "query_recent", "query_replay", "query_training_set", "stratified_sample"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +123,22 @@ async def query_replay(
 
 def _labelled(event: StoredEvent) -> bool:
     return event.type in _LABEL_RANK and event.intent is not None and event.ref_event_id is not None
+
+
+def labelled_examples(events: Sequence[StoredEvent]) -> list[LabelledExample]:
+    """The labelled examples in a batch of just-stored events (those whose utterance text is known)."""
+    return [LabelledExample(e.ref_text, e.intent, e.ts, e.ref_event_id, "hot") for e in events if _labelled(e) and e.ref_text]  # type: ignore[arg-type]
+
+
+def merge_recent(own: Sequence[LabelledExample], others: Iterable[LabelledExample], start_ts: float, end_ts: float, limit: int | None = None) -> list[LabelledExample]:
+    """``own`` (a ``query_recent`` answer) with examples from elsewhere (other replicas' partitions) in the
+    same window: the latest label per utterance, oldest first, the newest ``limit``."""
+    latest: dict[str, LabelledExample] = {}
+    for example in (*own, *others):
+        if start_ts <= example.ts < end_ts and ((seen := latest.get(example.utterance_id)) is None or example.ts >= seen.ts):
+            latest[example.utterance_id] = example
+    examples = sorted(latest.values(), key=lambda e: (e.ts, e.utterance_id))
+    return examples[-limit:] if limit is not None else examples
 
 
 def _recent_from_disk(store: TieredStore, hot: list[Candidate], start_ts: float, end_ts: float, limit: int | None) -> list[LabelledExample]:

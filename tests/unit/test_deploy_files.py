@@ -13,22 +13,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "driftd.service"
+TEMPLATE = REPO / "deploy" / "systemd" / "driftd@.service"  # replicas on one host (docs/scaling.md)
 DOCKERFILE = REPO / "Dockerfile"
 
 
-def _unit() -> configparser.ConfigParser:
+def _unit(path: Path = UNIT) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # systemd keys are case-sensitive
-    parser.read_string(UNIT.read_text())
+    parser.read_string(path.read_text())
     return parser
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
-def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("source", [UNIT, TEMPLATE], ids=lambda p: p.name)
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path, source):
     # verify checks that ExecStart exists: point the install prefix (/opt/driftd) at this checkout's venv.
-    unit = tmp_path / "driftd.service"
-    unit.write_text(UNIT.read_text().replace("/opt/driftd/bin/driftd", str(Path(sys.executable).parent / "driftd")))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/driftd/bin/driftd", str(Path(sys.executable).parent / "driftd")))
+    instance = tmp_path / source.name.replace("@.", "@1.")  # a template is verified through an instance
+    result = subprocess.run(["systemd-analyze", "verify", str(instance)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     # A bad value is only a warning (exit 0), so the output must be empty too.
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result.stdout + result.stderr
 
@@ -42,6 +45,17 @@ def test_systemd_unit_is_notify_with_watchdog_restart_and_hardening():
         assert service[key] == value, key
     assert service["User"] != "root" and "DRIFTD_DAEMON__DATA_DIR=/var/lib/driftd" in service["Environment"]
     assert int(service["TimeoutStopSec"]) > 10  # the daemon drains within 10 s
+
+
+def test_the_replica_template_gives_each_instance_its_data_dir_and_port_and_shares_the_registry():
+    service = _unit(TEMPLATE)["Service"]
+    text = TEMPLATE.read_text()
+    assert "Environment=DRIFTD_DAEMON__DATA_DIR=/var/lib/driftd/%i" in text and "EnvironmentFile=/etc/driftd/replica-%i.env" in text
+    assert "Environment=DRIFTD_MODELS__REGISTRY_DIR=/var/lib/driftd/registry" in text
+    assert service["StateDirectory"].split() == ["driftd/%i", "driftd/registry"]  # writable under ProtectSystem=strict
+    unit = _unit()["Service"]
+    for key in ("Type", "WatchdogSec", "Restart", "NoNewPrivileges", "ProtectSystem", "User", "TimeoutStopSec", "CapabilityBoundingSet"):
+        assert service[key] == unit[key], key  # the same service, hardening included
 
 
 def test_dockerfile_passes_hadolint():
