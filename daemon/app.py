@@ -26,7 +26,7 @@ import faust
 import mode
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
-from models.registry import Registry
+from models.registry_mirror import open_registry
 from models.serving import ModelServer, NoModel
 from streams.ingest import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, IngestAgent, RawRecord, UserIdPolicy
 from streams.metrics import StreamMetrics
@@ -82,7 +82,7 @@ class Daemon:
         self.ingest = self._build_ingest()
         self.model_server = ModelServer()
         self.metrics_registry.register(ServingCollector(self.model_server))
-        self.model_registry = Registry(settings.registry_dir)
+        self.model_registry = open_registry(settings.registry_dir, settings.models.registry_url, settings.models.registry_storage_options)
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
         self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock)
         self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)

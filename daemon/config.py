@@ -188,6 +188,11 @@ class WebSettings(_Section):
 
 class ModelSettings(_Section):
     registry_dir: Path | None = Field(None, description="Model registry root (versioned, checksummed). Unset: <daemon.data_dir>/registry.")
+    registry_url: str = Field(
+        "", pattern=r"^$|^[a-z][a-z0-9+.-]*://\S+$",
+        description='Shared registry for replicas on several hosts: an s3:// (or other fsspec) URL holding the versions and CURRENT; registry_dir is then the local working copy. Empty: registry_dir alone.',
+    )
+    registry_storage_options: dict[str, Any] = Field(default_factory=dict, description='Passed to the fsspec filesystem of registry_url, e.g. {endpoint_url = "http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment variables.')
     bootstrap: bool = Field(True, description="Train a first model from the seed dataset when the registry is empty; off: serve nothing until a version is activated.")
     bootstrap_dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Seed dataset the first model is trained on when the registry is empty.")
     bootstrap_groups: list[str] = Field(default_factory=lambda: ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"], description="Domains (or intents) of the seed dataset to train on; empty means all.")
@@ -240,6 +245,10 @@ class LearningSettings(_Section):
         description="Most cold rows read to draw the replay sample. When cold holds more, whole files are chosen at random under the fine-tune's seed, so the parent's memory stays bounded as history grows.",
     )
     replay_eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the replay sample kept out of training to measure forgetting.")
+    replay_class_cap: float = Field(2.0, ge=1, description="No intent keeps more than this many times its fair share (size / intents) of the replay sample; the rest is dropped before training (a few frequent intents would otherwise fill the sample when the others are rare in cold).")
+    hygiene: bool = Field(True, description="Clean the training examples before every fine-tune (models/hygiene.py): normalise text, drop empties, holdout leaks, exact and near duplicates, resolve label conflicts; the manifest records what was removed and why.")
+    near_duplicate_threshold: float = Field(0.9, ge=0, le=1, description="Estimated Jaccard similarity of word 3-shingles above which two examples with the same intent are near duplicates (the newest is kept); 0 or 1 turns near-duplicate removal off.")
+    label_conflicts: Literal["majority", "drop"] = Field("majority", description='A text labelled with different intents: "majority" keeps the majority intent (a tie drops the text), "drop" drops every example of it.')
     min_labelled: int = Field(300, ge=10, description="Fewest labelled examples a fine-tune starts with.")
     max_examples: int = Field(30000, ge=100, description="Most recent labelled examples used (the newest are kept).")
     cooldown_s: float = Field(30.0, ge=0, description="Least time between the end of one fine-tune and the start of the next automatic one.")

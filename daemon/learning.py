@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.finetune import FineTuneJob, FineTuneResult
 from models.gate import GateSettings
+from models.hygiene import HygieneSettings, cap_per_class
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
@@ -312,6 +313,8 @@ class LearningLoop:
             self.metrics.progress.set(update["epoch"] / max(1, update["epochs"]))
             extra = f", validation accuracy {update['val_accuracy']:.4f}" if "val_accuracy" in update else ""
             log.info("fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s", update["epoch"], update["epochs"], update["loss"], update["samples_per_s"], extra)
+        elif stage == "hygiene":
+            log.info("fine-tune data hygiene: kept %d, removed %s, truncated %d", update["kept"], {k: v for k, v in update["removed"].items() if v}, update["truncated"])
         elif stage in ("exporting", "gating"):
             log.info("fine-tune: %s", stage)
         if self.last_run is not None:
@@ -335,6 +338,7 @@ class LearningLoop:
             replay = await query_replay(self.store, int(len(train_recent) * cfg.replay_ratio), int(now), {e.utterance_id for e in recent}, cfg.replay_scan_rows)
         n_eval = int(len(replay) * cfg.replay_eval_fraction)
         replay_eval, replay_train = replay[:n_eval], replay[n_eval:]
+        replay_train, counts["replay_capped"] = _cap_replay(replay_train, cfg.replay_class_cap)
         train = replay_train + train_recent  # oldest first: the fine-tune validates on the newest
         counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train), holdout=len(holdout), replay_eval=len(replay_eval))
         settings = TrainSettings(
@@ -353,6 +357,9 @@ class LearningLoop:
             replay_eval=([e.text for e in replay_eval], [e.intent for e in replay_eval]),
             incumbent_dir=str(self.registry.root / incumbent) if incumbent else None,
             settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000,
+            hygiene=HygieneSettings(
+                max_chars=self.settings.models.max_text_chars, near_duplicate_threshold=cfg.near_duplicate_threshold, conflicts=cfg.label_conflicts,
+            ) if cfg.hygiene else None,
         )
         return job, counts
 
@@ -459,3 +466,12 @@ class LearningLoop:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+
+
+def _cap_replay(replay: list[LabelledExample], cap: float) -> tuple[list[LabelledExample], int]:
+    """At most ``cap`` times the fair share per intent in the replay sample (oldest-first order kept)."""
+    intents = {e.intent for e in replay}
+    if not replay or len(intents) < 2:
+        return replay, 0
+    kept = cap_per_class([e.intent for e in replay], min(1.0, cap / len(intents)))
+    return [replay[i] for i in kept], len(replay) - len(kept)

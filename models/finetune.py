@@ -24,6 +24,7 @@ from .architectures import DEFAULT_ARCHITECTURE, load_weights
 from .export import SERVED_MODEL, build_version_files, cpu_session
 from .featurize import featurizer_from_json
 from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
+from .hygiene import HygieneSettings, clean_training_examples
 from .train import TrainResult, TrainSettings, train_classifier
 
 __all__ = ["FineTuneJob", "FineTuneResult", "TrainedCandidate", "judge_candidate", "run_fine_tune", "train_candidate"]
@@ -42,6 +43,8 @@ class FineTuneJob:
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
     val_fraction: float = 0.05  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
     seed: int = 0
+    # Cleaning before training (models/hygiene.py; the daemon sets it from [learning]); None trains on the examples as given.
+    hygiene: HygieneSettings | None = None
     # Set by the daemon: the candidate's files are written here and the result carries their paths, so
     # tens of MB of model bytes never cross the pipe into the long-lived parent (whose heap keeps them).
     output_dir: str | None = None
@@ -63,6 +66,7 @@ class TrainedCandidate:
     validation_examples: int
     incumbent_labels: list[str] | None
     started: float  # time.time() when the job started
+    hygiene: dict[str, Any] | None = None  # what the cleaning removed and why (HygieneReport.to_dict)
 
 
 class _Served:
@@ -114,13 +118,20 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
         labels = json.loads((root / "labels.json").read_text())
         featurizer = featurizer_from_json((root / "featurizer.json").read_text())
         init = load_weights((root / "model.pt").read_bytes())
-    (texts, intents), val = _split_validation(*job.train, job.val_fraction, job.seed, newest=job.incumbent_dir is not None)
+    train_texts, train_intents = job.train
+    hygiene = None
+    if job.hygiene is not None:
+        # Every rank cleans the same list the same way (deterministic), so DDP shards stay aligned.
+        train_texts, train_intents, cleaned = clean_training_examples(train_texts, train_intents, settings=job.hygiene, holdout_texts=job.holdout[0])
+        hygiene = cleaned.to_dict()
+        report("hygiene", **hygiene)
+    (texts, intents), val = _split_validation(train_texts, train_intents, job.val_fraction, job.seed, newest=job.incumbent_dir is not None)
     report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
     result = train_classifier(
         texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,
         architecture=job.architecture, progress=lambda r: report("epoch", **r),
     )
-    return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started)
+    return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started, hygiene)
 
 
 def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progress | None = None) -> FineTuneResult:
@@ -147,6 +158,7 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
         "labels": len(result.labels),
         "new_labels": sorted(set(result.labels) - set(trained.incumbent_labels or [])),
         "train_examples": len(texts),
+        "hygiene": trained.hygiene,
         "validation_examples": trained.validation_examples,
         "holdout_examples": len(job.holdout[0]),
         "replay_eval_examples": len(job.replay_eval[0]),

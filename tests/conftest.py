@@ -1,7 +1,10 @@
 """Shared fixtures. Integration tests talk to one real embedded broker per session, on a free port;
-each test uses its own topics and consumer group (the broker cannot really delete topics)."""
+each test uses its own topics and consumer group (the broker cannot really delete topics). ``s3`` is a
+local S3-compatible server (moto) on loopback; it yields the fsspec storage options that reach it."""
 
 from __future__ import annotations
+
+import urllib.request
 
 import pytest
 
@@ -14,3 +17,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with EmbeddedBroker(free_port(), log_path=log) as running:
         yield running
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {"AWS_ACCESS_KEY_ID": "driftd-test", "AWS_SECRET_ACCESS_KEY": "driftd-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    yield {"endpoint_url": f"http://127.0.0.1:{port}"}
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=10).close()  # moto keeps buckets per process
+    server.stop()

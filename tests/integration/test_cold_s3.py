@@ -8,25 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from streams.tiers import ColdStore
-from tests.integration.harness import free_port
 from tests.unit.test_tiers import HOUR, Clock, event, make_store
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch):
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for key, value in {"AWS_ACCESS_KEY_ID": "driftd-test", "AWS_SECRET_ACCESS_KEY": "driftd-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    options = {"endpoint_url": f"http://127.0.0.1:{port}"}
-    ColdStore("s3://driftd-cold/events", options)  # creates the bucket
-    yield options
-    server.stop()
+@pytest.fixture(autouse=True)
+def cold_bucket(s3):
+    ColdStore("s3://driftd-cold/events", s3)  # creates the bucket
 
 
 def test_demotion_writes_parquet_objects_to_s3_exactly_once_and_cleans_orphans(tmp_path, s3):

@@ -138,6 +138,9 @@ def check_recovery(result: dict[str, Any], tolerance: float) -> None:
     assert metrics["driftd_finetune_results_total{result=swapped}"] >= 1, f"no candidate passed the gate: {status['last_run']}"
     assert result["serving"] != result["seed_version"] and result["answered_by"] == {result["serving"]}
     assert any(u["version"] == result["serving"] for u in result["updates"]), "the promoted version was not announced on model-updates"
+    hygiene = result["manifest"].info["train"]["hygiene"]  # the daemon cleans before training and says what went
+    assert hygiene["kept"] > 0 and set(hygiene["removed"]) >= {"exact_duplicate", "near_duplicate", "conflict", "holdout_leak", "empty"}
+    print(f"  hygiene of the serving version's data: kept {hygiene['kept']}, removed {hygiene['removed']}")
     gate = result["manifest"].info["gate"]
     assert gate["passed"] and gate["candidate_holdout"] >= gate["incumbent_holdout"] + gate["settings"]["margin"]
     assert result["daemon_accuracy"] >= result["offline_accuracy"] - tolerance

@@ -1,12 +1,12 @@
 """Three daemon replicas in one consumer group on the real embedded broker (issue 7, docs/scaling.md).
 
-One registry directory is shared (what a shared filesystem mount gives replicas on several hosts); each
-replica has its own data dir. The replicas must split the input partitions; a CLINC150 drift (5 domains,
-then all 10, labelled) must start exactly one decay-triggered fine-tune (and that episode's follow-ups),
-all on the one trainer, which also learns the examples the other two forward; all three must end up
-serving the promoted version. Then the
-trainer is killed (SIGKILL) while events keep coming: its partitions, and the trainer role with
-partition 0, move to the two left, and every event produced is stored by some replica.
+The registry is shared, once as one directory (a filesystem every replica mounts) and once as an s3://
+bucket (moto on loopback) with a local working copy per replica; each replica has its own data dir.
+The replicas must split the input partitions; a CLINC150 drift (5 domains, then all 10, labelled) must
+start exactly one decay-triggered fine-tune (and that episode's follow-ups), all on the one trainer,
+which also learns the examples the other two forward; all three must end up serving the promoted
+version. Then the trainer is killed (SIGKILL) while events keep coming: its partitions, and the trainer
+role with partition 0, move to the two left, and every event produced is stored by some replica.
 """
 
 from __future__ import annotations
@@ -16,16 +16,21 @@ import json
 import time
 import urllib.request
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import s3fs
 
+from models.registry import Registry
+from models.registry_mirror import MirroredRegistry
 from streams.datasets import groups, load_examples
 from tests.integration.harness import DaemonProcess, produce, stored_event_ids, unique, valid_event
 from tests.integration.test_learning_loop import CLINC_SEED_DOMAINS, events_of, publish_seed_model
 
 TOKEN = "replica-test-token"
 PARTITIONS = 6
+S3_URL = "s3://driftd-registry/models"
 REPLICA_ENV = {
     "DRIFTD_LEARNING__FOLLOWUP_LABELS": "1000",  # the episode's follow-ups, on the trainer too
     "DRIFTD_LEARNING__FOLLOWUP_QUIET_S": "5",
@@ -57,16 +62,34 @@ def wait_for_split(replicas: list[DaemonProcess], timeout_s: float) -> list[list
         time.sleep(1)
 
 
+def shared_registry(kind: str, tmp_path: Path, request: pytest.FixtureRequest, seed_examples: list[Any]) -> tuple[str, Callable[[int], dict[str, str]], Callable[[str], dict[str, Any]]]:
+    """The seed version published to the shared registry; the env that points replica i at it; a reader of a version's manifest."""
+    seed_version, _ = publish_seed_model(tmp_path / "registry", seed_examples)
+    if kind == "shared_dir":  # one directory every replica mounts
+        return seed_version, lambda i: {"DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")}, lambda v: Registry(tmp_path / "registry").verify(v).info
+    options = request.getfixturevalue("s3")  # replicas on separate hosts: a bucket, and a local working copy each
+    s3fs.S3FileSystem(**options).mkdir("driftd-registry")
+    MirroredRegistry(tmp_path / "registry", S3_URL, options).set_current(seed_version)  # uploads the seed
+    env = lambda i: {  # noqa: E731
+        "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / f"replica{i}" / "registry"), "DRIFTD_MODELS__REGISTRY_URL": S3_URL,
+        "DRIFTD_MODELS__REGISTRY_STORAGE_OPTIONS": json.dumps(options),
+    }
+    return seed_version, env, lambda v: MirroredRegistry(tmp_path / "reader", S3_URL, options).verify(v).info
+
+
 @pytest.mark.timeout(900)
-def test_three_replicas_split_the_partitions_train_once_serve_the_same_version_and_survive_a_kill(broker: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("registry_kind", ["shared_dir", "s3"])
+def test_three_replicas_split_the_partitions_train_once_serve_the_same_version_and_survive_a_kill(broker: Any, tmp_path: Path, request: pytest.FixtureRequest, registry_kind: str) -> None:
     domains = groups("clinc150")
     seed_intents = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
     everything = {i for intents in domains.values() for i in intents}
     train = load_examples("clinc150", "train")
-    seed_version, _ = publish_seed_model(tmp_path / "registry", [e for e in train if e.intent in seed_intents])
+    seed_version, registry_env, version_info = shared_registry(registry_kind, tmp_path, request, [e for e in train if e.intent in seed_intents])
     topic = unique("replicas")
-    env = {**REPLICA_ENV, "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")}
-    replicas = [DaemonProcess(broker.bootstrap, tmp_path / f"replica{i}", topic, partitions=PARTITIONS, group=f"{topic}-group", extra_env=env) for i in range(3)]
+    replicas = [
+        DaemonProcess(broker.bootstrap, tmp_path / f"replica{i}", topic, partitions=PARTITIONS, group=f"{topic}-group", extra_env={**REPLICA_ENV, **registry_env(i)})
+        for i in range(3)
+    ]
     try:
         for replica in replicas:
             replica.start()
@@ -99,7 +122,7 @@ def test_three_replicas_split_the_partitions_train_once_serve_the_same_version_a
         assert sum(m["driftd_replica_trainer"] for m in runs) == 1
         received = trainer_metrics["driftd_replica_received_total{kind=examples}"]
         assert received > 0, "the trainer got no labelled examples from the other replicas"
-        data = json.loads((tmp_path / "registry" / status(trainer)["model"]["version"] / "manifest.json").read_text())["info"]["data"]
+        data = version_info(status(trainer)["model"]["version"])["data"]
         print(f"\n  split {split}; trainer replica {trainers[0]}; fine-tunes {fine_tunes}; {received:.0f} examples forwarded to it; "
               f"the fine-tune's recent examples: {data['recent']}, {data['from_replicas']} of them from the other replicas")
         # The others own 2/3 of the partitions: their examples are most of what the trainer learnt from.

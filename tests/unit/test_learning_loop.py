@@ -13,10 +13,12 @@ from prometheus_client import CollectorRegistry
 from daemon.config import load_settings
 from daemon.learning import LearningLoop
 from models.finetune import FineTuneJob, run_fine_tune
+from models.hygiene import HygieneSettings
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
 from streams.tiers import StoredEvent
+from streams.datasets import load_examples
 from tests.toy_intents import examples
 
 
@@ -104,3 +106,50 @@ def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) ->
     now[0] += 2
     loop.settle()
     assert started == ["followup"] and loop._followups_left == 1
+
+
+def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and_recorded_in_the_manifest(tmp_path: Path) -> None:
+    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0})
+    registry = Registry(tmp_path / "registry")
+    wanted = {"transfer", "balance", "bill_due"}
+    train = [e for e in load_examples("clinc150", "train") if e.intent in wanted]  # real, distinct utterances
+    texts, intents = [e.text for e in train], [e.intent for e in train]
+    junk_texts = ["I want to TRANSFER 500 dollars to savings now"] * 3 + ["i want to transfer 500 dollars  to savings now\x00"]  # 4 copies, 1 kept
+    junk_intents = ["transfer"] * 4
+    junk_texts += ["what is my balance and when is my bill due"] * 3 + ["What is my balance and when is my bill due"]  # 3 x balance vs 1 x bill_due
+    junk_intents += ["balance", "balance", "balance", "bill_due"]
+    test = [e for e in load_examples("clinc150", "test") if e.intent in wanted]
+    holdout = ([e.text for e in test], [e.intent for e in test])
+    leaked = holdout[0][0]
+    job = FineTuneJob(train=(texts + junk_texts + [leaked], intents + junk_intents + [holdout[1][0]]), holdout=holdout, replay_eval=([], []),
+                      incumbent_dir=None, settings=TrainSettings(epochs=2, batch_size=32), hygiene=HygieneSettings())  # what the daemon sets
+    result = run_fine_tune(job)
+
+    async def promote() -> str:
+        loop = LearningLoop(settings, store=None, server=ModelServer(), registry=registry, metrics_registry=CollectorRegistry(), announce=None, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
+        loop.announce = lambda key, value: _done()  # type: ignore[assignment]
+        return await loop._promote(result, None, "manual", {"data": {}})
+
+    async def _done():
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    version = asyncio.run(promote())
+    hygiene = registry.verify(version).info["train"]["hygiene"]
+    removed = hygiene["removed"]
+    assert removed["holdout_leak"] == 1 and hygiene["samples"]["holdout_leak"] == [leaked]
+    assert removed["conflict"] == 1 and hygiene["samples"]["conflict"] == ["What is my balance and when is my bill due"]
+    assert removed["exact_duplicate"] == 3 + 2  # the surplus transfer copies, and balance's after the conflict
+    assert removed["near_duplicate"] <= 2 and removed["empty"] == 0  # the real utterances are kept
+    assert hygiene["kept"] == len(texts) + 2 - removed["near_duplicate"] == result.report["train_examples"] + result.report["validation_examples"]
+
+
+def test_the_replay_sample_is_capped_per_intent() -> None:
+    from daemon.learning import _cap_replay
+    from streams.training_set import LabelledExample
+
+    replay = [LabelledExample(f"t{i}", intent, float(i), f"u{i}", "cold") for i, intent in enumerate(["a"] * 30 + ["b"] * 2 + ["c"])]
+    capped, removed = _cap_replay(replay, 1.0)  # fair share 33 / 3 = 11
+    assert removed == 19 and [e.intent for e in capped].count("a") == 11 and len(capped) == 14
+    assert _cap_replay(replay, 3.0)[1] == 0  # 3 x 11 = 33: nothing over the cap
