@@ -36,6 +36,7 @@ from streams.tiers import TieredStore, TierPolicy
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 from .broker_probe import BrokerProbe
 from .cluster import ReplicaLink
+from .labeling import LabelingRequests
 from . import systemd
 from .config import ConfigError, Settings, load_settings
 from .kafka import aiokafka_options, faust_credentials
@@ -63,6 +64,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.predictions, t.partitions, rf),
         TopicSpec(t.model_updates, 1, rf),
         TopicSpec(t.quality, 1, rf),
+        TopicSpec(t.labeling_requests, 1, rf),
         TopicSpec(f"{settings.kafka.group_id}-__assignor-__leader", 1, rf),
     ]
 
@@ -86,10 +88,11 @@ class Daemon:
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
         self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock)
         self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)
-        self.ingest.observe = self.learning.observe_batch
+        self.labeling = LabelingRequests(settings, self._send, self.metrics_registry)
+        self.ingest.observe = self._observe_batch
         self.replica_link = ReplicaLink(
             settings, self.bootstrap, aiokafka_options(settings.kafka), self.learning, self.model_server, self.model_registry, swap_lock,
-            send=lambda topic, key, value: self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None),
+            send=self._send,
             assignment=lambda: self.app.consumer.assignment(), metrics_registry=self.metrics_registry,
         )
         self.predict_api.learning = self.learning
@@ -173,6 +176,13 @@ class Daemon:
         # The producer directly, not Topic.send: one record per utterance makes faust's per-message
         # send machinery (codecs, FutureMessage, callbacks) a visible share of the ingest path.
         return await self.app.producer.send(self.settings.topics.predictions, key, value, partition=None, timestamp=None, headers=None)
+
+    def _observe_batch(self, events: Any, predicted: Any) -> None:
+        self.learning.observe_batch(events, predicted)
+        self.labeling.observe(predicted)
+
+    async def _send(self, topic: str, key: bytes, value: bytes) -> Any:
+        return await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
     async def _announce_model(self, key: bytes, value: bytes) -> Any:
         return await self.app.producer.send(self.settings.topics.model_updates, key, value, partition=None, timestamp=None, headers=None)

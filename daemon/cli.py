@@ -15,6 +15,7 @@ import typer
 from models.registry_cli import models_cli
 
 from .config import ConfigError, ReplaySettings, Settings, WebSettings, load_settings
+from .labels_cli import labels_cli
 from .logs import setup_logging
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ cli.add_typer(config_cli, name="config")
 cli.add_typer(models_cli, name="models")
 learning_cli = typer.Typer(no_args_is_help=True, help="Talk to a running daemon's learning loop (admin API; needs web.admin_token).")
 cli.add_typer(learning_cli, name="learning")
+cli.add_typer(labels_cli, name="labels")
 
 ConfigOption = Annotated[
     Optional[Path],

@@ -78,6 +78,7 @@ class TopicSettings(_Section):
     predictions: str = Field("predictions", min_length=1, description="Topic the live model's predictions are published on.")
     model_updates: str = Field("model-updates", min_length=1, description="Topic new model versions are announced on.")
     quality: str = Field("quality", min_length=1, description="Topic the replicas that do not train forward their decay decisions and labelled examples on, for the trainer (docs/scaling.md).")
+    labeling_requests: str = Field("labeling-requests", min_length=1, description="Topic the labelling requests (the predictions most worth a human label) are published on; `driftd labels export` reads it.")
     partitions: int = Field(4, ge=1, le=1024, description="Partition count of the input topic (created explicitly with it).")
     replication_factor: int = Field(1, ge=1, description="Replication factor for topics driftd creates.")
 
@@ -284,6 +285,15 @@ class LearningSettings(_Section):
     canary_margin: float = Field(0.05, ge=0, le=1, description="Roll back when the new model's canary accuracy is this much below the previous model's last accuracy.")
 
 
+class LabelingSettings(_Section):
+    enabled: bool = Field(False, description="Publish labelling requests for the most uncertain predictions on topics.labeling_requests (`driftd labels export | import` take them to Label Studio and back).")
+    strategy: Literal["least_confidence", "margin", "entropy"] = Field("margin", description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - (p1 - p2)) or entropy (normalised, over the top-k).")
+    budget_per_hour: int = Field(100, ge=0, description="Most labelling requests an hour (a token bucket holding a sixth of it, so the hour cannot go at once); 0 requests nothing.")
+    min_score: float = Field(0.3, ge=0, le=1, description="A prediction is requested only with at least this uncertainty score, and at least the 80th percentile of the last `window` scores.")
+    diversity_threshold: float = Field(0.8, ge=0, le=1, description="Estimated Jaccard similarity of word 3-shingles (MinHash) with one of the last `window` requested texts at or above which a text is a near duplicate and not requested; 0 turns the guard off.")
+    window: int = Field(500, ge=1, description="Recent scores the percentile is taken over, and recent requested texts the diversity guard compares with.")
+
+
 class ReplaySettings(_Section):
     dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Dataset the demo replays.")
     data_dir: Path | None = Field(None, description="Where the datasets are; unset uses the copy shipped in data/.")
@@ -315,6 +325,7 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     learning: LearningSettings = Field(default_factory=LearningSettings)
+    labeling: LabelingSettings = Field(default_factory=LabelingSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
 
     @property

@@ -61,6 +61,7 @@ class DaemonProcess:
             "DRIFTD_TOPICS__PREDICTIONS": f"{topic}.predictions",
             "DRIFTD_TOPICS__MODEL_UPDATES": f"{topic}.model-updates",
             "DRIFTD_TOPICS__QUALITY": f"{topic}.quality",
+            "DRIFTD_TOPICS__LABELING_REQUESTS": f"{topic}.labeling-requests",
             "DRIFTD_TOPICS__PARTITIONS": str(partitions),
             "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
             "DRIFTD_DAEMON__STATS_INTERVAL_S": "2",
