@@ -26,7 +26,7 @@ import faust
 import mode
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
-from models.registry_mirror import open_registry
+from models.registry_mirror import MirroredRegistry, open_registry
 from models.serving import ModelServer, NoModel
 from streams.ingest import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, IngestAgent, RawRecord, UserIdPolicy
 from streams.metrics import StreamMetrics
@@ -297,6 +297,11 @@ class Daemon:
             lags[tp.partition] = max(0, highwater - position if position is not None else highwater)
         return lags
 
+    def _registry_current(self) -> str | None:
+        if isinstance(self.model_registry, MirroredRegistry):
+            return self.replica_link.registry_current  # as last read off the event loop: an object-store request here would block it
+        return self.model_registry.current()
+
     def status(self) -> dict[str, Any]:
         """What ``driftd status`` shows: model, quality and detectors, tiers, lag, the last training."""
         model = self.model_server.model
@@ -311,7 +316,7 @@ class Daemon:
                 "created_at": model.created_at,
                 "age_s": None if model.created_at is None else round(now - model.created_at, 1),
                 "intents": len(model.labels),
-                "registry_current": self.model_registry.current(),
+                "registry_current": self._registry_current(),
             },
             "quality": {
                 "ewma_accuracy": monitor["ewma_accuracy"],

@@ -83,6 +83,7 @@ class ReplicaLink(mode.Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._was_trainer: bool | None = None
         self._refused: str | None = None  # a CURRENT that failed to load: not retried until CURRENT changes
+        self.registry_current: str | None = None  # CURRENT as last read by the sync (for the status route)
         self._sync_now = asyncio.Event()
         learning.is_trainer = self.is_trainer
         learning.forward = self.forward
@@ -155,7 +156,7 @@ class ReplicaLink(mode.Service):
             return None  # the model service's first load (or bootstrap) is still running: it owns that
         loop = asyncio.get_running_loop()
         async with self.swap_lock:  # CURRENT read under the lock: never undoes a promotion in progress here
-            current = await loop.run_in_executor(None, self.registry.current)
+            current = self.registry_current = await loop.run_in_executor(None, self.registry.current)
             if current is None or current == self.server.version or current == self._refused:
                 return None
             try:

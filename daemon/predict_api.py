@@ -122,8 +122,8 @@ class PredictApi:
     async def list_models(self, request: web.Request) -> web.Response:
         if (denied := self._authorised(request)) is not None:
             return denied
-        entries = await asyncio.get_running_loop().run_in_executor(None, self.registry.entries)
-        current = self.registry.current()
+        # In a worker thread: on a shared registry (models.registry_url) both are object-store requests.
+        entries, current = await asyncio.get_running_loop().run_in_executor(None, lambda: (self.registry.entries(), self.registry.current()))
         listing = []
         for version, entry in entries:
             item: dict[str, Any] = {"version": version, "current": version == current, "serving": version == self.server.version}
@@ -142,16 +142,21 @@ class PredictApi:
     async def rollback(self, request: web.Request) -> web.Response:
         if (denied := self._authorised(request)) is not None:
             return denied
-        current = self.registry.current()
+        current, parent = await asyncio.get_running_loop().run_in_executor(None, self._current_and_parent)
         if current is None:
             return _error(409, "there is no current version to roll back from")
-        try:
-            parent = self.registry.verify(current).parent
-        except CorruptVersion as exc:
-            parent = exc.manifest.parent if exc.manifest else None
         if parent is None:
             return _error(409, f"{current} has no parent version to roll back to")
         return await self._activate(parent)
+
+    def _current_and_parent(self) -> tuple[str | None, str | None]:
+        current = self.registry.current()
+        if current is None:
+            return None, None
+        try:
+            return current, self.registry.verify(current).parent
+        except CorruptVersion as exc:
+            return current, exc.manifest.parent if exc.manifest else None
 
     async def retrain(self, request: web.Request) -> web.Response:
         """Manual fine-tune trigger: 202 when one starts, 409 when one is already running."""
@@ -178,9 +183,9 @@ class PredictApi:
         return web.json_response(json_safe(self.daemon_status()))
 
     async def _activate(self, version: str) -> web.Response:
-        if version not in self.registry.versions():
-            return _error(404, f"no version {version!r} in the registry")
         loop = asyncio.get_running_loop()
+        if version not in await loop.run_in_executor(None, self.registry.versions):
+            return _error(404, f"no version {version!r} in the registry")
         async with self._swap_lock:
             try:
                 previous = await loop.run_in_executor(None, self.server.load_and_swap, self.registry, version)
