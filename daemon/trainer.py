@@ -14,6 +14,7 @@ answers travel through files in a private temporary directory; the contract is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -47,8 +48,10 @@ class TrainingFailed(Exception):
         self.detail = detail
 
 
-def _child_main(job: FineTuneJob, conn: Connection, threads: int) -> None:
+def _child_main(jobs: Connection, conn: Connection, threads: int) -> None:
     die_with_parent()
+    job: FineTuneJob = jobs.recv()
+    jobs.close()
     import torch
 
     from models.train import TrainingDiverged
@@ -115,12 +118,25 @@ class TrainerProcess:
             return await self._run_torchrun(job, timeout_s, progress)
         ctx = multiprocessing.get_context("spawn")
         receive, send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child_main, args=(job, send, self.threads), name="driftd-finetune", daemon=True)
+        job_receive, job_send = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_child_main, args=(job_receive, send, self.threads), name="driftd-finetune", daemon=True)
         process.start()
         send.close()  # the child holds the only write end now: EOF means it is gone
+        job_receive.close()
         self.pid, self.started_at = process.pid, time.time()
         deadline = time.monotonic() + timeout_s
         try:
+            # Not as a Process argument: spawn writes those into a pipe from this thread, and the child reads
+            # them only once its interpreter has started and imported the daemon (seconds on a busy machine),
+            # so a job bigger than the pipe's buffer would hold the event loop until then.
+            sending = loop.run_in_executor(None, self._send_job, job_send, job, process)
+            try:
+                await asyncio.wait_for(asyncio.shield(sending), timeout_s)
+            except asyncio.TimeoutError:
+                process.kill()  # breaks the pipe, so the sending thread returns too
+                with contextlib.suppress(TrainingFailed):
+                    await sending
+                raise TrainingFailed("timeout", f"the child had not read its job after {timeout_s:.0f}s; it was killed") from None
             return await loop.run_in_executor(None, self._collect, process, receive, deadline, progress, timeout_s)
         finally:
             if process.is_alive():
@@ -128,6 +144,16 @@ class TrainerProcess:
             await loop.run_in_executor(None, process.join, 5)
             receive.close()
             self.pid = None
+
+    @staticmethod
+    def _send_job(job_send: Connection, job: FineTuneJob, process: Any) -> None:
+        try:
+            job_send.send(job)
+        except OSError:  # the child died before it read its job
+            process.join(5)
+            raise TrainingFailed("crashed", f"the child exited with code {process.exitcode} before reading its job") from None
+        finally:
+            job_send.close()
 
     @staticmethod
     def _collect(process: Any, receive: Connection, deadline: float, on_progress: Callable[[dict[str, Any]], None], timeout_s: float) -> FineTuneResult:

@@ -81,3 +81,35 @@ def test_a_child_that_dies_is_reported_as_crashed() -> None:
     with pytest.raises(TrainingFailed) as failure:
         asyncio.run(kill_when_started())
     assert failure.value.reason == "crashed" and "-9" in failure.value.detail
+
+
+def test_a_big_job_does_not_hold_the_event_loop_while_the_child_starts() -> None:
+    """The child reads its job only after its interpreter has started and imported torch; a job bigger
+    than a pipe's buffer, written from the event loop's thread, held the loop (and /metrics, ingest...)
+    for all that time. A heartbeat every 10 ms must keep beating while the job goes over."""
+    texts, intents = pairs(300, 0)
+    padding = " ".join(["filler"] * 4000)  # ~10 MB of training text in all, trimmed away by the fine-tune's hygiene
+    big = FineTuneJob(train=([t + " " + padding for t in texts] * 8, intents * 8), holdout=pairs(80, 1), replay_eval=([], []), incumbent_dir=None,
+                      settings=TrainSettings(epochs=1, batch_size=64), gate=GateSettings(min_holdout=50))
+    gaps: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def heartbeat() -> None:
+            last = loop.time()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+
+        beating = asyncio.ensure_future(heartbeat())
+        await asyncio.sleep(0.05)  # beating before the trainer starts
+        try:
+            await TrainerProcess().run(big, 120, lambda update: None)
+        finally:
+            beating.cancel()
+
+    asyncio.run(scenario())
+    # A blocked loop misses beats for the child's whole start-up (seconds); a free one misses none for long.
+    assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.2f} s"
