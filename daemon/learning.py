@@ -311,7 +311,7 @@ class LearningLoop:
         stage = update.get("stage")
         if stage == "epoch":
             self.metrics.progress.set(update["epoch"] / max(1, update["epochs"]))
-            extra = f", validation accuracy {update['val_accuracy']:.4f}" if "val_accuracy" in update else ""
+            extra = f", validation loss {update['val_loss']:.4f}, accuracy {update['val_accuracy']:.4f}" if "val_loss" in update else ""
             log.info("fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s", update["epoch"], update["epochs"], update["loss"], update["samples_per_s"], extra)
         elif stage == "hygiene":
             log.info("fine-tune data hygiene: kept %d, removed %s, truncated %d", update["kept"], {k: v for k, v in update["removed"].items() if v}, update["truncated"])
@@ -356,7 +356,7 @@ class LearningLoop:
             holdout=([e.text for e in holdout], [e.intent for e in holdout]),
             replay_eval=([e.text for e in replay_eval], [e.intent for e in replay_eval]),
             incumbent_dir=str(self.registry.root / incumbent) if incumbent else None,
-            settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000,
+            settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000, val_fraction=cfg.validation_fraction,
             hygiene=HygieneSettings(
                 max_chars=self.settings.models.max_text_chars, near_duplicate_threshold=cfg.near_duplicate_threshold, conflicts=cfg.label_conflicts,
             ) if cfg.hygiene else None,

@@ -41,7 +41,7 @@ class FineTuneJob:
     settings: TrainSettings = field(default_factory=TrainSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
-    val_fraction: float = 0.05  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
+    val_fraction: float = 0.03  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
     seed: int = 0
     # Cleaning before training (models/hygiene.py; the daemon sets it from [learning]); None trains on the examples as given.
     hygiene: HygieneSettings | None = None
@@ -164,6 +164,7 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
         "replay_eval_examples": len(job.replay_eval[0]),
         "epochs_run": result.epochs_run,
         "val_accuracy": result.val_accuracy,
+        "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
         "samples_per_s": round(result.samples_per_s, 1),
         "precision": result.precision,
         "device": result.device,

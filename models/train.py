@@ -2,7 +2,7 @@
 
 Plain data in, a trained model out: the orchestrator hands (text, intent) pairs, nothing here reads
 Kafka or the tiers. One loop serves every architecture: AdamW, linear warm-up then cosine decay,
-gradient accumulation, gradient clipping, early stopping on a validation split, and mixed precision
+gradient accumulation, gradient clipping, early stopping on a validation split's loss, and mixed precision
 on CUDA (bf16 where the GPU has it, else fp16 with a GradScaler). A non-finite loss stops training
 with ``TrainingDiverged``: a diverged model must never reach the export step.
 
@@ -31,7 +31,7 @@ from .architectures import DEFAULT_ARCHITECTURE, get_architecture
 from .base import IntentClassifier
 from .featurize import Featurizer
 
-__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "predict_indices", "resolve_precision", "train_classifier"]
+__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -50,7 +50,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     seed: int = 0
-    patience: int = 2  # epochs without validation gain before stopping (when a validation set is given)
+    patience: int = 3  # epochs without a lower validation loss before stopping (when a validation set is given)
     warmup_ratio: float = 0.06  # share of optimiser steps with a linear learning-rate ramp
     min_lr_ratio: float = 0.05  # the cosine decays to lr * this
     accumulation_steps: int = 1  # micro-batches per optimiser step
@@ -73,12 +73,13 @@ class TrainResult:
     featurizer: Featurizer
     epochs_run: int
     seconds: float
-    val_accuracy: float | None
+    val_accuracy: float | None  # of the kept checkpoint
     samples_per_s: float = 0.0
     precision: str = "fp32"
     device: str = "cpu"
     peak_memory_bytes: int | None = None  # CUDA only
     stopped_by_deadline: bool = False
+    val_loss: float | None = None  # of the kept checkpoint (the one with the lowest validation loss)
     world_size: int = 1  # processes that trained it (torch.distributed)
     backend: str | None = None  # their process group's backend ("gloo", "nccl"); None in one process
 
@@ -164,7 +165,7 @@ def train_classifier(
     warmup = max(1, int(total_steps * settings.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
 
-    best_state, best_acc, stale, epochs_run, samples, train_seconds, stopped = None, -1.0, 0, 0, 0, 0.0, False
+    best_state, best_loss, best_acc, stale, epochs_run, samples, train_seconds, stopped = None, math.inf, None, 0, 0, 0, 0.0, False
     for epoch in range(epochs):
         model.train()
         epoch_started = time.perf_counter()
@@ -224,17 +225,19 @@ def train_classifier(
         report: dict[str, Any] = {"epoch": epochs_run, "epochs": epochs, "loss": loss_sum / max(1, len(batches)), "samples_per_s": samples / max(train_seconds, 1e-9), "lr": scheduler.get_last_lr()[0]}
         if val is not None:
             if distributed:
-                # Rank 0 scores and every rank takes its number, so the keep/stop decisions below match.
-                score = torch.tensor([accuracy(model, featurizer, label_list, *val) if rank == 0 else 0.0], dtype=torch.float64, device=device)
-                dist.broadcast(score, 0)
-                acc = score.item()
+                # Rank 0 scores and every rank takes its numbers, so the keep/stop decisions below match.
+                scores = torch.tensor(validation_scores(model, featurizer, label_list, *val) if rank == 0 else (0.0, 0.0), dtype=torch.float64, device=device)
+                dist.broadcast(scores, 0)
+                val_loss, acc = scores.tolist()
             else:
-                acc = accuracy(model, featurizer, label_list, *val)
-            report["val_accuracy"] = acc
-            # A tie keeps the later epoch (it has trained longer at a lower rate) but counts as no gain.
-            stale = 0 if acc > best_acc else stale + 1
-            if acc >= best_acc:
-                best_acc = acc
+                val_loss, acc = validation_scores(model, featurizer, label_list, *val)
+            report.update(val_loss=val_loss, val_accuracy=acc)
+            # Judged on the loss, not the accuracy: on a validation split of a few hundred examples the
+            # accuracy moves in steps and ties, so it stopped fine-tunes mid-schedule and kept checkpoints
+            # that scored a point or two lower on fresh data. A tie keeps the later epoch but is no gain.
+            stale = 0 if val_loss < best_loss else stale + 1
+            if val_loss <= best_loss:
+                best_loss, best_acc = val_loss, acc
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         log.info("epoch %d/%d: %s", epochs_run, epochs, ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")))
         if progress is not None:
@@ -246,9 +249,9 @@ def train_classifier(
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     model.to("cpu").eval()
     return TrainResult(
-        model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc if val is not None else None,
+        model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc,
         samples_per_s=samples / max(train_seconds, 1e-9), precision=precision, device=str(device), peak_memory_bytes=peak, stopped_by_deadline=stopped,
-        world_size=world, backend=dist.get_backend() if distributed else None,
+        world_size=world, backend=dist.get_backend() if distributed else None, val_loss=None if best_state is None else best_loss,
     )
 
 
@@ -258,6 +261,27 @@ def predict_indices(model: IntentClassifier, featurizer: Featurizer, texts: Sequ
     device = next(model.parameters()).device
     out = [model(torch.from_numpy(featurizer.batch(texts[i : i + batch_size])).to(device)).argmax(1).cpu().numpy() for i in range(0, len(texts), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def validation_scores(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str], batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a validation split. An intent the model has no output for counts
+    as wrong in the accuracy and is left out of the loss (it has no logit to score); with none known the
+    loss is infinite, so such a split never looks like progress."""
+    model.eval()
+    device = next(model.parameters()).device
+    index = {label: i for i, label in enumerate(labels)}
+    loss_sum, scored, correct = 0.0, 0, 0
+    for start in range(0, len(texts), batch_size):
+        logits = model(torch.from_numpy(featurizer.batch(texts[start : start + batch_size])).to(device)).float()
+        truth = [index.get(intent, -1) for intent in intents[start : start + batch_size]]
+        target = torch.tensor(truth, dtype=torch.long, device=device)
+        correct += int((logits.argmax(1) == target).sum())
+        known = target >= 0
+        if bool(known.any()):
+            loss_sum += float(nn.functional.cross_entropy(logits[known], target[known], reduction="sum"))
+            scored += int(known.sum())
+    return (loss_sum / scored if scored else math.inf), correct / max(1, len(texts))
 
 
 def accuracy(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str]) -> float:
