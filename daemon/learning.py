@@ -33,13 +33,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from models.finetune import FineTuneJob, FineTuneResult
 from models.gate import GateSettings
 from models.hygiene import HygieneSettings, cap_per_class
+from models.pseudo import PseudoLabelSettings
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
 from streams.jsonsafe import json_safe
 from streams.monitor import DecayMonitor, Decision, MonitorMetrics, Outcome, OutcomeJoiner
 from streams.tiers import StoredEvent, TieredStore
-from streams.training_set import LabelledExample, labelled_examples, merge_recent, query_recent, query_replay
+from streams.training_set import LabelledExample, labelled_examples, merge_recent, query_recent, query_replay, query_unlabelled
 
 from .config import Settings
 from .timeline import TimelineRecorder
@@ -315,6 +316,9 @@ class LearningLoop:
             log.info("fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s", update["epoch"], update["epochs"], update["loss"], update["samples_per_s"], extra)
         elif stage == "hygiene":
             log.info("fine-tune data hygiene: kept %d, removed %s, truncated %d", update["kept"], {k: v for k, v in update["removed"].items() if v}, update["truncated"])
+        elif stage == "pseudo_labels":
+            log.info("fine-tune pseudo-labels: %d of %d unlabelled utterances at confidence >= %s (calibrated on %d validation labels for precision %s)",
+                     update["used"], update["unlabelled"], update["threshold"], update["calibration_examples"], update["precision_wanted"])
         elif stage in ("exporting", "gating"):
             log.info("fine-tune: %s", stage)
         if self.last_run is not None:
@@ -340,7 +344,10 @@ class LearningLoop:
         replay_eval, replay_train = replay[:n_eval], replay[n_eval:]
         replay_train, counts["replay_capped"] = _cap_replay(replay_train, cfg.replay_class_cap)
         train = replay_train + train_recent  # oldest first: the fine-tune validates on the newest
-        counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train), holdout=len(holdout), replay_eval=len(replay_eval))
+        unlabelled: list[str] = []
+        if cfg.pseudo_labels:  # candidates only: the child keeps those its calibrated threshold allows
+            unlabelled = await query_unlabelled(self.store, now - cfg.window_s, now + 366 * 86400, int(len(train_recent) * cfg.pseudo_label_ratio), {e.utterance_id for e in recent})
+        counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train), holdout=len(holdout), replay_eval=len(replay_eval), unlabelled=len(unlabelled))
         settings = TrainSettings(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
             warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
@@ -360,6 +367,8 @@ class LearningLoop:
             hygiene=HygieneSettings(
                 max_chars=self.settings.models.max_text_chars, near_duplicate_threshold=cfg.near_duplicate_threshold, conflicts=cfg.label_conflicts,
             ) if cfg.hygiene else None,
+            unlabelled=unlabelled,
+            pseudo=PseudoLabelSettings(cfg.pseudo_label_weight, cfg.pseudo_label_precision, cfg.pseudo_label_ratio) if cfg.pseudo_labels else None,
         )
         return job, counts
 

@@ -25,6 +25,7 @@ from .export import SERVED_MODEL, build_version_files, cpu_session
 from .featurize import featurizer_from_json
 from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
 from .hygiene import HygieneSettings, clean_training_examples
+from .pseudo import PseudoLabelSettings, pseudo_label
 from .train import TrainResult, TrainSettings, train_classifier
 
 __all__ = ["FineTuneJob", "FineTuneResult", "TrainedCandidate", "judge_candidate", "run_fine_tune", "train_candidate"]
@@ -48,6 +49,9 @@ class FineTuneJob:
     # Set by the daemon: the candidate's files are written here and the result carries their paths, so
     # tens of MB of model bytes never cross the pipe into the long-lived parent (whose heap keeps them).
     output_dir: str | None = None
+    # Recent utterances nobody labelled, and how to pseudo-label them (models/pseudo.py); None: human labels only.
+    unlabelled: list[str] = field(default_factory=list)
+    pseudo: PseudoLabelSettings | None = None
 
 
 @dataclass
@@ -67,6 +71,7 @@ class TrainedCandidate:
     incumbent_labels: list[str] | None
     started: float  # time.time() when the job started
     hygiene: dict[str, Any] | None = None  # what the cleaning removed and why (HygieneReport.to_dict)
+    pseudo_labels: dict[str, Any] | None = None  # how many were found, at which threshold, and whether they were kept
 
 
 class _Served:
@@ -112,12 +117,7 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
     """Warm-start (or start) and train; distributed when a process group is initialised."""
     started = time.time()
     report = _reporter(progress)
-    init = labels = featurizer = None
-    if job.incumbent_dir is not None:
-        root = Path(job.incumbent_dir)
-        labels = json.loads((root / "labels.json").read_text())
-        featurizer = featurizer_from_json((root / "featurizer.json").read_text())
-        init = load_weights((root / "model.pt").read_bytes())
+    labels, featurizer, init = _incumbent(job)
     train_texts, train_intents = job.train
     hygiene = None
     if job.hygiene is not None:
@@ -131,7 +131,52 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
         texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,
         architecture=job.architecture, progress=lambda r: report("epoch", **r),
     )
-    return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started, hygiene)
+    pseudo = None
+    if job.pseudo is not None and job.unlabelled:
+        result, pseudo = _retrain_with_pseudo_labels(job, result, texts, intents, val, report)
+    return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started, hygiene, pseudo)
+
+
+def _incumbent(job: FineTuneJob) -> tuple[list[str] | None, Any, Any]:
+    """(labels, featuriser, weights) of the job's incumbent, freshly loaded (training changes the weights in
+    place); all None when the job trains from scratch."""
+    if job.incumbent_dir is None:
+        return None, None, None
+    root = Path(job.incumbent_dir)
+    return json.loads((root / "labels.json").read_text()), featurizer_from_json((root / "featurizer.json").read_text()), load_weights((root / "model.pt").read_bytes())
+
+
+def _retrain_with_pseudo_labels(
+    job: FineTuneJob, first: TrainResult, texts: list[str], intents: list[str], val: tuple[list[str], list[str]] | None, report: Callable[..., None],
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Label the recent unlabelled utterances with the candidate just trained, at the confidence its
+    validation split (human labels it did not train on) vouches for, and train again from the same start
+    with them at a lower weight. The second candidate replaces the first only if its validation loss is no
+    higher, so pseudo-labels can add to a candidate but not cost it. The validation split, the holdout and
+    the replay check stay human-labelled."""
+    settings = job.pseudo
+    assert settings is not None
+    if val is None:
+        return first, {"used": 0, "kept": False, "skipped": "no validation split to calibrate the threshold on"}
+    found = pseudo_label(first.model, first.featurizer, first.labels, val, job.unlabelled, settings, limit=int(len(texts) * settings.max_ratio))
+    info = found.report
+    # Cleaned like the human labels; a text that is labelled anywhere in the job is not pseudo-labelled too.
+    pseudo_texts, pseudo_intents, cleaned = clean_training_examples(
+        found.texts, found.intents, settings=job.hygiene or HygieneSettings(), holdout_texts=[*job.holdout[0], *val[0], *texts],
+    )
+    info.update(used=len(pseudo_texts), hygiene=cleaned.to_dict(), weight=settings.weight, kept=False)
+    report("pseudo_labels", **info)
+    if not pseudo_texts:
+        return first, info
+    _, _, init = _incumbent(job)
+    second = train_classifier(
+        texts + pseudo_texts, intents + pseudo_intents, labels=first.labels, featurizer=first.featurizer, init=init, settings=job.settings, val=val,
+        architecture=job.architecture, progress=lambda r: report("epoch", **r, with_pseudo_labels=True),
+        weights=[1.0] * len(texts) + [settings.weight] * len(pseudo_texts),
+    )
+    info.update(kept=second.val_loss is not None and first.val_loss is not None and second.val_loss <= first.val_loss,
+                val_loss_without=first.val_loss, val_loss_with=second.val_loss)
+    return (second if info["kept"] else first), info
 
 
 def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progress | None = None) -> FineTuneResult:
@@ -159,6 +204,7 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
         "new_labels": sorted(set(result.labels) - set(trained.incumbent_labels or [])),
         "train_examples": len(texts),
         "hygiene": trained.hygiene,
+        "pseudo_labels": trained.pseudo_labels,
         "validation_examples": trained.validation_examples,
         "holdout_examples": len(job.holdout[0]),
         "replay_eval_examples": len(job.replay_eval[0]),

@@ -118,9 +118,11 @@ def train_classifier(
     val: tuple[Sequence[str], Sequence[str]] | None = None,
     architecture: str = DEFAULT_ARCHITECTURE,
     progress: Progress | None = None,
+    weights: Sequence[float] | None = None,
 ) -> TrainResult:
     """Fit on (texts, intents). ``labels`` fixes the label order (new intents are appended to it);
-    ``init`` warm-starts from an existing model (its architecture wins), grown to the new label set."""
+    ``init`` warm-starts from an existing model (its architecture wins), grown to the new label set;
+    ``weights`` scales each example's loss (a batch's loss is their weighted mean), 1 for all when None."""
     started = time.perf_counter()
     rank, world = _world()
     distributed = world > 1
@@ -157,6 +159,9 @@ def train_classifier(
 
     features = [featurizer.features(t) for t in texts]
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
+    if weights is not None and len(weights) != len(texts):
+        raise ValueError(f"{len(weights)} weights for {len(texts)} examples")
+    example_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     epochs = settings.epochs or arch.epochs
     lr = settings.lr or arch.lr * math.sqrt(settings.batch_size * settings.accumulation_steps * world / 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
@@ -181,7 +186,13 @@ def train_classifier(
             ids = torch.from_numpy(featurizer.pad([features[j] for j in batch])).to(device, non_blocking=True)
             step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
             with autocast(), net.no_sync() if distributed and not step_now else nullcontext():  # accumulate locally, all-reduce once per optimiser step
-                loss = nn.functional.cross_entropy(net(ids).float(), targets[batch].to(device), label_smoothing=settings.label_smoothing)
+                logits = net(ids).float()
+                if example_weights is None:
+                    loss = nn.functional.cross_entropy(logits, targets[batch].to(device), label_smoothing=settings.label_smoothing)
+                else:
+                    weight = example_weights[batch].to(device)
+                    per_example = nn.functional.cross_entropy(logits, targets[batch].to(device), label_smoothing=settings.label_smoothing, reduction="none")
+                    loss = (per_example * weight).sum() / weight.sum().clamp_min(1e-12)
             if distributed:
                 # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any rank, or
                 # the deadline passing on any, stops every rank at the same step.

@@ -18,7 +18,10 @@ import pyarrow.compute as pc
 
 from .tiers import StoredEvent, TieredStore
 
-__all__ = ["LabelledExample", "TrainingSet", "labelled_examples", "merge_recent", "query_recent", "query_replay", "query_training_set", "stratified_sample"]
+__all__ = [
+    "LabelledExample", "TrainingSet", "labelled_examples", "merge_recent", "query_recent", "query_replay", "query_training_set", "query_unlabelled",
+    "stratified_sample",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,16 @@ async def query_replay(
     if size <= 0:
         return []
     return await store.run(_replay_from_cold, store, size, seed, exclude, scan_rows)
+
+
+async def query_unlabelled(store: TieredStore, start_ts: float, end_ts: float, limit: int, labelled: Collection[str]) -> list[str]:
+    """Texts of the newest ``limit`` utterances with event time in [start_ts, end_ts) whose id is not in
+    ``labelled`` (the candidates for pseudo-labels). Every stored event is in warm until it is demoted, so
+    warm alone answers; at most ``limit + len(labelled)`` rows are read."""
+    if limit <= 0:
+        return []
+    rows = await store.run(store.warm.utterances_newest_first, start_ts, end_ts, limit + len(labelled))
+    return [text for event_id, text in rows if event_id not in labelled][:limit]
 
 
 def _labelled(event: StoredEvent) -> bool:

@@ -188,6 +188,16 @@ class WarmStore:
         finally:
             cursor.close()  # ends the read transaction when the caller stops early
 
+    def utterances_newest_first(self, start_ts: float, end_ts: float, limit: int) -> list[tuple[str, str]]:
+        """(event_id, text) of the newest ``limit`` utterances with event time in [start_ts, end_ts). No index
+        serves it (one on every utterance would cost each ingest write): a scan with a top-``limit`` sort,
+        run once per fine-tune that asks for pseudo-labels."""
+        rows = self._db.execute(
+            "SELECT event_id, text FROM events WHERE type = 'utterance' AND text IS NOT NULL AND ts >= ? AND ts < ? ORDER BY ts DESC LIMIT ?",
+            (start_ts, end_ts, limit),
+        )
+        return rows.fetchall()
+
     def all_keys(self) -> list[tuple[str, int, int]]:
         return self._db.execute("SELECT topic, partition, offset FROM events").fetchall()
 
