@@ -267,6 +267,7 @@ class LearningSettings(_Section):
     accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step (gradient accumulation).")
     clip_norm: float = Field(1.0, ge=0, description="Gradient norm clip; 0 turns it off.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with a linear learning-rate warm-up before the cosine decay.")
+    curriculum: bool = Field(False, description="The first epoch of a fine-tune goes easy to hard, by the incumbent's loss on each example (later epochs are shuffled).")
     validation_fraction: float = Field(0.03, ge=0, lt=0.5, description="Share of the training examples (the newest) kept out for early stopping; 0 trains every epoch and keeps the last.")
     patience: int = Field(3, ge=1, description="Epochs without a lower validation loss before early stopping.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description='"auto" (CUDA when present), "cpu" or "cuda[:N]".')
@@ -292,7 +293,7 @@ class LearningSettings(_Section):
 
 class LabelingSettings(_Section):
     enabled: bool = Field(False, description="Publish labelling requests for the most uncertain predictions on topics.labeling_requests (`driftd labels export | import` take them to Label Studio and back).")
-    strategy: Literal["least_confidence", "margin", "entropy"] = Field("margin", description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - (p1 - p2)) or entropy (normalised, over the top-k).")
+    strategy: Literal["least_confidence", "margin", "entropy", "random"] = Field("margin", description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - (p1 - p2)) or entropy (normalised, over the top-k); random (a hash of the event id) is the baseline they are measured against.")
     budget_per_hour: int = Field(100, ge=0, description="Most labelling requests an hour (a token bucket holding a sixth of it, so the hour cannot go at once); 0 requests nothing.")
     min_score: float = Field(0.3, ge=0, le=1, description="A prediction is requested only with at least this uncertainty score, and at least the 80th percentile of the last `window` scores.")
     diversity_threshold: float = Field(0.8, ge=0, le=1, description="Estimated Jaccard similarity of word 3-shingles (MinHash) with one of the last `window` requested texts at or above which a text is a near duplicate and not requested; 0 turns the guard off.")

@@ -351,7 +351,7 @@ class LearningLoop:
         settings = TrainSettings(
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
             warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
-            device=cfg.device, precision=cfg.precision,
+            device=cfg.device, precision=cfg.precision, curriculum=cfg.curriculum,
         )
         # A follow-up's incumbent is the previous candidate of the same episode, trained on a subset of this
         # one's data: the candidate need only not be worse beyond holdout noise (a tie or a few examples'

@@ -31,7 +31,7 @@ from .architectures import DEFAULT_ARCHITECTURE, get_architecture
 from .base import IntentClassifier
 from .featurize import Featurizer
 
-__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
+__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "curriculum_order", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -58,6 +58,7 @@ class TrainSettings:
     device: str = "auto"  # "auto": CUDA when present, else CPU
     precision: str = "auto"  # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
     deadline: float | None = None  # time.monotonic() after which training stops at the next step
+    curriculum: bool = False  # a warm start's first epoch goes easy to hard, by the incumbent's loss on each example
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -170,11 +171,16 @@ def train_classifier(
     warmup = max(1, int(total_steps * settings.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
 
+    # Scored before the first step, so by the incumbent (every rank alike: same weights, same data).
+    first_epoch_order = curriculum_order(model, featurizer, features, targets) if settings.curriculum and init is not None else None
     best_state, best_loss, best_acc, stale, epochs_run, samples, train_seconds, stopped = None, math.inf, None, 0, 0, 0, 0.0, False
     for epoch in range(epochs):
         model.train()
         epoch_started = time.perf_counter()
         order = rng.permutation(len(features))
+        if epoch == 0 and first_epoch_order is not None:
+            rng.permutation(len(features))  # drawn anyway, so later epochs shuffle as they would without a curriculum
+            order = first_epoch_order
         batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
         if distributed:
             # The same order on every rank (same seed); rank r takes batches r, r + world, ..., wrapped
@@ -272,6 +278,20 @@ def predict_indices(model: IntentClassifier, featurizer: Featurizer, texts: Sequ
     device = next(model.parameters()).device
     out = [model(torch.from_numpy(featurizer.batch(texts[i : i + batch_size])).to(device)).argmax(1).cpu().numpy() for i in range(0, len(texts), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def curriculum_order(model: IntentClassifier, featurizer: Featurizer, features: Sequence[Any], targets: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Example indices from the lowest loss under ``model`` to the highest (easy to hard); ties keep their order.
+    An intent the model has just grown an output for scores with that output's fresh weights: hard."""
+    model.eval()
+    device = next(model.parameters()).device
+    losses = []
+    for start in range(0, len(features), batch_size):
+        ids = torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(device)
+        losses.append(nn.functional.cross_entropy(model(ids).float(), targets[start : start + batch_size].to(device), reduction="none").cpu())
+    model.train()
+    return np.argsort(torch.cat(losses).numpy(), kind="stable") if losses else np.zeros(0, dtype=np.int64)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ Pure logic: nothing here reads or writes Kafka.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from streams.schema import Rejection, decode_event
 __all__ = [
     "SKIP_REASONS",
     "STRATEGIES",
+    "UNCERTAINTY_STRATEGIES",
     "LabelingSampler",
     "label_events_from_label_studio",
     "label_studio_config",
@@ -38,7 +40,10 @@ __all__ = [
     "to_label_studio_tasks",
 ]
 
-STRATEGIES = ("least_confidence", "margin", "entropy")
+UNCERTAINTY_STRATEGIES = ("least_confidence", "margin", "entropy")
+# "random" scores every prediction by a hash of its event id: the baseline uncertainty sampling is measured
+# against (bench/labeling.py), through the same percentile, budget and diversity guard.
+STRATEGIES = (*UNCERTAINTY_STRATEGIES, "random")
 SKIP_REASONS = ("below_min_score", "below_percentile", "budget", "near_duplicate")
 PERCENTILE = 0.8
 WARMUP_SCORES = 50  # until this many scores were seen, the percentile of a handful means nothing
@@ -57,8 +62,8 @@ def score(prediction_topk: Sequence[tuple[str, float]], strategy: str) -> float:
     top-k probabilities renormalised to sum 1, divided by log(k). Raises ValueError on an unknown
     strategy, an empty top-k or a probability that is not a finite number in [0, 1].
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    if strategy not in UNCERTAINTY_STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(UNCERTAINTY_STRATEGIES)}")
     if not prediction_topk:
         raise ValueError("prediction_topk is empty")
     probs = sorted((float(p) for _, p in prediction_topk), reverse=True)
@@ -77,6 +82,11 @@ def score(prediction_topk: Sequence[tuple[str, float]], strategy: str) -> float:
         entropy = -sum(p / total * math.log(p / total) for p in probs if p > 0.0)
         value = entropy / math.log(len(probs))
     return min(1.0, max(0.0, value))
+
+
+def _random_score(event_id: str) -> float:
+    """Uniform in [0, 1), the same for the same event (a redelivered prediction scores alike)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") / 2.0**64
 
 
 def _shingles(text: str) -> list[bytes]:
@@ -160,7 +170,7 @@ class LabelingSampler:
         ``topk`` is the prediction's (intent, probability) list; ``turn`` the utterance's turn, carried
         through to the label event. Raises ValueError on a top-k that ``score`` refuses.
         """
-        value = score(topk, self.strategy)
+        value = _random_score(event_id) if self.strategy == "random" else score(topk, self.strategy)
         self._counts["offered"] += 1
         threshold = self.percentile()
         n_recent = len(self._scores)

@@ -74,6 +74,20 @@ def test_bad_input_is_refused(topk: list, strategy: str) -> None:
         score(topk, strategy)
 
 
+def test_the_random_baseline_ignores_the_prediction_and_picks_a_fifth_whatever_the_confidence() -> None:
+    s = sampler(Clock(), strategy="random", budget_per_hour=10**9, diversity_threshold=0.0, window=200)
+    sure = [("a", 0.99), ("b", 0.01)]
+    picked = [s.offer(f"e{i}", "c", f"text {i}", "v1", sure if i % 2 else uncertain(0.99)) for i in range(4000)]
+    share_sure = sum(p is not None for i, p in enumerate(picked) if i % 2) / 2000
+    share_unsure = sum(p is not None for i, p in enumerate(picked) if not i % 2) / 2000
+    assert 0.15 < share_sure < 0.25 and 0.15 < share_unsure < 0.25  # above the running 80th percentile of uniform scores
+    again = sampler(Clock(), strategy="random").offer("e7", "c", "text", "v1", sure)
+    first = sampler(Clock(), strategy="random").offer("e7", "c", "text", "v2", uncertain(0.5))
+    assert again and first and again["score"] == first["score"] and again["strategy"] == "random"  # the event decides, not the model
+    with pytest.raises(ValueError, match="unknown strategy"):
+        score(sure, "random")  # no uncertainty score of a prediction
+
+
 # --- the sampler --------------------------------------------------------------------------------------
 
 
@@ -190,7 +204,7 @@ def test_counts_add_up() -> None:
     assert all(counts[r] > 0 for r in SKIP_REASONS), counts
 
 
-@pytest.mark.parametrize("bad", [dict(strategy="random"), dict(budget_per_hour=-1), dict(window=0), dict(diversity_threshold=1.5)])
+@pytest.mark.parametrize("bad", [dict(strategy="smallest_margin"), dict(budget_per_hour=-1), dict(window=0), dict(diversity_threshold=1.5)])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         sampler(Clock(), **bad)

@@ -1,0 +1,224 @@
+"""Active labelling, measured: how many human labels uncertainty sampling needs against random sampling.
+
+The Banking77 half-then-all scenario, once per strategy, each on a fresh daemon (``python -m daemon run``)
+and topic on the embedded broker:
+
+  * The daemon serves a seed model trained on the train split of half the 77 intents (the fixed random half
+    of the learning-loop test) and has ``labeling.enabled`` with the strategy under test: ``margin`` (or
+    ``--strategy``) and ``random``, its baseline (a hash of the event id, through the same percentile,
+    diversity guard and budget). Its automatic learning is off: this bench retrains by hand, so both
+    strategies get the same number of fine-tunes at the same label counts.
+  * The stream: ``--utterances`` train-split utterances, the seed intents until ``--onset``, then all 77,
+    unlabelled, sent in rounds of ``--round`` utterances. After each round a simulated annotator reads the
+    round's requests from ``labeling-requests`` in the order they were published and answers the first
+    ``--budget`` x round of them with the true intent (``label`` events on the input topic, through the
+    broker). Then ``POST /admin/v1/retrain`` (the real fine-tune, gate and hot swap; the gate's holdout is
+    ``--holdout`` of the labels, enough for its 50-example floor early on), and the served model is scored
+    on the Banking77 test split through ``POST /v1/predict``.
+  * The bound: the default model trained offline on the seed data plus every streamed utterance with its
+    true intent. "Labels needed" = human labels given when test accuracy first came within 3 points of it.
+
+Prints a table (labels needed, the ratio uncertainty / random, the goal <= 0.6) and the curve of each
+strategy, and draws them into a PNG (``--png``). About 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BenchDaemon, cpu_model, exit_on_sigterm, positive_int  # noqa: E402
+from bench.loop import print_table  # noqa: E402
+
+TOKEN = "bench-labeling-token"
+GOAL_RATIO = 0.6
+WITHIN = 0.03
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategy", default="margin", choices=("margin", "least_confidence", "entropy"), help="the uncertainty strategy (default margin)")
+    parser.add_argument("--utterances", type=positive_int, default=9000, help="streamed utterances (default 9000)")
+    parser.add_argument("--onset", type=positive_int, default=2000, help="utterance index where all 77 intents start (default 2000)")
+    parser.add_argument("--round", type=positive_int, default=500, help="utterances per round: annotate, retrain, score (default 500)")
+    parser.add_argument("--budget", type=float, default=0.1, help="share of each round's utterances a human labels (default 0.1)")
+    parser.add_argument("--holdout", type=float, default=0.2, help="learning.holdout_fraction of the daemon (default 0.2)")
+    parser.add_argument("--png", type=Path, default=Path("labeling.png"), help="where to draw the accuracy curves (default labeling.png)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs, registries)")
+    args = parser.parse_args(argv)
+    if not 0 < args.budget <= 1:
+        parser.error(f"--budget must be in (0, 1], got {args.budget}")
+    exit_on_sigterm()
+    print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}")
+
+    from daemon.broker import EmbeddedBroker, free_port
+    from models.export import build_version_files
+    from models.registry import Registry
+    from models.train import TrainSettings, accuracy, train_classifier
+    from streams.datasets import load_examples
+    from streams.replay import DriftSchedule, Phase, plan_events
+
+    train = load_examples("banking77", "train")
+    everything = sorted({e.intent for e in train})
+    seed_intents = set(random.Random(77).sample(everything, len(everything) // 2))
+    seed_examples = [e for e in train if e.intent in seed_intents]
+    test = load_examples("banking77", "test")
+    schedule = DriftSchedule((Phase(0, ("half",), frozenset(seed_intents)), Phase(args.onset, ("all",), frozenset(everything))))
+    planned = list(plan_events(train, schedule, limit=args.utterances, label_fraction=1.0, label_delay=0, seed=11, dataset="bench"))
+    truth = {e["ref_event_id"]: e["intent"] for e in planned if e["type"] == "label"}
+    utterances = [e for e in planned if e["type"] == "utterance"]
+
+    started = time.perf_counter()
+    seed = train_classifier([e.text for e in seed_examples], [e.intent for e in seed_examples], settings=TrainSettings(batch_size=256))
+    offline = train_classifier([e.text for e in seed_examples] + [u["text"] for u in utterances], [e.intent for e in seed_examples] + [truth[u["event_id"]] for u in utterances],
+                               settings=TrainSettings(batch_size=256))
+    bound = accuracy(offline.model, offline.featurizer, offline.labels, [e.text for e in test], [e.intent for e in test])
+    print(f"offline bound (seed data + all {len(utterances)} streamed utterances, labelled): {bound:.4f}; target {bound - WITHIN:.4f}  ({time.perf_counter() - started:.0f}s)")
+
+    work = Path(tempfile.mkdtemp(prefix="driftd-bench-labeling-"))
+    broker = EmbeddedBroker(free_port(), log_path=work / "broker.log").start()
+    curves: dict[str, list[dict[str, Any]]] = {}
+    try:
+        files, _ = build_version_files(seed.model, seed.featurizer, seed.labels, [e.text for e in seed_examples[::100]][:64])
+        for strategy in (args.strategy, "random"):
+            registry = Registry(work / strategy / "registry")
+            registry.set_current(registry.publish(files, parent=None, info={"source": "bench seed"}).version)
+            curves[strategy] = run_strategy(broker.bootstrap, work / strategy, registry.root, strategy, utterances, truth, test, args)
+    finally:
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows, needed = [], {}
+    for strategy, curve in curves.items():
+        reached = next((point for point in curve if point["accuracy"] >= bound - WITHIN), None)
+        needed[strategy] = None if reached is None else reached["labels"]
+        rows.append({
+            "strategy": strategy, "labels given": curve[-1]["labels"], "final accuracy": f"{curve[-1]['accuracy']:.4f}",
+            "best accuracy": f"{max(p['accuracy'] for p in curve):.4f}", f"labels to within {WITHIN * 100:.0f} pts": needed[strategy] or f"not within {curve[-1]['labels']}",
+            "swaps": sum(p["result"] == "swapped" for p in curve),
+        })
+    print()
+    print_table(rows)
+    uncertain, baseline = needed[args.strategy], needed["random"]
+    if uncertain is not None and baseline is not None:
+        ratio = uncertain / baseline
+        print(f"\nratio {args.strategy} / random: {ratio:.2f} (goal <= {GOAL_RATIO}): {'PASS' if ratio <= GOAL_RATIO else 'FAIL'}")
+    elif uncertain is not None:
+        ratio = uncertain / curves["random"][-1]["labels"]
+        print(f"\nrandom never came within {WITHIN * 100:.0f} points with {curves['random'][-1]['labels']} labels: ratio < {ratio:.2f} (goal <= {GOAL_RATIO}): {'PASS' if ratio <= GOAL_RATIO else 'UNDECIDED'}")
+    else:
+        print(f"\n{args.strategy} never came within {WITHIN * 100:.0f} points: no ratio (goal <= {GOAL_RATIO}): FAIL")
+    print("\ncurves (labels given: test accuracy of the served version):")
+    for strategy, curve in curves.items():
+        print(f"  {strategy:>16}: " + ", ".join(f"{p['labels']}: {p['accuracy']:.3f}" for p in curve))
+    draw(curves, bound, args.png, args)
+    print(f"\ncurves drawn to {args.png}  ({time.perf_counter() - started:.0f}s in all)")
+    return 0
+
+
+def run_strategy(bootstrap: str, work: Path, registry_dir: Path, strategy: str, utterances: list[dict[str, Any]], truth: dict[str, str],
+                 test: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from tests.integration.harness import produce, read_topic
+
+    topic = f"bench-labeling-{strategy}-{os.getpid()}"
+    daemon = BenchDaemon(bootstrap, work / "daemon", topic, extra_env={
+        "DRIFTD_MODELS__REGISTRY_DIR": str(registry_dir), "DRIFTD_WEB__ADMIN_TOKEN": TOKEN,
+        "DRIFTD_LABELING__ENABLED": "true", "DRIFTD_LABELING__STRATEGY": strategy, "DRIFTD_LABELING__MIN_SCORE": "0",
+        "DRIFTD_LABELING__BUDGET_PER_HOUR": str(10**9),  # the annotator's budget is the one that binds
+        "DRIFTD_LEARNING__ENABLED": "false", "DRIFTD_LEARNING__FOLLOWUP_LABELS": "0", "DRIFTD_LEARNING__MIN_LABELLED": "50",
+        "DRIFTD_LEARNING__HOLDOUT_FRACTION": str(args.holdout),
+    })
+    daemon.env.pop("DRIFTD_CONFIG", None)
+    daemon.start()
+    curve: list[dict[str, Any]] = []
+    try:
+        daemon.wait_ready(timeout_s=120, model=True)
+        labels_given, requests_seen, stored = 0, 0, 0
+        for start in range(0, len(utterances), args.round):
+            chunk = utterances[start : start + args.round]
+            asyncio.run(produce(bootstrap, topic, [json.dumps(u).encode() for u in chunk], rate=3000))
+            stored += len(chunk)
+            daemon.wait_until(lambda: daemon.metric("driftd_labeling_offers_total") >= start + len(chunk), 120, "every prediction offered for labelling")
+            picked = int(daemon.metrics()["driftd_labeling_offers_total{result=picked}"])
+            requests = [json.loads(r.value) for r in asyncio.run(read_topic(bootstrap, f"{topic}.labeling-requests", picked, timeout_s=60))]
+            fresh, requests_seen = requests[requests_seen:], len(requests)
+            wanted = {u["event_id"] for u in chunk}
+            answered = [r for r in fresh if r["event_id"] in wanted][: round(args.budget * len(chunk))]
+            labels = [{"event_id": f"{r['event_id']}-label", "type": "label", "conversation_id": r["conversation_id"], "turn": r["turn"],
+                       "ts": time.time(), "ref_event_id": r["event_id"], "intent": truth[r["event_id"]]} for r in answered]
+            asyncio.run(produce(bootstrap, topic, [json.dumps(e).encode() for e in labels]))
+            labels_given += len(labels)
+            stored += len(labels)
+            daemon.wait_stored(stored, timeout_s=120)
+            result = retrain(daemon) if labels_given >= 50 else "too few labels"
+            point = {"utterances": start + len(chunk), "labels": labels_given, "accuracy": served_accuracy(daemon, test), "result": result}
+            curve.append(point)
+            print(f"  {strategy}: {point['utterances']} utterances, {labels_given} labels ({len(fresh)} requests this round), fine-tune {result}, test accuracy {point['accuracy']:.4f}", flush=True)
+    finally:
+        daemon.stop_quietly()
+    return curve
+
+
+def admin(daemon: Any, method: str, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(daemon.url + path, method=method, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def retrain(daemon: Any) -> str:
+    before = admin(daemon, "GET", "/admin/v1/learning")["runs"]
+    admin(daemon, "POST", "/admin/v1/retrain")
+    daemon.wait_until(lambda: (lambda s: s["state"] == "idle" and s["runs"] > before)(admin(daemon, "GET", "/admin/v1/learning")), 300, "the fine-tune to end")
+    return str(admin(daemon, "GET", "/admin/v1/learning")["last_run"].get("result"))
+
+
+def served_accuracy(daemon: Any, test: list[Any]) -> float:
+    right = 0
+    for start in range(0, len(test), 256):
+        batch = test[start : start + 256]
+        body = json.dumps({"texts": [e.text for e in batch]}).encode()
+        request = urllib.request.Request(daemon.url + "/v1/predict", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            predictions = json.load(response)["predictions"]
+        right += sum(p["intent"] == e.intent for p, e in zip(predictions, batch))
+    return right / len(test)
+
+
+def draw(curves: dict[str, list[dict[str, Any]]], bound: float, path: Path, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for strategy, curve in curves.items():
+        ax.plot([p["labels"] for p in curve], [p["accuracy"] for p in curve], marker="o", markersize=3, label=strategy)
+    ax.axhline(bound, color="black", linewidth=0.8, label=f"offline bound {bound:.3f}")
+    ax.axhline(bound - WITHIN, color="black", linewidth=0.8, linestyle="--", label=f"bound - {WITHIN * 100:.0f} pts")
+    ax.set_xlabel("human labels given")
+    ax.set_ylabel("Banking77 test accuracy of the served model")
+    ax.set_title(f"Banking77, half then all intents: labelling {args.budget:.0%} of each {args.round}-utterance round")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
