@@ -12,6 +12,7 @@ It is two stages, ``train_candidate`` then ``judge_candidate`` (export, quantise
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ def _retrain_with_pseudo_labels(
         weights=[1.0] * len(texts) + [settings.weight] * len(pseudo_texts),
     )
     info.update(kept=second.val_loss is not None and first.val_loss is not None and second.val_loss <= first.val_loss,
-                val_loss_without=first.val_loss, val_loss_with=second.val_loss)
+                val_loss_without=_finite(first.val_loss), val_loss_with=_finite(second.val_loss))
     return (second if info["kept"] else first), info
 
 
@@ -210,7 +211,7 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
         "replay_eval_examples": len(job.replay_eval[0]),
         "epochs_run": result.epochs_run,
         "val_accuracy": result.val_accuracy,
-        "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
+        "val_loss": _finite(result.val_loss),
         "samples_per_s": round(result.samples_per_s, 1),
         "precision": result.precision,
         "device": result.device,
@@ -222,6 +223,12 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
     }
     report("verdict", passed=verdict.passed, describe=verdict.describe())
     return FineTuneResult(files if job.output_dir is None else _write_out(files, Path(job.output_dir)), verdict, summary)
+
+
+def _finite(value: float | None) -> float | None:
+    """A score for the manifest (JSON): rounded, and None where it is missing or infinite (a validation split
+    of intents the model has no output for has no loss)."""
+    return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
 def _write_out(files: dict[str, bytes], directory: Path) -> dict[str, bytes | Path]:

@@ -290,7 +290,6 @@ def curriculum_order(model: IntentClassifier, featurizer: Featurizer, features: 
     for start in range(0, len(features), batch_size):
         ids = torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(device)
         losses.append(nn.functional.cross_entropy(model(ids).float(), targets[start : start + batch_size].to(device), reduction="none").cpu())
-    model.train()
     return np.argsort(torch.cat(losses).numpy(), kind="stable") if losses else np.zeros(0, dtype=np.int64)
 
 
