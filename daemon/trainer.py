@@ -127,7 +127,7 @@ class TrainerProcess:
         deadline = time.monotonic() + timeout_s
         try:
             # Not as a Process argument: spawn writes those into a pipe from this thread, and the child reads
-            # them only once its interpreter has started and imported the daemon (seconds on a busy machine),
+            # them while it imports the target's module (daemon.trainer, so torch: seconds on a busy machine),
             # so a job bigger than the pipe's buffer would hold the event loop until then.
             sending = loop.run_in_executor(None, self._send_job, job_send, job, process)
             try:
