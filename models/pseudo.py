@@ -19,6 +19,7 @@ import torch
 
 from .base import IntentClassifier
 from .featurize import Featurizer
+from .train import batched_logits
 
 __all__ = ["PseudoLabelSettings", "PseudoLabels", "calibrate_threshold", "confident_predictions", "pseudo_label"]
 
@@ -42,17 +43,14 @@ class PseudoLabels:
     report: dict[str, Any]
 
 
-@torch.no_grad()
 def confident_predictions(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], batch_size: int = 512) -> tuple[list[str], np.ndarray]:
     """(top-1 intent, its softmax probability) of each text."""
-    model.eval()
     intents: list[str] = []
     confidences: list[np.ndarray] = []
-    for start in range(0, len(texts), batch_size):
-        probabilities = torch.softmax(model(torch.from_numpy(featurizer.batch(texts[start : start + batch_size]))).float(), dim=1)
-        top, index = probabilities.max(1)
+    for _, logits in batched_logits(model, featurizer, texts, batch_size):
+        top, index = torch.softmax(logits, dim=1).max(1)
         intents += [labels[i] for i in index.tolist()]
-        confidences.append(top.numpy())
+        confidences.append(top.cpu().numpy())
     return intents, (np.concatenate(confidences) if confidences else np.zeros(0))
 
 

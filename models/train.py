@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +31,7 @@ from .architectures import DEFAULT_ARCHITECTURE, get_architecture
 from .base import IntentClassifier
 from .featurize import Featurizer
 
-__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "curriculum_order", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
+__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "batched_logits", "curriculum_order", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -272,11 +272,18 @@ def train_classifier(
     )
 
 
-@torch.no_grad()
-def predict_indices(model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
+def batched_logits(model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start index, float32 logits) of ``texts`` in batches, in eval mode and without gradients, on the model's device."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model(torch.from_numpy(featurizer.batch(texts[i : i + batch_size])).to(device)).argmax(1).cpu().numpy() for i in range(0, len(texts), batch_size)]
+    for start in range(0, len(texts), batch_size):
+        with torch.no_grad():  # closed before the yield, so the caller's grad mode is never changed
+            logits = model(torch.from_numpy(featurizer.batch(texts[start : start + batch_size])).to(device)).float()
+        yield start, logits
+
+
+def predict_indices(model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
+    out = [logits.argmax(1).cpu().numpy() for _, logits in batched_logits(model, featurizer, texts, batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -293,19 +300,15 @@ def curriculum_order(model: IntentClassifier, featurizer: Featurizer, features: 
     return np.argsort(torch.cat(losses).numpy(), kind="stable") if losses else np.zeros(0, dtype=np.int64)
 
 
-@torch.no_grad()
 def validation_scores(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str], batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on a validation split. An intent the model has no output for counts
     as wrong in the accuracy and is left out of the loss (it has no logit to score); with none known the
     loss is infinite, so such a split never looks like progress."""
-    model.eval()
-    device = next(model.parameters()).device
     index = {label: i for i, label in enumerate(labels)}
     loss_sum, scored, correct = 0.0, 0, 0
-    for start in range(0, len(texts), batch_size):
-        logits = model(torch.from_numpy(featurizer.batch(texts[start : start + batch_size])).to(device)).float()
+    for start, logits in batched_logits(model, featurizer, texts, batch_size):
         truth = [index.get(intent, -1) for intent in intents[start : start + batch_size]]
-        target = torch.tensor(truth, dtype=torch.long, device=device)
+        target = torch.tensor(truth, dtype=torch.long, device=logits.device)
         correct += int((logits.argmax(1) == target).sum())
         known = target >= 0
         if bool(known.any()):
