@@ -40,6 +40,7 @@ from streams.training_set import LabelledExample
 
 from .config import Settings
 from .learning import LearningLoop
+from .model_loader import model_loader
 
 __all__ = ["DECISION_MAX_AGE_S", "ReplicaLink", "replica_id"]
 
@@ -160,7 +161,7 @@ class ReplicaLink(mode.Service):
             if current is None or current == self.server.version or current == self._refused:
                 return None
             try:
-                await loop.run_in_executor(None, self.server.load_and_swap, self.registry, current)
+                await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, current)
             except Exception as exc:  # noqa: BLE001 - a bad version is refused, the one serving stays
                 self._refused = current
                 self.metrics.sync_failures.inc()

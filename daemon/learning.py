@@ -43,6 +43,7 @@ from streams.tiers import StoredEvent, TieredStore
 from streams.training_set import LabelledExample, labelled_examples, merge_recent, query_recent, query_replay, query_unlabelled
 
 from .config import Settings
+from .model_loader import model_loader
 from .timeline import TimelineRecorder
 from .trainer import FAILURE_REASONS, TrainerProcess, TrainingFailed
 
@@ -380,7 +381,7 @@ class LearningLoop:
         manifest = await loop.run_in_executor(None, lambda: self.registry.publish(result.files, parent=incumbent, info=json_safe(info)))
         baseline = float(np.mean(self._recent_correct)) if self._recent_correct else None
         async with self.swap_lock:
-            await loop.run_in_executor(None, self.server.load_and_swap, self.registry, manifest.version)
+            await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, manifest.version)
             await loop.run_in_executor(None, self.registry.set_current, manifest.version)
         self._labels_since_swap = 0
         self._follow_serving_version()
@@ -417,7 +418,7 @@ class LearningLoop:
         loop = asyncio.get_running_loop()
         try:
             async with self.swap_lock:
-                await loop.run_in_executor(None, self.server.load_and_swap, self.registry, previous)
+                await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, previous)
                 await loop.run_in_executor(None, self.registry.set_current, previous)
         except Exception:  # noqa: BLE001
             log.exception("rollback to %s failed; %s keeps serving", previous, failed)

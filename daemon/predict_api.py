@@ -24,6 +24,7 @@ from models.serving import ModelRejected, ModelServer, NoModel
 from streams.jsonsafe import json_safe
 
 from .config import Settings
+from .model_loader import model_loader
 
 __all__ = ["PredictApi"]
 
@@ -188,7 +189,7 @@ class PredictApi:
             return _error(404, f"no version {version!r} in the registry")
         async with self._swap_lock:
             try:
-                previous = await loop.run_in_executor(None, self.server.load_and_swap, self.registry, version)
+                previous = await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, version)
             except (ModelRejected, CorruptVersion) as exc:
                 self.swaps.labels("refused").inc()
                 log.error("refused to activate %s: %s; %s keeps serving", version, exc, self.server.version)

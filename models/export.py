@@ -22,6 +22,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from .architectures import save_weights
 from .base import IntentClassifier
 from .featurize import Featurizer
+from .probe import PROBE, encode_probe
 
 __all__ = ["OPSET", "PARITY_ATOL", "SERVED_MODEL", "ExportError", "build_version_files", "cpu_session", "export_onnx", "quantize_int8"]
 
@@ -127,7 +128,7 @@ def build_version_files(
         "labels.json": json.dumps(list(labels)).encode(),
         "featurizer.json": featurizer.to_json().encode(),
         "model.pt": save_weights(model),
-        "probe.json": json.dumps({"texts": list(probe_texts), "logits": served_logits.tolist()}).encode(),
+        PROBE: encode_probe(probe_texts, served_logits),
     }
     report = {"architecture": model.architecture, "opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
     return files, report

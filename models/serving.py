@@ -26,13 +26,13 @@ import onnxruntime as ort
 
 from .export import SERVED_MODEL, cpu_session
 from .featurize import Featurizer, featurizer_from_json
+from .probe import PROBE, decode_probe
 from .registry import CorruptVersion, Registry
 
 __all__ = ["LoadedModel", "ModelClosed", "ModelRejected", "ModelServer", "NoModel", "Prediction"]
 
 LABELS = "labels.json"
 FEATURIZER = "featurizer.json"
-PROBE = "probe.json"
 _WARMUP_BATCHES = (1, 64)  # the sizes traffic uses most: one request, one micro-batch
 # Padded lengths to warm up at each size: a first run at an unseen shape makes ONNX Runtime allocate,
 # and after a swap those first requests would otherwise land in the latency tail.
@@ -236,17 +236,9 @@ def _parse_labels(version: str, data: bytes) -> list[str]:
 
 def _parse_probe(version: str, data: bytes) -> tuple[list[str], np.ndarray]:
     try:
-        probe = json.loads(data)
-        texts, logits = probe["texts"], probe["logits"]
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as exc:
-        raise ModelRejected(version, f"{PROBE} is not {{texts, logits}} ({exc})") from exc
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ModelRejected(version, f"{PROBE} has no texts: parity cannot be checked")
-    try:
-        expected = np.asarray(logits, dtype=np.float64)
-    except (ValueError, TypeError) as exc:  # ragged rows or non-numbers
-        raise ModelRejected(version, f"{PROBE} logits are not a numeric matrix ({exc})") from exc
-    return texts, expected
+        return decode_probe(data)
+    except ValueError as exc:
+        raise ModelRejected(version, f"{PROBE}: {exc}") from exc
 
 
 class ModelServer:

@@ -70,7 +70,7 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
         feed(loop, 2000, 40, v2, correct=False)  # 0% over 100 against 100% before: roll back
         for _ in range(100):
             await asyncio.sleep(0.05)
-            if server.version == v1 and registry.current() == v1:  # the swap, then CURRENT
+            if loop.metrics.rollbacks._value.get() == 1:  # counted last: after the swap and CURRENT
                 break
         assert server.version == v1 and registry.current() == v1
         assert loop.metrics.rollbacks._value.get() == 1

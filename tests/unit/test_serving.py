@@ -11,11 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.classifier import ClassifierConfig
 from models.export import SERVED_MODEL, build_version_files
 from models.featurize import HashingFeaturizer
+from models.probe import decode_probe, encode_probe
 from models.registry import Registry
 from models.serving import LoadedModel, ModelRejected, ModelServer, NoModel, Prediction
 from models.train import TrainSettings, train_classifier
@@ -137,22 +139,51 @@ def test_flipped_label_byte_rejected(reg: Registry) -> None:
 
 
 def test_tampered_probe_rejected(reg: Registry) -> None:
+    texts, logits = decode_probe(reg.path("v000001", "probe.json").read_bytes())
+    logits[2][1] += 0.01
+    rewrite(reg, "v000001", "probe.json", encode_probe(texts, logits), fix_manifest=True)
+    rejected(reg, "v000001", "probe parity failed")
+    logits[2][1] = float("nan")
+    rewrite(reg, "v000001", "probe.json", encode_probe(texts, logits), fix_manifest=True)
+    rejected(reg, "v000001", "probe parity failed")
+
+
+def test_probe_logits_are_exact_float32_and_the_list_format_still_loads(reg: Registry) -> None:
+    texts, logits = decode_probe(reg.path("v000001", "probe.json").read_bytes())
+    model = LoadedModel.load(reg, "v000001")
+    try:
+        assert np.array_equal(model._logits(texts), logits.astype(np.float32))  # bit for bit: nothing rounded on the way
+    finally:
+        model.close()
+    # A version written before the binary format (logits as JSON numbers) still serves.
+    rewrite(reg, "v000001", "probe.json", json.dumps({"texts": texts, "logits": logits.tolist()}).encode(), fix_manifest=True)
+    LoadedModel.load(reg, "v000001").close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p["logits"].update(base64="not base64!"), "base64"),
+        (lambda p: p["logits"].update(shape=[2, 3]), "bytes"),
+        (lambda p: p["logits"].update(dtype="float16"), "dtype"),
+        (lambda p: p["logits"].update(shape="6x6"), "shape"),
+        (lambda p: p.update(texts=[]), "no texts"),
+        (lambda p: p.pop("logits"), "not {texts, logits}"),
+    ],
+)
+def test_malformed_probe_rejected_with_its_reason(reg: Registry, damage, reason: str) -> None:
     probe = json.loads(reg.path("v000001", "probe.json").read_bytes())
-    probe["logits"][2][1] += 0.01
+    damage(probe)
     rewrite(reg, "v000001", "probe.json", json.dumps(probe).encode(), fix_manifest=True)
-    rejected(reg, "v000001", "probe parity failed")
-    probe["logits"][2][1] = float("nan")
-    rewrite(reg, "v000001", "probe.json", json.dumps(probe).encode(), fix_manifest=True)
-    rejected(reg, "v000001", "probe parity failed")
+    rejected(reg, "v000001", "probe.json", reason)
 
 
 def test_label_count_mismatch_rejected(reg: Registry) -> None:
     labels = json.loads(reg.path("v000001", "labels.json").read_bytes())
     rewrite(reg, "v000001", "labels.json", json.dumps([*labels, "extra"]).encode(), fix_manifest=True)
     rejected(reg, "v000001", "shape", "6 labels")
-    probe = json.loads(reg.path("v000002", "probe.json").read_bytes())
-    probe["logits"] = [row[:-1] for row in probe["logits"]]
-    rewrite(reg, "v000002", "probe.json", json.dumps(probe).encode(), fix_manifest=True)
+    texts, logits = decode_probe(reg.path("v000002", "probe.json").read_bytes())
+    rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits[:, :-1]), fix_manifest=True)
     rejected(reg, "v000002", "probe.json", "shape")
 
 
