@@ -51,11 +51,23 @@ CREATE TABLE IF NOT EXISTS cold_files (
 """
 # One multi-row INSERT per chunk rather than executemany: executemany releases and retakes the GIL
 # around every row's step, which under a busy event loop costs more than the insert itself.
+# A batch goes in as pieces of power-of-two sizes (1,000 rows: 512 + 256 + 128 + 64 + 32 + 8), so only
+# a dozen statement shapes exist. With one statement per batch size, sqlite3's cache of 128 prepared
+# statements filled up with a shape per size seen, about 1.2 MB each at 1,000 rows: resident memory
+# crept up by over 100 MB in a long run.
 _ROW_PARAMS = "(" + ", ".join("?" * (len(COLUMNS) + 1)) + ")"
-_ROWS_PER_INSERT = 32766 // (len(COLUMNS) + 1)  # SQLite's bound-parameter limit
+_ROWS_PER_INSERT = 1 << ((32766 // (len(COLUMNS) + 1)).bit_length() - 1)  # under SQLite's bound-parameter limit
 
 
-@lru_cache(maxsize=16)
+def _pieces(rows: int) -> list[int]:
+    """``rows`` as a sum of powers of two no larger than ``_ROWS_PER_INSERT``, largest first."""
+    out = [_ROWS_PER_INSERT] * (rows // _ROWS_PER_INSERT)
+    rest = rows % _ROWS_PER_INSERT
+    out += [1 << bit for bit in range(rest.bit_length() - 1, -1, -1) if rest >> bit & 1]
+    return out
+
+
+@lru_cache(maxsize=64)
 def _insert_rows_sql(rows: int, check_demoted: bool) -> str:
     values = ", ".join([_ROW_PARAMS] * rows)
     if not check_demoted:
@@ -97,10 +109,12 @@ class WarmStore:
             self._db.execute("BEGIN IMMEDIATE")
             marks = self._max_demoted
             check = bool(marks) and any(e.offset <= marks.get((e.topic, e.partition), -1) for e in events)
-            for start in range(0, len(events), _ROWS_PER_INSERT):
-                chunk = range(start, min(start + _ROWS_PER_INSERT, len(events)))
+            start = 0
+            for rows in _pieces(len(events)):
+                chunk = range(start, start + rows)
                 params = list(chain.from_iterable(events[i].row() + (demote_after[i],) for i in chunk))
-                self._db.execute(_insert_rows_sql(len(chunk), check), params)
+                self._db.execute(_insert_rows_sql(rows, check), params)
+                start += rows
         inserted = self._db.total_changes - before
         self.count += inserted
         return inserted

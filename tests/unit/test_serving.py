@@ -19,6 +19,7 @@ from models.export import SERVED_MODEL, build_version_files
 from models.featurize import HashingFeaturizer
 from models.probe import decode_probe, encode_probe
 from models.registry import Registry
+from models.serving import _ROWS_PER_RUN as ROWS_PER_RUN
 from models.serving import LoadedModel, ModelRejected, ModelServer, NoModel, Prediction
 from models.train import TrainSettings, train_classifier
 from tests.toy_intents import examples
@@ -104,6 +105,19 @@ def test_predictions(reg: Registry) -> None:
         model.predict(texts, top_k=0)
     model.close()
     assert model.closed and model.active_at_close == 0
+
+
+def test_a_batch_larger_than_one_session_call_is_predicted_in_order_call_by_call(reg: Registry) -> None:
+    texts, _ = examples(["greet", "bye", "refund", "track", "cancel"], 200, 7)  # several ONNX Runtime calls
+    texts = [f"{t} {'and more words ' * (i % 9)}" for i, t in enumerate(texts)]  # lengths differ between calls
+    model = LoadedModel.load(reg, "v000001")
+    try:
+        batch = model.predict(texts)
+        assert len(batch) == len(texts) > ROWS_PER_RUN
+        chunked = [p for i in range(0, len(texts), ROWS_PER_RUN) for p in model.predict(texts[i : i + ROWS_PER_RUN])]
+        assert [(p.intent, p.confidence) for p in batch] == [(p.intent, p.confidence) for p in chunked]
+    finally:
+        model.close()
 
 
 def test_versions_differ(reg: Registry) -> None:
