@@ -82,7 +82,7 @@ class Daemon:
         self.broker_probe = BrokerProbe(self.bootstrap, aiokafka_options(settings.kafka), settings.kafka.probe_interval_s, self.metrics_registry)
         self.app = self._build_app()
         self.ingest = self._build_ingest()
-        self.model_server = ModelServer()
+        self.model_server = ModelServer(on_retired=trim_heap)  # a replaced session's memory goes back to the OS at once, not at the next trim
         self.metrics_registry.register(ServingCollector(self.model_server))
         self.model_registry = open_registry(settings.registry_dir, settings.models.registry_url, settings.models.registry_storage_options)
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time

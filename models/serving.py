@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ from .probe import PROBE, decode_probe
 from .registry import CorruptVersion, Registry
 
 __all__ = ["LoadedModel", "ModelClosed", "ModelRejected", "ModelServer", "NoModel", "Prediction"]
+
+log = logging.getLogger(__name__)
 
 LABELS = "labels.json"
 FEATURIZER = "featurizer.json"
@@ -254,7 +257,8 @@ class ModelServer:
     """The live model, swapped atomically. ``predict`` is safe from any thread, the event loop included
     (the lock is held only to take or return a reference, never during inference or loading)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_retired: Callable[[], object] | None = None) -> None:
+        self._on_retired = on_retired  # called after a replaced model is closed (the daemon hands freed heap back to the OS)
         self._cond = threading.Condition()
         self._current: LoadedModel | None = None
         self._retiring: list[LoadedModel] = []
@@ -339,6 +343,11 @@ class ModelServer:
             # No new request can take ``model`` (it is no longer current), so once 0 it stays 0.
             self._cond.wait_for(lambda: model.in_flight == 0)
         model.close()
+        if self._on_retired is not None:
+            try:
+                self._on_retired()
+            except Exception:  # noqa: BLE001 - housekeeping: never let it keep a retired model in the list
+                log.exception("on_retired callback failed")
         with self._cond:
             self._retiring.remove(model)
             self._cond.notify_all()

@@ -122,8 +122,9 @@ class WarmStore:
     def utterance_texts(self, event_ids: Iterable[str]) -> dict[str, str]:
         ids = list(set(event_ids))
         found: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), 512):
+            chunk = ids[start : start + 512]
+            chunk += chunk[:1] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))  # padded to a power of two: ten statement shapes
             rows = self._db.execute(
                 f"SELECT event_id, text FROM events WHERE type = 'utterance' AND event_id IN ({','.join('?' * len(chunk))})", chunk
             )

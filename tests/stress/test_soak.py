@@ -5,7 +5,9 @@ Every event must be stored exactly once. Prints the samples.
 Warm-up is the first 450,000 events: by then every bounded cache is full (the hot tier holds 100,000
 events; the outcome joiner remembers 200,000 joined ids, and every other event here is a label). The
 level is the median RSS of the first minute after warm-up (one 5-s sample can sit at the top or the
-bottom of an ingest batch's swing); the peak is the highest single sample after it.
+bottom of an ingest batch's swing); the peak is the highest single sample after it. Open files and
+threads are compared between the first sample after warm-up with no fine-tune running and the end,
+once the last fine-tune is over.
 
     .venv/bin/python -m pytest -m stress tests/stress/test_soak.py -s
 
@@ -60,6 +62,7 @@ def process_sample(daemon: DaemonProcess) -> dict[str, float]:
         "threads": threads,
         "swaps": metrics.get("driftd_serving_model_switches_total", 0) - 1,  # the first load counts as a switch
         "finetunes": metrics.get("driftd_finetune_runs_total{trigger=manual}", 0),
+        "idle": admin(daemon, "GET", "/admin/v1/learning").get("state") == "idle",  # no fine-tune child, pipes or waiting thread
     }
 
 
@@ -105,7 +108,9 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
                 last_swap = now
             assert daemon.proc.poll() is None, daemon.log_tail()
         producer.join(60)
-        final = process_sample(daemon)
+        deadline = time.monotonic() + 300
+        while not (final := process_sample(daemon))["idle"] and time.monotonic() < deadline:  # compare like with like
+            time.sleep(2)
         assert daemon.terminate(timeout_s=30)[0] == 0
     finally:
         daemon.stop_quietly()
@@ -115,13 +120,16 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
     lost, duplicated = sum((expected - stored).values()), sum((stored - expected).values())
     after = [s for s in samples if s["events"] >= WARM_UP]
     first_minute = [s for s in after if s["t"] - after[0]["t"] <= LEVEL_WINDOW_S]
-    base = {**after[0], "rss_mb": statistics.median(s["rss_mb"] for s in first_minute)}
+    base = {**next(s for s in after if s["idle"]), "rss_mb": statistics.median(s["rss_mb"] for s in first_minute)}
     peak = {k: max(s[k] for s in after) for k in ("rss_mb", "fds", "threads")}
     print(f"\n  soak: {len(payloads)} events, {final['finetunes']:.0f} fine-tunes, {final['swaps']:.0f} swaps; after warm-up ({base['events']:.0f} events): "
           f"rss level {base['rss_mb']:.1f} -> peak {peak['rss_mb']:.1f} MB (+{100 * (peak['rss_mb'] / base['rss_mb'] - 1):.1f}%), "
-          f"fds {base['fds']:.0f} -> peak {peak['fds']:.0f} (end {final['fds']:.0f}), threads {base['threads']} -> peak {peak['threads']} (end {final['threads']}); "
+          f"fds {base['fds']:.0f} -> peak {peak['fds']:.0f} (end {final['fds']:.0f}), threads {base['threads']} -> peak {peak['threads']} (end {final['threads']}; "
+          f"base and end with no fine-tune running); "
           f"lost {lost}, duplicated {duplicated}")
     assert lost == 0 and duplicated == 0
     assert final["finetunes"] >= 2 and final["swaps"] >= 5
     assert peak["rss_mb"] <= base["rss_mb"] * 1.10
-    assert final["fds"] <= base["fds"] + 2 and final["threads"] <= base["threads"] + 2  # a fine-tune in flight holds a pipe and a waiting thread
+    # Both taken with no fine-tune running (one in flight holds its pipes and a waiting thread); a pool
+    # thread started lazily after the base sample is allowed, not growth.
+    assert final["idle"] and final["fds"] <= base["fds"] and final["threads"] <= base["threads"] + 1

@@ -223,6 +223,27 @@ def test_corrupt_version_keeps_previous_serving(reg: Registry) -> None:
         server.predict(["hello"])
 
 
+def test_on_retired_runs_once_per_replaced_model_after_it_is_closed_and_a_failing_one_changes_nothing(reg: Registry) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def on_retired() -> None:
+        old = server.history[-2][1]
+        seen.append((old, next(m for m in retired if m.version == old).closed))
+        raise RuntimeError("housekeeping failed")  # logged; the retirement still completes
+
+    server = ModelServer(on_retired=on_retired)
+    retired: list[LoadedModel] = []
+    for version in ("v000001", "v000002", "v000003"):
+        current = server.model
+        if current is not None:
+            retired.append(current)
+        server.load_and_swap(reg, version)
+        assert server.drain(timeout=5)
+    assert seen == [("v000001", True), ("v000002", True)]
+    assert server.predict(["where is my parcel"])[0].model_version == "v000003"
+    server.close(timeout=5)
+
+
 # --- hot swap under load ---------------------------------------------------------------------------
 
 

@@ -303,17 +303,21 @@ for rows in (1000, 999, 998):  # the first shapes, sqlite's own caches, the allo
 start = rss_mb()
 for rows in range(997, 847, -1):  # 150 batch sizes never seen before
     write(rows)
-print(json.dumps({"growth_mb": rss_mb() - start, "stored": store.count, "written": offset}))
+written = rss_mb()
+found = [len(store.utterance_texts(f"e0-{i}" for i in range(n))) for n in range(500, 350, -1)]  # 150 lookup sizes
+print(json.dumps({"growth_mb": written - start, "lookup_growth_mb": rss_mb() - written, "stored": store.count, "written": offset,
+                  "found_all": found == list(range(500, 350, -1))}))
 """
 
 
-def test_batches_of_ever_new_sizes_do_not_grow_memory_with_one_cached_statement_per_size(tmp_path):
-    # One INSERT shape per batch size filled sqlite3's 128-statement cache with ~1.2 MB statements (150 MB
-    # over these batches); power-of-two pieces keep the shapes to a dozen.
+def test_batches_and_lookups_of_ever_new_sizes_do_not_grow_memory_with_one_cached_statement_per_size(tmp_path):
+    # One INSERT shape per batch size filled sqlite3's 128-statement cache with ~1.2 MB statements (+236 MB
+    # over these batches); power-of-two pieces keep the shapes to a dozen. The same for the IN lists of
+    # utterance_texts (~0.1 MB a shape), padded to a power of two.
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", STATEMENT_CACHE_PROGRAM, str(tmp_path / "warm.sqlite3")], check=True, capture_output=True, text=True, cwd=Path(__file__).parents[2])
     result = json.loads(out.stdout)
-    assert result["stored"] == result["written"]
-    assert result["growth_mb"] < 40, result
+    assert result["stored"] == result["written"] and result["found_all"]
+    assert result["growth_mb"] < 40 and result["lookup_growth_mb"] < 5, result
