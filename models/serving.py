@@ -36,16 +36,16 @@ log = logging.getLogger(__name__)
 
 LABELS = "labels.json"
 FEATURIZER = "featurizer.json"
-_WARMUP_BATCHES = (1, 64)  # the sizes traffic uses most: one request, one micro-batch
-# Padded lengths to warm up at each size: a first run at an unseen shape makes ONNX Runtime allocate,
-# and after a swap those first requests would otherwise land in the latency tail.
-_WARMUP_LENGTHS = (16, 32, 64, 128, 256)
 # Most texts in one ONNX Runtime call. A session's memory arena grows to the largest call it has served
 # and keeps that memory until the session closes: one call on a 1,000-utterance ingest batch added about
 # 150 MB of resident memory (the gathered embeddings of every n-gram, padded to the longest text), and
 # each swap started that over, so RSS swung by hundreds of MB in a soak. Calls of 64 keep the arena small;
 # per text they are also faster (less padding to the longest text).
 _ROWS_PER_RUN = 64
+_WARMUP_BATCHES = (1, _ROWS_PER_RUN)  # the sizes traffic uses: one request, one full call of a micro-batch
+# Padded lengths to warm up at each size: a first run at an unseen shape makes ONNX Runtime allocate,
+# and after a swap those first requests would otherwise land in the latency tail.
+_WARMUP_LENGTHS = (16, 32, 64, 128, 256)
 
 
 class ModelRejected(Exception):
