@@ -6,22 +6,30 @@ and topic on the embedded broker:
   * The daemon serves a seed model trained on the train split of half the 77 intents (the fixed random half
     of the learning-loop test) and has ``labeling.enabled`` with the strategy under test: ``margin`` (or
     ``--strategy``) and ``random``, its baseline (a hash of the event id, through the same percentile,
-    diversity guard and budget). Its automatic learning is off: this bench retrains by hand, so both
-    strategies get the same number of fine-tunes at the same label counts.
+    diversity guard and budget). ``labeling.percentile`` is ``--percentile`` (default 40), so the daemon
+    requests more (about 60% of the predictions) than the annotator labels. Its automatic learning is off:
+    this bench retrains by hand, so both strategies get the same number of fine-tunes at the same label
+    counts.
   * The stream: ``--utterances`` train-split utterances, the seed intents until ``--onset``, then all 77,
     unlabelled, sent in rounds of ``--round`` utterances. After each round a simulated annotator reads the
-    round's requests from ``labeling-requests`` in the order they were published and answers the first
-    ``--budget`` x round of them with the true intent (``label`` events on the input topic, through the
-    broker). Then ``POST /admin/v1/retrain`` (the real fine-tune, gate and hot swap; the gate's holdout is
-    ``--holdout`` of the labels, enough for its 50-example floor early on), and the served model is scored
-    on the Banking77 test split through ``POST /v1/predict``.
+    round's requests from ``labeling-requests``, works them most uncertain first (the order of
+    ``driftd labels export``) and answers the first ``--budget`` x round of them with the true intent
+    (``label`` events on the input topic, through the broker). Then ``POST /admin/v1/retrain``: the real
+    fine-tune, gate and hot swap, with ``learning.holdout_fraction`` ``--holdout``, ``learning.holdout_span``
+    ``--holdout-span`` (default 4: 1 in 4 of the newest labels kept out, not the newest block; see
+    models/withhold.py) and
+    ``learning.gate_margin`` ``--gate-margin`` (default -0.02, the non-inferiority margin follow-ups use:
+    retraining after every round of a hundred labels, a required gain on a holdout of 50-300 turns noise
+    into rejections for both strategies). The served model is scored on the Banking77 test split through
+    ``POST /v1/predict``.
   * The bound: the default model trained offline on the seed data plus every streamed utterance with its
-    true intent. "Labels needed" = human labels given when test accuracy first came within 3 points of it.
+    true intent. "Labels needed" = human labels given when test accuracy first came within 3 points of it;
+    the table also shows how many of them came after the onset (those before it are the same for both).
 
 Prints a table (labels needed, the ratio uncertainty / random, the goal <= 0.6), the labels each strategy
 needed to reach the accuracy random sampling ended at, and the curve of each strategy, and draws them into
-a PNG (``--png``). The sampler requests about a fifth of the predictions (those above the running 80th
-percentile of scores), so a budget above 0.2 binds nowhere. About 10 minutes on 2 cores.
+a PNG (``--png``). A budget above the share requested (1 - percentile / 100) binds nowhere. About 20
+minutes on 2 cores with the defaults.
 """
 
 from __future__ import annotations
@@ -54,16 +62,22 @@ WITHIN = 0.03
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strategy", default="margin", choices=("margin", "least_confidence", "entropy"), help="the uncertainty strategy (default margin)")
-    parser.add_argument("--utterances", type=positive_int, default=9000, help="streamed utterances (default 9000)")
-    parser.add_argument("--onset", type=positive_int, default=2000, help="utterance index where all 77 intents start (default 2000)")
-    parser.add_argument("--round", type=positive_int, default=500, help="utterances per round: annotate, retrain, score (default 500)")
-    parser.add_argument("--budget", type=float, default=0.1, help="share of each round's utterances a human labels (default 0.1)")
-    parser.add_argument("--holdout", type=float, default=0.2, help="learning.holdout_fraction of the daemon (default 0.2)")
+    parser.add_argument("--utterances", type=positive_int, default=10000, help="streamed utterances (default 10000, nearly the whole train split)")
+    parser.add_argument("--onset", type=positive_int, default=500, help="utterance index where all 77 intents start (default 500)")
+    parser.add_argument("--round", type=positive_int, default=250, help="utterances per round: annotate, retrain, score (default 250)")
+    parser.add_argument("--budget", type=float, default=0.4, help="share of each round's utterances a human labels (default 0.4)")
+    parser.add_argument("--percentile", type=float, default=40.0, help="labeling.percentile of the daemon (default 40: about 60%% of predictions requested)")
+    parser.add_argument("--holdout", type=float, default=0.1, help="learning.holdout_fraction of the daemon (default 0.1, its own default)")
+    parser.add_argument("--gate-margin", type=float, default=-0.02, help="learning.gate_margin of the daemon (default -0.02: a candidate may trail by 2 points on the holdout, as follow-ups may)")
+    parser.add_argument("--holdout-span", type=positive_int, default=4, help="learning.holdout_span of the daemon (default 4: fresh labels mostly trained on at once)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="learning.batch_size of the daemon (default 64: a few thousand labels still get hundreds of steps)")
     parser.add_argument("--png", type=Path, default=Path("labeling.png"), help="where to draw the accuracy curves (default labeling.png)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (daemon logs, registries)")
     args = parser.parse_args(argv)
     if not 0 < args.budget <= 1:
         parser.error(f"--budget must be in (0, 1], got {args.budget}")
+    if not 0 <= args.percentile < 100:
+        parser.error(f"--percentile must be in [0, 100), got {args.percentile}")
     exit_on_sigterm()
     print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}")
 
@@ -109,10 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for strategy, curve in curves.items():
         reached = next((point for point in curve if point["accuracy"] >= bound - WITHIN), None)
         needed[strategy] = None if reached is None else reached["labels"]
+        # Labels given before the drift are the same for both strategies whatever they pick: shown apart.
+        before_onset = max((p["labels"] for p in curve if p["utterances"] <= args.onset), default=0)
         rows.append({
             "strategy": strategy, "labels given": curve[-1]["labels"], "final accuracy": f"{curve[-1]['accuracy']:.4f}",
             "best accuracy": f"{max(p['accuracy'] for p in curve):.4f}", f"labels to within {WITHIN * 100:.0f} pts": needed[strategy] or f"not within {curve[-1]['labels']}",
-            "swaps": sum(p["result"] == "swapped" for p in curve),
+            "of them after the onset": "-" if needed[strategy] is None else needed[strategy] - before_onset, "swaps": sum(p["result"] == "swapped" for p in curve),
         })
     print()
     print_table(rows)
@@ -142,15 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_strategy(bootstrap: str, work: Path, registry_dir: Path, strategy: str, utterances: list[dict[str, Any]], truth: dict[str, str],
                  test: list[Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from daemon.labels_cli import most_uncertain_first
     from tests.integration.harness import produce, read_topic
 
     topic = f"bench-labeling-{strategy}-{os.getpid()}"
     daemon = BenchDaemon(bootstrap, work / "daemon", topic, extra_env={
         "DRIFTD_MODELS__REGISTRY_DIR": str(registry_dir), "DRIFTD_WEB__ADMIN_TOKEN": TOKEN,
         "DRIFTD_LABELING__ENABLED": "true", "DRIFTD_LABELING__STRATEGY": strategy, "DRIFTD_LABELING__MIN_SCORE": "0",
+        "DRIFTD_LABELING__PERCENTILE": str(args.percentile),
         "DRIFTD_LABELING__BUDGET_PER_HOUR": str(10**9),  # the annotator's budget is the one that binds
         "DRIFTD_LEARNING__ENABLED": "false", "DRIFTD_LEARNING__FOLLOWUP_LABELS": "0", "DRIFTD_LEARNING__MIN_LABELLED": "50",
-        "DRIFTD_LEARNING__HOLDOUT_FRACTION": str(args.holdout),
+        "DRIFTD_LEARNING__HOLDOUT_FRACTION": str(args.holdout), "DRIFTD_LEARNING__GATE_MARGIN": str(args.gate_margin),
+        "DRIFTD_LEARNING__HOLDOUT_SPAN": str(args.holdout_span),
+        "DRIFTD_LEARNING__BATCH_SIZE": str(args.batch_size),
     })
     daemon.env.pop("DRIFTD_CONFIG", None)
     daemon.start()
@@ -167,7 +187,7 @@ def run_strategy(bootstrap: str, work: Path, registry_dir: Path, strategy: str, 
             requests = [json.loads(r.value) for r in asyncio.run(read_topic(bootstrap, f"{topic}.labeling-requests", picked, timeout_s=60))]
             fresh, requests_seen = requests[requests_seen:], len(requests)
             wanted = {u["event_id"] for u in chunk}
-            answered = [r for r in fresh if r["event_id"] in wanted][: round(args.budget * len(chunk))]
+            answered = most_uncertain_first([r for r in fresh if r["event_id"] in wanted])[: round(args.budget * len(chunk))]
             labels = [{"event_id": f"{r['event_id']}-label", "type": "label", "conversation_id": r["conversation_id"], "turn": r["turn"],
                        "ts": time.time(), "ref_event_id": r["event_id"], "intent": truth[r["event_id"]]} for r in answered]
             asyncio.run(produce(bootstrap, topic, [json.dumps(e).encode() for e in labels]))

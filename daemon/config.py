@@ -240,7 +240,11 @@ class LearningSettings(_Section):
     )
     window_s: float = Field(86400.0, gt=0, description="Recent labelled events (hot + warm) of this many seconds, by event time, make the training data.")
     replay_ratio: float = Field(0.3, ge=0, le=10, description="Replay examples sampled from cold per recent example (guards against forgetting).")
-    holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the most recent labelled events kept out of training to judge the candidate.")
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the recent labelled events kept out of training to judge the candidate (see holdout_span).")
+    holdout_span: int = Field(
+        1, ge=1, le=20,
+        description="1 keeps the newest labelled events out as one block (holdout, and the validation split of the newest training examples). Above 1, each is drawn 1 in this many (by a hash of the event id) from the newest share x this, so the labels that arrived since the last fine-tune are mostly trained on at once: better for labels picked by uncertainty sampling, worse for recovery from an abrupt drift (bench/loop.py), where the newest block is what the gate should judge.",
+    )
     replay_scan_rows: int = Field(
         2_000_000, ge=1000,
         description="Most cold rows read to draw the replay sample. When cold holds more, whole files are chosen at random under the fine-tune's seed, so the parent's memory stays bounded as history grows.",
@@ -268,11 +272,14 @@ class LearningSettings(_Section):
     clip_norm: float = Field(1.0, ge=0, description="Gradient norm clip; 0 turns it off.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with a linear learning-rate warm-up before the cosine decay.")
     curriculum: bool = Field(False, description="The first epoch of a fine-tune goes easy to hard, by the incumbent's loss on each example (later epochs are shuffled).")
-    validation_fraction: float = Field(0.03, ge=0, lt=0.5, description="Share of the training examples (the newest) kept out for early stopping; 0 trains every epoch and keeps the last.")
+    validation_fraction: float = Field(0.03, ge=0, lt=0.5, description="Share of the training examples (the newest, spread as holdout_span says) kept out for early stopping; 0 trains every epoch and keeps the last.")
     patience: int = Field(3, ge=1, description="Epochs without a lower validation loss before early stopping.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description='"auto" (CUDA when present), "cpu" or "cuda[:N]".')
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 on CPU.')
-    gate_margin: float = Field(0.005, ge=0, le=1, description="Holdout accuracy the candidate must gain over the incumbent (absolute).")
+    gate_margin: float = Field(
+        0.005, ge=-0.1, le=1,
+        description="Holdout accuracy the candidate must gain over the incumbent (absolute); a negative value is the most it may trail (a non-inferiority gate, for retraining often on a few new labels each time, where a required gain on a holdout of a few hundred turns noise into rejections).",
+    )
     followup_gate_margin: float = Field(
         -0.01, ge=-0.1, le=1,
         description="The same for follow-ups. Their incumbent is the previous candidate of the episode, trained on a subset of the same data; a negative value lets one through that trails it by at most that much (noise on a holdout of a few hundred labels).",
@@ -295,7 +302,11 @@ class LabelingSettings(_Section):
     enabled: bool = Field(False, description="Publish labelling requests for the most uncertain predictions on topics.labeling_requests (`driftd labels export | import` take them to Label Studio and back).")
     strategy: Literal["least_confidence", "margin", "entropy", "random"] = Field("margin", description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - (p1 - p2)) or entropy (normalised, over the top-k); random (a hash of the event id) is the baseline they are measured against.")
     budget_per_hour: int = Field(100, ge=0, description="Most labelling requests an hour (a token bucket holding a sixth of it, so the hour cannot go at once); 0 requests nothing.")
-    min_score: float = Field(0.3, ge=0, le=1, description="A prediction is requested only with at least this uncertainty score, and at least the 80th percentile of the last `window` scores.")
+    min_score: float = Field(0.3, ge=0, le=1, description="A prediction is requested only with at least this uncertainty score, and at least the `percentile` of the last `window` scores.")
+    percentile: float = Field(
+        80.0, ge=0, lt=100,
+        description="Running percentile of the last `window` scores a prediction must reach to be requested: 80 requests about a fifth of the predictions. Lower it to request more than annotators label, so they work the queue most uncertain first (`driftd labels export` orders it so).",
+    )
     diversity_threshold: float = Field(0.8, ge=0, le=1, description="Estimated Jaccard similarity of word 3-shingles (MinHash) with one of the last `window` requested texts at or above which a text is a near duplicate and not requested; 0 turns the guard off.")
     window: int = Field(500, ge=1, description="Recent scores the percentile is taken over, and recent requested texts the diversity guard compares with.")
 

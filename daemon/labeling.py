@@ -30,7 +30,7 @@ class LabelingRequests:
         cfg = settings.labeling
         self.topic = settings.topics.labeling_requests
         self._send = send
-        self.sampler = LabelingSampler(cfg.strategy, cfg.budget_per_hour, cfg.min_score, cfg.diversity_threshold, cfg.window) if cfg.enabled else None
+        self.sampler = LabelingSampler(cfg.strategy, cfg.budget_per_hour, cfg.min_score, cfg.diversity_threshold, cfg.window, percentile=cfg.percentile) if cfg.enabled else None
         self.offers = Counter(
             "driftd_labeling_offers_total", "Predictions considered for a labelling request, by result: picked, or the reason it was skipped.",
             ["result"], registry=registry,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,17 @@ async def read_requests(bootstrap: str, topic: str, client_options: dict[str, An
     return list(requests.values()), skipped
 
 
+def most_uncertain_first(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The requests by uncertainty score, highest first (a labeller works the queue from the top); ties and
+    requests without a numeric score keep their topic order, the latter at the end."""
+
+    def key(request: dict[str, Any]) -> float:
+        value = request.get("score")
+        return -float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else math.inf
+
+    return sorted(requests, key=key)
+
+
 def _registry_intents(settings: Settings) -> tuple[list[str], str] | None:
     """The intents of the registry's CURRENT version (its labels.json), when there is one to read."""
     from models.registry import Registry
@@ -156,7 +168,7 @@ def export_requests(
     else:
         seen = {item["intent"] for r in requests for item in r.get("topk") or [] if isinstance(item, dict) and isinstance(item.get("intent"), str)}
         choices, choices_from = sorted(seen), "requests"
-    tasks = to_label_studio_tasks(requests, choices)
+    tasks = to_label_studio_tasks(most_uncertain_first(requests), choices)
     if config_xml is not None:
         if not choices:
             raise LabelsError(f"no intents for {config_xml}: the registry has no current version with labels.json and no request names one")
@@ -236,7 +248,7 @@ def export_command(
     topic: Annotated[Optional[str], typer.Option(help="Requests topic (default: topics.labeling_requests).")] = None,
     timeout_s: Annotated[float, typer.Option(help="Give up when the end of the topic is not reached within this long.")] = 60.0,
 ) -> None:
-    """Write every labelling request on the requests topic as a Label Studio task, pre-annotated with the model's intent."""
+    """Write every labelling request on the requests topic as a Label Studio task, pre-annotated with the model's intent, most uncertain first."""
     settings = _settings(config)
     try:
         result = export_requests(settings, output, config_xml=config_xml, bootstrap=bootstrap, topic=topic, timeout_s=timeout_s)

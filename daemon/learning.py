@@ -37,6 +37,7 @@ from models.pseudo import PseudoLabelSettings
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
+from models.withhold import newest_spread
 from streams.jsonsafe import json_safe
 from streams.monitor import DecayMonitor, Decision, MonitorMetrics, Outcome, OutcomeJoiner
 from streams.tiers import StoredEvent, TieredStore
@@ -336,8 +337,9 @@ class LearningLoop:
         counts = {"recent": len(recent), "from_replicas": sum(1 for e in recent if e.source == "replica")}
         if len(recent) < cfg.min_labelled:
             return None, counts
-        cut = len(recent) - max(1, int(len(recent) * cfg.holdout_fraction))
-        train_recent, holdout = recent[:cut], recent[cut:]
+        held = set(newest_spread([e.utterance_id for e in recent], cfg.holdout_fraction, cfg.holdout_span, salt="holdout"))
+        train_recent = [e for i, e in enumerate(recent) if i not in held]
+        holdout = [recent[i] for i in sorted(held)]
         replay: list[LabelledExample] = []
         if cfg.replay_ratio > 0:
             replay = await query_replay(self.store, int(len(train_recent) * cfg.replay_ratio), int(now), {e.utterance_id for e in recent}, cfg.replay_scan_rows)
@@ -364,7 +366,7 @@ class LearningLoop:
             holdout=([e.text for e in holdout], [e.intent for e in holdout]),
             replay_eval=([e.text for e in replay_eval], [e.intent for e in replay_eval]),
             incumbent_dir=str(self.registry.root / incumbent) if incumbent else None,
-            settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000, val_fraction=cfg.validation_fraction,
+            settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000, val_fraction=cfg.validation_fraction, withhold_span=cfg.holdout_span,
             hygiene=HygieneSettings(
                 max_chars=self.settings.models.max_text_chars, near_duplicate_threshold=cfg.near_duplicate_threshold, conflicts=cfg.label_conflicts,
             ) if cfg.hygiene else None,

@@ -28,6 +28,7 @@ from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
 from .hygiene import HygieneSettings, clean_training_examples
 from .pseudo import PseudoLabelSettings, pseudo_label
 from .train import TrainResult, TrainSettings, train_classifier
+from .withhold import newest_spread
 
 __all__ = ["FineTuneJob", "FineTuneResult", "TrainedCandidate", "judge_candidate", "run_fine_tune", "train_candidate"]
 
@@ -44,6 +45,7 @@ class FineTuneJob:
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
     val_fraction: float = 0.03  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
+    withhold_span: int = 1  # the warm-start validation split is spread over the newest val_fraction x this (models/withhold.py); 1: the newest block
     seed: int = 0
     # Cleaning before training (models/hygiene.py; the daemon sets it from [learning]); None trains on the examples as given.
     hygiene: HygieneSettings | None = None
@@ -95,18 +97,24 @@ class _Served:
         return self.session.run(None, {self.input: self.featurizer.batch([text])})
 
 
-def _split_validation(texts: list[str], intents: list[str], fraction: float, seed: int, *, newest: bool) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]] | None]:
+def _split_validation(
+    texts: list[str], intents: list[str], fraction: float, seed: int, *, newest: bool, span: int = 1
+) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]] | None]:
     """Keep ``fraction`` of the training examples out for early stopping.
 
-    A warm start validates on the newest examples (``newest``; the list is oldest first): most of the
-    older ones trained the incumbent already, so a random split scores near its ceiling from the first
-    epoch and early stopping would keep a checkpoint that has hardly learnt what is new.
+    A warm start validates on the newest examples (``newest``; the list is oldest first), spread over the
+    newest ``fraction x span`` (models/withhold.py): most of the older ones trained the incumbent already,
+    so a random split scores near its ceiling from the first epoch and early stopping would keep a
+    checkpoint that has hardly learnt what is new.
     """
     if fraction <= 0 or len(texts) < 50:
         return (texts, intents), None
-    cut = int(len(texts) * fraction)
-    order = np.arange(len(texts))[::-1] if newest else np.random.default_rng(seed).permutation(len(texts))
-    val, train = np.sort(order[:cut]), np.sort(order[cut:])
+    if newest:
+        val_set = set(newest_spread(texts, fraction, span, salt="validation"))
+    else:
+        val_set = set(np.random.default_rng(seed).permutation(len(texts))[: int(len(texts) * fraction)].tolist())
+    train = [i for i in range(len(texts)) if i not in val_set]
+    val = sorted(val_set)
     return ([texts[i] for i in train], [intents[i] for i in train]), ([texts[i] for i in val], [intents[i] for i in val])
 
 
@@ -126,7 +134,7 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
         train_texts, train_intents, cleaned = clean_training_examples(train_texts, train_intents, settings=job.hygiene, holdout_texts=job.holdout[0])
         hygiene = cleaned.to_dict()
         report("hygiene", **hygiene)
-    (texts, intents), val = _split_validation(train_texts, train_intents, job.val_fraction, job.seed, newest=job.incumbent_dir is not None)
+    (texts, intents), val = _split_validation(train_texts, train_intents, job.val_fraction, job.seed, newest=job.incumbent_dir is not None, span=job.withhold_span)
     report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
     result = train_classifier(
         texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,

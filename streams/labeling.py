@@ -2,8 +2,8 @@
 
 Labels are the scarce input of the loop (decay detection and fine-tunes both wait for them), so a
 labelling budget is best spent where the model is least sure. :class:`LabelingSampler` turns each
-prediction into a labelling request or nothing: its uncertainty must clear a floor and the running
-80th percentile of recent uncertainties, a token bucket caps the requests per hour, and a MinHash
+prediction into a labelling request or nothing: its uncertainty must clear a floor and a running
+percentile of recent uncertainties (the 80th by default), a token bucket caps the requests per hour, and a MinHash
 guard keeps near-duplicate texts from eating the budget. The rest converts requests into Label Studio
 import tasks and a Label Studio export back into ``label`` events (docs/events.md).
 
@@ -45,7 +45,6 @@ UNCERTAINTY_STRATEGIES = ("least_confidence", "margin", "entropy")
 # against (bench/labeling.py), through the same percentile, budget and diversity guard.
 STRATEGIES = (*UNCERTAINTY_STRATEGIES, "random")
 SKIP_REASONS = ("below_min_score", "below_percentile", "budget", "near_duplicate")
-PERCENTILE = 0.8
 WARMUP_SCORES = 50  # until this many scores were seen, the percentile of a handful means nothing
 FROM_NAME, TO_NAME = "intent", "text"  # the names label_studio_config gives the choices and the text
 
@@ -113,7 +112,15 @@ class LabelingSampler:
     """
 
     def __init__(
-        self, strategy: str, budget_per_hour: int, min_score: float, diversity_threshold: float, window: int, clock: Callable[[], float] = time.time
+        self,
+        strategy: str,
+        budget_per_hour: int,
+        min_score: float,
+        diversity_threshold: float,
+        window: int,
+        clock: Callable[[], float] = time.time,
+        *,
+        percentile: float = 80.0,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
@@ -123,11 +130,14 @@ class LabelingSampler:
             raise ValueError(f"window must be >= 1, got {window!r}")
         if not 0.0 <= diversity_threshold <= 1.0:
             raise ValueError(f"diversity_threshold must be in [0, 1] (0 turns the guard off), got {diversity_threshold!r}")
+        if not 0.0 <= percentile < 100.0:
+            raise ValueError(f"percentile must be in [0, 100) (0 lets every score past the percentile gate), got {percentile!r}")
         self.strategy = strategy
         self.budget_per_hour = int(budget_per_hour)
         self.min_score = float(min_score)
         self.diversity_threshold = float(diversity_threshold)
         self.window = int(window)
+        self.at_percentile = float(percentile)
         self._clock = clock
         # Token bucket: refills budget_per_hour an hour, holds a sixth of it so the hour cannot go at once.
         self.capacity = max(1, self.budget_per_hour // 6) if self.budget_per_hour else 0
@@ -154,10 +164,10 @@ class LabelingSampler:
         return self._tokens
 
     def percentile(self) -> float | None:
-        """The running 80th percentile of the recent scores; None while warming up."""
+        """The running ``percentile`` of the recent scores; None while warming up."""
         if self._seen < WARMUP_SCORES or not self._sorted:
             return None
-        pos = PERCENTILE * (len(self._sorted) - 1)
+        pos = self.at_percentile / 100.0 * (len(self._sorted) - 1)
         low = math.floor(pos)
         high = min(low + 1, len(self._sorted) - 1)
         return self._sorted[low] + (self._sorted[high] - self._sorted[low]) * (pos - low)
@@ -192,7 +202,7 @@ class LabelingSampler:
         if threshold is None:
             reason = f"{self.strategy} {value:.2f} >= min_score {self.min_score:.2f} (warming up: {n_recent} scores seen)"
         else:
-            reason = f"{self.strategy} {value:.2f} >= p80 {threshold:.2f} of the last {n_recent}"
+            reason = f"{self.strategy} {value:.2f} >= p{self.at_percentile:g} {threshold:.2f} of the last {n_recent}"
         ranked = sorted(topk, key=lambda item: -float(item[1]))
         return {
             "request_id": uuid.uuid5(_REQUEST_NS, f"{event_id}\x00{model_version}").hex,  # a redelivered prediction repeats it

@@ -93,6 +93,8 @@ def test_requests_go_to_label_studio_and_come_back_as_joined_labels(broker, tmp_
     tasks = json.loads((tmp_path / "tasks.json").read_text())
     assert tasks == result.tasks
     assert sorted(t["data"]["event_id"] for t in tasks) == sorted(r["event_id"] for r in requests)  # every request once
+    uncertainty = [t["data"]["uncertainty"] for t in tasks]
+    assert uncertainty == sorted(uncertainty, reverse=True) and uncertainty != [r["score"] for r in requests]  # a queue, most uncertain first
     assert len(result.skipped) == 2 and result.choices_from == f"registry {version}"
     choices = ET.fromstring((tmp_path / "config.xml").read_text()).find("Choices")
     assert choices is not None and [c.get("value") for c in choices.findall("Choice")] == INTENTS + ["travel"]

@@ -163,6 +163,15 @@ def test_percentile_gate_after_warm_up() -> None:
     assert s.offer("was-high", "c", "was high", "v1", uncertain(0.8)) is None
 
 
+@pytest.mark.parametrize("percentile", [0.0, 50.0, 95.0])
+def test_a_configured_percentile_sets_the_share_requested(percentile: float) -> None:
+    s = sampler(Clock(), strategy="random", budget_per_hour=10**9, diversity_threshold=0.0, window=400, percentile=percentile)
+    picked = [r for i in range(4000) if (r := s.offer(f"e{i}", "c", f"text {i}", "v1", uncertain(0.5)))]
+    # Uniform scores: everything at or above the running p-th percentile, so about (100 - p)% of them.
+    assert abs(len(picked) / 4000 - (100 - percentile) / 100) < 0.04, len(picked)
+    assert f"p{percentile:g} " in picked[-1]["reason"]
+
+
 def test_min_score_still_applies_after_warm_up() -> None:
     s = sampler(Clock(), min_score=0.95, budget_per_hour=10**6, diversity_threshold=0.0)
     for i in range(60):
@@ -204,7 +213,7 @@ def test_counts_add_up() -> None:
     assert all(counts[r] > 0 for r in SKIP_REASONS), counts
 
 
-@pytest.mark.parametrize("bad", [dict(strategy="smallest_margin"), dict(budget_per_hour=-1), dict(window=0), dict(diversity_threshold=1.5)])
+@pytest.mark.parametrize("bad", [dict(strategy="smallest_margin"), dict(budget_per_hour=-1), dict(window=0), dict(diversity_threshold=1.5), dict(percentile=100.0), dict(percentile=-1.0)])
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         sampler(Clock(), **bad)
@@ -304,3 +313,11 @@ def test_tasks_survive_the_round_trip_through_an_export() -> None:
 def test_an_export_that_is_not_a_list_is_refused() -> None:
     with pytest.raises(ValueError, match="list of tasks"):
         label_events_from_label_studio({"tasks": []}, now=0.0)
+
+
+def test_the_export_queue_puts_the_most_uncertain_first_and_unscored_requests_last() -> None:
+    from daemon.labels_cli import most_uncertain_first
+
+    requests = [{"event_id": "none"}, {"event_id": "low", "score": 0.2}, {"event_id": "nan", "score": float("nan")}, {"event_id": "high", "score": 0.9},
+                {"event_id": "text", "score": "0.95"}, {"event_id": "tie-a", "score": 0.5}, {"event_id": "flag", "score": True}, {"event_id": "tie-b", "score": 0.5}]
+    assert [r["event_id"] for r in most_uncertain_first(requests)] == ["high", "tie-a", "tie-b", "low", "none", "nan", "text", "flag"]
