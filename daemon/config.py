@@ -243,7 +243,7 @@ class LearningSettings(_Section):
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the recent labelled events kept out of training to judge the candidate (see holdout_span).")
     holdout_span: int = Field(
         1, ge=1, le=20,
-        description="1 keeps the newest labelled events out as one block (holdout, and the validation split of the newest training examples). Above 1, each is drawn 1 in this many (by a hash of the event id) from the newest share x this, so the labels that arrived since the last fine-tune are mostly trained on at once: better for labels picked by uncertainty sampling, worse for recovery from an abrupt drift (bench/loop.py), where the newest block is what the gate should judge.",
+        description="1 keeps the newest labelled events out as one block (holdout, and the validation split of the newest training examples). Above 1, each is drawn 1 in this many (by a hash of the event id) from the newest share x this, so the labels that arrived since the last fine-tune are mostly trained on at once (bench/labeling.py uses 4); worse for recovery from an abrupt drift (bench/loop.py), where the newest block is what the gate should judge.",
     )
     replay_scan_rows: int = Field(
         2_000_000, ge=1000,

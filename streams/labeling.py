@@ -3,8 +3,8 @@
 Labels are the scarce input of the loop (decay detection and fine-tunes both wait for them), so a
 labelling budget is best spent where the model is least sure. :class:`LabelingSampler` turns each
 prediction into a labelling request or nothing: its uncertainty must clear a floor and a running
-percentile of recent uncertainties (the 80th by default), a token bucket caps the requests per hour, and a MinHash
-guard keeps near-duplicate texts from eating the budget. The rest converts requests into Label Studio
+percentile of recent uncertainties (the 80th by default), a token bucket caps the requests per hour,
+and a MinHash guard keeps near-duplicate texts from eating the budget. The rest converts requests into Label Studio
 import tasks and a Label Studio export back into ``label`` events (docs/events.md).
 
 Pure logic: nothing here reads or writes Kafka.
