@@ -80,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--percentile must be in [0, 100), got {args.percentile}")
     exit_on_sigterm()
     print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}")
+    print(f"settings: {args.utterances} utterances in rounds of {args.round}, onset at {args.onset}, budget {args.budget:g}, labeling.percentile {args.percentile:g}, "
+          f"learning.holdout_fraction {args.holdout:g}, holdout_span {args.holdout_span}, gate_margin {args.gate_margin:g}, batch_size {args.batch_size}")
 
     from daemon.broker import EmbeddedBroker, free_port
     from models.export import build_version_files
