@@ -337,9 +337,10 @@ class LearningLoop:
         counts = {"recent": len(recent), "from_replicas": sum(1 for e in recent if e.source == "replica")}
         if len(recent) < cfg.min_labelled:
             return None, counts
-        held = set(newest_spread([e.utterance_id for e in recent], cfg.holdout_fraction, cfg.holdout_span, salt="holdout"))
-        train_recent = [e for i, e in enumerate(recent) if i not in held]
-        holdout = [recent[i] for i in sorted(held)]
+        held = newest_spread([e.utterance_id for e in recent], cfg.holdout_fraction, cfg.holdout_span, salt="holdout")  # ascending
+        holdout = [recent[i] for i in held]
+        kept_out = set(held)
+        train_recent = [e for i, e in enumerate(recent) if i not in kept_out]
         replay: list[LabelledExample] = []
         if cfg.replay_ratio > 0:
             replay = await query_replay(self.store, int(len(train_recent) * cfg.replay_ratio), int(now), {e.utterance_id for e in recent}, cfg.replay_scan_rows)

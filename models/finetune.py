@@ -110,11 +110,11 @@ def _split_validation(
     if fraction <= 0 or len(texts) < 50:
         return (texts, intents), None
     if newest:
-        val_set = set(newest_spread(texts, fraction, span, salt="validation"))
+        val = newest_spread(texts, fraction, span, salt="validation")  # ascending
     else:
-        val_set = set(np.random.default_rng(seed).permutation(len(texts))[: int(len(texts) * fraction)].tolist())
-    train = [i for i in range(len(texts)) if i not in val_set]
-    val = sorted(val_set)
+        val = sorted(np.random.default_rng(seed).permutation(len(texts))[: int(len(texts) * fraction)].tolist())
+    kept_out = set(val)
+    train = [i for i in range(len(texts)) if i not in kept_out]
     return ([texts[i] for i in train], [intents[i] for i in train]), ([texts[i] for i in val], [intents[i] for i in val])
 
 
