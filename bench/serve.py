@@ -151,27 +151,28 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
     import onnxruntime as ort
     import torch
 
-    from models.export import SERVED_MODEL, cpu_session
+    from models.export import SERVED_MODEL, SERVED_WEIGHTS, cpu_session
 
     main, files, export_report = entry["result"], entry["files"], entry["report"]
     model, featurizer, labels = main.model, main.featurizer, main.labels
     texts = [e.text for e in trained["test"]]
     n_params = sum(p.numel() for p in model.parameters())
+    served_bytes = len(files[SERVED_MODEL]) + len(files[SERVED_WEIGHTS])
     print(
         f"\nmodel: {type(model).__name__} ({model.architecture}) {model.config.to_dict()}, {len(labels)} labels, {n_params:,} parameters; "
         f"trained on {len(trained['examples']):,} CLINC150 train examples, {main.epochs_run} epochs in {main.seconds:.1f}s "
         f"(torch {torch.__version__}, {trained['torch_threads']} threads for training)"
     )
     print(
-        f"files: model.onnx (FP32) {_mb(len(files['model.onnx']))}, {SERVED_MODEL} {_mb(len(files[SERVED_MODEL]))} "
-        f"({len(files['model.onnx']) / len(files[SERVED_MODEL]):.1f}x smaller; quantisation {export_report['quantization']['method']}, "
+        f"files: model.onnx (FP32) {_mb(len(files['model.onnx']))}, {SERVED_MODEL} + {SERVED_WEIGHTS} {_mb(served_bytes)} "
+        f"({len(files['model.onnx']) / served_bytes:.1f}x smaller; quantisation {export_report['quantization']['method']}, "
         f"FP32 parity {export_report['fp32_parity_max_abs']:.1e}); onnxruntime {ort.__version__}, opset {export_report['opset']}"
     )
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
     model.eval()
-    int8 = cpu_session(files[SERVED_MODEL], threads=1)
+    int8 = cpu_session(files[SERVED_MODEL], threads=1, weights=files[SERVED_WEIGHTS])
     fp32 = cpu_session(files["model.onnx"], threads=1)
     name = int8.get_inputs()[0].name
 

@@ -263,6 +263,8 @@ class LearningLoop:
 
     async def _fine_tune_steps(self, trigger: str, run: dict[str, Any]) -> None:
         incumbent = self.server.version
+        if incumbent is not None:  # every file hashed: its swap hashed only what it serves, the warm start reads the rest
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.verify, incumbent)
         job, counts = await self._build_job(incumbent, trigger)
         run["data"] = counts
         if job is None:
@@ -385,7 +387,7 @@ class LearningLoop:
         baseline = float(np.mean(self._recent_correct)) if self._recent_correct else None
         async with self.swap_lock:
             await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, manifest.version)
-            await loop.run_in_executor(None, self.registry.set_current, manifest.version)
+            await loop.run_in_executor(None, lambda: self.registry.set_current(manifest.version, hash_only=()))  # the load hashed what it serves
         self._labels_since_swap = 0
         self._follow_serving_version()
         if self.learning.canary_labels > 0 and incumbent is not None and baseline is not None:
@@ -422,7 +424,7 @@ class LearningLoop:
         try:
             async with self.swap_lock:
                 await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, previous)
-                await loop.run_in_executor(None, self.registry.set_current, previous)
+                await loop.run_in_executor(None, lambda: self.registry.set_current(previous, hash_only=()))
         except Exception:  # noqa: BLE001
             log.exception("rollback to %s failed; %s keeps serving", previous, failed)
             return

@@ -194,7 +194,7 @@ class PredictApi:
                 self.swaps.labels("refused").inc()
                 log.error("refused to activate %s: %s; %s keeps serving", version, exc, self.server.version)
                 return _error(409, f"{version} refused: {exc}; {self.server.version} keeps serving")
-            await loop.run_in_executor(None, self.registry.set_current, version)
+            await loop.run_in_executor(None, lambda: self.registry.set_current(version, hash_only=()))  # the load hashed what it serves
         self.swaps.labels("ok").inc()
         log.info("activated model %s (was %s)", version, previous)
         return web.json_response({"version": version, "previous": previous})

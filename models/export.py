@@ -3,6 +3,13 @@
 Dynamic quantisation is the default. With calibration texts (recent events), static QDQ quantisation
 is tried as well and kept only if it agrees better with FP32 on them. Every version carries a probe:
 texts and the served model's logits at export time, which a loader re-checks before serving.
+
+The served model is optimised once, here, and stored as two files: the graph (``model.int8.onnx``) and
+its large initializers (``model.int8.weights``, ONNX external data: the pair loads as one model from its
+directory). Both serve hot swaps: a swap builds a session in the serving process, and ONNX Runtime holds
+the GIL for the whole build (upstream: microsoft/onnxruntime#27063), so every request waits for it.
+Parsing a 4 MB graph was half of that build and graph optimisation a quarter: the weights now arrive as
+OrtValues, never parsed through protobuf, and the graph is loaded with its optimisations already applied.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from onnx.external_data_helper import set_external_data
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 from .architectures import save_weights
@@ -24,24 +33,98 @@ from .base import IntentClassifier
 from .featurize import Featurizer
 from .probe import PROBE, encode_probe
 
-__all__ = ["OPSET", "PARITY_ATOL", "SERVED_MODEL", "ExportError", "build_version_files", "cpu_session", "export_onnx", "quantize_int8"]
+__all__ = [
+    "OPSET", "PARITY_ATOL", "SERVED_MODEL", "SERVED_WEIGHTS", "ExportError",
+    "build_version_files", "cpu_session", "export_onnx", "externalize_weights", "optimize_offline", "quantize_int8",
+]
 
 OPSET = 17
 PARITY_ATOL = 1e-4  # FP32 ONNX vs torch, max abs logit difference
 SERVED_MODEL = "model.int8.onnx"
+SERVED_WEIGHTS = "model.int8.weights"  # the served graph's large initializers (ONNX external data)
+_EXTERNAL_MIN_BYTES = 1 << 16  # initializers this large leave the graph; the small ones cost nothing to parse
+_EXTERNAL_ALIGN = 64  # offsets in the weights file, so that every tensor view is aligned for its dtype
+# Graph metadata saying ONNX Runtime's EXTENDED optimisations were applied at export: such a graph loads
+# with optimisations off. EXTENDED fusions run on any CPU; ALL adds layouts for the exporting machine's.
+_OPTIMIZED_KEY, _OPTIMIZED_LEVEL = "driftd.graph_optimization", "extended"
 
 
 class ExportError(RuntimeError):
     """The exported graph does not match the torch model."""
 
 
-def cpu_session(model: bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
+def cpu_session(model: bytes | str | Path, threads: int = 1, weights: bytes | None = None) -> ort.InferenceSession:
+    """A CPU session for ``model``: a path (external data resolved from its directory) or the bytes of a
+    graph, with ``weights`` the bytes of its external data file when it has one (``externalize_weights``).
+    ValueError when ``weights`` does not hold what the graph says it does."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # one thread: lowest latency for the small batches served here
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    values: list[ort.OrtValue] = []
+    if weights is not None:
+        if isinstance(model, (str, Path)):
+            raise TypeError("weights go with a graph given as bytes; a path finds its weights beside it")
+        names, values, optimized = _external_initializers(model, weights)
+        options.add_external_initializers(names, values)
+        if optimized:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session.driftd_external_weights = values  # ORT reads these buffers for the session's whole life
+    return session
+
+
+def optimize_offline(model: bytes) -> bytes:
+    """``model`` with ONNX Runtime's EXTENDED graph optimisations applied (fusions that run on any CPU)."""
+    with tempfile.TemporaryDirectory(prefix="driftd-optimize-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp, "optimized.onnx"))
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        return Path(options.optimized_model_filepath).read_bytes()
+
+
+def externalize_weights(model: bytes, min_bytes: int = _EXTERNAL_MIN_BYTES, *, optimized: bool = False) -> tuple[bytes, bytes]:
+    """(graph, weights): ``model`` with every initializer of ``min_bytes`` or more moved to external data
+    in a file named ``SERVED_WEIGHTS``, and that file's bytes. ``optimized``: ``model`` comes from
+    ``optimize_offline``, so the graph is marked to load with optimisations off."""
+    proto = onnx.load_from_string(model)
+    if optimized:
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, _OPTIMIZED_KEY: _OPTIMIZED_LEVEL})
+    blob = bytearray()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < min_bytes:
+            continue
+        blob += bytes(-len(blob) % _EXTERNAL_ALIGN)
+        offset, data = len(blob), tensor.raw_data
+        blob += data
+        set_external_data(tensor, location=SERVED_WEIGHTS, offset=offset, length=len(data))  # sets data_location too
+        tensor.ClearField("raw_data")
+    return proto.SerializeToString(), bytes(blob)
+
+
+def _external_initializers(graph: bytes, weights: bytes) -> tuple[list[str], list[ort.OrtValue], bool]:
+    """The graph's external initializers as OrtValues viewing ``weights`` (no copy), and whether the
+    graph was optimised at export."""
+    proto = onnx.load_from_string(graph)  # small: the large tensors are not in it
+    names, values = [], []
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        if info.get("location") != SERVED_WEIGHTS:
+            raise ValueError(f"initializer {tensor.name} is stored in {info.get('location')!r}, not {SERVED_WEIGHTS}")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        offset, length = int(info.get("offset", 0)), int(info.get("length", count * dtype.itemsize))
+        if length != count * dtype.itemsize or offset < 0 or offset + length > len(weights):
+            raise ValueError(f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {len(weights)}")
+        array = np.frombuffer(weights, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
+        names.append(tensor.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+    optimized = any(p.key == _OPTIMIZED_KEY and p.value == _OPTIMIZED_LEVEL for p in proto.metadata_props)
+    return names, values, optimized
 
 
 def export_onnx(model: IntentClassifier) -> bytes:
@@ -121,14 +204,16 @@ def build_version_files(
         raise ExportError(f"FP32 ONNX differs from torch by {parity:.2e} (limit {PARITY_ATOL:.0e})")
     calibration = [featurizer.batch(list(calibration_texts[i : i + 64])) for i in range(0, len(calibration_texts), 64)]
     int8, quant_report = quantize_int8(fp32, calibration)
-    served_logits = cpu_session(int8).run(None, {"ids": probe_ids})[0]
+    graph, weights = externalize_weights(optimize_offline(int8), optimized=True)
+    served_logits = cpu_session(graph, weights=weights).run(None, {"ids": probe_ids})[0]  # as a loader will build it
     files = {
         "model.onnx": fp32,
-        SERVED_MODEL: int8,
+        SERVED_MODEL: graph,
+        SERVED_WEIGHTS: weights,
         "labels.json": json.dumps(list(labels)).encode(),
         "featurizer.json": featurizer.to_json().encode(),
         "model.pt": save_weights(model),
-        PROBE: encode_probe(probe_texts, served_logits),
+        PROBE: encode_probe(probe_texts, served_logits, ids=probe_ids),
     }
     report = {"architecture": model.architecture, "opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
     return files, report

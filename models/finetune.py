@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .architectures import DEFAULT_ARCHITECTURE, load_weights
-from .export import SERVED_MODEL, build_version_files, cpu_session
+from .export import SERVED_MODEL, SERVED_WEIGHTS, build_version_files, cpu_session
 from .featurize import featurizer_from_json
 from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
 from .hygiene import HygieneSettings, clean_training_examples
@@ -80,8 +80,8 @@ class TrainedCandidate:
 class _Served:
     """A version's served INT8 model, as the endpoint runs it (featuriser + one-thread ONNX session)."""
 
-    def __init__(self, model: bytes | Path, labels: list[str], featurizer: Any) -> None:
-        self.session = cpu_session(model)
+    def __init__(self, model: bytes | Path, labels: list[str], featurizer: Any, weights: bytes | None = None) -> None:
+        self.session = cpu_session(model, weights=weights)  # a path finds its weights file beside it
         self.input = self.session.get_inputs()[0].name
         self.labels = labels
         self.featurizer = featurizer
@@ -199,7 +199,7 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
     calibration = texts[:: max(1, len(texts) // 512)][:512]
     files, export_report = build_version_files(result.model, result.featurizer, result.labels, probe, calibration_texts=calibration)
     report("gating")
-    candidate = _Served(files[SERVED_MODEL], result.labels, result.featurizer)
+    candidate = _Served(files[SERVED_MODEL], result.labels, result.featurizer, weights=files[SERVED_WEIGHTS])
     latency_texts = job.holdout[0][:200] or probe
     verdict = decide(
         job.gate,

@@ -1,10 +1,13 @@
-"""The parity probe of a registry version (``probe.json``): texts and the served model's logits on them.
+"""The parity probe of a registry version (``probe.json``): texts, their featurised ids, and the served
+model's logits on them.
 
 The logits are stored as base64 of little-endian float32 with their shape, not as JSON numbers. A load
 parses this file on every hot swap, in a thread beside the request path, and ``json.loads`` of a
 64 x 150 matrix of numbers is one C call that holds the GIL for 4-8 ms: every request waiting for the
 GIL waits that long. A base64 string parses in microseconds, and float32 is what ONNX Runtime returns, so
-nothing is rounded. Versions written before this format (``"logits"`` as nested lists) still read.
+nothing is rounded. The ids (int32, the same way) spare a load featurising all 64 texts, about 1.5 ms of
+Python holding that same GIL; it featurises a few to check the featuriser still gives them. Versions
+written before either (``"logits"`` as nested lists, no ``"ids"``) still read.
 """
 
 from __future__ import annotations
@@ -13,26 +16,32 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PROBE", "decode_probe", "encode_probe"]
+__all__ = ["PROBE", "Probe", "decode_probe", "encode_probe"]
 
 PROBE = "probe.json"
-_DTYPE = np.dtype("<f4")
+_MATRICES = {"float32-le": np.dtype("<f4"), "int32-le": np.dtype("<i4")}
 
 
-def encode_probe(texts: Sequence[str], logits: np.ndarray) -> bytes:
-    """``probe.json`` for ``texts`` and their logits (one row per text)."""
-    matrix = np.ascontiguousarray(logits, dtype=_DTYPE)
-    if matrix.ndim != 2 or matrix.shape[0] != len(texts):
-        raise ValueError(f"logits of shape {matrix.shape} for {len(texts)} texts: expected one row per text")
-    body = {"texts": list(texts), "logits": {"dtype": "float32-le", "shape": list(matrix.shape), "base64": base64.b64encode(matrix.tobytes()).decode("ascii")}}
+class Probe(NamedTuple):
+    texts: list[str]
+    logits: np.ndarray  # float64, one row per text
+    ids: np.ndarray | None  # int64 featurised texts, one row per text; None in probes written before them
+
+
+def encode_probe(texts: Sequence[str], logits: np.ndarray, ids: np.ndarray | None = None) -> bytes:
+    """``probe.json`` for ``texts``, their logits and (optionally) their ids, one row per text."""
+    body = {"texts": list(texts), "logits": _encode_matrix("logits", logits, "float32-le", len(texts))}
+    if ids is not None:
+        body["ids"] = _encode_matrix("ids", ids, "int32-le", len(texts))
     return json.dumps(body).encode()
 
 
-def decode_probe(data: bytes) -> tuple[list[str], np.ndarray]:
-    """(texts, float64 logits) from ``probe.json``; ValueError saying what is wrong with it."""
+def decode_probe(data: bytes) -> Probe:
+    """The probe in ``probe.json``; ValueError saying what is wrong with it."""
     try:
         probe = json.loads(data)
         texts, logits = probe["texts"], probe["logits"]
@@ -40,24 +49,35 @@ def decode_probe(data: bytes) -> tuple[list[str], np.ndarray]:
         raise ValueError(f"not {{texts, logits}} ({exc})") from exc
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("no texts: parity cannot be checked")
+    ids = None if probe.get("ids") is None else _decode_matrix("ids", probe["ids"], "int32-le").astype(np.int64)
+    if ids is not None and ids.shape[0] != len(texts):
+        raise ValueError(f"ids have {ids.shape[0]} rows for {len(texts)} texts")
     if isinstance(logits, dict):
-        return texts, _decode_binary(logits)
+        return Probe(texts, _decode_matrix("logits", logits, "float32-le").astype(np.float64), ids)
     try:  # the format before binary logits: a list of rows of numbers
-        return texts, np.asarray(logits, dtype=np.float64)
+        return Probe(texts, np.asarray(logits, dtype=np.float64), ids)
     except (ValueError, TypeError) as exc:  # ragged rows or non-numbers
         raise ValueError(f"logits are not a numeric matrix ({exc})") from exc
 
 
-def _decode_binary(logits: dict) -> np.ndarray:
-    if logits.get("dtype") != "float32-le":
-        raise ValueError(f"logits dtype {logits.get('dtype')!r} is not 'float32-le'")
-    shape = logits.get("shape")
+def _encode_matrix(what: str, values: np.ndarray, kind: str, rows: int) -> dict:
+    matrix = np.ascontiguousarray(values, dtype=_MATRICES[kind])
+    if matrix.ndim != 2 or matrix.shape[0] != rows:
+        raise ValueError(f"{what} of shape {matrix.shape} for {rows} texts: expected one row per text")
+    return {"dtype": kind, "shape": list(matrix.shape), "base64": base64.b64encode(matrix.tobytes()).decode("ascii")}
+
+
+def _decode_matrix(what: str, stored: object, kind: str) -> np.ndarray:
+    if not isinstance(stored, dict) or stored.get("dtype") != kind:
+        raise ValueError(f"{what} dtype {stored.get('dtype') if isinstance(stored, dict) else stored!r} is not {kind!r}")
+    shape = stored.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)):
-        raise ValueError(f"logits shape {shape!r} is not [rows, columns]")
+        raise ValueError(f"{what} shape {shape!r} is not [rows, columns]")
     try:
-        raw = base64.b64decode(logits.get("base64", ""), validate=True)
+        raw = base64.b64decode(stored.get("base64", ""), validate=True)
     except (binascii.Error, TypeError) as exc:
-        raise ValueError(f"logits are not valid base64 ({exc})") from exc
-    if len(raw) != shape[0] * shape[1] * _DTYPE.itemsize:
-        raise ValueError(f"logits hold {len(raw)} bytes, not the {shape[0]} x {shape[1]} float32 values of their shape")
-    return np.frombuffer(raw, dtype=_DTYPE).reshape(shape).astype(np.float64)
+        raise ValueError(f"{what} are not valid base64 ({exc})") from exc
+    dtype = _MATRICES[kind]
+    if len(raw) != shape[0] * shape[1] * dtype.itemsize:
+        raise ValueError(f"{what} hold {len(raw)} bytes, not the {shape[0]} x {shape[1]} {dtype.name} values of their shape")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)

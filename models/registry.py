@@ -275,9 +275,12 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def set_current(self, version: str) -> None:
-        """Make ``version`` live. Verifies it first: a corrupt one raises ``CorruptVersion`` and CURRENT stays."""
-        self.verify(version)
+    def set_current(self, version: str, hash_only: Collection[str] | None = None) -> None:
+        """Make ``version`` live. Verifies it first (``hash_only`` as for ``verify``): a corrupt one raises
+        ``CorruptVersion`` and CURRENT stays. A hot swap passes ``()``: its load has just hashed the files it
+        serves, and hashing the training files (~35 MB) again on every swap took CPU the request path needs;
+        a fine-tune verifies those before it warm-starts from them."""
+        self.verify(version, hash_only)
         tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}.{CURRENT}"
         try:
             with open(tmp, "x", encoding="utf-8") as f:

@@ -139,12 +139,12 @@ class MirroredRegistry(Registry):
         self.push(manifest.version)
         return manifest
 
-    def set_current(self, version: str) -> None:
-        self.verify(version)
+    def set_current(self, version: str, hash_only: Collection[str] | None = None) -> None:
+        self.verify(version, hash_only)
         if version not in self.remote_versions():
             self.push(version)  # published before the mirror was configured
         self.fs.pipe_file(self._remote(CURRENT), (version + "\n").encode())
-        super().set_current(version)
+        super().set_current(version, hash_only=())  # verified just above
 
     def _next_number(self) -> int:
         versions = self.versions()  # remote included: a new trainer never reuses a number

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .export import SERVED_MODEL, cpu_session
+from .export import SERVED_MODEL, SERVED_WEIGHTS, cpu_session
 from .featurize import Featurizer, featurizer_from_json
-from .probe import PROBE, decode_probe
+from .probe import PROBE, Probe, decode_probe
 from .registry import CorruptVersion, Registry
 
 __all__ = ["LoadedModel", "ModelClosed", "ModelRejected", "ModelServer", "NoModel", "Prediction"]
@@ -46,6 +46,9 @@ _WARMUP_BATCHES = (1, _ROWS_PER_RUN)  # the sizes traffic uses: one request, one
 # Padded lengths to warm up at each size: a first run at an unseen shape makes ONNX Runtime allocate,
 # and after a swap those first requests would otherwise land in the latency tail.
 _WARMUP_LENGTHS = (16, 32, 64, 128, 256)
+# Probe texts a load featurises to check the featuriser still gives the ids stored at export (the rest of
+# the probe runs on the stored ids): every text featurised is Python holding the GIL the request path needs.
+_FEATURIZER_CHECK = 8
 
 
 class ModelRejected(Exception):
@@ -149,17 +152,19 @@ class LoadedModel:
             featurizer = featurizer_from_json(read(FEATURIZER).decode("utf-8"))
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
             raise ModelRejected(version, f"{FEATURIZER} is unusable ({exc})") from exc
-        texts, expected = _parse_probe(version, read(PROBE))
+        probe = _parse_probe(version, read(PROBE))
+        graph = read(SERVED_MODEL)
+        weights = read(SERVED_WEIGHTS) if SERVED_WEIGHTS in manifest.files else None  # None: a version from before the split
         try:
-            session = cpu_session(read(SERVED_MODEL), threads=threads)
+            session = cpu_session(graph, threads=threads, weights=weights)
         except ModelRejected:
             raise
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
             raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
         model = cls(version, labels, featurizer, session, created_at=manifest.created_at)
         try:
-            probe_ids = featurizer.batch(texts)  # featurised once: Python work here holds the GIL the event loop needs
-            model._check_probe(probe_ids, expected, probe_atol)
+            probe_ids = _probe_ids(version, featurizer, probe)
+            model._check_probe(probe_ids, probe.logits, probe_atol)
             for size in _WARMUP_BATCHES:
                 rows = probe_ids[np.arange(size) % len(probe_ids)]
                 for length in sorted({min(n, featurizer.max_features) for n in _WARMUP_LENGTHS}):
@@ -246,11 +251,23 @@ def _parse_labels(version: str, data: bytes) -> list[str]:
     return labels
 
 
-def _parse_probe(version: str, data: bytes) -> tuple[list[str], np.ndarray]:
+def _parse_probe(version: str, data: bytes) -> Probe:
     try:
         return decode_probe(data)
     except ValueError as exc:
         raise ModelRejected(version, f"{PROBE}: {exc}") from exc
+
+
+def _probe_ids(version: str, featurizer: Featurizer, probe: Probe) -> np.ndarray:
+    """The probe texts' ids: stored ones once a few texts show the featuriser still gives them."""
+    if probe.ids is None:  # a probe written before ids were stored
+        return featurizer.batch(probe.texts)
+    fresh = featurizer.batch(probe.texts[:_FEATURIZER_CHECK])
+    stored = probe.ids[:_FEATURIZER_CHECK]
+    width = fresh.shape[1]
+    if width > stored.shape[1] or not (np.array_equal(fresh, stored[:, :width]) and not stored[:, width:].any()):
+        raise ModelRejected(version, f"the featuriser does not give the ids stored in {PROBE} for its first {len(fresh)} texts")
+    return probe.ids
 
 
 class ModelServer:

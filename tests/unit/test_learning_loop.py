@@ -17,8 +17,8 @@ from models.hygiene import HygieneSettings
 from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
-from streams.tiers import StoredEvent
 from streams.datasets import load_examples
+from streams.tiers import StoredEvent
 from tests.toy_intents import examples
 
 
@@ -153,3 +153,28 @@ def test_the_replay_sample_is_capped_per_intent() -> None:
     capped, removed = _cap_replay(replay, 1.0)  # fair share 33 / 3 = 11
     assert removed == 19 and [e.intent for e in capped].count("a") == 11 and len(capped) == 14
     assert _cap_replay(replay, 3.0)[1] == 0  # 3 x 11 = 33: nothing over the cap
+
+
+def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_files_changed(tmp_path: Path) -> None:
+    """A swap hashes only the files it serves; the fine-tune hashes the rest (model.pt) before reading them."""
+    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0})
+    registry = Registry(tmp_path / "registry")
+    seed = run_fine_tune(FineTuneJob(train=pairs(300, 0), holdout=pairs(60, 1), replay_eval=([], []), incumbent_dir=None, settings=TrainSettings(epochs=2, batch_size=32)))
+    v1 = registry.publish(seed.files, parent=None, info={}).version
+    server = ModelServer()
+    server.load_and_swap(registry, v1)
+    weights = registry.path(v1, "model.pt")
+    weights.write_bytes(weights.read_bytes()[::-1])  # same size: only a hash tells
+    server.load_and_swap(registry, v1)  # still serves: the served files are intact
+    registry.set_current(v1, hash_only=())
+
+    async def fine_tune() -> None:
+        loop = LearningLoop(settings, store=None, server=server, registry=registry, metrics_registry=CollectorRegistry(), announce=None, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
+        await loop._fine_tune("manual", None)  # store=None: reaching the data query would fail differently
+        run = loop.history[-1]
+        assert run["result"] == "failed" and "model.pt has sha256" in run["detail"], run
+        assert loop.metrics.failures.labels("error")._value.get() == 1
+
+    asyncio.run(fine_tune())
+    assert server.version == v1
+    server.close(timeout=5)

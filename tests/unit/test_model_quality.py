@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.export import PARITY_ATOL, build_version_files, cpu_session
+from models.export import PARITY_ATOL, SERVED_MODEL, SERVED_WEIGHTS, build_version_files, cpu_session
 from models.train import TrainSettings, train_classifier
 from streams.datasets import load_examples
 
 
 @pytest.fixture(scope="module")
-def clinc():
+def clinc(tmp_path_factory):
     train, val, test = (load_examples("clinc150", split) for split in ("train", "val", "test"))
     result = train_classifier([e.text for e in train], [e.intent for e in train], val=([e.text for e in val], [e.intent for e in val]), settings=TrainSettings(epochs=12))
     files, report = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in val[:64]], calibration_texts=[e.text for e in val[:1024]])
@@ -24,7 +24,10 @@ def clinc():
     with torch.no_grad():
         torch_logits = result.model(torch.from_numpy(ids)).numpy()
     fp32 = cpu_session(files["model.onnx"]).run(None, {"ids": ids})[0]
-    int8 = cpu_session(files["model.int8.onnx"]).run(None, {"ids": ids})[0]
+    served = tmp_path_factory.mktemp("served")  # the INT8 graph and its weights file, loaded as a registry stores them
+    for name in (SERVED_MODEL, SERVED_WEIGHTS):
+        (served / name).write_bytes(files[name])
+    int8 = cpu_session(served / SERVED_MODEL).run(None, {"ids": ids})[0]
     return {"result": result, "report": report, "truth": truth, "torch": torch_logits, "fp32": fp32, "int8": int8}
 
 

@@ -211,6 +211,21 @@ def test_set_current_refuses_a_corrupt_version(reg: Registry) -> None:
     assert not [p for p in reg.root.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_set_current_after_a_load_checks_sizes_and_hashes_only_what_it_is_told(reg: Registry) -> None:
+    publish(reg)
+    data = reg.path("v000001", "model.onnx").read_bytes()
+    reg.path("v000001", "model.onnx").write_bytes(data[::-1])  # same size, other bytes: only a hash sees it
+    reg.set_current("v000001", hash_only=())  # a hot swap: its load hashed the files it serves
+    assert reg.current() == "v000001"
+    with pytest.raises(CorruptVersion, match="model.onnx has sha256"):
+        reg.set_current("v000001", hash_only=("model.onnx",))
+    with pytest.raises(CorruptVersion, match="model.onnx has sha256"):
+        reg.set_current("v000001")  # the default hashes every file
+    reg.path("v000001", "model.onnx").write_bytes(data[:-1])
+    with pytest.raises(CorruptVersion, match="model.onnx is .* bytes"):
+        reg.set_current("v000001", hash_only=())  # sizes are always checked
+
+
 def test_rollback_to_parent_and_explicit(reg: Registry) -> None:
     publish(reg)
     publish(reg, parent="v000001")

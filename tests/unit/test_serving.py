@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from models.classifier import ClassifierConfig
-from models.export import SERVED_MODEL, build_version_files
+from models.export import SERVED_MODEL, SERVED_WEIGHTS, build_version_files
 from models.featurize import HashingFeaturizer
 from models.probe import decode_probe, encode_probe
 from models.registry import Registry
@@ -24,7 +24,10 @@ from models.serving import LoadedModel, ModelRejected, ModelServer, NoModel, Pre
 from models.train import TrainSettings, train_classifier
 from tests.toy_intents import examples
 
-PROBE = ["hello friend", "where is my parcel", "refund the phone please", "cancel my order", "", "upgrade the plan now"]
+PROBE = [
+    "hello friend", "where is my parcel", "refund the phone please", "cancel my order", "", "upgrade the plan now",
+    "bye for now", "track the package", "i want my money back", "stop the order", "good morning", "see you later",
+]  # more than the 8 a load featurises: the rest are checked through their stored ids
 
 
 def version_files(intents: list[str], seed: int) -> dict[str, bytes]:
@@ -145,6 +148,32 @@ def test_truncated_model_rejected(reg: Registry) -> None:
     rejected(reg, "v000001", SERVED_MODEL, "does not load")
 
 
+def test_damaged_weights_rejected(reg: Registry) -> None:
+    data = reg.path("v000001", SERVED_WEIGHTS).read_bytes()
+    rewrite(reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=False)
+    rejected(reg, "v000001", SERVED_WEIGHTS, "bytes")
+    rewrite(reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=True)  # hashes agree: the loader must see it is short
+    rejected(reg, "v000001", SERVED_MODEL, "does not load", "embedding.weight_quantized", "does not fit")
+    rewrite(reg, "v000002", SERVED_WEIGHTS, bytes(b ^ 0x55 for b in reg.path("v000002", SERVED_WEIGHTS).read_bytes()), fix_manifest=True)
+    rejected(reg, "v000002", "probe parity failed")  # the right size, the wrong numbers
+
+
+def test_a_version_from_before_the_weights_split_still_loads(reg: Registry, builds: list[dict[str, bytes]], tmp_path: Path) -> None:
+    import onnx
+
+    files = dict(builds[0])
+    for name in (SERVED_MODEL, SERVED_WEIGHTS):
+        (tmp_path / name).write_bytes(files[name])
+    files[SERVED_MODEL] = onnx.load(str(tmp_path / SERVED_MODEL)).SerializeToString()  # the weights read back in
+    del files[SERVED_WEIGHTS]
+    old = reg.publish(files, parent=None, info={}).version
+    assert SERVED_WEIGHTS not in reg.verify(old).files
+    texts = ["where is my parcel", "refund the phone please", "bye now"]
+    assert LoadedModel.load(reg, old).predict(texts) == [
+        Prediction(p.intent, p.confidence, p.top_k, old) for p in LoadedModel.load(reg, "v000001").predict(texts)
+    ]
+
+
 def test_flipped_label_byte_rejected(reg: Registry) -> None:
     data = bytearray(reg.path("v000002", "labels.json").read_bytes())
     data[3] ^= 0x01
@@ -153,17 +182,36 @@ def test_flipped_label_byte_rejected(reg: Registry) -> None:
 
 
 def test_tampered_probe_rejected(reg: Registry) -> None:
-    texts, logits = decode_probe(reg.path("v000001", "probe.json").read_bytes())
+    texts, logits, ids = decode_probe(reg.path("v000001", "probe.json").read_bytes())
     logits[2][1] += 0.01
-    rewrite(reg, "v000001", "probe.json", encode_probe(texts, logits), fix_manifest=True)
+    rewrite(reg, "v000001", "probe.json", encode_probe(texts, logits, ids), fix_manifest=True)
     rejected(reg, "v000001", "probe parity failed")
     logits[2][1] = float("nan")
-    rewrite(reg, "v000001", "probe.json", encode_probe(texts, logits), fix_manifest=True)
+    rewrite(reg, "v000001", "probe.json", encode_probe(texts, logits, ids), fix_manifest=True)
     rejected(reg, "v000001", "probe parity failed")
+
+
+def test_stored_probe_ids_are_checked_against_the_featuriser_and_the_model(reg: Registry) -> None:
+    texts, logits, ids = decode_probe(reg.path("v000002", "probe.json").read_bytes())
+    assert len(texts) == 12 and ids is not None and ids.shape[0] == 12
+    # Within the texts a load featurises: the featuriser disagrees with the stored ids.
+    wrong = ids.copy()
+    wrong[1, 0] = wrong[1, 0] % 4095 + 1
+    rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits, wrong), fix_manifest=True)
+    rejected(reg, "v000002", "featuriser does not give the ids stored in probe.json")
+    # Beyond them: those ids are not what the logits were computed from, so parity fails.
+    wrong = ids.copy()
+    row = next(i for i in range(8, 12) if wrong[i, 0])
+    wrong[row, 0] = wrong[row, 0] % 4095 + 1
+    rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits, wrong), fix_manifest=True)
+    rejected(reg, "v000002", "probe parity failed")
+    # A probe without ids (written before they were stored) featurises every text and still loads.
+    rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits), fix_manifest=True)
+    LoadedModel.load(reg, "v000002").close()
 
 
 def test_probe_logits_are_exact_float32_and_the_list_format_still_loads(reg: Registry) -> None:
-    texts, logits = decode_probe(reg.path("v000001", "probe.json").read_bytes())
+    texts, logits, _ = decode_probe(reg.path("v000001", "probe.json").read_bytes())
     model = LoadedModel.load(reg, "v000001")
     try:
         assert np.array_equal(model._logits(texts), logits.astype(np.float32))  # bit for bit: nothing rounded on the way
@@ -183,6 +231,8 @@ def test_probe_logits_are_exact_float32_and_the_list_format_still_loads(reg: Reg
         (lambda p: p["logits"].update(shape="6x6"), "shape"),
         (lambda p: p.update(texts=[]), "no texts"),
         (lambda p: p.pop("logits"), "not {texts, logits}"),
+        (lambda p: p["ids"].update(dtype="int64-le"), "ids dtype"),
+        (lambda p: p["ids"].update(shape=[3, 1]), "ids hold"),
     ],
 )
 def test_malformed_probe_rejected_with_its_reason(reg: Registry, damage, reason: str) -> None:
@@ -196,7 +246,7 @@ def test_label_count_mismatch_rejected(reg: Registry) -> None:
     labels = json.loads(reg.path("v000001", "labels.json").read_bytes())
     rewrite(reg, "v000001", "labels.json", json.dumps([*labels, "extra"]).encode(), fix_manifest=True)
     rejected(reg, "v000001", "shape", "6 labels")
-    texts, logits = decode_probe(reg.path("v000002", "probe.json").read_bytes())
+    texts, logits, ids = decode_probe(reg.path("v000002", "probe.json").read_bytes())
     rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits[:, :-1]), fix_manifest=True)
     rejected(reg, "v000002", "probe.json", "shape")
 

@@ -33,7 +33,7 @@ def test_a_job_runs_in_a_child_and_returns_files_and_a_verdict() -> None:
     result, progress = run(job())
     assert result.verdict.passed, result.verdict.describe()
     assert result.verdict.candidate_holdout >= 0.95 and result.verdict.incumbent_holdout is None
-    assert {"model.int8.onnx", "model.onnx", "labels.json", "model.pt", "probe.json", "featurizer.json"} <= set(result.files)
+    assert {"model.int8.onnx", "model.int8.weights", "model.onnx", "labels.json", "model.pt", "probe.json", "featurizer.json"} <= set(result.files)
     stages = [p["stage"] for p in progress]
     assert stages[0] == "training" and "epoch" in stages and stages[-1] == "verdict"
 
