@@ -13,9 +13,13 @@ model). Then:
   (b) over HTTP against a real daemon (embedded broker + ``python -m daemon run``, a registry of 3 versions,
       admin token set, no bootstrap training): one sequential keep-alive client; then C keep-alive client
       threads for S seconds, steady; then the same load while the main thread activates the versions
-      round-robin every --swap-every seconds through POST /admin/v1/models/{version}/activate.
+      round-robin every --swap-every seconds through POST /admin/v1/models/{version}/activate, one phase
+      per value: 0.2 s, the stress case, and 1 s, still well above the learning loop's rate (its
+      fine-tunes are at least learning.cooldown_s apart, 30 s by default, and each takes seconds). A
+      swap streams the new version's weights (4 MB) through the cores' shared cache while the clients
+      saturate the daemon; what that costs the p99 grows with the swap rate (docs/architecture.md).
 
-    .venv/bin/python bench/serve.py [--quick] [--requests N] [--clients C] [--seconds S] [--swap-every T] [--keep]
+    .venv/bin/python bench/serve.py [--quick] [--requests N] [--clients C] [--seconds S] [--swap-every T [T ...]] [--keep]
 
 The goals (INT8 ONNX >= 2x torch eager at batch 1; endpoint p99 < 5 ms; p99 during swaps <= 1.5x steady) are
 printed as PASS/FAIL; the exit code is 0 either way (non-zero only when the benchmark itself fails). The HTTP
@@ -425,26 +429,28 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
         f"failed {steady['failed']}, daemon CPU {steady_cpu:.2f} cores{_failure_note(steady)}"
     )
 
-    cpu0 = cpu_seconds(pid)
-    swapped = under_load(port, bodies, args.clients, args.seconds, swapper(port, versions, args.swap_every))
-    swap_cpu = (cpu_seconds(pid) - cpu0) / swapped["seconds"]
-    w50, w99 = _pcts(swapped["latencies"])
-    swaps = swapped["driven"]
-    ok = [s for s in swaps if s[1] == 200]
-    act_p50, _ = _pcts([s[2] for s in ok])
-    served = ", ".join(f"{v} {n:,}" for v, n in sorted(swapped["versions"].items()))
-    print(
-        f"    during swaps, {args.clients} clients, {swapped['seconds']:.1f}s: {swapped['rps']:,.0f} requests/s, p50 {w50:.3f} ms, p99 {w99:.3f} ms, "
-        f"failed {swapped['failed']}, daemon CPU {swap_cpu:.2f} cores{_failure_note(swapped)}"
-    )
-    print(
-        f"    swaps: {len(ok)} done ({len(swaps) - len(ok)} refused or failed), one every {swapped['seconds'] / max(1, len(swaps)):.2f}s "
-        f"(asked {args.swap_every:g}s); activation p50 {act_p50:.0f} ms, max {max((s[2] for s in swaps), default=float('nan')) * 1e3:.0f} ms; answered by: {served}"
-    )
-    ratio = w99 / s99
-    print(f"ratio p99 during swaps / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
     print(f"{'PASS' if p99 < GOAL_P99_MS else 'FAIL'}: endpoint p99 < {GOAL_P99_MS:g} ms (sequential client: {p99:.3f} ms)")
-    print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps <= {GOAL_SWAP_RATIO:g}x steady ({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
+    for period in args.swap_every:
+        cpu0 = cpu_seconds(pid)
+        swapped = under_load(port, bodies, args.clients, args.seconds, swapper(port, versions, period))
+        swap_cpu = (cpu_seconds(pid) - cpu0) / swapped["seconds"]
+        w50, w99 = _pcts(swapped["latencies"])
+        swaps = swapped["driven"]
+        ok = [s for s in swaps if s[1] == 200]
+        act_p50, _ = _pcts([s[2] for s in ok])
+        served = ", ".join(f"{v} {n:,}" for v, n in sorted(swapped["versions"].items()))
+        print(
+            f"    during swaps every {period:g}s, {args.clients} clients, {swapped['seconds']:.1f}s: {swapped['rps']:,.0f} requests/s, p50 {w50:.3f} ms, "
+            f"p99 {w99:.3f} ms, failed {swapped['failed']}, daemon CPU {swap_cpu:.2f} cores{_failure_note(swapped)}"
+        )
+        print(
+            f"    swaps: {len(ok)} done ({len(swaps) - len(ok)} refused or failed), one every {swapped['seconds'] / max(1, len(swaps)):.2f}s "
+            f"(asked {period:g}s); activation p50 {act_p50:.0f} ms, max {max((s[2] for s in swaps), default=float('nan')) * 1e3:.0f} ms; answered by: {served}"
+        )
+        ratio = w99 / s99
+        print(f"ratio p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
+        print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
+              f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
 
     with_wrk(port, bodies, versions, args)
     code, secs = daemon.terminate(15)
@@ -460,15 +466,17 @@ def with_wrk(port: int, bodies: list[bytes], versions: list[str], args: argparse
     print(f"(c) the same load from wrk (1 thread, {args.clients} keep-alive connections, its own process), steady then during swaps")
     steady = wrk_load(port, bodies, args.clients, args.seconds)
     print(f"    steady, {args.seconds:g}s: {steady['rps']:,.0f} requests/s, p50 {steady['p50']:.3f} ms, p99 {steady['p99']:.3f} ms, failed {steady['failed']}")
-    swapped = wrk_load(port, bodies, args.clients, args.seconds, swapper(port, versions, args.swap_every))
-    ok = sum(1 for s in swapped["driven"] if s[1] == 200)
-    print(
-        f"    during swaps, {args.seconds:g}s: {swapped['rps']:,.0f} requests/s, p50 {swapped['p50']:.3f} ms, p99 {swapped['p99']:.3f} ms, "
-        f"failed {swapped['failed']}; {ok} swaps done ({len(swapped['driven']) - ok} refused or failed)"
-    )
-    ratio = swapped["p99"] / steady["p99"]
-    print(f"ratio (wrk) p99 during swaps / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
-    print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during swaps <= {GOAL_SWAP_RATIO:g}x steady ({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
+    for period in args.swap_every:
+        swapped = wrk_load(port, bodies, args.clients, args.seconds, swapper(port, versions, period))
+        ok = sum(1 for s in swapped["driven"] if s[1] == 200)
+        print(
+            f"    during swaps every {period:g}s, {args.seconds:g}s: {swapped['rps']:,.0f} requests/s, p50 {swapped['p50']:.3f} ms, p99 {swapped['p99']:.3f} ms, "
+            f"failed {swapped['failed']}; {ok} swaps done ({len(swapped['driven']) - ok} refused or failed)"
+        )
+        ratio = swapped["p99"] / steady["p99"]
+        print(f"ratio (wrk) p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
+        print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
+              f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
 
 
 def _failure_note(result: dict[str, Any]) -> str:
@@ -509,9 +517,11 @@ def main() -> int:
     parser.add_argument("--requests", type=positive_int, help="sequential requests (default 3000; --quick 1000)")
     parser.add_argument("--clients", type=positive_int, default=8, help="client threads under load (default 8)")
     parser.add_argument("--seconds", type=float, help="seconds of each load phase, steady and during swaps (default 10; --quick 4)")
-    parser.add_argument("--swap-every", type=float, default=0.2, help="seconds between activations during the swap phase (default 0.2)")
+    parser.add_argument("--swap-every", type=float, nargs="+", default=[0.2, 1.0], help="seconds between activations, one swap phase per value (default 0.2 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, registry) for inspection")
     args = parser.parse_args()
+    if any(not period > 0 for period in args.swap_every):
+        parser.error(f"--swap-every takes seconds > 0, got {' '.join(map(str, args.swap_every))}")
     args.requests = args.requests or (1000 if args.quick else 3000)
     args.seconds = args.seconds or (4.0 if args.quick else 10.0)
 

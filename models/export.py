@@ -19,7 +19,7 @@ import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -43,7 +43,9 @@ PARITY_ATOL = 1e-4  # FP32 ONNX vs torch, max abs logit difference
 SERVED_MODEL = "model.int8.onnx"
 SERVED_WEIGHTS = "model.int8.weights"  # the served graph's large initializers (ONNX external data)
 _EXTERNAL_MIN_BYTES = 1 << 16  # initializers this large leave the graph; the small ones cost nothing to parse
-_EXTERNAL_ALIGN = 64  # offsets in the weights file, so that every tensor view is aligned for its dtype
+# Offsets in the weights file: page-aligned, so that ONNX Runtime maps each tensor from the file instead of
+# copying it (it maps only page-aligned external data), which also aligns every view for its dtype.
+_EXTERNAL_ALIGN = 4096
 # Graph metadata saying ONNX Runtime's EXTENDED optimisations were applied at export: such a graph loads
 # with optimisations off. EXTENDED fusions run on any CPU; ALL adds layouts for the exporting machine's.
 _OPTIMIZED_KEY, _OPTIMIZED_LEVEL = "driftd.graph_optimization", "extended"
@@ -53,26 +55,33 @@ class ExportError(RuntimeError):
     """The exported graph does not match the torch model."""
 
 
-def cpu_session(model: bytes | str | Path, threads: int = 1, weights: bytes | None = None) -> ort.InferenceSession:
+def cpu_session(model: bytes | str | Path, threads: int = 1, weights: bytes | Path | None = None) -> ort.InferenceSession:
     """A CPU session for ``model``: a path (external data resolved from its directory) or the bytes of a
-    graph, with ``weights`` the bytes of its external data file when it has one (``externalize_weights``).
-    ValueError when ``weights`` does not hold what the graph says it does."""
+    graph, with ``weights`` its external data file when it has one (``externalize_weights``): the file's
+    bytes, or its path (named ``SERVED_WEIGHTS``), which ONNX Runtime maps rather than copies. ValueError when
+    ``weights`` does not hold what the graph says it does.
+
+    A mapped file must not change while the session lives (a registry never writes a version's files in
+    place; deleting them is harmless, the mapping keeps the data)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # one thread: lowest latency for the small batches served here
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    values: list[ort.OrtValue] = []
     if weights is not None:
         if isinstance(model, (str, Path)):
             raise TypeError("weights go with a graph given as bytes; a path finds its weights beside it")
-        names, values, optimized = _external_initializers(model, weights)
-        options.add_external_initializers(names, values)
+        if isinstance(weights, Path):
+            if weights.name != SERVED_WEIGHTS:
+                raise ValueError(f"the graph's external data is named {SERVED_WEIGHTS}, not {weights.name}")
+            _, optimized = _external_tensors(model, weights.stat().st_size)
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights.parent))
+        else:
+            names, values, optimized = _external_initializers(model, weights)
+            options.add_external_initializers(names, values)
         if optimized:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = str(model) if isinstance(model, Path) else model
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    session.driftd_external_weights = values  # ORT reads these buffers for the session's whole life
-    return session
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def optimize_offline(model: bytes) -> bytes:
@@ -104,11 +113,18 @@ def externalize_weights(model: bytes, min_bytes: int = _EXTERNAL_MIN_BYTES, *, o
     return proto.SerializeToString(), bytes(blob)
 
 
-def _external_initializers(graph: bytes, weights: bytes) -> tuple[list[str], list[ort.OrtValue], bool]:
-    """The graph's external initializers as OrtValues viewing ``weights`` (no copy), and whether the
-    graph was optimised at export."""
+class _ExternalTensor(NamedTuple):
+    name: str
+    dtype: np.dtype
+    dims: tuple[int, ...]
+    offset: int
+
+
+def _external_tensors(graph: bytes, size: int) -> tuple[list[_ExternalTensor], bool]:
+    """Where the graph's external initializers lie in a weights file of ``size`` bytes, checked (ValueError),
+    and whether the graph was optimised at export."""
     proto = onnx.load_from_string(graph)  # small: the large tensors are not in it
-    names, values = [], []
+    tensors = []
     for tensor in proto.graph.initializer:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
@@ -118,13 +134,20 @@ def _external_initializers(graph: bytes, weights: bytes) -> tuple[list[str], lis
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         count = int(np.prod(tensor.dims, dtype=np.int64))
         offset, length = int(info.get("offset", 0)), int(info.get("length", count * dtype.itemsize))
-        if length != count * dtype.itemsize or offset < 0 or offset + length > len(weights):
-            raise ValueError(f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {len(weights)}")
-        array = np.frombuffer(weights, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
-        names.append(tensor.name)
-        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+        if length != count * dtype.itemsize or offset < 0 or offset + length > size:
+            raise ValueError(f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {size}")
+        tensors.append(_ExternalTensor(tensor.name, dtype, tuple(tensor.dims), offset))
     optimized = any(p.key == _OPTIMIZED_KEY and p.value == _OPTIMIZED_LEVEL for p in proto.metadata_props)
-    return names, values, optimized
+    return tensors, optimized
+
+
+def _external_initializers(graph: bytes, weights: bytes) -> tuple[list[str], list[ort.OrtValue], bool]:
+    """The graph's external initializers as OrtValues viewing ``weights``, and whether the graph was
+    optimised at export. ONNX Runtime copies them into the session (zeroing ``weights`` afterwards leaves its
+    outputs as they were), so nothing needs to keep them alive."""
+    tensors, optimized = _external_tensors(graph, len(weights))
+    values = [ort.OrtValue.ortvalue_from_numpy(np.frombuffer(weights, dtype=t.dtype, count=int(np.prod(t.dims, dtype=np.int64)), offset=t.offset).reshape(t.dims)) for t in tensors]
+    return [t.name for t in tensors], values, optimized
 
 
 def export_onnx(model: IntentClassifier) -> bytes:

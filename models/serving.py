@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,10 +44,10 @@ FEATURIZER = "featurizer.json"
 # each swap started that over, so RSS swung by hundreds of MB in a soak. Calls of 64 keep the arena small;
 # per text they are also faster (less padding to the longest text).
 _ROWS_PER_RUN = 64
-_WARMUP_BATCHES = (1, _ROWS_PER_RUN)  # the sizes traffic uses: one request, one full call of a micro-batch
-# Padded lengths to warm up at each size: a first run at an unseen shape makes ONNX Runtime allocate,
-# and after a swap those first requests would otherwise land in the latency tail.
-_WARMUP_LENGTHS = (16, 32, 64, 128, 256)
+# No warm-up runs beyond the parity probe, which is a new session's first run: measured on the default
+# model, a session's first run at each traffic shape (1 or 64 texts, 16 to 256 ids) costs at most 0.07 ms
+# more than its second, while warming up each of those shapes would cost ~3 ms of CPU and ten GIL
+# hand-offs per swap, beside the request path.
 # Probe texts a load featurises to check the featuriser still gives the ids stored at export (the rest of
 # the probe runs on the stored ids): every text featurised is Python holding the GIL the request path needs.
 _FEATURIZER_CHECK = 8
@@ -97,7 +99,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class LoadedModel:
-    """One verified, warmed-up version: an ONNX Runtime session plus the labels and featurizer it was trained with.
+    """One verified, probed version: an ONNX Runtime session plus the labels and featurizer it was trained with.
 
     Built by ``load``; thread-safe (ONNX Runtime sessions allow concurrent ``run``). ``close`` releases the
     session; a later ``predict`` raises ``ModelClosed``. ``active_at_close`` records how many ``predict``
@@ -121,12 +123,18 @@ class LoadedModel:
 
     @classmethod
     def load(cls, registry: Registry, version: str, *, threads: int = 1, probe_atol: float = 1e-4) -> LoadedModel:
-        """Verify, load, parity-check and warm up ``version``; raises ``ModelRejected`` saying why it cannot serve.
+        """Verify, load and parity-check ``version``; raises ``ModelRejected`` saying why it cannot serve.
 
-        Blocking (hashing, session build, warm-up): run it off the request path. ``verify`` checks the
+        Blocking (hashing, session build, probe run): run it off the request path. ``verify`` checks the
         manifest and every file's size; the files served are hashed once, as they are read, so a file
         changed after the manifest was written is caught. The training-only files (model.pt, the FP32
         model) are left to whoever uses them: hashing them on every swap would double its cost.
+
+        The weights file is hashed in chunks and then mapped by ONNX Runtime, not read into this process:
+        copying 4 MB twice (into a bytes object, then into the session) on every swap showed in the request
+        path's tail (docs/architecture.md, "Hot swaps under load"). A file replaced or rewritten between
+        the hash and the mapping is caught by comparing its identity (device, inode, size, mtime) before
+        and after.
         """
         try:
             manifest = registry.verify(version, hash_only=())
@@ -154,24 +162,22 @@ class LoadedModel:
             raise ModelRejected(version, f"{FEATURIZER} is unusable ({exc})") from exc
         probe = _parse_probe(version, read(PROBE))
         graph = read(SERVED_MODEL)
-        weights = read(SERVED_WEIGHTS) if SERVED_WEIGHTS in manifest.files else None  # None: a version from before the split
+        weights, hashed = None, None  # no weights file: a version from before the split
+        if SERVED_WEIGHTS in manifest.files:
+            weights = registry.path(version, SERVED_WEIGHTS)
+            hashed = _hash_file(version, weights, manifest.files[SERVED_WEIGHTS]["sha256"])
         try:
             session = cpu_session(graph, threads=threads, weights=weights)
         except ModelRejected:
             raise
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
             raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
+        if weights is not None and _identity(weights) != hashed:
+            raise ModelRejected(version, f"{SERVED_WEIGHTS} changed while it was loading")
         model = cls(version, labels, featurizer, session, created_at=manifest.created_at)
         try:
             probe_ids = _probe_ids(version, featurizer, probe)
-            model._check_probe(probe_ids, probe.logits, probe_atol)
-            for size in _WARMUP_BATCHES:
-                rows = probe_ids[np.arange(size) % len(probe_ids)]
-                for length in sorted({min(n, featurizer.max_features) for n in _WARMUP_LENGTHS}):
-                    shaped = np.zeros((size, length), dtype=rows.dtype)
-                    width = min(length, rows.shape[1])
-                    shaped[:, :width] = rows[:, :width]
-                    session.run(None, {model._input: shaped})
+            model._check_probe(probe_ids, probe.logits, probe_atol)  # also the session's warm-up (see above)
         except ModelRejected:
             model.close()
             raise
@@ -237,6 +243,28 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.version!r}, {len(self.labels)} labels{', closed' if self.closed else ''})"
+
+
+def _hash_file(version: str, path: Path, sha256: str) -> tuple[int, ...]:
+    """Check ``path`` against ``sha256`` without holding its bytes; returns its identity as hashed."""
+    try:
+        with path.open("rb") as file:
+            identity = _identity(file.fileno())
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError as exc:
+        raise ModelRejected(version, f"cannot read {path.name} ({exc})") from exc
+    if digest != sha256:
+        raise ModelRejected(version, f"{path.name} has a sha256 that does not match the manifest")
+    return identity
+
+
+def _identity(file: Path | int) -> tuple[int, ...]:
+    """What changes when a file is replaced or rewritten: device, inode, size, mtime (ns)."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return ()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _parse_labels(version: str, data: bytes) -> list[str]:
@@ -331,7 +359,7 @@ class ModelServer:
         return old.version
 
     def load_and_swap(self, registry: Registry, version: str, **load_kwargs: Any) -> str | None:
-        """Load (verify, probe, warm up) then swap; blocking, so callers run it in a thread. A ``ModelRejected``
+        """Load (verify, probe) then swap; blocking, so callers run it in a thread. A ``ModelRejected``
         propagates and the current model keeps serving."""
         new = LoadedModel.load(registry, version, **load_kwargs)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import threading
 import time
@@ -156,6 +157,31 @@ def test_damaged_weights_rejected(reg: Registry) -> None:
     rejected(reg, "v000001", SERVED_MODEL, "does not load", "embedding.weight_quantized", "does not fit")
     rewrite(reg, "v000002", SERVED_WEIGHTS, bytes(b ^ 0x55 for b in reg.path("v000002", SERVED_WEIGHTS).read_bytes()), fix_manifest=True)
     rejected(reg, "v000002", "probe parity failed")  # the right size, the wrong numbers
+
+
+def test_the_served_weights_are_mapped_from_the_registry_and_unmapped_when_retired(reg: Registry) -> None:
+    weights = str(reg.path("v000001", SERVED_WEIGHTS))
+    model = LoadedModel.load(reg, "v000001")
+    assert weights in Path("/proc/self/maps").read_text()  # ONNX Runtime maps the file: no copy in this process
+    model.close()
+    assert weights not in Path("/proc/self/maps").read_text()
+
+
+def test_weights_replaced_between_hashing_and_mapping_are_refused(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader hashes the weights file, then ONNX Runtime maps it by name: a writer in between is caught."""
+    import models.serving as serving
+
+    build = serving.cpu_session
+
+    def replace_then_build(graph: bytes, threads: int = 1, weights: Path | None = None):
+        assert weights is not None
+        twin = weights.with_name("twin")
+        twin.write_bytes(weights.read_bytes())  # the same bytes even: another file all the same
+        os.replace(twin, weights)
+        return build(graph, threads=threads, weights=weights)
+
+    monkeypatch.setattr(serving, "cpu_session", replace_then_build)
+    rejected(reg, "v000001", SERVED_WEIGHTS, "changed while it was loading")
 
 
 def test_a_version_from_before_the_weights_split_still_loads(reg: Registry, builds: list[dict[str, bytes]], tmp_path: Path) -> None:
