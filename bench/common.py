@@ -1,4 +1,5 @@
-"""What the benchmarks share: facts about the machine, argument types."""
+"""What the benchmarks share: facts about the machine, argument types. Imports nothing beyond the standard library
+(the daemon the benchmarks start is in ``bench.processes``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import argparse
 import os
 import platform
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from daemon.broker import die_with_parent  # noqa: E402
-from tests.integration.harness import DaemonProcess  # noqa: E402
-
-__all__ = ["BenchDaemon", "cpu_model", "cpu_seconds", "exit_on_sigterm", "positive_int"]
+__all__ = ["ROOT", "cpu_model", "cpu_seconds", "exit_on_sigterm", "positive_int"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -57,16 +54,3 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
-
-
-class BenchDaemon(DaemonProcess):
-    """The test harness's daemon, started so that it dies with the bench even if the bench is SIGKILLed."""
-
-    def start(self) -> BenchDaemon:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run"], env=self.env, cwd=ROOT,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
-            )
-        return self

@@ -59,8 +59,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BenchDaemon, cpu_model, exit_on_sigterm, positive_int  # noqa: E402
+from bench.common import cpu_model, exit_on_sigterm, positive_int  # noqa: E402
 from bench.loop import print_table  # noqa: E402
+from bench.processes import BenchDaemon  # noqa: E402
 
 TOKEN = "bench-labeling-token"
 GOAL_RATIO = 0.6

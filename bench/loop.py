@@ -24,9 +24,12 @@ Sections (``--sections``, comma separated; each prints its own table):
              Goals: delay <= 300 labelled events after an abrupt drift, 0 false alarms; PASS/FAIL per row.
              The default policy is the "ewma" row.
 
-  recovery   The real thing: embedded broker + ``python -m daemon run`` serving a seed model (the 5 domains, trained
-             from scratch), then a CLINC150 train-split stream at --recovery-rate events/s, every utterance labelled
-             20 utterances later: the 5 domains until --recovery-onset, all 10 after. This process reads the
+  recovery   The real thing: embedded broker + ``python -m daemon run`` serving a seed model (the 5 domains' train
+             split, from scratch), then a stream of CLINC150 train and validation utterances (18,000, each once) at
+             --recovery-rate events/s, every utterance labelled 20 utterances later: the 5 domains until
+             --recovery-onset, all 10 after. At the defaults the stream runs 64 s past the onset, longer than the
+             goal, so a recovery inside the goal is always seen (a shorter stream is flagged: a run that had not
+             recovered when it ended would read as a failure it may not be). This process reads the
              ``predictions`` topic as it goes and tracks the accuracy of the last 500 predicted utterances.
              Reported: labelled post-onset events sent before the daemon's decision; seconds from the onset to
              the first swap; events and seconds from the onset until that window (entirely post-onset, some of
@@ -68,6 +71,7 @@ from streams.monitor import SIGNALS, DecayMonitor, MonitorConfig, Outcome  # noq
 
 GOAL_DELAY = 300  # labelled events from an abrupt drift's onset to the first decision
 GOAL_FALSE_ALARMS = 0
+RECOVERY_GOAL_S = 60.0  # wall seconds from the onset to recovered accuracy, on CPU, default model
 CLINC_BOOTSTRAP = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")  # config.toml models.bootstrap_groups
 CLINC_PRE_EVENTS = 3000
 
@@ -276,7 +280,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from aiokafka import AIOKafkaConsumer
 
-    from bench.common import BenchDaemon
+    from bench.processes import BenchDaemon
     from daemon.broker import EmbeddedBroker, free_port
     from models.export import build_version_files
     from models.registry import Registry
@@ -290,6 +294,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     all_intents = {i for ints in domains.values() for i in ints}
     train = [e for e in load_examples("clinc150", "train") if e.intent in all_intents]
     seed_examples = [e for e in train if e.intent in seed_intents]
+    streamed = train + [e for e in load_examples("clinc150", "val") if e.intent in all_intents]  # the seed never saw the validation split
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-loop-"))
     rows: list[dict[str, Any]] = []
     broker = EmbeddedBroker(free_port(), log_path=work / "broker.log").start()
@@ -306,9 +311,13 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
             daemon.wait_ready(timeout_s=120, model=True)
             onset, total = args.recovery_onset, args.recovery_utterances
             schedule = DriftSchedule((Phase(0, ("seed",), frozenset(seed_intents)), Phase(onset, ("all",), frozenset(all_intents))))
-            events = list(plan_events(train, schedule, limit=total, label_fraction=1.0, label_delay=20, seed=1, dataset="bench"))
+            events = list(plan_events(streamed, schedule, limit=total, label_fraction=1.0, label_delay=20, seed=1, dataset="bench"))
             truth = {e["ref_event_id"]: e["intent"] for e in events if e["type"] == "label"}
             index = {e["event_id"]: int(e["event_id"].rsplit("-u", 1)[1]) for e in events if e["type"] == "utterance"}
+            onset_position = next(i for i, e in enumerate(events) if e["type"] == "utterance" and index[e["event_id"]] == onset)
+            post_onset_s = (len(events) - onset_position) / args.recovery_rate
+            if post_onset_s < RECOVERY_GOAL_S:
+                print(f"note: the stream ends {post_onset_s:.0f} s after the onset, before the {RECOVERY_GOAL_S:.0f} s goal: a recovery later than that cannot be seen")
             # The offline reference: from scratch on everything the daemon will have seen, judged on the test split.
             seen_text = {e["event_id"]: e["text"] for e in events if e["type"] == "utterance"}
             offline = train_classifier(
@@ -330,7 +339,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "target (offline - 3 pts)": f"{target:.3f}",
                 "final window accuracy": _fmt(result["final_window"]),
                 "fine-tunes": ", ".join(f"{k} {v}" for k, v in runs.items() if v),
-                "goal <= 60 s": "PASS" if result["recover_s"] is not None and result["recover_s"] <= 60 else "FAIL",
+                "goal <= 60 s": "PASS" if result["recover_s"] is not None and result["recover_s"] <= RECOVERY_GOAL_S else "FAIL",
             })
         finally:
             daemon.stop_quietly()
@@ -429,9 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs of the benchmarked models (default 3)")
     parser.add_argument("--post-events", type=positive_int, default=2000, help="events after the drift onset (default 2000)")
     parser.add_argument("--stable-events", type=positive_int, default=6000, help="events of the stable (no drift) stream (default 6000)")
-    parser.add_argument("--recovery-utterances", type=positive_int, default=12000, help="utterances of the recovery stream (default 12000)")
+    parser.add_argument("--recovery-utterances", type=positive_int, default=18000, help="utterances of the recovery stream (default 18000: every in-scope train and validation utterance once)")
     parser.add_argument("--recovery-onset", type=positive_int, default=2000, help="utterance index of the drift onset (default 2000)")
-    parser.add_argument("--recovery-rate", type=float, default=800.0, help="events/s of the recovery stream (default 800)")
+    parser.add_argument("--recovery-rate", type=float, default=500.0, help="events/s of the recovery stream, utterances and labels (default 500: 64 s past the onset)")
     parser.add_argument("--keep", action="store_true", help="keep the recovery section's temp dir (daemon log, registry)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

@@ -52,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import BenchDaemon, cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
+from bench.processes import BenchDaemon  # noqa: E402
 from bench.wrk import wrk_available, wrk_load  # noqa: E402
 from daemon.broker import EmbeddedBroker  # noqa: E402 - after the path set-up above
 from daemon.demo import scrape  # noqa: E402

@@ -34,6 +34,10 @@ from .featurize import Featurizer
 __all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "batched_logits", "curriculum_order", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
 
 log = logging.getLogger(__name__)
+# On CUDA one process reads the loss back every this many micro-batches, not after each: every read waits for the
+# GPU, and a wait per step leaves a small model's GPU idle while Python queues the next step. A NaN or inf loss
+# survives the sum, so it is still caught; the steps taken after it are thrown away with the model.
+CUDA_LOSS_CHECK_EVERY = 32
 Progress = Callable[[dict[str, Any]], None]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -59,12 +63,13 @@ class TrainSettings:
     precision: str = "auto"  # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
     deadline: float | None = None  # time.monotonic() after which training stops at the next step
     curriculum: bool = False  # a warm start's first epoch goes easy to hard, by the incumbent's loss on each example
+    loss_check_every: int | None = None  # micro-batches per loss read-back and NaN check; None: CUDA_LOSS_CHECK_EVERY on CUDA, 1 on CPU
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.accumulation_steps < 1 or self.batch_size < 1:
-            raise ValueError("batch_size and accumulation_steps must be at least 1")
+        if self.accumulation_steps < 1 or self.batch_size < 1 or (self.loss_check_every is not None and self.loss_check_every < 1):
+            raise ValueError("batch_size, accumulation_steps and loss_check_every must be at least 1")
 
 
 @dataclass
@@ -151,6 +156,8 @@ def train_classifier(
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    pin = device.type == "cuda"
+    check_every = settings.loss_check_every or (CUDA_LOSS_CHECK_EVERY if device.type == "cuda" else 1)  # on CPU a read-back costs nothing
     model.to(device)
     net: nn.Module = model
     if distributed:
@@ -160,9 +167,15 @@ def train_classifier(
 
     features = [featurizer.features(t) for t in texts]
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
+    # Padded once, not per batch: a batch is its rows cut to its longest text (the same ids a per-batch pad
+    # gives), taken by one index op. On CUDA the table lives on the GPU, so a step copies only its row indices.
+    # int32 halves the table (the default model keeps up to 256 ids per text); a batch is widened to int64.
+    widths = np.fromiter((max(1, len(f)) for f in features), dtype=np.int64, count=len(features))
+    table = torch.from_numpy(featurizer.pad(features).astype(np.int32)).to(device)
+    targets_on_device = targets.to(device)
     if weights is not None and len(weights) != len(texts):
         raise ValueError(f"{len(weights)} weights for {len(texts)} examples")
-    example_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+    example_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
     epochs = settings.epochs or arch.epochs
     lr = settings.lr or arch.lr * math.sqrt(settings.batch_size * settings.accumulation_steps * world / 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
@@ -187,17 +200,29 @@ def train_classifier(
             # round so that every rank runs the same number of steps: one short of a step would leave
             # the others waiting in a collective.
             batches = [batches[(rank + k * world) % len(batches)] for k in range(micro_batches)]
-        loss_sum = 0.0
+        loss_sum, pending, pending_from = 0.0, None, 1
+
+        def check_losses(upto: int) -> float:
+            """The summed losses of batches pending_from..upto, read back (a GPU wait); raises on NaN or inf."""
+            value = pending.item()
+            if not math.isfinite(value):
+                where = f"batch {upto}" if pending_from == upto else f"batches {pending_from}-{upto}"
+                raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, {where}")
+            return value
+
         for i, batch in enumerate(batches):
-            ids = torch.from_numpy(featurizer.pad([features[j] for j in batch])).to(device, non_blocking=True)
+            rows = torch.from_numpy(batch)
+            if pin:  # page-locked, so the copy runs asynchronously instead of waiting on the GPU
+                rows = rows.pin_memory().to(device, non_blocking=True)
+            ids, batch_targets = table[rows, : int(widths[batch].max())].long(), targets_on_device[rows]
             step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
             with autocast(), net.no_sync() if distributed and not step_now else nullcontext():  # accumulate locally, all-reduce once per optimiser step
                 logits = net(ids).float()
                 if example_weights is None:
-                    loss = nn.functional.cross_entropy(logits, targets[batch].to(device), label_smoothing=settings.label_smoothing)
+                    loss = nn.functional.cross_entropy(logits, batch_targets, label_smoothing=settings.label_smoothing)
                 else:
-                    weight = example_weights[batch].to(device)
-                    per_example = nn.functional.cross_entropy(logits, targets[batch].to(device), label_smoothing=settings.label_smoothing, reduction="none")
+                    weight = example_weights[rows]
+                    per_example = nn.functional.cross_entropy(logits, batch_targets, label_smoothing=settings.label_smoothing, reduction="none")
                     loss = (per_example * weight).sum() / weight.sum().clamp_min(1e-12)
             if distributed:
                 # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any rank, or
@@ -210,9 +235,10 @@ def train_classifier(
                     raise TrainingDiverged(f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} (mean over {world} ranks)")
                 loss_sum += mean_loss
             else:
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch + 1}, batch {i + 1}")
-                loss_sum += loss.item()
+                pending = loss.detach().float() if pending is None else pending + loss.detach().float()
+                if (i + 1) % check_every == 0 or i + 1 == len(batches):
+                    loss_sum += check_losses(i + 1)
+                    pending, pending_from = None, i + 2
             scaled = loss / settings.accumulation_steps
             (scaler.scale(scaled) if scaler else scaled).backward()
             if step_now:
@@ -234,6 +260,8 @@ def train_classifier(
                 late = settings.deadline is not None and time.monotonic() > settings.deadline
             if late:
                 stopped = True
+                if pending is not None:
+                    loss_sum += check_losses(i + 1)
                 break
         if device.type == "cuda":
             torch.cuda.synchronize(device)

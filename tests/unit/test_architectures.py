@@ -103,6 +103,41 @@ def test_a_diverging_loss_raises_instead_of_returning_a_model(name: str):
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_batch_is_its_texts_ids_padded_to_its_longest(name: str, monkeypatch):
+    """Batches are cut from one padded table: each must still be exactly its texts' ids, as wide as its longest."""
+    arch = get_architecture(name)
+    texts = ["hi", "refund the phone please now", "where is my parcel", "a much longer question about the refund of my broken phone", "ok thanks"] * 6
+    intents = ["greet", "refund", "track", "refund", "greet"] * 6
+    featurizer = arch.new_featurizer(arch.config(**SMALL[name]))
+    known = {tuple(featurizer.features(t)) for t in texts}
+    seen: list[torch.Tensor] = []
+    forward = arch.model.forward
+    monkeypatch.setattr(arch.model, "forward", lambda self, ids: (seen.append(ids.clone()) if self.training else None, forward(self, ids))[1])
+    train_classifier(texts, intents, architecture=name, config=arch.config(**SMALL[name]), featurizer=featurizer, settings=TrainSettings(epochs=2, batch_size=4))
+    assert len(seen) == 2 * math.ceil(len(texts) / 4)
+    for ids in seen:
+        assert ids.dtype == torch.int64
+        rows = [tuple(int(v) for v in row if v) for row in ids]  # hashed ids are never 0: 0 is padding
+        assert all(row in known for row in rows)
+        assert ids.shape[1] == max(len(row) for row in rows)
+
+
+def test_a_loss_read_back_every_few_batches_still_stops_a_diverging_run():
+    """CUDA's way (the loss is read back once per several batches, not after each), run on CPU."""
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at epoch 1, batches 1-4"):
+        train("bag_of_ngrams", ["greet", "refund"], settings=TrainSettings(epochs=3, lr=1e30, clip_norm=0, batch_size=8, loss_check_every=4))
+
+
+def test_a_loss_read_back_every_few_batches_reports_the_same_epoch_loss():
+    """The epoch loss reported to progress is the same sum whichever way it was read back."""
+    reports: dict[int, list[float]] = {}
+    for every in (1, 3):
+        reports[every] = []
+        train("bag_of_ngrams", ["greet", "refund"], settings=TrainSettings(epochs=2, batch_size=8, loss_check_every=every), progress=lambda r, k=every: reports[k].append(r["loss"]))
+    assert len(reports[1]) == 2 and reports[1] == pytest.approx(reports[3], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_mixed_precision_path_trains_on_cpu(name: str):
     """bf16 autocast is the CUDA path's code; on CPU it runs the same loop, so a CPU-only CI covers it."""
     result = train(name, ["greet", "refund", "track"], settings=TrainSettings(epochs=15, lr=get_architecture(name).lr * 2, precision="bf16"))
