@@ -61,7 +61,8 @@ class TimelineRecorder:
     max_points: int = 2000
     points: list[tuple[int, float]] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
-    # (first at_event, model_version) each time the serving version changes.
+    # (first at_event, model_version) each time a version answers for the first time. Labels arrive late, so
+    # outcomes of the previous version still trickle in after a swap; they do not start a segment again.
     segments: list[tuple[int, str]] = field(default_factory=list)
     n_outcomes: int = 0
     stride: int = 1
@@ -96,7 +97,7 @@ class TimelineRecorder:
         del ts  # the x axis is labelled events; wall time is not plotted
         self.n_outcomes += 1
         x = self.n_outcomes if at_event is None else int(at_event)
-        if not self.segments or self.segments[-1][1] != model_version:
+        if not self.segments or (self.segments[-1][1] != model_version and all(v != model_version for _, v in self.segments)):
             self.segments.append((x, model_version))
 
         c = bool(correct)

@@ -128,33 +128,46 @@ class _Pools:
     """Draws examples in one shuffled order, restricted to the intents the current phase allows.
 
     A single "used" set spans the phases, so when a phase widens (say to ``*``) the stream goes on with
-    examples not sent yet instead of starting the shuffled order over. A phase that has used up its
-    allowed examples starts a new cycle over them.
+    examples not sent yet instead of starting the shuffled order over. A phase takes up the shuffled order
+    where the stream is, not at its start: starting there would send every example the previous phase
+    skipped first (every new-domain one, after a widening to ``*``), so the traffic after a drift would be
+    all new intents for a while instead of the mix the phase names. A phase that has used up its allowed
+    examples starts a new cycle over them.
     """
 
     def __init__(self, examples: list[Example], order: list[int]) -> None:
         self._examples = examples
         self._order = order
+        self._place = {j: p for p, j in enumerate(order)}  # example -> its place in the shuffled order
         self._pools: dict[int, list[int]] = {}
+        self._places: dict[int, list[int]] = {}
         self._cursor: dict[int, int] = {}
         self._used: set[int] = set()
+        self._active: int | None = None
+        self._last_place = -1  # the shuffled-order place of the last example sent
 
     def add(self, phase: int, intents: frozenset[str] | None) -> int:
         pool = [j for j in self._order if intents is None or self._examples[j].intent in intents]
-        self._pools[phase], self._cursor[phase] = pool, 0
+        self._pools[phase], self._places[phase], self._cursor[phase] = pool, [self._place[j] for j in pool], 0
         return len(pool)
 
     def draw(self, phase: int) -> Example:
         pool = self._pools[phase]
+        if phase != self._active:  # the phase begins: on from the last example sent, wrapping round
+            self._active = phase
+            self._cursor[phase] = bisect.bisect_right(self._places[phase], self._last_place) % len(pool)
         cursor = self._cursor[phase]
-        while cursor < len(pool) and pool[cursor] in self._used:
-            cursor += 1
-        if cursor == len(pool):  # every allowed example was sent: cycle
+        for _ in range(len(pool)):
+            if pool[cursor] not in self._used:
+                break
+            cursor = (cursor + 1) % len(pool)
+        else:  # every allowed example was sent: cycle
             self._used.difference_update(pool)
-            cursor = 0
-        self._used.add(pool[cursor])
-        self._cursor[phase] = cursor + 1
-        return self._examples[pool[cursor]]
+        chosen = pool[cursor]
+        self._used.add(chosen)
+        self._cursor[phase] = (cursor + 1) % len(pool)
+        self._last_place = self._place[chosen]
+        return self._examples[chosen]
 
 
 def plan_events(

@@ -118,6 +118,20 @@ def test_widening_phase_continues_with_unsent_examples(clinc: list[Example], dom
     assert len(set(texts)) == len(texts)
 
 
+def test_after_a_widening_the_traffic_is_the_mix_the_phase_names(clinc: list[Example], domains: dict[str, list[str]], intents: set[str]) -> None:
+    """Not every example the first phase skipped first: right after 0=5 domains -> all 10, about half the
+    utterances are still of the 5 old domains (they hold half the intents)."""
+    old_domains = ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"]
+    schedule = DriftSchedule.parse(f"0={','.join(old_domains)};3000=*", domains, intents)
+    events = plan(clinc, schedule, limit=4_000, label_fraction=1.0, label_delay=0)
+    truth = {e["ref_event_id"]: e["intent"] for e in labels(events)}
+    old = {i for d in old_domains for i in domains[d]}
+    said = [truth[e["event_id"]] in old for e in utterances(events)]
+    assert all(said[:3000])
+    for start in range(3000, 4000, 250):
+        assert 0.35 <= sum(said[start : start + 250]) / 250 <= 0.65, start
+
+
 def test_exhausted_pool_cycles(clinc: list[Example], domains: dict[str, list[str]], intents: set[str]) -> None:
     schedule = DriftSchedule.parse("0=translate", domains, intents)  # 100 training examples
     texts = [e["text"] for e in plan(clinc, schedule, limit=250, label_fraction=0)]

@@ -60,6 +60,15 @@ def test_windowed_accuracy_values() -> None:
     assert [m.kind for m in rec.marks] == ["drift_onset", "detection", "training_started", "swap"]
 
 
+def test_late_outcomes_of_the_previous_version_start_no_new_segment() -> None:
+    """After a swap, labels for predictions the old version made still arrive, interleaved with the new one's."""
+    rec = TimelineRecorder(window=10)
+    for i in range(1, 31):
+        rec.add_outcome(True, model_version="v1" if i <= 10 or i % 2 else "v2")
+    rec.add_outcome(True, model_version="v3")
+    assert rec.segments == [(1, "v1"), (12, "v2"), (31, "v3")]
+
+
 def test_subsampling_bounds_points_and_stays_exact() -> None:
     rec, outcomes = _synthetic_run(max_points=300)
     assert len(rec.points) <= 300
