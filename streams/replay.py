@@ -129,7 +129,7 @@ class _Pools:
 
     A single "used" set spans the phases, so when a phase widens (say to ``*``) the stream goes on with
     examples not sent yet instead of starting the shuffled order over. A phase takes up the shuffled order
-    where the stream is, not at its start: starting there would send every example the previous phase
+    where the stream is, not at its start: starting at the top would send every example the previous phase
     skipped first (every new-domain one, after a widening to ``*``), so the traffic after a drift would be
     all new intents for a while instead of the mix the phase names. A phase that has used up its allowed
     examples starts a new cycle over them.
