@@ -327,7 +327,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             test = [e for e in load_examples("clinc150", "test") if e.intent in all_intents]
             target = accuracy(offline.model, offline.featurizer, offline.labels, [e.text for e in test], [e.intent for e in test]) - 0.03
-            result = asyncio.run(_drive_recovery(broker.bootstrap, daemon, topic, events, truth, index, onset, args.recovery_rate, target, AIOKafkaConsumer, produce))
+            result = asyncio.run(_drive_recovery(broker.bootstrap, daemon, topic, events, truth, index, onset, onset_position, args.recovery_rate, target, AIOKafkaConsumer, produce))
             metrics = daemon.metrics()
             runs = {k.split("=")[1].rstrip("}"): int(v) for k, v in metrics.items() if k.startswith("driftd_finetune_results_total{")}
             rows.append({
@@ -354,7 +354,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}" if value < 2 else f"{value:.1f}"
 
 
-async def _drive_recovery(bootstrap: str, daemon: Any, topic: str, events: list[dict[str, Any]], truth: dict[str, str], index: dict[str, int], onset: int, rate: float, target: float, consumer_cls: Any, produce: Any) -> dict[str, Any]:
+async def _drive_recovery(
+    bootstrap: str, daemon: Any, topic: str, events: list[dict[str, Any]], truth: dict[str, str], index: dict[str, int],
+    onset: int, onset_position: int, rate: float, target: float, consumer_cls: Any, produce: Any,
+) -> dict[str, Any]:
     """Produce at ``rate`` while reading ``predictions``: windowed accuracy (last 500 utterances in stream order)
     over time, the onset's wall time, the decision and the swaps from /metrics."""
     import json
@@ -362,7 +365,7 @@ async def _drive_recovery(bootstrap: str, daemon: Any, topic: str, events: list[
     loop = asyncio.get_running_loop()
     producing = asyncio.ensure_future(produce(bootstrap, topic, [json.dumps(e).encode() for e in events], rate=rate, keys=[e["conversation_id"].encode() for e in events]))
     started = time.monotonic()
-    onset_at = started + sum(1 for e in events[: next(i for i, e in enumerate(events) if e["type"] == "utterance" and index[e["event_id"]] == onset)]) / rate
+    onset_at = started + onset_position / rate  # the producer keeps to ``rate``: the onset utterance goes out this late
     consumer = consumer_cls(f"{topic}.predictions", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
     await consumer.start()
     correct: dict[int, tuple[bool, str]] = {}
