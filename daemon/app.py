@@ -39,6 +39,7 @@ from .cluster import ReplicaLink
 from .labeling import LabelingRequests
 from . import systemd
 from .config import ConfigError, Settings, load_settings
+from .consumer import PartitionStalls, StallingTransport
 from .kafka import aiokafka_options, faust_credentials
 from .learning import LearningLoop
 from .logs import setup_logging
@@ -80,13 +81,16 @@ class Daemon:
         self.bootstrap = f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
         self.store = self._build_store()
         self.broker_probe = BrokerProbe(self.bootstrap, aiokafka_options(settings.kafka), settings.kafka.probe_interval_s, self.metrics_registry)
+        self.partition_stalls = PartitionStalls(self.metrics_registry)  # partitions stopped at a batch the consumer cannot read
         self.app = self._build_app()
         self.ingest = self._build_ingest()
         self.model_server = ModelServer(on_retired=trim_heap)  # a replaced session's memory goes back to the OS at once, not at the next trim
         self.metrics_registry.register(ServingCollector(self.model_server))
         self.model_registry = open_registry(settings.registry_dir, settings.models.registry_url, settings.models.registry_storage_options)
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
-        self.predict_api = PredictApi(settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock)
+        self.predict_api = PredictApi(  # publish: /v1/feedback's events, on the daemon's producer
+            settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock, publish=self._send,
+        )
         self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)
         self.labeling = LabelingRequests(settings, self._send, self.metrics_registry)
         self.ingest.observe = self._observe_batch
@@ -148,6 +152,8 @@ class Daemon:
             stream_wait_empty=False,
             logging_config=None,
         )
+        # Before anything asks for the transport: an unreadable batch stalls its partition, not the worker (daemon/consumer).
+        app.transport = StallingTransport(app.conf.broker_consumer, app, stalls=self.partition_stalls)
         self.input_topic = app.topic(s.topics.input, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
         self.dlq_topic = app.topic(s.topics.dlq, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
         return app
@@ -159,10 +165,12 @@ class Daemon:
             dead_letter=self._dead_letter,
             metrics=self.metrics,
             max_event_bytes=ingest_cfg.max_event_bytes,
+            null_key=ingest_cfg.null_key,
             users=UserIdPolicy(ingest_cfg.store_user_id, ingest_cfg.user_id_salt.get_secret_value().encode()),
             redactor=self.settings.privacy.redactor(),
             predict=self._predict_stream,
             publish_prediction=self._publish_prediction,
+            observe_served=self.settings.web.monitor_http_predictions,
         )
 
     def _predict_stream(self, texts: list[str]) -> list[dict[str, Any]] | None:
@@ -179,7 +187,8 @@ class Daemon:
 
     def _observe_batch(self, events: Any, predicted: Any) -> None:
         self.learning.observe_batch(events, predicted)
-        self.labeling.observe(predicted)
+        # An HTTP prediction reaches the hook only with its client's label: no labelling request for it.
+        self.labeling.observe([pair for pair in predicted if pair[1].get("source") != "http"])
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> Any:
         return await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
@@ -326,6 +335,7 @@ class Daemon:
                 "signals": monitor["signals"],
                 "fired": monitor["fired"],
                 "detectors": monitor["detectors"],
+                "triggers": monitor["triggers"],
                 "label_free": monitor["label_free"],
                 "decisions": monitor["decisions"],
                 "cooldown_remaining_s": monitor["cooldown_remaining_s"],

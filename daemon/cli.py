@@ -1,4 +1,4 @@
-"""The ``driftd`` command line: run the daemon, replay datasets, run the demo, print the schema."""
+"""The ``driftd`` command line: run the daemon, train a first model from a file, replay datasets or files, run the demo, print the schema."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import os
 import ssl
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -19,7 +20,11 @@ from .labels_cli import labels_cli
 from .logs import setup_logging
 
 if TYPE_CHECKING:
+    from models.registry import Registry
+    from streams.labelled_files import LabelledData
     from streams.replay import ReplayStats
+
+    from .model_service import TrainedVersion
 
 __all__ = ["main"]
 
@@ -64,41 +69,160 @@ def run(config: ConfigOption = None) -> None:
 @cli.command()
 def replay(
     config: ConfigOption = None,
-    dataset: Annotated[Optional[str], typer.Option(help="clinc150, banking77 or snips.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Shipped dataset: clinc150, banking77, snips, massive_ru, ... (default: replay.dataset).")] = None,
+    file: Annotated[Optional[str], typer.Option("--file", help="Your own labelled .csv, .jsonl or .parquet file (path or s3:// URL) instead of a dataset.")] = None,
+    text_column: Annotated[str, typer.Option(help="With --file: the column of the texts.")] = "text",
+    intent_column: Annotated[str, typer.Option(help="With --file: the column of the intents.")] = "intent",
     split: Annotated[str, typer.Option(help="Dataset split to replay.")] = "train",
     rate: Annotated[Optional[float], typer.Option(help="Events per second (0: unlimited).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Utterances to send (0: the whole split).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Utterances to send (0: the whole split; with --file the default: each row once).")] = None,
     label_fraction: Annotated[Optional[float], typer.Option(help="Share of utterances that get a label.")] = None,
     label_delay: Annotated[Optional[int], typer.Option(help="Utterances between an utterance and its label.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help='Drift schedule, e.g. "0=banking,travel;8000=*".')] = None,
+    schedule: Annotated[Optional[str], typer.Option(help='Drift schedule, e.g. "0=banking,travel;8000=*" (with --file: over its intents; default "0=*").')] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the replay order.")] = None,
     bootstrap: Annotated[Optional[str], typer.Option(help="Broker to send to (default: the configured one).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Produce conversation events from a dataset, with a drift schedule, labels and a rate limit."""
+    """Produce conversation events from a dataset or your own file, with a drift schedule, labels and a rate limit."""
+    if file is not None and dataset is not None:
+        typer.echo("driftd replay: give --dataset or --file, not both", err=True)
+        raise typer.Exit(2)
     settings = _settings(config)
     setup_logging(settings.daemon.log_level, settings.daemon.log_format)
+    if file is not None:  # the configured schedule and limit are the demo dataset's
+        schedule, limit = schedule or "0=*", 0 if limit is None else limit
     r = settings.replay.model_copy(
         update={k: v for k, v in dict(dataset=dataset, rate=rate, limit=limit, label_fraction=label_fraction, label_delay=label_delay, schedule=schedule, seed=seed).items() if v is not None}
     )
     target = bootstrap or (f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap)
-    stats = replay_dataset(settings, r, split, target, progress)
-    typer.echo(f"replayed {stats.utterances} utterances and {stats.labels} labels of {r.dataset}/{split} to {settings.topics.input} on {target} in {stats.seconds:.1f}s")
+    try:
+        events, total = replay_plan(settings, r, split, file=file, text_column=text_column, intent_column=intent_column)
+    except (ValueError, FileNotFoundError) as exc:  # a bad file, dataset, split or schedule: nothing is sent
+        typer.echo(f"driftd replay: {exc}", err=True)
+        raise typer.Exit(2) from None
+    stats = _send_events(settings, events, total, r.rate, target, progress)
+    what = file if file is not None else f"{r.dataset}/{split}"
+    typer.echo(f"replayed {stats.utterances} utterances and {stats.labels} labels of {what} "
+               f"to {settings.topics.input} on {target} in {stats.seconds:.1f}s")
 
 
-def replay_dataset(settings: Settings, r: ReplaySettings, split: str, target: str, progress: bool) -> ReplayStats:
-    """Send ``r.dataset`` to the input topic on ``target`` as configured by ``r``."""
+def replay_plan(
+    settings: Settings,
+    r: ReplaySettings,
+    split: str,
+    *,
+    file: str | None = None,
+    text_column: str = "text",
+    intent_column: str = "intent",
+) -> tuple[Iterator[dict[str, Any]], int]:
+    """The events of ``r.dataset`` (or of the labelled ``file``) as configured by ``r``, and how many there are.
+    Raises ValueError (LabelledFileError for a file) or FileNotFoundError."""
     from streams.datasets import groups, load_examples
-    from streams.replay import DriftSchedule, plan_events, replay as send
+    from streams.labelled_files import read_labelled
+    from streams.replay import DriftSchedule, plan_events
+
+    if file is not None:
+        data = read_labelled(file, text_column, intent_column, storage_options=settings.models.bootstrap_storage_options)
+        if data.skipped:
+            typer.echo(f"driftd replay: skipped {data.skipped} rows of {file} with an empty text or intent", err=True)
+        examples, domains = data.examples(), {}
+    else:
+        examples, domains = load_examples(r.dataset, split, r.data_dir), groups(r.dataset, r.data_dir)
+    plan = DriftSchedule.parse(r.schedule, domains, {e.intent for e in examples})
+    limit = r.limit or len(examples)
+    events = plan_events(examples, plan, limit=limit, label_fraction=r.label_fraction, label_delay=r.label_delay, seed=r.seed)
+    return events, limit + round(limit * r.label_fraction)
+
+
+def _send_events(
+    settings: Settings, events: Iterator[dict[str, Any]], total: int, rate: float, target: str, progress: bool
+) -> ReplayStats:
+    from streams.replay import replay as send
 
     from .kafka import aiokafka_options
 
-    examples = load_examples(r.dataset, split, r.data_dir)
-    plan = DriftSchedule.parse(r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples})
-    limit = r.limit or len(examples)
-    events = plan_events(examples, plan, limit=limit, label_fraction=r.label_fraction, label_delay=r.label_delay, seed=r.seed)
-    total = limit + round(limit * r.label_fraction)
-    return asyncio.run(send(target, settings.topics.input, events, rate=r.rate, total=total, client_options=aiokafka_options(settings.kafka), progress=progress))
+    options = aiokafka_options(settings.kafka)
+    return asyncio.run(send(target, settings.topics.input, events, rate=rate, total=total, client_options=options, progress=progress))
+
+
+def replay_dataset(settings: Settings, r: ReplaySettings, split: str, target: str, progress: bool) -> ReplayStats:
+    """Send ``r.dataset`` to the input topic on ``target`` as configured by ``r`` (the demo's replay)."""
+    events, total = replay_plan(settings, r, split)
+    return _send_events(settings, events, total, r.rate, target, progress)
+
+
+@cli.command()
+def train(
+    source: Annotated[str, typer.Option("--from", help="Labelled .csv, .jsonl (JSON Lines) or .parquet file: a path or an s3:// URL.")],
+    config: ConfigOption = None,
+    text_column: Annotated[str, typer.Option(help="Column of the texts.")] = "text",
+    intent_column: Annotated[str, typer.Option(help="Column of the intents.")] = "intent",
+    activate: Annotated[bool, typer.Option("--activate", help="Make it CURRENT even if another version is (default: only when none is).")] = False,
+    holdout: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of each intent held out to measure accuracy (0: none).")] = 0.1,
+    architecture: Annotated[Optional[str], typer.Option(help="bag_of_ngrams or transformer (default: models.architecture).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the holdout draw and of training.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model from your own labelled file, register it and print its holdout accuracy.
+
+    Rows with an empty text or intent are skipped (and counted). The new version becomes CURRENT with
+    --activate, or when the registry has none; a running daemon swaps to a new CURRENT within
+    models.sync_interval_s (one that serves nothing yet loads it in the same interval)."""
+    from typing import get_args
+
+    from models.registry_mirror import open_registry
+    from streams.labelled_files import LabelledFileError, read_labelled
+
+    from .config import ModelSettings
+
+    settings = _settings(config)
+    m = settings.models
+    setup_logging("ERROR", settings.daemon.log_format)  # the bar tells the epochs; the quantizer's advice is noise here
+    known = get_args(ModelSettings.model_fields["architecture"].annotation)
+    if architecture is not None and architecture not in known:
+        typer.echo(f"driftd train: --architecture {architecture!r} is not one of {', '.join(known)}", err=True)
+        raise typer.Exit(2)
+    try:
+        data = read_labelled(source, text_column, intent_column, storage_options=m.bootstrap_storage_options)
+    except LabelledFileError as exc:
+        typer.echo(f"driftd train: {exc}", err=True)
+        raise typer.Exit(2) from None
+    skipped = f"; skipped {data.skipped} rows with an empty text or intent" if data.skipped else ""
+    typer.echo(f"read {len(data)} examples of {len(data.intent_counts())} intents from {source}{skipped}")
+    registry = open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options)
+    trained = _train_with_bar(data, registry, architecture or m.architecture, holdout, seed, progress)
+    if trained.holdout_accuracy is None:
+        typer.echo(f"holdout accuracy: not measured (--holdout {holdout:g} leaves no example out); "
+                   f"trained on {trained.train_examples}")
+    else:
+        typer.echo(f"holdout accuracy {trained.holdout_accuracy:.4f} on {trained.holdout_examples} examples "
+                   f"({holdout:.0%} of each intent; the INT8 model as it serves), trained on {trained.train_examples}")
+    version, current, where = trained.manifest.version, registry.current(), settings.registry_dir
+    if activate or current is None:
+        registry.set_current(version)
+        typer.echo(f"registered {version} in {where}; it is CURRENT now "
+                   f"(a running daemon on this registry swaps to it within models.sync_interval_s = {m.sync_interval_s:g}s)")
+    else:
+        typer.echo(f"registered {version} in {where}; CURRENT stays {current} "
+                   f"(to serve it: driftd models rollback --registry {where} {version}, or train with --activate)")
+
+
+def _train_with_bar(
+    data: LabelledData, registry: Registry, architecture: str, holdout: float, seed: int, progress: bool
+) -> TrainedVersion:
+    from tqdm import tqdm
+
+    from .model_service import train_version  # torch: imported only once the file is known to be usable
+
+    with tqdm(desc="train", unit="epoch", disable=not progress) as bar:
+        def on_epoch(report: dict[str, Any]) -> None:
+            bar.total = report["epochs"]
+            bar.set_postfix(loss=f"{report['loss']:.4f}", refresh=False)
+            bar.update(1)
+
+        info = {"source": "driftd train", "file": data.source}
+        return train_version(data.texts, data.intents, registry, architecture=architecture, info=info,
+                             holdout_fraction=holdout, seed=seed, progress=on_epoch)
 
 
 @cli.command()

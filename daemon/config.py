@@ -15,6 +15,8 @@ import fsspec
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, TomlConfigSettingsSource
 
+from streams.datasets import DATASETS
+from streams.labelled_files import LabelledFileError, file_format, is_url
 from streams.monitor import MonitorConfig
 from streams.redact import DEFAULT_PATTERNS, Redactor, check_pattern
 
@@ -89,6 +91,7 @@ class IngestSettings(_Section):
     batch_timeout_s: float = Field(0.2, gt=0, description="A partial batch is flushed after this long.")
     store_user_id: Literal["pseudonymised", "clear", "drop"] = Field("pseudonymised", description="How user_id is stored: a keyed hash, in clear, or not at all.")
     user_id_salt: SecretStr = Field(SecretStr("driftd-default-salt"), description="Key of the user_id hash; set your own in production.")
+    null_key: Literal["dlq", "accept"] = Field("dlq", description='A valid event in a record with no key (producers key by conversation_id): "dlq" dead-letters it as missing_key, "accept" stores it.')
 
 
 class RedactPattern(_Section):
@@ -170,6 +173,10 @@ class WebSettings(_Section):
     tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile (unencrypted; keep it mode 0600).")
     tls_min_version: Literal["TLSv1.2", "TLSv1.3"] = Field("TLSv1.2", description="Oldest TLS version the endpoint accepts.")
     tls_cafile: Path | None = Field(None, description="CA bundle the driftd CLI (status, learning) verifies the endpoint with, host name included; unset: it trusts tls_certfile itself (pinned).")
+    feedback_horizon_s: float = Field(3600.0, gt=0, description="How long a /v1/predict answer takes feedback (POST /v1/feedback with its prediction_id); later: 410.")
+    feedback_max_pending: int = Field(50_000, ge=1, description="Most served predictions kept in memory for feedback; beyond, the oldest go (their feedback: 410).")
+    feedback_publish_timeout_s: float = Field(10.0, gt=0, description="Longest wait for the broker to acknowledge a feedback's events; then 503 (nothing acknowledged, retry).")
+    monitor_http_predictions: bool = Field(True, description="Predictions served over HTTP and reported on count in live accuracy and decay detection; off: their feedback is training data only.")
 
     @property
     def tls(self) -> bool:
@@ -187,6 +194,20 @@ class WebSettings(_Section):
         return self
 
 
+def _shipped_dataset(name: str) -> str:
+    if name not in DATASETS:  # read at run time: the list grows with the datasets shipped
+        raise ValueError(f"unknown dataset; expected one of {', '.join(DATASETS)}")
+    return name
+
+
+def _check_fsspec_protocol(url: str) -> None:
+    protocol = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"no fsspec filesystem for {protocol}:// ({exc})") from None
+
+
 class ModelSettings(_Section):
     registry_dir: Path | None = Field(None, description="Model registry root (versioned, checksummed). Unset: <daemon.data_dir>/registry.")
     registry_url: str = Field(
@@ -194,14 +215,40 @@ class ModelSettings(_Section):
         description='Shared registry for replicas on several hosts: an s3:// (or other fsspec) URL holding the versions and CURRENT; registry_dir is then the local working copy. Empty: registry_dir alone.',
     )
     registry_storage_options: dict[str, Any] = Field(default_factory=dict, description='Passed to the fsspec filesystem of registry_url, e.g. {endpoint_url = "http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment variables.')
-    bootstrap: bool = Field(True, description="Train a first model from the seed dataset when the registry is empty; off: serve nothing until a version is activated.")
-    bootstrap_dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Seed dataset the first model is trained on when the registry is empty.")
-    bootstrap_groups: list[str] = Field(default_factory=lambda: ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"], description="Domains (or intents) of the seed dataset to train on; empty means all.")
+    bootstrap: bool = Field(True, description="Train a first model from bootstrap_source when the registry is empty; off: serve nothing until a version is activated.")
+    bootstrap_source: str = Field(
+        "",
+        description='What the first model is trained on when the registry is empty: a shipped dataset name (see bootstrap_dataset; bootstrap_groups applies), or a labelled .csv, .jsonl or .parquet file, as a path or an s3:// (fsspec) URL. Empty: bootstrap_dataset when kafka.bootstrap is "embedded" (the demo), nothing against another broker.',
+    )
+    bootstrap_dataset: str = Field("clinc150", description="Shipped dataset the empty bootstrap_source trains on with the embedded broker: clinc150, banking77, snips, or another name in streams.datasets.DATASETS.")
+    bootstrap_groups: list[str] = Field(default_factory=lambda: ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"], description="Domains (or intents) of the shipped dataset to train on; empty means all. Not applied to a file.")
+    bootstrap_text_column: str = Field("text", min_length=1, description="Column of the texts in a bootstrap_source file.")
+    bootstrap_intent_column: str = Field("intent", min_length=1, description="Column of the intents in a bootstrap_source file.")
+    bootstrap_storage_options: dict[str, Any] = Field(default_factory=dict, description='Passed to the fsspec filesystem of an s3:// (or other URL) bootstrap_source, e.g. {endpoint_url = "http://minio:9000"}. Credentials: prefer the AWS_* environment variables.')
     top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")
     max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
     max_text_chars: int = Field(2000, ge=1, description="Longest text /v1/predict accepts.")
     sync_interval_s: float = Field(10.0, ge=0, description="How often a replica checks the registry's CURRENT and swaps to it if another replica changed it (a missed model-updates record, a replica that was down); 0: only on model-updates records.")
     architecture: Literal["bag_of_ngrams", "transformer"] = Field("bag_of_ngrams", description="Architecture of a model trained from scratch: the CPU-fast bag of n-grams, or the small transformer meant for a GPU. Fine-tunes keep the incumbent's.")
+
+    @field_validator("bootstrap_dataset")
+    @classmethod
+    def _dataset_is_shipped(cls, name: str) -> str:
+        return _shipped_dataset(name)
+
+    @field_validator("bootstrap_source")
+    @classmethod
+    def _source_is_dataset_or_file(cls, source: str) -> str:
+        if not source or source in DATASETS:
+            return source
+        try:
+            file_format(source)
+        except LabelledFileError:
+            names = ", ".join(DATASETS)
+            raise ValueError(f"expected a shipped dataset name ({names}), the path or URL of a .csv, .jsonl or .parquet file, or empty") from None
+        if is_url(source):
+            _check_fsspec_protocol(source)
+        return source
 
 
 _MONITOR = MonitorConfig()  # the decay policy's defaults live beside its code (measured by bench/loop.py)
@@ -227,6 +274,14 @@ class MonitorSettings(_Section):
     label_free_warmup: int = Field(_MONITOR.label_free_warmup, ge=1, description="Predictions after a model change that set the label-free references.")
     label_free_relative_change: float = Field(_MONITOR.label_free_relative_change, gt=0, lt=1, description="Relative change of a label-free signal that fires it.")
     window_size: int = Field(_MONITOR.window_size, ge=1, description="Labelled outcomes in the live accuracy window (metrics, status).")
+    min_accuracy: float = Field(
+        _MONITOR.min_accuracy, ge=0, le=1,
+        description="Poor-quality trigger, decided whatever signals and mode say: a window accuracy below this floor (after min_samples labelled outcomes) starts a fine-tune even though accuracy never dropped (a model wrong from the start). 0 turns it off.",
+    )
+    unknown_intent_min: int = Field(
+        _MONITOR.unknown_intent_min, ge=0,
+        description="Poor-quality trigger: this many labelled outcomes (since the model started serving) whose true intent the model has no output for start a fine-tune (a new intent, a new taxonomy). 0 turns it off.",
+    )
 
     def to_config(self) -> MonitorConfig:
         return MonitorConfig(**self.model_dump(exclude={"label_horizon_s"}))
@@ -312,7 +367,7 @@ class LabelingSettings(_Section):
 
 
 class ReplaySettings(_Section):
-    dataset: Literal["clinc150", "banking77", "snips"] = Field("clinc150", description="Dataset the demo replays.")
+    dataset: str = Field("clinc150", description="Shipped dataset the demo (and driftd replay without --file) replays: clinc150, banking77, snips, or another name in streams.datasets.DATASETS.")
     data_dir: Path | None = Field(None, description="Where the datasets are; unset uses the copy shipped in data/.")
     rate: float = Field(800.0, ge=0, description="Events per second; 0 means as fast as possible.")
     limit: int = Field(30000, ge=0, description="Utterances to send; 0 means the whole split.")
@@ -320,6 +375,11 @@ class ReplaySettings(_Section):
     label_delay: int = Field(200, ge=0, description="A label is sent this many utterances after its utterance.")
     schedule: str = Field("0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;3000=*", description="Drift schedule: <utterance index>=<domains or intents, comma separated, * for all>;...")
     seed: int = Field(7, description="Seed of the replay order.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_is_shipped(cls, name: str) -> str:
+        return _shipped_dataset(name)
 
 
 class Settings(BaseSettings):

@@ -147,7 +147,9 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
 
     with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
-        env = {**os.environ, **DEMO_TIER_ENV, "DRIFTD_KAFKA__BOOTSTRAP": bootstrap, "DRIFTD_DAEMON__DATA_DIR": str(data_dir)}
+        env = {**os.environ, **DEMO_TIER_ENV, "DRIFTD_KAFKA__BOOTSTRAP": bootstrap, "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
+               # named explicitly: the child sees a host:port broker, and only "embedded" implies the demo dataset
+               "DRIFTD_MODELS__BOOTSTRAP_SOURCE": settings.models.bootstrap_source or settings.models.bootstrap_dataset}
         daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
         wait_for(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 180, "the daemon to be ready (first run: training the bootstrap model)", daemon)
         try:

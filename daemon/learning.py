@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import shutil
 import time
 from collections import deque
@@ -52,12 +53,14 @@ __all__ = ["LearningLoop", "LearningMetrics"]
 
 log = logging.getLogger("driftd.learning")
 Announce = Callable[[bytes, bytes], Awaitable[Any]]
+_GATE_MIN_HOLDOUT = GateSettings().min_holdout
 FINETUNE_RESULTS = ("swapped", "gate_rejected", "failed", "skipped", "rolled_back")
+TRIGGERS = ("decay", "followup", "manual", "cold_start")  # cold_start: no model serves and enough labels arrived
 
 
 class LearningMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.runs = Counter("driftd_finetune_runs_total", "Fine-tunes by trigger (decay, followup, manual).", ["trigger"], registry=registry)
+        self.runs = Counter("driftd_finetune_runs_total", "Fine-tunes by trigger (decay, followup, manual, cold_start).", ["trigger"], registry=registry)
         self.results = Counter("driftd_finetune_results_total", "Fine-tune outcomes: swapped, gate_rejected, failed, skipped (too little data).", ["result"], registry=registry)
         self.failures = Counter("driftd_finetune_failures_total", "Failed fine-tunes by reason (diverged, crashed, timeout, error); the incumbent kept serving.", ["reason"], registry=registry)
         self.running = Gauge("driftd_finetune_running", "1 while a fine-tune child runs.", registry=registry)
@@ -66,7 +69,12 @@ class LearningMetrics:
         self.samples_per_s = Gauge("driftd_finetune_samples_per_second", "Training throughput of the last fine-tune.", registry=registry)
         self.gate_accuracy = Gauge("driftd_gate_holdout_accuracy", "Holdout accuracy in the last gate, by model (candidate, incumbent).", ["model"], registry=registry)
         self.rollbacks = Counter("driftd_canary_rollbacks_total", "Automatic rollbacks after a failed canary.", registry=registry)
-        for trigger in ("decay", "followup", "manual"):
+        self.labels_waiting = Gauge(
+            "driftd_finetune_labels_waiting",
+            "Labels a fine-tune is waiting for: the first model's (no model serves) or the shortfall of one skipped for too little data; 0 when none waits.",
+            registry=registry,
+        )
+        for trigger in TRIGGERS:
             self.runs.labels(trigger)
         for result in FINETUNE_RESULTS:
             self.results.labels(result)
@@ -116,6 +124,12 @@ class LearningLoop:
         self._recent_correct: deque[bool] = deque(maxlen=max(1, self.learning.canary_labels))
         self._canary: dict[str, Any] | None = None
         self._outcomes = 0
+        # A fine-tune that needs more labels first: (trigger, labels since the last start it waits for).
+        # Set for the first model (no model serves) and after a run skipped for too little data.
+        self._awaiting: tuple[str, int] | None = None
+        self._labels_without_model = 0  # labelled examples stored while no model served, since the last start
+        if server.version is None:
+            self._awaiting = ("cold_start", self.learning.min_labelled)
         # Replicas (daemon.cluster): whether this one trains, how a follower forwards its decisions and
         # labelled examples to the trainer, and the examples the trainer got from the others' partitions.
         self.is_trainer: Callable[[], bool] = lambda: True
@@ -127,6 +141,11 @@ class LearningLoop:
     def observe_batch(self, events: Sequence[StoredEvent], predicted: Sequence[tuple[StoredEvent, dict[str, Any]]]) -> None:
         """Called once per stored batch, in the event loop: cheap dictionary and detector updates only."""
         self._follow_serving_version()
+        if self.server.version is None and (examples := labelled_examples(events)):
+            # No model, so no outcome: count the labels themselves, for the first model and its follow-ups.
+            self._labels_without_model += len(examples)
+            self._labels_since_start += len(examples)
+            self._last_label_at = self.clock()
         for event, prediction in predicted:
             decision = self.monitor.observe_prediction(prediction["confidence"], prediction["intent"])
             if decision is not None:
@@ -142,13 +161,17 @@ class LearningLoop:
         self.monitor_metrics.sync_joiner(self.joiner.counts)
         if self.forward is not None and not self.is_trainer() and (examples := labelled_examples(events)):
             self.forward("examples", examples)  # the trainer learns from every replica's partitions
+        self._maybe_start_awaited()
 
     def add_peer_examples(self, examples: Sequence[LabelledExample]) -> None:
         """Labelled examples another replica stored (the trainer only): training data, and follow-up progress."""
         self._peer_examples.extend(examples)
         self._labels_since_start += len(examples)
+        if self.server.version is None:
+            self._labels_without_model += len(examples)
         self._last_label_at = self.clock()
         self._maybe_followup()
+        self._maybe_start_awaited()
 
     def receive_decision(self, decision: Decision) -> None:
         """A decay decision another replica forwarded: the trainer acts on it as on its own."""
@@ -159,8 +182,13 @@ class LearningLoop:
         version = self.server.version
         if version != self._monitored_version:
             self._monitored_version = version
-            self.monitor.reset(model_version=version)
+            model = self.server.model
+            self.monitor.reset(model_version=version, labels=None if model is None else model.labels)
             self._recent_correct.clear()
+            if version is None:
+                self._awaiting = ("cold_start", self.learning.min_labelled)
+            elif self._awaiting is not None and self._awaiting[0] == "cold_start":
+                self._awaiting = None  # a model serves now (activated, synced or trained)
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self._outcomes += 1
@@ -183,6 +211,30 @@ class LearningLoop:
         if self._followups_left > 0 and self._labels_since_start >= self.learning.followup_labels and self.state == "idle" and self.is_trainer():
             self._followups_left -= 1
             self._start("followup", None)
+
+    def _maybe_start_awaited(self) -> None:
+        """Start the fine-tune that waits for labels (the first model, or one skipped for too little data)."""
+        awaiting = self._awaiting
+        if awaiting is None:
+            self.metrics.labels_waiting.set(0)
+            return
+        trigger, needed = awaiting
+        have = self._awaited_labels(trigger)
+        self.metrics.labels_waiting.set(max(0, needed - have))
+        if have < needed or self.state != "idle" or not self.is_trainer() or not self.learning.enabled:
+            return
+        if self.clock() - self._finished_at < self.learning.cooldown_s:
+            return
+        if trigger == "cold_start":
+            log.warning("no model serves and %d labels arrived (learning.min_labelled = %d): training the first model", have, self.learning.min_labelled)
+            self._followups_left = self.learning.max_followups if self.learning.followup_labels > 0 else 0
+            self._followup_rejections = 0
+        self._awaiting = None
+        self.metrics.labels_waiting.set(0)
+        self._start(trigger, None)
+
+    def _awaited_labels(self, trigger: str) -> int:
+        return self._labels_without_model if trigger == "cold_start" else self._labels_since_start
 
     def _episode_labels_waiting(self) -> bool:
         """A decay episode still has follow-ups, and enough labels came since the last one for a quiet-stream retrain."""
@@ -231,6 +283,7 @@ class LearningLoop:
     def _start(self, trigger: str, decision: Decision | None) -> None:
         self.state = "training"
         self._labels_since_start = 0
+        self._labels_without_model = 0
         self.metrics.runs.labels(trigger).inc()
         self.metrics.running.set(1)
         self.metrics.progress.set(0)
@@ -268,9 +321,13 @@ class LearningLoop:
         job, counts = await self._build_job(incumbent, trigger)
         run["data"] = counts
         if job is None:
-            log.warning("fine-tune (%s) skipped: %d labelled examples, fewer than learning.min_labelled=%d", trigger, counts["recent"], self.learning.min_labelled)
+            needed = self._min_examples(incumbent)
+            log.warning("fine-tune (%s) skipped: %d labelled examples, fewer than the %d it needs (%s); it starts once %d more labels arrived",
+                        trigger, counts["recent"], needed, self._min_examples_reason(incumbent), needed - counts["recent"])
             run["result"] = "skipped"
             self.metrics.results.labels("skipped").inc()
+            if trigger != "manual":
+                self._awaiting = (trigger, needed - counts["recent"])
             return
         log.warning("fine-tune (%s) started: %d training examples (%d recent + %d replay), holdout %d, replay check %d; incumbent %s",
                     trigger, counts["train"], counts["train_recent"], counts["train_replay"], counts["holdout"], counts["replay_eval"], incumbent)
@@ -337,7 +394,7 @@ class LearningLoop:
         if self._peer_examples:  # the other replicas' partitions
             recent = merge_recent(recent, self._peer_examples, now - cfg.window_s, now + 366 * 86400, cfg.max_examples)
         counts = {"recent": len(recent), "from_replicas": sum(1 for e in recent if e.source == "replica")}
-        if len(recent) < cfg.min_labelled:
+        if len(recent) < self._min_examples(incumbent):
             return None, counts
         held = newest_spread([e.utterance_id for e in recent], cfg.holdout_fraction, cfg.holdout_span, salt="holdout")  # ascending
         holdout = [recent[i] for i in held]
@@ -363,7 +420,9 @@ class LearningLoop:
         # one's data: the candidate need only not be worse beyond holdout noise (a tie or a few examples'
         # deficit on a few hundred labels would otherwise leave the episode's last labels unlearned).
         margin = cfg.followup_gate_margin if trigger == "followup" else cfg.gate_margin
-        gate = GateSettings(margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms)
+        # With no incumbent any model beats none: the holdout is reported, not required to be large.
+        min_holdout = _GATE_MIN_HOLDOUT if incumbent else 1
+        gate = GateSettings(margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms, min_holdout)
         job = FineTuneJob(
             train=([e.text for e in train], [e.intent for e in train]),
             holdout=([e.text for e in holdout], [e.intent for e in holdout]),
@@ -377,6 +436,18 @@ class LearningLoop:
             pseudo=PseudoLabelSettings(cfg.pseudo_label_weight, cfg.pseudo_label_precision, cfg.pseudo_label_ratio) if cfg.pseudo_labels else None,
         )
         return job, counts
+
+    def _min_examples(self, incumbent: str | None) -> int:
+        """Labelled examples a fine-tune starts with: learning.min_labelled, and against an incumbent enough
+        for a holdout the gate accepts (a run that cannot pass the gate is not worth its CPU)."""
+        if incumbent is None:
+            return self.learning.min_labelled
+        return max(self.learning.min_labelled, math.ceil(_GATE_MIN_HOLDOUT / self.learning.holdout_fraction))
+
+    def _min_examples_reason(self, incumbent: str | None) -> str:
+        if self._min_examples(incumbent) == self.learning.min_labelled:
+            return "learning.min_labelled"
+        return f"a holdout of {_GATE_MIN_HOLDOUT} at learning.holdout_fraction = {self.learning.holdout_fraction}"
 
     # -- promotion, canary, rollback -----------------------------------------------------------------
 
@@ -461,6 +532,9 @@ class LearningLoop:
             "labels_since_start": self._labels_since_start,
             "followup_pending": self._episode_labels_waiting(),
             "labels_since_swap": self._labels_since_swap,
+            "awaiting": None if self._awaiting is None else {
+                "trigger": self._awaiting[0], "labels": self._awaited_labels(self._awaiting[0]), "needed": self._awaiting[1], "enabled": self.learning.enabled,
+            },
             "canary": self._canary,
             "monitor": self.monitor.snapshot(),
             "joiner": self.joiner.counts,

@@ -1,8 +1,9 @@
-"""HTTP routes of the model: POST /v1/predict, and the token-protected admin routes.
+"""HTTP routes of the model: POST /v1/predict, POST /v1/feedback, and the token-protected admin routes.
 
 Every malformed or oversized request gets a 4xx with a message saying what was wrong; a well-formed
 request before any model is loaded gets 503. Admin routes need ``Authorization: Bearer <web.admin_token>``
 (compared in constant time); with no token configured they do not exist (404).
+Every prediction carries a ``prediction_id``; feedback on it becomes events on the input topic (daemon.feedback).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.registry import CorruptVersion, Manifest, Registry
 from models.serving import ModelRejected, ModelServer, NoModel
 from streams.jsonsafe import json_safe
 
 from .config import Settings
+from .feedback import (
+    FeedbackRefused, PendingPredictions, Send, encode_events, feedback_events, parse_feedback, publish_feedback,
+)
 from .model_loader import model_loader
 
 __all__ = ["PredictApi"]
@@ -36,8 +40,13 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class PredictApi:
-    def __init__(self, settings: Settings, server: ModelServer, registry: Registry, metrics: CollectorRegistry, swap_lock: asyncio.Lock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, server: ModelServer, registry: Registry, metrics: CollectorRegistry,
+        swap_lock: asyncio.Lock | None = None, publish: Send | None = None,
+    ) -> None:
         self.settings = settings
+        self.pending = PendingPredictions(settings.web.feedback_horizon_s, settings.web.feedback_max_pending)
+        self._publish = publish  # (topic, key, value) -> the broker's ack: the daemon's producer
         self.server = server
         self.registry = registry
         token = settings.web.admin_token
@@ -52,9 +61,13 @@ class PredictApi:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), registry=metrics,
         )
         self.swaps = Counter("driftd_model_swaps_total", "Model activations through the admin API, by result.", ["result"], registry=metrics)
+        self.feedback_requests = Counter("driftd_feedback_requests_total", "HTTP feedback reports (POST /v1/feedback), by status code.", ["status"], registry=metrics)
+        pending = Gauge("driftd_feedback_pending_predictions", "Predictions served over HTTP that feedback may still name (web.feedback_horizon_s, web.feedback_max_pending).", registry=metrics)
+        pending.set_function(lambda: len(self.pending))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/predict", self.predict)
+        app.router.add_post("/v1/feedback", self.feedback)
         app.router.add_get("/admin/v1/models", self.list_models)
         app.router.add_post("/admin/v1/models/{version}/activate", self.activate)
         app.router.add_post("/admin/v1/rollback", self.rollback)
@@ -71,8 +84,9 @@ class PredictApi:
         self.latency.observe(time.perf_counter() - started)
         return response
 
-    async def _predict(self, request: web.Request) -> web.Response:
-        limits = self.settings.models
+    @staticmethod
+    async def _read_json(request: web.Request) -> Any:
+        """The parsed body, or the 4xx response that says why there is none."""
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -80,9 +94,15 @@ class PredictApi:
         except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a body that does not decode per its Content-Encoding
             return _error(400, f"the request body cannot be read: {str(exc).strip() or type(exc).__name__}")
         try:
-            payload = json.loads(body)
+            return json.loads(body)
         except (ValueError, RecursionError):
             return _error(400, "body is not valid JSON")
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        limits = self.settings.models
+        payload = await self._read_json(request)
+        if isinstance(payload, web.Response):
+            return payload
         if not isinstance(payload, dict):
             return _error(422, 'body must be a JSON object with "text" (a string) or "texts" (a list of strings)')
         single = "text" in payload
@@ -101,13 +121,46 @@ class PredictApi:
         top_k = payload.get("top_k", limits.top_k)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 20:
             return _error(422, '"top_k" must be an integer from 1 to 20')
+        redacted = [self._redact(t) for t in texts]
         try:
-            predictions = self.server.predict([self._redact(t) for t in texts], top_k=top_k)
+            predictions = self.server.predict(redacted, top_k=top_k)
         except NoModel:
             return _error(503, "no model is loaded yet; see /readyz")
+        answers = [
+            {**p.to_dict(), "prediction_id": self.pending.add(text, p.intent, p.confidence, p.model_version)}
+            for text, p in zip(redacted, predictions)
+        ]
         if single:
-            return web.json_response(predictions[0].to_dict())
-        return web.json_response({"predictions": [p.to_dict() for p in predictions], "model_version": predictions[0].model_version})
+            return web.json_response(answers[0])
+        return web.json_response({"predictions": answers, "model_version": predictions[0].model_version})
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    async def feedback(self, request: web.Request) -> web.Response:
+        """A report on a served prediction: 202 with the event ids once the broker acknowledged them."""
+        payload = await self._read_json(request)
+        if isinstance(payload, web.Response):
+            self.feedback_requests.labels(str(payload.status)).inc()
+            return payload
+        try:
+            prediction_id, correct, intent = parse_feedback(payload)
+            served = self.pending.get(prediction_id)
+            if self._publish is None:
+                raise FeedbackRefused(503, "feedback cannot be published: this process has no Kafka producer")
+            events = feedback_events(prediction_id, served, correct=correct, intent=intent, now=time.time())
+            encoded = encode_events(events, self.settings.ingest.max_event_bytes)
+            await publish_feedback(
+                self._publish, self.settings.topics.input, prediction_id, served, events, encoded,
+                self.settings.web.feedback_publish_timeout_s,
+            )
+        except FeedbackRefused as refused:
+            if refused.status == 503:
+                log.warning("feedback on %s not taken: %s", payload.get("prediction_id"), refused.message)
+            self.feedback_requests.labels(str(refused.status)).inc()
+            return _error(refused.status, refused.message)
+        event_ids = {event["type"]: event["event_id"] for event in events}
+        self.feedback_requests.labels("202").inc()
+        return web.json_response({"prediction_id": prediction_id, "event_ids": event_ids}, status=202)
 
     # -- admin -----------------------------------------------------------------------------------
 

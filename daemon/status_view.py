@@ -34,8 +34,30 @@ def _detector(name: str, evidence: dict[str, Any]) -> str:
     return f"{name} {evidence}"
 
 
+def _triggers(triggers: dict[str, Any]) -> str:
+    unknown, floor = triggers.get("unknown_intent") or {}, triggers.get("accuracy_floor") or {}
+    parts = []
+    if unknown.get("min_outcomes"):
+        top = ", ".join(f"{k} {v}" for k, v in (unknown.get("top_unknown") or {}).items())
+        parts.append(f"unknown intents {unknown.get('unknown_outcomes', 0)}/{unknown['min_outcomes']} outcomes"
+                     + (f" ({unknown.get('unknown_intents', 0)} intents: {top})" if top else ""))
+    else:
+        parts.append("unknown intents off")
+    if floor.get("min_accuracy"):
+        state = "BELOW" if floor.get("below") else "above"
+        parts.append(f"floor {state} {_num(floor['min_accuracy'], 2)} (window {_num(floor.get('window_accuracy'))}, {floor.get('fires', 0)} fires)")
+    else:
+        parts.append("floor off")
+    return "triggers   " + " | ".join(parts)
+
+
 def _training(training: dict[str, Any]) -> list[str]:
     lines = [f"training   {training['state']}, {training.get('runs', 0)} fine-tunes so far"]
+    awaiting = training.get("awaiting")
+    if awaiting:
+        what = "the first model (no model serves)" if awaiting["trigger"] == "cold_start" else f"a {awaiting['trigger']} fine-tune skipped for too little data"
+        off = "; learning.enabled is off" if not awaiting.get("enabled", True) else ""
+        lines.append(f"waiting    {what}: {awaiting['labels']}/{awaiting['needed']} labels{off}")
     run = training.get("last_run")
     if not run:
         return lines + ["last run   none yet"]
@@ -65,6 +87,8 @@ def render_status(status: dict[str, Any], where: str) -> str:
     samples = q["samples"]
     lines.append(f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference {_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} ({samples['labelled']} labelled outcomes)")
     lines.append("detectors  " + " | ".join(_detector(name, ev) for name, ev in q["detectors"].items()))
+    if q.get("triggers"):
+        lines.append(_triggers(q["triggers"]))
     fired = [name for name, on in q["fired"].items() if on]
     lines.append(f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; decisions {q['decisions']}; cooldown {q['cooldown_remaining_s']:.0f} s left")
     tiers = status.get("tiers")

@@ -20,7 +20,7 @@ __all__ = ["BagOfNgramsClassifier", "ClassifierConfig"]
 class ClassifierConfig:
     buckets: int = 1 << 16
     dim: int = 64
-    hidden: int = 256
+    hidden: int = 512  # models saved before the multilingual featuriser: 256 (each model.pt carries its own)
     dropout: float = 0.2
 
     def to_dict(self) -> dict:

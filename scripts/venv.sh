@@ -2,7 +2,7 @@
 # Creates .venv and installs the pinned dependencies, once per change of the pins.
 # Sourced by the Makefile targets, so each README command does its own set-up.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+root="$(cd -P "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"  # -P: the checkout itself, also when run through a symlink
 venv="$root/.venv"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null 2>&1 || python=python3
@@ -16,6 +16,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "driftd: installing pinned dependencies into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         --require-hashes --no-deps -r "$root/requirements-broker.txt"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test,bench]"
     echo "$want" > "$stamp"
 fi

@@ -1,4 +1,5 @@
-"""Intent datasets the demo replays: CLINC150, BANKING77 and SNIPS, read into one :class:`Example` shape.
+"""Intent datasets: CLINC150, BANKING77 and SNIPS (the demo replays them), MASSIVE ru-RU and CrossWOZ user-turn
+intents (Russian and Chinese, for the multilingual tests and bench), read into one :class:`Example` shape.
 
 The repository ships gzip copies under ``data/``; every loader reads ``<file>.gz`` when it exists and the
 plain file otherwise, so a directory of uncompressed originals works as ``data_dir`` too.
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 
 __all__ = ["DATASETS", "Example", "default_data_dir", "groups", "load_examples"]
 
-DATASETS = ("clinc150", "banking77", "snips")
+DATASETS = ("clinc150", "banking77", "snips", "massive_ru", "crosswoz_intents")
 
 DATA_DIR_ENV = "DRIFTD_DATA_DIR"
 
@@ -27,7 +28,11 @@ _SPLITS: dict[str, tuple[str, ...]] = {
     "clinc150": ("train", "val", "test", "oos_train", "oos_val", "oos_test"),
     "banking77": ("train", "test"),
     "snips": ("train", "test"),
+    "massive_ru": ("train", "dev", "test"),
+    "crosswoz_intents": ("train", "dev", "test"),
 }
+# One ``<split>.csv`` per split with the columns ``text,intent``.
+_TEXT_INTENT_CSV = ("massive_ru", "crosswoz_intents")
 
 # SNIPS keeps all rows in one CSV. "train" is the full training set (train_small is a subset of it);
 # "test" is the 700 held-out rows from the benchmark's validate_*.json files, which the CSV labels
@@ -111,6 +116,9 @@ def load_examples(name: str, split: str, data_dir: Path | None = None) -> list[E
 
     if name == "banking77":
         return [Example(row["text"], row["category"], None) for row in _read_csv(root, "banking77", f"{split}.csv")]
+
+    if name in _TEXT_INTENT_CSV:
+        return [Example(row["text"], row["intent"], None) for row in _read_csv(root, name, f"{split}.csv")]
 
     wanted = _SNIPS_SPLITS[split]
     return [Example(row["text"], row["intent"], None) for row in _read_csv(root, "snips", "snips_all.csv") if row["split"] in wanted]

@@ -4,12 +4,17 @@ The faust agent takes records in batches. A batch is acknowledged (so its offset
 only after faust's ``take_events`` regains control, and this module makes sure that happens only
 once every valid record is durable in warm and every malformed one is delivered to the DLQ:
 storage failures are retried (consumption pauses meanwhile: backpressure), and a cancellation at
-shutdown waits for the batch in flight before it lets go. One bad record never stops the daemon.
+shutdown waits for the batch in flight before it lets go. One bad record never stops the daemon: a
+tombstone (no value) and, under ingest.null_key = "dlq", a valid event without a record key go to the DLQ too.
 
 Personal data is handled before a valid event goes anywhere: the configured patterns (streams.redact)
 are replaced in its text, meta and unknown fields, and user_id is pseudonymised (UserIdPolicy), so the
 tiers, the predictions topic, the observe hook and the model only ever see the redacted event. The DLQ
 gets the original bytes of a malformed record (it may not even decode), for operators to inspect.
+
+An utterance that carries ``served_prediction`` (an HTTP prediction its client reported on, daemon/feedback)
+is stored but not predicted again: the observe hook gets the served prediction, so its outcome judges
+exactly what the client was told.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from .redact import Redactor
 from .schema import Event, Rejection, decode_event
 from .tiers import StoredEvent, TieredStore
 
-__all__ = ["BatchObserver", "DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor", "RawRecord", "UserIdPolicy", "to_stored"]
+__all__ = [
+    "SERVED_PREDICTION_FIELD", "BatchObserver", "DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor",
+    "RawRecord", "UserIdPolicy", "served_prediction", "to_stored",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +46,11 @@ T = TypeVar("T")
 REASON_HEADER = "driftd-reason"
 DETAIL_HEADER = "driftd-detail"
 SOURCE_HEADER = "driftd-source"
+# Record-level rejections (streams.schema.RECORD_REJECTION_REASONS): the value's own problem, if any, is named first.
+TOMBSTONE = Rejection("tombstone", "record has no value (a tombstone): driftd events are never deleted by key")
+MISSING_KEY = Rejection("missing_key", 'record has no key: producers key each event by its conversation_id (ingest.null_key = "accept" stores it)')
+# An utterance answered over HTTP and reported back (daemon/feedback) carries the prediction its client was told.
+SERVED_PREDICTION_FIELD = "served_prediction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +132,20 @@ def to_stored(record: RawRecord, event: Event, users: UserIdPolicy, now: float, 
     )
 
 
+def served_prediction(event: Event) -> dict[str, Any] | None:
+    """The prediction an utterance was already answered with (``SERVED_PREDICTION_FIELD``), as a prediction
+    dict with ``source="http"``; None when it carries none or one of the wrong shape (it is then predicted)."""
+    served = (event.__pydantic_extra__ or {}).get(SERVED_PREDICTION_FIELD)
+    if not isinstance(served, dict):
+        return None
+    intent, confidence, version = served.get("intent"), served.get("confidence"), served.get("model_version")
+    number = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
+    if not (isinstance(intent, str) and isinstance(version, str) and number):
+        return None
+    top = {"intent": intent, "confidence": float(confidence)}
+    return {**top, "top_k": [top], "model_version": version, "source": "http"}
+
+
 @dataclass
 class IngestAgent:
     store: TieredStore
@@ -133,6 +160,8 @@ class IngestAgent:
     predict: Predictor | None = None
     publish_prediction: PredictionSink | None = None
     observe: BatchObserver | None = None  # the learning loop's hook (outcome join, decay monitor)
+    null_key: str = "dlq"  # ingest.null_key: a valid event without a record key is dead-lettered ("dlq") or stored ("accept")
+    observe_served: bool = True  # pass served HTTP predictions to ``observe`` (web.monitor_http_predictions)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
 
     async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
@@ -151,18 +180,26 @@ class IngestAgent:
         now = self.clock()
         valid: list[StoredEvent] = []
         rejected: list[tuple[RawRecord, Rejection]] = []
+        served: list[tuple[StoredEvent, dict[str, Any]]] = []  # answered over HTTP already: never predicted again
         for record in records:
-            decoded = decode_event(record.value, self.max_event_bytes)
+            decoded = TOMBSTONE if record.value is None else decode_event(record.value, self.max_event_bytes)
+            if record.key is None and self.null_key == "dlq" and not isinstance(decoded, Rejection):
+                decoded = MISSING_KEY
             if isinstance(decoded, Rejection):
                 rejected.append((record, decoded))
             else:
-                valid.append(to_stored(record, decoded, self.users, now, self.redactor))
+                valid.append(stored := to_stored(record, decoded, self.users, now, self.redactor))
+                if stored.type == "utterance" and (prediction := served_prediction(decoded)) is not None:
+                    served.append((stored, prediction))
+        served_ids = {id(event) for event, _ in served}
 
         _, inserted, predicted = await asyncio.gather(
             self._retry("dlq", self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)")),
             self._retry("warm", lambda: self.store.write(valid)),
-            self._predict_and_publish([e for e in valid if e.type == "utterance"]),
+            self._predict_and_publish([e for e in valid if e.type == "utterance" and id(e) not in served_ids]),
         )
+        if served and self.observe_served:  # the outcome judges exactly what the HTTP client was told
+            predicted = [*predicted, *served]
 
         stored_at = self.clock()
         for kind, count in Counter(event.type for event in valid).items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .schema import REJECTION_REASONS
+from .schema import RECORD_REJECTION_REASONS, REJECTION_REASONS
 
 __all__ = ["INGEST_SINKS", "StreamMetrics"]
 
@@ -43,7 +43,7 @@ class StreamMetrics:
         # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
         for kind in ("utterance", "feedback", "label"):
             self.events.labels(kind)
-        for reason in REJECTION_REASONS:
+        for reason in REJECTION_REASONS + RECORD_REJECTION_REASONS:
             self.dlq.labels(reason)
         for tier in ("hot", "warm", "cold"):
             self.tier_events.labels(tier)

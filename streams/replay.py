@@ -1,5 +1,8 @@
 """Replay an intent dataset onto Kafka as conversation events, with scheduled drift and late labels.
 
+The examples come from a shipped dataset (:mod:`streams.datasets`) or an operator's labelled file
+(:mod:`streams.labelled_files`; ``driftd replay --file``), whose intents the schedule then names.
+
 :func:`plan_events` turns examples into a deterministic stream of utterance and label event dicts (the
 :mod:`streams.schema` contract); a :class:`DriftSchedule` decides which intents may appear when, so the
 daemon sees the traffic mix change. :func:`replay` produces any such stream to a topic.

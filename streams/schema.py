@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "EVENT_SCHEMA_PATH",
+    "RECORD_REJECTION_REASONS",
     "REJECTION_REASONS",
     "Event",
     "FeedbackEvent",
@@ -33,6 +34,10 @@ EVENT_SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 # Ordered from most to least fundamental: when a payload has several problems, the first one that
 # applies names it (a record with no "type" is "missing_field" even if its other fields are wrong too).
 REJECTION_REASONS = ("too_large", "not_json", "unknown_type", "missing_field", "wrong_type", "invalid_value")
+# About the Kafka record rather than its value, decided by ingest (streams/ingest): a record with no value
+# (a tombstone; decode_event alone calls it not_json), and a valid event in a record with no key under
+# ingest.null_key = "dlq" (a value's own problem is named first).
+RECORD_REJECTION_REASONS = ("tombstone", "missing_key")
 
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
 Priority = Literal["low", "normal", "high"]

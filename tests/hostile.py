@@ -438,7 +438,7 @@ def _wrong_encoding(rng: random.Random, i: int, max_bytes: int):
 
 
 def _tombstone(rng: random.Random, i: int, max_bytes: int):
-    return None, _R({"not_json"})
+    return None, _R({"not_json", "tombstone"})  # decode_event alone: not_json; through ingest: tombstone
 
 
 MALFORMED_KINDS: dict[str, Gen] = {
@@ -1180,7 +1180,9 @@ def broker_scenario(bootstrap: str, data_dir: Path, bad: Sequence[Case], good: S
     mixed = interleave(bad, good, seed)
     keys = random_keys(rng, len(mixed))
     keys = [key if key is not None or case.raw is not None else b"tombstone" for key, case in zip(keys, mixed)]  # Kafka needs one of the two
-    env = {"DRIFTD_INGEST__MAX_EVENT_BYTES": str(max_bytes)}
+    # The keys are hostile too, none included: valid events must be stored whatever their key (the null-key
+    # policy's own test is tests/integration/test_codecs.py).
+    env = {"DRIFTD_INGEST__MAX_EVENT_BYTES": str(max_bytes), "DRIFTD_INGEST__NULL_KEY": "accept"}
     if registry is not None:
         env["DRIFTD_MODELS__REGISTRY_DIR"] = str(registry)
     topic = unique("hostile")

@@ -7,14 +7,18 @@ Pure logic fed by the caller (the daemon's stream loop); nothing here reads Kafk
 from .detectors import DETECTORS, ErrorDetector, EwmaDecayDetector, RiverDetector, make_detector
 from .metrics import JOIN_RESULTS, MonitorMetrics
 from .outcomes import AccuracyWindow, Outcome, OutcomeJoiner
-from .policy import SIGNALS, DecayMonitor, Decision, MonitorConfig
+from .policy import ALL_SIGNALS, SIGNALS, DecayMonitor, Decision, MonitorConfig
 from .signals import LABEL_FREE_SIGNALS, LabelFreeSignals
+from .triggers import POOR_QUALITY_TRIGGERS, AccuracyFloor, UnknownIntentTrigger
 
 __all__ = [
+    "ALL_SIGNALS",
     "DETECTORS",
     "JOIN_RESULTS",
     "LABEL_FREE_SIGNALS",
+    "POOR_QUALITY_TRIGGERS",
     "SIGNALS",
+    "AccuracyFloor",
     "AccuracyWindow",
     "DecayMonitor",
     "Decision",
@@ -26,5 +30,6 @@ __all__ = [
     "Outcome",
     "OutcomeJoiner",
     "RiverDetector",
+    "UnknownIntentTrigger",
     "make_detector",
 ]

@@ -15,7 +15,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -24,12 +24,14 @@ from .detectors import DETECTORS, ErrorDetector, EwmaDecayDetector, RiverDetecto
 from .metrics import MonitorMetrics
 from .outcomes import AccuracyWindow, Outcome
 from .signals import LABEL_FREE_SIGNALS, LabelFreeSignals
+from .triggers import POOR_QUALITY_TRIGGERS, AccuracyFloor, UnknownIntentTrigger
 
-__all__ = ["SIGNALS", "DecayMonitor", "Decision", "MonitorConfig"]
+__all__ = ["ALL_SIGNALS", "SIGNALS", "DecayMonitor", "Decision", "MonitorConfig"]
 
 log = logging.getLogger("driftd.monitor")
 
-SIGNALS = (*DETECTORS, *LABEL_FREE_SIGNALS)
+SIGNALS = (*DETECTORS, *LABEL_FREE_SIGNALS)  # the ones `signals` may list
+ALL_SIGNALS = (*SIGNALS, *POOR_QUALITY_TRIGGERS)  # and the always-on poor-quality triggers
 MODES = ("any", "all")
 
 
@@ -63,6 +65,9 @@ class MonitorConfig:
     label_free_warmup: int = 500
     label_free_relative_change: float = 0.15
     window_size: int = 500  # outcomes in the live accuracy window
+    # Poor-quality triggers (streams/monitor/triggers.py), decided whatever `signals` and `mode` say; 0 turns one off.
+    min_accuracy: float = 0.5  # window accuracy below this (after min_samples outcomes) is poor
+    unknown_intent_min: int = 30  # labelled outcomes of intents the model has no output for
 
     def __post_init__(self) -> None:
         # Config files give lists; the dataclass is frozen and hashable, so store tuples.
@@ -92,6 +97,8 @@ class MonitorConfig:
             ("label_free_warmup", _is_int(self.label_free_warmup) and self.label_free_warmup >= 1, "an int >= 1"),
             ("label_free_relative_change", _is_num(self.label_free_relative_change) and 0 < self.label_free_relative_change < 1, "in (0, 1)"),
             ("window_size", _is_int(self.window_size) and self.window_size >= 1, "an int >= 1"),
+            ("min_accuracy", _is_num(self.min_accuracy) and 0 <= self.min_accuracy <= 1, "in [0, 1]"),
+            ("unknown_intent_min", _is_int(self.unknown_intent_min) and self.unknown_intent_min >= 0, "an int >= 0"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -120,14 +127,25 @@ class Decision:
     evidence: dict[str, Any] = field(repr=False)
     labelled_samples: int
 
+    @property
+    def poor_quality(self) -> bool:
+        """Taken on an absolute trigger (the model is poor), not only on a relative drop."""
+        return any(s in POOR_QUALITY_TRIGGERS for s in self.signals)
+
     def describe(self) -> str:
         ewma = self.evidence.get("ewma", {})
         window = self.evidence.get("window_accuracy", math.nan)
-        return (
-            f"decay: {', '.join(self.signals)} fired after {self.labelled_samples} labelled outcomes; "
-            f"accuracy ewma {ewma.get('ewma', math.nan):.3f} vs reference {ewma.get('reference', math.nan):.3f}, "
+        text = (
+            f"{'poor quality' if self.poor_quality else 'decay'}: {', '.join(self.signals)} fired after {self.labelled_samples} labelled outcomes; "
+            f"accuracy ewma {ewma.get('ewma', math.nan):.3f} vs reference {(ewma.get('reference') or math.nan):.3f}, "
             f"last {self.evidence.get('window_count', 0)} outcomes {window:.3f}"
         )
+        unknown = self.evidence.get("unknown_intent", {})
+        if "unknown_intent" in self.signals:
+            text += f"; {unknown.get('unknown_outcomes', 0)} outcomes of {unknown.get('unknown_intents', 0)} intents the model has no output for"
+        if "accuracy_floor" in self.signals:
+            text += f"; below the accuracy floor {self.evidence.get('accuracy_floor', {}).get('min_accuracy', math.nan)}"
+        return text
 
 
 class DecayMonitor:
@@ -135,7 +153,7 @@ class DecayMonitor:
         self.config = config or MonitorConfig()
         self.metrics = metrics
         self._clock = clock
-        self.detectors, self.label_free, self.window = _build_parts(self.config)
+        self.detectors, self.label_free, self.window, self.unknown_intents, self.floor = _build_parts(self.config)
         self.decisions = 0
         self.last_decision: Decision | None = None
         self.reset()
@@ -149,7 +167,7 @@ class DecayMonitor:
         depend on them. Latches, the cooldown clock and the decision count are kept. Returns the names
         of the parts that restarted.
         """
-        detectors, label_free, window = _build_parts(config)
+        detectors, label_free, window, unknown_intents, floor = _build_parts(config)
         restarted = []
         for name, detector in detectors.items():
             old = self.detectors[name]
@@ -160,19 +178,25 @@ class DecayMonitor:
         _carry_state(self.label_free, label_free)
         _carry_state(self.window, window)
         window.trim()
+        _carry_state(self.unknown_intents, unknown_intents)
+        _carry_state(self.floor, floor)
         self.config, self.detectors, self.label_free, self.window = config, detectors, label_free, window
+        self.unknown_intents, self.floor = unknown_intents, floor
         return restarted
 
-    def reset(self, now: float | None = None, model_version: str | None = None) -> None:
+    def reset(self, now: float | None = None, model_version: str | None = None, labels: Sequence[str] | None = None) -> None:
         """A new model serves: forget every reference. The cooldown clock is kept.
 
         With ``model_version``, late outcomes of any other version are ignored (counted as ``stale``),
-        so the old model's errors do not become the new model's reference.
+        so the old model's errors do not become the new model's reference. ``labels`` are the new model's
+        outputs: a labelled outcome of any other intent counts toward the unknown-intent trigger.
         """
         for detector in self.detectors.values():
             detector.reset()
         self.label_free.reset()
         self.window.clear()
+        self.unknown_intents.reset(labels)
+        self.floor.reset()
         self.labelled = 0
         self.predictions = 0
         self.stale = 0
@@ -180,7 +204,7 @@ class DecayMonitor:
         self.reset_at = self._clock() if now is None else now
         self._fired: dict[str, float] = {}  # signal -> when it fired, since the last reset/decision
         if self.metrics is not None:
-            for name in SIGNALS:
+            for name in ALL_SIGNALS:
                 self.metrics.signal.labels(name).set(0)
             self.metrics.reference_accuracy.set(0)
 
@@ -207,6 +231,10 @@ class DecayMonitor:
         for name, detector in self.detectors.items():
             if detector.update(error):
                 self._latch(name)
+        if self.unknown_intents.update(outcome):
+            self._latch(self.unknown_intents.name)
+        if self.floor.update(self.window):
+            self._latch(self.floor.name)
         if self.metrics is not None:
             ewma = self.detectors["ewma"]
             assert isinstance(ewma, EwmaDecayDetector)
@@ -227,11 +255,14 @@ class DecayMonitor:
         return self.labelled if self.config.needs_labels else self.predictions
 
     def _decide(self) -> Decision | None:
-        fired = tuple(s for s in self.config.signals if s in self._fired)
-        if not fired or (self.config.mode == "all" and len(fired) < len(self.config.signals)):
+        listed = tuple(s for s in self.config.signals if s in self._fired)
+        decayed = bool(listed) and (self.config.mode == "any" or len(listed) == len(self.config.signals))
+        if decayed and self._samples() < self.config.min_samples:
+            decayed = False
+        poor = tuple(s for s in POOR_QUALITY_TRIGGERS if s in self._fired) if self.labelled >= self.config.min_samples else ()
+        if not decayed and not poor:
             return None
-        if self._samples() < self.config.min_samples:
-            return None
+        fired = (listed if decayed else ()) + poor
         now = self._clock()
         if self.last_decision is not None and now - self.last_decision.at < self.config.cooldown_s:
             return None
@@ -241,7 +272,9 @@ class DecayMonitor:
         self._fired.clear()
         if self.metrics is not None:
             self.metrics.decisions.inc()
-            for name in SIGNALS:
+            for name in fired:
+                self.metrics.decision_signals.labels(name).inc()
+            for name in ALL_SIGNALS:
                 self.metrics.signal.labels(name).set(0)
         log.warning("%s; evidence: %s", decision.describe(), decision.evidence)
         return decision
@@ -250,6 +283,8 @@ class DecayMonitor:
         references = self.label_free.references()
         return {
             **{name: detector.evidence() for name, detector in self.detectors.items()},
+            "unknown_intent": self.unknown_intents.evidence(),
+            "accuracy_floor": self.floor.evidence(self.window),
             "label_free": {name: {"value": value, "reference": references[name]} for name, value in self.label_free.values().items()},
             "fired_at": dict(self._fired),
             "samples": {"labelled": self.labelled, "predictions": self.predictions, "stale": self.stale},
@@ -277,8 +312,9 @@ class DecayMonitor:
             "reference_accuracy": ewma.reference,
             "window_accuracy": self.window.accuracy,
             "window_count": self.window.count,
-            "fired": {name: name in self._fired for name in SIGNALS},
+            "fired": {name: name in self._fired for name in ALL_SIGNALS},
             "detectors": {name: detector.evidence() for name, detector in self.detectors.items()},
+            "triggers": {"unknown_intent": self.unknown_intents.evidence(), "accuracy_floor": self.floor.evidence(self.window)},
             "label_free": {"values": self.label_free.values(), "references": self.label_free.references()},
             "worst_intents": [{"intent": intent, "accuracy": acc, "n": n} for acc, n, intent in per_intent[:worst_intents]],
             "decisions": self.decisions,
@@ -287,14 +323,15 @@ class DecayMonitor:
         }
 
 
-def _build_parts(c: MonitorConfig) -> tuple[dict[str, ErrorDetector], LabelFreeSignals, AccuracyWindow]:
+def _build_parts(c: MonitorConfig) -> tuple[dict[str, ErrorDetector], LabelFreeSignals, AccuracyWindow, UnknownIntentTrigger, AccuracyFloor]:
     detectors: dict[str, ErrorDetector] = {
         "ewma": EwmaDecayDetector(alpha=c.ewma_alpha, relative_drop=c.ewma_relative_drop, min_samples=c.min_samples, warmup=c.ewma_warmup, hysteresis=c.ewma_hysteresis),
         "adwin": RiverDetector("adwin", min_samples=c.min_samples, delta=c.adwin_delta),
         "page_hinkley": RiverDetector("page_hinkley", min_samples=c.min_samples, threshold=c.page_hinkley_threshold, min_instances=c.page_hinkley_min_instances),
     }
     label_free = LabelFreeSignals(alpha=c.label_free_alpha, low_confidence=c.low_confidence, oos_intents=c.oos_intents, warmup=c.label_free_warmup, relative_change=c.label_free_relative_change)
-    return detectors, label_free, AccuracyWindow(c.window_size)
+    floor = AccuracyFloor(c.min_accuracy, c.min_samples)
+    return detectors, label_free, AccuracyWindow(c.window_size), UnknownIntentTrigger(c.unknown_intent_min), floor
 
 
 def _carry_state(old: object, new: object) -> None:

@@ -180,15 +180,26 @@ def cold_file_count(data_dir: Path) -> int:
         db.close()
 
 
+def conversation_key(payload: bytes | None) -> bytes | None:
+    """The key a producer gives an event: its conversation_id (None for a payload without one; a valid event
+    with no key goes to the DLQ as missing_key under the default ingest.null_key)."""
+    try:
+        conversation = json.loads(payload)["conversation_id"]  # type: ignore[arg-type]
+        return conversation.encode() if isinstance(conversation, str) else None
+    except (TypeError, ValueError, KeyError, IndexError, RecursionError):  # not an event (a lone surrogate: ValueError)
+        return None
+
+
 async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: float = 0, keys: list[bytes | None] | None = None) -> None:
-    """Send every payload and wait for every acknowledgement; ``rate`` events/s, 0 = unlimited."""
+    """Send every payload and wait for every acknowledgement; ``rate`` events/s, 0 = unlimited. Without ``keys``
+    each record is keyed by its conversation_id, as producers do."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
         started = time.monotonic()
         futures = []
         for i, payload in enumerate(payloads):
-            futures.append(await producer.send(topic, payload, key=keys[i] if keys else None))
+            futures.append(await producer.send(topic, payload, key=keys[i] if keys else conversation_key(payload)))
             if rate and i % 50 == 49:
                 ahead = (i + 1) / rate - (time.monotonic() - started)
                 if ahead > 0:

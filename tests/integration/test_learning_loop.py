@@ -7,7 +7,7 @@
     on while the fine-tune child runs.
     When the stream stops, the labels since the last fine-tune get one more (quiet-stream) follow-up.
 (b) Banking77: the same with half the classes first, then all of them.
-(c) A stable stream of 5,200 labelled events from the known intents: no fine-tune starts.
+(c) Stable streams of 10,000 labelled events from the known intents (CLINC150, Banking77): no fine-tune starts.
 """
 
 from __future__ import annotations
@@ -168,24 +168,38 @@ def test_banking77_drift_from_half_the_classes_to_all_is_detected_retrained_and_
     check_recovery(result, tolerance=0.03)  # issue 4's criterion: "same expectations" as CLINC150
 
 
-def test_a_stable_stream_starts_no_fine_tune(broker: Any, tmp_path: Path) -> None:
-    domains = groups("clinc150")
-    seed = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
-    publish_seed_model(tmp_path / "registry", [e for e in load_examples("clinc150", "train") if e.intent in seed])
-    fresh = [e for split in ("val", "test") for e in load_examples("clinc150", split) if e.intent in seed]  # never trained on
-    topic = unique("learn-stable")
+STABLE_LABELS = 10_000  # issue 21's criterion 6: no decay decision over 10,000 labelled events each
+
+
+@pytest.mark.parametrize("dataset", ["clinc150", "banking77"])
+def test_a_stable_stream_starts_no_fine_tune(broker: Any, tmp_path: Path, dataset: str) -> None:
+    """A known taxonomy, steady: neither the relative signals nor the poor-quality triggers (unknown intents,
+    the accuracy floor) make a decision."""
+    if dataset == "clinc150":
+        domains = groups("clinc150")
+        seed = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
+        fresh_splits = ("val", "test")
+    else:
+        seed = {e.intent for e in load_examples("banking77", "train")}
+        fresh_splits = ("test",)
+    publish_seed_model(tmp_path / "registry", [e for e in load_examples(dataset, "train") if e.intent in seed])
+    fresh = [e for split in fresh_splits for e in load_examples(dataset, split) if e.intent in seed]  # never trained on
+    topic = unique(f"learn-stable-{dataset}")
     daemon = DaemonProcess(broker.bootstrap, tmp_path / "daemon", topic, extra_env={**FAST_LOOP, "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")}).start()
     try:
         daemon.wait_ready(timeout_s=90, model=True)
-        stream = events_of(fresh, seed, seed, before=1, total=5200, seed=5, run=topic)
+        stream = events_of(fresh, seed, seed, before=1, total=STABLE_LABELS, seed=5, run=topic)
         asyncio.run(produce(broker.bootstrap, topic, [json.dumps(e).encode() for e in stream], rate=2500))
-        daemon.wait_until(lambda: daemon.metric("driftd_outcomes_total") >= 5200, 120, "5,200 labelled outcomes")
+        daemon.wait_until(lambda: daemon.metric("driftd_outcomes_total") >= STABLE_LABELS, 180, f"{STABLE_LABELS} labelled outcomes")
         outcomes = daemon.metric("driftd_outcomes_total")
         decisions = daemon.metric("driftd_decay_decisions_total")
         status = learning_status(daemon)
-        print(f"\n  stable stream: {outcomes:.0f} outcomes, window accuracy {status['monitor']['window_accuracy']}, "
-              f"ewma {status['monitor']['ewma_accuracy']} vs reference {status['monitor']['reference_accuracy']}")
+        triggers = status["monitor"]["triggers"]
+        print(f"\n  stable {dataset} stream: {outcomes:.0f} outcomes, window accuracy {status['monitor']['window_accuracy']}, "
+              f"ewma {status['monitor']['ewma_accuracy']} vs reference {status['monitor']['reference_accuracy']}; "
+              f"unknown-intent outcomes {triggers['unknown_intent']['unknown_outcomes']}, floor fires {triggers['accuracy_floor']['fires']}")
         assert decisions == 0, status["last_decision"]
         assert daemon.metric("driftd_finetune_runs_total") == 0
+        assert triggers["unknown_intent"]["min_outcomes"] > 0 and triggers["accuracy_floor"]["min_accuracy"] > 0, "the triggers were on"
     finally:
         daemon.stop_quietly()

@@ -173,8 +173,10 @@ def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_ever
     assert summary["driftd_predictions_total"] == 5000  # every utterance predicted
     # The learning loop, visible as it happens: the decision, the fine-tune's epochs, the gate verdict, the swap.
     assert summary["driftd_decay_decisions_total"] >= 1 and summary["driftd_finetune_results_total{result=swapped}"] >= 1
-    for line in ("decay: ewma fired", "fine-tune (decay) started", "fine-tune epoch 1/", "gate (decay): ", "swapped to v000002"):
+    for line in ("fine-tune (decay) started", "fine-tune epoch 1/", "gate (decay): ", "swapped to v000002"):
         assert line in out, line
+    # The onset brings intents the model has no output for: the unknown-intent trigger may decide before the EWMA.
+    assert re.search(r"(decay|poor quality): [a-z_, ]+ fired after \d+ labelled outcomes", out), "no decision line"
     assert re.search(r"gate \((decay|followup)\): PASS", out), "no gate verdict PASS"
     last_swap = re.findall(r"swapped to (v\d+)", out)[-1]  # follow-ups may swap again after v000002
     assert f"POST /v1/predict answered by model {last_swap}" in out

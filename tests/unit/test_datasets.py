@@ -33,6 +33,12 @@ def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
         ("banking77", "test", 3_080, 77),
         ("snips", "train", 13_784, 7),
         ("snips", "test", 700, 7),
+        ("massive_ru", "train", 11_514, 60),
+        ("massive_ru", "dev", 2_033, 59),
+        ("massive_ru", "test", 2_974, 59),
+        ("crosswoz_intents", "train", 1_412, 29),
+        ("crosswoz_intents", "dev", 405, 29),
+        ("crosswoz_intents", "test", 1_793, 29),
     ],
 )
 def test_split_sizes_and_intent_counts(name: str, split: str, size: int, intents: int) -> None:
@@ -69,6 +75,15 @@ def test_banking77_and_snips_have_no_domains() -> None:
     assert "AddToPlaylist" in {ex.intent for ex in snips}
 
 
+def test_multilingual_datasets_keep_their_script_and_have_no_domains() -> None:
+    russian = load_examples("massive_ru", "train")
+    assert russian[0] == Example("разбуди меня в девять утра в пятницу", "alarm_set", None)
+    assert groups("massive_ru") == {} and groups("crosswoz_intents") == {}
+    chinese = load_examples("crosswoz_intents", "test")
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in ex.text) for ex in chinese[:50])
+    assert Counter(ex.intent for ex in load_examples("crosswoz_intents", "train")).most_common(1)[0][0] == "general_thank"
+
+
 def test_snips_test_is_held_out_from_train() -> None:
     train = {ex.text for ex in load_examples("snips", "train")}
     # The benchmark itself repeats 4 short queries ("what is the weather here") in both; the rest is held out.
@@ -76,13 +91,15 @@ def test_snips_test_is_held_out_from_train() -> None:
 
 
 def test_unknown_dataset_or_split_lists_valid_choices() -> None:
-    with pytest.raises(ValueError, match=r"'atis'.*clinc150, banking77, snips"):
+    with pytest.raises(ValueError, match=r"'atis'.*clinc150, banking77, snips, massive_ru, crosswoz_intents"):
         load_examples("atis", "train")
     with pytest.raises(ValueError, match=r"'val'.*train, test"):
         load_examples("banking77", "val")
     with pytest.raises(ValueError, match="unknown dataset"):
         groups("atis")
-    assert DATASETS == ("clinc150", "banking77", "snips")
+    with pytest.raises(ValueError, match=r"'val'.*train, dev, test"):
+        load_examples("massive_ru", "val")
+    assert DATASETS == ("clinc150", "banking77", "snips", "massive_ru", "crosswoz_intents")
 
 
 def test_missing_files_say_where_and_how_to_fix(tmp_path: Path) -> None:
@@ -110,8 +127,23 @@ def test_plain_file_is_read_when_no_gz(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="uncompressed originals not present on this machine")
-@pytest.mark.parametrize(("name", "splits"), [("clinc150", ("train", "val", "test", "oos_test")), ("banking77", ("train", "test")), ("snips", ("train", "test"))])
+@pytest.mark.parametrize(
+    ("name", "splits"),
+    [
+        ("clinc150", ("train", "val", "test", "oos_test")), ("banking77", ("train", "test")), ("snips", ("train", "test")),
+        ("massive_ru", ("train", "dev", "test")), ("crosswoz_intents", ("train", "dev", "test")),
+    ],
+)
 def test_gz_copies_match_the_originals(name: str, splits: tuple[str, ...]) -> None:
     for split in splits:
         assert load_examples(name, split, data_dir=SHARED_DATA) == load_examples(name, split, data_dir=REPO_DATA)
     assert groups(name, data_dir=SHARED_DATA) == groups(name, data_dir=REPO_DATA)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="uncompressed originals not present on this machine")
+@pytest.mark.parametrize("name", ["massive_ru", "crosswoz_intents"])
+def test_multilingual_copies_ship_gzipped_with_the_authors_license_and_readme(name: str) -> None:
+    for split in ("train", "dev", "test"):
+        assert (REPO_DATA / name / f"{split}.csv.gz").is_file() and not (REPO_DATA / name / f"{split}.csv").exists()
+    for document in ("LICENSE", "README.md"):
+        assert (REPO_DATA / name / document).read_bytes() == (SHARED_DATA / name / document).read_bytes()

@@ -1,0 +1,61 @@
+"""The learning loop with no model serving: it counts the labelled examples that arrive and says how many it
+waits for (status, metric, `driftd status`), and a fine-tune skipped for too little data waits for the shortfall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from daemon.config import load_settings
+from daemon.learning import LearningLoop
+from daemon.status_view import render_status
+from models.registry import Registry
+from models.serving import ModelServer
+from streams.tiers import StoredEvent
+
+
+def event(i: int, kind: str, **fields: object) -> StoredEvent:
+    base = dict(topic="t", partition=0, offset=i, event_id=f"{kind}{i}", type=kind, ts=float(i), conversation_id=f"c{i}", turn=0, priority="normal",
+                channel=None, user_ref=None, text=None, ref_event_id=None, intent=None, correct=None, ref_text=None, payload=b"{}", kafka_ts=0.0,
+                ingested_at=0.0)
+    return StoredEvent(**{**base, **fields})
+
+
+def labels(start: int, n: int, with_text: bool = True) -> list[StoredEvent]:
+    return [event(start + i, "label", ref_event_id=f"u{start + i}", intent="погода", ref_text="какая погода" if with_text else None) for i in range(n)]
+
+
+def test_with_no_model_the_loop_counts_labels_toward_the_first_model(tmp_path: Path) -> None:
+    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"enabled": False, "min_labelled": 300})
+    metrics = CollectorRegistry()
+    loop = LearningLoop(settings, store=None, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=metrics,  # type: ignore[arg-type]
+                        announce=None, swap_lock=None)  # type: ignore[arg-type]
+    loop.observe_batch(labels(0, 120), [])
+    loop.observe_batch(labels(200, 50, with_text=False), [])  # a label whose utterance was never stored teaches nothing
+    status = loop.status()
+    assert status["awaiting"] == {"trigger": "cold_start", "labels": 120, "needed": 300, "enabled": False}
+    assert metrics.get_sample_value("driftd_finetune_labels_waiting") == 180.0
+    loop.observe_batch(labels(400, 300), [])
+    assert loop.state == "idle", "learning.enabled is off: it reports, never trains"
+    assert loop.status()["awaiting"]["labels"] == 420
+    assert metrics.get_sample_value("driftd_finetune_labels_waiting") == 0.0
+    assert metrics.get_sample_value("driftd_finetune_runs_total", {"trigger": "cold_start"}) == 0.0
+
+
+def test_status_shows_the_wait_and_the_triggers(tmp_path: Path) -> None:
+    settings = load_settings(daemon={"data_dir": str(tmp_path)})
+    loop = LearningLoop(settings, store=None, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
+                        announce=None, swap_lock=None)  # type: ignore[arg-type]
+    loop.observe_batch(labels(0, 42), [])
+    training = loop.status()
+    monitor = training.pop("monitor")
+    status = {
+        "pid": 1, "uptime_s": 5.0, "model": None,
+        "quality": {**{k: monitor[k] for k in ("ewma_accuracy", "reference_accuracy", "window_accuracy", "samples", "signals", "fired", "detectors",
+                                              "triggers", "decisions", "cooldown_remaining_s")}},
+        "tiers": None, "ingest": {"events": 42, "dead_lettered": 0}, "broker": {}, "consumer_lag": {}, "training": training,
+    }
+    text = render_status(status, "127.0.0.1:8780")
+    assert "waiting    the first model (no model serves): 42/300 labels" in text
+    assert "triggers   unknown intents 0/30 outcomes | floor above 0.50" in text
