@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import logging
 import os
 import re
 import subprocess
@@ -168,6 +169,9 @@ def test_bad_files_exit_2_with_one_line_that_says_what_is_wrong(
     }
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DRIFTD_DAEMON__DATA_DIR", str(tmp_path / "var"))
+    # main() configures the root logger (level ERROR for `train`): give it back as it was to the tests after this.
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
     # Two through the installed command (a process of its own: exit status, nothing but the line on stderr);
     # all of them through the same entry point in this process, which saves an interpreter start each.
     running = {name: driftd("train", "--from", name, cwd=tmp_path) for name in ("latin1.csv", "absent.csv")}
