@@ -155,7 +155,7 @@ def bootstrap_model(settings: Settings, registry: Registry, source: str) -> str:
     registry.set_current(version)
     log.info("bootstrap model %s: %d intents, trained in %.1fs",
              version, trained.manifest.info["labels"], time.time() - started)
-    return trained.manifest.version
+    return version
 
 
 def _dataset_examples(settings: Settings, name: str) -> tuple[list[str], list[str], dict[str, Any]]:

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def test_the_guide_runs_as_written_and_the_daemon_learns_the_new_language(broker
             metrics = scrape(url + "/metrics")
             if metrics.get("driftd_finetune_results_total{result=swapped}", 0) >= 1:
                 break
-            subprocess.run(["sleep", "1"], check=True)
+            time.sleep(1)
         else:
             raise AssertionError(f"no swap within {deadline_s} s; daemon log:\n{(tmp_path / 'driftd.log').read_text()[-4000:]}")
         assert metrics["driftd_decay_decision_signals_total{signal=unknown_intent}"] >= 1
