@@ -105,6 +105,7 @@ def bench(args: argparse.Namespace) -> int:
     import torch
 
     from models.architectures import DEFAULT_ARCHITECTURE, get_architecture
+    from models.train import TrainSettings
 
     started = time.perf_counter()
     arch = get_architecture(DEFAULT_ARCHITECTURE)
@@ -117,7 +118,8 @@ def bench(args: argparse.Namespace) -> int:
     )
     print(
         f"driftd: {DEFAULT_ARCHITECTURE} {config.to_dict()}, featuriser {arch.new_featurizer(config).to_json()}, "
-        f"lr {arch.lr:g}, epochs {QUICK_EPOCHS if args.quick else arch.epochs}"
+        f"lr {arch.lr:g}, epochs {QUICK_EPOCHS if args.quick else arch.epochs}, batch {arch.batch_size}, "
+        f"early-stopping patience {TrainSettings.patience}"
         + (f" (max {QUICK_TRAIN:,} training examples)" if args.quick else "")
     )
     print(f"svm: sublinear TF-IDF char 1-4 + word 1-2, LinearSVC(C={SVM_C:g})")

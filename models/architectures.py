@@ -27,8 +27,9 @@ class Architecture:
     model: type[IntentClassifier]
     config: type
     featurizer: type
-    lr: float  # the learning rate it trains well at from scratch (AdamW)
+    lr: float  # the learning rate it trains well at from scratch (AdamW), at 64 examples per step
     epochs: int
+    batch_size: int = 64  # examples per micro-batch when TrainSettings leaves it open
 
     def new_featurizer(self, config: Any) -> Featurizer:
         if self.featurizer is HashingTokenizer:
@@ -38,7 +39,7 @@ class Architecture:
 
 DEFAULT_ARCHITECTURE = "bag_of_ngrams"
 ARCHITECTURES: dict[str, Architecture] = {
-    "bag_of_ngrams": Architecture("bag_of_ngrams", BagOfNgramsClassifier, ClassifierConfig, HashingFeaturizer, lr=5e-3, epochs=10),
+    "bag_of_ngrams": Architecture("bag_of_ngrams", BagOfNgramsClassifier, ClassifierConfig, HashingFeaturizer, lr=5e-3, epochs=20, batch_size=128),
     "transformer": Architecture("transformer", TransformerClassifier, TransformerConfig, HashingTokenizer, lr=1e-3, epochs=12),
 }
 

@@ -135,7 +135,7 @@ class HashingFeaturizer:
     """Defaults are version 2's, tuned with bench/multilingual.py; a version 1 file names every one of its settings."""
 
     buckets: int = 1 << 16
-    char_ngrams: tuple[int, ...] = (3, 4, 5)  # of each word, with boundary marks
+    char_ngrams: tuple[int, ...] = (2, 3, 4, 5)  # of each word, with boundary marks (2-grams: +0.4 on massive_ru)
     word_bigrams: bool = True
     max_features: int = 512  # version 1 models: 256, which cut 9% of Banking77's texts (and Chinese gets more ids)
     version: int = FEATURIZER_VERSION  # the tokenisation (module docstring); from_json reads a file without it as 1

@@ -174,7 +174,7 @@ def test_a_model_trained_on_a_slice_of_crosswoz_beats_chance_by_far():
     featurizer = HashingFeaturizer(buckets=1 << 14)
     result = train_classifier(
         [e.text for e in train], [e.intent for e in train], featurizer=featurizer,
-        config=ClassifierConfig(buckets=1 << 14, dim=32, hidden=64), settings=TrainSettings(epochs=15, seed=0),
+        config=ClassifierConfig(buckets=1 << 14, dim=32, hidden=64), settings=TrainSettings(epochs=15, batch_size=64, seed=0),
     )
     score = accuracy(result.model, result.featurizer, result.labels, [e.text for e in test], [e.intent for e in test])
     majority = Counter(e.intent for e in test).most_common(1)[0][1] / len(test)
