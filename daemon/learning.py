@@ -241,7 +241,9 @@ class LearningLoop:
         return self.learning.followup_quiet_s > 0 and self._followups_left > 0 and self._labels_since_start >= max(1, self.learning.followup_labels // 4)
 
     def settle(self) -> None:
-        """Timer hook: when the labels stop, learn the episode's last ones instead of leaving them unlearned."""
+        """Timer hook: when the labels stop, learn the episode's last ones instead of leaving them unlearned, and
+        start a waiting run whose labels came during the cooldown (no new label would start it otherwise)."""
+        self._maybe_start_awaited()
         if self.state == "idle" and self.is_trainer() and self._episode_labels_waiting() and self.clock() - self._last_label_at >= self.learning.followup_quiet_s:
             log.info("no label for %.0f s; retraining on the %d labels since the last fine-tune", self.clock() - self._last_label_at, self._labels_since_start)
             self._followups_left -= 1
@@ -309,7 +311,8 @@ class LearningLoop:
             self.metrics.duration.observe(time.monotonic() - started)
             self.metrics.running.set(0)
             self.history.append(run)
-            self._finished_at = self.clock()
+            if run.get("result") != "skipped":  # the cooldown spaces trainings; a skipped run trained nothing
+                self._finished_at = self.clock()
             self.state = "idle"
             if trigger != "manual" and not self._stopping:
                 self._maybe_followup()  # labels that arrived while it trained may already warrant the next one

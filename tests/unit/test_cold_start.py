@@ -3,6 +3,7 @@ waits for (status, metric, `driftd status`), and a fine-tune skipped for too lit
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -12,7 +13,8 @@ from daemon.learning import LearningLoop
 from daemon.status_view import render_status
 from models.registry import Registry
 from models.serving import ModelServer
-from streams.tiers import StoredEvent
+from streams.metrics import StreamMetrics
+from streams.tiers import StoredEvent, TieredStore, TierPolicy
 
 
 def event(i: int, kind: str, **fields: object) -> StoredEvent:
@@ -59,3 +61,43 @@ def test_status_shows_the_wait_and_the_triggers(tmp_path: Path) -> None:
     text = render_status(status, "127.0.0.1:8780")
     assert "waiting    the first model (no model serves): 42/300 labels" in text
     assert "triggers   unknown intents 0/30 outcomes | floor above 0.50" in text
+
+
+def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_when_it_ends(tmp_path: Path) -> None:
+    """A skipped run trained nothing, so the run it waits for starts as soon as its labels are in; and a wait
+    whose labels came during a real run's cooldown starts when the cooldown ends, also if no label follows
+    (the README guide's stream sat a minute idle that way, until the quiet-stream follow-up)."""
+    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"cooldown_s": 300, "min_labelled": 300})
+    now = [1000.0]
+    store = TieredStore(tmp_path / "warm.sqlite3", str(tmp_path / "cold"), TierPolicy(60, 3600), 100, metrics=StreamMetrics(CollectorRegistry()))
+    metrics = CollectorRegistry()
+    loop = LearningLoop(settings, store=store, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=metrics,
+                        announce=None, swap_lock=None, clock=lambda: now[0])  # type: ignore[arg-type]
+    started: list[str] = []
+
+    async def scenario() -> None:
+        await store.open()
+        try:
+            await loop._fine_tune("decay", None)  # a real run against the real, empty store: skipped for want of labels
+            assert loop.last_run["result"] == "skipped" and loop.status()["awaiting"]["trigger"] == "decay"
+            loop._start = lambda trigger, decision: started.append(trigger)  # type: ignore[method-assign]  # the trigger, not a real run
+            loop.observe_batch(labels(0, 299), [])
+            assert not started, "one label short"
+            loop.observe_batch(labels(400, 1), [])
+            assert started == ["decay"], "no cooldown after a run that trained nothing"
+
+            started.clear()
+            loop._awaiting, loop._finished_at = ("followup", 300), now[0]  # a skipped follow-up, 0 s after a real fine-tune ended
+            loop.observe_batch(labels(1000, 300), [])
+            assert not started and loop.status()["awaiting"] is not None, "inside learning.cooldown_s"
+            now[0] += 299
+            loop.settle()
+            assert not started
+            now[0] += 2
+            loop.settle()  # the timer, with no new label
+            assert started == ["followup"] and loop.status()["awaiting"] is None
+        finally:
+            store.close_now()
+
+    asyncio.run(scenario())
+    assert metrics.get_sample_value("driftd_finetune_results_total", {"result": "skipped"}) == 1.0
