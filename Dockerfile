@@ -12,7 +12,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/driftd
-COPY requirements-broker.txt pyproject.toml README.md ./
+COPY requirements-broker.txt requirements-checkpoints.txt pyproject.toml README.md ./
 COPY daemon/ daemon/
 COPY streams/ streams/
 COPY models/ models/
@@ -23,7 +23,7 @@ RUN case "${VARIANT}" in \
         cuda) ;; \
         *) echo "VARIANT must be cpu or cuda, got ${VARIANT}" >&2; exit 1 ;; \
     esac \
- && /opt/driftd/bin/pip install --require-hashes --no-deps -r requirements-broker.txt \
+ && /opt/driftd/bin/pip install --require-hashes --no-deps -r requirements-broker.txt -r requirements-checkpoints.txt \
  && /opt/driftd/bin/pip install /src
 
 # --- runtime: the venv, the shipped dataset and config, a non-root user -------------------------

@@ -6,10 +6,12 @@ demo:
 	@bash scripts/venv.sh
 	.venv/bin/driftd demo
 
+# Two workers: most integration tests wait on streams and timers, so a second one overlaps them (the
+# slowest pairs share the 2 cores). --dist worksteal rebalances the long tests at the end.
 test:
 	@bash scripts/venv.sh
 	@bash scripts/debian-packages.sh
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n 2 --dist worksteal
 
 test-stress:
 	@bash scripts/venv.sh

@@ -7,7 +7,7 @@ venv="$root/.venv"
 python="${PYTHON:-python3.11}"
 command -v "$python" >/dev/null 2>&1 || python=python3
 stamp="$venv/.driftd-installed"
-want="$(cat "$root/pyproject.toml" "$root/requirements-broker.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/pyproject.toml" "$root/requirements-broker.txt" "$root/requirements-checkpoints.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ]; then
     echo "driftd: creating $venv" >&2
     "$python" -m venv "$venv"
@@ -15,7 +15,7 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "driftd: installing pinned dependencies into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --require-hashes --no-deps -r "$root/requirements-broker.txt"
+        --require-hashes --no-deps -r "$root/requirements-broker.txt" -r "$root/requirements-checkpoints.txt"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test,bench]"
     echo "$want" > "$stamp"
 fi
