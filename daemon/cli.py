@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from models.checkpoints import CheckpointError
 from models.registry_cli import models_cli
 
 from .config import ConfigError, ReplaySettings, Settings, WebSettings, load_settings
@@ -159,7 +160,7 @@ def train(
     intent_column: Annotated[str, typer.Option(help="Column of the intents.")] = "intent",
     activate: Annotated[bool, typer.Option("--activate", help="Make it CURRENT even if another version is (default: only when none is).")] = False,
     holdout: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of each intent held out to measure accuracy (0: none).")] = 0.1,
-    architecture: Annotated[Optional[str], typer.Option(help="bag_of_ngrams or transformer (default: models.architecture).")] = None,
+    architecture: Annotated[Optional[str], typer.Option(help="bag_of_ngrams, transformer or encoder (default: models.architecture).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the holdout draw and of training.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -182,6 +183,9 @@ def train(
     if architecture is not None and architecture not in known:
         typer.echo(f"driftd train: --architecture {architecture!r} is not one of {', '.join(known)}", err=True)
         raise typer.Exit(2)
+    if (architecture or m.architecture) == "encoder" and not m.encoder:
+        typer.echo('driftd train: --architecture encoder needs models.encoder ("minilm" or a checkpoint directory)', err=True)
+        raise typer.Exit(2)
     try:
         data = read_labelled(source, text_column, intent_column, storage_options=m.bootstrap_storage_options)
     except LabelledFileError as exc:
@@ -190,7 +194,11 @@ def train(
     skipped = f"; skipped {data.skipped} rows with an empty text or intent" if data.skipped else ""
     typer.echo(f"read {len(data)} examples of {len(data.intent_counts())} intents from {source}{skipped}")
     registry = open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options)
-    trained = _train_with_bar(data, registry, architecture or m.architecture, holdout, seed, progress)
+    try:
+        trained = _train_with_bar(data, registry, architecture or m.architecture, holdout, seed, progress, settings)
+    except CheckpointError as exc:
+        typer.echo(f"driftd train: {exc}", err=True)
+        raise typer.Exit(2) from None
     if trained.holdout_accuracy is None:
         typer.echo(f"holdout accuracy: not measured (--holdout {holdout:g} leaves no example out); "
                    f"trained on {trained.train_examples}")
@@ -208,11 +216,11 @@ def train(
 
 
 def _train_with_bar(
-    data: LabelledData, registry: Registry, architecture: str, holdout: float, seed: int, progress: bool
+    data: LabelledData, registry: Registry, architecture: str, holdout: float, seed: int, progress: bool, settings: Settings
 ) -> TrainedVersion:
     from tqdm import tqdm
 
-    from .model_service import train_version  # torch: imported only once the file is known to be usable
+    from .model_service import new_model_options, train_version  # torch: imported only once the file is known to be usable
 
     with tqdm(desc="train", unit="epoch", disable=not progress) as bar:
         def on_epoch(report: dict[str, Any]) -> None:
@@ -222,7 +230,7 @@ def _train_with_bar(
 
         info = {"source": "driftd train", "file": data.source}
         return train_version(data.texts, data.intents, registry, architecture=architecture, info=info,
-                             holdout_fraction=holdout, seed=seed, progress=on_epoch)
+                             holdout_fraction=holdout, seed=seed, progress=on_epoch, **new_model_options(settings))
 
 
 @cli.command()

@@ -15,6 +15,7 @@ import fsspec
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError, TomlConfigSettingsSource
 
+from models.checkpoints import KNOWN as KNOWN_CHECKPOINTS
 from streams.datasets import DATASETS
 from streams.labelled_files import LabelledFileError, file_format, is_url
 from streams.monitor import MonitorConfig
@@ -229,7 +230,24 @@ class ModelSettings(_Section):
     max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
     max_text_chars: int = Field(2000, ge=1, description="Longest text /v1/predict accepts.")
     sync_interval_s: float = Field(10.0, ge=0, description="How often a replica checks the registry's CURRENT and swaps to it if another replica changed it (a missed model-updates record, a replica that was down); 0: only on model-updates records.")
-    architecture: Literal["bag_of_ngrams", "transformer"] = Field("bag_of_ngrams", description="Architecture of a model trained from scratch: the CPU-fast bag of n-grams, or the small transformer meant for a GPU. Fine-tunes keep the incumbent's.")
+    architecture: Literal["bag_of_ngrams", "transformer", "encoder"] = Field(
+        "bag_of_ngrams",
+        description='Architecture of a model trained from scratch: the CPU-fast bag of n-grams, the small transformer meant for a GPU, or "encoder", a pretrained sentence encoder (models.encoder) with a classification head. Fine-tunes keep the incumbent\'s.',
+    )
+    encoder: str = Field(
+        "",
+        description='The pretrained checkpoint of architecture "encoder": "minilm" (all-MiniLM-L6-v2, English, installed by scripts/venv.sh) or the path of a local Hugging Face checkpoint directory (config.json, tokenizer.json or vocab.txt, model.safetensors; the sentence-transformers layout too), e.g. a multilingual one. Read offline, never downloaded.',
+    )
+    encoder_sha256: str = Field("", pattern=r"^$|^[0-9a-fA-F]{64}$", description="sha256 of a local checkpoint's model.safetensors: loading refuses other weights. Empty: not checked (every version's manifest records it either way); \"minilm\" is always checked against its pinned hash.")
+    encoder_max_len: int = Field(64, ge=8, le=512, description="Most tokens per text (the special tokens included) that the encoder reads; the rest is cut.")
+
+    @model_validator(mode="after")
+    def _encoder_named(self) -> ModelSettings:
+        if self.architecture == "encoder" and not self.encoder:
+            raise ValueError('models.architecture = "encoder" needs models.encoder: "minilm" or the path of a checkpoint directory')
+        if self.encoder and self.encoder not in KNOWN_CHECKPOINTS and not Path(self.encoder).expanduser().is_dir():
+            raise ValueError(f"models.encoder = {self.encoder!r}: expected {', '.join(map(repr, KNOWN_CHECKPOINTS))} or an existing checkpoint directory")
+        return self
 
     @field_validator("bootstrap_dataset")
     @classmethod
@@ -331,6 +349,10 @@ class LearningSettings(_Section):
     patience: int = Field(3, ge=1, description="Epochs without a lower validation loss before early stopping.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description='"auto" (CUDA when present), "cpu" or "cuda[:N]".')
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 on CPU.')
+    encoder_trainable_layers: int | None = Field(
+        None, ge=-1,
+        description='Architecture "encoder": the top encoder layers a fine-tune trains (the lower ones and the embeddings stay frozen); 0 trains the head alone on sentence embeddings cached under <data_dir>/embeddings (seconds on a CPU); -1 trains every layer. Unset: every layer on CUDA, 0 on CPU.',
+    )
     gate_margin: float = Field(
         0.005, ge=-0.1, le=1,
         description="Holdout accuracy the candidate must gain over the incumbent (absolute); a negative value is the most it may trail (a non-inferiority gate, for retraining often on a few new labels each time, where a required gain on a holdout of a few hundred turns noise into rejections).",
@@ -341,7 +363,7 @@ class LearningSettings(_Section):
     )
     forgetting_epsilon: float = Field(0.02, ge=0, le=1, description="Replay accuracy the candidate may lose against the incumbent (absolute).")
     latency_ratio: float = Field(1.5, ge=1, description="Candidate p99 (one text) may be this multiple of the incumbent's...")
-    latency_budget_ms: float = Field(5.0, gt=0, description="...or under this absolute p99 budget.")
+    latency_budget_ms: float | None = Field(None, gt=0, description="...or under this absolute p99 budget; unset: the architecture's (5 ms for the bag of n-grams and the transformer, 25 ms for the encoder).")
     followup_labels: int = Field(1500, ge=0, description="After a decay, retrain each time this many new labels arrived since the last fine-tune ended, until followup_patience rejections in a row or max_followups (recovery); 0 turns follow-ups off.")
     max_followups: int = Field(6, ge=0, description="Most follow-up retrains after one decay.")
     followup_patience: int = Field(2, ge=1, description="Follow-ups stop after this many consecutive gate rejections (nothing left to gain).")
@@ -408,6 +430,10 @@ class Settings(BaseSettings):
     @property
     def warm_path(self) -> Path:
         return self.daemon.data_dir / "warm.sqlite3"
+
+    @property
+    def embedding_cache_dir(self) -> Path:
+        return self.daemon.data_dir / "embeddings"  # a frozen encoder's sentence embeddings (models/embedding_cache.py)
 
     @property
     def registry_dir(self) -> Path:

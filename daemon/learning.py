@@ -46,6 +46,7 @@ from streams.training_set import LabelledExample, labelled_examples, merge_recen
 
 from .config import Settings
 from .model_loader import model_loader
+from .model_service import encoder_source
 from .timeline import TimelineRecorder
 from .trainer import FAILURE_REASONS, TrainerProcess, TrainingFailed
 
@@ -418,6 +419,7 @@ class LearningLoop:
             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
             warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
             device=cfg.device, precision=cfg.precision, curriculum=cfg.curriculum,
+            trainable_layers=cfg.encoder_trainable_layers, cache_dir=str(self.settings.embedding_cache_dir),
         )
         # A follow-up's incumbent is the previous candidate of the same episode, trained on a subset of this
         # one's data: the candidate need only not be worse beyond holdout noise (a tie or a few examples'
@@ -431,7 +433,7 @@ class LearningLoop:
             holdout=([e.text for e in holdout], [e.intent for e in holdout]),
             replay_eval=([e.text for e in replay_eval], [e.intent for e in replay_eval]),
             incumbent_dir=str(self.registry.root / incumbent) if incumbent else None,
-            settings=settings, gate=gate, architecture=self.settings.models.architecture, seed=int(now) % 10_000, val_fraction=cfg.validation_fraction, withhold_span=cfg.holdout_span,
+            settings=settings, gate=gate, architecture=self.settings.models.architecture, encoder=encoder_source(self.settings), seed=int(now) % 10_000, val_fraction=cfg.validation_fraction, withhold_span=cfg.holdout_span,
             hygiene=HygieneSettings(
                 max_chars=self.settings.models.max_text_chars, near_duplicate_threshold=cfg.near_duplicate_threshold, conflicts=cfg.label_conflicts,
             ) if cfg.hygiene else None,

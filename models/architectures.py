@@ -3,22 +3,33 @@
 Everything that builds, saves or reloads a model goes through here, so training, export and the
 registry's ``model.pt`` work the same for every architecture. ``model.pt`` names its architecture;
 files written before the transformer existed have none and are the default model.
+
+The bag of n-grams and the transformer start from random weights; the encoder starts from a pretrained
+checkpoint (``EncoderConfig``, from ``encoder_config(models.encoder)``) and its featuriser is that
+checkpoint's tokenizer.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .base import IntentClassifier
+from .checkpoints import resolve_checkpoint
 from .classifier import BagOfNgramsClassifier, ClassifierConfig
+from .encoder import EncoderClassifier, EncoderConfig, encoder_config
 from .featurize import Featurizer, HashingFeaturizer, HashingTokenizer
+from .gate import DEFAULT_LATENCY_BUDGET_MS
 from .transformer import TransformerClassifier, TransformerConfig
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "build_model", "get_architecture", "load_weights", "save_weights"]
+__all__ = [
+    "ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "EncoderSource", "build_model", "get_architecture", "load_weights",
+    "new_model_config", "save_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -26,22 +37,64 @@ class Architecture:
     name: str
     model: type[IntentClassifier]
     config: type
-    featurizer: type
+    featurizer: Callable[[Any], Featurizer]  # the model config -> a new featuriser for it
     lr: float  # the learning rate it trains well at from scratch (AdamW), at 64 examples per step
     epochs: int
     batch_size: int = 64  # examples per micro-batch when TrainSettings leaves it open
+    head_lr: float | None = None  # the same for the head alone, on a frozen encoder's embeddings
+    head_epochs: int | None = None  # and its epochs (each a few matrix products: cheap)
+    pretrained: bool = False  # a new model loads its checkpoint (its config says which): no config, no model
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS  # the gate's p99 budget at batch 1 (INT8, one thread)
+
+    def new_model(self, config: Any, num_labels: int) -> IntentClassifier:
+        if self.pretrained:
+            if config is None:
+                raise ValueError(f"architecture {self.name!r} starts from a pretrained checkpoint: set models.encoder")
+            return self.model.from_checkpoint(config, resolve_checkpoint(config.checkpoint, config.weights_sha256), num_labels)
+        return self.model(config or self.config(), num_labels)
 
     def new_featurizer(self, config: Any) -> Featurizer:
-        if self.featurizer is HashingTokenizer:
-            return HashingTokenizer(buckets=config.buckets, max_features=config.max_len)
-        return HashingFeaturizer(buckets=config.buckets)
+        return self.featurizer(config)
+
+
+def _encoder_tokenizer(config: EncoderConfig) -> Featurizer:
+    checkpoint = resolve_checkpoint(config.checkpoint, config.weights_sha256)
+    return EncoderClassifier.tokenizer_of(checkpoint, config.max_len)
 
 
 DEFAULT_ARCHITECTURE = "bag_of_ngrams"
 ARCHITECTURES: dict[str, Architecture] = {
-    "bag_of_ngrams": Architecture("bag_of_ngrams", BagOfNgramsClassifier, ClassifierConfig, HashingFeaturizer, lr=5e-3, epochs=20, batch_size=128),
-    "transformer": Architecture("transformer", TransformerClassifier, TransformerConfig, HashingTokenizer, lr=1e-3, epochs=12),
+    "bag_of_ngrams": Architecture(
+        "bag_of_ngrams", BagOfNgramsClassifier, ClassifierConfig, lambda c: HashingFeaturizer(buckets=c.buckets), lr=5e-3, epochs=20, batch_size=128,
+    ),
+    "transformer": Architecture(
+        "transformer", TransformerClassifier, TransformerConfig, lambda c: HashingTokenizer(buckets=c.buckets, max_features=c.max_len), lr=1e-3, epochs=12,
+    ),
+    "encoder": Architecture("encoder", EncoderClassifier, EncoderConfig, _encoder_tokenizer, lr=5e-5, epochs=4, batch_size=32, head_lr=2e-3, head_epochs=40, pretrained=True,
+        latency_budget_ms=25.0,
+    ),
 }
+
+
+@dataclass(frozen=True)
+class EncoderSource:
+    """Which pretrained checkpoint a new "encoder" model starts from (``models.encoder`` and its companions)."""
+
+    checkpoint: str
+    sha256: str = ""  # required weights hash of a checkpoint given by path; empty: recorded, not checked
+    max_len: int = 64
+
+    def config(self) -> EncoderConfig:
+        return encoder_config(self.checkpoint, self.sha256, self.max_len)[0]
+
+
+def new_model_config(architecture: str, encoder: EncoderSource | None = None) -> Any:
+    """The config of a new model of ``architecture``: its default (None), or for the encoder its checkpoint's."""
+    if not get_architecture(architecture).pretrained:
+        return None
+    if encoder is None:
+        raise ValueError(f"architecture {architecture!r} starts from a pretrained checkpoint: set models.encoder")
+    return encoder.config()
 
 
 def get_architecture(name: str) -> Architecture:
@@ -51,8 +104,7 @@ def get_architecture(name: str) -> Architecture:
 
 
 def build_model(name: str, num_labels: int, config: Any = None) -> IntentClassifier:
-    arch = get_architecture(name)
-    return arch.model(config or arch.config(), num_labels)
+    return get_architecture(name).new_model(config, num_labels)
 
 
 def save_weights(model: IntentClassifier) -> bytes:

@@ -7,8 +7,10 @@ returning logits ``[batch, labels]``, with a frozen config dataclass and a final
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +25,27 @@ class IntentClassifier(nn.Module):
     @property
     def num_labels(self) -> int:
         return self.output.out_features
+
+    def pretrained_from(self) -> dict[str, str] | None:
+        """The checkpoint it was fine-tuned from (name, weights sha256), for the manifest; None from scratch."""
+        return None
+
+    def freeze(self, trainable_layers: int) -> None:
+        """Freeze all but the top ``trainable_layers`` of a pretrained part (negative: none frozen). An
+        architecture trained from scratch has no such part: everything trains."""
+
+    def encoder_frozen(self) -> bool:
+        """Whether only the head trains, on inputs (sentence embeddings) that ``embed_texts`` computes once."""
+        return False
+
+    def head_module(self) -> nn.Module:
+        raise NotImplementedError(f"{self.architecture} has no separately trainable head")
+
+    def embed_texts(self, featurizer: Any, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError(f"{self.architecture} has no frozen encoder to embed with")
+
+    def encoder_digest(self) -> str:
+        raise NotImplementedError(f"{self.architecture} has no frozen encoder")
 
     @torch.no_grad()
     def grow(self, num_labels: int) -> None:

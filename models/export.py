@@ -152,7 +152,8 @@ def _external_initializers(graph: bytes, weights: bytes) -> tuple[list[str], lis
 
 def export_onnx(model: IntentClassifier) -> bytes:
     model.eval()
-    example = torch.ones((2, 8), dtype=torch.long)
+    # One padded row: a graph traced on inputs without padding could leave out the branch that masks it.
+    example = torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9], [2, 3, 4, 0, 0, 0, 0, 0]], dtype=torch.long)
     buffer = io.BytesIO()
     torch.onnx.export(
         model,
@@ -185,7 +186,9 @@ def quantize_int8(fp32: bytes, calibration_ids: Sequence[np.ndarray] = ()) -> tu
     with tempfile.TemporaryDirectory(prefix="driftd-quant-") as tmp:
         source, dynamic_path, static_path = Path(tmp, "fp32.onnx"), Path(tmp, "dynamic.onnx"), Path(tmp, "static.onnx")
         source.write_bytes(fp32)
-        quantize_dynamic(source, dynamic_path, weight_type=QuantType.QInt8)
+        # Per-channel weight scales: on MiniLM (bench/encoder.py) per-tensor ones agreed with FP32 on 98.0% of
+        # CLINC150 test texts, below the 99% the parity probe asks for; per channel, 99.0%, at the same latency.
+        quantize_dynamic(source, dynamic_path, weight_type=QuantType.QInt8, per_channel=True)
         chosen, report = dynamic_path, {"method": "dynamic"}
         if len(calibration_ids) >= 2:  # calibrate on all but the last batch, judge on that one
             quantize_static(
@@ -238,5 +241,5 @@ def build_version_files(
         "model.pt": save_weights(model),
         PROBE: encode_probe(probe_texts, served_logits, ids=probe_ids),
     }
-    report = {"architecture": model.architecture, "opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
+    report = {"architecture": model.architecture, "pretrained": model.pretrained_from(), "opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
     return files, report

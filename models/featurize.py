@@ -1,7 +1,8 @@
 """Text -> hashed ids: the featurisers shared by training (torch) and serving (ONNX Runtime).
 
 ``HashingFeaturizer`` (the default model's) gives an unordered bag of n-gram ids; ``HashingTokenizer``
-(the transformer's) gives the ordered word tokens. Both are saved as JSON with a ``kind`` that
+(the transformer's) gives the ordered word tokens, ``PretrainedTokenizer`` (models/pretrained_tokenizer.py)
+a pretrained encoder's vocabulary ids. Both are saved as JSON with a ``kind`` that
 ``featurizer_from_json`` dispatches on.
 
 Word unigrams and bigrams plus character n-grams of each word (with boundary marks) are hashed
@@ -29,6 +30,9 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from .padding import pad_ids
+from .pretrained_tokenizer import PretrainedTokenizer
 
 __all__ = ["FEATURIZER_VERSION", "Featurizer", "HashingFeaturizer", "HashingTokenizer", "featurizer_from_json", "tokenize"]
 
@@ -185,13 +189,7 @@ class HashingFeaturizer:
         rows = [self.features(t) for t in texts]
         return self.pad(rows)
 
-    @staticmethod
-    def pad(rows: Sequence[Sequence[int]]) -> np.ndarray:
-        width = max(1, max((len(r) for r in rows), default=1))
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = row
-        return ids
+    pad = staticmethod(pad_ids)
 
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, **asdict(self)}, sort_keys=True)
@@ -244,9 +242,9 @@ class HashingTokenizer:
         return ids[: self.max_features]
 
     def batch(self, texts: Sequence[str]) -> np.ndarray:
-        return HashingFeaturizer.pad([self.features(t) for t in texts])
+        return pad_ids([self.features(t) for t in texts])
 
-    pad = staticmethod(HashingFeaturizer.pad)
+    pad = staticmethod(pad_ids)
 
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, **asdict(self)}, sort_keys=True)
@@ -259,8 +257,8 @@ class HashingTokenizer:
         return cls(**fields)
 
 
-Featurizer = HashingFeaturizer | HashingTokenizer
-_KINDS: dict[str, type] = {HashingFeaturizer.kind: HashingFeaturizer, HashingTokenizer.kind: HashingTokenizer}
+Featurizer = HashingFeaturizer | HashingTokenizer | PretrainedTokenizer
+_KINDS: dict[str, type] = {k.kind: k for k in (HashingFeaturizer, HashingTokenizer, PretrainedTokenizer)}
 
 
 def featurizer_from_json(text: str) -> Featurizer:

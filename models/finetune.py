@@ -15,13 +15,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .architectures import DEFAULT_ARCHITECTURE, load_weights
+from .architectures import DEFAULT_ARCHITECTURE, EncoderSource, get_architecture, load_weights, new_model_config
 from .export import SERVED_MODEL, SERVED_WEIGHTS, build_version_files, cpu_session
 from .featurize import featurizer_from_json
 from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
@@ -44,6 +44,7 @@ class FineTuneJob:
     settings: TrainSettings = field(default_factory=TrainSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
+    encoder: EncoderSource | None = None  # the checkpoint of a new "encoder" model (without an incumbent)
     val_fraction: float = 0.03  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
     withhold_span: int = 1  # the warm-start validation split is spread over the newest val_fraction x this (models/withhold.py); 1: the newest block
     seed: int = 0
@@ -138,12 +139,17 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
     report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
     result = train_classifier(
         texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,
-        architecture=job.architecture, progress=lambda r: report("epoch", **r),
+        architecture=job.architecture, config=_new_model_config(job, init), progress=lambda r: report("epoch", **r),
     )
     pseudo = None
     if job.pseudo is not None and job.unlabelled:
         result, pseudo = _retrain_with_pseudo_labels(job, result, texts, intents, val, report)
     return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started, hygiene, pseudo)
+
+
+def _new_model_config(job: FineTuneJob, init: Any) -> Any:
+    """The config of a model trained from scratch (None: the architecture's default); a warm start has its own."""
+    return None if init is not None else new_model_config(job.architecture, job.encoder)
 
 
 def _incumbent(job: FineTuneJob) -> tuple[list[str] | None, Any, Any]:
@@ -180,7 +186,7 @@ def _retrain_with_pseudo_labels(
     _, _, init = _incumbent(job)
     second = train_classifier(
         texts + pseudo_texts, intents + pseudo_intents, labels=first.labels, featurizer=first.featurizer, init=init, settings=job.settings, val=val,
-        architecture=job.architecture, progress=lambda r: report("epoch", **r, with_pseudo_labels=True),
+        architecture=job.architecture, config=_new_model_config(job, init), progress=lambda r: report("epoch", **r, with_pseudo_labels=True),
         weights=[1.0] * len(texts) + [settings.weight] * len(pseudo_texts),
     )
     info.update(kept=second.val_loss is not None and first.val_loss is not None and second.val_loss <= first.val_loss,
@@ -201,8 +207,11 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
     report("gating")
     candidate = _Served(files[SERVED_MODEL], result.labels, result.featurizer, weights=files[SERVED_WEIGHTS])
     latency_texts = job.holdout[0][:200] or probe
+    gate = job.gate
+    if gate.latency_budget_ms is None:
+        gate = replace(gate, latency_budget_ms=get_architecture(result.model.architecture).latency_budget_ms)
     verdict = decide(
-        job.gate,
+        gate,
         job.holdout[1], candidate.predict(job.holdout[0]), incumbent.predict(job.holdout[0]) if incumbent else None,
         job.replay_eval[1], candidate.predict(job.replay_eval[0]), incumbent.predict(job.replay_eval[0]) if incumbent else None,
         p99_latency_ms(candidate.one, latency_texts), p99_latency_ms(incumbent.one, latency_texts) if incumbent else None,

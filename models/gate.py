@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GateSettings", "GateVerdict", "accuracy_of", "decide", "p99_latency_ms"]
+__all__ = ["DEFAULT_LATENCY_BUDGET_MS", "GateSettings", "GateVerdict", "accuracy_of", "decide", "p99_latency_ms"]
+
+DEFAULT_LATENCY_BUDGET_MS = 5.0  # a model trained from scratch (models/architectures.py sets each architecture's)
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class GateSettings:
     margin: float = 0.005  # holdout accuracy gain over the incumbent required (absolute; negative: largest loss allowed)
     forgetting_epsilon: float = 0.02  # largest replay accuracy loss allowed (absolute)
     latency_ratio: float = 1.5  # candidate p99 / incumbent p99 at batch 1
-    latency_budget_ms: float = 5.0  # absolute p99 ceiling, also used when there is no incumbent
+    latency_budget_ms: float | None = None  # absolute p99 ceiling, also used when there is no incumbent; None: the architecture's
     min_holdout: int = 50  # fewer holdout examples than this: the improvement check cannot pass
 
 
@@ -103,7 +105,8 @@ def decide(
             inc_r = accuracy_of(incumbent_replay, replay_truth)
             if not cand_r >= inc_r - settings.forgetting_epsilon:
                 reasons.append(f"replay accuracy {cand_r:.4f} lost more than {settings.forgetting_epsilon} against the incumbent's {inc_r:.4f} (forgetting)")
-    limit = settings.latency_budget_ms if incumbent_p99_ms is None else max(settings.latency_budget_ms, incumbent_p99_ms * settings.latency_ratio)
+    budget = DEFAULT_LATENCY_BUDGET_MS if settings.latency_budget_ms is None else settings.latency_budget_ms
+    limit = budget if incumbent_p99_ms is None else max(budget, incumbent_p99_ms * settings.latency_ratio)
     if not math.isfinite(candidate_p99_ms) or candidate_p99_ms > limit:
         reasons.append(f"p99 latency {candidate_p99_ms:.3f} ms exceeds {limit:.3f} ms")
     return GateVerdict(not reasons, reasons, len(holdout_truth), cand_h, inc_h, len(replay_truth), cand_r, inc_r, candidate_p99_ms, incumbent_p99_ms, asdict(settings))

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch import nn
 
 from .architectures import DEFAULT_ARCHITECTURE, get_architecture
 from .base import IntentClassifier
+from .embedding_cache import EmbeddingCache
 from .featurize import Featurizer
 
 __all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "batched_logits", "curriculum_order", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
@@ -66,6 +68,10 @@ class TrainSettings:
     deadline: float | None = None  # time.monotonic() after which training stops at the next step
     curriculum: bool = False  # a warm start's first epoch goes easy to hard, by the incumbent's loss on each example
     loss_check_every: int | None = None  # micro-batches per loss read-back and NaN check; None: CUDA_LOSS_CHECK_EVERY on CUDA, 1 on CPU
+    # A pretrained encoder's top layers that train (the rest and its embeddings are frozen); 0: the head alone, on
+    # sentence embeddings computed once; negative: every layer. None: every layer on CUDA, 0 on CPU. Others ignore it.
+    trainable_layers: int | None = None
+    cache_dir: str | None = None  # where a frozen encoder's sentence embeddings are kept between runs (models/embedding_cache.py)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -144,7 +150,7 @@ def train_classifier(
         model = init
         model.grow(len(label_list))
     else:
-        model = arch.model(config or arch.config(), len(label_list))
+        model = arch.new_model(config, len(label_list))
     featurizer = featurizer or arch.new_featurizer(model.config)
     if model.config.buckets != featurizer.buckets:
         raise ValueError(f"featurizer has {featurizer.buckets} buckets, the model {model.config.buckets}")
@@ -161,41 +167,64 @@ def train_classifier(
     pin = device.type == "cuda"
     check_every = settings.loss_check_every or (CUDA_LOSS_CHECK_EVERY if device.type == "cuda" else 1)  # on CPU a read-back costs nothing
     model.to(device)
-    net: nn.Module = model
+    model.freeze(settings.trainable_layers if settings.trainable_layers is not None else (-1 if device.type == "cuda" else 0))
+    # A frozen encoder: every text's sentence embedding is computed once (or read from the cache) and the
+    # head alone trains on them, so an epoch costs a few matrix products instead of a pass through the encoder.
+    head_only = model.encoder_frozen()
+    trained: nn.Module = model.head_module() if head_only else model
+    net: nn.Module = trained
     if distributed:
         # DDP averages gradients over the ranks in backward; constructing it broadcasts rank 0's weights.
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(settings.seed + rank)  # independent dropout noise per rank (the batch order stays on the shared ``rng``)
 
-    features = [featurizer.features(t) for t in texts]
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
-    # Padded once, not per batch: a batch is its rows cut to its longest text (the same ids a per-batch pad
-    # gives), taken by one index op. On CUDA the table lives on the GPU, so a step copies only its row indices.
-    # int32 halves the table (the default model keeps up to 256 ids per text); a batch is widened to int64.
-    widths = np.fromiter((max(1, len(f)) for f in features), dtype=np.int64, count=len(features))
-    table = torch.from_numpy(featurizer.pad(features).astype(np.int32)).to(device)
+    val_table = None
+    if head_only:
+        embed = _embedder(model, featurizer, settings.cache_dir)
+        table = torch.from_numpy(embed(list(texts))).to(device)
+        widths = None
+        val_table = None if val is None else torch.from_numpy(embed(list(val[0]))).to(device)
+    else:
+        features = [featurizer.features(t) for t in texts]
+        # Padded once, not per batch: a batch is its rows cut to its longest text (the same ids a per-batch pad
+        # gives), taken by one index op. On CUDA the table lives on the GPU, so a step copies only its row indices.
+        # int32 halves the table (the default model keeps up to 256 ids per text); a batch is widened to int64.
+        widths = np.fromiter((max(1, len(f)) for f in features), dtype=np.int64, count=len(features))
+        table = torch.from_numpy(featurizer.pad(features).astype(np.int32)).to(device)
     targets_on_device = targets.to(device)
+
+    def inputs(rows: torch.Tensor, batch: np.ndarray) -> torch.Tensor:
+        return table[rows] if widths is None else table[rows, : int(widths[batch].max())].long()
+
+    def score_validation(texts: Sequence[str], intents: Sequence[str]) -> tuple[float, float]:
+        if val_table is None:
+            return validation_scores(model, featurizer, label_list, texts, intents)
+        return validation_scores(model, featurizer, label_list, texts, intents, logits=_head_logits(trained, val_table))
     if weights is not None and len(weights) != len(texts):
         raise ValueError(f"{len(weights)} weights for {len(texts)} examples")
     example_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-    epochs = settings.epochs or arch.epochs
+    epochs = settings.epochs or (arch.head_epochs if head_only and arch.head_epochs else arch.epochs)
     batch_size = settings.batch_size or arch.batch_size
-    lr = settings.lr or arch.lr * math.sqrt(batch_size * settings.accumulation_steps * world / 64)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=settings.weight_decay)
-    micro_batches = math.ceil(math.ceil(len(features) / batch_size) / world)  # per rank: the schedule counts global steps
+    base_lr = arch.head_lr if head_only and arch.head_lr else arch.lr
+    lr = settings.lr or base_lr * math.sqrt(batch_size * settings.accumulation_steps * world / 64)
+    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=lr, weight_decay=settings.weight_decay)
+    micro_batches = math.ceil(math.ceil(len(texts) / batch_size) / world)  # per rank: the schedule counts global steps
     total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))
     warmup = max(1, int(total_steps * settings.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
 
     # Scored before the first step, so by the incumbent (every rank alike: same weights, same data).
-    first_epoch_order = curriculum_order(model, featurizer, features, targets) if settings.curriculum and init is not None else None
+    first_epoch_order = None
+    if settings.curriculum and init is not None:
+        first_epoch_order = _easy_to_hard(_head_logits(trained, table), targets) if head_only else curriculum_order(model, featurizer, features, targets)
     best_state, best_loss, best_acc, stale, epochs_run, samples, train_seconds, stopped = None, math.inf, None, 0, 0, 0, 0.0, False
     for epoch in range(epochs):
         model.train()
         epoch_started = time.perf_counter()
-        order = rng.permutation(len(features))
+        order = rng.permutation(len(texts))
         if epoch == 0 and first_epoch_order is not None:
-            rng.permutation(len(features))  # drawn anyway, so later epochs shuffle as they would without a curriculum
+            rng.permutation(len(texts))  # drawn anyway, so later epochs shuffle as they would without a curriculum
             order = first_epoch_order
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         if distributed:
@@ -217,10 +246,10 @@ def train_classifier(
             rows = torch.from_numpy(batch)
             if pin:  # page-locked, so the copy runs asynchronously instead of waiting on the GPU
                 rows = rows.pin_memory().to(device, non_blocking=True)
-            ids, batch_targets = table[rows, : int(widths[batch].max())].long(), targets_on_device[rows]
+            batch_inputs, batch_targets = inputs(rows, batch), targets_on_device[rows]
             step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
             with autocast(), net.no_sync() if distributed and not step_now else nullcontext():  # accumulate locally, all-reduce once per optimiser step
-                logits = net(ids).float()
+                logits = net(batch_inputs).float()
                 if example_weights is None:
                     loss = nn.functional.cross_entropy(logits, batch_targets, label_smoothing=settings.label_smoothing)
                 else:
@@ -248,7 +277,7 @@ def train_classifier(
                 if scaler:
                     scaler.unscale_(optimizer)
                 if settings.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+                    nn.utils.clip_grad_norm_(trained.parameters(), settings.clip_norm)
                 if scaler:
                     scaler.step(optimizer)
                     scaler.update()
@@ -274,11 +303,11 @@ def train_classifier(
         if val is not None:
             if distributed:
                 # Rank 0 scores and every rank takes its numbers, so the keep/stop decisions below match.
-                scores = torch.tensor(validation_scores(model, featurizer, label_list, *val) if rank == 0 else (0.0, 0.0), dtype=torch.float64, device=device)
+                scores = torch.tensor(score_validation(*val) if rank == 0 else (0.0, 0.0), dtype=torch.float64, device=device)
                 dist.broadcast(scores, 0)
                 val_loss, acc = scores.tolist()
             else:
-                val_loss, acc = validation_scores(model, featurizer, label_list, *val)
+                val_loss, acc = score_validation(*val)
             report.update(val_loss=val_loss, val_accuracy=acc)
             # Judged on the loss, not the accuracy: on a validation split of a few hundred examples the
             # accuracy moves in steps and ties, so it stopped fine-tunes mid-schedule and kept checkpoints
@@ -295,6 +324,7 @@ def train_classifier(
     if best_state is not None:
         model.load_state_dict(best_state)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    model.freeze(-1)  # the returned model is whole again (a later fine-tune chooses its own frozen layers)
     model.to("cpu").eval()
     return TrainResult(
         model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc,
@@ -324,20 +354,51 @@ def curriculum_order(model: IntentClassifier, featurizer: Featurizer, features: 
     An intent the model has just grown an output for scores with that output's fresh weights: hard."""
     model.eval()
     device = next(model.parameters()).device
-    losses = []
-    for start in range(0, len(features), batch_size):
-        ids = torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(device)
-        losses.append(nn.functional.cross_entropy(model(ids).float(), targets[start : start + batch_size].to(device), reduction="none").cpu())
+
+    def logits() -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, len(features), batch_size):
+            yield start, model(torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(device)).float()
+
+    return _easy_to_hard(logits(), targets)
+
+
+@torch.no_grad()
+def _easy_to_hard(logits: Iterable[tuple[int, torch.Tensor]], targets: torch.Tensor) -> np.ndarray:
+    losses = [nn.functional.cross_entropy(batch, targets[start : start + len(batch)].to(batch.device), reduction="none").cpu() for start, batch in logits]
     return np.argsort(torch.cat(losses).numpy(), kind="stable") if losses else np.zeros(0, dtype=np.int64)
 
 
-def validation_scores(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str], batch_size: int = 512) -> tuple[float, float]:
+def _head_logits(head: nn.Module, embeddings: torch.Tensor, batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, float32 logits) of a head on precomputed sentence embeddings, in eval mode, without gradients."""
+    head.eval()
+    for start in range(0, len(embeddings), batch_size):
+        with torch.no_grad():
+            logits = head(embeddings[start : start + batch_size]).float()
+        yield start, logits
+
+
+def _embedder(model: IntentClassifier, featurizer: Featurizer, cache_dir: str | None) -> Callable[[list[str]], np.ndarray]:
+    """texts -> the frozen encoder's sentence embeddings, through the cache of ``cache_dir`` when one is set."""
+    def compute(texts: list[str]) -> np.ndarray:
+        return model.embed_texts(featurizer, texts)
+
+    if cache_dir is None:
+        return compute
+    cache = EmbeddingCache(Path(cache_dir), model.encoder_digest(), model.config.hidden)
+    return lambda texts: cache.embeddings(texts, compute)
+
+
+def validation_scores(
+    model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str], batch_size: int = 512,
+    logits: Iterable[tuple[int, torch.Tensor]] | None = None,
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on a validation split. An intent the model has no output for counts
     as wrong in the accuracy and is left out of the loss (it has no logit to score); with none known the
-    loss is infinite, so such a split never looks like progress."""
+    loss is infinite, so such a split never looks like progress. ``logits``: (start, logits) batches of the
+    texts already computed (a head on cached embeddings); by default the model runs on them."""
     index = {label: i for i, label in enumerate(labels)}
     loss_sum, scored, correct = 0.0, 0, 0
-    for start, logits in batched_logits(model, featurizer, texts, batch_size):
+    for start, logits in logits if logits is not None else batched_logits(model, featurizer, texts, batch_size):
         truth = [index.get(intent, -1) for intent in intents[start : start + batch_size]]
         target = torch.tensor(truth, dtype=torch.long, device=logits.device)
         correct += int((logits.argmax(1) == target).sum())
