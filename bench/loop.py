@@ -37,8 +37,12 @@ Sections (``--sections``, comma separated; each prints its own table):
              trained from scratch on everything the stream labels (plus the seed data), minus 3 points.
              Old-domain utterances are in the seed model's training data, so the window flatters every version
              alike; the target comes from the held-out test split. Goal: recovered within 60 s.
+             ``--architecture encoder``: the seed model, the daemon (models.architecture) and the offline reference
+             are the pretrained encoder (``--encoder``, MiniLM by default) with its CPU default, a head trained on
+             the frozen encoder's cached sentence embeddings.
 
     .venv/bin/python bench/loop.py [--sections detection,recovery] [--seeds N] [--epochs E] [--stable-events N]
+                                   [--architecture bag_of_ngrams|encoder] [--encoder minilm|PATH]
 
 Fewer training epochs than the architecture's default keep the run short; a less accurate model makes
 the stable stream noisier, so the false-alarm figures are, if anything, pessimistic. The exit code is 0
@@ -282,6 +286,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from bench.processes import BenchDaemon
     from daemon.broker import EmbeddedBroker, free_port
+    from models.architectures import EncoderSource, new_model_config
     from models.export import build_version_files
     from models.registry import Registry
     from models.train import TrainSettings, accuracy, train_classifier
@@ -297,14 +302,19 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     streamed = train + [e for e in load_examples("clinc150", "val") if e.intent in all_intents]  # the seed never saw the validation split
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-loop-"))
     rows: list[dict[str, Any]] = []
+    # The architecture of the seed model, of the daemon's models trained from scratch and of the offline reference;
+    # the encoder's frozen embeddings are cached once for the seed and the reference (the daemon keeps its own).
+    model_kwargs: dict[str, Any] = {"architecture": args.architecture, "config": new_model_config(args.architecture, EncoderSource(args.encoder))}
+    train_settings = TrainSettings(batch_size=256, cache_dir=str(work / "embeddings"))
+    architecture_env = {"DRIFTD_MODELS__ARCHITECTURE": args.architecture, "DRIFTD_MODELS__ENCODER": args.encoder if args.architecture == "encoder" else ""}
     broker = EmbeddedBroker(free_port(), log_path=work / "broker.log").start()
     try:
-        seed = train_classifier([e.text for e in seed_examples], [e.intent for e in seed_examples], settings=TrainSettings(batch_size=256))
+        seed = train_classifier([e.text for e in seed_examples], [e.intent for e in seed_examples], settings=train_settings, **model_kwargs)
         files, _ = build_version_files(seed.model, seed.featurizer, seed.labels, [e.text for e in seed_examples[::100]][:64])
         registry = Registry(work / "registry")
         registry.set_current(registry.publish(files, parent=None, info={"source": "bench seed"}).version)
         topic = f"bench-loop-{os.getpid()}"
-        daemon = BenchDaemon(broker.bootstrap, work / "daemon", topic, extra_env={"DRIFTD_MODELS__REGISTRY_DIR": str(registry.root), "DRIFTD_LEARNING__COOLDOWN_S": "0"})
+        daemon = BenchDaemon(broker.bootstrap, work / "daemon", topic, extra_env={"DRIFTD_MODELS__REGISTRY_DIR": str(registry.root), "DRIFTD_LEARNING__COOLDOWN_S": "0", **architecture_env})
         daemon.env.pop("DRIFTD_CONFIG", None)
         daemon.start()
         try:
@@ -323,7 +333,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
             offline = train_classifier(
                 [e.text for e in seed_examples] + [seen_text[e["ref_event_id"]] for e in events if e["type"] == "label"],
                 [e.intent for e in seed_examples] + [e["intent"] for e in events if e["type"] == "label"],
-                settings=TrainSettings(batch_size=256),
+                settings=train_settings, **model_kwargs,
             )
             test = [e for e in load_examples("clinc150", "test") if e.intent in all_intents]
             target = accuracy(offline.model, offline.featurizer, offline.labels, [e.text for e in test], [e.intent for e in test]) - 0.03
@@ -331,7 +341,7 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
             metrics = daemon.metrics()
             runs = {k.split("=")[1].rstrip("}"): int(v) for k, v in metrics.items() if k.startswith("driftd_finetune_results_total{")}
             rows.append({
-                "stream": f"CLINC150 5 -> 10 domains, {total} utterances at {args.recovery_rate:.0f} events/s",
+                "stream": f"CLINC150 5 -> 10 domains, {total} utterances at {args.recovery_rate:.0f} events/s, {args.architecture}",
                 "detected after (labelled events)": result["detect_labels"],
                 "first swap after (s)": _fmt(result["first_swap_s"]),
                 "recovered after (utterances)": result["recover_events"],
@@ -444,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recovery-utterances", type=positive_int, default=18000, help="utterances of the recovery stream (default 18000: every in-scope train and validation utterance once)")
     parser.add_argument("--recovery-onset", type=positive_int, default=2000, help="utterance index of the drift onset (default 2000)")
     parser.add_argument("--recovery-rate", type=float, default=500.0, help="events/s of the recovery stream, utterances and labels (default 500: 64 s past the onset)")
+    parser.add_argument("--architecture", choices=["bag_of_ngrams", "encoder"], default="bag_of_ngrams", help="the recovery section's models (default bag_of_ngrams)")
+    parser.add_argument("--encoder", default="minilm", help='the checkpoint of --architecture encoder: "minilm" or a directory (default minilm)')
     parser.add_argument("--keep", action="store_true", help="keep the recovery section's temp dir (daemon log, registry)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

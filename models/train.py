@@ -399,7 +399,7 @@ def validation_scores(
     index = {label: i for i, label in enumerate(labels)}
     loss_sum, scored, correct = 0.0, 0, 0
     for start, logits in logits if logits is not None else batched_logits(model, featurizer, texts, batch_size):
-        truth = [index.get(intent, -1) for intent in intents[start : start + batch_size]]
+        truth = [index.get(intent, -1) for intent in intents[start : start + len(logits)]]
         target = torch.tensor(truth, dtype=torch.long, device=logits.device)
         correct += int((logits.argmax(1) == target).sum())
         known = target >= 0

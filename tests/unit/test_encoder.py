@@ -91,10 +91,11 @@ def test_the_network_is_the_checkpoints_and_a_model_pt_rebuilds_it_without_the_c
         assert torch.equal(load_weights(saved)(ids), model(ids))
 
 
-def _train(tiny: Path, **settings):
+def _train(tiny: Path, val: tuple[list[str], list[str]] | None = None, **settings):
     texts, intents = examples(INTENTS, 240, 0)
     config = new_model_config("encoder", EncoderSource(str(tiny)))
-    return train_classifier(texts, intents, architecture="encoder", config=config, settings=TrainSettings(**{"epochs": 30, "batch_size": 32, "seed": 0, **settings})), texts
+    settings = TrainSettings(**{"epochs": 30, "batch_size": 32, "seed": 0, **settings})
+    return train_classifier(texts, intents, architecture="encoder", config=config, settings=settings, val=val), texts
 
 
 def _encoder_state(model: EncoderClassifier) -> dict[str, torch.Tensor]:
@@ -103,7 +104,9 @@ def _encoder_state(model: EncoderClassifier) -> dict[str, torch.Tensor]:
 
 def test_a_head_only_fine_tune_leaves_the_encoder_as_it_was_and_caches_its_embeddings(tmp_path: Path, tiny: Path):
     cache = tmp_path / "cache"
-    result, texts = _train(tiny, trainable_layers=0, cache_dir=str(cache), lr=1e-2, epochs=60)
+    validation = examples(INTENTS, 1200, 5)  # more than one scoring batch of cached embeddings
+    result, texts = _train(tiny, validation, trainable_layers=0, cache_dir=str(cache), lr=1e-2, epochs=60)
+    assert result.val_accuracy is not None and result.val_accuracy >= 0.9
     config, checkpoint = encoder_config(str(tiny))
     untouched = EncoderClassifier.from_checkpoint(config, checkpoint, 1)
     assert all(torch.equal(v, untouched.encoder.state_dict()[k]) for k, v in result.model.encoder.state_dict().items())
