@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoConfig, AutoModel
 
 from .base import IntentClassifier
 from .checkpoints import Checkpoint, CheckpointError, resolve_checkpoint
@@ -65,6 +64,10 @@ def encoder_config(name: str, expected_sha256: str = "", max_len: int = 64) -> t
 
 
 def _network(config: EncoderConfig) -> nn.Module:
+    # Imported here, not at the top: transformers takes ~4 s to import on these machines, and every process that
+    # imports models/ (the daemon, each CLI call) would pay it without ever building an encoder.
+    from transformers import AutoConfig, AutoModel
+
     network_config = dict(config.network)
     model_type = network_config.pop("model_type", None)
     if not model_type:
