@@ -210,11 +210,12 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
     gate = job.gate
     if gate.latency_budget_ms is None:
         gate = replace(gate, latency_budget_ms=get_architecture(result.model.architecture).latency_budget_ms)
+    p99s = p99_latency_ms([candidate.one] + ([incumbent.one] if incumbent else []), latency_texts)
     verdict = decide(
         gate,
         job.holdout[1], candidate.predict(job.holdout[0]), incumbent.predict(job.holdout[0]) if incumbent else None,
         job.replay_eval[1], candidate.predict(job.replay_eval[0]), incumbent.predict(job.replay_eval[0]) if incumbent else None,
-        p99_latency_ms(candidate.one, latency_texts), p99_latency_ms(incumbent.one, latency_texts) if incumbent else None,
+        p99s[0], p99s[1] if incumbent else None,
     )
     summary = {
         "architecture": result.model.architecture,

@@ -117,6 +117,9 @@ def check(result: dict[str, Any], dataset: str, *, seeded: bool) -> None:
     print(f"\n  {dataset} ({'CLINC150 seed model' if seeded else 'no model'} at the start): daemon {result['daemon_accuracy']:.4f} vs offline "
           f"{result['offline_accuracy']:.4f} on {result['test_n']} test texts, trained on {result['labels']} labels; first label -> first swap "
           f"{result['first_label_to_swap_s']:.1f} s; runs {runs}; results {results}; serving {status['serving']}")
+    for line in result["log"].splitlines():  # the loop's decisions, for a failure's report
+        if "driftd.learning" in line and ("gate (" in line or "started:" in line or "skipped:" in line):
+            print("   ", line)
     assert metrics["driftd_finetune_results_total{result=swapped}"] >= 1
     assert result["answered_by"] == {status["serving"]} and status["serving"] != result["seed_version"]
     if seeded:  # the seed model was poor from its first outcome: the absolute triggers decided, not a drop

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from models.gate import GateSettings, decide
+from models.gate import GateSettings, decide, p99_latency_ms
 
 TRUTH = ["a"] * 100 + ["b"] * 100
 
@@ -62,3 +64,34 @@ def test_every_failed_check_is_reported_and_the_settings_are_recorded() -> None:
     assert not result.passed and len(result.reasons) == 3
     assert result.to_dict()["settings"]["margin"] == 0.005
     assert result.describe().startswith("FAIL: holdout 0.5000 vs incumbent 0.7500 (n=200), replay 0.5000 vs 0.7500 (n=200)")
+
+
+class SharedMachine:
+    """A clock the calls advance: each text costs its own time, and a busy spell stalls whichever call runs."""
+
+    def __init__(self, stalls: set[int]) -> None:
+        self.now, self.calls, self.stalls = 0.0, 0, stalls
+
+    def clock(self) -> float:
+        return self.now
+
+    def model(self, ms_per_char: float):
+        def call(text: str) -> None:
+            self.calls += 1
+            self.now += len(text) * ms_per_char / 1000 + (0.050 if self.calls in self.stalls else 0.0)
+        return call
+
+
+def test_latency_is_timed_side_by_side_and_a_passing_stall_is_not_a_text_s_cost() -> None:
+    texts = ["x" * 10] * 97 + ["x" * 100] * 3  # three long texts: the p99 must see them
+    warm_up = 2 * 20
+    # Busy spells hit the candidate on 15 texts of the first timed pass and the incumbent on 10 of the second.
+    stalls = {warm_up + 2 * t + 1 for t in range(15)} | {warm_up + 200 + 2 * t + 2 for t in range(10)}
+    machine = SharedMachine(stalls)
+    candidate, incumbent = p99_latency_ms([machine.model(0.02), machine.model(0.01)], texts, repeats=3, clock=machine.clock)
+    assert machine.calls == warm_up + 3 * 2 * len(texts)
+    assert candidate == pytest.approx(2.0) and incumbent == pytest.approx(1.0)  # the long texts' cost, no stall
+    assert verdict(GateSettings(latency_ratio=1.5, latency_budget_ms=1.5), 200, 100, p99=(candidate, incumbent)).reasons == [
+        "p99 latency 2.000 ms exceeds 1.500 ms"]
+    (no_texts,) = p99_latency_ms([SharedMachine(set()).model(0.01)], [], clock=machine.clock)
+    assert math.isnan(no_texts) and not verdict(GateSettings(), 200, None, p99=(no_texts, None)).passed  # no figure: rejected
