@@ -353,6 +353,10 @@ class LearningSettings(_Section):
         None, ge=-1,
         description='Architecture "encoder": the top encoder layers a fine-tune trains (the lower ones and the embeddings stay frozen); 0 trains the head alone on sentence embeddings cached under <data_dir>/embeddings (seconds on a CPU); -1 trains every layer. Unset: every layer on CUDA, 0 on CPU.',
     )
+    encoder_head_epochs: int = Field(
+        40, ge=1, le=1000,
+        description="Epochs of a fine-tune that trains an encoder's head alone (learning.encoder_trainable_layers = 0): each is a pass over cached sentence embeddings, milliseconds for a few thousand labels, and the head needs more of them than a network does (learning.epochs).",
+    )
     gate_margin: float = Field(
         0.005, ge=-0.1, le=1,
         description="Holdout accuracy the candidate must gain over the incumbent (absolute); a negative value is the most it may trail (a non-inferiority gate, for retraining often on a few new labels each time, where a required gain on a holdout of a few hundred turns noise into rejections).",

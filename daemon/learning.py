@@ -416,7 +416,7 @@ class LearningLoop:
             unlabelled = await query_unlabelled(self.store, now - cfg.window_s, now + 366 * 86400, int(len(train_recent) * cfg.pseudo_label_ratio), {e.utterance_id for e in recent})
         counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train), holdout=len(holdout), replay_eval=len(replay_eval), unlabelled=len(unlabelled))
         settings = TrainSettings(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
+            epochs=cfg.epochs, head_epochs=cfg.encoder_head_epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=int(now) % 10_000, patience=cfg.patience,
             warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
             device=cfg.device, precision=cfg.precision, curriculum=cfg.curriculum,
             trainable_layers=cfg.encoder_trainable_layers, cache_dir=str(self.settings.embedding_cache_dir),

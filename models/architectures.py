@@ -45,16 +45,21 @@ class Architecture:
     head_epochs: int | None = None  # and its epochs (each a few matrix products: cheap)
     pretrained: bool = False  # a new model loads its checkpoint (its config says which): no config, no model
     latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS  # the gate's p99 budget at batch 1 (INT8, one thread)
+    bucket_by_length: bool = False  # batches of texts of similar lengths (less padding through attention)
 
     def new_model(self, config: Any, num_labels: int) -> IntentClassifier:
         if self.pretrained:
             if config is None:
-                raise ValueError(f"architecture {self.name!r} starts from a pretrained checkpoint: set models.encoder")
+                raise _needs_an_encoder(self.name)
             return self.model.from_checkpoint(config, resolve_checkpoint(config.checkpoint, config.weights_sha256), num_labels)
         return self.model(config or self.config(), num_labels)
 
     def new_featurizer(self, config: Any) -> Featurizer:
         return self.featurizer(config)
+
+
+def _needs_an_encoder(architecture: str) -> ValueError:
+    return ValueError(f"architecture {architecture!r} starts from a pretrained checkpoint: set models.encoder")
 
 
 def _encoder_tokenizer(config: EncoderConfig) -> Featurizer:
@@ -71,7 +76,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         "transformer", TransformerClassifier, TransformerConfig, lambda c: HashingTokenizer(buckets=c.buckets, max_features=c.max_len), lr=1e-3, epochs=12,
     ),
     "encoder": Architecture("encoder", EncoderClassifier, EncoderConfig, _encoder_tokenizer, lr=5e-5, epochs=4, batch_size=32, head_lr=1e-3, head_epochs=40, pretrained=True,
-        latency_budget_ms=25.0,
+        latency_budget_ms=25.0, bucket_by_length=True,
     ),
 }
 
@@ -93,7 +98,7 @@ def new_model_config(architecture: str, encoder: EncoderSource | None = None) ->
     if not get_architecture(architecture).pretrained:
         return None
     if encoder is None:
-        raise ValueError(f"architecture {architecture!r} starts from a pretrained checkpoint: set models.encoder")
+        raise _needs_an_encoder(architecture)
     return encoder.config()
 
 

@@ -10,6 +10,7 @@ pickled ``pytorch_model.bin`` could run code).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -57,8 +58,16 @@ class Checkpoint:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256, hashed again whenever its status says it may have changed (any write moves ctime):
+    a new model reads its checkpoint several times (config, tokenizer, weights), 90 MB for MiniLM."""
+    status = path.stat()
+    return _sha256_of(str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

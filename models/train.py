@@ -51,6 +51,7 @@ class TrainingDiverged(RuntimeError):
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int | None = None  # None: the architecture's default
+    head_epochs: int | None = None  # epochs when only a frozen encoder's head trains; None: as ``epochs`` says
     batch_size: int | None = None  # None: the architecture's default
     lr: float | None = None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per optimiser step over all ranks / 64)
     weight_decay: float = 0.0
@@ -204,7 +205,7 @@ def train_classifier(
     if weights is not None and len(weights) != len(texts):
         raise ValueError(f"{len(weights)} weights for {len(texts)} examples")
     example_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-    epochs = settings.epochs or (arch.head_epochs if head_only and arch.head_epochs else arch.epochs)
+    epochs = (settings.head_epochs or settings.epochs or arch.head_epochs or arch.epochs) if head_only else (settings.epochs or arch.epochs)
     batch_size = settings.batch_size or arch.batch_size
     base_lr = arch.head_lr if head_only and arch.head_lr else arch.lr
     lr = settings.lr or base_lr * math.sqrt(batch_size * settings.accumulation_steps * world / 64)
@@ -226,7 +227,10 @@ def train_classifier(
         if epoch == 0 and first_epoch_order is not None:
             rng.permutation(len(texts))  # drawn anyway, so later epochs shuffle as they would without a curriculum
             order = first_epoch_order
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        if arch.bucket_by_length and widths is not None and not (epoch == 0 and first_epoch_order is not None):
+            batches = _length_bucketed(order, widths, batch_size, rng)
+        else:
+            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         if distributed:
             # The same order on every rank (same seed); rank r takes batches r, r + world, ..., wrapped
             # round so that every rank runs the same number of steps: one short of a step would leave
@@ -386,6 +390,18 @@ def _embedder(model: IntentClassifier, featurizer: Featurizer, cache_dir: str | 
         return compute
     cache = EmbeddingCache(Path(cache_dir), model.encoder_digest(), model.config.hidden)
     return lambda texts: cache.embeddings(texts, compute)
+
+
+def _length_bucketed(order: np.ndarray, widths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[np.ndarray]:
+    """``order`` cut into batches of similar lengths, in random order. Each run of ``pool`` batches is sorted by
+    length before it is cut, so a batch pads to little more than its own texts' lengths (attention's cost
+    grows with the padded length) while the mix of batches stays random."""
+    batches: list[np.ndarray] = []
+    for start in range(0, len(order), batch_size * pool):
+        run = order[start : start + batch_size * pool]
+        run = run[np.argsort(widths[run], kind="stable")]
+        batches += [run[s : s + batch_size] for s in range(0, len(run), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def validation_scores(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -207,6 +208,25 @@ async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: fl
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def hammer_predict(url: str, texts: list[str], done: asyncio.Event, pause_s: float = 0.005) -> tuple[int, list[str], list[str]]:
+    """One /v1/predict request at a time until ``done``: (requests, failures, the versions that answered, in order)."""
+    sent, failures, versions = 0, [], []
+    async with aiohttp.ClientSession() as session:
+        while not done.is_set():
+            try:
+                async with session.post(url + "/v1/predict", json={"text": texts[sent % len(texts)]}) as response:
+                    body = await response.json()
+                    if response.status != 200:
+                        failures.append(f"{response.status}: {body}")
+                    elif not versions or versions[-1] != body["model_version"]:
+                        versions.append(body["model_version"])
+            except aiohttp.ClientError as error:
+                failures.append(repr(error))
+            sent += 1
+            await asyncio.sleep(pause_s)
+    return sent, failures, versions
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:

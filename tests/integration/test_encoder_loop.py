@@ -21,7 +21,7 @@ from models.export import build_version_files
 from models.registry import Registry
 from models.train import TrainSettings, train_classifier
 from streams.datasets import groups, load_examples
-from tests.integration.harness import DaemonProcess, unique
+from tests.integration.harness import DaemonProcess, hammer_predict, unique
 from tests.integration.test_http_feedback import HTTP_LOOP, NEW_DOMAIN, predict, report
 from tests.integration.test_learning_loop import learning_status
 from tests.tiny_bert import write_tiny_bert
@@ -31,29 +31,6 @@ pytestmark = pytest.mark.integration
 SEED_DOMAIN = "banking"
 # A random tiny encoder has nothing worth freezing: every layer trains, at a from-scratch learning rate.
 TINY_TRAINING = {"trainable_layers": -1, "lr": 3e-3, "epochs": 12, "batch_size": 64}
-
-
-def _hammer_until(done: asyncio.Event, url: str, texts: list[str]) -> Any:
-    """One prediction at a time until ``done``: (requests, failures, versions seen in order)."""
-
-    async def run() -> tuple[int, list[str], list[str]]:
-        sent, failures, versions = 0, [], []
-        async with aiohttp.ClientSession() as session:
-            while not done.is_set():
-                try:
-                    async with session.post(url + "/v1/predict", json={"text": texts[sent % len(texts)]}) as response:
-                        body = await response.json()
-                        if response.status != 200:
-                            failures.append(f"{response.status}: {body}")
-                        elif not versions or versions[-1] != body["model_version"]:
-                            versions.append(body["model_version"])
-                except aiohttp.ClientError as error:
-                    failures.append(repr(error))
-                sent += 1
-                await asyncio.sleep(0.005)
-        return sent, failures, versions
-
-    return run()
 
 
 @pytest.mark.timeout(300)
@@ -87,7 +64,7 @@ def test_an_encoder_model_is_fine_tuned_gated_and_swapped_with_no_failed_request
 
     async def scenario() -> tuple[tuple[int, list[str], list[str]], list[dict[str, Any]]]:
         done = asyncio.Event()
-        hammer = asyncio.ensure_future(_hammer_until(done, daemon.url, [e.text for e in known]))
+        hammer = asyncio.ensure_future(hammer_predict(daemon.url, [e.text for e in known], done))
         loop = asyncio.get_running_loop()
         async with aiohttp.ClientSession() as session:
             answers = await predict(session, daemon.url, [e.text for e in known])

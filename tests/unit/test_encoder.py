@@ -5,6 +5,7 @@ fine-tune on cached embeddings. The contract every architecture meets is in test
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,18 @@ def test_a_checkpoint_resolves_in_both_layouts_and_a_changed_weights_file_is_ref
     assert st.pooling == "mean" and st.weights_sha256 == plain.weights_sha256  # same seed, same weights
     with pytest.raises(CheckpointError, match="sha256 .* expected 0{64}; the weights changed"):
         resolve_checkpoint(str(tiny), "0" * 64)
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny, edited)
+    pinned = resolve_checkpoint(str(edited), plain.weights_sha256).weights_sha256  # hashed once, remembered
+    weights = edited / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # a one-bit change in place, the file's size and mtime kept
+    stat = weights.stat()
+    with weights.open("r+b") as f:
+        f.write(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(CheckpointError, match=f"expected {pinned}; the weights changed"):
+        resolve_checkpoint(str(edited), pinned)
 
 
 def test_a_bad_checkpoint_says_what_is_wrong(tmp_path: Path, tiny: Path):
@@ -129,6 +142,30 @@ def test_only_the_top_layers_train_when_asked(tiny: Path):
     after = result.model.encoder.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("encoder.layer.1.") for k in changed), sorted(changed)[:5]
+
+
+def test_a_head_only_fine_tune_runs_its_own_epochs_and_a_network_fine_tune_the_usual_ones(tmp_path: Path, tiny: Path):
+    settings = {"epochs": 2, "head_epochs": 5, "cache_dir": str(tmp_path)}
+    head, _ = _train(tiny, trainable_layers=0, **settings)
+    network, _ = _train(tiny, trainable_layers=1, **settings)
+    assert (head.epochs_run, network.epochs_run) == (5, 2)
+
+
+def test_a_fine_tune_batches_texts_of_similar_lengths_and_sees_each_once_an_epoch(tiny: Path):
+    texts, intents = examples(INTENTS, 480, 3)
+    rng = np.random.default_rng(0)
+    texts = [t + " please" * int(rng.integers(0, 24)) for t in texts]  # lengths from a few tokens to 30 more
+    config, checkpoint = encoder_config(str(tiny))
+    model = EncoderClassifier.from_checkpoint(config, checkpoint, len(INTENTS))
+    batches: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, args: batches.append(args[0]) if module.training else None)
+    settings = TrainSettings(trainable_layers=-1, epochs=2, batch_size=16, lr=1e-3, seed=0)
+    result = train_classifier(texts, intents, labels=INTENTS, init=model, architecture="encoder", config=config, settings=settings)
+    tokens = sum(len(result.featurizer.features(t)) for t in texts)
+    assert len(batches) == 2 * 480 // 16 and sum(int((b != 0).sum()) for b in batches) == 2 * tokens  # every text once per epoch
+    padding = sum(int((b == 0).sum()) for b in batches) / sum(b.numel() for b in batches)
+    assert padding < 0.05, f"{padding:.1%} of the batches' ids are padding"  # shuffled batches of these texts: about 40%
+    assert len({tuple(b.shape) for b in batches}) > 10  # and the lengths vary from batch to batch, in random order
 
 
 def test_the_embedding_cache_computes_only_what_it_lacks_and_survives_a_damaged_file(tmp_path: Path):
