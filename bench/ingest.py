@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
 from daemon.broker import die_with_parent, free_port  # noqa: E402 - after the path set-up above
-from daemon.demo import family_total, scrape  # noqa: E402
+from daemon.metrics_scrape import family_total, scrape  # noqa: E402
 
 TOPIC = "bench-conversations"
 GOAL_RATIO = 0.8  # full path >= 0.8x bare faust

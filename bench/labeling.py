@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_strategy(bootstrap: str, work: Path, registry_dir: Path, strategy: str, utterances: list[dict[str, Any]], truth: dict[str, str],
                  test: list[Any], args: argparse.Namespace, target: float) -> list[dict[str, Any]]:
-    from daemon.labels_cli import most_uncertain_first
+    from daemon.label_studio import most_uncertain_first
     from tests.integration.harness import produce, read_topic
 
     topic = f"bench-labeling-{strategy}-{os.getpid()}"

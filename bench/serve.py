@@ -56,7 +56,7 @@ from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  
 from bench.processes import BenchDaemon  # noqa: E402
 from bench.wrk import wrk_available, wrk_load  # noqa: E402
 from daemon.broker import EmbeddedBroker  # noqa: E402 - after the path set-up above
-from daemon.demo import scrape  # noqa: E402
+from daemon.metrics_scrape import scrape  # noqa: E402
 from tests.integration.harness import free_port, unique  # noqa: E402
 
 GOAL_SPEEDUP = 2.0  # INT8 ONNX >= 2x torch eager texts/s at batch 1

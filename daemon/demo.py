@@ -17,20 +17,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from .app import topic_specs
 from .broker import EmbeddedBroker, ensure_topics_sync
 from .config import Settings
+from .metrics_scrape import family_total, scrape, wait_for
+from .replaying import replay_dataset
 
-__all__ = ["family_total", "run_demo", "scrape", "wait_for"]
+__all__ = ["run_demo"]
 
 log = logging.getLogger("driftd.demo")
 
@@ -44,38 +42,6 @@ DEMO_TIER_ENV = {
     "DRIFTD_TIERS__RULES": "[]",
     "DRIFTD_DAEMON__STATS_INTERVAL_S": "3",
 }
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text from ``url`` as {"name{label=value,...}": value}."""
-    with urllib.request.urlopen(url, timeout=2) as response:
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
-
-
-def family_total(samples: dict[str, float], name: str) -> float:
-    """Sum of every sample of metric ``name`` (all label sets) in a ``scrape`` result."""
-    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:
-    """Poll ``predicate`` until it holds; fail if ``proc`` exits first. HTTP errors count as 'not yet'."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the daemon exited with code {proc.returncode} while waiting for {what}")
-        try:
-            if predicate():
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 async def _send_malformed(bootstrap: str, topic: str, count: int) -> None:
@@ -134,8 +100,6 @@ def write_timeline_png(settings: Settings, data_dir: Path) -> Path | None:
 
 
 def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
-    from .cli import replay_dataset
-
     data_dir = settings.daemon.data_dir / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)

@@ -1252,7 +1252,7 @@ def broker_scenario(bootstrap: str, data_dir: Path, bad: Sequence[Case], good: S
         predicted = {json.loads(r.value)["event_id"] for r in predictions}
         utterances = {case.event_id for case, _ in at.values() if case.valid and json.loads(case.raw)["type"] == "utterance"}
         missing = len(utterances - predicted)
-    from daemon.demo import family_total
+    from daemon.metrics_scrape import family_total
 
     if family_total(metrics, "driftd_dlq_total") != len(bad) or family_total(metrics, "driftd_events_total") != len(good):
         problems.append(f"metrics: driftd_dlq_total {family_total(metrics, 'driftd_dlq_total')} (sent {len(bad)} malformed), "

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from daemon.broker import free_port
-from daemon.demo import family_total, scrape, wait_for
+from daemon.metrics_scrape import family_total, scrape, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 _ids = itertools.count()

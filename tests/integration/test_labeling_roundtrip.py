@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from daemon.cli import cli
 from daemon.config import Settings, load_settings
-from daemon.labels_cli import export_requests, import_labels
+from daemon.label_studio import export_requests, import_labels
 from models.registry import Registry
 from streams.labeling import LabelingSampler
 from streams.monitor import OutcomeJoiner

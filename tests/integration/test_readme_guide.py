@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from daemon.broker import free_port
-from daemon.demo import scrape
+from daemon.metrics_scrape import scrape
 from streams.datasets import load_examples
 from tests.integration.harness import unique
 

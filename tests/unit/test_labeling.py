@@ -316,7 +316,7 @@ def test_an_export_that_is_not_a_list_is_refused() -> None:
 
 
 def test_the_export_queue_puts_the_most_uncertain_first_and_unscored_requests_last() -> None:
-    from daemon.labels_cli import most_uncertain_first
+    from daemon.label_studio import most_uncertain_first
 
     requests = [{"event_id": "none"}, {"event_id": "low", "score": 0.2}, {"event_id": "nan", "score": float("nan")}, {"event_id": "high", "score": 0.9},
                 {"event_id": "text", "score": "0.95"}, {"event_id": "tie-a", "score": 0.5}, {"event_id": "flag", "score": True}, {"event_id": "tie-b", "score": 0.5}]

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from models.registry import CorruptVersion, Manifest, Registry
-from models.registry_cli import models_cli
+from daemon.cli.models import models_cli
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = {"model.onnx": b"\x08\x01onnx-bytes" * 100, "labels.json": b'["greet", "bye"]', "featurizer.json": b'{"ngrams": 2}'}

@@ -1,4 +1,4 @@
-"""``driftd labels export | import``: labelling requests to Label Studio, and its annotations back as labels.
+"""Label Studio both ways (`driftd labels export | import`): labelling requests to tasks, annotations back as labels.
 
 The daemon publishes the predictions most worth a human label on ``topics.labeling_requests``. ``export``
 reads that topic from its start to its end (a group-less consumer: it moves no committed offset, so it can
@@ -16,24 +16,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Any
 
-import typer
-
-from .config import ConfigError, Settings, load_settings
+from .config import Settings
 
 # Kafka clients, faust (daemon.kafka) and datasketch (streams.labeling) are imported where used: every
 # `driftd` command loads this module, and most of them need none of those.
 
-__all__ = ["ExportResult", "ImportResult", "LabelsError", "bootstrap_of", "export_requests", "import_labels", "labels_cli", "read_requests"]
-
-labels_cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Take labelling requests to Label Studio and its annotations back as label events.")
-
-ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="config.toml to read (default: $DRIFTD_CONFIG, else ./config.toml if present)."),
-]
-BootstrapOption = Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers (default: the configured ones; the embedded broker's port when embedded).")]
+__all__ = ["ExportResult", "ImportResult", "LabelsError", "bootstrap_of", "export_requests", "import_labels", "most_uncertain_first", "read_requests"]
 
 
 class LabelsError(Exception):
@@ -215,63 +205,3 @@ def import_labels(settings: Settings, export_path: Path, *, bootstrap: str | Non
         except (KafkaError, OSError) as exc:
             raise LabelsError(f"cannot send to {topic} on {target}: {exc!r}") from None
     return ImportResult(events, skipped, topic)
-
-
-def _settings(config: Path | None) -> Settings:
-    from .cli import _config_path  # deferred: the cli module imports this one
-
-    try:
-        return load_settings(_config_path(config))
-    except ConfigError as exc:
-        typer.echo(f"driftd: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: LabelsError) -> NoReturn:
-    typer.echo(f"driftd labels: {exc}", err=True)
-    raise typer.Exit(exc.exit_code)
-
-
-def _echo_skipped(skipped: list[str], what: str) -> None:
-    if skipped:
-        typer.echo(f"skipped {len(skipped)} {what}:")
-        for reason in skipped:
-            typer.echo(f"  {reason}")
-
-
-@labels_cli.command("export")
-def export_command(
-    output: Annotated[Path, typer.Argument(help="Label Studio tasks JSON to write (Import in the Label Studio project).", dir_okay=False)],
-    config: ConfigOption = None,
-    config_xml: Annotated[Optional[Path], typer.Option("--config-xml", help="Also write the labelling config (XML) with the live model's intents.", dir_okay=False)] = None,
-    bootstrap: BootstrapOption = None,
-    topic: Annotated[Optional[str], typer.Option(help="Requests topic (default: topics.labeling_requests).")] = None,
-    timeout_s: Annotated[float, typer.Option(help="Give up when the end of the topic is not reached within this long.")] = 60.0,
-) -> None:
-    """Write every labelling request on the requests topic as a Label Studio task, pre-annotated with the model's intent, most uncertain first."""
-    settings = _settings(config)
-    try:
-        result = export_requests(settings, output, config_xml=config_xml, bootstrap=bootstrap, topic=topic, timeout_s=timeout_s)
-    except LabelsError as exc:
-        _fail(exc)
-    typer.echo(f"wrote {len(result.tasks)} tasks to {output}")
-    if config_xml is not None:
-        typer.echo(f"wrote the labelling config with {len(result.choices)} intents ({result.choices_from}) to {config_xml}")
-    _echo_skipped(result.skipped, "records that are not labelling requests")
-
-
-@labels_cli.command("import")
-def import_command(
-    export: Annotated[Path, typer.Argument(help="Label Studio JSON export of the project (Export > JSON).", dir_okay=False)],
-    config: ConfigOption = None,
-    bootstrap: BootstrapOption = None,
-    dry_run: Annotated[bool, typer.Option(help="Check the export and count what would be sent; send nothing.")] = False,
-) -> None:
-    """Send the last annotation of each task as a label event to the input topic (same export, same event ids)."""
-    settings = _settings(config)
-    try:
-        result = import_labels(settings, export, bootstrap=bootstrap, dry_run=dry_run)
-    except LabelsError as exc:
-        _fail(exc)
-    typer.echo(f"{'would send' if dry_run else 'sent'} {len(result.events)} label events to {result.topic}")
-    _echo_skipped(result.skipped, "tasks")

@@ -1,6 +1,7 @@
-"""``driftd models list | show | rollback``: look at the registry and move CURRENT by hand.
+"""``driftd models list | show | rollback``: look at the configured registry and move CURRENT by hand.
 
-A typer sub-app on its own so the models room stays free of daemon imports; the daemon's CLI mounts it.
+The registry is the daemon's (``-c``: ``daemon.data_dir``, ``models.registry_dir``, ``models.registry_url`` with
+s3:// mirroring), or the directory ``--registry`` names.
 """
 
 from __future__ import annotations
@@ -11,23 +12,34 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from .registry import CorruptVersion, Manifest, Registry
+from models.registry import CorruptVersion, Manifest, Registry
+
+from .common import ConfigOption, fail, group, load
 
 __all__ = ["models_cli"]
 
-models_cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the model registry and roll back the live version.")
+models_cli = group("Inspect the model registry and roll back the live version.")
 
-# The daemon keeps its registry in <daemon.data_dir>/registry unless models.registry_dir says otherwise;
-# the same environment variable that configures the daemon points this command at it.
 RegistryOption = Annotated[
-    Path,
-    typer.Option("--registry", envvar="DRIFTD_MODELS__REGISTRY_DIR", help="Registry root directory (holds v000001/, ..., CURRENT)."),
+    Optional[Path],
+    typer.Option("--registry", help="A registry directory (holds v000001/, ..., CURRENT) instead of the configured registry."),
 ]
 
 
+def _open(config: Path | None, registry: Path | None) -> tuple[Registry, str]:
+    """The registry to look at, and how to name it."""
+    if registry is not None:
+        return Registry(registry), str(registry)
+    from models.registry_mirror import open_registry
+
+    settings = load(config)
+    m = settings.models
+    where = f"{settings.registry_dir}" + (f" (mirroring {m.registry_url})" if m.registry_url else "")
+    return open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options), where
+
+
 def _fail(exc: Exception) -> NoReturn:
-    typer.echo(f"driftd models: {exc}", err=True)
-    raise typer.Exit(1)
+    fail("models", exc)
 
 
 def _iso(ts: float) -> str:
@@ -35,9 +47,9 @@ def _iso(ts: float) -> str:
 
 
 @models_cli.command("list")
-def list_versions(registry: RegistryOption = Path("var/registry")) -> None:
+def list_versions(config: ConfigOption = None, registry: RegistryOption = None) -> None:
     """One line per version, oldest first; `*` marks the current one. Re-hashes every file."""
-    reg = Registry(registry)
+    reg, where = _open(config, registry)
     current = reg.current()
     rows = [("", "VERSION", "CREATED", "PARENT", "STATUS")]
     for version, entry in reg.entries():
@@ -47,7 +59,7 @@ def list_versions(registry: RegistryOption = Path("var/registry")) -> None:
         parent = (manifest.parent or "-") if manifest else "-"
         rows.append(("*" if version == current else "", version, created, parent, status))
     if len(rows) == 1:
-        typer.echo(f"no versions in {registry}")
+        typer.echo(f"no versions in {where}")
         return
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
@@ -57,10 +69,10 @@ def list_versions(registry: RegistryOption = Path("var/registry")) -> None:
 
 
 @models_cli.command()
-def show(version: str, registry: RegistryOption = Path("var/registry")) -> None:
+def show(version: str, config: ConfigOption = None, registry: RegistryOption = None) -> None:
     """Print a version's manifest as JSON (verified; a corrupt one's manifest is printed if readable, exit 1)."""
     try:
-        manifest = Registry(registry).verify(version)
+        manifest = _open(config, registry)[0].verify(version)
     except CorruptVersion as exc:
         if exc.manifest is not None:
             typer.echo(exc.manifest.to_json(), nl=False)
@@ -72,11 +84,12 @@ def show(version: str, registry: RegistryOption = Path("var/registry")) -> None:
 
 @models_cli.command()
 def rollback(
-    registry: RegistryOption = Path("var/registry"),
     version: Annotated[Optional[str], typer.Argument(help="Version to make live (default: the current one's parent).")] = None,
+    config: ConfigOption = None,
+    registry: RegistryOption = None,
 ) -> None:
     """Make VERSION (or the current version's parent) live, after verifying it; prints the new current."""
     try:
-        typer.echo(Registry(registry).rollback(version))
+        typer.echo(_open(config, registry)[0].rollback(version))
     except (CorruptVersion, ValueError) as exc:
         _fail(exc)
