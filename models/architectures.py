@@ -27,7 +27,7 @@ from .gate import DEFAULT_LATENCY_BUDGET_MS
 from .transformer import TransformerClassifier, TransformerConfig
 
 __all__ = [
-    "ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "EncoderSource", "build_model", "get_architecture", "load_weights",
+    "ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "EncoderSource", "get_architecture", "load_weights",
     "new_model_config", "save_weights",
 ]
 
@@ -106,10 +106,6 @@ def get_architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
-
-
-def build_model(name: str, num_labels: int, config: Any = None) -> IntentClassifier:
-    return get_architecture(name).new_model(config, num_labels)
 
 
 def save_weights(model: IntentClassifier) -> bytes:

@@ -43,11 +43,6 @@ class StoredEvent:
     def row(self) -> tuple[Any, ...]:
         return _ROW(self)  # attrgetter, not dataclasses.astuple: 30x cheaper on the ingest hot path
 
-    @property
-    def labelled_intent(self) -> str | None:
-        """The intent this event teaches, if any: a label, or feedback that names the right intent."""
-        return self.intent if self.type in ("label", "feedback") else None
-
 
 COLUMNS: tuple[str, ...] = tuple(StoredEvent.__dataclass_fields__)
 _ROW = attrgetter(*COLUMNS)

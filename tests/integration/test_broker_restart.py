@@ -29,7 +29,6 @@ from aiokafka import AIOKafkaProducer
 from daemon.broker import EmbeddedBroker
 from tests.integration.harness import DaemonProcess, free_port, produce, stored_event_ids, stored_keys, unique, valid_event
 
-pytestmark = pytest.mark.integration
 
 OUTAGE_S = 6.0
 

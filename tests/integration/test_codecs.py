@@ -29,7 +29,6 @@ from tests.promtools import ALERTS, require_binary
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
-pytestmark = pytest.mark.integration
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 PER_CODEC = 1000

@@ -10,8 +10,6 @@ import pytest
 from streams.tiers import ColdStore
 from tests.unit.test_tiers import HOUR, Clock, event, make_store
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(autouse=True)
 def cold_bucket(s3):

@@ -26,7 +26,6 @@ from streams.replay import DriftSchedule, plan_events
 from tests.integration.harness import DaemonProcess, produce, unique
 from tests.integration.test_learning_loop import CLINC_SEED_DOMAINS, FAST_LOOP, learning_status, publish_seed_model
 
-pytestmark = pytest.mark.integration
 
 TOLERANCE = 0.03  # issue 21's criterion 1
 

@@ -26,7 +26,6 @@ from tests.integration.test_http_feedback import HTTP_LOOP, NEW_DOMAIN, predict,
 from tests.integration.test_learning_loop import learning_status
 from tests.tiny_bert import write_tiny_bert
 
-pytestmark = pytest.mark.integration
 
 SEED_DOMAIN = "banking"
 # A random tiny encoder has nothing worth freezing: every layer trains, at a from-scratch learning rate.

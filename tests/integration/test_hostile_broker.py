@@ -3,11 +3,9 @@ every malformed record in the DLQ exactly once with its reason, every valid one 
 
 from __future__ import annotations
 
-import pytest
 
 from tests import hostile
 
-pytestmark = pytest.mark.integration
 
 MAX_BYTES = 4096
 

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from tests import hostile
 
-pytestmark = pytest.mark.integration
 
 TOKEN = "hostile-admin-token-0123456789"
 

@@ -24,7 +24,6 @@ from streams.datasets import groups, load_examples
 from tests.integration.harness import DaemonProcess, read_topic, unique
 from tests.integration.test_learning_loop import learning_status, publish_seed_model
 
-pytestmark = pytest.mark.integration
 
 SEED_DOMAINS = ("banking", "credit_cards")
 NEW_DOMAIN = "travel"

@@ -6,13 +6,11 @@ import asyncio
 import json
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.harness import DaemonProcess, produce, read_topic, stored_event_ids, unique, valid_event
 
-pytestmark = pytest.mark.integration
 
 MAX_BYTES = 2048
 REQUIRED = {"utterance": ["event_id", "conversation_id", "turn", "ts", "text"], "label": ["event_id", "conversation_id", "turn", "ts", "ref_event_id", "intent"]}

@@ -28,7 +28,6 @@ from tests.integration.harness import DaemonProcess, produce, stored_count, stor
 from tests.integration.test_learning_failures import TOKEN, call
 from tests.integration.test_learning_loop import publish_seed_model
 
-pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 300  # a fine-tune learns from the newest 300 labels (the newest 60 judge it): seconds, not minutes
 TUNED = {

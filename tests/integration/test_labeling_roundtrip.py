@@ -22,7 +22,6 @@ from streams.monitor import OutcomeJoiner
 from streams.schema import LabelEvent, decode_event
 from tests.integration.harness import produce, read_topic, unique
 
-pytestmark = pytest.mark.integration
 
 INTENTS = ["card_lost", "freeze_account", "balance", "transfer", "weather", "oos"]
 SUBJECTS = ["my card", "the savings account", "a wire transfer", "the weather in lisbon", "my last payment", "the credit limit",

@@ -14,12 +14,10 @@ import threading
 import time
 from collections import Counter
 
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.harness import REPO, DaemonProcess, cold_file_count, free_port, produce, stored_event_ids, stored_keys, unique, valid_event
 
-pytestmark = pytest.mark.integration
 
 # Short tier ages so that demotion to cold runs all the time and kills land in it too.
 CHURN = {"DRIFTD_TIERS__HOT_MAX_AGE_S": "1", "DRIFTD_TIERS__WARM_RETENTION_S": "2", "DRIFTD_TIERS__RULES": "[]", "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "0.3", "DRIFTD_INGEST__BATCH_SIZE": "200"}

@@ -14,11 +14,9 @@ import sys
 import threading
 import time
 
-import pytest
 
 from tests.integration.harness import REPO, DaemonProcess, produce, unique, valid_event
 
-pytestmark = pytest.mark.integration
 
 TOKEN = "ops-test-token-0123456789"
 

@@ -28,7 +28,6 @@ from models.serving import LoadedModel
 from streams.datasets import Example, load_examples
 from tests.integration.harness import REPO, DaemonProcess, read_topic, unique
 
-pytestmark = pytest.mark.integration
 
 DRIFTD = str(REPO / ".venv" / "bin" / "driftd")
 PER_INTENT = 50  # of each intent in a written file: a usable model, and under 256 training examples (one step an epoch)

@@ -21,7 +21,6 @@ from daemon.broker import free_port
 from tests.integration.harness import DaemonProcess, produce, unique, valid_event
 from tests.promtools import ALERTS, PROMETHEUS_CONFIG, dashboard_exprs, grafana_to_promql, require_binary
 
-pytestmark = pytest.mark.integration
 
 WINDOW = "30s"  # every range window of the rules: a few scrapes at 1 s, so rates react within seconds
 

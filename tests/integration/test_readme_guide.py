@@ -21,7 +21,6 @@ from daemon.metrics_scrape import scrape
 from streams.datasets import load_examples
 from tests.integration.harness import unique
 
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,6 @@ from models.serving import ModelServer
 from models.train import TrainSettings
 from tests.toy_intents import examples
 
-pytestmark = pytest.mark.integration
 URL = "s3://driftd-registry/models"
 
 

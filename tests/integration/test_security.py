@@ -28,7 +28,6 @@ from tests.integration.harness import REPO, DaemonProcess, produce, read_topic, 
 from tests.tlscerts import self_signed
 from tests.toy_intents import examples
 
-pytestmark = pytest.mark.integration
 
 TOKEN = "security-test-token-0123456789"
 EMAILS = ["alice.smith@example.com", "jörg.müller@beispiel.de"]

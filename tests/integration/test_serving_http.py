@@ -20,7 +20,6 @@ from models.train import TrainSettings, train_classifier
 from streams.datasets import groups, load_examples
 from tests.integration.harness import DaemonProcess, produce, read_topic, unique, valid_event
 
-pytestmark = pytest.mark.integration
 
 TOKEN = "test-admin-token-0123456789"
 

@@ -24,7 +24,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.harness import DaemonProcess, produce, stored_event_ids, unique, valid_event
 
-pytestmark = pytest.mark.integration
 
 # Demotion every 0.3 s, so that the cold store is written all the time.
 CHURN = {"DRIFTD_TIERS__HOT_MAX_AGE_S": "1", "DRIFTD_TIERS__WARM_RETENTION_S": "2", "DRIFTD_TIERS__RULES": "[]", "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "0.3"}

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from streams.schema import REJECTION_REASONS, Rejection, decode_event
 from tests import hostile
 
-pytestmark = pytest.mark.stress
 
 LIMIT = hostile.MAX_EVENT_BYTES
 TOKEN = "stress-admin-token-0123456789abcdef"

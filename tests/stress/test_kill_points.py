@@ -22,7 +22,6 @@ import pytest
 
 from tests.integration.test_kill_learning import SWAP_TARGETS, KillRig
 
-pytestmark = pytest.mark.stress
 
 SEED = 20261125
 

@@ -34,7 +34,6 @@ from streams.datasets import groups, load_examples
 from tests.integration.harness import DaemonProcess, produce, stored_event_ids, unique
 from tests.integration.test_learning_loop import CLINC_SEED_DOMAINS, events_of, publish_seed_model
 
-pytestmark = pytest.mark.stress
 
 EVENTS = int(os.environ.get("SOAK_EVENTS", "1000000"))
 WARM_UP = EVENTS * 9 // 20

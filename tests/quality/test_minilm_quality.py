@@ -16,7 +16,6 @@ from models.serving import LoadedModel
 from models.train import TrainSettings, accuracy, train_classifier
 from streams.datasets import load_examples
 
-pytestmark = pytest.mark.integration
 
 INTENTS = 40
 
