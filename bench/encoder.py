@@ -220,7 +220,7 @@ def fit_all(name: str, args: argparse.Namespace, encoder_config: Any, cuda: bool
     shown = epochs or "the architecture's default"
     print(f"  MiniLM fine-tuned, every layer, {shown} epochs, batch {args.finetune_batch}, from the frozen run's head ...", flush=True)
     started = time.perf_counter()
-    settings = TrainSettings(trainable_layers=-1, epochs=epochs, batch_size=args.finetune_batch, seed=args.seed)
+    settings = TrainSettings(trainable_layers=-1, epochs=epochs, batch_size=args.finetune_batch, lr=args.finetune_lr, seed=args.seed)
     if args.quick:
         train = _subset(train, QUICK["finetune"])
     # As the daemon does it: the head trained on the frozen encoder first, then every layer from there (a random
@@ -370,7 +370,8 @@ def header(args: argparse.Namespace, encoder_config: Any, cuda: bool) -> None:
         f"{encoder_config.weights_sha256[:12]}...); frozen: head lr {arch.head_lr:g}, "
         f"{1 if args.quick else arch.head_epochs} epochs, batch {FROZEN_BATCH}; fine-tune: every layer, "
         f"{_finetune_epochs(args, cuda) or arch.epochs} epochs, batch {args.finetune_batch}, "
-        f"lr {arch.lr:g} x sqrt(batch/64)" + (" (skipped: --skip-finetune)" if args.skip_finetune else "")
+        + (f"lr {args.finetune_lr:g}" if args.finetune_lr else f"lr {arch.lr:g} x sqrt(batch/64)")
+        + (" (skipped: --skip-finetune)" if args.skip_finetune else "")
     )
     print(f"embedding cache: {args.cache_dir}")
     credits = dict(zip(KNOWN_DATASETS, CREDITS))
@@ -579,6 +580,10 @@ def main() -> int:
         help=f"epochs of the full fine-tune (default {CPU_FINETUNE_EPOCHS} on CPU, the architecture's on CUDA)",
     )
     parser.add_argument("--finetune-batch", type=positive_int, default=32, help="full fine-tune's batch (default 32)")
+    parser.add_argument(
+        "--finetune-lr", type=float, default=None,
+        help="full fine-tune's peak learning rate (default: the architecture's, scaled by sqrt(batch / 64))",
+    )
     parser.add_argument("--skip-finetune", action="store_true", help="leave out the full fine-tune (and the GPU part)")
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: small subsets of every split, 1 epoch, fewer timed calls"
