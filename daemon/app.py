@@ -91,7 +91,11 @@ class Daemon:
         self.predict_api = PredictApi(  # publish: /v1/feedback's events, on the daemon's producer
             settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock, publish=self._send,
         )
-        self.learning = LearningLoop(settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock)
+        # The loop and the replica link refer to each other: the loop asks the link late, through these lambdas.
+        self.learning = LearningLoop(
+            settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock,
+            is_trainer=lambda: self.replica_link.is_trainer(), forward=lambda kind, payload: self.replica_link.forward(kind, payload),
+        )
         self.labeling = LabelingRequests(settings, self._send, self.metrics_registry)
         self.ingest.observe = self._observe_batch
         self.replica_link = ReplicaLink(

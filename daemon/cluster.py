@@ -86,8 +86,6 @@ class ReplicaLink(mode.Service):
         self._refused: str | None = None  # a CURRENT that failed to load: not retried until CURRENT changes
         self.registry_current: str | None = None  # CURRENT as last read by the sync (for the status route)
         self._sync_now = asyncio.Event()
-        learning.is_trainer = self.is_trainer
-        learning.forward = self.forward
 
     # -- role ----------------------------------------------------------------------------------------
 

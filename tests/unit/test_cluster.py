@@ -37,7 +37,10 @@ class Replica:
         self.settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"role": role, "canary_labels": 0})
         self.server = server or ModelServer()
         self.registry = registry or Registry(tmp_path / "registry")
-        self.loop = LearningLoop(self.settings, store=None, server=self.server, registry=self.registry, metrics_registry=CollectorRegistry(), announce=None, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
+        self.loop = LearningLoop(  # as daemon/app.py wires them: the loop asks the link, built next
+            self.settings, store=None, server=self.server, registry=self.registry, metrics_registry=CollectorRegistry(), announce=None,  # type: ignore[arg-type]
+            swap_lock=asyncio.Lock(), is_trainer=lambda: self.link.is_trainer(), forward=lambda kind, payload: self.link.forward(kind, payload),
+        )
         self.owned: set[tuple[str, int]] = set()
         self.sent: list[dict[str, Any]] = []
         self.link = ReplicaLink(self.settings, "127.0.0.1:1", {}, self.loop, self.server, self.registry, asyncio.Lock(), send=self._send,
