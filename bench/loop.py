@@ -39,7 +39,7 @@ Sections (``--sections``, comma separated; each prints its own table):
              alike; the target comes from the held-out test split. Goal: recovered within 60 s.
              ``--architecture encoder``: the seed model, the daemon (models.architecture) and the offline reference
              are the pretrained encoder (``--encoder``, MiniLM by default) with its CPU default, a head trained on
-             the frozen encoder's cached sentence embeddings It streams at 150 events/s
+             the frozen encoder's cached sentence embeddings. It streams at 150 events/s
              (the encoder's fine-tunes on CPU take a minute or more); the 60 s goal is the default model's.
              Throughout, a client asks /v1/predict for one test text every 20 ms: none may fail, and the
              versions that answered are listed.
