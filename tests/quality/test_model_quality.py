@@ -1,9 +1,14 @@
 """The default model on real data: accuracy, ONNX parity, and what INT8 quantisation costs.
 
-One training run on the CLINC150 train split (about 35 s on 2 cores), shared by the module.
+One training run on the CLINC150 train split (about 30 s on one core), shared by the module's tests on every worker.
 """
 
 from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +19,7 @@ from models.train import TrainSettings, train_classifier
 from streams.datasets import load_examples
 
 
-@pytest.fixture(scope="module")
-def clinc(tmp_path_factory):
+def train_and_export() -> dict[str, Any]:
     train, val, test = (load_examples("clinc150", split) for split in ("train", "val", "test"))
     result = train_classifier([e.text for e in train], [e.intent for e in train], val=([e.text for e in val], [e.intent for e in val]), settings=TrainSettings(epochs=12, batch_size=256))
     files, report = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in val[:64]], calibration_texts=[e.text for e in val[:1024]])
@@ -24,11 +28,16 @@ def clinc(tmp_path_factory):
     with torch.no_grad():
         torch_logits = result.model(torch.from_numpy(ids)).numpy()
     fp32 = cpu_session(files["model.onnx"]).run(None, {"ids": ids})[0]
-    served = tmp_path_factory.mktemp("served")  # the INT8 graph and its weights file, loaded as a registry stores them
-    for name in (SERVED_MODEL, SERVED_WEIGHTS):
-        (served / name).write_bytes(files[name])
-    int8 = cpu_session(served / SERVED_MODEL).run(None, {"ids": ids})[0]
+    with tempfile.TemporaryDirectory() as served:  # the INT8 graph and its weights file, loaded as a registry stores them
+        for name in (SERVED_MODEL, SERVED_WEIGHTS):
+            (Path(served) / name).write_bytes(files[name])
+        int8 = cpu_session(Path(served) / SERVED_MODEL).run(None, {"ids": ids})[0]
     return {"result": result, "report": report, "truth": truth, "torch": torch_logits, "fp32": fp32, "int8": int8}
+
+
+@pytest.fixture
+def clinc(shared_across_workers: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
+    return shared_across_workers("clinc150-default-model", train_and_export)
 
 
 def test_default_model_reaches_90_percent_on_the_clinc150_in_scope_test_split(clinc):
