@@ -91,11 +91,20 @@ CPU_FINETUNE_EPOCHS = 3
 FROZEN_BATCH = 256
 BATCHES = (1, 64)
 AGREEMENT_TEXTS = 1000
-QUICK = {"train": 400, "val": 100, "test": 200, "finetune": 128}  # --quick sizes (finetune: its train subset)
+QUICK = {
+    "train": 400,
+    "val": 100,
+    "test": 200,
+    "finetune": 128,
+}  # --quick sizes (finetune: its train subset)
 CALLS = {1: 1000, 64: 100}  # timed calls per (runtime, batch); --quick: QUICK_CALLS
 QUICK_CALLS = {1: 100, 64: 4}
 WARMUP_CALLS = {1: 30, 64: 3}
-NAMES = {"default": "default model", "frozen": "MiniLM frozen + head", "finetune": "MiniLM fine-tuned"}
+NAMES = {
+    "default": "default model",
+    "frozen": "MiniLM frozen + head",
+    "finetune": "MiniLM fine-tuned",
+}
 
 Split = tuple[list[str], list[str]]
 
@@ -106,7 +115,9 @@ class Fit:
     seconds: float
     epochs: int
     note: str = ""
-    result: Any = None  # the TrainResult (kept for the first dataset only: its models are exported and timed)
+    result: Any = (
+        None  # the TrainResult (kept for the first dataset only: its models are exported and timed)
+    )
 
 
 @dataclass
@@ -138,7 +149,11 @@ def load_dataset(name: str, quick: bool) -> tuple[Split, Split | None, Split]:
     val: Split | None = load_split(name, VALIDATION[name]) if VALIDATION[name] else None
 
     def in_scope(split: Split) -> Split:
-        pairs = [(t, i) for t, i in zip(*split) if i != OOS] if name == "clinc150" else list(zip(*split))
+        pairs = (
+            [(t, i) for t, i in zip(*split) if i != OOS]
+            if name == "clinc150"
+            else list(zip(*split))
+        )
         return [t for t, _ in pairs], [i for _, i in pairs]
 
     train, test = in_scope(train), in_scope(test)
@@ -180,25 +195,39 @@ def _finetune_epochs(args: argparse.Namespace, cuda: bool) -> int | None:
     return None if cuda else CPU_FINETUNE_EPOCHS  # None: the architecture's default
 
 
-def fit_all(name: str, args: argparse.Namespace, encoder_config: Any, cuda: bool, keep: bool) -> DatasetRow:
+def fit_all(
+    name: str, args: argparse.Namespace, encoder_config: Any, cuda: bool, keep: bool
+) -> DatasetRow:
     from models.architectures import load_weights, save_weights
     from models.train import TrainSettings, accuracy, train_classifier
 
     train, val, test = load_dataset(name, args.quick)
-    row = DatasetRow(name, (len(train[0]), len(val[0]) if val else 0, len(test[0]), len(set(train[1]))))
+    row = DatasetRow(
+        name, (len(train[0]), len(val[0]) if val else 0, len(test[0]), len(set(train[1])))
+    )
     train_n, val_n, test_n, intents = row.sizes
-    print(f"\n{name}: {train_n:,} train, {val_n:,} validation, {test_n:,} test, {intents} intents", flush=True)
+    print(
+        f"\n{name}: {train_n:,} train, {val_n:,} validation, {test_n:,} test, {intents} intents",
+        flush=True,
+    )
 
     def scored(result: Any, started: float, note: str = "") -> Fit:
         acc = accuracy(result.model, result.featurizer, result.labels, *test)
-        fit = Fit(acc, time.perf_counter() - started, result.epochs_run, note, result if keep else None)
+        fit = Fit(
+            acc, time.perf_counter() - started, result.epochs_run, note, result if keep else None
+        )
         noted = f" ({note})" if note else ""
-        print(f"  {name}: accuracy {acc:.4f}, {fit.epochs} epochs, {fit.seconds / 60:.1f} min{noted}", flush=True)
+        print(
+            f"  {name}: accuracy {acc:.4f}, {fit.epochs} epochs, {fit.seconds / 60:.1f} min{noted}",
+            flush=True,
+        )
         return fit
 
     print("  default model ...", flush=True)
     started = time.perf_counter()
-    result = train_classifier(*train, val=val, settings=TrainSettings(seed=args.seed, epochs=1 if args.quick else None))
+    result = train_classifier(
+        *train, val=val, settings=TrainSettings(seed=args.seed, epochs=1 if args.quick else None)
+    )
     row.fits["default"] = scored(result, started)
 
     print("  svm ...", flush=True)
@@ -209,27 +238,48 @@ def fit_all(name: str, args: argparse.Namespace, encoder_config: Any, cuda: bool
     cached_before = _cached_rows(args.cache_dir)
     started = time.perf_counter()
     frozen = TrainSettings(
-        trainable_layers=0, batch_size=FROZEN_BATCH, cache_dir=str(args.cache_dir), seed=args.seed,
+        trainable_layers=0,
+        batch_size=FROZEN_BATCH,
+        cache_dir=str(args.cache_dir),
+        seed=args.seed,
         epochs=1 if args.quick else None,
     )
-    result = train_classifier(*train, architecture="encoder", config=encoder_config, settings=frozen, val=val)
-    row.fits["frozen"] = scored(result, started, f"{_cached_rows(args.cache_dir) - cached_before:,} texts embedded")
+    result = train_classifier(
+        *train, architecture="encoder", config=encoder_config, settings=frozen, val=val
+    )
+    row.fits["frozen"] = scored(
+        result, started, f"{_cached_rows(args.cache_dir) - cached_before:,} texts embedded"
+    )
     frozen_model = result
 
     if args.skip_finetune:
         return row
     epochs = _finetune_epochs(args, cuda)
     shown = epochs or "the architecture's default"
-    print(f"  MiniLM fine-tuned, every layer, {shown} epochs, batch {args.finetune_batch}, from the frozen run's head ...", flush=True)
+    print(
+        f"  MiniLM fine-tuned, every layer, {shown} epochs, batch {args.finetune_batch}, from the frozen run's head ...",
+        flush=True,
+    )
     started = time.perf_counter()
-    settings = TrainSettings(trainable_layers=-1, epochs=epochs, batch_size=args.finetune_batch, lr=args.finetune_lr, seed=args.seed)
+    settings = TrainSettings(
+        trainable_layers=-1,
+        epochs=epochs,
+        batch_size=args.finetune_batch,
+        lr=args.finetune_lr,
+        seed=args.seed,
+    )
     if args.quick:
         train = _subset(train, QUICK["finetune"])
     # As the daemon does it: the head trained on the frozen encoder first, then every layer from there (a random
     # head at a fine-tuning learning rate needs epochs a CPU cannot give: 80.8% on CLINC150 after one).
     warm = load_weights(save_weights(frozen_model.model))
     result = train_classifier(
-        *train, labels=frozen_model.labels, featurizer=frozen_model.featurizer, init=warm, settings=settings, val=val,
+        *train,
+        labels=frozen_model.labels,
+        featurizer=frozen_model.featurizer,
+        init=warm,
+        settings=settings,
+        val=val,
         progress=_progress(name, started),
     )
     note = f"{result.precision} on {result.device}, {result.samples_per_s:.0f} samples/s"
@@ -251,14 +301,18 @@ class Served:
 def export(label: str, result: Any, probe_from: Sequence[str]) -> Served:
     from models.export import build_version_files
 
-    probe = list(probe_from[:: max(1, len(probe_from) // 64)])[:64]  # as the daemon's bootstrap does
+    probe = list(probe_from[:: max(1, len(probe_from) // 64)])[
+        :64
+    ]  # as the daemon's bootstrap does
     started = time.perf_counter()
     files, _report = build_version_files(result.model, result.featurizer, result.labels, probe)
     print(f"  exported {label}: {time.perf_counter() - started:.0f}s", flush=True)
     return Served(label, result.model.architecture, files, result)
 
 
-def latency(served: Served, texts: Sequence[str], quick: bool) -> dict[tuple[str, int], tuple[float, float]]:
+def latency(
+    served: Served, texts: Sequence[str], quick: bool
+) -> dict[tuple[str, int], tuple[float, float]]:
     """(runtime, batch) -> (p50, p99) ms per call, texts in, logits out, on one thread."""
     import torch
 
@@ -283,7 +337,9 @@ def latency(served: Served, texts: Sequence[str], quick: bool) -> dict[tuple[str
     out = {}
     for b in BATCHES:
         chunks = [list(texts[i : i + b]) for i in range(0, len(texts) - b + 1, b)]
-        chunks = (chunks * (1 + calls[b] // max(1, len(chunks))))[: calls[b]]  # wrap round when the texts run out
+        chunks = (chunks * (1 + calls[b] // max(1, len(chunks))))[
+            : calls[b]
+        ]  # wrap round when the texts run out
         for label, call in runtimes.items():
             out[(label, b)] = _pcts(time_calls(call, chunks, 1, warmup=WARMUP_CALLS[b]))
     return out
@@ -325,15 +381,30 @@ def gpu_precisions(args: argparse.Namespace, encoder_config: Any) -> dict[str, d
     train, val, test = load_dataset("clinc150", args.quick)
     epochs = 1 if args.quick else None
     out = {}
-    for precision in ("fp32", "auto"):  # warm-ups first: CUDA context, cuBLAS handles, each precision's kernels
+    for precision in (
+        "fp32",
+        "auto",
+    ):  # warm-ups first: CUDA context, cuBLAS handles, each precision's kernels
         warm = TrainSettings(trainable_layers=-1, epochs=1, precision=precision, seed=args.seed)
-        train_classifier(train[0][:256], train[1][:256], architecture="encoder", config=encoder_config, settings=warm)
+        train_classifier(
+            train[0][:256],
+            train[1][:256],
+            architecture="encoder",
+            config=encoder_config,
+            settings=warm,
+        )
     for precision in ("fp32", "auto"):
         torch.cuda.empty_cache()
-        settings = TrainSettings(trainable_layers=-1, precision=precision, epochs=epochs, seed=args.seed)
+        settings = TrainSettings(
+            trainable_layers=-1, precision=precision, epochs=epochs, seed=args.seed
+        )
         started = time.perf_counter()
         result = train_classifier(
-            *train, architecture="encoder", config=encoder_config, settings=settings, val=val,
+            *train,
+            architecture="encoder",
+            config=encoder_config,
+            settings=settings,
+            val=val,
             progress=_progress(f"GPU {precision}", started),
         )
         out[result.precision] = {
@@ -377,7 +448,11 @@ def header(args: argparse.Namespace, encoder_config: Any, cuda: bool) -> None:
     )
     print(f"embedding cache: {args.cache_dir}")
     credits = dict(zip(KNOWN_DATASETS, CREDITS))
-    print("data: " + "; ".join(credits[n] for n in args.datasets) + "; CLINC150 in scope only (oos dropped)")
+    print(
+        "data: "
+        + "; ".join(credits[n] for n in args.datasets)
+        + "; CLINC150 in scope only (oos dropped)"
+    )
     if args.quick:
         print(
             f"--quick: at most {QUICK['train']} train ({QUICK['finetune']} for the fine-tune), {QUICK['val']} "
@@ -390,13 +465,17 @@ class Measured:
     rows: list[DatasetRow]
     first: str  # the dataset whose models were exported and timed
     encoder_label: str  # the MiniLM model timed: "finetune", or "frozen" without one
-    latencies: dict[str, dict[tuple[str, int], tuple[float, float]]]  # model label -> (runtime, batch) -> p50, p99
+    latencies: dict[
+        str, dict[tuple[str, int], tuple[float, float]]
+    ]  # model label -> (runtime, batch) -> p50, p99
     parities: dict[str, dict[str, float]]  # model label -> parity()
     parity_texts: int
     gpu: dict[str, dict[str, float]] | None  # precision -> figures
 
 
-def measure_serving(rows: list[DatasetRow], args: argparse.Namespace) -> tuple[str, dict, dict, int]:
+def measure_serving(
+    rows: list[DatasetRow], args: argparse.Namespace
+) -> tuple[str, dict, dict, int]:
     import torch
 
     first = rows[0]
@@ -404,11 +483,19 @@ def measure_serving(rows: list[DatasetRow], args: argparse.Namespace) -> tuple[s
     order = np.random.default_rng(args.seed).permutation(len(test_texts))
     texts, intents = [test_texts[i] for i in order], [test_intents[i] for i in order]
     print(f"\nexporting the {first.name} models (FP32 ONNX, INT8 ONNX) ...", flush=True)
-    served = [export(c, first.fits[c].result, probe_from) for c in ("default", "frozen", "finetune") if c in first.fits]
-    encoder_label = "finetune" if "finetune" in first.fits else "frozen"  # one MiniLM model: both have the same graph
+    served = [
+        export(c, first.fits[c].result, probe_from)
+        for c in ("default", "frozen", "finetune")
+        if c in first.fits
+    ]
+    encoder_label = (
+        "finetune" if "finetune" in first.fits else "frozen"
+    )  # one MiniLM model: both have the same graph
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # a guard: tokenizers' encode_batch may otherwise use every core
+    os.environ["TOKENIZERS_PARALLELISM"] = (
+        "false"  # a guard: tokenizers' encode_batch may otherwise use every core
+    )
     try:
         latencies = {}
         for s in served:
@@ -423,15 +510,23 @@ def measure_serving(rows: list[DatasetRow], args: argparse.Namespace) -> tuple[s
 
 
 def print_tables(m: Measured, args: argparse.Namespace) -> None:
-    contestants = [c for c in ("default", "svm", "frozen", "finetune") if any(c in r.fits for r in m.rows)]
+    contestants = [
+        c for c in ("default", "svm", "frozen", "finetune") if any(c in r.fits for r in m.rows)
+    ]
     print(f"\n(1) test accuracy{' (--quick: subsets, 1 epoch)' if args.quick else ''}")
     columns = "".join(f"{c:>10}" for c in contestants)
     print(f"{'dataset':<12}{'train':>7}{'val':>6}{'test':>6}{'intents':>8}  {columns}")
     for r in m.rows:
-        cells = "".join(f"{r.fits[c].accuracy:>10.4f}" if c in r.fits else f"{'-':>10}" for c in contestants)
-        print(f"{r.name:<12}{r.sizes[0]:>7,}{r.sizes[1]:>6,}{r.sizes[2]:>6,}{r.sizes[3]:>8}  {cells}")
+        cells = "".join(
+            f"{r.fits[c].accuracy:>10.4f}" if c in r.fits else f"{'-':>10}" for c in contestants
+        )
+        print(
+            f"{r.name:<12}{r.sizes[0]:>7,}{r.sizes[1]:>6,}{r.sizes[2]:>6,}{r.sizes[3]:>8}  {cells}"
+        )
 
-    print("\n(2) training: epochs run / minutes (wall time of the fit: featurisation, embedding, training)")
+    print(
+        "\n(2) training: epochs run / minutes (wall time of the fit: featurisation, embedding, training)"
+    )
     print(f"{'dataset':<12}" + "".join(f"{c:>16}" for c in contestants) + "  notes")
     for r in m.rows:
         cells = ""
@@ -440,7 +535,9 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
             minutes = "-" if fit is None else f"{fit.seconds / 60:.2f}"
             cell = f"{fit.epochs} / {minutes}" if fit is not None and c != "svm" else minutes
             cells += f"{cell:>16}"
-        notes = "; ".join(f"{c}: {r.fits[c].note}" for c in contestants if c in r.fits and r.fits[c].note)
+        notes = "; ".join(
+            f"{c}: {r.fits[c].note}" for c in contestants if c in r.fits and r.fits[c].note
+        )
         print(f"{r.name:<12}{cells}  {notes}")
 
     calls = QUICK_CALLS if args.quick else CALLS
@@ -450,15 +547,25 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
         f"{m.first} models"
     )
     runtimes = ("INT8 ONNX", "FP32 ONNX", "torch eager FP32")
-    print(f"{'model':<22}{'batch':>6}" + "".join(f"{r:>20}" for r in runtimes) + f"{'torch/INT8 p50':>16}")
+    print(
+        f"{'model':<22}{'batch':>6}"
+        + "".join(f"{r:>20}" for r in runtimes)
+        + f"{'torch/INT8 p50':>16}"
+    )
     for label, table in m.latencies.items():
         for b in BATCHES:
-            cells = "".join(f"{f'{table[(r, b)][0]:.3f} / {table[(r, b)][1]:.3f}':>20}" for r in runtimes)
+            cells = "".join(
+                f"{f'{table[(r, b)][0]:.3f} / {table[(r, b)][1]:.3f}':>20}" for r in runtimes
+            )
             ratio = table[("torch eager FP32", b)][0] / table[("INT8 ONNX", b)][0]
             print(f"{NAMES[label]:<22}{b:>6}{cells}{f'{ratio:.2f}x':>16}")
 
-    print(f"\n(4) INT8 vs FP32 ONNX on {m.parity_texts:,} held-out {m.first} test texts ({m.first} models)")
-    print(f"{'model':<22}{'top-1 agreement':>16}{'max abs logit diff':>20}{'INT8 acc':>10}{'FP32 acc':>10}")
+    print(
+        f"\n(4) INT8 vs FP32 ONNX on {m.parity_texts:,} held-out {m.first} test texts ({m.first} models)"
+    )
+    print(
+        f"{'model':<22}{'top-1 agreement':>16}{'max abs logit diff':>20}{'INT8 acc':>10}{'FP32 acc':>10}"
+    )
     for label, p in m.parities.items():
         figures = f"{p['agreement']:>16.4f}{p['max_abs']:>20.4f}{p['int8_acc']:>10.4f}{p['fp32_acc']:>10.4f}"
         print(f"{NAMES[label]:<22}{figures}")
@@ -469,8 +576,10 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
         return
     from models.architectures import get_architecture
 
-    print(f"{'precision':<10}{'epochs':>7}{'samples/s':>11}{'peak MB':>9}{'minutes':>9}{'test acc':>10}   "
-          f"(batch {get_architecture('encoder').batch_size})")
+    print(
+        f"{'precision':<10}{'epochs':>7}{'samples/s':>11}{'peak MB':>9}{'minutes':>9}{'test acc':>10}   "
+        f"(batch {get_architecture('encoder').batch_size})"
+    )
     for p, g in m.gpu.items():
         print(
             f"{p:<10}{g['epochs']:>7}{g['samples_per_s']:>11,.0f}{g['peak'] / 1e6:>9,.0f}{g['minutes']:>9.2f}"
@@ -495,12 +604,18 @@ def print_goals(m: Measured, args: argparse.Namespace) -> list[bool]:
         if fit is None:
             print(f"SKIP: {what} ({'not in --datasets' if row is None else '--skip-finetune'})")
             continue
-        verdict(fit.accuracy >= goal, f"{what} ({fit.accuracy:.2%}, {fit.epochs} epochs, {fit.seconds / 60:.1f} min)")
+        verdict(
+            fit.accuracy >= goal,
+            f"{what} ({fit.accuracy:.2%}, {fit.epochs} epochs, {fit.seconds / 60:.1f} min)",
+        )
     name = NAMES[m.encoder_label]
     timed = m.latencies.get(m.encoder_label)
     if timed:
         p50 = timed[("INT8 ONNX", 1)][0]
-        verdict(p50 <= GOAL_P50_MS, f"{name} INT8 ONNX p50 at batch 1 on one core <= {GOAL_P50_MS:g} ms ({p50:.3f} ms)")
+        verdict(
+            p50 <= GOAL_P50_MS,
+            f"{name} INT8 ONNX p50 at batch 1 on one core <= {GOAL_P50_MS:g} ms ({p50:.3f} ms)",
+        )
         ratio = timed[("torch eager FP32", 1)][0] / p50
         verdict(
             ratio >= GOAL_SPEEDUP,
@@ -528,7 +643,13 @@ def print_goals(m: Measured, args: argparse.Namespace) -> list[bool]:
             f"GPU: {amp} AMP test accuracy within {GOAL_AMP_ACC_POINTS:g} points of FP32 on clinc150 ({points:.2f})",
         )
     else:
-        why = "--skip-finetune" if args.skip_finetune else "no CUDA device" if gpu is None else "a precision missing"
+        why = (
+            "--skip-finetune"
+            if args.skip_finetune
+            else "no CUDA device"
+            if gpu is None
+            else "a precision missing"
+        )
         goals = f"AMP >= {GOAL_AMP_SPEEDUP:g}x FP32 samples/s, accuracy within {GOAL_AMP_ACC_POINTS:g} points"
         print(f"SKIP: GPU goals ({goals}): {why}")
     return verdicts
@@ -543,7 +664,10 @@ def bench(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     encoder_config = new_model_config("encoder", EncoderSource(CHECKPOINT))
     header(args, encoder_config, cuda)
-    rows = [fit_all(name, args, encoder_config, cuda, keep=k == 0) for k, name in enumerate(args.datasets)]
+    rows = [
+        fit_all(name, args, encoder_config, cuda, keep=k == 0)
+        for k, name in enumerate(args.datasets)
+    ]
     encoder_label, latencies, parities, parity_texts = measure_serving(rows, args)
     gpu = gpu_precisions(args, encoder_config) if cuda and not args.skip_finetune else None
     measured = Measured(rows, rows[0].name, encoder_label, latencies, parities, parity_texts, gpu)
@@ -561,7 +685,9 @@ def datasets(text: str) -> list[str]:
     unknown = [n for n in names if n not in DATASETS]
     if unknown or not names:
         shown = ", ".join(unknown) or "(none given)"
-        raise argparse.ArgumentTypeError(f"unknown dataset(s) {shown}; known: {', '.join(DATASETS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset(s) {shown}; known: {', '.join(DATASETS)}"
+        )
     return names
 
 
@@ -570,25 +696,43 @@ def main() -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--datasets", type=datasets, default=list(DATASETS),
+        "--datasets",
+        type=datasets,
+        default=list(DATASETS),
         help=f"comma-separated (default {','.join(DATASETS)}); the first one's models are exported and timed",
     )
     parser.add_argument(
-        "--finetune-epochs", type=positive_int,
+        "--finetune-epochs",
+        type=positive_int,
         help=f"epochs of the full fine-tune (default {CPU_FINETUNE_EPOCHS} on CPU, the architecture's on CUDA)",
     )
-    parser.add_argument("--finetune-batch", type=positive_int, default=32, help="full fine-tune's batch (default 32)")
     parser.add_argument(
-        "--finetune-lr", type=float, default=None,
+        "--finetune-batch",
+        type=positive_int,
+        default=32,
+        help="full fine-tune's batch (default 32)",
+    )
+    parser.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
         help="full fine-tune's peak learning rate (default: the architecture's, scaled by sqrt(batch / 64))",
     )
-    parser.add_argument("--skip-finetune", action="store_true", help="leave out the full fine-tune (and the GPU part)")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: small subsets of every split, 1 epoch, fewer timed calls"
+        "--skip-finetune",
+        action="store_true",
+        help="leave out the full fine-tune (and the GPU part)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small subsets of every split, 1 epoch, fewer timed calls",
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument(
-        "--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "driftd-bench-encoder-cache",
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "driftd-bench-encoder-cache",
         help="the frozen encoder's embedding cache, kept between runs (default %(default)s)",
     )
     args = parser.parse_args()

@@ -82,13 +82,34 @@ def fill_topic(bootstrap: str, topic: str, n: int) -> tuple[int, int, float]:
 
     r = ReplaySettings()
     examples = load_examples(r.dataset, "train", r.data_dir)
-    schedule = DriftSchedule.parse(r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples})
-    utterances = int(n / (1 + r.label_fraction)) + 1000  # labels follow about half of the utterances; cut at n below
+    schedule = DriftSchedule.parse(
+        r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples}
+    )
+    utterances = (
+        int(n / (1 + r.label_fraction)) + 1000
+    )  # labels follow about half of the utterances; cut at n below
     events = itertools.islice(
-        plan_events(examples, schedule, limit=utterances, label_fraction=r.label_fraction, label_delay=r.label_delay, seed=r.seed),
+        plan_events(
+            examples,
+            schedule,
+            limit=utterances,
+            label_fraction=r.label_fraction,
+            label_delay=r.label_delay,
+            seed=r.seed,
+        ),
         n,
     )
-    stats = asyncio.run(replay(bootstrap, topic, events, rate=0, total=n, client_options={"linger_ms": 20, "max_batch_size": 256 * 1024}, progress=False))
+    stats = asyncio.run(
+        replay(
+            bootstrap,
+            topic,
+            events,
+            rate=0,
+            total=n,
+            client_options={"linger_ms": 20, "max_batch_size": 256 * 1024},
+            progress=False,
+        )
+    )
     if stats.sent != n:
         raise RuntimeError(f"filled {stats.sent} events, wanted {n}")
     return stats.utterances, stats.labels, stats.seconds
@@ -105,17 +126,36 @@ def publish_model(registry_dir: Path) -> str:
     from streams.datasets import groups, load_examples
 
     domains = groups("clinc150")
-    intents = {i for d in ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute") for i in domains[d]}
+    intents = {
+        i
+        for d in ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")
+        for i in domains[d]
+    }
     chosen = [e for e in load_examples("clinc150", "train") if e.intent in intents]
-    result = train_classifier([e.text for e in chosen], [e.intent for e in chosen], settings=TrainSettings(epochs=3))
-    files, _ = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in chosen[:32]])
+    result = train_classifier(
+        [e.text for e in chosen], [e.intent for e in chosen], settings=TrainSettings(epochs=3)
+    )
+    files, _ = build_version_files(
+        result.model, result.featurizer, result.labels, [e.text for e in chosen[:32]]
+    )
     registry = Registry(registry_dir)
     version = registry.publish(files, parent=None, info={"source": "bench"}).version
     registry.set_current(version)
     return version
 
 
-def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, batch_size: int, work: Path, procs: list[subprocess.Popen[bytes]], registry_dir: Path, name: str = "daemon") -> dict[str, Any]:
+def run_daemon(
+    bootstrap: str,
+    broker_pid: int | None,
+    topic: str,
+    n: int,
+    partitions: int,
+    batch_size: int,
+    work: Path,
+    procs: list[subprocess.Popen[bytes]],
+    registry_dir: Path,
+    name: str = "daemon",
+) -> dict[str, Any]:
     data_dir = work / name
     data_dir.mkdir()
     web_port = free_port()
@@ -141,22 +181,45 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
     }
     env.pop("DRIFTD_CONFIG", None)
     cmd = [sys.executable, "-m", "daemon", "run"]
-    if os.environ.get("DRIFTD_BENCH_PROFILE"):  # cProfile the daemon: DRIFTD_BENCH_PROFILE=/path/out.prof
-        cmd = [sys.executable, "-m", "cProfile", "-o", os.environ["DRIFTD_BENCH_PROFILE"], "-m", "daemon", "run"]
+    if os.environ.get(
+        "DRIFTD_BENCH_PROFILE"
+    ):  # cProfile the daemon: DRIFTD_BENCH_PROFILE=/path/out.prof
+        cmd = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            os.environ["DRIFTD_BENCH_PROFILE"],
+            "-m",
+            "daemon",
+            "run",
+        ]
     log_path = work / f"{name}.log"
     url = f"http://127.0.0.1:{web_port}/metrics"
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
     procs.append(proc)
     t_first = c_first = None
     deadline = started + CONTESTANT_TIMEOUT_S
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the daemon exited with code {proc.returncode}; its log ends:\n{_tail(log_path)}")
+                raise RuntimeError(
+                    f"the daemon exited with code {proc.returncode}; its log ends:\n{_tail(log_path)}"
+                )
             if time.perf_counter() > deadline:
-                raise TimeoutError(f"the daemon did not store {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}")
+                raise TimeoutError(
+                    f"the daemon did not store {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}"
+                )
             try:
                 count = family_total(scrape(url), "driftd_events_total")
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -170,7 +233,9 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
                 cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
                 predicted = scrape(url).get("driftd_predictions_total", 0.0)
                 break
-            time.sleep(0.1)  # a scrape costs the daemon ~1-2 ms of its event loop: keep the probe light
+            time.sleep(
+                0.1
+            )  # a scrape costs the daemon ~1-2 ms of its event loop: keep the probe light
     finally:
         _stop(proc)
     assert t_first is not None and c_first is not None
@@ -185,10 +250,18 @@ def run_daemon(bootstrap: str, broker_pid: int | None, topic: str, n: int, parti
     }
     # Cross-check from the warm store itself: every row carries the time its batch began to be handled.
     with sqlite3.connect(data_dir / "warm.sqlite3") as db:
-        rows, lo, hi = db.execute("SELECT COUNT(*), MIN(ingested_at), MAX(ingested_at) FROM events").fetchone()
-        last_batch = db.execute("SELECT COUNT(*) FROM events WHERE ingested_at = ?", (hi,)).fetchone()[0]
+        rows, lo, hi = db.execute(
+            "SELECT COUNT(*), MIN(ingested_at), MAX(ingested_at) FROM events"
+        ).fetchone()
+        last_batch = db.execute(
+            "SELECT COUNT(*) FROM events WHERE ingested_at = ?", (hi,)
+        ).fetchone()[0]
         batches = db.execute("SELECT COUNT(DISTINCT ingested_at) FROM events").fetchone()[0]
-    result.update(warm_rows=rows, warm_batches=batches, warm_rate=(rows - last_batch) / (hi - lo) if hi and hi > lo else float("nan"))
+    result.update(
+        warm_rows=rows,
+        warm_batches=batches,
+        warm_rate=(rows - last_batch) / (hi - lo) if hi and hi > lo else float("nan"),
+    )
     return result
 
 
@@ -206,23 +279,67 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
 # -- (b) and (c): the bare contestants, each in a child process running this file ------------------
 
 
-def run_child(role: str, group: str, bootstrap: str, broker_pid: int | None, topic: str, n: int, partitions: int, work: Path, procs: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+def run_child(
+    role: str,
+    group: str,
+    bootstrap: str,
+    broker_pid: int | None,
+    topic: str,
+    n: int,
+    partitions: int,
+    work: Path,
+    procs: list[subprocess.Popen[bytes]],
+) -> dict[str, Any]:
     out = work / f"{role}.json"
     log_path = work / f"{role}.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--group", group, "--bootstrap", bootstrap, "--broker-pid", str(broker_pid or 0), "--topic", topic, "--events", str(n), "--partitions", str(partitions), "--work", str(work), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--role",
+        role,
+        "--group",
+        group,
+        "--bootstrap",
+        bootstrap,
+        "--broker-pid",
+        str(broker_pid or 0),
+        "--topic",
+        topic,
+        "--events",
+        str(n),
+        "--partitions",
+        str(partitions),
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+    ]
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
     procs.append(proc)
     try:
         proc.wait(CONTESTANT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        raise TimeoutError(f"{role} did not consume {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}") from None
+        raise TimeoutError(
+            f"{role} did not consume {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}"
+        ) from None
     if not out.is_file():
-        raise RuntimeError(f"{role} exited with code {proc.returncode} without a result; its log ends:\n{_tail(log_path)}")
+        raise RuntimeError(
+            f"{role} exited with code {proc.returncode} without a result; its log ends:\n{_tail(log_path)}"
+        )
     result = json.loads(out.read_text())
-    result["startup"] = result["t_first"] - started  # perf_counter is CLOCK_MONOTONIC: comparable across processes on Linux
+    result["startup"] = (
+        result["t_first"] - started
+    )  # perf_counter is CLOCK_MONOTONIC: comparable across processes on Linux
     result["rate"] = (n - result["n_first"]) / (result["t_last"] - result["t_first"])
     result["seconds"] = result["t_last"] - result["t_first"]
     result["cpu"] = result["cpu_last"] - result["cpu_first"]
@@ -248,7 +365,9 @@ def _child_faust(args: argparse.Namespace) -> None:
         broker_rebalance_timeout=REBALANCE_S,
         broker_heartbeat_interval=HEARTBEAT_S,
     )
-    topic = app.topic(args.topic, value_serializer="raw", key_serializer="raw", partitions=args.partitions)
+    topic = app.topic(
+        args.topic, value_serializer="raw", key_serializer="raw", partitions=args.partitions
+    )
     n = args.events
     state: dict[str, Any] = {"count": 0}
 
@@ -264,7 +383,9 @@ def _child_faust(args: argparse.Namespace) -> None:
                 _write_result(args.out, state["first"], 1, _mark(args.broker_pid), count)
                 os.kill(os.getpid(), signal.SIGTERM)  # the worker stops gracefully
 
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
+    worker = faust.Worker(
+        app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit:
@@ -308,7 +429,13 @@ def _mark(broker_pid: int) -> tuple[float, float, float]:
     return time.perf_counter(), time.process_time(), cpu_seconds(broker_pid)
 
 
-def _write_result(path: str, first: tuple[float, float, float], n_first: int, last: tuple[float, float, float], count: int) -> None:
+def _write_result(
+    path: str,
+    first: tuple[float, float, float],
+    n_first: int,
+    last: tuple[float, float, float],
+    count: int,
+) -> None:
     result = {"n_first": n_first, "count": count}
     for name, mark in (("first", first), ("last", last)):
         result.update({f"t_{name}": mark[0], f"cpu_{name}": mark[1], f"broker_cpu_{name}": mark[2]})
@@ -330,7 +457,9 @@ def bench(args: argparse.Namespace) -> int:
     from daemon.broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 
     n, partitions = args.events, args.partitions
-    print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}")
+    print(
+        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}"
+    )
     print(f"N = {n:,} events, {partitions} partitions, driftd batch size {args.batch_size}")
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -342,29 +471,70 @@ def bench(args: argparse.Namespace) -> int:
         broker_pid = broker.pid
         tag = uuid.uuid4().hex[:8]
         faust_group, kafka_group = f"bench-faust-{tag}", f"bench-aiokafka-{tag}"
-        ensure_topics_sync(bootstrap, [TopicSpec(TOPIC, partitions), TopicSpec(_leader_topic(faust_group), 1)])
+        ensure_topics_sync(
+            bootstrap, [TopicSpec(TOPIC, partitions), TopicSpec(_leader_topic(faust_group), 1)]
+        )
 
         utterances, labels, secs = fill_topic(bootstrap, TOPIC, n)
-        print(f"filled {TOPIC} on {bootstrap} once: {utterances:,} utterances + {labels:,} labels = {n:,} events in {secs:.1f}s")
+        print(
+            f"filled {TOPIC} on {bootstrap} once: {utterances:,} utterances + {labels:,} labels = {n:,} events in {secs:.1f}s"
+        )
 
         version = publish_model(work / "registry")
-        print(f"published model {version} (5 CLINC150 domains): the full path predicts every utterance and publishes it on predictions")
-        a = run_daemon(bootstrap, broker_pid, TOPIC, n, partitions, args.batch_size, work, procs, work / "registry")
+        print(
+            f"published model {version} (5 CLINC150 domains): the full path predicts every utterance and publishes it on predictions"
+        )
+        a = run_daemon(
+            bootstrap,
+            broker_pid,
+            TOPIC,
+            n,
+            partitions,
+            args.batch_size,
+            work,
+            procs,
+            work / "registry",
+        )
         _report("(a) driftd full path", a, "stored")
         print(f"    utterances predicted and published on predictions: {a['predicted']:,.0f}")
-        print(f"    warm-store cross-check: {a['warm_rows']:,} rows in {a['warm_batches']} batches, {a['warm_rate']:,.0f} events/s between the first and last batch")
-        a0 = run_daemon(bootstrap, broker_pid, TOPIC, n, partitions, args.batch_size, work, procs, work / "empty-registry", name="daemon-no-model")
+        print(
+            f"    warm-store cross-check: {a['warm_rows']:,} rows in {a['warm_batches']} batches, {a['warm_rate']:,.0f} events/s between the first and last batch"
+        )
+        a0 = run_daemon(
+            bootstrap,
+            broker_pid,
+            TOPIC,
+            n,
+            partitions,
+            args.batch_size,
+            work,
+            procs,
+            work / "empty-registry",
+            name="daemon-no-model",
+        )
         _report("(a0) no model loaded", a0, "stored")
-        print(f"    (a0) is ingest + tiers alone: the same daemon with an empty registry ({a0['predicted']:,.0f} predictions); (a)/(a0) = {a['rate'] / a0['rate']:.2f}x is the cost of stream prediction")
-        b = run_child("faust", faust_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs)
+        print(
+            f"    (a0) is ingest + tiers alone: the same daemon with an empty registry ({a0['predicted']:,.0f} predictions); (a)/(a0) = {a['rate'] / a0['rate']:.2f}x is the cost of stream prediction"
+        )
+        b = run_child(
+            "faust", faust_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs
+        )
         _report("(b) bare faust", b, "json-decoded")
-        c = run_child("aiokafka", kafka_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs)
+        c = run_child(
+            "aiokafka", kafka_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs
+        )
         _report("(c) bare aiokafka", c, "json-decoded")
 
         ab, ac = a["rate"] / b["rate"], a["rate"] / c["rate"]
-        print(f"ratio (a)/(b) = {ab:.2f}x   ratio (a)/(c) = {ac:.2f}x   ratio (a0)/(b) = {a0['rate'] / b['rate']:.2f}x")
-        print(f"{'PASS' if ab >= GOAL_RATIO else 'FAIL'}: full path >= {GOAL_RATIO}x bare faust ({ab:.2f}x)")
-        print(f"{'PASS' if a['rate'] >= GOAL_RATE else 'FAIL'}: full path >= {GOAL_RATE:,.0f} events/s ({a['rate']:,.0f})")
+        print(
+            f"ratio (a)/(b) = {ab:.2f}x   ratio (a)/(c) = {ac:.2f}x   ratio (a0)/(b) = {a0['rate'] / b['rate']:.2f}x"
+        )
+        print(
+            f"{'PASS' if ab >= GOAL_RATIO else 'FAIL'}: full path >= {GOAL_RATIO}x bare faust ({ab:.2f}x)"
+        )
+        print(
+            f"{'PASS' if a['rate'] >= GOAL_RATE else 'FAIL'}: full path >= {GOAL_RATE:,.0f} events/s ({a['rate']:,.0f})"
+        )
         return 0
     finally:
         for proc in procs:
@@ -378,12 +548,30 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=positive_int, default=200_000, help="N, events pre-filled and consumed by each contestant (default 200000)")
-    parser.add_argument("--partitions", type=positive_int, default=4, help="partitions of the topic (default 4)")
-    parser.add_argument("--batch-size", type=positive_int, default=1000, help="the daemon's ingest.batch_size (DRIFTD_INGEST__BATCH_SIZE; default 1000)")
-    parser.add_argument("--port", type=int, default=0, help="embedded broker port (default: a free one)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, warm store) for inspection")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--events",
+        type=positive_int,
+        default=200_000,
+        help="N, events pre-filled and consumed by each contestant (default 200000)",
+    )
+    parser.add_argument(
+        "--partitions", type=positive_int, default=4, help="partitions of the topic (default 4)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1000,
+        help="the daemon's ingest.batch_size (DRIFTD_INGEST__BATCH_SIZE; default 1000)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="embedded broker port (default: a free one)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, warm store) for inspection"
+    )
     # internal: a contestant child process
     parser.add_argument("--role", choices=("faust", "aiokafka"), help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)

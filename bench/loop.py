@@ -83,7 +83,13 @@ RECOVERY_GOAL_S = 60.0  # wall seconds from the onset to recovered accuracy, on 
 # embeds its new labels on one thread and exports a 90 MB ONNX graph (a minute or more): at 500 events/s the stream
 # is over before its first fine-tune is, and nothing after the swap is predicted.
 RECOVERY_RATE = {"bag_of_ngrams": 500.0, "encoder": 150.0}
-CLINC_BOOTSTRAP = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")  # config.toml models.bootstrap_groups
+CLINC_BOOTSTRAP = (
+    "banking",
+    "credit_cards",
+    "kitchen_and_dining",
+    "home",
+    "auto_and_commute",
+)  # config.toml models.bootstrap_groups
 CLINC_PRE_EVENTS = 3000
 
 
@@ -117,11 +123,24 @@ def _predict(result: Any, texts: Sequence[str], intents: Sequence[str], tag: str
     with torch.no_grad():
         for start in range(0, len(texts), 512):
             chunk = texts[start : start + 512]
-            probs = torch.softmax(result.model(torch.from_numpy(result.featurizer.batch(chunk))), dim=1).numpy()
+            probs = torch.softmax(
+                result.model(torch.from_numpy(result.featurizer.batch(chunk))), dim=1
+            ).numpy()
             for k, row in enumerate(probs):
                 i = int(row.argmax())
                 predicted, truth = result.labels[i], intents[start + k]
-                out.append(Outcome(f"{tag}-{start + k}", predicted, float(row[i]), truth, predicted == truth, "bench", 0.0, 0.0))
+                out.append(
+                    Outcome(
+                        f"{tag}-{start + k}",
+                        predicted,
+                        float(row[i]),
+                        truth,
+                        predicted == truth,
+                        "bench",
+                        0.0,
+                        0.0,
+                    )
+                )
     return out
 
 
@@ -130,7 +149,9 @@ def clinc_scenario(epochs: int) -> Scenario:
 
     domains = groups("clinc150")
     trained = {i for d in CLINC_BOOTSTRAP for i in domains[d]}
-    everything = {i for intents in domains.values() for i in intents}  # the 10 domains: 5 trained + travel, utility, work, small_talk, meta
+    everything = {
+        i for intents in domains.values() for i in intents
+    }  # the 10 domains: 5 trained + travel, utility, work, small_talk, meta
     train = [e for e in load_examples("clinc150", "train") if e.intent in trained]
     held_out = load_examples("clinc150", "test") + load_examples("clinc150", "val")
     started = time.perf_counter()
@@ -194,13 +215,17 @@ def _closeness(monitor: DecayMonitor) -> dict[str, float]:
         "page_hinkley": ph["statistic"] / ph["threshold"],
     }
     if monitor.label_free.warmed_up:
-        out["confidence"] = (refs["confidence"] - values["confidence"]) / (refs["confidence"] * c.label_free_relative_change)
+        out["confidence"] = (refs["confidence"] - values["confidence"]) / (
+            refs["confidence"] * c.label_free_relative_change
+        )
         for name in ("low_confidence_share", "oos_share"):
             out[name] = (values[name] - refs[name]) / c.label_free_relative_change
     return out
 
 
-def _fires(events: Sequence[Outcome], config: MonitorConfig, until: int | None = None) -> tuple[dict[str, list[int]], dict[str, float]]:
+def _fires(
+    events: Sequence[Outcome], config: MonitorConfig, until: int | None = None
+) -> tuple[dict[str, list[int]], dict[str, float]]:
     """Signal -> indices of the events whose decision named it; and each signal's peak closeness to its
     firing line over the first ``until`` events (the drift-free part)."""
     tick = iter(range(1 << 62))
@@ -209,7 +234,10 @@ def _fires(events: Sequence[Outcome], config: MonitorConfig, until: int | None =
     peak: dict[str, float] = dict.fromkeys(config.signals, -math.inf)
     until = len(events) if until is None else until
     for i, outcome in enumerate(events):
-        for decision in (monitor.observe_prediction(outcome.confidence, outcome.predicted), monitor.observe_outcome(outcome)):
+        for decision in (
+            monitor.observe_prediction(outcome.confidence, outcome.predicted),
+            monitor.observe_outcome(outcome),
+        ):
             if decision is not None:
                 for s in decision.signals:
                     fires[s].append(i)
@@ -226,8 +254,12 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     import torch
 
-    logging.getLogger("driftd.monitor").setLevel(logging.ERROR)  # every decision would log a warning
-    torch.set_num_threads(1)  # the embedding update is memory-bound: a second thread only contends (4x slower measured on 2 busy cores)
+    logging.getLogger("driftd.monitor").setLevel(
+        logging.ERROR
+    )  # every decision would log a warning
+    torch.set_num_threads(
+        1
+    )  # the embedding update is memory-bound: a second thread only contends (4x slower measured on 2 busy cores)
     config = replace(MonitorConfig(), signals=SIGNALS, mode="any", cooldown_s=0.0)
     rows: list[dict[str, Any]] = []
     for build in (clinc_scenario, banking_scenario):
@@ -261,20 +293,25 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
         for signal in SIGNALS:
             found = [d for d in delays[signal] if d is not None]
             missed = len(delays[signal]) - len(found)
-            applicable = signal != "oos_share" or any(i in config.oos_intents for i in scenario.labels)
+            applicable = signal != "oos_share" or any(
+                i in config.oos_intents for i in scenario.labels
+            )
             false_alarms = early[signal] + stable[signal]
             ok = not missed and max(found) <= GOAL_DELAY and false_alarms <= GOAL_FALSE_ALARMS
             rows.append(
                 {
                     "dataset": scenario.name,
-                    "signal": signal + (" (default policy)" if signal == MonitorConfig().signals[0] else ""),
+                    "signal": signal
+                    + (" (default policy)" if signal == MonitorConfig().signals[0] else ""),
                     "acc before/after": f"{pre_acc:.3f}/{post_acc:.3f}",
                     "max delay": max(found) if found else "-",
                     "mean delay": f"{np.mean(found):.0f}" if found else "-",
                     "missed": f"{missed}/{args.seeds}",
                     "false alarms (pre-onset + stable)": f"{false_alarms} ({early[signal]} + {stable[signal]})",
                     "no-drift peak": f"{peak[signal]:.2f}" if math.isfinite(peak[signal]) else "-",
-                    "result": ("PASS" if ok else "FAIL") if applicable else "n/a (model has no oos intent)",
+                    "result": ("PASS" if ok else "FAIL")
+                    if applicable
+                    else "n/a (model has no oos intent)",
                 }
             )
     return rows
@@ -306,64 +343,152 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     all_intents = {i for ints in domains.values() for i in ints}
     train = [e for e in load_examples("clinc150", "train") if e.intent in all_intents]
     seed_examples = [e for e in train if e.intent in seed_intents]
-    streamed = train + [e for e in load_examples("clinc150", "val") if e.intent in all_intents]  # the seed never saw the validation split
+    streamed = train + [
+        e for e in load_examples("clinc150", "val") if e.intent in all_intents
+    ]  # the seed never saw the validation split
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-loop-"))
     rows: list[dict[str, Any]] = []
     # The architecture of the seed model, of the daemon's models trained from scratch and of the offline reference;
     # the encoder's frozen embeddings are cached once for the seed and the reference (the daemon keeps its own).
-    model_kwargs: dict[str, Any] = {"architecture": args.architecture, "config": new_model_config(args.architecture, EncoderSource(args.encoder))}
+    model_kwargs: dict[str, Any] = {
+        "architecture": args.architecture,
+        "config": new_model_config(args.architecture, EncoderSource(args.encoder)),
+    }
     train_settings = TrainSettings(batch_size=256, cache_dir=str(work / "embeddings"))
-    architecture_env = {"DRIFTD_MODELS__ARCHITECTURE": args.architecture, "DRIFTD_MODELS__ENCODER": args.encoder if args.architecture == "encoder" else ""}
+    architecture_env = {
+        "DRIFTD_MODELS__ARCHITECTURE": args.architecture,
+        "DRIFTD_MODELS__ENCODER": args.encoder if args.architecture == "encoder" else "",
+    }
     broker = EmbeddedBroker(free_port(), log_path=work / "broker.log").start()
     try:
-        seed = train_classifier([e.text for e in seed_examples], [e.intent for e in seed_examples], settings=train_settings, **model_kwargs)
-        files, _ = build_version_files(seed.model, seed.featurizer, seed.labels, [e.text for e in seed_examples[::100]][:64])
+        seed = train_classifier(
+            [e.text for e in seed_examples],
+            [e.intent for e in seed_examples],
+            settings=train_settings,
+            **model_kwargs,
+        )
+        files, _ = build_version_files(
+            seed.model, seed.featurizer, seed.labels, [e.text for e in seed_examples[::100]][:64]
+        )
         registry = Registry(work / "registry")
-        registry.set_current(registry.publish(files, parent=None, info={"source": "bench seed"}).version)
+        registry.set_current(
+            registry.publish(files, parent=None, info={"source": "bench seed"}).version
+        )
         topic = f"bench-loop-{os.getpid()}"
-        daemon = BenchDaemon(broker.bootstrap, work / "daemon", topic, extra_env={"DRIFTD_MODELS__REGISTRY_DIR": str(registry.root), "DRIFTD_LEARNING__COOLDOWN_S": "0", **architecture_env})
+        daemon = BenchDaemon(
+            broker.bootstrap,
+            work / "daemon",
+            topic,
+            extra_env={
+                "DRIFTD_MODELS__REGISTRY_DIR": str(registry.root),
+                "DRIFTD_LEARNING__COOLDOWN_S": "0",
+                **architecture_env,
+            },
+        )
         daemon.env.pop("DRIFTD_CONFIG", None)
         daemon.start()
         try:
             daemon.wait_ready(timeout_s=120, model=True)
             onset, total = args.recovery_onset, args.recovery_utterances
-            schedule = DriftSchedule((Phase(0, ("seed",), frozenset(seed_intents)), Phase(onset, ("all",), frozenset(all_intents))))
-            events = list(plan_events(streamed, schedule, limit=total, label_fraction=1.0, label_delay=20, seed=1, dataset="bench"))
+            schedule = DriftSchedule(
+                (
+                    Phase(0, ("seed",), frozenset(seed_intents)),
+                    Phase(onset, ("all",), frozenset(all_intents)),
+                )
+            )
+            events = list(
+                plan_events(
+                    streamed,
+                    schedule,
+                    limit=total,
+                    label_fraction=1.0,
+                    label_delay=20,
+                    seed=1,
+                    dataset="bench",
+                )
+            )
             truth = {e["ref_event_id"]: e["intent"] for e in events if e["type"] == "label"}
-            index = {e["event_id"]: int(e["event_id"].rsplit("-u", 1)[1]) for e in events if e["type"] == "utterance"}
-            onset_position = next(i for i, e in enumerate(events) if e["type"] == "utterance" and index[e["event_id"]] == onset)
+            index = {
+                e["event_id"]: int(e["event_id"].rsplit("-u", 1)[1])
+                for e in events
+                if e["type"] == "utterance"
+            }
+            onset_position = next(
+                i
+                for i, e in enumerate(events)
+                if e["type"] == "utterance" and index[e["event_id"]] == onset
+            )
             post_onset_s = (len(events) - onset_position) / args.recovery_rate
             if post_onset_s < RECOVERY_GOAL_S:
-                print(f"note: the stream ends {post_onset_s:.0f} s after the onset, before the {RECOVERY_GOAL_S:.0f} s goal: a recovery later than that cannot be seen")
+                print(
+                    f"note: the stream ends {post_onset_s:.0f} s after the onset, before the {RECOVERY_GOAL_S:.0f} s goal: a recovery later than that cannot be seen"
+                )
             # The offline reference: from scratch on everything the daemon will have seen, judged on the test split.
             seen_text = {e["event_id"]: e["text"] for e in events if e["type"] == "utterance"}
             offline = train_classifier(
-                [e.text for e in seed_examples] + [seen_text[e["ref_event_id"]] for e in events if e["type"] == "label"],
-                [e.intent for e in seed_examples] + [e["intent"] for e in events if e["type"] == "label"],
-                settings=train_settings, **model_kwargs,
+                [e.text for e in seed_examples]
+                + [seen_text[e["ref_event_id"]] for e in events if e["type"] == "label"],
+                [e.intent for e in seed_examples]
+                + [e["intent"] for e in events if e["type"] == "label"],
+                settings=train_settings,
+                **model_kwargs,
             )
             test = [e for e in load_examples("clinc150", "test") if e.intent in all_intents]
-            target = accuracy(offline.model, offline.featurizer, offline.labels, [e.text for e in test], [e.intent for e in test]) - 0.03
+            target = (
+                accuracy(
+                    offline.model,
+                    offline.featurizer,
+                    offline.labels,
+                    [e.text for e in test],
+                    [e.intent for e in test],
+                )
+                - 0.03
+            )
             probe_texts = [e.text for e in test]
-            result = asyncio.run(_drive_recovery(
-                broker.bootstrap, daemon, topic, events, truth, index, onset, onset_position, args.recovery_rate, target, AIOKafkaConsumer, produce,
-                lambda done: hammer_predict(daemon.url, probe_texts, done, pause_s=0.02),
-            ))
+            result = asyncio.run(
+                _drive_recovery(
+                    broker.bootstrap,
+                    daemon,
+                    topic,
+                    events,
+                    truth,
+                    index,
+                    onset,
+                    onset_position,
+                    args.recovery_rate,
+                    target,
+                    AIOKafkaConsumer,
+                    produce,
+                    lambda done: hammer_predict(daemon.url, probe_texts, done, pause_s=0.02),
+                )
+            )
             metrics = daemon.metrics()
-            runs = {k.split("=")[1].rstrip("}"): int(v) for k, v in metrics.items() if k.startswith("driftd_finetune_results_total{")}
-            rows.append({
-                "stream": f"CLINC150 5 -> 10 domains, {total} utterances at {args.recovery_rate:.0f} events/s, {args.architecture}",
-                "detected after (labelled events)": result["detect_labels"],
-                "first swap after (s)": _fmt(result["first_swap_s"]),
-                "recovered after (utterances)": result["recover_events"],
-                "recovered after (s)": _fmt(result["recover_s"]),
-                "target (offline - 3 pts)": f"{target:.3f}",
-                "final window accuracy": _fmt(result["final_window"]),
-                "fine-tunes": ", ".join(f"{k} {v}" for k, v in runs.items() if v),
-                "/v1/predict requests": f"{result['requests']} ({len(result['failures'])} failed; versions {' '.join(result['versions'])})",
-                "goal <= 60 s": ("PASS" if result["recover_s"] is not None and result["recover_s"] <= RECOVERY_GOAL_S else "FAIL")
-                if args.architecture == "bag_of_ngrams" else "n/a",
-            })
+            runs = {
+                k.split("=")[1].rstrip("}"): int(v)
+                for k, v in metrics.items()
+                if k.startswith("driftd_finetune_results_total{")
+            }
+            rows.append(
+                {
+                    "stream": f"CLINC150 5 -> 10 domains, {total} utterances at {args.recovery_rate:.0f} events/s, {args.architecture}",
+                    "detected after (labelled events)": result["detect_labels"],
+                    "first swap after (s)": _fmt(result["first_swap_s"]),
+                    "recovered after (utterances)": result["recover_events"],
+                    "recovered after (s)": _fmt(result["recover_s"]),
+                    "target (offline - 3 pts)": f"{target:.3f}",
+                    "final window accuracy": _fmt(result["final_window"]),
+                    "fine-tunes": ", ".join(f"{k} {v}" for k, v in runs.items() if v),
+                    "/v1/predict requests": f"{result['requests']} ({len(result['failures'])} failed; versions {' '.join(result['versions'])})",
+                    "goal <= 60 s": (
+                        "PASS"
+                        if result["recover_s"] is not None
+                        and result["recover_s"] <= RECOVERY_GOAL_S
+                        else "FAIL"
+                    )
+                    if args.architecture == "bag_of_ngrams"
+                    else "n/a",
+                }
+            )
         finally:
             daemon.stop_quietly()
     finally:
@@ -378,8 +503,19 @@ def _fmt(value: float | None) -> str:
 
 
 async def _drive_recovery(
-    bootstrap: str, daemon: Any, topic: str, events: list[dict[str, Any]], truth: dict[str, str], index: dict[str, int],
-    onset: int, onset_position: int, rate: float, target: float, consumer_cls: Any, produce: Any, hammer: Callable[[asyncio.Event], Any],
+    bootstrap: str,
+    daemon: Any,
+    topic: str,
+    events: list[dict[str, Any]],
+    truth: dict[str, str],
+    index: dict[str, int],
+    onset: int,
+    onset_position: int,
+    rate: float,
+    target: float,
+    consumer_cls: Any,
+    produce: Any,
+    hammer: Callable[[asyncio.Event], Any],
 ) -> dict[str, Any]:
     """Produce at ``rate`` while reading ``predictions``: windowed accuracy (last 500 utterances in stream order)
     over time, the onset's wall time, the decision and the swaps from /metrics. ``hammer(done)`` is a client's
@@ -387,10 +523,26 @@ async def _drive_recovery(
     import json
 
     loop = asyncio.get_running_loop()
-    producing = asyncio.ensure_future(produce(bootstrap, topic, [json.dumps(e).encode() for e in events], rate=rate, keys=[e["conversation_id"].encode() for e in events]))
+    producing = asyncio.ensure_future(
+        produce(
+            bootstrap,
+            topic,
+            [json.dumps(e).encode() for e in events],
+            rate=rate,
+            keys=[e["conversation_id"].encode() for e in events],
+        )
+    )
     started = time.monotonic()
-    onset_at = started + onset_position / rate  # the producer keeps to ``rate``: the onset utterance goes out this late
-    consumer = consumer_cls(f"{topic}.predictions", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    onset_at = (
+        started + onset_position / rate
+    )  # the producer keeps to ``rate``: the onset utterance goes out this late
+    consumer = consumer_cls(
+        f"{topic}.predictions",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     hammer_done = asyncio.Event()
     hammering = asyncio.ensure_future(hammer(hammer_done))
@@ -417,16 +569,27 @@ async def _drive_recovery(
                 metrics = await loop.run_in_executor(None, daemon.metrics)
                 if detect_at is None and metrics.get("driftd_decay_decisions_total", 0) >= 1:
                     detect_at = now
-                if first_swap_at is None and metrics.get("driftd_finetune_results_total{result=swapped}", 0) >= 1:
+                if (
+                    first_swap_at is None
+                    and metrics.get("driftd_finetune_results_total{result=swapped}", 0) >= 1
+                ):
                     first_swap_at = now
             done = sorted(correct)
             if first_swap_at is not None and recovered_at is None and len(done) >= 500:
                 window = [correct[i][0] for i in done[-500:]]
-                if done[-500] >= onset and np.mean(window) >= target and any(correct[i][1] != seed_version for i in done[-500:]):
+                if (
+                    done[-500] >= onset
+                    and np.mean(window) >= target
+                    and any(correct[i][1] != seed_version for i in done[-500:])
+                ):
                     recovered_at, recover_events = now, done[-1] - onset
             if producing.done() and len(correct) >= len(index) and recovered_at is not None:
                 break
-            if producing.done() and len(correct) >= len(index) and metrics.get("driftd_finetune_running", 0) == 0:
+            if (
+                producing.done()
+                and len(correct) >= len(index)
+                and metrics.get("driftd_finetune_running", 0) == 0
+            ):
                 break
         await producing
     finally:
@@ -436,20 +599,31 @@ async def _drive_recovery(
     done = sorted(correct)
     # Labelled events about post-onset utterances sent before the decision (the producer keeps to ``rate``).
     sent = None if detect_at is None else int((detect_at - started) * rate)
-    detect_labels = None if sent is None else sum(1 for e in events[:sent] if e["type"] == "label" and index[e["ref_event_id"]] >= onset)
+    detect_labels = (
+        None
+        if sent is None
+        else sum(
+            1 for e in events[:sent] if e["type"] == "label" and index[e["ref_event_id"]] >= onset
+        )
+    )
     return {
         "detect_labels": detect_labels,
         "first_swap_s": None if first_swap_at is None else first_swap_at - onset_at,
         "recover_s": None if recovered_at is None else recovered_at - onset_at,
         "recover_events": recover_events,
         "final_window": float(np.mean([correct[i][0] for i in done[-500:]])) if done else None,
-        "requests": requests, "failures": failures, "versions": versions,
+        "requests": requests,
+        "failures": failures,
+        "versions": versions,
     }
 
 
 # -- driver -----------------------------------------------------------------------------------------
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {"detection": detection_section, "recovery": recovery_section}
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
+    "detection": detection_section,
+    "recovery": recovery_section,
+}
 
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -464,18 +638,69 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)")
-    parser.add_argument("--seeds", type=positive_int, default=5, help="stream orders per scenario (default 5)")
-    parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs of the benchmarked models (default 3)")
-    parser.add_argument("--post-events", type=positive_int, default=2000, help="events after the drift onset (default 2000)")
-    parser.add_argument("--stable-events", type=positive_int, default=6000, help="events of the stable (no drift) stream (default 6000)")
-    parser.add_argument("--recovery-utterances", type=positive_int, default=18000, help="utterances of the recovery stream (default 18000: every in-scope train and validation utterance once)")
-    parser.add_argument("--recovery-onset", type=positive_int, default=2000, help="utterance index of the drift onset (default 2000)")
-    parser.add_argument("--recovery-rate", type=float, default=None, help=f"events/s of the recovery stream, utterances and labels (default {RECOVERY_RATE['bag_of_ngrams']:.0f}: 64 s past the onset; {RECOVERY_RATE['encoder']:.0f} with --architecture encoder)")
-    parser.add_argument("--architecture", choices=["bag_of_ngrams", "encoder"], default="bag_of_ngrams", help="the recovery section's models (default bag_of_ngrams)")
-    parser.add_argument("--encoder", default="minilm", help='the checkpoint of --architecture encoder: "minilm" or a directory (default minilm)')
-    parser.add_argument("--keep", action="store_true", help="keep the recovery section's temp dir (daemon log, registry)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run, of: {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
+        "--seeds", type=positive_int, default=5, help="stream orders per scenario (default 5)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=3,
+        help="training epochs of the benchmarked models (default 3)",
+    )
+    parser.add_argument(
+        "--post-events",
+        type=positive_int,
+        default=2000,
+        help="events after the drift onset (default 2000)",
+    )
+    parser.add_argument(
+        "--stable-events",
+        type=positive_int,
+        default=6000,
+        help="events of the stable (no drift) stream (default 6000)",
+    )
+    parser.add_argument(
+        "--recovery-utterances",
+        type=positive_int,
+        default=18000,
+        help="utterances of the recovery stream (default 18000: every in-scope train and validation utterance once)",
+    )
+    parser.add_argument(
+        "--recovery-onset",
+        type=positive_int,
+        default=2000,
+        help="utterance index of the drift onset (default 2000)",
+    )
+    parser.add_argument(
+        "--recovery-rate",
+        type=float,
+        default=None,
+        help=f"events/s of the recovery stream, utterances and labels (default {RECOVERY_RATE['bag_of_ngrams']:.0f}: 64 s past the onset; {RECOVERY_RATE['encoder']:.0f} with --architecture encoder)",
+    )
+    parser.add_argument(
+        "--architecture",
+        choices=["bag_of_ngrams", "encoder"],
+        default="bag_of_ngrams",
+        help="the recovery section's models (default bag_of_ngrams)",
+    )
+    parser.add_argument(
+        "--encoder",
+        default="minilm",
+        help='the checkpoint of --architecture encoder: "minilm" or a directory (default minilm)',
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the recovery section's temp dir (daemon log, registry)",
+    )
     args = parser.parse_args(argv)
     args.recovery_rate = args.recovery_rate or RECOVERY_RATE[args.architecture]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -483,7 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     exit_on_sigterm()
-    print(f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}")
+    print(
+        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}"
+    )
     for name in sections:
         started = time.perf_counter()
         print(f"\n== {name} ==")
@@ -491,11 +718,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print_table(rows)
         if name == "recovery":
-            print("\ngoal: recovery within 60 s of wall time on CPU, default model; recovered = the windowed accuracy of the last 500 predicted\n"
-                  "utterances (all after the onset, some answered by a fine-tuned version) reaches an offline model's test accuracy - 3 points;\n"
-                  "a client asks /v1/predict for one test text every 20 ms throughout: none may fail")
+            print(
+                "\ngoal: recovery within 60 s of wall time on CPU, default model; recovered = the windowed accuracy of the last 500 predicted\n"
+                "utterances (all after the onset, some answered by a fine-tuned version) reaches an offline model's test accuracy - 3 points;\n"
+                "a client asks /v1/predict for one test text every 20 ms throughout: none may fail"
+            )
         if name == "detection":
-            print(f"\ngoals: detection within {GOAL_DELAY} labelled events of an abrupt drift (max over {args.seeds} seeds); {GOAL_FALSE_ALARMS} false alarms")
+            print(
+                f"\ngoals: detection within {GOAL_DELAY} labelled events of an abrupt drift (max over {args.seeds} seeds); {GOAL_FALSE_ALARMS} false alarms"
+            )
         print(f"({name}: {time.perf_counter() - started:.1f}s)")
     return 0
 

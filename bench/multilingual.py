@@ -71,14 +71,21 @@ def load_split(name: str, split: str | None) -> tuple[list[str], list[str]]:
     return [e.text for e in examples], [e.intent for e in examples]
 
 
-def fit_driftd(train: tuple[list[str], list[str]], val: tuple[list[str], list[str]], test: tuple[list[str], list[str]], args: argparse.Namespace) -> tuple[Score, str]:
+def fit_driftd(
+    train: tuple[list[str], list[str]],
+    val: tuple[list[str], list[str]],
+    test: tuple[list[str], list[str]],
+    args: argparse.Namespace,
+) -> tuple[Score, str]:
     from models.train import TrainSettings, accuracy, train_classifier
 
     settings = TrainSettings(seed=args.seed, epochs=QUICK_EPOCHS if args.quick else None)
     started = time.perf_counter()
     result = train_classifier(*train, val=val if val[0] else None, settings=settings)
     seconds = time.perf_counter() - started
-    return Score(accuracy(result.model, result.featurizer, result.labels, *test), seconds), f"{result.epochs_run} epochs"
+    return Score(
+        accuracy(result.model, result.featurizer, result.labels, *test), seconds
+    ), f"{result.epochs_run} epochs"
 
 
 def fit_svm(train: tuple[list[str], list[str]], test: tuple[list[str], list[str]]) -> Score:
@@ -124,7 +131,9 @@ def bench(args: argparse.Namespace) -> int:
     )
     print(f"svm: sublinear TF-IDF char 1-4 + word 1-2, LinearSVC(C={SVM_C:g})")
     print("data: " + "; ".join(c for c, name in zip(CREDITS, DATASETS) if name in args.datasets))
-    print(f"\n{'dataset':<18}{'train':>7}{'test':>6}{'intents':>8}  {'driftd acc':>10}{'svm acc':>9}{'diff':>8}  {'driftd s':>9}{'svm s':>7}  verdict")
+    print(
+        f"\n{'dataset':<18}{'train':>7}{'test':>6}{'intents':>8}  {'driftd acc':>10}{'svm acc':>9}{'diff':>8}  {'driftd s':>9}{'svm s':>7}  verdict"
+    )
     verdicts = []
     for name in args.datasets:
         train, test = load_split(name, "train"), load_split(name, "test")
@@ -133,7 +142,9 @@ def bench(args: argparse.Namespace) -> int:
             train = (train[0][:QUICK_TRAIN], train[1][:QUICK_TRAIN])
         ours, epochs = fit_driftd(train, val, test, args)
         svm = fit_svm(train, test)
-        verdict = "n/a (--quick)" if args.quick else ("PASS" if ours.accuracy >= svm.accuracy else "FAIL")
+        verdict = (
+            "n/a (--quick)" if args.quick else ("PASS" if ours.accuracy >= svm.accuracy else "FAIL")
+        )
         verdicts.append(verdict)
         print(
             f"{name:<18}{len(train[0]):>7,}{len(test[0]):>6,}{len(set(train[1])):>8}  {ours.accuracy:>10.4f}{svm.accuracy:>9.4f}"
@@ -142,7 +153,8 @@ def bench(args: argparse.Namespace) -> int:
         )
     print(
         "\ngoal: driftd accuracy >= svm accuracy on every dataset's test split; "
-        f"{verdicts.count('PASS')} of {len(verdicts)} PASS" + (" (not judged in a --quick run)" if args.quick else "")
+        f"{verdicts.count('PASS')} of {len(verdicts)} PASS"
+        + (" (not judged in a --quick run)" if args.quick else "")
     )
     print(f"1-min load average {_load()} at the end; total {time.perf_counter() - started:.0f}s")
     return 0
@@ -152,15 +164,28 @@ def datasets(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(DATASETS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(DATASETS)}"
+        )
     return names
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", type=datasets, default=list(DATASETS), help=f"comma-separated (default {','.join(DATASETS)})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets",
+        type=datasets,
+        default=list(DATASETS),
+        help=f"comma-separated (default {','.join(DATASETS)})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the default model's seed (default 0)")
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: at most {QUICK_TRAIN:,} training examples, {QUICK_EPOCHS} epochs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: at most {QUICK_TRAIN:,} training examples, {QUICK_EPOCHS} epochs",
+    )
     args = parser.parse_args()
     exit_on_sigterm()
     return bench(args)

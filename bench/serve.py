@@ -62,7 +62,13 @@ from tests.integration.harness import free_port, unique  # noqa: E402
 GOAL_SPEEDUP = 2.0  # INT8 ONNX >= 2x torch eager texts/s at batch 1
 GOAL_P99_MS = 5.0  # endpoint p99 < 5 ms, one sequential client
 GOAL_SWAP_RATIO = 1.5  # p99 during swaps <= 1.5x steady p99
-QUICK_DOMAINS = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")  # the daemon's bootstrap_groups
+QUICK_DOMAINS = (
+    "banking",
+    "credit_cards",
+    "kitchen_and_dining",
+    "home",
+    "auto_and_commute",
+)  # the daemon's bootstrap_groups
 TOKEN = "bench-serve-admin-token-0123456789"
 BATCHES = (1, 64)
 
@@ -99,14 +105,29 @@ def train_models(quick: bool) -> dict[str, Any]:
     small_intents = {i for d in QUICK_DOMAINS for i in domains[d]}
     small = [e for e in train if e.intent in small_intents]
 
-    def fit(examples: list[Any], settings: TrainSettings | None, architecture: str = "bag_of_ngrams") -> Any:
+    def fit(
+        examples: list[Any], settings: TrainSettings | None, architecture: str = "bag_of_ngrams"
+    ) -> Any:
         kwargs = {} if settings is None else {"settings": settings}
-        return train_classifier([e.text for e in examples], [e.intent for e in examples], architecture=architecture, **kwargs)
+        return train_classifier(
+            [e.text for e in examples],
+            [e.intent for e in examples],
+            architecture=architecture,
+            **kwargs,
+        )
 
-    def files_of(result: Any, examples: list[Any], calibrate: bool) -> tuple[dict[str, bytes], dict[str, Any]]:
-        probe = [e.text for e in examples[:: max(1, len(examples) // 64)]][:64]  # as the daemon's bootstrap does
-        calibration = [e.text for e in examples[:: max(1, len(examples) // 512)]][:512] if calibrate else ()
-        return build_version_files(result.model, result.featurizer, result.labels, probe, calibration_texts=calibration)
+    def files_of(
+        result: Any, examples: list[Any], calibrate: bool
+    ) -> tuple[dict[str, bytes], dict[str, Any]]:
+        probe = [e.text for e in examples[:: max(1, len(examples) // 64)]][
+            :64
+        ]  # as the daemon's bootstrap does
+        calibration = (
+            [e.text for e in examples[:: max(1, len(examples) // 512)]][:512] if calibrate else ()
+        )
+        return build_version_files(
+            result.model, result.featurizer, result.labels, probe, calibration_texts=calibration
+        )
 
     threads = torch.get_num_threads()
     main_examples = small if quick else train
@@ -115,7 +136,10 @@ def train_models(quick: bool) -> dict[str, Any]:
     other = fit(small, TrainSettings(epochs=3, seed=1))
     variants = [
         (files, {"bench": "main model, dynamic INT8"}),
-        (files_of(main, main_examples, calibrate=True)[0], {"bench": "main model, calibrated INT8 (static kept only if it agrees better)"}),
+        (
+            files_of(main, main_examples, calibrate=True)[0],
+            {"bench": "main model, calibrated INT8 (static kept only if it agrees better)"},
+        ),
         (files_of(other, small, calibrate=False)[0], {"bench": "5-domain model, 3 epochs, seed 1"}),
     ]
     transformer = fit(main_examples, TrainSettings(epochs=3) if quick else None, "transformer")
@@ -124,13 +148,24 @@ def train_models(quick: bool) -> dict[str, Any]:
         {"result": main, "files": files, "report": report},
         {"result": transformer, "files": t_files, "report": t_report},
     ]
-    return {"main": main, "models": models, "examples": main_examples, "files": files, "report": report, "variants": variants, "test": test, "torch_threads": threads}
+    return {
+        "main": main,
+        "models": models,
+        "examples": main_examples,
+        "files": files,
+        "report": report,
+        "variants": variants,
+        "test": test,
+        "torch_threads": threads,
+    }
 
 
 # -- (a) in process --------------------------------------------------------------------------------
 
 
-def time_calls(call: Callable[[Any], Any], inputs: Sequence[Any], passes: int, warmup: int = 200) -> np.ndarray:
+def time_calls(
+    call: Callable[[Any], Any], inputs: Sequence[Any], passes: int, warmup: int = 200
+) -> np.ndarray:
     """Seconds of each call of ``call`` over ``inputs``, ``passes`` times (after a short warm-up)."""
     for x in inputs[:warmup]:
         call(x)
@@ -190,12 +225,16 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
         "FP32 ONNX": lambda ids: fp32.run(None, {name: ids}),
         "torch eager FP32": run_torch,
     }
-    chunks = {b: [texts[i : i + b] for i in range(0, len(texts) - b + 1, b)] for b in BATCHES}  # full batches only
+    chunks = {
+        b: [texts[i : i + b] for i in range(0, len(texts) - b + 1, b)] for b in BATCHES
+    }  # full batches only
     ids = {b: [featurizer.batch(c) for c in chunks[b]] for b in BATCHES}
     tensors = {b: [torch.from_numpy(x) for x in ids[b]] for b in BATCHES}
     passes = {1: 1, 64: 2 if quick else 5}
 
-    print(f"(a) in process, {len(texts):,} CLINC150 test texts, 1 thread; per call p50/p99 in ms, texts/s = texts / summed call time")
+    print(
+        f"(a) in process, {len(texts):,} CLINC150 test texts, 1 thread; per call p50/p99 in ms, texts/s = texts / summed call time"
+    )
     print(f"    {'':<38}{'batch':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'texts/s':>10}")
     rates: dict[tuple[str, int], float] = {}
 
@@ -206,25 +245,40 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
         return rate
 
     for b in BATCHES:
-        rates[("featurize", b)] = row(f"featurize ({type(featurizer).__name__}.batch)", b, time_calls(featurizer.batch, chunks[b], passes[b]))
+        rates[("featurize", b)] = row(
+            f"featurize ({type(featurizer).__name__}.batch)",
+            b,
+            time_calls(featurizer.batch, chunks[b], passes[b]),
+        )
     for b in BATCHES:
         for label, call in runtimes.items():
             inputs = tensors[b] if label.startswith("torch") else ids[b]
-            rates[(label, b)] = row(f"{label}, model call only", b, time_calls(call, inputs, passes[b]))
-    rates[("e2e", 1)] = row("end to end: featurize + INT8 ONNX", 1, time_calls(lambda c: int8.run(None, {name: featurizer.batch(c)}), chunks[1], 1))
+            rates[(label, b)] = row(
+                f"{label}, model call only", b, time_calls(call, inputs, passes[b])
+            )
+    rates[("e2e", 1)] = row(
+        "end to end: featurize + INT8 ONNX",
+        1,
+        time_calls(lambda c: int8.run(None, {name: featurizer.batch(c)}), chunks[1], 1),
+    )
 
     # Accuracy of each runtime on the test texts the model has labels for (all of them unless --quick).
     known = [(e.text, e.intent) for e in trained["test"] if e.intent in set(labels)]
-    acc_ids = [featurizer.batch([t for t, _ in known[i : i + 256]]) for i in range(0, len(known), 256)]
+    acc_ids = [
+        featurizer.batch([t for t, _ in known[i : i + 256]]) for i in range(0, len(known), 256)
+    ]
     truth = np.array([labels.index(i) for _, i in known])
     with torch.no_grad():
         top = {
-            "torch": np.concatenate([model(torch.from_numpy(x)).argmax(1).numpy() for x in acc_ids]),
+            "torch": np.concatenate(
+                [model(torch.from_numpy(x)).argmax(1).numpy() for x in acc_ids]
+            ),
             "FP32 ONNX": np.concatenate([fp32.run(None, {name: x})[0].argmax(1) for x in acc_ids]),
             "INT8 ONNX": np.concatenate([int8.run(None, {name: x})[0].argmax(1) for x in acc_ids]),
         }
     print(
-        f"    test accuracy ({len(known):,} texts): " + ", ".join(f"{k} {np.mean(v == truth):.4f}" for k, v in top.items())
+        f"    test accuracy ({len(known):,} texts): "
+        + ", ".join(f"{k} {np.mean(v == truth):.4f}" for k, v in top.items())
         + f"; INT8/torch top-1 agreement {np.mean(top['INT8 ONNX'] == top['torch']):.4f}"
     )
 
@@ -235,7 +289,9 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
         f"FP32 ONNX/torch: batch 1 {rates[('FP32 ONNX', 1)] / rates[(t, 1)]:.2f}x, batch 64 {rates[('FP32 ONNX', 64)] / rates[(t, 64)]:.2f}x   "
         f"featurize share of end to end at batch 1: {rates[('e2e', 1)] / rates[('featurize', 1)]:.0%}"
     )
-    print(f"{'PASS' if r1 >= GOAL_SPEEDUP else 'FAIL'}: {model.architecture}: INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager at batch 1 ({r1:.2f}x)")
+    print(
+        f"{'PASS' if r1 >= GOAL_SPEEDUP else 'FAIL'}: {model.architecture}: INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager at batch 1 ({r1:.2f}x)"
+    )
     torch.set_num_threads(threads_before)
 
 
@@ -245,7 +301,9 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
 _HEADERS = {"Content-Type": "application/json"}
 
 
-def _post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str] = _HEADERS) -> tuple[int, bytes]:
+def _post(
+    conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str] = _HEADERS
+) -> tuple[int, bytes]:
     conn.request("POST", path, body=body, headers=headers)
     response = conn.getresponse()
     return response.status, response.read()
@@ -277,7 +335,13 @@ def sequential(port: int, bodies: list[bytes], n: int) -> tuple[np.ndarray, int]
     return np.array(out), failed
 
 
-def under_load(port: int, bodies: list[bytes], clients: int, seconds: float, driver: Callable[[float], Any] | None = None) -> dict[str, Any]:
+def under_load(
+    port: int,
+    bodies: list[bytes],
+    clients: int,
+    seconds: float,
+    driver: Callable[[float], Any] | None = None,
+) -> dict[str, Any]:
     """``clients`` keep-alive threads POSTing single texts for ``seconds``; ``driver(deadline)`` (if given) runs in
     this thread meanwhile (the swapper). Latencies of 200s, failures (non-200 or exceptions), served versions."""
     stop = threading.Event()
@@ -314,7 +378,10 @@ def under_load(port: int, bodies: list[bytes], clients: int, seconds: float, dri
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True) for i in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(i,), name=f"client-{i}", daemon=True)
+        for i in range(clients)
+    ]
     for thread in threads:
         thread.start()
     gate.wait()
@@ -328,8 +395,11 @@ def under_load(port: int, bodies: list[bytes], clients: int, seconds: float, dri
             thread.join(15)
     all_fin = np.concatenate([np.array(f) for f in finished]) if any(finished) else np.zeros(0)
     return {
-        "latencies": np.concatenate([np.array(x) for x in latencies]) if any(latencies) else np.zeros(0),
-        "rps": float(np.count_nonzero((all_fin >= started) & (all_fin <= ended))) / (ended - started),
+        "latencies": np.concatenate([np.array(x) for x in latencies])
+        if any(latencies)
+        else np.zeros(0),
+        "rps": float(np.count_nonzero((all_fin >= started) & (all_fin <= ended)))
+        / (ended - started),
         "seconds": ended - started,
         "failed": sum(len(f) for f in failures),
         "failures": [m for f in failures for m in f][:3],
@@ -338,7 +408,9 @@ def under_load(port: int, bodies: list[bytes], clients: int, seconds: float, dri
     }
 
 
-def swapper(port: int, versions: list[str], period: float) -> Callable[[float], list[tuple[str, int, float]]]:
+def swapper(
+    port: int, versions: list[str], period: float
+) -> Callable[[float], list[tuple[str, int, float]]]:
     """Activate ``versions`` round-robin (starting after the first, which is live) every ``period`` s until the deadline."""
 
     def drive(deadline: float) -> list[tuple[str, int, float]]:
@@ -359,7 +431,9 @@ def swapper(port: int, versions: list[str], period: float) -> Callable[[float], 
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 done.append((version, status, time.perf_counter() - t0))
-                due = max(due + period, time.perf_counter() - period)  # a slow activation does not cause a burst later
+                due = max(
+                    due + period, time.perf_counter() - period
+                )  # a slow activation does not cause a burst later
                 time.sleep(max(0.0, min(due, deadline) - time.perf_counter()))
         finally:
             conn.close()
@@ -370,10 +444,14 @@ def swapper(port: int, versions: list[str], period: float) -> Callable[[float], 
 
 def _latency_sum(url: str) -> tuple[float, float]:
     samples = scrape(url)
-    return samples.get("driftd_predict_latency_seconds_sum", 0.0), samples.get("driftd_predict_latency_seconds_count", 0.0)
+    return samples.get("driftd_predict_latency_seconds_sum", 0.0), samples.get(
+        "driftd_predict_latency_seconds_count", 0.0
+    )
 
 
-def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cleanup: list[Callable[[], None]]) -> None:
+def over_http(
+    trained: dict[str, Any], work: Path, args: argparse.Namespace, cleanup: list[Callable[[], None]]
+) -> None:
     from models.registry import Registry
 
     registry = Registry(work / "registry")
@@ -387,7 +465,9 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
     broker = EmbeddedBroker(free_port(), log_path=work / "broker.log").start()
     cleanup.append(broker.stop)
     daemon = BenchDaemon(
-        broker.bootstrap, work / "daemon", unique("bench-serve"),
+        broker.bootstrap,
+        work / "daemon",
+        unique("bench-serve"),
         extra_env={
             "DRIFTD_MODELS__REGISTRY_DIR": str(registry.root),
             "DRIFTD_WEB__ADMIN_TOKEN": TOKEN,
@@ -399,7 +479,9 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
     started = time.perf_counter()
     daemon.start()
     cleanup.append(daemon.stop_quietly)
-    cleanup.append(lambda: daemon.proc is not None and daemon.proc.poll() is None and daemon.terminate(10))
+    cleanup.append(
+        lambda: daemon.proc is not None and daemon.proc.poll() is None and daemon.terminate(10)
+    )
     daemon.wait_ready(timeout_s=90, model=True)
     port, pid = daemon.web_port, daemon.proc.pid if daemon.proc else None
     print(
@@ -407,7 +489,9 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
         f"registry {', '.join(versions)} (~{_mb(per_version)} of files each), serving {versions[0]}; "
         f'client: POST /v1/predict {{"text": ...}} over keep-alive http.client, CLINC150 test texts'
     )
-    print(f"    the clients run in this process and share the {len(os.sched_getaffinity(0))} cores with the daemon and the broker: figures include that contention")
+    print(
+        f"    the clients run in this process and share the {len(os.sched_getaffinity(0))} cores with the daemon and the broker: figures include that contention"
+    )
     bodies = [json.dumps({"text": e.text}).encode() for e in trained["test"]]
 
     metrics = daemon.url + "/metrics"
@@ -430,10 +514,14 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
         f"failed {steady['failed']}, daemon CPU {steady_cpu:.2f} cores{_failure_note(steady)}"
     )
 
-    print(f"{'PASS' if p99 < GOAL_P99_MS else 'FAIL'}: endpoint p99 < {GOAL_P99_MS:g} ms (sequential client: {p99:.3f} ms)")
+    print(
+        f"{'PASS' if p99 < GOAL_P99_MS else 'FAIL'}: endpoint p99 < {GOAL_P99_MS:g} ms (sequential client: {p99:.3f} ms)"
+    )
     for period in args.swap_every:
         cpu0 = cpu_seconds(pid)
-        swapped = under_load(port, bodies, args.clients, args.seconds, swapper(port, versions, period))
+        swapped = under_load(
+            port, bodies, args.clients, args.seconds, swapper(port, versions, period)
+        )
         swap_cpu = (cpu_seconds(pid) - cpu0) / swapped["seconds"]
         w50, w99 = _pcts(swapped["latencies"])
         swaps = swapped["driven"]
@@ -449,9 +537,13 @@ def over_http(trained: dict[str, Any], work: Path, args: argparse.Namespace, cle
             f"(asked {period:g}s); activation p50 {act_p50:.0f} ms, max {max((s[2] for s in swaps), default=float('nan')) * 1e3:.0f} ms; answered by: {served}"
         )
         ratio = w99 / s99
-        print(f"ratio p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
-        print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
-              f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
+        print(
+            f"ratio p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x"
+        )
+        print(
+            f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
+            f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})"
+        )
 
     with_wrk(port, bodies, versions, args)
     code, secs = daemon.terminate(15)
@@ -464,20 +556,30 @@ def with_wrk(port: int, bodies: list[bytes], versions: list[str], args: argparse
     if not wrk_available():
         print("(c) wrk is not installed (bash scripts/debian-packages.sh wrk:wrk): skipped")
         return
-    print(f"(c) the same load from wrk (1 thread, {args.clients} keep-alive connections, its own process), steady then during swaps")
+    print(
+        f"(c) the same load from wrk (1 thread, {args.clients} keep-alive connections, its own process), steady then during swaps"
+    )
     steady = wrk_load(port, bodies, args.clients, args.seconds)
-    print(f"    steady, {args.seconds:g}s: {steady['rps']:,.0f} requests/s, p50 {steady['p50']:.3f} ms, p99 {steady['p99']:.3f} ms, failed {steady['failed']}")
+    print(
+        f"    steady, {args.seconds:g}s: {steady['rps']:,.0f} requests/s, p50 {steady['p50']:.3f} ms, p99 {steady['p99']:.3f} ms, failed {steady['failed']}"
+    )
     for period in args.swap_every:
-        swapped = wrk_load(port, bodies, args.clients, args.seconds, swapper(port, versions, period))
+        swapped = wrk_load(
+            port, bodies, args.clients, args.seconds, swapper(port, versions, period)
+        )
         ok = sum(1 for s in swapped["driven"] if s[1] == 200)
         print(
             f"    during swaps every {period:g}s, {args.seconds:g}s: {swapped['rps']:,.0f} requests/s, p50 {swapped['p50']:.3f} ms, p99 {swapped['p99']:.3f} ms, "
             f"failed {swapped['failed']}; {ok} swaps done ({len(swapped['driven']) - ok} refused or failed)"
         )
         ratio = swapped["p99"] / steady["p99"]
-        print(f"ratio (wrk) p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x")
-        print(f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
-              f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})")
+        print(
+            f"ratio (wrk) p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x"
+        )
+        print(
+            f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
+            f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})"
+        )
 
 
 def _failure_note(result: dict[str, Any]) -> str:
@@ -488,10 +590,14 @@ def _failure_note(result: dict[str, Any]) -> str:
 
 
 def bench(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.ERROR)  # onnxruntime.quantization's advice to pre-process, once per export
+    logging.basicConfig(
+        level=logging.ERROR
+    )  # onnxruntime.quantization's advice to pre-process, once per export
     started = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
-    print(f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python {platform.python_version()}, {'--quick' if args.quick else 'full'} run")
+    print(
+        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python {platform.python_version()}, {'--quick' if args.quick else 'full'} run"
+    )
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-serve-"))
     cleanup: list[Callable[[], None]] = []
     try:
@@ -513,13 +619,35 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a small model (5 domains, 3 epochs) and shorter HTTP phases")
-    parser.add_argument("--requests", type=positive_int, help="sequential requests (default 3000; --quick 1000)")
-    parser.add_argument("--clients", type=positive_int, default=8, help="client threads under load (default 8)")
-    parser.add_argument("--seconds", type=float, help="seconds of each load phase, steady and during swaps (default 10; --quick 4)")
-    parser.add_argument("--swap-every", type=float, nargs="+", default=[0.2, 1.0], help="seconds between activations, one swap phase per value (default 0.2 1)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, registry) for inspection")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small model (5 domains, 3 epochs) and shorter HTTP phases",
+    )
+    parser.add_argument(
+        "--requests", type=positive_int, help="sequential requests (default 3000; --quick 1000)"
+    )
+    parser.add_argument(
+        "--clients", type=positive_int, default=8, help="client threads under load (default 8)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="seconds of each load phase, steady and during swaps (default 10; --quick 4)",
+    )
+    parser.add_argument(
+        "--swap-every",
+        type=float,
+        nargs="+",
+        default=[0.2, 1.0],
+        help="seconds between activations, one swap phase per value (default 0.2 1)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, registry) for inspection"
+    )
     args = parser.parse_args()
     if any(not period > 0 for period in args.swap_every):
         parser.error(f"--swap-every takes seconds > 0, got {' '.join(map(str, args.swap_every))}")

@@ -69,7 +69,11 @@ SMALL_EPOCHS = {"transformer": 2, "bag_of_ngrams": 2}
 QUICK_TRAIN, QUICK_TEST = 512, 600
 WARMUP_BATCHES = 8
 SEED = 0
-FULL_BATCH_SIZES = (256, 1024, 4096)  # the daemon's fine-tune default, then two where each launch has more work
+FULL_BATCH_SIZES = (
+    256,
+    1024,
+    4096,
+)  # the daemon's fine-tune default, then two where each launch has more work
 
 
 @dataclass
@@ -181,30 +185,62 @@ def configs(size: str) -> dict[str, Any]:
     from models.classifier import ClassifierConfig
     from models.transformer import TransformerConfig
 
-    transformer = TransformerConfig(dim=256, heads=8, layers=4, ffn=1024) if size == "full" else TransformerConfig()
+    transformer = (
+        TransformerConfig(dim=256, heads=8, layers=4, ffn=1024)
+        if size == "full"
+        else TransformerConfig()
+    )
     return {"transformer": transformer, "bag_of_ngrams": ClassifierConfig()}
 
 
-def measure(architecture: str, config: Any, precision: str, batch_size: int, data: dict[str, Any], args: argparse.Namespace, cuda: bool) -> Row:
+def measure(
+    architecture: str,
+    config: Any,
+    precision: str,
+    batch_size: int,
+    data: dict[str, Any],
+    args: argparse.Namespace,
+    cuda: bool,
+) -> Row:
     from models.architectures import get_architecture
     from models.train import TrainSettings, accuracy, train_classifier
 
     texts, intents = data["texts"], data["intents"]
-    epochs = args.epochs or (1 if args.quick else SMALL_EPOCHS.get(architecture, 2) if args.size == "small" else get_architecture(architecture).epochs)
+    epochs = args.epochs or (
+        1
+        if args.quick
+        else SMALL_EPOCHS.get(architecture, 2)
+        if args.size == "small"
+        else get_architecture(architecture).epochs
+    )
     common = {"batch_size": batch_size, "precision": precision, "device": args.device, "seed": SEED}
 
     # warm-up: same model, device and precision, a few batches, not measured
     n_warm = min(len(texts), WARMUP_BATCHES * batch_size)
     _release_memory(cuda)
     _seed(SEED)
-    train_classifier(texts[:n_warm], intents[:n_warm], labels=data["labels"], architecture=architecture, config=config, settings=TrainSettings(epochs=1, **common))
+    train_classifier(
+        texts[:n_warm],
+        intents[:n_warm],
+        labels=data["labels"],
+        architecture=architecture,
+        config=config,
+        settings=TrainSettings(epochs=1, **common),
+    )
 
     _release_memory(cuda)
     _seed(SEED)
     base_max_rss = _max_rss()
     cpu0 = _cpu_seconds()
     with RssPeak() as rss:
-        result = train_classifier(texts, intents, labels=data["labels"], architecture=architecture, config=config, settings=TrainSettings(epochs=epochs, **common))
+        result = train_classifier(
+            texts,
+            intents,
+            labels=data["labels"],
+            architecture=architecture,
+            config=config,
+            settings=TrainSettings(epochs=epochs, **common),
+        )
     cores = (_cpu_seconds() - cpu0) / max(result.seconds, 1e-9)
     if result.precision != precision:
         raise RuntimeError(f"asked for {precision}, train_classifier used {result.precision}")
@@ -217,8 +253,20 @@ def measure(architecture: str, config: Any, precision: str, batch_size: int, dat
     samples = result.epochs_run * len(texts)
     label_set = set(result.labels)
     known = [(t, i) for t, i in zip(data["test_texts"], data["test_intents"]) if i in label_set]
-    acc = accuracy(result.model, result.featurizer, result.labels, [t for t, _ in known], [i for _, i in known])
-    row = Row(architecture, result.precision, result.epochs_run, result.samples_per_s, samples / max(result.samples_per_s, 1e-9), result.seconds, peak, acc, cores)
+    acc = accuracy(
+        result.model, result.featurizer, result.labels, [t for t, _ in known], [i for _, i in known]
+    )
+    row = Row(
+        architecture,
+        result.precision,
+        result.epochs_run,
+        result.samples_per_s,
+        samples / max(result.samples_per_s, 1e-9),
+        result.seconds,
+        peak,
+        acc,
+        cores,
+    )
     del result
     return row
 
@@ -254,9 +302,17 @@ def bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     cuda = args.device == "cuda"
     if cuda:
-        amp = args.amp if args.amp != "auto" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        amp = (
+            args.amp
+            if args.amp != "auto"
+            else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        )
         device_name = torch.cuda.get_device_name()
-        amp_note = f"{amp} autocast" + (" + GradScaler" if amp == "fp16" else "") + (f" (bf16 supported: {torch.cuda.is_bf16_supported()})")
+        amp_note = (
+            f"{amp} autocast"
+            + (" + GradScaler" if amp == "fp16" else "")
+            + (f" (bf16 supported: {torch.cuda.is_bf16_supported()})")
+        )
     else:
         amp = args.amp if args.amp != "auto" else "bf16"
         device_name = cpu_model()
@@ -274,7 +330,8 @@ def bench(args: argparse.Namespace) -> int:
 
     data = load_data(args)
     print(
-        f"data: CLINC150 train {data['n_split']:,} examples" + (f" x{args.repeat} = {len(data['texts']):,} per epoch" if args.repeat > 1 else "")
+        f"data: CLINC150 train {data['n_split']:,} examples"
+        + (f" x{args.repeat} = {len(data['texts']):,} per epoch" if args.repeat > 1 else "")
         + f", {len(data['labels'])} labels; test {len(data['test_texts']):,} texts; batch sizes {', '.join(map(str, args.batch_sizes))}; seed {SEED}"
     )
     sizes = configs(args.size)
@@ -293,7 +350,9 @@ def bench(args: argparse.Namespace) -> int:
         config = sizes.get(name) or arch.config()
         n_params = sum(p.numel() for p in arch.model(config, len(data["labels"])).parameters())
         print(f"\n{name}: {arch.model.__name__} {config.to_dict()}, {n_params:,} parameters")
-        print(f"    {'batch':>6}  {'precision':<10}{'epochs':>6}  {'samples/s':>10}  {mem_label:>12}  {'train s':>8}  {'wall s':>7}  {'cores':>5}  {'test acc':>8}")
+        print(
+            f"    {'batch':>6}  {'precision':<10}{'epochs':>6}  {'samples/s':>10}  {mem_label:>12}  {'train s':>8}  {'wall s':>7}  {'cores':>5}  {'test acc':>8}"
+        )
         for batch_size in args.batch_sizes:
             rows: dict[str, Row] = {}
             for precision in ("fp32", amp):
@@ -305,7 +364,9 @@ def bench(args: argparse.Namespace) -> int:
                     flush=True,
                 )
             fp32, mixed = rows["fp32"], rows[amp]
-            mem_ratio = f"{mixed.peak_bytes / fp32.peak_bytes:.2f}x" if fp32.peak_bytes > 0 else "n/a"
+            mem_ratio = (
+                f"{mixed.peak_bytes / fp32.peak_bytes:.2f}x" if fp32.peak_bytes > 0 else "n/a"
+            )
             print(
                 f"    {batch_size:>6}  AMP ({amp}) / FP32: samples/s {mixed.samples_per_s / fp32.samples_per_s:.2f}x, {mem_label} {mem_ratio}, "
                 f"test accuracy {mixed.accuracy - fp32.accuracy:+.3f}"
@@ -318,17 +379,27 @@ def bench(args: argparse.Namespace) -> int:
         if cuda
         else f"well below the {torch.get_num_threads()} intra-op threads means other processes took CPU time and the figures are low"
     )
-    print(f"cores = this process's CPU seconds / wall seconds over the run ({cores_note}); 1-min load average {_load()} at the end")
+    print(
+        f"cores = this process's CPU seconds / wall seconds over the run ({cores_note}); 1-min load average {_load()} at the end"
+    )
     for batch_size in args.batch_sizes:
         rows = results.get((GOAL_ARCH, batch_size))
         if rows is None:
             continue
         speedup = rows[amp].samples_per_s / rows["fp32"].samples_per_s
         if cuda:
-            where = "" if "H200" in device_name else f"; measured on {device_name}, the goal is stated for an H200"
-            print(f"{'PASS' if speedup >= GOAL_SPEEDUP else 'FAIL'}: {GOAL_ARCH} at batch {batch_size}: AMP ({amp}) >= {GOAL_SPEEDUP:g}x FP32 samples/s ({speedup:.2f}x{where})")
+            where = (
+                ""
+                if "H200" in device_name
+                else f"; measured on {device_name}, the goal is stated for an H200"
+            )
+            print(
+                f"{'PASS' if speedup >= GOAL_SPEEDUP else 'FAIL'}: {GOAL_ARCH} at batch {batch_size}: AMP ({amp}) >= {GOAL_SPEEDUP:g}x FP32 samples/s ({speedup:.2f}x{where})"
+            )
         else:
-            print(f"goal applies on CUDA (H200): {GOAL_ARCH} AMP >= {GOAL_SPEEDUP:g}x FP32; CPU figures are informational ({speedup:.2f}x here at batch {batch_size})")
+            print(
+                f"goal applies on CUDA (H200): {GOAL_ARCH} AMP >= {GOAL_SPEEDUP:g}x FP32; CPU figures are informational ({speedup:.2f}x here at batch {batch_size})"
+            )
     print(f"total {time.perf_counter() - started:.0f}s")
     return 0
 
@@ -338,15 +409,51 @@ def main() -> int:
 
     from models.architectures import ARCHITECTURES
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_TRAIN} training examples, 1 epoch, {QUICK_TEST} test texts")
-    parser.add_argument("--size", choices=("full", "small"), help="full: transformer dim 256/4 layers, default epochs (default on CUDA); small: default config, few epochs (default on CPU)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available, else CPU")
-    parser.add_argument("--epochs", type=positive_int, help="epochs for every architecture (default: full = each architecture's default; small = 2; --quick 1)")
-    parser.add_argument("--batch-size", type=batch_sizes, help="examples per step, or a comma-separated list to measure each (default 256,1024,4096 for --size full, else 64)")
-    parser.add_argument("--repeat", type=positive_int, help="train on the train split repeated R times per epoch, for longer timed runs (default 4 for --size full, else 1)")
-    parser.add_argument("--amp", choices=("auto", "bf16", "fp16"), default="auto", help="the AMP precision (auto: bf16 where the GPU has it, else fp16; bf16 on CPU)")
-    parser.add_argument("--architectures", default=",".join(DEFAULT_ARCHS), help=f"comma-separated (default {','.join(DEFAULT_ARCHS)}; known: {', '.join(ARCHITECTURES)})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_TRAIN} training examples, 1 epoch, {QUICK_TEST} test texts",
+    )
+    parser.add_argument(
+        "--size",
+        choices=("full", "small"),
+        help="full: transformer dim 256/4 layers, default epochs (default on CUDA); small: default config, few epochs (default on CPU)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: CUDA when available, else CPU",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="epochs for every architecture (default: full = each architecture's default; small = 2; --quick 1)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=batch_sizes,
+        help="examples per step, or a comma-separated list to measure each (default 256,1024,4096 for --size full, else 64)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        help="train on the train split repeated R times per epoch, for longer timed runs (default 4 for --size full, else 1)",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16"),
+        default="auto",
+        help="the AMP precision (auto: bf16 where the GPU has it, else fp16; bf16 on CPU)",
+    )
+    parser.add_argument(
+        "--architectures",
+        default=",".join(DEFAULT_ARCHS),
+        help=f"comma-separated (default {','.join(DEFAULT_ARCHS)}; known: {', '.join(ARCHITECTURES)})",
+    )
     args = parser.parse_args()
 
     if args.device == "auto":
@@ -355,12 +462,16 @@ def main() -> int:
         parser.error("--device cuda: torch sees no CUDA device")
     cuda = args.device == "cuda"
     args.size = args.size or ("full" if cuda else "small")
-    args.batch_sizes = args.batch_size or (list(FULL_BATCH_SIZES) if args.size == "full" and not args.quick else [64])
+    args.batch_sizes = args.batch_size or (
+        list(FULL_BATCH_SIZES) if args.size == "full" and not args.quick else [64]
+    )
     args.repeat = args.repeat or (4 if args.size == "full" and not args.quick else 1)
     args.architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
     unknown = [a for a in args.architectures if a not in ARCHITECTURES]
     if unknown or not args.architectures:
-        parser.error(f"--architectures: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(ARCHITECTURES)}")
+        parser.error(
+            f"--architectures: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(ARCHITECTURES)}"
+        )
     if cuda and args.amp == "bf16" and not torch.cuda.is_bf16_supported():
         parser.error("--amp bf16: this GPU does not support bf16")
 

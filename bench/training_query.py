@@ -33,28 +33,99 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import cpu_model, positive_int  # noqa: E402
-from streams.tiers import StoredEvent, TieredStore, TierPolicy  # noqa: E402
-from streams.training_set import query_recent, query_replay  # noqa: E402
+from bench.common import cpu_model, positive_int
+from streams.tiers import StoredEvent, TieredStore, TierPolicy
+from streams.training_set import query_recent, query_replay
 
-WORDS = "book flight cancel card balance weather alarm song play transfer freeze pay bill rate".split()
+WORDS = [
+    "book",
+    "flight",
+    "cancel",
+    "card",
+    "balance",
+    "weather",
+    "alarm",
+    "song",
+    "play",
+    "transfer",
+    "freeze",
+    "pay",
+    "bill",
+    "rate",
+]
 REPLAY_SIZE = 9000  # 30,000 recent examples x replay_ratio 0.3
 
 
 def open_store(root: Path, warm_retention_s: float) -> TieredStore:
-    store = TieredStore(root / "warm.sqlite3", str(root / "cold"), TierPolicy(900.0, warm_retention_s), 1000, warm_synchronous="NORMAL")
+    store = TieredStore(
+        root / "warm.sqlite3",
+        str(root / "cold"),
+        TierPolicy(900.0, warm_retention_s),
+        1000,
+        warm_synchronous="NORMAL",
+    )
     return asyncio.run(store.open())
 
 
 def build(root: Path, utterances: int, cold: bool) -> None:
     async def fill() -> None:
-        store = await TieredStore(root / "warm.sqlite3", str(root / "cold"), TierPolicy(900.0, 1.0 if cold else 7 * 86400.0), 1000, warm_synchronous="NORMAL").open()
+        store = await TieredStore(
+            root / "warm.sqlite3",
+            str(root / "cold"),
+            TierPolicy(900.0, 1.0 if cold else 7 * 86400.0),
+            1000,
+            warm_synchronous="NORMAL",
+        ).open()
         rng, now, batch = random.Random(1), time.time(), []
         for i in range(utterances):
             ts, ref = now - 3600 + i * 3600 / utterances, f"utt-{i:09d}"
             text = " ".join(rng.choice(WORDS) for _ in range(9))
-            batch.append(StoredEvent("bench", 0, 2 * i, ref, "utterance", ts, f"c{i}", 0, "normal", None, None, text, None, None, None, None, b"{}" * 150, ts, ts))
-            batch.append(StoredEvent("bench", 0, 2 * i + 1, f"lbl-{i:09d}", "label", ts + 1, f"c{i}", 1, "normal", None, None, None, ref, f"intent_{rng.randrange(150)}", None, text, b"{}" * 100, ts, ts))
+            batch.append(
+                StoredEvent(
+                    "bench",
+                    0,
+                    2 * i,
+                    ref,
+                    "utterance",
+                    ts,
+                    f"c{i}",
+                    0,
+                    "normal",
+                    None,
+                    None,
+                    text,
+                    None,
+                    None,
+                    None,
+                    None,
+                    b"{}" * 150,
+                    ts,
+                    ts,
+                )
+            )
+            batch.append(
+                StoredEvent(
+                    "bench",
+                    0,
+                    2 * i + 1,
+                    f"lbl-{i:09d}",
+                    "label",
+                    ts + 1,
+                    f"c{i}",
+                    1,
+                    "normal",
+                    None,
+                    None,
+                    None,
+                    ref,
+                    f"intent_{rng.randrange(150)}",
+                    None,
+                    text,
+                    b"{}" * 100,
+                    ts,
+                    ts,
+                )
+            )
             if len(batch) >= 20_000:
                 await store.write(batch)
                 batch = []
@@ -68,7 +139,9 @@ def build(root: Path, utterances: int, cold: bool) -> None:
 
 
 def rss_mb(field: str = "VmRSS") -> float:
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    line = next(
+        x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":")
+    )
     return int(line.split()[1]) / 1024
 
 
@@ -87,14 +160,34 @@ def child(root: str, query: str, scan_rows: int) -> None:
         elif query == "recent-newest":
             n = len(asyncio.run(query_recent(store, 0, 1e12, 30_000)))
         else:
-            n = len(asyncio.run(query_replay(store, REPLAY_SIZE, 7, (), scan_rows if query == "replay-budget" else None)))
+            n = len(
+                asyncio.run(
+                    query_replay(
+                        store, REPLAY_SIZE, 7, (), scan_rows if query == "replay-budget" else None
+                    )
+                )
+            )
         seconds.append(time.perf_counter() - started)
         gc.collect()
-    print(json.dumps({"examples": n, "s": statistics.median(seconds), "peak": rss_mb("VmHWM") - base, "after": rss_mb() - base}))
+    print(
+        json.dumps(
+            {
+                "examples": n,
+                "s": statistics.median(seconds),
+                "peak": rss_mb("VmHWM") - base,
+                "after": rss_mb() - base,
+            }
+        )
+    )
 
 
 def measure(root: Path, query: str, scan_rows: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", str(root), query, str(scan_rows)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(root), query, str(scan_rows)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -106,7 +199,9 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
-    print(f"training-set queries: {args.utterances:,} labelled utterances ({2 * args.utterances:,} events) per store; {cpu_model()}")
+    print(
+        f"training-set queries: {args.utterances:,} labelled utterances ({2 * args.utterances:,} events) per store; {cpu_model()}"
+    )
     with tempfile.TemporaryDirectory(prefix="driftd-bench-query-") as tmp:
         warm, cold = Path(tmp, "warm"), Path(tmp, "cold")
         started = time.perf_counter()
@@ -115,13 +210,28 @@ def main() -> None:
         print(f"stores built in {time.perf_counter() - started:.0f} s\n")
         print(f"{'query':28} {'examples':>9} {'s':>7} {'peak +MB':>9} {'after +MB':>10}")
         rows = {}
-        for query, label in (("recent-all", "recent, whole window"), ("recent-newest", "recent, newest 30,000"),
-                             ("replay-all", "replay, all cold"), ("replay-budget", f"replay, scan budget {args.utterances:,}")):
-            rows[query] = r = measure(cold if query.startswith("replay") else warm, query, args.utterances)
-            print(f"{label:28} {r['examples']:9,} {r['s']:7.2f} {r['peak']:9.0f} {r['after']:10.0f}", flush=True)
-    for bounded, unbounded, what in (("recent-newest", "recent-all", "recent"), ("replay-budget", "replay-all", "replay")):
+        for query, label in (
+            ("recent-all", "recent, whole window"),
+            ("recent-newest", "recent, newest 30,000"),
+            ("replay-all", "replay, all cold"),
+            ("replay-budget", f"replay, scan budget {args.utterances:,}"),
+        ):
+            rows[query] = r = measure(
+                cold if query.startswith("replay") else warm, query, args.utterances
+            )
+            print(
+                f"{label:28} {r['examples']:9,} {r['s']:7.2f} {r['peak']:9.0f} {r['after']:10.0f}",
+                flush=True,
+            )
+    for bounded, unbounded, what in (
+        ("recent-newest", "recent-all", "recent"),
+        ("replay-budget", "replay-all", "replay"),
+    ):
         b, u = rows[bounded], rows[unbounded]
-        print(f"\n{what}: bounded/unbounded peak memory {b['peak'] / max(u['peak'], 1e-9):.2f}x, time {b['s'] / u['s']:.2f}x", end="")
+        print(
+            f"\n{what}: bounded/unbounded peak memory {b['peak'] / max(u['peak'], 1e-9):.2f}x, time {b['s'] / u['s']:.2f}x",
+            end="",
+        )
     print()
 
 

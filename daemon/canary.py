@@ -69,11 +69,22 @@ class Canary:
         self.watch = None
         accuracy = watch.correct / watch.n
         if accuracy >= watch.baseline - self.settings.canary_margin:
-            log.info("canary passed: %s at %.4f over %d outcomes (previous model %.4f)",
-                     watch.version, accuracy, watch.n, watch.baseline)
+            log.info(
+                "canary passed: %s at %.4f over %d outcomes (previous model %.4f)",
+                watch.version,
+                accuracy,
+                watch.n,
+                watch.baseline,
+            )
             return None
-        log.error("canary failed: %s at %.4f over %d outcomes, previous %s had %.4f: rolling back",
-                  watch.version, accuracy, watch.n, watch.previous, watch.baseline)
+        log.error(
+            "canary failed: %s at %.4f over %d outcomes, previous %s had %.4f: rolling back",
+            watch.version,
+            accuracy,
+            watch.n,
+            watch.previous,
+            watch.baseline,
+        )
         return watch
 
     def snapshot(self) -> dict[str, Any] | None:

@@ -58,24 +58,60 @@ def replica_id() -> str:
 
 class ReplicaMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.trainer = Gauge("driftd_replica_trainer", "1 while this replica is the group's trainer (learning.role).", registry=registry)
-        self.forwarded = Counter("driftd_replica_forwarded_total", "Records this replica forwarded to the trainer on topics.quality, by kind (decision, examples).", ["kind"], registry=registry)
-        self.received = Counter("driftd_replica_received_total", "Decisions and labelled examples the trainer took from other replicas, by kind.", ["kind"], registry=registry)
-        self.syncs = Counter("driftd_model_syncs_total", "Swaps to the registry's CURRENT made by another replica (model-updates or the periodic check).", registry=registry)
-        self.sync_failures = Counter("driftd_model_sync_failures_total", "CURRENT versions this replica could not load (corrupt or unreadable); it kept serving its version.", registry=registry)
+        self.trainer = Gauge(
+            "driftd_replica_trainer",
+            "1 while this replica is the group's trainer (learning.role).",
+            registry=registry,
+        )
+        self.forwarded = Counter(
+            "driftd_replica_forwarded_total",
+            "Records this replica forwarded to the trainer on topics.quality, by kind (decision, examples).",
+            ["kind"],
+            registry=registry,
+        )
+        self.received = Counter(
+            "driftd_replica_received_total",
+            "Decisions and labelled examples the trainer took from other replicas, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.syncs = Counter(
+            "driftd_model_syncs_total",
+            "Swaps to the registry's CURRENT made by another replica (model-updates or the periodic check).",
+            registry=registry,
+        )
+        self.sync_failures = Counter(
+            "driftd_model_sync_failures_total",
+            "CURRENT versions this replica could not load (corrupt or unreadable); it kept serving its version.",
+            registry=registry,
+        )
 
 
 class ReplicaLink(mode.Service):
     """Forwards to the trainer, feeds the trainer, and keeps this replica on the registry's CURRENT."""
 
     def __init__(
-        self, settings: Settings, bootstrap: str, kafka_options: dict[str, Any], learning: LearningLoop, server: ModelServer,
-        registry: Registry, swap_lock: asyncio.Lock, send: Callable[[str, bytes, bytes], Any], assignment: Callable[[], set[tuple[str, int]]],
-        metrics_registry: CollectorRegistry, **kwargs: Any,
+        self,
+        settings: Settings,
+        bootstrap: str,
+        kafka_options: dict[str, Any],
+        learning: LearningLoop,
+        server: ModelServer,
+        registry: Registry,
+        swap_lock: asyncio.Lock,
+        send: Callable[[str, bytes, bytes], Any],
+        assignment: Callable[[], set[tuple[str, int]]],
+        metrics_registry: CollectorRegistry,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.settings, self.bootstrap, self.kafka_options = settings, bootstrap, kafka_options
-        self.learning, self.server, self.registry, self.swap_lock = learning, server, registry, swap_lock
+        self.learning, self.server, self.registry, self.swap_lock = (
+            learning,
+            server,
+            registry,
+            swap_lock,
+        )
         self._send, self._assignment = send, assignment
         self.metrics = ReplicaMetrics(metrics_registry)
         self.id = replica_id()
@@ -83,8 +119,12 @@ class ReplicaLink(mode.Service):
         self._updates = TopicPartition(settings.topics.model_updates, 0)
         self._consumer: AIOKafkaConsumer | None = None
         self._was_trainer: bool | None = None
-        self._refused: str | None = None  # a CURRENT that failed to load: not retried until CURRENT changes
-        self.registry_current: str | None = None  # CURRENT as last read by the sync (for the status route)
+        self._refused: str | None = (
+            None  # a CURRENT that failed to load: not retried until CURRENT changes
+        )
+        self.registry_current: str | None = (
+            None  # CURRENT as last read by the sync (for the status route)
+        )
         self._sync_now = asyncio.Event()
 
     # -- role ----------------------------------------------------------------------------------------
@@ -103,7 +143,12 @@ class ReplicaLink(mode.Service):
             partitions = sorted(p for t, p in self._assignment() if t == self.settings.topics.input)
         except Exception:  # noqa: BLE001 - not assigned yet
             partitions = []
-        return {"id": self.id, "role": self.learning.learning.role, "trainer": self.is_trainer(), "input_partitions": partitions}
+        return {
+            "id": self.id,
+            "role": self.learning.learning.role,
+            "trainer": self.is_trainer(),
+            "input_partitions": partitions,
+        }
 
     # -- follower -> trainer --------------------------------------------------------------------------
 
@@ -111,11 +156,27 @@ class ReplicaLink(mode.Service):
         """Called in the event loop by the learning loop; the send runs as a task (a lost record is logged)."""
         if kind == "decision":
             decision: Decision = payload
-            records = [{"kind": "decision", "replica": self.id, "at": decision.at, "signals": list(decision.signals), "evidence": json_safe(decision.evidence), "labelled_samples": decision.labelled_samples}]
+            records = [
+                {
+                    "kind": "decision",
+                    "replica": self.id,
+                    "at": decision.at,
+                    "signals": list(decision.signals),
+                    "evidence": json_safe(decision.evidence),
+                    "labelled_samples": decision.labelled_samples,
+                }
+            ]
         else:
             examples: list[LabelledExample] = payload
             records = [
-                {"kind": "examples", "replica": self.id, "examples": [[e.text, e.intent, e.ts, e.utterance_id] for e in examples[i : i + _EXAMPLES_PER_RECORD]]}
+                {
+                    "kind": "examples",
+                    "replica": self.id,
+                    "examples": [
+                        [e.text, e.intent, e.ts, e.utterance_id]
+                        for e in examples[i : i + _EXAMPLES_PER_RECORD]
+                    ],
+                }
                 for i in range(0, len(examples), _EXAMPLES_PER_RECORD)
             ]
         for record in records:
@@ -126,7 +187,9 @@ class ReplicaLink(mode.Service):
             await (await self._send(self.settings.topics.quality, self.id.encode(), value))
             self.metrics.forwarded.labels(kind).inc()
         except Exception as exc:  # noqa: BLE001 - the trainer misses one record; this replica goes on
-            log.error("could not forward a %s record on %s: %s", kind, self.settings.topics.quality, exc)
+            log.error(
+                "could not forward a %s record on %s: %s", kind, self.settings.topics.quality, exc
+            )
 
     def _receive_quality(self, value: bytes) -> None:
         try:
@@ -134,14 +197,24 @@ class ReplicaLink(mode.Service):
             if record.get("replica") == self.id:
                 return  # our own, from before we trained: already in our store or already decided here
             if record["kind"] == "examples":
-                examples = [LabelledExample(str(text), str(intent), float(ts), str(ref), "replica") for text, intent, ts, ref in record["examples"]]
+                examples = [
+                    LabelledExample(str(text), str(intent), float(ts), str(ref), "replica")
+                    for text, intent, ts, ref in record["examples"]
+                ]
                 self.learning.add_peer_examples(examples)
                 self.metrics.received.labels("examples").inc(len(examples))
             elif record["kind"] == "decision":
                 if time.time() - float(record["at"]) > DECISION_MAX_AGE_S:
                     return
-                decision = Decision(float(record["at"]), tuple(record["signals"]), dict(record.get("evidence") or {}), int(record.get("labelled_samples", 0)))
-                log.warning("decay decision from replica %s: %s", record["replica"], decision.describe())
+                decision = Decision(
+                    float(record["at"]),
+                    tuple(record["signals"]),
+                    dict(record.get("evidence") or {}),
+                    int(record.get("labelled_samples", 0)),
+                )
+                log.warning(
+                    "decay decision from replica %s: %s", record["replica"], decision.describe()
+                )
                 self.metrics.received.labels("decision").inc()
                 self.learning.receive_decision(decision)
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the link
@@ -152,18 +225,31 @@ class ReplicaLink(mode.Service):
     async def sync_current(self) -> str | None:
         """Swap to the registry's CURRENT if it is not what serves; returns the version swapped to."""
         if self.server.version is None:
-            return None  # the model service's first load (or bootstrap) is still running: it owns that
+            return (
+                None  # the model service's first load (or bootstrap) is still running: it owns that
+            )
         loop = asyncio.get_running_loop()
-        async with self.swap_lock:  # CURRENT read under the lock: never undoes a promotion in progress here
-            current = self.registry_current = await loop.run_in_executor(None, self.registry.current)
+        async with (
+            self.swap_lock
+        ):  # CURRENT read under the lock: never undoes a promotion in progress here
+            current = self.registry_current = await loop.run_in_executor(
+                None, self.registry.current
+            )
             if current is None or current == self.server.version or current == self._refused:
                 return None
             try:
-                await loop.run_in_executor(model_loader(), self.server.load_and_swap, self.registry, current)
+                await loop.run_in_executor(
+                    model_loader(), self.server.load_and_swap, self.registry, current
+                )
             except Exception as exc:  # noqa: BLE001 - a bad version is refused, the one serving stays
                 self._refused = current
                 self.metrics.sync_failures.inc()
-                log.error("CURRENT is %s but it could not be loaded; %s keeps serving: %s", current, self.server.version, exc)
+                log.error(
+                    "CURRENT is %s but it could not be loaded; %s keeps serving: %s",
+                    current,
+                    self.server.version,
+                    exc,
+                )
                 return None
         self._refused = None
         self.metrics.syncs.inc()
@@ -184,11 +270,18 @@ class ReplicaLink(mode.Service):
         """The group-less consumer of both topics, from their ends; retried while the broker is away
         (the daemon starts and serves without it, as the ingest consumer waits for it)."""
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, **self.kafka_options)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                **self.kafka_options,
+            )
             try:
                 await consumer.start()
                 consumer.assign([self._quality, self._updates])
-                await consumer.seek_to_end(self._quality, self._updates)  # the quality history is read only by a trainer (below)
+                await consumer.seek_to_end(
+                    self._quality, self._updates
+                )  # the quality history is read only by a trainer (below)
                 consumer.pause(self._quality)
                 return consumer
             except Exception as exc:  # noqa: BLE001
@@ -221,22 +314,31 @@ class ReplicaLink(mode.Service):
         self._was_trainer = trainer
         self.metrics.trainer.set(1 if trainer else 0)
         if trainer:
-            log.warning("this replica is the trainer (learning.role = %s): reading %s from its start", self.learning.learning.role, self.settings.topics.quality)
+            log.warning(
+                "this replica is the trainer (learning.role = %s): reading %s from its start",
+                self.learning.learning.role,
+                self.settings.topics.quality,
+            )
             await self._consumer.seek_to_beginning(self._quality)
             self._consumer.resume(self._quality)
         else:
-            log.info("this replica is not the trainer: it forwards decisions and labelled examples on %s", self.settings.topics.quality)
+            log.info(
+                "this replica is not the trainer: it forwards decisions and labelled examples on %s",
+                self.settings.topics.quality,
+            )
             self._consumer.pause(self._quality)
 
     async def _sync_periodically(self) -> None:
         interval = self.settings.models.sync_interval_s
         while not self.should_stop:
             try:
-                await asyncio.wait_for(self._sync_now.wait(), timeout=interval if interval > 0 else None)
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(
+                    self._sync_now.wait(), timeout=interval if interval > 0 else None
+                )
+            except TimeoutError:
                 pass
             self._sync_now.clear()
             try:
                 await self.sync_current()
-            except Exception:  # noqa: BLE001 - the registry's storage is away: next time
+            except Exception:
                 log.exception("could not check the registry's CURRENT")

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.errors import ConsumerStoppedError
 from aiokafka.consumer.fetcher import FetchResult
+from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -60,12 +60,14 @@ class PartitionStalls:
             "driftd_partition_stalled",
             "1 while consumption of a partition stands still at a record batch the consumer cannot read "
             "(codec, corrupt data).",
-            ["topic", "partition"], registry=registry,
+            ["topic", "partition"],
+            registry=registry,
         )
         self.stalls_total = Counter(
             "driftd_partition_stalls_total",
             "Times a partition stopped at a record batch the consumer cannot read.",
-            ["topic", "partition"], registry=registry,
+            ["topic", "partition"],
+            registry=registry,
         )
         self._stalls: dict[tuple[str, int], Stall] = {}
         self._lock = threading.Lock()
@@ -73,14 +75,20 @@ class PartitionStalls:
     def stall(self, topic: str, partition: int, offset: int, error: BaseException) -> None:
         described = f"{type(error).__name__}: {error}"[:500]
         with self._lock:
-            self._stalls[(topic, partition)] = Stall(topic, partition, offset, described, time.time())
+            self._stalls[(topic, partition)] = Stall(
+                topic, partition, offset, described, time.time()
+            )
         self.stalled_gauge.labels(topic, str(partition)).set(1)
         self.stalls_total.labels(topic, str(partition)).inc()
         log.error(
             "partition stalled: topic %s partition %d offset %d: a record batch there cannot be read (%s). "
             "Consumption of this partition stops here and nothing at or after offset %d is committed; the other "
             "partitions go on. See DriftdPartitionStalled in docs/metrics.md.",
-            topic, partition, offset, described, offset,
+            topic,
+            partition,
+            offset,
+            described,
+            offset,
         )
 
     def clear(self, topic: str, partition: int, why: str) -> None:
@@ -88,7 +96,13 @@ class PartitionStalls:
             stall = self._stalls.pop((topic, partition), None)
         if stall is not None:
             self.stalled_gauge.labels(topic, str(partition)).set(0)
-            log.warning("partition %s/%d no longer stalled at offset %d (%s)", topic, partition, stall.offset, why)
+            log.warning(
+                "partition %s/%d no longer stalled at offset %d (%s)",
+                topic,
+                partition,
+                stall.offset,
+                why,
+            )
 
     def snapshot(self) -> list[Stall]:
         with self._lock:
@@ -99,7 +113,9 @@ class PartitionStalls:
             return set(self._stalls)
 
 
-def drain_partition(result: FetchResult, max_records: int | None) -> tuple[list[Any], BaseException | None]:
+def drain_partition(
+    result: FetchResult, max_records: int | None
+) -> tuple[list[Any], BaseException | None]:
     """Up to ``max_records`` records of one partition's fetch result, one at a time so that the position moves
     past each record returned and no further: on an unreadable batch, the records before it and the error."""
     records: list[Any] = []
@@ -115,7 +131,10 @@ def drain_partition(result: FetchResult, max_records: int | None) -> tuple[list[
 
 
 async def fetched_records(
-    fetcher: Any, partitions: Iterable[Any] | None, timeout: float = 0, max_records: int | None = None,
+    fetcher: Any,
+    partitions: Iterable[Any] | None,
+    timeout: float = 0,
+    max_records: int | None = None,
     on_unreadable: OnUnreadable | None = None,
 ) -> dict[Any, list[Any]]:
     """aiokafka 0.14.0's ``Fetcher.fetched_records``, each partition drained on its own: one that raises is
@@ -141,7 +160,9 @@ async def fetched_records(
                     fetcher._notify(fetcher._wait_consume_future)
                 if error is not None and on_unreadable is not None:
                     # The position stands after the last record returned: the start of what could not be read.
-                    position = fetcher._subscriptions.subscription.assignment.state_value(tp).position
+                    position = fetcher._subscriptions.subscription.assignment.state_value(
+                        tp
+                    ).position
                     on_unreadable(tp, position, error)
                 elif error is not None:
                     raise error
@@ -176,8 +197,13 @@ async def fetched_records(
 class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's aiokafka consumer thread with the per-partition drain (module docstring)."""
 
-    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
-                             max_records: int | None = None) -> Any:
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
         if not self.consumer.flow_active:
             return {}
         fetcher = consumer._fetcher
@@ -186,16 +212,29 @@ class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         stalls: PartitionStalls = self.consumer.transport.stalls
         if stalls.keys():
             paused = {(tp.topic, tp.partition) for tp in consumer.paused()}
-            for topic, partition in stalls.keys() - paused:  # a rebalance assigned it afresh (or to another replica)
-                stalls.clear(topic, partition, "revoked or assigned again: read again from the committed offset")
+            for topic, partition in (
+                stalls.keys() - paused
+            ):  # a rebalance assigned it afresh (or to another replica)
+                stalls.clear(
+                    topic,
+                    partition,
+                    "revoked or assigned again: read again from the committed offset",
+                )
 
         def on_unreadable(tp: Any, offset: int, error: BaseException) -> None:
-            consumer.pause(tp)  # aiokafka fetches it no more; faust never resumes it (a rebalance does)
+            consumer.pause(
+                tp
+            )  # aiokafka fetches it no more; faust never resumes it (a rebalance does)
             stalls.stall(tp.topic, tp.partition, offset, error)
 
         with fetcher._subscriptions.fetch_context():
-            return await fetched_records(fetcher, active_partitions, timeout=timeout or 0, max_records=max_records,
-                                         on_unreadable=on_unreadable)
+            return await fetched_records(
+                fetcher,
+                active_partitions,
+                timeout=timeout or 0,
+                max_records=max_records,
+                on_unreadable=on_unreadable,
+            )
 
 
 class StallingConsumer(faust_aiokafka.Consumer):

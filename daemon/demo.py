@@ -45,19 +45,34 @@ DEMO_TIER_ENV = {
 
 
 async def _send_malformed(bootstrap: str, topic: str, count: int) -> None:
-    samples = [b"{not json", b'{"type": "utterance"}', b'{"event_id": "x", "type": "shout", "conversation_id": "c", "turn": 0, "ts": 1}', b"[1, 2, 3]"]
+    samples = [
+        b"{not json",
+        b'{"type": "utterance"}',
+        b'{"event_id": "x", "type": "shout", "conversation_id": "c", "turn": 0, "ts": 1}',
+        b"[1, 2, 3]",
+    ]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        await asyncio.gather(*[await producer.send(topic, samples[i % len(samples)]) for i in range(count)])
+        await asyncio.gather(
+            *[await producer.send(topic, samples[i % len(samples)]) for i in range(count)]
+        )
     finally:
         await producer.stop()
 
 
 def _show_predictions(url: str) -> None:
     """Ask the live model about one seen domain and two it was not bootstrapped on (travel, utility)."""
-    texts = ["what is my checking account balance", "book me a flight to lisbon", "what time is it in tokyo"]
-    request = urllib.request.Request(url, data=json.dumps({"texts": texts}).encode(), headers={"Content-Type": "application/json"})
+    texts = [
+        "what is my checking account balance",
+        "book me a flight to lisbon",
+        "what time is it in tokyo",
+    ]
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"texts": texts}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = json.load(response)
     print(f"driftd demo: POST /v1/predict answered by model {answer['model_version']}:")
@@ -72,12 +87,22 @@ def onset_outcome(settings: Settings) -> int | None:
 
     r = settings.replay
     examples = load_examples(r.dataset, "train", r.data_dir)
-    plan = DriftSchedule.parse(r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples})
+    plan = DriftSchedule.parse(
+        r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples}
+    )
     if len(plan.phases) < 2:
         return None
     onset = plan.phases[1].start
     labels = 0
-    for event in plan_events(examples, plan, limit=r.limit or len(examples), label_fraction=r.label_fraction, label_delay=r.label_delay, seed=r.seed, start_ts=0):
+    for event in plan_events(
+        examples,
+        plan,
+        limit=r.limit or len(examples),
+        label_fraction=r.label_fraction,
+        label_delay=r.label_delay,
+        seed=r.seed,
+        start_ts=0,
+    ):
         if event["type"] == "label":
             if int(event["ref_event_id"].rsplit("-u", 1)[1]) >= onset:
                 return labels
@@ -96,7 +121,11 @@ def write_timeline_png(settings: Settings, data_dir: Path) -> Path | None:
     onset = onset_outcome(settings)
     if onset is not None:
         timeline.mark("drift_onset", onset, 0.0, "drift onset")
-    return render_png(timeline, data_dir / "timeline.png", title=f"driftd demo: windowed accuracy over the last {timeline.window} labelled outcomes")
+    return render_png(
+        timeline,
+        data_dir / "timeline.png",
+        title=f"driftd demo: windowed accuracy over the last {timeline.window} labelled outcomes",
+    )
 
 
 def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
@@ -106,35 +135,79 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     port = settings.kafka.embedded_port
     bootstrap = f"127.0.0.1:{port}"
     metrics_url = f"http://{settings.web.host}:{settings.web.port}/metrics"
-    print(f"driftd demo: embedded broker on {bootstrap}, data in {data_dir}, metrics at {metrics_url}")
-    print(f"driftd demo: a first model is trained on 5 CLINC150 domains; the replay drifts ({settings.replay.schedule}); watch the daemon detect it, fine-tune, gate and swap.")
+    print(
+        f"driftd demo: embedded broker on {bootstrap}, data in {data_dir}, metrics at {metrics_url}"
+    )
+    print(
+        f"driftd demo: a first model is trained on 5 CLINC150 domains; the replay drifts ({settings.replay.schedule}); watch the daemon detect it, fine-tune, gate and swap."
+    )
 
     with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
-        env = {**os.environ, **DEMO_TIER_ENV, "DRIFTD_KAFKA__BOOTSTRAP": bootstrap, "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
-               # named explicitly: the child sees a host:port broker, and only "embedded" implies the demo dataset
-               "DRIFTD_MODELS__BOOTSTRAP_SOURCE": settings.models.bootstrap_source or settings.models.bootstrap_dataset}
+        env = {
+            **os.environ,
+            **DEMO_TIER_ENV,
+            "DRIFTD_KAFKA__BOOTSTRAP": bootstrap,
+            "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
+            # named explicitly: the child sees a host:port broker, and only "embedded" implies the demo dataset
+            "DRIFTD_MODELS__BOOTSTRAP_SOURCE": settings.models.bootstrap_source
+            or settings.models.bootstrap_dataset,
+        }
         daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
-        wait_for(lambda: json.load(urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2))["ready"], 180, "the daemon to be ready (first run: training the bootstrap model)", daemon)
+        wait_for(
+            lambda: json.load(
+                urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2)
+            )["ready"],
+            180,
+            "the daemon to be ready (first run: training the bootstrap model)",
+            daemon,
+        )
         try:
             stats = replay_dataset(settings, settings.replay, "train", bootstrap, progress=True)
             asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
             sent = stats.sent
-            print(f"driftd demo: sent {stats.utterances} utterances + {stats.labels} labels of {settings.replay.dataset} and {malformed} malformed payloads")
+            print(
+                f"driftd demo: sent {stats.utterances} utterances + {stats.labels} labels of {settings.replay.dataset} and {malformed} malformed payloads"
+            )
+
             def all_stored() -> bool:
                 samples = scrape(metrics_url)  # once per poll
-                return family_total(samples, "driftd_events_total") >= sent and family_total(samples, "driftd_dlq_total") >= malformed
+                return (
+                    family_total(samples, "driftd_events_total") >= sent
+                    and family_total(samples, "driftd_dlq_total") >= malformed
+                )
 
             wait_for(all_stored, 120, "every event to be stored", daemon)
-            print("driftd demo: every event is stored; waiting for them to age from hot through warm into cold ...")
-            wait_for(lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent, 90, "demotion to cold", daemon)
-            wait_for(lambda: scrape(metrics_url).get("driftd_finetune_running", 0) == 0, 300, "the last fine-tune to finish", daemon)
+            print(
+                "driftd demo: every event is stored; waiting for them to age from hot through warm into cold ..."
+            )
+            wait_for(
+                lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent,
+                90,
+                "demotion to cold",
+                daemon,
+            )
+            wait_for(
+                lambda: scrape(metrics_url).get("driftd_finetune_running", 0) == 0,
+                300,
+                "the last fine-tune to finish",
+                daemon,
+            )
             _show_predictions(metrics_url.replace("/metrics", "/v1/predict"))
             final = scrape(metrics_url)
             print("driftd demo: summary from /metrics")
             for name in (
-                "driftd_events_total", "driftd_dlq_total", "driftd_tier_events", "driftd_demotions_total", "driftd_cold_files", "driftd_predictions_total",
-                "driftd_outcomes_total", "driftd_decay_decisions_total", "driftd_finetune_runs_total", "driftd_finetune_results_total", "driftd_live_accuracy",
+                "driftd_events_total",
+                "driftd_dlq_total",
+                "driftd_tier_events",
+                "driftd_demotions_total",
+                "driftd_cold_files",
+                "driftd_predictions_total",
+                "driftd_outcomes_total",
+                "driftd_decay_decisions_total",
+                "driftd_finetune_runs_total",
+                "driftd_finetune_results_total",
+                "driftd_live_accuracy",
             ):
                 for key, value in sorted(final.items()):
                     if key == name or key.startswith(name + "{"):
@@ -149,7 +222,9 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
             print(f"driftd demo: daemon stopped (exit code {code})")
     png = write_timeline_png(settings, data_dir)
     if png is not None:
-        print(f"driftd demo: timeline of windowed accuracy (drift onset, detection, swaps) written to {png}")
+        print(
+            f"driftd demo: timeline of windowed accuracy (drift onset, detection, swaps) written to {png}"
+        )
     if not keep:
         shutil.rmtree(data_dir, ignore_errors=True)
     return code

@@ -29,7 +29,12 @@ from streams.ingest import SERVED_PREDICTION_FIELD
 from streams.schema import Rejection, decode_event
 
 __all__ = [
-    "FeedbackRefused", "PendingPredictions", "ServedPrediction", "encode_events", "feedback_events", "parse_feedback",
+    "FeedbackRefused",
+    "PendingPredictions",
+    "ServedPrediction",
+    "encode_events",
+    "feedback_events",
+    "parse_feedback",
     "publish_feedback",
 ]
 
@@ -38,7 +43,9 @@ PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
 MAX_INTENT_CHARS = 128  # streams.schema's limit on an intent
 SOURCE_META = {"source": "http"}
 
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]  # (topic, key, value) -> awaitable of the broker's ack
+Send = Callable[
+    [str, bytes, bytes], Awaitable[Awaitable[Any]]
+]  # (topic, key, value) -> awaitable of the broker's ack
 
 
 class FeedbackRefused(Exception):
@@ -57,13 +64,17 @@ class ServedPrediction:
     confidence: float
     model_version: str
     served_at: float
-    published: bool = False  # its utterance event is on the input topic: a second report sends only the label
+    published: bool = (
+        False  # its utterance event is on the input topic: a second report sends only the label
+    )
 
 
 class PendingPredictions:
     """Served predictions by id, oldest first; the oldest go past ``max_pending`` or ``horizon_s``."""
 
-    def __init__(self, horizon_s: float, max_pending: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, horizon_s: float, max_pending: int, clock: Callable[[], float] = time.time
+    ) -> None:
         if not horizon_s > 0:
             raise ValueError(f"horizon_s must be > 0, got {horizon_s!r}")
         if max_pending < 1:
@@ -73,7 +84,9 @@ class PendingPredictions:
         self._clock = clock
         self._entries: OrderedDict[str, ServedPrediction] = OrderedDict()
         self._started_ms = int(clock() * 1000)
-        self._evicted_until_ms = -1  # issue time of the newest id dropped for room: older ids were ours, and are gone
+        self._evicted_until_ms = (
+            -1
+        )  # issue time of the newest id dropped for room: older ids were ours, and are gone
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,7 +95,9 @@ class PendingPredictions:
         now = self._clock()
         self.expire(now)
         prediction_id = f"{int(now * 1000):012x}{secrets.token_hex(10)}"
-        self._entries[prediction_id] = ServedPrediction(text, intent, float(confidence), model_version, now)
+        self._entries[prediction_id] = ServedPrediction(
+            text, intent, float(confidence), model_version, now
+        )
         while len(self._entries) > self.max_pending:
             evicted, _ = self._entries.popitem(last=False)
             self._evicted_until_ms = max(self._evicted_until_ms, _issued_ms(evicted))
@@ -91,7 +106,9 @@ class PendingPredictions:
     def get(self, prediction_id: Any) -> ServedPrediction:
         """The served prediction, or FeedbackRefused: 422 malformed, 410 expired or evicted, 404 unknown."""
         if not isinstance(prediction_id, str) or not PREDICTION_ID.fullmatch(prediction_id):
-            raise FeedbackRefused(422, '"prediction_id" must be the 32 hex digits a /v1/predict answer carries')
+            raise FeedbackRefused(
+                422, '"prediction_id" must be the 32 hex digits a /v1/predict answer carries'
+            )
         now = self._clock()
         self.expire(now)
         served = self._entries.get(prediction_id)
@@ -99,16 +116,28 @@ class PendingPredictions:
             return served
         age_s = now - _issued_ms(prediction_id) / 1000
         if age_s > self.horizon_s:
-            raise FeedbackRefused(410, f"prediction {prediction_id} expired: served {age_s:.0f} s ago, "
-                                       f"feedback is taken for {self.horizon_s:g} s (web.feedback_horizon_s)")
+            raise FeedbackRefused(
+                410,
+                f"prediction {prediction_id} expired: served {age_s:.0f} s ago, "
+                f"feedback is taken for {self.horizon_s:g} s (web.feedback_horizon_s)",
+            )
         if _issued_ms(prediction_id) < self._started_ms:
-            raise FeedbackRefused(404, f"unknown prediction {prediction_id}: served before this daemon started "
-                                       "(answers waiting for feedback live in memory) or never served")
+            raise FeedbackRefused(
+                404,
+                f"unknown prediction {prediction_id}: served before this daemon started "
+                "(answers waiting for feedback live in memory) or never served",
+            )
         if _issued_ms(prediction_id) <= self._evicted_until_ms:
-            raise FeedbackRefused(410, f"prediction {prediction_id} expired: more than {self.max_pending} predictions "
-                                       "were served after it (web.feedback_max_pending)")
-        raise FeedbackRefused(404, f"unknown prediction {prediction_id}: not served by this daemon "
-                                   "(feedback goes to the replica that answered)")
+            raise FeedbackRefused(
+                410,
+                f"prediction {prediction_id} expired: more than {self.max_pending} predictions "
+                "were served after it (web.feedback_max_pending)",
+            )
+        raise FeedbackRefused(
+            404,
+            f"unknown prediction {prediction_id}: not served by this daemon "
+            "(feedback goes to the replica that answered)",
+        )
 
     def expire(self, now: float | None = None) -> int:
         cutoff = (self._clock() if now is None else now) - self.horizon_s
@@ -126,26 +155,44 @@ def _issued_ms(prediction_id: str) -> int:
 def parse_feedback(payload: Any) -> tuple[str, bool | None, str | None]:
     """(prediction_id, correct, intent) of a request body; exactly one of correct and intent is set."""
     if not isinstance(payload, dict):
-        raise FeedbackRefused(422, 'body must be a JSON object: {"prediction_id", "correct": true|false} '
-                                   'or {"prediction_id", "intent": "..."}')
+        raise FeedbackRefused(
+            422,
+            'body must be a JSON object: {"prediction_id", "correct": true|false} '
+            'or {"prediction_id", "intent": "..."}',
+        )
     unknown = sorted(set(payload) - {"prediction_id", "correct", "intent"})
     if unknown:
-        raise FeedbackRefused(422, f"unknown field(s) {', '.join(map(repr, unknown))}: "
-                                   'give "prediction_id" and one of "correct" or "intent"')
+        raise FeedbackRefused(
+            422,
+            f"unknown field(s) {', '.join(map(repr, unknown))}: "
+            'give "prediction_id" and one of "correct" or "intent"',
+        )
     if "prediction_id" not in payload:
         raise FeedbackRefused(422, 'missing "prediction_id"')
     if ("correct" in payload) == ("intent" in payload):
-        raise FeedbackRefused(422, 'give exactly one of "correct" (was the answer right) or "intent" (the right one)')
+        raise FeedbackRefused(
+            422, 'give exactly one of "correct" (was the answer right) or "intent" (the right one)'
+        )
     correct, intent = payload.get("correct"), payload.get("intent")
     if "correct" in payload and not isinstance(correct, bool):
         raise FeedbackRefused(422, '"correct" must be true or false')
-    if "intent" in payload and not (isinstance(intent, str) and intent.strip() and len(intent) <= MAX_INTENT_CHARS):
-        raise FeedbackRefused(422, f'"intent" must be a non-empty string of at most {MAX_INTENT_CHARS} characters')
+    if "intent" in payload and not (
+        isinstance(intent, str) and intent.strip() and len(intent) <= MAX_INTENT_CHARS
+    ):
+        raise FeedbackRefused(
+            422, f'"intent" must be a non-empty string of at most {MAX_INTENT_CHARS} characters'
+        )
     return payload["prediction_id"], correct, intent
 
 
-def feedback_events(prediction_id: str, served: ServedPrediction, *, correct: bool | None, intent: str | None,
-                    now: float) -> list[dict[str, Any]]:
+def feedback_events(
+    prediction_id: str,
+    served: ServedPrediction,
+    *,
+    correct: bool | None,
+    intent: str | None,
+    now: float,
+) -> list[dict[str, Any]]:
     """The events a report becomes: the utterance (unless published already), then its label or feedback.
 
     An intent is a ``label``. ``correct`` is ``feedback``; when true it also carries the served intent, so the
@@ -154,17 +201,32 @@ def feedback_events(prediction_id: str, served: ServedPrediction, *, correct: bo
     common = {"conversation_id": prediction_id, "turn": 0, "meta": SOURCE_META}
     events: list[dict[str, Any]] = []
     if not served.published:
-        events.append({
-            **common, "event_id": prediction_id, "type": "utterance", "ts": served.served_at, "text": served.text,
-            SERVED_PREDICTION_FIELD: {
-                "intent": served.intent, "confidence": served.confidence, "model_version": served.model_version,
-            },
-        })
-    report = {**common, "event_id": f"{prediction_id}-{secrets.token_hex(6)}", "ts": now, "ref_event_id": prediction_id}
+        events.append(
+            {
+                **common,
+                "event_id": prediction_id,
+                "type": "utterance",
+                "ts": served.served_at,
+                "text": served.text,
+                SERVED_PREDICTION_FIELD: {
+                    "intent": served.intent,
+                    "confidence": served.confidence,
+                    "model_version": served.model_version,
+                },
+            }
+        )
+    report = {
+        **common,
+        "event_id": f"{prediction_id}-{secrets.token_hex(6)}",
+        "ts": now,
+        "ref_event_id": prediction_id,
+    }
     if intent is not None:
         events.append({**report, "type": "label", "intent": intent})
     else:
-        right = {"intent": served.intent} if correct else {}  # "wrong" alone does not say what was right
+        right = (
+            {"intent": served.intent} if correct else {}
+        )  # "wrong" alone does not say what was right
         events.append({**report, "type": "feedback", "correct": correct, **right})
     return events
 
@@ -175,13 +237,23 @@ def encode_events(events: list[dict[str, Any]], max_event_bytes: int) -> list[by
     for event, raw in zip(events, encoded):
         decoded = decode_event(raw, max_event_bytes)
         if isinstance(decoded, Rejection):
-            raise FeedbackRefused(422, f"the {event['type']} event would be refused by ingest "
-                                       f"({decoded.reason}): {decoded.detail}")
+            raise FeedbackRefused(
+                422,
+                f"the {event['type']} event would be refused by ingest "
+                f"({decoded.reason}): {decoded.detail}",
+            )
     return encoded
 
 
-async def publish_feedback(send: Send, topic: str, prediction_id: str, served: ServedPrediction,
-                           events: list[dict[str, Any]], encoded: list[bytes], timeout_s: float) -> None:
+async def publish_feedback(
+    send: Send,
+    topic: str,
+    prediction_id: str,
+    served: ServedPrediction,
+    events: list[dict[str, Any]],
+    encoded: list[bytes],
+    timeout_s: float,
+) -> None:
     """Publish in order, each acknowledged before the next (the utterance must be stored before its label
     names it: ingest fills the label's text from it); FeedbackRefused(503) when the broker does not ack."""
     key = prediction_id.encode()
@@ -192,8 +264,14 @@ async def publish_feedback(send: Send, topic: str, prediction_id: str, served: S
                 if event["type"] == "utterance":
                     served.published = True
     except TimeoutError:
-        raise FeedbackRefused(503, f"the broker did not acknowledge the feedback within {timeout_s:g} s; "
-                                   "retry (a repeated report is harmless)") from None
+        raise FeedbackRefused(
+            503,
+            f"the broker did not acknowledge the feedback within {timeout_s:g} s; "
+            "retry (a repeated report is harmless)",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any producer failure means: not acknowledged
-        raise FeedbackRefused(503, f"the broker did not acknowledge the feedback ({type(exc).__name__}: {exc}); "
-                                   "retry (a repeated report is harmless)") from None
+        raise FeedbackRefused(
+            503,
+            f"the broker did not acknowledge the feedback ({type(exc).__name__}: {exc}); "
+            "retry (a repeated report is harmless)",
+        ) from None

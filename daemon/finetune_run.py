@@ -31,7 +31,11 @@ class Promote(Protocol):
     """Publishes, swaps in and announces a candidate that passed the gate; returns its registry version."""
 
     async def __call__(
-        self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any],
+        self,
+        result: FineTuneResult,
+        incumbent: str | None,
+        trigger: str,
+        run: dict[str, Any],
     ) -> str: ...
 
 
@@ -41,33 +45,51 @@ class TimelineMark(Protocol):
 
 class FineTuneRunner:
     def __init__(
-        self, settings: LearningSettings, server: ModelServer, registry: Registry, jobs: JobBuilder,
-        followups: FollowUpPolicy, metrics: LearningMetrics, clock: Callable[[], float], mark: TimelineMark,
+        self,
+        settings: LearningSettings,
+        server: ModelServer,
+        registry: Registry,
+        jobs: JobBuilder,
+        followups: FollowUpPolicy,
+        metrics: LearningMetrics,
+        clock: Callable[[], float],
+        mark: TimelineMark,
         promote: Promote,
     ) -> None:
         self.settings = settings
         self.server = server
         self.registry = registry
         self.jobs = jobs
-        self.followups = followups  # told what a run found: too little data, the gate's verdict, its end
+        self.followups = (
+            followups  # told what a run found: too little data, the gate's verdict, its end
+        )
         self.metrics = metrics
         self.clock = clock
         self.mark = mark
         self.promote = promote
-        self.trainer = TrainerProcess(settings.threads, settings.distributed_processes, settings.distributed_backend)
+        self.trainer = TrainerProcess(
+            settings.threads, settings.distributed_processes, settings.distributed_backend
+        )
         self.last_run: dict[str, Any] | None = None
-        self.history: list[dict[str, Any]] = []  # one entry per fine-tune, for the status route and tests
+        self.history: list[
+            dict[str, Any]
+        ] = []  # one entry per fine-tune, for the status route and tests
 
     def reconfigure(self, settings: LearningSettings) -> None:
         """New [learning] settings for the next run; a running one keeps its child's."""
         self.settings = settings
         self.trainer.threads = settings.threads
-        self.trainer.processes, self.trainer.backend = settings.distributed_processes, settings.distributed_backend
+        self.trainer.processes, self.trainer.backend = (
+            settings.distributed_processes,
+            settings.distributed_backend,
+        )
 
     async def run(self, trigger: str, decision: Decision | None) -> None:
         started = time.monotonic()
         run: dict[str, Any] = {
-            "trigger": trigger, "started_at": self.clock(), "incumbent": self.server.version,
+            "trigger": trigger,
+            "started_at": self.clock(),
+            "incumbent": self.server.version,
             "evidence": decision.evidence if decision else None,
         }
         self.last_run = run
@@ -76,7 +98,7 @@ class FineTuneRunner:
         except asyncio.CancelledError:
             run["result"] = "cancelled"
             raise
-        except Exception as exc:  # noqa: BLE001 - nothing a fine-tune does may take the daemon down
+        except Exception as exc:
             log.exception("fine-tune failed unexpectedly; %s keeps serving", self.server.version)
             run.update(result="failed", reason="error", detail=repr(exc))
             self.metrics.results.labels("failed").inc()
@@ -90,23 +112,38 @@ class FineTuneRunner:
 
     async def _steps(self, trigger: str, run: dict[str, Any]) -> None:
         incumbent = self.server.version
-        if incumbent is not None:  # all its files: the swap hashed only what it serves, the warm start reads the rest
+        if (
+            incumbent is not None
+        ):  # all its files: the swap hashed only what it serves, the warm start reads the rest
             await asyncio.get_running_loop().run_in_executor(None, self.registry.verify, incumbent)
         job, counts = await self.jobs.build(incumbent, trigger)
         run["data"] = counts
         if job is None:
             needed = self.jobs.min_examples(incumbent)
-            log.warning("fine-tune (%s) skipped: %d labelled examples, fewer than the %d it needs (%s); "
-                        "it starts once %d more labels arrived",
-                        trigger, counts["recent"], needed, self.jobs.min_examples_reason(incumbent),
-                        needed - counts["recent"])
+            log.warning(
+                "fine-tune (%s) skipped: %d labelled examples, fewer than the %d it needs (%s); "
+                "it starts once %d more labels arrived",
+                trigger,
+                counts["recent"],
+                needed,
+                self.jobs.min_examples_reason(incumbent),
+                needed - counts["recent"],
+            )
             run["result"] = "skipped"
             self.metrics.results.labels("skipped").inc()
             self.followups.skipped(trigger, needed - counts["recent"])
             return
-        log.warning("fine-tune (%s) started: %d training examples (%d recent + %d replay), holdout %d, "
-                    "replay check %d; incumbent %s", trigger, counts["train"], counts["train_recent"],
-                    counts["train_replay"], counts["holdout"], counts["replay_eval"], incumbent)
+        log.warning(
+            "fine-tune (%s) started: %d training examples (%d recent + %d replay), holdout %d, "
+            "replay check %d; incumbent %s",
+            trigger,
+            counts["train"],
+            counts["train_recent"],
+            counts["train_replay"],
+            counts["holdout"],
+            counts["replay_eval"],
+            incumbent,
+        )
         # The child writes the candidate's files here (next to the registry, swept if we crash): only
         # their paths come back, and publishing streams them, so the model bytes never enter this heap.
         job.output_dir = str(self.registry.staging_dir())
@@ -116,7 +153,11 @@ class FineTuneRunner:
             shutil.rmtree(job.output_dir, ignore_errors=True)
 
     async def _train_judge_promote(
-        self, job: FineTuneJob, incumbent: str | None, trigger: str, run: dict[str, Any],
+        self,
+        job: FineTuneJob,
+        incumbent: str | None,
+        trigger: str,
+        run: dict[str, Any],
     ) -> None:
         try:
             result = await self.trainer.run(job, self.settings.timeout_s, self._on_progress)
@@ -151,18 +192,33 @@ class FineTuneRunner:
             extra = ""
             if "val_loss" in update:
                 extra = f", validation loss {update['val_loss']:.4f}, accuracy {update['val_accuracy']:.4f}"
-            log.info("fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s",
-                     update["epoch"], update["epochs"], update["loss"], update["samples_per_s"], extra)
+            log.info(
+                "fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s",
+                update["epoch"],
+                update["epochs"],
+                update["loss"],
+                update["samples_per_s"],
+                extra,
+            )
         elif stage == "hygiene":
             removed = {k: v for k, v in update["removed"].items() if v}
-            log.info("fine-tune data hygiene: kept %d, removed %s, truncated %d",
-                     update["kept"], removed, update["truncated"])
+            log.info(
+                "fine-tune data hygiene: kept %d, removed %s, truncated %d",
+                update["kept"],
+                removed,
+                update["truncated"],
+            )
         elif stage == "pseudo_labels":
-            log.info("fine-tune pseudo-labels: %d of %d unlabelled utterances at confidence >= %s "
-                     "(calibrated on %d validation labels for precision %s)", update["used"], update["unlabelled"],
-                     update["threshold"], update["calibration_examples"], update["precision_wanted"])
+            log.info(
+                "fine-tune pseudo-labels: %d of %d unlabelled utterances at confidence >= %s "
+                "(calibrated on %d validation labels for precision %s)",
+                update["used"],
+                update["unlabelled"],
+                update["threshold"],
+                update["calibration_examples"],
+                update["precision_wanted"],
+            )
         elif stage in ("exporting", "gating"):
             log.info("fine-tune: %s", stage)
         if self.last_run is not None:
             self.last_run["progress"] = update
-

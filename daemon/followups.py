@@ -29,19 +29,29 @@ class FineTuneState(enum.StrEnum):
 
 
 class FollowUpPolicy:
-    def __init__(self, settings: LearningSettings, clock: Callable[[], float], serving: bool) -> None:
+    def __init__(
+        self, settings: LearningSettings, clock: Callable[[], float], serving: bool
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.state = FineTuneState.IDLE
-        self.finished_at = 0.0  # when the last fine-tune that trained ended (a skipped one does not count)
+        self.finished_at = (
+            0.0  # when the last fine-tune that trained ended (a skipped one does not count)
+        )
         self.followups_left = 0
         self.rejections = 0  # consecutive gate rejections of the episode's follow-ups
-        self.labels_since_start = 0  # labelled outcomes and examples since the last fine-tune took its data
-        self.labels_without_model = 0  # labelled examples stored while no model served, since the last start
+        self.labels_since_start = (
+            0  # labelled outcomes and examples since the last fine-tune took its data
+        )
+        self.labels_without_model = (
+            0  # labelled examples stored while no model served, since the last start
+        )
         self.last_label_at = 0.0
         # A fine-tune that needs more labels first: (trigger, labels since the last start it waits for).
         # Set for the first model (no model serves) and after a run skipped for too little data.
-        self.awaiting: tuple[str, int] | None = None if serving else ("cold_start", settings.min_labelled)
+        self.awaiting: tuple[str, int] | None = (
+            None if serving else ("cold_start", settings.min_labelled)
+        )
 
     def reconfigure(self, settings: LearningSettings) -> None:
         self.settings = settings
@@ -70,8 +80,12 @@ class FollowUpPolicy:
             log.info("decay confirmed while a fine-tune runs; it will be judged on newer data")
             return False
         if since < self.settings.cooldown_s:
-            log.info("decay confirmed %.0fs after the last fine-tune, inside learning.cooldown_s=%.0f: "
-                     "not retraining yet", since, self.settings.cooldown_s)
+            log.info(
+                "decay confirmed %.0fs after the last fine-tune, inside learning.cooldown_s=%.0f: "
+                "not retraining yet",
+                since,
+                self.settings.cooldown_s,
+            )
             return False
         self._new_episode()
         return True
@@ -88,9 +102,17 @@ class FollowUpPolicy:
         """When the labels stop, learn the episode's last ones instead of leaving them unlearned."""
         quiet = self.clock() - self.last_label_at
         quiet_enough = quiet >= self.settings.followup_quiet_s
-        if self.state == FineTuneState.IDLE and is_trainer() and self.episode_labels_waiting() and quiet_enough:
-            log.info("no label for %.0f s; retraining on the %d labels since the last fine-tune",
-                     quiet, self.labels_since_start)
+        if (
+            self.state == FineTuneState.IDLE
+            and is_trainer()
+            and self.episode_labels_waiting()
+            and quiet_enough
+        ):
+            log.info(
+                "no label for %.0f s; retraining on the %d labels since the last fine-tune",
+                quiet,
+                self.labels_since_start,
+            )
             self.followups_left -= 1
             return True
         return False
@@ -102,19 +124,29 @@ class FollowUpPolicy:
             return None
         trigger, needed = self.awaiting
         have = self.awaited_labels(trigger)
-        if have < needed or self.state != FineTuneState.IDLE or not is_trainer() or not self.settings.enabled:
+        if (
+            have < needed
+            or self.state != FineTuneState.IDLE
+            or not is_trainer()
+            or not self.settings.enabled
+        ):
             return None
         if self.clock() - self.finished_at < self.settings.cooldown_s:
             return None
         if trigger == "cold_start":
-            log.warning("no model serves and %d labels arrived (learning.min_labelled = %d): training the first model",
-                        have, self.settings.min_labelled)
+            log.warning(
+                "no model serves and %d labels arrived (learning.min_labelled = %d): training the first model",
+                have,
+                self.settings.min_labelled,
+            )
             self._new_episode()
         self.awaiting = None
         return trigger
 
     def _new_episode(self) -> None:
-        self.followups_left = self.settings.max_followups if self.settings.followup_labels > 0 else 0
+        self.followups_left = (
+            self.settings.max_followups if self.settings.followup_labels > 0 else 0
+        )
         self.rejections = 0
 
     # -- what a run tells it ---------------------------------------------------------------------------
@@ -170,4 +202,9 @@ class FollowUpPolicy:
             return None
         trigger, needed = self.awaiting
         have = self.awaited_labels(trigger)
-        return {"trigger": trigger, "labels": have, "needed": needed, "enabled": self.settings.enabled}
+        return {
+            "trigger": trigger,
+            "labels": have,
+            "needed": needed,
+            "enabled": self.settings.enabled,
+        }

@@ -16,7 +16,13 @@ from models.registry import Registry
 from models.train import TrainSettings
 from models.withhold import newest_spread
 from streams.tiers import TieredStore
-from streams.training_set import LabelledExample, merge_recent, query_recent, query_replay, query_unlabelled
+from streams.training_set import (
+    LabelledExample,
+    merge_recent,
+    query_recent,
+    query_replay,
+    query_unlabelled,
+)
 
 from .config import Settings
 from .model_service import encoder_source
@@ -24,7 +30,9 @@ from .model_service import encoder_source
 __all__ = ["GATE_MIN_HOLDOUT", "JobBuilder", "cap_replay"]
 
 GATE_MIN_HOLDOUT = GateSettings().min_holdout
-_FUTURE_S = 366 * 86400  # event times up to a year ahead still count as recent (clock skew of producers)
+_FUTURE_S = (
+    366 * 86400
+)  # event times up to a year ahead still count as recent (clock skew of producers)
 
 
 @dataclass
@@ -40,7 +48,9 @@ class _Split:
 class JobBuilder:
     """Queries the store for a fine-tune's data and builds its job; keeps the examples other replicas sent."""
 
-    def __init__(self, settings: Settings, store: TieredStore, registry: Registry, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, settings: Settings, store: TieredStore, registry: Registry, clock: Callable[[], float]
+    ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -67,27 +77,43 @@ class JobBuilder:
         cfg = self.settings.learning
         if self.min_examples(incumbent) == cfg.min_labelled:
             return "learning.min_labelled"
-        return f"a holdout of {GATE_MIN_HOLDOUT} at learning.holdout_fraction = {cfg.holdout_fraction}"
+        return (
+            f"a holdout of {GATE_MIN_HOLDOUT} at learning.holdout_fraction = {cfg.holdout_fraction}"
+        )
 
-    async def build(self, incumbent: str | None, trigger: str) -> tuple[FineTuneJob | None, dict[str, int]]:
+    async def build(
+        self, incumbent: str | None, trigger: str
+    ) -> tuple[FineTuneJob | None, dict[str, int]]:
         """The job, or None when there are fewer labelled examples than ``min_examples``; and the data counts."""
         cfg = self.settings.learning
         now = self.clock()
-        recent = await query_recent(self.store, now - cfg.window_s, now + _FUTURE_S, cfg.max_examples)
+        recent = await query_recent(
+            self.store, now - cfg.window_s, now + _FUTURE_S, cfg.max_examples
+        )
         if self.peer_examples:  # the other replicas' partitions
-            recent = merge_recent(recent, self.peer_examples, now - cfg.window_s, now + _FUTURE_S, cfg.max_examples)
-        counts = {"recent": len(recent), "from_replicas": sum(1 for e in recent if e.source == "replica")}
+            recent = merge_recent(
+                recent, self.peer_examples, now - cfg.window_s, now + _FUTURE_S, cfg.max_examples
+            )
+        counts = {
+            "recent": len(recent),
+            "from_replicas": sum(1 for e in recent if e.source == "replica"),
+        }
         if len(recent) < self.min_examples(incumbent):
             return None, counts
         split = await self._split(recent, now, counts)
         return self._job(split, incumbent, trigger, now), counts
 
-    async def _split(self, recent: list[LabelledExample], now: float, counts: dict[str, int]) -> _Split:
+    async def _split(
+        self, recent: list[LabelledExample], now: float, counts: dict[str, int]
+    ) -> _Split:
         """Holdout, training examples (replay first), replay check, pseudo-label candidates; sizes into ``counts``."""
         cfg = self.settings.learning
         ids = {e.utterance_id for e in recent}
         held = newest_spread(  # ascending
-            [e.utterance_id for e in recent], cfg.holdout_fraction, cfg.holdout_span, salt="holdout",
+            [e.utterance_id for e in recent],
+            cfg.holdout_fraction,
+            cfg.holdout_span,
+            salt="holdout",
         )
         holdout = [recent[i] for i in held]
         kept_out = set(held)
@@ -101,21 +127,40 @@ class JobBuilder:
         replay_train, counts["replay_capped"] = cap_replay(replay_train, cfg.replay_class_cap)
         train = replay_train + train_recent  # oldest first: the fine-tune validates on the newest
         unlabelled: list[str] = []
-        if cfg.pseudo_labels:  # candidates only: the child keeps those its calibrated threshold allows
+        if (
+            cfg.pseudo_labels
+        ):  # candidates only: the child keeps those its calibrated threshold allows
             candidates = int(len(train_recent) * cfg.pseudo_label_ratio)
-            unlabelled = await query_unlabelled(self.store, now - cfg.window_s, now + _FUTURE_S, candidates, ids)
-        counts.update(train=len(train), train_recent=len(train_recent), train_replay=len(replay_train),
-                      holdout=len(holdout), replay_eval=len(replay_eval), unlabelled=len(unlabelled))
+            unlabelled = await query_unlabelled(
+                self.store, now - cfg.window_s, now + _FUTURE_S, candidates, ids
+            )
+        counts.update(
+            train=len(train),
+            train_recent=len(train_recent),
+            train_replay=len(replay_train),
+            holdout=len(holdout),
+            replay_eval=len(replay_eval),
+            unlabelled=len(unlabelled),
+        )
         return _Split(train, holdout, replay_eval, unlabelled)
 
     def _job(self, split: _Split, incumbent: str | None, trigger: str, now: float) -> FineTuneJob:
         cfg, models = self.settings.learning, self.settings.models
         settings = TrainSettings(
-            epochs=cfg.epochs, head_epochs=cfg.encoder_head_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            seed=int(now) % 10_000, patience=cfg.patience,
-            warmup_ratio=cfg.warmup_ratio, accumulation_steps=cfg.accumulation_steps, clip_norm=cfg.clip_norm,
-            device=cfg.device, precision=cfg.precision, curriculum=cfg.curriculum,
-            trainable_layers=cfg.encoder_trainable_layers, cache_dir=str(self.settings.embedding_cache_dir),
+            epochs=cfg.epochs,
+            head_epochs=cfg.encoder_head_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=int(now) % 10_000,
+            patience=cfg.patience,
+            warmup_ratio=cfg.warmup_ratio,
+            accumulation_steps=cfg.accumulation_steps,
+            clip_norm=cfg.clip_norm,
+            device=cfg.device,
+            precision=cfg.precision,
+            curriculum=cfg.curriculum,
+            trainable_layers=cfg.encoder_trainable_layers,
+            cache_dir=str(self.settings.embedding_cache_dir),
         )
         # A follow-up's incumbent is the previous candidate of the same episode, trained on a subset of this
         # one's data: the candidate need only not be worse beyond holdout noise (a tie or a few examples'
@@ -123,21 +168,36 @@ class JobBuilder:
         margin = cfg.followup_gate_margin if trigger == "followup" else cfg.gate_margin
         # With no incumbent any model beats none: the holdout is reported, not required to be large.
         min_holdout = GATE_MIN_HOLDOUT if incumbent else 1
-        gate = GateSettings(margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms, min_holdout)
+        gate = GateSettings(
+            margin, cfg.forgetting_epsilon, cfg.latency_ratio, cfg.latency_budget_ms, min_holdout
+        )
         return FineTuneJob(
-            train=_columns(split.train), holdout=_columns(split.holdout), replay_eval=_columns(split.replay_eval),
+            train=_columns(split.train),
+            holdout=_columns(split.holdout),
+            replay_eval=_columns(split.replay_eval),
             incumbent_dir=str(self.registry.root / incumbent) if incumbent else None,
-            settings=settings, gate=gate, architecture=models.architecture, encoder=encoder_source(self.settings),
+            settings=settings,
+            gate=gate,
+            architecture=models.architecture,
+            encoder=encoder_source(self.settings),
             seed=int(now) % 10_000,
-            val_fraction=cfg.validation_fraction, withhold_span=cfg.holdout_span,
+            val_fraction=cfg.validation_fraction,
+            withhold_span=cfg.holdout_span,
             hygiene=HygieneSettings(
-                max_chars=models.max_text_chars, near_duplicate_threshold=cfg.near_duplicate_threshold,
+                max_chars=models.max_text_chars,
+                near_duplicate_threshold=cfg.near_duplicate_threshold,
                 conflicts=cfg.label_conflicts,
-            ) if cfg.hygiene else None,
+            )
+            if cfg.hygiene
+            else None,
             unlabelled=split.unlabelled,
             pseudo=PseudoLabelSettings(
-                cfg.pseudo_label_weight, cfg.pseudo_label_precision, cfg.pseudo_label_ratio,
-            ) if cfg.pseudo_labels else None,
+                cfg.pseudo_label_weight,
+                cfg.pseudo_label_precision,
+                cfg.pseudo_label_ratio,
+            )
+            if cfg.pseudo_labels
+            else None,
         )
 
 

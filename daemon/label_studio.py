@@ -23,7 +23,16 @@ from .config import Settings
 # Kafka clients, faust (daemon.kafka) and datasketch (streams.labeling) are imported where used: every
 # `driftd` command loads this module, and most of them need none of those.
 
-__all__ = ["ExportResult", "ImportResult", "LabelsError", "bootstrap_of", "export_requests", "import_labels", "most_uncertain_first", "read_requests"]
+__all__ = [
+    "ExportResult",
+    "ImportResult",
+    "LabelsError",
+    "bootstrap_of",
+    "export_requests",
+    "import_labels",
+    "most_uncertain_first",
+    "read_requests",
+]
 
 
 class LabelsError(Exception):
@@ -51,21 +60,33 @@ class ImportResult:
 
 def bootstrap_of(settings: Settings) -> str:
     """The brokers as the daemon reaches them (daemon/app.py): the embedded one on loopback, else the list."""
-    return f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap
+    return (
+        f"127.0.0.1:{settings.kafka.embedded_port}"
+        if settings.kafka.embedded
+        else settings.kafka.bootstrap
+    )
 
 
-async def read_requests(bootstrap: str, topic: str, client_options: dict[str, Any], timeout_s: float = 60.0) -> tuple[list[dict[str, Any]], list[str]]:
+async def read_requests(
+    bootstrap: str, topic: str, client_options: dict[str, Any], timeout_s: float = 60.0
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Every labelling request on ``topic`` from its start to its end now (first of each event_id kept),
     and a reason per record that is not one. Raises LabelsError when the topic does not exist or the end
     is not reached within ``timeout_s``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options
+    )
     try:
         await consumer.start()
         if topic not in await consumer.topics():  # listing all topics does not auto-create this one
-            raise LabelsError(f"topic {topic} does not exist on {bootstrap} (labeling.enabled off, or nothing requested yet?)")
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            raise LabelsError(
+                f"topic {topic} does not exist on {bootstrap} (labeling.enabled off, or nothing requested yet?)"
+            )
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         # Each partition's end is the high watermark of the first fetch response for it, not ListOffsets:
@@ -73,14 +94,23 @@ async def read_requests(bootstrap: str, topic: str, client_options: dict[str, An
         ends: dict[TopicPartition, int] = {}
         records = []
         deadline = time.monotonic() + timeout_s
-        while len(ends) < len(partitions) or [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+        while len(ends) < len(partitions) or [
+            tp for tp in partitions if await consumer.position(tp) < ends[tp]
+        ]:
             if time.monotonic() > deadline:
-                raise LabelsError(f"read {len(records)} records of {topic} but did not reach its end within {timeout_s:.0f}s")
+                raise LabelsError(
+                    f"read {len(records)} records of {topic} but did not reach its end within {timeout_s:.0f}s"
+                )
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for tp in partitions:
                 if tp not in ends and (highwater := consumer.highwater(tp)) is not None:
                     ends[tp] = highwater
-            records.extend(r for tp, part in batch.items() for r in part if r.offset < ends.get(tp, r.offset + 1))
+            records.extend(
+                r
+                for tp, part in batch.items()
+                for r in part
+                if r.offset < ends.get(tp, r.offset + 1)
+            )
     finally:
         await consumer.stop()
     requests: dict[str, dict[str, Any]] = {}
@@ -92,10 +122,20 @@ async def read_requests(bootstrap: str, topic: str, client_options: dict[str, An
         except ValueError:
             skipped.append(f"{where}: not JSON")
             continue
-        if not (isinstance(value, dict) and all(isinstance(value.get(k), str) and value[k] for k in ("event_id", "conversation_id", "text"))):
-            skipped.append(f"{where}: not a labelling request (event_id, conversation_id and text are required)")
+        if not (
+            isinstance(value, dict)
+            and all(
+                isinstance(value.get(k), str) and value[k]
+                for k in ("event_id", "conversation_id", "text")
+            )
+        ):
+            skipped.append(
+                f"{where}: not a labelling request (event_id, conversation_id and text are required)"
+            )
             continue
-        requests.setdefault(value["event_id"], value)  # a redelivered prediction requests the same event again
+        requests.setdefault(
+            value["event_id"], value
+        )  # a redelivered prediction requests the same event again
     return list(requests.values()), skipped
 
 
@@ -105,7 +145,13 @@ def most_uncertain_first(requests: list[dict[str, Any]]) -> list[dict[str, Any]]
 
     def key(request: dict[str, Any]) -> float:
         value = request.get("score")
-        return -float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else math.inf
+        return (
+            -float(value)
+            if isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            else math.inf
+        )
 
     return sorted(requests, key=key)
 
@@ -138,7 +184,13 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def export_requests(
-    settings: Settings, output: Path, *, config_xml: Path | None = None, bootstrap: str | None = None, topic: str | None = None, timeout_s: float = 60.0
+    settings: Settings,
+    output: Path,
+    *,
+    config_xml: Path | None = None,
+    bootstrap: str | None = None,
+    topic: str | None = None,
+    timeout_s: float = 60.0,
 ) -> ExportResult:
     """Read the requests topic and write Label Studio tasks to ``output`` (and the labelling config to ``config_xml``)."""
     from aiokafka.errors import KafkaError
@@ -149,37 +201,60 @@ def export_requests(
 
     target, topic = bootstrap or bootstrap_of(settings), topic or settings.topics.labeling_requests
     try:
-        requests, skipped = asyncio.run(read_requests(target, topic, aiokafka_options(settings.kafka), timeout_s))
+        requests, skipped = asyncio.run(
+            read_requests(target, topic, aiokafka_options(settings.kafka), timeout_s)
+        )
     except (KafkaError, OSError) as exc:
         raise LabelsError(f"cannot read {topic} on {target}: {exc!r}") from None
     known = _registry_intents(settings)
     if known is not None:
         choices, choices_from = known
     else:
-        seen = {item["intent"] for r in requests for item in r.get("topk") or [] if isinstance(item, dict) and isinstance(item.get("intent"), str)}
+        seen = {
+            item["intent"]
+            for r in requests
+            for item in r.get("topk") or []
+            if isinstance(item, dict) and isinstance(item.get("intent"), str)
+        }
         choices, choices_from = sorted(seen), "requests"
     tasks = to_label_studio_tasks(most_uncertain_first(requests), choices)
     if config_xml is not None:
         if not choices:
-            raise LabelsError(f"no intents for {config_xml}: the registry has no current version with labels.json and no request names one")
+            raise LabelsError(
+                f"no intents for {config_xml}: the registry has no current version with labels.json and no request names one"
+            )
         _write_atomically(config_xml, label_studio_config(choices))
     _write_atomically(output, json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
     return ExportResult(tasks, skipped, choices, choices_from)
 
 
-async def _send(bootstrap: str, topic: str, events: list[dict[str, Any]], client_options: dict[str, Any]) -> None:
+async def _send(
+    bootstrap: str, topic: str, events: list[dict[str, Any]], client_options: dict[str, Any]
+) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client_options)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client_options
+    )
     try:
         await producer.start()
-        futures = [await producer.send(topic, json.dumps(e).encode(), key=e["conversation_id"].encode()) for e in events]
+        futures = [
+            await producer.send(topic, json.dumps(e).encode(), key=e["conversation_id"].encode())
+            for e in events
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
-def import_labels(settings: Settings, export_path: Path, *, bootstrap: str | None = None, now: float | None = None, dry_run: bool = False) -> ImportResult:
+def import_labels(
+    settings: Settings,
+    export_path: Path,
+    *,
+    bootstrap: str | None = None,
+    now: float | None = None,
+    dry_run: bool = False,
+) -> ImportResult:
     """Produce the label events of a Label Studio JSON export to the input topic, keyed by conversation_id."""
     from aiokafka.errors import KafkaError
 
@@ -194,9 +269,15 @@ def import_labels(settings: Settings, export_path: Path, *, bootstrap: str | Non
     except ValueError as exc:
         raise LabelsError(f"{export_path} is not JSON: {exc}", 2) from None
     try:
-        events, skipped = label_events_from_label_studio(export, now=time.time() if now is None else now, max_event_bytes=settings.ingest.max_event_bytes)
+        events, skipped = label_events_from_label_studio(
+            export,
+            now=time.time() if now is None else now,
+            max_event_bytes=settings.ingest.max_event_bytes,
+        )
     except ValueError as exc:
-        raise LabelsError(f"{export_path}: {exc} (export the project as JSON, not JSON_MIN or CSV)", 2) from None
+        raise LabelsError(
+            f"{export_path}: {exc} (export the project as JSON, not JSON_MIN or CSV)", 2
+        ) from None
     topic = settings.topics.input
     if events and not dry_run:
         target = bootstrap or bootstrap_of(settings)

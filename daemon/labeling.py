@@ -26,18 +26,40 @@ log = logging.getLogger("driftd.labeling")
 
 
 class LabelingRequests:
-    def __init__(self, settings: Settings, send: Callable[[str, bytes, bytes], Any], registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        send: Callable[[str, bytes, bytes], Any],
+        registry: CollectorRegistry,
+    ) -> None:
         cfg = settings.labeling
         self.topic = settings.topics.labeling_requests
         self._send = send
-        self.sampler = LabelingSampler(cfg.strategy, cfg.budget_per_hour, cfg.min_score, cfg.diversity_threshold, cfg.window, percentile=cfg.percentile) if cfg.enabled else None
+        self.sampler = (
+            LabelingSampler(
+                cfg.strategy,
+                cfg.budget_per_hour,
+                cfg.min_score,
+                cfg.diversity_threshold,
+                cfg.window,
+                percentile=cfg.percentile,
+            )
+            if cfg.enabled
+            else None
+        )
         self.offers = Counter(
-            "driftd_labeling_offers_total", "Predictions considered for a labelling request, by result: picked, or the reason it was skipped.",
-            ["result"], registry=registry,
+            "driftd_labeling_offers_total",
+            "Predictions considered for a labelling request, by result: picked, or the reason it was skipped.",
+            ["result"],
+            registry=registry,
         )
         for result in ("picked", *SKIP_REASONS):
             self.offers.labels(result)
-        self.failures = Counter("driftd_labeling_publish_failures_total", "Labelling requests that could not be published.", registry=registry)
+        self.failures = Counter(
+            "driftd_labeling_publish_failures_total",
+            "Labelling requests that could not be published.",
+            registry=registry,
+        )
 
     def observe(self, predicted: Sequence[tuple[StoredEvent, dict[str, Any]]]) -> None:
         if self.sampler is None:
@@ -46,8 +68,12 @@ class LabelingRequests:
             before = dict(self.sampler.counts)
             try:
                 request = self.sampler.offer(
-                    event.event_id, event.conversation_id, event.text or "", prediction["model_version"],
-                    [(t["intent"], t["confidence"]) for t in prediction["top_k"]], turn=event.turn,
+                    event.event_id,
+                    event.conversation_id,
+                    event.text or "",
+                    prediction["model_version"],
+                    [(t["intent"], t["confidence"]) for t in prediction["top_k"]],
+                    turn=event.turn,
                 )
             except ValueError as exc:  # a prediction it cannot score: never a reason to stop ingest
                 log.debug("no labelling offer for %s: %s", event.event_id, exc)
@@ -56,7 +82,9 @@ class LabelingRequests:
                 if self.sampler.counts[result] != before.get(result, 0):
                     self.offers.labels(result).inc()
             if request is not None:
-                asyncio.ensure_future(self._publish(event.conversation_id.encode(), json.dumps(request).encode()))
+                asyncio.ensure_future(
+                    self._publish(event.conversation_id.encode(), json.dumps(request).encode())
+                )
 
     async def _publish(self, key: bytes, value: bytes) -> None:
         try:

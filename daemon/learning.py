@@ -68,7 +68,11 @@ class _PartAttribute:
         return self if loop is None else getattr(getattr(loop, self.part), self.name)
 
     def __set__(self, loop: Any, value: Any) -> None:
-        setattr(getattr(loop, self.part), self.name, value if self.convert is None else self.convert(value))
+        setattr(
+            getattr(loop, self.part),
+            self.name,
+            value if self.convert is None else self.convert(value),
+        )
 
 
 class LearningLoop:
@@ -104,21 +108,41 @@ class LearningLoop:
         self.metrics = LearningMetrics(metrics_registry)
         self.followups = FollowUpPolicy(self.learning, clock, serving=server.version is not None)
         self.feed = OutcomeFeed(
-            settings.monitor, MonitorMetrics(metrics_registry), clock,
-            on_decision=self._on_decision, on_labelled=self.followups.count_labels,
+            settings.monitor,
+            MonitorMetrics(metrics_registry),
+            clock,
+            on_decision=self._on_decision,
+            on_labelled=self.followups.count_labels,
             on_serving_outcome=self._on_serving_outcome,
         )
         self.canary = Canary(self.learning)
         self.jobs = JobBuilder(settings, store, registry, clock)
         self.promoter = Promoter(
-            server, registry, swap_lock, announce, settings.topics.model_updates, self.metrics, clock,
+            server,
+            registry,
+            swap_lock,
+            announce,
+            settings.topics.model_updates,
+            self.metrics,
+            clock,
         )
         self.runner = FineTuneRunner(
-            self.learning, server, registry, self.jobs, self.followups, self.metrics, clock,
-            mark=self.feed.mark, promote=self._promote,
+            self.learning,
+            server,
+            registry,
+            self.jobs,
+            self.followups,
+            self.metrics,
+            clock,
+            mark=self.feed.mark,
+            promote=self._promote,
         )
         # What the daemon and its admin routes read.
-        self.monitor, self.joiner, self.timeline = self.feed.monitor, self.feed.joiner, self.feed.timeline
+        self.monitor, self.joiner, self.timeline = (
+            self.feed.monitor,
+            self.feed.joiner,
+            self.feed.timeline,
+        )
         self.trainer, self.history = self.runner.trainer, self.runner.history
         self.last_decision: Decision | None = None
         self._task: asyncio.Task[None] | None = None
@@ -127,7 +151,9 @@ class LearningLoop:
     # -- the ingest hook and the replicas ------------------------------------------------------------
 
     def observe_batch(
-        self, events: Sequence[StoredEvent], predicted: Sequence[tuple[StoredEvent, dict[str, Any]]],
+        self,
+        events: Sequence[StoredEvent],
+        predicted: Sequence[tuple[StoredEvent, dict[str, Any]]],
     ) -> None:
         """Called once per stored batch, in the event loop: cheap dictionary and detector updates only."""
         self._follow_serving_version()
@@ -135,7 +161,11 @@ class LearningLoop:
             # No model, so no outcome: count the labels themselves, for the first model and its follow-ups.
             self.followups.count_labels(len(examples), without_model=True)
         self.feed.observe(events, predicted)
-        if self.forward is not None and not self.is_trainer() and (examples := labelled_examples(events)):
+        if (
+            self.forward is not None
+            and not self.is_trainer()
+            and (examples := labelled_examples(events))
+        ):
             self.forward("examples", examples)  # the trainer learns from every replica's partitions
         self._maybe_start_awaited()
 
@@ -170,11 +200,15 @@ class LearningLoop:
         self.last_decision = decision
         self.feed.mark("detection", decision.at, ",".join(decision.signals))
         if not self.learning.enabled:
-            log.warning("decay confirmed, learning.enabled is off: no fine-tune (%s)", decision.describe())
+            log.warning(
+                "decay confirmed, learning.enabled is off: no fine-tune (%s)", decision.describe()
+            )
             return
         if not self.is_trainer():
             if self.forward is not None:
-                log.warning("decay confirmed, forwarded to the trainer replica: %s", decision.describe())
+                log.warning(
+                    "decay confirmed, forwarded to the trainer replica: %s", decision.describe()
+                )
                 self.forward("decision", decision)
             return
         if self.followups.decay_confirmed():
@@ -205,7 +239,10 @@ class LearningLoop:
             return False, f"a fine-tune is already running (pid {self.trainer.pid})"
         if not self.is_trainer():
             role = self.learning.role
-            return False, f"this replica is not the trainer (learning.role = {role}): ask the trainer replica"
+            return (
+                False,
+                f"this replica is not the trainer (learning.role = {role}): ask the trainer replica",
+            )
         self._start(trigger, None)
         return True, "fine-tune started"
 
@@ -225,14 +262,20 @@ class LearningLoop:
             if trigger != "manual" and not self._stopping:
                 self._maybe_followup()  # labels that arrived while it trained may already warrant the next one
 
-    async def _build_job(self, incumbent: str | None, trigger: str) -> tuple[FineTuneJob | None, dict[str, int]]:
+    async def _build_job(
+        self, incumbent: str | None, trigger: str
+    ) -> tuple[FineTuneJob | None, dict[str, int]]:
         return await self.jobs.build(incumbent, trigger)
 
     # -- promotion, canary, rollback -----------------------------------------------------------------
 
-    async def _promote(self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]) -> str:
+    async def _promote(
+        self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]
+    ) -> str:
         version = await self.promoter.publish(result, incumbent, trigger, run)
-        baseline = self.canary.baseline()  # the incumbent's last outcomes, before the swap restarts the count
+        baseline = (
+            self.canary.baseline()
+        )  # the incumbent's last outcomes, before the swap restarts the count
         await self.promoter.swap(version)
         self.feed.swapped()
         self._follow_serving_version()
@@ -262,26 +305,32 @@ class LearningLoop:
 
     def status(self) -> dict[str, Any]:
         decision = self.last_decision
-        return json_safe({
-            "state": self.followups.state.value,
-            "pid": self.trainer.pid,
-            "serving": self.server.version,
-            "trainer": self.is_trainer(),
-            "peer_examples": len(self.jobs.peer_examples),
-            "followups_left": self.followups.followups_left,
-            "labels_since_start": self.followups.labels_since_start,
-            "followup_pending": self.followups.episode_labels_waiting(),
-            "labels_since_swap": self.feed.labels_since_swap,
-            "awaiting": self.followups.awaiting_status(),
-            "canary": self.canary.snapshot(),
-            "monitor": self.monitor.snapshot(),
-            "joiner": self.joiner.counts,
-            "last_decision": None if decision is None else {
-                "at": decision.at, "signals": list(decision.signals), "describe": decision.describe(),
-            },
-            "last_run": self.runner.last_run,
-            "runs": len(self.history),
-        })
+        return json_safe(
+            {
+                "state": self.followups.state.value,
+                "pid": self.trainer.pid,
+                "serving": self.server.version,
+                "trainer": self.is_trainer(),
+                "peer_examples": len(self.jobs.peer_examples),
+                "followups_left": self.followups.followups_left,
+                "labels_since_start": self.followups.labels_since_start,
+                "followup_pending": self.followups.episode_labels_waiting(),
+                "labels_since_swap": self.feed.labels_since_swap,
+                "awaiting": self.followups.awaiting_status(),
+                "canary": self.canary.snapshot(),
+                "monitor": self.monitor.snapshot(),
+                "joiner": self.joiner.counts,
+                "last_decision": None
+                if decision is None
+                else {
+                    "at": decision.at,
+                    "signals": list(decision.signals),
+                    "describe": decision.describe(),
+                },
+                "last_run": self.runner.last_run,
+                "runs": len(self.history),
+            }
+        )
 
     def save_timeline(self, path: Path) -> None:
         """The outcome timeline as JSON (``daemon.timeline.render_png`` draws it; the demo adds the drift onset)."""

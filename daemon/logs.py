@@ -23,14 +23,24 @@ class RepeatFilter(logging.Filter):
     metadata update and fetch about ten times a second while the cluster is unreachable: enough to fill
     a disk during an outage, and to bury the one line that says what is wrong."""
 
-    def __init__(self, prefix: str = "", every_s: float = 10.0, clock: Callable[[], float] = time.monotonic, loggers: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        prefix: str = "",
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        loggers: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.prefix, self.every_s, self.clock, self.loggers = prefix, every_s, clock, loggers
-        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # (logger, template) -> (last let through, dropped since)
+        self._seen: dict[
+            tuple[str, str], tuple[float, int]
+        ] = {}  # (logger, template) -> (last let through, dropped since)
 
     def filter(self, record: logging.LogRecord) -> bool:
         template = str(record.msg)
-        if not template.startswith(self.prefix) or (self.loggers and not record.name.startswith(self.loggers)):
+        if not template.startswith(self.prefix) or (
+            self.loggers and not record.name.startswith(self.loggers)
+        ):
             return True
         key = (record.name, template)
         last, dropped = self._seen.get(key, (-float("inf"), 0))
@@ -52,10 +62,17 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     """(Re)configure the root logger; safe to call again at run time (SIGHUP)."""
     handler = logging.StreamHandler()
     if log_format == "json":
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "name": "logger"},
+            )
+        )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(_KAFKA_CLIENT_REPEATS)  # on the handler: logger filters do not see children's records
+    handler.addFilter(
+        _KAFKA_CLIENT_REPEATS
+    )  # on the handler: logger filters do not see children's records
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)

@@ -30,12 +30,16 @@ def family_total(samples: dict[str, float], name: str) -> float:
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, proc: subprocess.Popen[bytes]) -> None:
+def wait_for(
+    predicate: Callable[[], object], timeout_s: float, what: str, proc: subprocess.Popen[bytes]
+) -> None:
     """Poll ``predicate`` until it holds; fail if ``proc`` exits first. HTTP errors count as 'not yet'."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the daemon exited with code {proc.returncode} while waiting for {what}")
+            raise RuntimeError(
+                f"the daemon exited with code {proc.returncode} while waiting for {what}"
+            )
         try:
             if predicate():
                 return

@@ -30,11 +30,15 @@ _executor: ThreadPoolExecutor | None = None
 
 
 def _lower_priority() -> None:
-    if sys.platform != "linux":  # elsewhere setpriority(PRIO_PROCESS, ...) would take the whole process
+    if (
+        sys.platform != "linux"
+    ):  # elsewhere setpriority(PRIO_PROCESS, ...) would take the whole process
         return
     tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + LOADER_NICE))
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + LOADER_NICE)
+        )
     except OSError as exc:  # a sandbox without the syscall: loads just run at the normal priority
         log.debug("could not lower the model loader's priority: %s", exc)
 
@@ -44,5 +48,7 @@ def model_loader() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftd-model-load", initializer=_lower_priority)
+            _executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="driftd-model-load", initializer=_lower_priority
+            )
         return _executor

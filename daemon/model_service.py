@@ -36,12 +36,19 @@ from streams.labelled_files import LabelledFileError, read_labelled
 from .config import Settings
 
 __all__ = [
-    "ModelService", "TrainedVersion", "bootstrap_model", "bootstrap_source", "stratified_holdout", "train_version",
+    "ModelService",
+    "TrainedVersion",
+    "bootstrap_model",
+    "bootstrap_source",
+    "stratified_holdout",
+    "train_version",
 ]
 
 log = logging.getLogger("driftd.models")
 
-NO_SOURCE_WAIT_S = 10.0  # how often an empty registry is checked for a CURRENT when models.sync_interval_s is 0
+NO_SOURCE_WAIT_S = (
+    10.0  # how often an empty registry is checked for a CURRENT when models.sync_interval_s is 0
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,9 @@ def bootstrap_source(settings: Settings) -> str | None:
     return m.bootstrap_dataset if settings.kafka.embedded else None
 
 
-def stratified_holdout(intents: Sequence[str], fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+def stratified_holdout(
+    intents: Sequence[str], fraction: float, seed: int = 0
+) -> tuple[list[int], list[int]]:
     """(train, holdout) indices: about ``fraction`` of each intent held out, at least one of each kept for training."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction!r}")
@@ -106,24 +115,47 @@ def train_version(
     train_texts, train_intents = [texts[i] for i in train_idx], [intents[i] for i in train_idx]
     # 256 per step: a few times faster on CPU than 64 for a fraction of a point (the first model is soon
     # fine-tuned anyway). On 225 Banking77 examples of 5 intents: 0.935 test accuracy at 256, 0.96 at 64.
-    settings = TrainSettings(batch_size=256, seed=seed, trainable_layers=trainable_layers, cache_dir=cache_dir)
-    result = train_classifier(train_texts, train_intents, architecture=architecture, settings=settings,
-                              config=new_model_config(architecture, encoder), progress=progress)
+    settings = TrainSettings(
+        batch_size=256, seed=seed, trainable_layers=trainable_layers, cache_dir=cache_dir
+    )
+    result = train_classifier(
+        train_texts,
+        train_intents,
+        architecture=architecture,
+        settings=settings,
+        config=new_model_config(architecture, encoder),
+        progress=progress,
+    )
     probe = train_texts[:: max(1, len(train_texts) // 64)][:64]
-    files, report = build_version_files(result.model, result.featurizer, result.labels, probe,
-                                        calibration_texts=train_texts[:1024])
+    files, report = build_version_files(
+        result.model, result.featurizer, result.labels, probe, calibration_texts=train_texts[:1024]
+    )
     accuracy = None
     if hold_idx:
-        accuracy = _served_accuracy(registry, files, [texts[i] for i in hold_idx], [intents[i] for i in hold_idx])
-    counts = {"examples": len(train_idx), "holdout_examples": len(hold_idx), "holdout_accuracy": accuracy,
-              "labels": len(result.labels)}
+        accuracy = _served_accuracy(
+            registry, files, [texts[i] for i in hold_idx], [intents[i] for i in hold_idx]
+        )
+    counts = {
+        "examples": len(train_idx),
+        "holdout_examples": len(hold_idx),
+        "holdout_accuracy": accuracy,
+        "labels": len(result.labels),
+    }
     train_seconds = round(time.time() - started, 1)
-    info = {**info, **counts, "architecture": architecture, "train_seconds": train_seconds, "export": report}
+    info = {
+        **info,
+        **counts,
+        "architecture": architecture,
+        "train_seconds": train_seconds,
+        "export": report,
+    }
     manifest = registry.publish(files, parent=None, info=info)
     return TrainedVersion(manifest, len(train_idx), len(hold_idx), accuracy)
 
 
-def _served_accuracy(registry: Registry, files: dict[str, bytes], texts: list[str], intents: list[str]) -> float:
+def _served_accuracy(
+    registry: Registry, files: dict[str, bytes], texts: list[str], intents: list[str]
+) -> float:
     """Accuracy of ``files`` loaded as the daemon loads a version (checksums, parity probe, INT8 session), from a
     scratch registry in the staging area, so that a version that cannot serve is never published."""
     scratch = Registry(registry.staging_dir())
@@ -131,7 +163,9 @@ def _served_accuracy(registry: Registry, files: dict[str, bytes], texts: list[st
         version = scratch.publish(files, parent=None, info={}).version
         model = LoadedModel.load(scratch, version)
         try:
-            batches = (texts[start : start + 64] for start in range(0, len(texts), 64))  # the daemon's call size
+            batches = (
+                texts[start : start + 64] for start in range(0, len(texts), 64)
+            )  # the daemon's call size
             predicted = [p.intent for batch in batches for p in model.predict(batch, top_k=1)]
         finally:
             model.close()
@@ -148,7 +182,8 @@ def encoder_source(settings: Settings) -> EncoderSource | None:
 def new_model_options(settings: Settings) -> dict[str, Any]:
     """``train_version``'s keywords for a model trained from scratch as the settings ask."""
     return {
-        "encoder": encoder_source(settings), "trainable_layers": settings.learning.encoder_trainable_layers,
+        "encoder": encoder_source(settings),
+        "trainable_layers": settings.learning.encoder_trainable_layers,
         "cache_dir": str(settings.embedding_cache_dir),
     }
 
@@ -161,18 +196,38 @@ def bootstrap_model(settings: Settings, registry: Registry, source: str) -> str:
         texts, intents, info = _dataset_examples(settings, source)
     else:
         options = m.bootstrap_storage_options
-        data = read_labelled(source, m.bootstrap_text_column, m.bootstrap_intent_column, storage_options=options)
+        data = read_labelled(
+            source, m.bootstrap_text_column, m.bootstrap_intent_column, storage_options=options
+        )
         if data.skipped:
-            log.warning("models.bootstrap_source %s: skipped %d rows with an empty text or intent",
-                        source, data.skipped)
+            log.warning(
+                "models.bootstrap_source %s: skipped %d rows with an empty text or intent",
+                source,
+                data.skipped,
+            )
         texts, intents, info = data.texts, data.intents, {"source": "bootstrap", "file": source}
-        log.info("no model yet: training the first one on %d examples of %d intents from %s",
-                 len(texts), len(set(intents)), source)
-    trained = train_version(texts, intents, registry, architecture=m.architecture, info=info, **new_model_options(settings))
+        log.info(
+            "no model yet: training the first one on %d examples of %d intents from %s",
+            len(texts),
+            len(set(intents)),
+            source,
+        )
+    trained = train_version(
+        texts,
+        intents,
+        registry,
+        architecture=m.architecture,
+        info=info,
+        **new_model_options(settings),
+    )
     version = trained.manifest.version
     registry.set_current(version)
-    log.info("bootstrap model %s: %d intents, trained in %.1fs",
-             version, trained.manifest.info["labels"], time.time() - started)
+    log.info(
+        "bootstrap model %s: %d intents, trained in %.1fs",
+        version,
+        trained.manifest.info["labels"],
+        time.time() - started,
+    )
     return version
 
 
@@ -181,17 +236,25 @@ def _dataset_examples(settings: Settings, name: str) -> tuple[list[str], list[st
     wanted = set(settings.models.bootstrap_groups)
     by_group = groups(name, data_dir)
     allowed = {intent for g in wanted for intent in by_group.get(g, [g])} if wanted else None
-    chosen = [e for e in load_examples(name, "train", data_dir) if allowed is None or e.intent in allowed]
+    chosen = [
+        e for e in load_examples(name, "train", data_dir) if allowed is None or e.intent in allowed
+    ]
     if not chosen:
         raise ValueError(f"models.bootstrap_groups {sorted(wanted)} match nothing in {name}")
-    log.info("no model yet: training the first one on %d %s examples (%s)",
-             len(chosen), name, ", ".join(sorted(wanted)) or "all")
+    log.info(
+        "no model yet: training the first one on %d %s examples (%s)",
+        len(chosen),
+        name,
+        ", ".join(sorted(wanted)) or "all",
+    )
     info = {"source": "bootstrap", "dataset": name, "groups": sorted(wanted)}
     return [e.text for e in chosen], [e.intent for e in chosen], info
 
 
 class ModelService(mode.Service):
-    def __init__(self, settings: Settings, server: ModelServer, registry: Registry, **kwargs: object) -> None:
+    def __init__(
+        self, settings: Settings, server: ModelServer, registry: Registry, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.server = server
@@ -208,15 +271,19 @@ class ModelService(mode.Service):
             # Once one serves, daemon/cluster.py follows CURRENT (it leaves the first load to this service).
             while not served and not self.should_stop:
                 await self.sleep(self.settings.models.sync_interval_s or NO_SOURCE_WAIT_S)
-                if self.server.version is not None:  # activated through the admin API (or the learning loop) meanwhile
+                if (
+                    self.server.version is not None
+                ):  # activated through the admin API (or the learning loop) meanwhile
                     return
                 try:
                     if await loop.run_in_executor(None, self.registry.current) is not None:
                         served = await loop.run_in_executor(None, self._load_from_registry)
-                except Exception:  # noqa: BLE001 - storage away, nothing verifies: next time
+                except Exception:
                     log.exception("could not load the registry's CURRENT; trying again")
-        except Exception:  # noqa: BLE001 - ingest goes on without a model; /readyz says not ready
-            log.exception("no model could be loaded or trained; predictions are off until one is activated")
+        except Exception:
+            log.exception(
+                "no model could be loaded or trained; predictions are off until one is activated"
+            )
 
     def _load_initial(self) -> bool:
         """Serve the registry's CURRENT, or train the first model; False when there is nothing to serve yet."""
@@ -229,8 +296,11 @@ class ModelService(mode.Service):
             try:
                 bootstrap_model(self.settings, self.registry, source)
             except LabelledFileError as exc:
-                log.error("models.bootstrap_source: %s; no model serves until a version becomes CURRENT "
-                          "(driftd train --from FILE)", exc)
+                log.error(
+                    "models.bootstrap_source: %s; no model serves until a version becomes CURRENT "
+                    "(driftd train --from FILE)",
+                    exc,
+                )
                 return False
         return self._load_from_registry()
 
@@ -239,8 +309,10 @@ class ModelService(mode.Service):
         if not m.bootstrap:
             why = "the registry is empty and models.bootstrap is off"
         else:
-            why = (f"the registry is empty and kafka.bootstrap is not the embedded broker, "
-                   f"so the demo dataset {m.bootstrap_dataset} is not trained on")
+            why = (
+                f"the registry is empty and kafka.bootstrap is not the embedded broker, "
+                f"so the demo dataset {m.bootstrap_dataset} is not trained on"
+            )
         every = m.sync_interval_s or NO_SOURCE_WAIT_S
         return (
             f"{why}: no model serves (/readyz not ready) until a version becomes CURRENT; "

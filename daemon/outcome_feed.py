@@ -21,8 +21,12 @@ __all__ = ["OutcomeFeed"]
 
 class OutcomeFeed:
     def __init__(
-        self, settings: MonitorSettings, metrics: MonitorMetrics, clock: Callable[[], float],
-        on_decision: Callable[[Decision], None], on_labelled: Callable[[], None],
+        self,
+        settings: MonitorSettings,
+        metrics: MonitorMetrics,
+        clock: Callable[[], float],
+        on_decision: Callable[[Decision], None],
+        on_labelled: Callable[[], None],
         on_serving_outcome: Callable[[Outcome], None],
     ) -> None:
         """``on_decision``: the monitor confirmed decay. ``on_labelled``: an outcome was joined, before the monitor
@@ -52,21 +56,32 @@ class OutcomeFeed:
     def swapped(self) -> None:
         self.labels_since_swap = 0
 
-    def observe(self, events: Sequence[StoredEvent], predicted: Sequence[tuple[StoredEvent, dict[str, Any]]]) -> None:
+    def observe(
+        self, events: Sequence[StoredEvent], predicted: Sequence[tuple[StoredEvent, dict[str, Any]]]
+    ) -> None:
         """One stored batch and the predictions made for it."""
         for event, prediction in predicted:
-            decision = self.monitor.observe_prediction(prediction["confidence"], prediction["intent"])
+            decision = self.monitor.observe_prediction(
+                prediction["confidence"], prediction["intent"]
+            )
             if decision is not None:
                 self._on_decision(decision)
             outcome = self.joiner.record_prediction(
-                event.event_id, prediction["intent"], prediction["confidence"], prediction["model_version"], event.ts,
+                event.event_id,
+                prediction["intent"],
+                prediction["confidence"],
+                prediction["model_version"],
+                event.ts,
             )
             if outcome is not None:
                 self._outcome(outcome)
         for event in events:
             if event.type in ("label", "feedback") and event.ref_event_id:
                 outcome = self.joiner.record_label(
-                    event.ref_event_id, intent=event.intent, correct=event.correct, ts=event.ts,
+                    event.ref_event_id,
+                    intent=event.intent,
+                    correct=event.correct,
+                    ts=event.ts,
                 )
                 if outcome is not None:
                     self._outcome(outcome)
@@ -75,7 +90,9 @@ class OutcomeFeed:
     def _outcome(self, outcome: Outcome) -> None:
         self.outcomes += 1
         self._on_labelled()
-        self.timeline.add_outcome(outcome.correct, self.outcomes, outcome.labelled_at, outcome.model_version)
+        self.timeline.add_outcome(
+            outcome.correct, self.outcomes, outcome.labelled_at, outcome.model_version
+        )
         if outcome.model_version != self.version:
             return  # a prediction of a replaced version says nothing about the one serving now
         self.labels_since_swap += 1

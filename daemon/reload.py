@@ -42,7 +42,13 @@ def _is_runtime(key: str) -> bool:
 def diff_settings(old: Settings, new: Settings) -> SettingsDiff:
     """Every leaf setting whose value differs, keyed by its dotted config.toml name."""
     before, after = _flatten(old.model_dump()), _flatten(new.model_dump())
-    return SettingsDiff({k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)})
+    return SettingsDiff(
+        {
+            k: (before.get(k), after.get(k))
+            for k in sorted(before.keys() | after.keys())
+            if before.get(k) != after.get(k)
+        }
+    )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,12 +23,22 @@ class ServingCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         model = self.server.model
-        info = GaugeMetricFamily("driftd_serving_model_info", "1, labelled with the version serving now (absent before the first model loads).", labels=["version"])
-        created = GaugeMetricFamily("driftd_serving_model_created_timestamp_seconds", "Unix time the serving version was published to the registry (0 before the first model loads).")
+        info = GaugeMetricFamily(
+            "driftd_serving_model_info",
+            "1, labelled with the version serving now (absent before the first model loads).",
+            labels=["version"],
+        )
+        created = GaugeMetricFamily(
+            "driftd_serving_model_created_timestamp_seconds",
+            "Unix time the serving version was published to the registry (0 before the first model loads).",
+        )
         if model is not None:
             info.add_metric([model.version], 1)
         created.add_metric([], (model.created_at or 0.0) if model is not None else 0.0)
-        switches = CounterMetricFamily("driftd_serving_model_switches_total", "Times the served model changed: first load, swaps and rollbacks.")
+        switches = CounterMetricFamily(
+            "driftd_serving_model_switches_total",
+            "Times the served model changed: first load, swaps and rollbacks.",
+        )
         switches.add_metric([], len(self.server.history))
         yield info
         yield created

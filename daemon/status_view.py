@@ -39,13 +39,17 @@ def _triggers(triggers: dict[str, Any]) -> str:
     parts = []
     if unknown.get("min_outcomes"):
         top = ", ".join(f"{k} {v}" for k, v in (unknown.get("top_unknown") or {}).items())
-        parts.append(f"unknown intents {unknown.get('unknown_outcomes', 0)}/{unknown['min_outcomes']} outcomes"
-                     + (f" ({unknown.get('unknown_intents', 0)} intents: {top})" if top else ""))
+        parts.append(
+            f"unknown intents {unknown.get('unknown_outcomes', 0)}/{unknown['min_outcomes']} outcomes"
+            + (f" ({unknown.get('unknown_intents', 0)} intents: {top})" if top else "")
+        )
     else:
         parts.append("unknown intents off")
     if floor.get("min_accuracy"):
         state = "BELOW" if floor.get("below") else "above"
-        parts.append(f"floor {state} {_num(floor['min_accuracy'], 2)} (window {_num(floor.get('window_accuracy'))}, {floor.get('fires', 0)} fires)")
+        parts.append(
+            f"floor {state} {_num(floor['min_accuracy'], 2)} (window {_num(floor.get('window_accuracy'))}, {floor.get('fires', 0)} fires)"
+        )
     else:
         parts.append("floor off")
     return "triggers   " + " | ".join(parts)
@@ -55,13 +59,21 @@ def _training(training: dict[str, Any]) -> list[str]:
     lines = [f"training   {training['state']}, {training.get('runs', 0)} fine-tunes so far"]
     awaiting = training.get("awaiting")
     if awaiting:
-        what = "the first model (no model serves)" if awaiting["trigger"] == "cold_start" else f"a {awaiting['trigger']} fine-tune skipped for too little data"
+        what = (
+            "the first model (no model serves)"
+            if awaiting["trigger"] == "cold_start"
+            else f"a {awaiting['trigger']} fine-tune skipped for too little data"
+        )
         off = "; learning.enabled is off" if not awaiting.get("enabled", True) else ""
         lines.append(f"waiting    {what}: {awaiting['labels']}/{awaiting['needed']} labels{off}")
     run = training.get("last_run")
     if not run:
         return lines + ["last run   none yet"]
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"])) if run.get("started_at") else "?"
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
+        if run.get("started_at")
+        else "?"
+    )
     result = run.get("result", "running")
     head = f"last run   {run.get('trigger')} at {when}: {result}"
     if run.get("version"):
@@ -72,7 +84,9 @@ def _training(training: dict[str, Any]) -> list[str]:
     gate = run.get("gate")
     if gate:
         verdict = "passed" if gate["passed"] else "rejected: " + "; ".join(gate["reasons"])
-        lines.append(f"gate       {verdict}; holdout {_num(gate['candidate_holdout'])} vs incumbent {_num(gate['incumbent_holdout'])} (n={gate['holdout_n']})")
+        lines.append(
+            f"gate       {verdict}; holdout {_num(gate['candidate_holdout'])} vs incumbent {_num(gate['incumbent_holdout'])} (n={gate['holdout_n']})"
+        )
     return lines
 
 
@@ -82,27 +96,51 @@ def render_status(status: dict[str, Any], where: str) -> str:
     if model is None:
         lines.append("model      none loaded yet")
     else:
-        lines.append(f"model      {model['version']} ({model['intents']} intents), published {_age(model['age_s'])} ago; registry current {model['registry_current']}")
+        lines.append(
+            f"model      {model['version']} ({model['intents']} intents), published {_age(model['age_s'])} ago; registry current {model['registry_current']}"
+        )
     q = status["quality"]
     samples = q["samples"]
-    lines.append(f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference {_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} ({samples['labelled']} labelled outcomes)")
-    lines.append("detectors  " + " | ".join(_detector(name, ev) for name, ev in q["detectors"].items()))
+    lines.append(
+        f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference {_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} ({samples['labelled']} labelled outcomes)"
+    )
+    lines.append(
+        "detectors  " + " | ".join(_detector(name, ev) for name, ev in q["detectors"].items())
+    )
     if q.get("triggers"):
         lines.append(_triggers(q["triggers"]))
     fired = [name for name, on in q["fired"].items() if on]
-    lines.append(f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; decisions {q['decisions']}; cooldown {q['cooldown_remaining_s']:.0f} s left")
+    lines.append(
+        f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; decisions {q['decisions']}; cooldown {q['cooldown_remaining_s']:.0f} s left"
+    )
     tiers = status.get("tiers")
-    lines.append("tiers      " + ("not open yet" if tiers is None else ", ".join(f"{k} {v}" for k, v in tiers.items())))
+    lines.append(
+        "tiers      "
+        + ("not open yet" if tiers is None else ", ".join(f"{k} {v}" for k, v in tiers.items()))
+    )
     ingest = status["ingest"]
     blocked = ingest.get("blocked_on") or []
     paused = f"; PAUSED, waiting for {', '.join(blocked)} (see the log)" if blocked else ""
-    lines.append(f"ingest     {ingest['events']:.0f} events stored, {ingest['dead_lettered']:.0f} dead-lettered{paused}")
+    lines.append(
+        f"ingest     {ingest['events']:.0f} events stored, {ingest['dead_lettered']:.0f} dead-lettered{paused}"
+    )
     broker = status.get("broker") or {}
     if broker.get("up") is False:
-        lines.append(f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: {broker['last_error']} ({broker['outages']} outages so far)")
+        lines.append(
+            f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: {broker['last_error']} ({broker['outages']} outages so far)"
+        )
     else:
-        lines.append(f"broker     {'reachable' if broker.get('up') else 'not probed yet'} ({broker.get('outages', 0)} outages so far)")
+        lines.append(
+            f"broker     {'reachable' if broker.get('up') else 'not probed yet'} ({broker.get('outages', 0)} outages so far)"
+        )
     lag = status.get("consumer_lag") or {}
-    lines.append("lag        " + (", ".join(f"p{p} {v}" for p, v in lag.items()) + f" (total {sum(lag.values())})" if lag else "no partition assigned yet"))
+    lines.append(
+        "lag        "
+        + (
+            ", ".join(f"p{p} {v}" for p, v in lag.items()) + f" (total {sum(lag.values())})"
+            if lag
+            else "no partition assigned yet"
+        )
+    )
     lines.extend(_training(status["training"]))
     return "\n".join(lines)

@@ -30,14 +30,18 @@ def notify(*states: str) -> bool:
             sock.connect(address)
             sock.sendall("\n".join(states).encode())
         return True
-    except OSError as exc:  # the manager went away or the socket is wrong: keep running, say so once per call
+    except (
+        OSError
+    ) as exc:  # the manager went away or the socket is wrong: keep running, say so once per call
         log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
         return False
 
 
 def reloading() -> bool:
     """RELOADING=1 with the monotonic timestamp systemd wants for Type=notify-reload."""
-    return notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    return notify(
+        "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+    )
 
 
 def watchdog_interval_s() -> float | None:

@@ -97,7 +97,10 @@ class TimelineRecorder:
         del ts  # the x axis is labelled events; wall time is not plotted
         self.n_outcomes += 1
         x = self.n_outcomes if at_event is None else int(at_event)
-        if not self.segments or (self.segments[-1][1] != model_version and all(v != model_version for _, v in self.segments)):
+        if not self.segments or (
+            self.segments[-1][1] != model_version
+            and all(v != model_version for _, v in self.segments)
+        ):
             self.segments.append((x, model_version))
 
         c = bool(correct)
@@ -116,7 +119,9 @@ class TimelineRecorder:
                 self.stride *= 2
         return acc
 
-    def mark(self, kind: str, at_event: int | None = None, ts: float | None = None, label: str = "") -> Mark:
+    def mark(
+        self, kind: str, at_event: int | None = None, ts: float | None = None, label: str = ""
+    ) -> Mark:
         """Record a vertical marker; ``at_event`` defaults to the current outcome count."""
         if kind not in MARK_KINDS:
             raise ValueError(f"unknown mark kind {kind!r}; expected one of {sorted(MARK_KINDS)}")
@@ -147,7 +152,10 @@ class TimelineRecorder:
             "last": list(self._last) if self._last is not None else None,
             "recent": [int(c) for c in self._recent],
             "segments": [[x, v] for x, v in self.segments],
-            "marks": [{"kind": m.kind, "at_event": m.at_event, "ts": m.ts, "label": m.label} for m in self.marks],
+            "marks": [
+                {"kind": m.kind, "at_event": m.at_event, "ts": m.ts, "label": m.label}
+                for m in self.marks
+            ],
         }
 
     @classmethod
@@ -157,7 +165,12 @@ class TimelineRecorder:
             max_points=int(d.get("max_points", 2000)),
             points=[(int(x), float(y)) for x, y in d.get("points", [])],
             marks=[
-                Mark(kind=str(m["kind"]), at_event=int(m["at_event"]), ts=float(m.get("ts", 0.0)), label=str(m.get("label", "")))
+                Mark(
+                    kind=str(m["kind"]),
+                    at_event=int(m["at_event"]),
+                    ts=float(m.get("ts", 0.0)),
+                    label=str(m.get("label", "")),
+                )
                 for m in d.get("marks", [])
             ],
             segments=[(int(x), str(v)) for x, v in d.get("segments", [])],
@@ -209,7 +222,11 @@ def render_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rec = recorder_or_dict if isinstance(recorder_or_dict, TimelineRecorder) else TimelineRecorder.from_json(recorder_or_dict)
+    rec = (
+        recorder_or_dict
+        if isinstance(recorder_or_dict, TimelineRecorder)
+        else TimelineRecorder.from_json(recorder_or_dict)
+    )
     series = rec.series()
     xs = [x for x, _ in series]
     ys = [y for _, y in series]
@@ -227,9 +244,20 @@ def render_png(
     if len(rec.segments) > 1 or (rec.segments and rec.segments[0][1]):
         bounds = [x for x, _ in rec.segments[1:]] + [x_hi]
         for i, ((start, version), end) in enumerate(zip(rec.segments, bounds)):
-            ax.axvspan(start, end, color=_SEGMENT_SHADES[i % len(_SEGMENT_SHADES)], alpha=0.08, lw=0)
+            ax.axvspan(
+                start, end, color=_SEGMENT_SHADES[i % len(_SEGMENT_SHADES)], alpha=0.08, lw=0
+            )
             if version:
-                ax.text(start, 1.0, f" {version}", va="top", ha="left", fontsize=8, color="0.3", clip_on=True)
+                ax.text(
+                    start,
+                    1.0,
+                    f" {version}",
+                    va="top",
+                    ha="left",
+                    fontsize=8,
+                    color="0.3",
+                    clip_on=True,
+                )
 
     ax.plot(xs, ys, color="tab:blue", lw=1.5, label=f"accuracy (last {rec.window})")
 
@@ -240,7 +268,9 @@ def render_png(
     order = {kind: i for i, kind in enumerate(_MARK_STYLES)}
     for m in sorted(rec.marks, key=lambda m: order.get(m.kind, len(order))):
         colour, style, legend = _MARK_STYLES.get(m.kind, ("0.5", ":", m.kind))
-        ax.axvline(m.at_event, color=colour, ls=style, lw=1.5, label=None if m.kind in seen else legend)
+        ax.axvline(
+            m.at_event, color=colour, ls=style, lw=1.5, label=None if m.kind in seen else legend
+        )
         seen.add(m.kind)
 
     ax.set_xlim(x_lo, x_hi)

@@ -21,9 +21,13 @@ def server_context(web: WebSettings) -> ssl.SSLContext | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[web.tls_min_version]
     try:
-        context.load_cert_chain(web.tls_certfile, web.tls_keyfile, password=lambda: b"")  # an encrypted key fails instead of prompting
+        context.load_cert_chain(
+            web.tls_certfile, web.tls_keyfile, password=lambda: b""
+        )  # an encrypted key fails instead of prompting
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"web.tls_certfile = {str(web.tls_certfile)!r} and web.tls_keyfile = {str(web.tls_keyfile)!r} do not load as a certificate and its unencrypted key: {exc}") from None
+        raise ConfigError(
+            f"web.tls_certfile = {str(web.tls_certfile)!r} and web.tls_keyfile = {str(web.tls_keyfile)!r} do not load as a certificate and its unencrypted key: {exc}"
+        ) from None
     return context
 
 
@@ -42,7 +46,11 @@ def client_context(web: WebSettings) -> ssl.SSLContext | None:
         raise ConfigError(f"web.tls_certfile = {str(web.tls_certfile)!r} holds no PEM certificate")
     # The first certificate only (the endpoint's own): trusting an intermediate of its chain as well would
     # accept any certificate that intermediate signed, and the host name is not checked here.
-    context = ssl.create_default_context(cadata=pem[start:end + len(_END)])
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself may be the anchor (a CA-issued certificate)
-    context.check_hostname = False  # the pin is the identity; the CLI may reach 0.0.0.0's loopback under another name
+    context = ssl.create_default_context(cadata=pem[start : end + len(_END)])
+    context.verify_flags |= (
+        ssl.VERIFY_X509_PARTIAL_CHAIN
+    )  # the leaf itself may be the anchor (a CA-issued certificate)
+    context.check_hostname = (
+        False  # the pin is the identity; the CLI may reach 0.0.0.0's loopback under another name
+    )
     return context

@@ -90,7 +90,9 @@ class _ProgressTail:
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
-        os.killpg(process.pid, signal.SIGKILL)  # torchrun; its workers follow (PR_SET_PDEATHSIG, models/distributed.py)
+        os.killpg(
+            process.pid, signal.SIGKILL
+        )  # torchrun; its workers follow (PR_SET_PDEATHSIG, models/distributed.py)
     except ProcessLookupError:
         pass
 
@@ -103,14 +105,18 @@ class TrainerProcess:
 
     def __init__(self, threads: int = 1, processes: int = 1, backend: str = "auto") -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"distributed backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+            raise ValueError(
+                f"distributed backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
         self.threads = threads  # torch threads per process (OMP_NUM_THREADS under torchrun)
         self.processes = processes
         self.backend = backend
         self.pid: int | None = None
         self.started_at: float | None = None
 
-    async def run(self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
+    async def run(
+        self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]
+    ) -> FineTuneResult:
         loop = asyncio.get_running_loop()
         # The collectors read progress in a worker thread; the callback belongs to the event loop.
         progress = lambda update: loop.call_soon_threadsafe(on_progress, update)  # noqa: E731
@@ -119,7 +125,12 @@ class TrainerProcess:
         ctx = multiprocessing.get_context("spawn")
         receive, send = ctx.Pipe(duplex=False)
         job_receive, job_send = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child_main, args=(job_receive, send, self.threads), name="driftd-finetune", daemon=True)
+        process = ctx.Process(
+            target=_child_main,
+            args=(job_receive, send, self.threads),
+            name="driftd-finetune",
+            daemon=True,
+        )
         process.start()
         send.close()  # the child holds the only write end now: EOF means it is gone
         job_receive.close()
@@ -132,12 +143,17 @@ class TrainerProcess:
             sending = loop.run_in_executor(None, self._send_job, job_send, job, process)
             try:
                 await asyncio.wait_for(asyncio.shield(sending), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 process.kill()  # breaks the pipe, so the sending thread returns too
                 with contextlib.suppress(TrainingFailed):
                     await sending
-                raise TrainingFailed("timeout", f"the child had not read its job after {timeout_s:.0f}s; it was killed") from None
-            return await loop.run_in_executor(None, self._collect, process, receive, deadline, progress, timeout_s)
+                raise TrainingFailed(
+                    "timeout",
+                    f"the child had not read its job after {timeout_s:.0f}s; it was killed",
+                ) from None
+            return await loop.run_in_executor(
+                None, self._collect, process, receive, deadline, progress, timeout_s
+            )
         finally:
             if process.is_alive():
                 process.kill()
@@ -151,24 +167,37 @@ class TrainerProcess:
             job_send.send(job)
         except OSError:  # the child died before it read its job
             process.join(5)
-            raise TrainingFailed("crashed", f"the child exited with code {process.exitcode} before reading its job") from None
+            raise TrainingFailed(
+                "crashed", f"the child exited with code {process.exitcode} before reading its job"
+            ) from None
         finally:
             job_send.close()
 
     @staticmethod
-    def _collect(process: Any, receive: Connection, deadline: float, on_progress: Callable[[dict[str, Any]], None], timeout_s: float) -> FineTuneResult:
+    def _collect(
+        process: Any,
+        receive: Connection,
+        deadline: float,
+        on_progress: Callable[[dict[str, Any]], None],
+        timeout_s: float,
+    ) -> FineTuneResult:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 process.kill()
-                raise TrainingFailed("timeout", f"no result after {timeout_s:.0f}s; the child was killed")
+                raise TrainingFailed(
+                    "timeout", f"no result after {timeout_s:.0f}s; the child was killed"
+                )
             try:
                 if not receive.poll(min(remaining, 0.5)):
                     continue
                 kind, payload = receive.recv()
             except (EOFError, OSError):
                 process.join(5)
-                raise TrainingFailed("crashed", f"the child exited with code {process.exitcode} before reporting a result") from None
+                raise TrainingFailed(
+                    "crashed",
+                    f"the child exited with code {process.exitcode} before reporting a result",
+                ) from None
             if kind == "progress":
                 on_progress(payload)
             elif kind == "result":
@@ -177,28 +206,51 @@ class TrainerProcess:
                 reason, detail = payload
                 raise TrainingFailed(reason, detail)
 
-    async def _run_torchrun(self, job: FineTuneJob, timeout_s: float, progress: Callable[[dict[str, Any]], None]) -> FineTuneResult:
+    async def _run_torchrun(
+        self, job: FineTuneJob, timeout_s: float, progress: Callable[[dict[str, Any]], None]
+    ) -> FineTuneResult:
         loop = asyncio.get_running_loop()
-        workdir = Path(tempfile.mkdtemp(prefix="driftd-ddp-"))  # mode 0700: nobody else can swap the pickles
+        workdir = Path(
+            tempfile.mkdtemp(prefix="driftd-ddp-")
+        )  # mode 0700: nobody else can swap the pickles
         try:
             (workdir / "job.pkl").write_bytes(pickle.dumps(job))
             cmd = [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
-                "-m", "models.distributed", str(workdir / "job.pkl"), str(workdir / "result.pkl"), str(workdir / "progress.jsonl"),
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={self.processes}",
+                "-m",
+                "models.distributed",
+                str(workdir / "job.pkl"),
+                str(workdir / "result.pkl"),
+                str(workdir / "progress.jsonl"),
             ]
             env = {
-                **os.environ, "OMP_NUM_THREADS": str(self.threads), BACKEND_ENV: self.backend,
-                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),  # the workers import what we import, as spawn's children do
+                **os.environ,
+                "OMP_NUM_THREADS": str(self.threads),
+                BACKEND_ENV: self.backend,
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in sys.path if p
+                ),  # the workers import what we import, as spawn's children do
             }
             with open(workdir / "output.log", "wb") as output:
                 process = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
-                    start_new_session=True, preexec_fn=die_with_parent,  # SIGTERM: torchrun stops its workers on it
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,  # SIGTERM: torchrun stops its workers on it
                 )
             self.pid, self.started_at = process.pid, time.time()
             deadline = time.monotonic() + timeout_s
             try:
-                return await loop.run_in_executor(None, self._collect_torchrun, process, workdir, deadline, progress, timeout_s)
+                return await loop.run_in_executor(
+                    None, self._collect_torchrun, process, workdir, deadline, progress, timeout_s
+                )
             finally:
                 if process.poll() is None:
                     _kill_group(process)
@@ -208,12 +260,21 @@ class TrainerProcess:
             shutil.rmtree(workdir, ignore_errors=True)
 
     @staticmethod
-    def _collect_torchrun(process: subprocess.Popen[bytes], workdir: Path, deadline: float, on_progress: Callable[[dict[str, Any]], None], timeout_s: float) -> FineTuneResult:
+    def _collect_torchrun(
+        process: subprocess.Popen[bytes],
+        workdir: Path,
+        deadline: float,
+        on_progress: Callable[[dict[str, Any]], None],
+        timeout_s: float,
+    ) -> FineTuneResult:
         progress = _ProgressTail(workdir / "progress.jsonl")
         while process.poll() is None:
             if time.monotonic() >= deadline:
                 _kill_group(process)
-                raise TrainingFailed("timeout", f"no result after {timeout_s:.0f}s; torchrun and its workers were killed")
+                raise TrainingFailed(
+                    "timeout",
+                    f"no result after {timeout_s:.0f}s; torchrun and its workers were killed",
+                )
             for update in progress.read():
                 on_progress(update)
             time.sleep(0.2)
@@ -222,10 +283,15 @@ class TrainerProcess:
         # Rank 0's result if it wrote one; else the first failure written: the cause, where the later
         # ones are other ranks losing their peer (a failing rank may even have been the only one to write).
         records = sorted(workdir.glob("result.pkl*"), key=lambda p: p.stat().st_mtime_ns)
-        for kind, payload in sorted((pickle.loads(p.read_bytes()) for p in records), key=lambda r: r[0] != "result"):
+        for kind, payload in sorted(
+            (pickle.loads(p.read_bytes()) for p in records), key=lambda r: r[0] != "result"
+        ):
             if kind == "result":
                 return payload
             reason, detail = payload
             raise TrainingFailed(reason, detail)
         tail = (workdir / "output.log").read_bytes()[-2000:].decode(errors="replace")
-        raise TrainingFailed("crashed", f"torchrun exited with code {process.returncode} before reporting a result; its output ends:\n{tail}")
+        raise TrainingFailed(
+            "crashed",
+            f"torchrun exited with code {process.returncode} before reporting a result; its output ends:\n{tail}",
+        )

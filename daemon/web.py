@@ -57,14 +57,21 @@ class WebService(mode.Service):
         await site.start()
         self.bound_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
         scheme = "https" if self.ssl_context is not None else "http"
-        log.info("HTTP endpoint on %s://%s:%d (/metrics /healthz /readyz)", scheme, self.host, self.bound_port)
+        log.info(
+            "HTTP endpoint on %s://%s:%d (/metrics /healthz /readyz)",
+            scheme,
+            self.host,
+            self.bound_port,
+        )
 
     async def on_stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

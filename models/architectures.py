@@ -28,8 +28,14 @@ from .gate import DEFAULT_LATENCY_BUDGET_MS
 from .transformer import TransformerClassifier, TransformerConfig
 
 __all__ = [
-    "ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "EncoderSource", "get_architecture", "load_weights",
-    "new_model_config", "save_weights",
+    "ARCHITECTURES",
+    "DEFAULT_ARCHITECTURE",
+    "Architecture",
+    "EncoderSource",
+    "get_architecture",
+    "load_weights",
+    "new_model_config",
+    "save_weights",
 ]
 
 
@@ -44,15 +50,23 @@ class Architecture:
     batch_size: int = 64  # examples per micro-batch when TrainSettings leaves it open
     head_lr: float | None = None  # the same for the head alone, on a frozen encoder's embeddings
     head_epochs: int | None = None  # and its epochs (each a few matrix products: cheap)
-    pretrained: bool = False  # a new model loads its checkpoint (its config says which): no config, no model
-    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS  # the gate's p99 budget at batch 1 (INT8, one thread)
-    bucket_by_length: bool = False  # batches of texts of similar lengths (less padding through attention)
+    pretrained: bool = (
+        False  # a new model loads its checkpoint (its config says which): no config, no model
+    )
+    latency_budget_ms: float = (
+        DEFAULT_LATENCY_BUDGET_MS  # the gate's p99 budget at batch 1 (INT8, one thread)
+    )
+    bucket_by_length: bool = (
+        False  # batches of texts of similar lengths (less padding through attention)
+    )
 
     def new_model(self, config: Any, num_labels: int) -> IntentClassifier:
         if self.pretrained:
             if config is None:
                 raise _needs_an_encoder(self.name)
-            return self.model.from_checkpoint(config, resolve_checkpoint(config.checkpoint, config.weights_sha256), num_labels)
+            return self.model.from_checkpoint(
+                config, resolve_checkpoint(config.checkpoint, config.weights_sha256), num_labels
+            )
         return self.model(config or self.config(), num_labels)
 
     def new_featurizer(self, config: Any) -> Featurizer:
@@ -60,7 +74,9 @@ class Architecture:
 
 
 def _needs_an_encoder(architecture: str) -> ValueError:
-    return ValueError(f"architecture {architecture!r} starts from a pretrained checkpoint: set models.encoder")
+    return ValueError(
+        f"architecture {architecture!r} starts from a pretrained checkpoint: set models.encoder"
+    )
 
 
 def _encoder_tokenizer(config: EncoderConfig) -> Featurizer:
@@ -71,16 +87,37 @@ def _encoder_tokenizer(config: EncoderConfig) -> Featurizer:
 DEFAULT_ARCHITECTURE = "bag_of_ngrams"
 ARCHITECTURES: dict[str, Architecture] = {
     "bag_of_ngrams": Architecture(
-        "bag_of_ngrams", BagOfNgramsClassifier, ClassifierConfig, lambda c: HashingFeaturizer(buckets=c.buckets), lr=5e-3, epochs=20, batch_size=128,
+        "bag_of_ngrams",
+        BagOfNgramsClassifier,
+        ClassifierConfig,
+        lambda c: HashingFeaturizer(buckets=c.buckets),
+        lr=5e-3,
+        epochs=20,
+        batch_size=128,
     ),
     "transformer": Architecture(
-        "transformer", TransformerClassifier, TransformerConfig, lambda c: HashingTokenizer(buckets=c.buckets, max_features=c.max_len), lr=1e-3, epochs=12,
+        "transformer",
+        TransformerClassifier,
+        TransformerConfig,
+        lambda c: HashingTokenizer(buckets=c.buckets, max_features=c.max_len),
+        lr=1e-3,
+        epochs=12,
     ),
     # lr: 1e-4 at its batch of 32 (x sqrt(32/64)). Fine-tuning MiniLM from its head for 3 epochs on CLINC150 in
     # scope, 3.5e-5 gave 96.44% and 1e-4 96.73% (bench/encoder.py).
     "encoder": Architecture(
-        "encoder", EncoderClassifier, EncoderConfig, _encoder_tokenizer, lr=1e-4 * math.sqrt(2), epochs=4, batch_size=32, head_lr=1e-3, head_epochs=40,
-        pretrained=True, latency_budget_ms=25.0, bucket_by_length=True,
+        "encoder",
+        EncoderClassifier,
+        EncoderConfig,
+        _encoder_tokenizer,
+        lr=1e-4 * math.sqrt(2),
+        epochs=4,
+        batch_size=32,
+        head_lr=1e-3,
+        head_epochs=40,
+        pretrained=True,
+        latency_budget_ms=25.0,
+        bucket_by_length=True,
     ),
 }
 
@@ -90,7 +127,9 @@ class EncoderSource:
     """Which pretrained checkpoint a new "encoder" model starts from (``models.encoder`` and its companions)."""
 
     checkpoint: str
-    sha256: str = ""  # required weights hash of a checkpoint given by path; empty: recorded, not checked
+    sha256: str = (
+        ""  # required weights hash of a checkpoint given by path; empty: recorded, not checked
+    )
     max_len: int = 64
 
     def config(self) -> EncoderConfig:
@@ -115,7 +154,10 @@ def get_architecture(name: str) -> Architecture:
 def save_weights(model: IntentClassifier) -> bytes:
     buffer = io.BytesIO()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"architecture": model.architecture, "config": model.config.to_dict(), "state_dict": state}, buffer)
+    torch.save(
+        {"architecture": model.architecture, "config": model.config.to_dict(), "state_dict": state},
+        buffer,
+    )
     return buffer.getvalue()
 
 

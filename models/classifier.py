@@ -20,7 +20,9 @@ __all__ = ["BagOfNgramsClassifier", "ClassifierConfig"]
 class ClassifierConfig:
     buckets: int = 1 << 16
     dim: int = 64
-    hidden: int = 512  # models saved before the multilingual featuriser: 256 (each model.pt carries its own)
+    hidden: int = (
+        512  # models saved before the multilingual featuriser: 256 (each model.pt carries its own)
+    )
     dropout: float = 0.2
     # Share of a text's n-gram ids left out of its mean while training (word dropout, as in Iyyer et al.'s deep
     # averaging networks): no single n-gram can carry an intent alone. At 10 epochs +0.3 points on CLINC150 and

@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BACKEND_ENV", "BACKENDS", "main", "rank_record_path", "resolve_backend", "write_record"]
+__all__ = ["BACKENDS", "BACKEND_ENV", "main", "rank_record_path", "resolve_backend", "write_record"]
 
 BACKEND_ENV = "DRIFTD_DDP_BACKEND"
 BACKENDS = ("auto", "gloo", "nccl")
@@ -38,7 +38,9 @@ def resolve_backend(backend: str) -> str:
     import torch.distributed as dist
 
     if backend not in BACKENDS:
-        raise ValueError(f"distributed backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ValueError(
+            f"distributed backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+        )
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     return backend
@@ -74,7 +76,9 @@ def _progress_writer(path: str | None) -> Callable[[dict[str, Any]], None] | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.distributed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m models.distributed", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("job")
     parser.add_argument("result")
     parser.add_argument("progress", nargs="?")
@@ -98,11 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         progress = _progress_writer(args.progress) if rank == 0 else None
         trained = train_candidate(job, progress)
         if rank == 0:
-            write_record(rank_record_path(args.result, 0), ("result", judge_candidate(job, trained, progress)))
+            write_record(
+                rank_record_path(args.result, 0),
+                ("result", judge_candidate(job, trained, progress)),
+            )
         return 0
     except BaseException as exc:  # noqa: BLE001 - recorded for the parent, which decides
         # Divergence is decided collectively (train.py), so every rank reports the same one.
-        record = ("failed", ("diverged", str(exc)) if isinstance(exc, TrainingDiverged) else ("error", f"rank {rank}: {exc!r}\n{traceback.format_exc(limit=8)}"))
+        record = (
+            "failed",
+            ("diverged", str(exc))
+            if isinstance(exc, TrainingDiverged)
+            else ("error", f"rank {rank}: {exc!r}\n{traceback.format_exc(limit=8)}"),
+        )
         write_record(rank_record_path(args.result, rank), record)
         print(f"rank {rank}: {record[1][1]}", file=sys.stderr, flush=True)
         return 1

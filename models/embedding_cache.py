@@ -37,10 +37,14 @@ class EmbeddingCache:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30)
-        db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID"
+        )
         return db
 
-    def embeddings(self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    def embeddings(
+        self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]
+    ) -> np.ndarray:
         """float32 [len(texts), width]: cached rows, and ``compute`` (then stored) for the others."""
         out = np.zeros((len(texts), self.width), dtype=np.float32)
         keys = [_key(t) for t in texts]
@@ -50,9 +54,16 @@ class EmbeddingCache:
                 unique = list(dict.fromkeys(keys))
                 for start in range(0, len(unique), _CHUNK):
                     chunk = unique[start : start + _CHUNK]
-                    found.update(db.execute(f"SELECT key, vector FROM embedding WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+                    found.update(
+                        db.execute(
+                            f"SELECT key, vector FROM embedding WHERE key IN ({','.join('?' * len(chunk))})",
+                            chunk,
+                        ).fetchall()
+                    )
         except sqlite3.Error as error:
-            log.warning("embedding cache %s unreadable (%s); computing every embedding", self.path, error)
+            log.warning(
+                "embedding cache %s unreadable (%s); computing every embedding", self.path, error
+            )
         missing = []
         for i, k in enumerate(keys):
             vector = found.get(k, b"")
@@ -66,7 +77,14 @@ class EmbeddingCache:
             out[missing] = computed
             try:
                 with self._connect() as db:
-                    db.executemany("INSERT OR REPLACE INTO embedding VALUES (?, ?)", [(keys[i], computed[j].tobytes()) for j, i in enumerate(missing)])
+                    db.executemany(
+                        "INSERT OR REPLACE INTO embedding VALUES (?, ?)",
+                        [(keys[i], computed[j].tobytes()) for j, i in enumerate(missing)],
+                    )
             except sqlite3.Error as error:
-                log.warning("embedding cache %s unwritable (%s); the next run computes these again", self.path, error)
+                log.warning(
+                    "embedding cache %s unwritable (%s); the next run computes these again",
+                    self.path,
+                    error,
+                )
         return out

@@ -32,7 +32,10 @@ from .pretrained_tokenizer import PretrainedTokenizer
 
 __all__ = ["EncoderClassifier", "EncoderConfig", "encoder_config"]
 
-_IGNORED_WEIGHTS = ("pooler.", "embeddings.position_ids")  # unused by mean pooling / a buffer rebuilt on load
+_IGNORED_WEIGHTS = (
+    "pooler.",
+    "embeddings.position_ids",
+)  # unused by mean pooling / a buffer rebuilt on load
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,17 @@ class EncoderConfig:
 
     @property
     def hidden(self) -> int:
-        return int(self.network.get("hidden_size") or self.network["dim"])  # BERT / DistilBERT naming
+        return int(
+            self.network.get("hidden_size") or self.network["dim"]
+        )  # BERT / DistilBERT naming
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def encoder_config(name: str, expected_sha256: str = "", max_len: int = 64) -> tuple[EncoderConfig, Checkpoint]:
+def encoder_config(
+    name: str, expected_sha256: str = "", max_len: int = 64
+) -> tuple[EncoderConfig, Checkpoint]:
     checkpoint = resolve_checkpoint(name, expected_sha256)
     return EncoderConfig(checkpoint.config(), name, checkpoint.weights_sha256, max_len), checkpoint
 
@@ -75,7 +82,9 @@ def _network(config: EncoderConfig) -> nn.Module:
     hf_config = AutoConfig.for_model(model_type, **network_config)
     network = AutoModel.from_config(hf_config, attn_implementation="eager")
     if getattr(network, "pooler", None) is not None:
-        network.pooler = None  # mean pooling instead; an unused layer would also stall DistributedDataParallel
+        network.pooler = (
+            None  # mean pooling instead; an unused layer would also stall DistributedDataParallel
+        )
     return network
 
 
@@ -85,29 +94,48 @@ class EncoderClassifier(IntentClassifier):
     def __init__(self, config: EncoderConfig, num_labels: int) -> None:
         super().__init__()
         self.config = config
-        self.encoder = _network(config)  # randomly initialised: weights come from a checkpoint or a model.pt
+        self.encoder = _network(
+            config
+        )  # randomly initialised: weights come from a checkpoint or a model.pt
         self.pad_id = int(config.network.get("pad_token_id") or 0)
         self.dropout = nn.Dropout(config.dropout)
         width = config.head_hidden or config.hidden
-        self.hidden = nn.Sequential(nn.Linear(config.hidden, width), nn.GELU(), nn.Dropout(config.dropout)) if config.head_hidden else nn.Identity()
+        self.hidden = (
+            nn.Sequential(nn.Linear(config.hidden, width), nn.GELU(), nn.Dropout(config.dropout))
+            if config.head_hidden
+            else nn.Identity()
+        )
         self.output = nn.Linear(width, num_labels)
 
     @classmethod
-    def from_checkpoint(cls, config: EncoderConfig, checkpoint: Checkpoint, num_labels: int) -> EncoderClassifier:
+    def from_checkpoint(
+        cls, config: EncoderConfig, checkpoint: Checkpoint, num_labels: int
+    ) -> EncoderClassifier:
         model = cls(config, num_labels)
         state = load_file(str(checkpoint.weights))
-        prefix = next((p for p in ("bert.", "model.", "roberta.", "distilbert.") if any(k.startswith(p) for k in state)), "")
+        prefix = next(
+            (
+                p
+                for p in ("bert.", "model.", "roberta.", "distilbert.")
+                if any(k.startswith(p) for k in state)
+            ),
+            "",
+        )
         if prefix and not any(k.startswith(prefix) for k in model.encoder.state_dict()):
             state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         missing, _ = model.encoder.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(_IGNORED_WEIGHTS)]
         if missing:
-            raise CheckpointError(f"checkpoint {checkpoint.name!r} lacks {len(missing)} weights of its network, e.g. {missing[:3]}")
+            raise CheckpointError(
+                f"checkpoint {checkpoint.name!r} lacks {len(missing)} weights of its network, e.g. {missing[:3]}"
+            )
         return model
 
     @staticmethod
     def tokenizer_of(checkpoint: Checkpoint, max_len: int) -> PretrainedTokenizer:
-        return PretrainedTokenizer.from_checkpoint(checkpoint.tokenizer, lowercase=checkpoint.lowercase, max_features=max_len)
+        return PretrainedTokenizer.from_checkpoint(
+            checkpoint.tokenizer, lowercase=checkpoint.lowercase, max_features=max_len
+        )
 
     def pretrained_from(self) -> dict[str, str]:
         return {"checkpoint": self.config.checkpoint, "weights_sha256": self.config.weights_sha256}
@@ -131,17 +159,27 @@ class EncoderClassifier(IntentClassifier):
         return self.head(self.embed(ids))
 
     def _layers(self) -> nn.ModuleList:
-        depth = int(self.config.network.get("num_hidden_layers") or self.config.network.get("n_layers") or 0)
-        lists = [m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
+        depth = int(
+            self.config.network.get("num_hidden_layers") or self.config.network.get("n_layers") or 0
+        )
+        lists = [
+            m for m in self.encoder.modules() if isinstance(m, nn.ModuleList) and len(m) == depth
+        ]
         if not lists:
-            raise CheckpointError(f"cannot find the {depth} encoder layers of this {self.config.network.get('model_type')} network")
+            raise CheckpointError(
+                f"cannot find the {depth} encoder layers of this {self.config.network.get('model_type')} network"
+            )
         return lists[0]
 
     def freeze(self, trainable_layers: int) -> None:
         """Train only the top ``trainable_layers`` encoder layers and the head; a negative number trains all."""
         layers = self._layers()
         keep = len(layers) if trainable_layers < 0 else min(trainable_layers, len(layers))
-        trainable = {id(p) for layer in list(layers)[len(layers) - keep :] for p in layer.parameters()} if keep else set()
+        trainable = (
+            {id(p) for layer in list(layers)[len(layers) - keep :] for p in layer.parameters()}
+            if keep
+            else set()
+        )
         if keep == len(layers):
             trainable = {id(p) for p in self.encoder.parameters()}
         for p in self.encoder.parameters():
@@ -159,7 +197,9 @@ class EncoderClassifier(IntentClassifier):
         return digest.hexdigest()
 
     @torch.no_grad()
-    def embed_texts(self, featurizer: Any, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+    def embed_texts(
+        self, featurizer: Any, texts: Sequence[str], batch_size: int = 128
+    ) -> np.ndarray:
         """float32 [len(texts), hidden] sentence embeddings in eval mode, texts batched by length (less padding)."""
         self.eval()
         device = next(self.parameters()).device

@@ -26,7 +26,13 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx.external_data_helper import set_external_data
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 from .architectures import save_weights
 from .base import IntentClassifier
@@ -34,15 +40,26 @@ from .featurize import Featurizer
 from .probe import PROBE, encode_probe
 
 __all__ = [
-    "OPSET", "PARITY_ATOL", "SERVED_MODEL", "SERVED_WEIGHTS", "ExportError",
-    "build_version_files", "cpu_session", "export_onnx", "externalize_weights", "optimize_offline", "quantize_int8",
+    "OPSET",
+    "PARITY_ATOL",
+    "SERVED_MODEL",
+    "SERVED_WEIGHTS",
+    "ExportError",
+    "build_version_files",
+    "cpu_session",
+    "export_onnx",
+    "externalize_weights",
+    "optimize_offline",
+    "quantize_int8",
 ]
 
 OPSET = 17
 PARITY_ATOL = 1e-4  # FP32 ONNX vs torch, max abs logit difference
 SERVED_MODEL = "model.int8.onnx"
 SERVED_WEIGHTS = "model.int8.weights"  # the served graph's large initializers (ONNX external data)
-_EXTERNAL_MIN_BYTES = 1 << 16  # initializers this large leave the graph; the small ones cost nothing to parse
+_EXTERNAL_MIN_BYTES = (
+    1 << 16
+)  # initializers this large leave the graph; the small ones cost nothing to parse
 # Offsets in the weights file: page-aligned, so that ONNX Runtime maps each tensor from the file instead of
 # copying it (it maps only page-aligned external data), which also aligns every view for its dtype.
 _EXTERNAL_ALIGN = 4096
@@ -55,7 +72,9 @@ class ExportError(RuntimeError):
     """The exported graph does not match the torch model."""
 
 
-def cpu_session(model: bytes | str | Path, threads: int = 1, weights: bytes | Path | None = None) -> ort.InferenceSession:
+def cpu_session(
+    model: bytes | str | Path, threads: int = 1, weights: bytes | Path | None = None
+) -> ort.InferenceSession:
     """A CPU session for ``model``: a path (external data resolved from its directory) or the bytes of a
     graph, with ``weights`` its external data file when it has one (``externalize_weights``): the file's
     bytes, or its path (named ``SERVED_WEIGHTS``), which ONNX Runtime maps rather than copies. ValueError when
@@ -64,17 +83,25 @@ def cpu_session(model: bytes | str | Path, threads: int = 1, weights: bytes | Pa
     A mapped file must not change while the session lives (a registry never writes a version's files in
     place; deleting them is harmless, the mapping keeps the data)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # one thread: lowest latency for the small batches served here
+    options.intra_op_num_threads = (
+        threads  # one thread: lowest latency for the small batches served here
+    )
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if weights is not None:
         if isinstance(model, (str, Path)):
-            raise TypeError("weights go with a graph given as bytes; a path finds its weights beside it")
+            raise TypeError(
+                "weights go with a graph given as bytes; a path finds its weights beside it"
+            )
         if isinstance(weights, Path):
             if weights.name != SERVED_WEIGHTS:
-                raise ValueError(f"the graph's external data is named {SERVED_WEIGHTS}, not {weights.name}")
+                raise ValueError(
+                    f"the graph's external data is named {SERVED_WEIGHTS}, not {weights.name}"
+                )
             _, optimized = _external_tensors(model, weights.stat().st_size)
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights.parent))
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(weights.parent)
+            )
         else:
             names, values, optimized = _external_initializers(model, weights)
             options.add_external_initializers(names, values)
@@ -94,13 +121,18 @@ def optimize_offline(model: bytes) -> bytes:
         return Path(options.optimized_model_filepath).read_bytes()
 
 
-def externalize_weights(model: bytes, min_bytes: int = _EXTERNAL_MIN_BYTES, *, optimized: bool = False) -> tuple[bytes, bytes]:
+def externalize_weights(
+    model: bytes, min_bytes: int = _EXTERNAL_MIN_BYTES, *, optimized: bool = False
+) -> tuple[bytes, bytes]:
     """(graph, weights): ``model`` with every initializer of ``min_bytes`` or more moved to external data
     in a file named ``SERVED_WEIGHTS``, and that file's bytes. ``optimized``: ``model`` comes from
     ``optimize_offline``, so the graph is marked to load with optimisations off."""
     proto = onnx.load_from_string(model)
     if optimized:
-        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, _OPTIMIZED_KEY: _OPTIMIZED_LEVEL})
+        onnx.helper.set_model_props(
+            proto,
+            {**{p.key: p.value for p in proto.metadata_props}, _OPTIMIZED_KEY: _OPTIMIZED_LEVEL},
+        )
     blob = bytearray()
     for tensor in proto.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < min_bytes:
@@ -108,7 +140,9 @@ def externalize_weights(model: bytes, min_bytes: int = _EXTERNAL_MIN_BYTES, *, o
         blob += bytes(-len(blob) % _EXTERNAL_ALIGN)
         offset, data = len(blob), tensor.raw_data
         blob += data
-        set_external_data(tensor, location=SERVED_WEIGHTS, offset=offset, length=len(data))  # sets data_location too
+        set_external_data(
+            tensor, location=SERVED_WEIGHTS, offset=offset, length=len(data)
+        )  # sets data_location too
         tensor.ClearField("raw_data")
     return proto.SerializeToString(), bytes(blob)
 
@@ -130,23 +164,38 @@ def _external_tensors(graph: bytes, size: int) -> tuple[list[_ExternalTensor], b
             continue
         info = {entry.key: entry.value for entry in tensor.external_data}
         if info.get("location") != SERVED_WEIGHTS:
-            raise ValueError(f"initializer {tensor.name} is stored in {info.get('location')!r}, not {SERVED_WEIGHTS}")
+            raise ValueError(
+                f"initializer {tensor.name} is stored in {info.get('location')!r}, not {SERVED_WEIGHTS}"
+            )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         count = int(np.prod(tensor.dims, dtype=np.int64))
         offset, length = int(info.get("offset", 0)), int(info.get("length", count * dtype.itemsize))
         if length != count * dtype.itemsize or offset < 0 or offset + length > size:
-            raise ValueError(f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {size}")
+            raise ValueError(
+                f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {size}"
+            )
         tensors.append(_ExternalTensor(tensor.name, dtype, tuple(tensor.dims), offset))
-    optimized = any(p.key == _OPTIMIZED_KEY and p.value == _OPTIMIZED_LEVEL for p in proto.metadata_props)
+    optimized = any(
+        p.key == _OPTIMIZED_KEY and p.value == _OPTIMIZED_LEVEL for p in proto.metadata_props
+    )
     return tensors, optimized
 
 
-def _external_initializers(graph: bytes, weights: bytes) -> tuple[list[str], list[ort.OrtValue], bool]:
+def _external_initializers(
+    graph: bytes, weights: bytes
+) -> tuple[list[str], list[ort.OrtValue], bool]:
     """The graph's external initializers as OrtValues viewing ``weights``, and whether the graph was
     optimised at export. ONNX Runtime copies them into the session (zeroing ``weights`` afterwards leaves its
     outputs as they were), so nothing needs to keep them alive."""
     tensors, optimized = _external_tensors(graph, len(weights))
-    values = [ort.OrtValue.ortvalue_from_numpy(np.frombuffer(weights, dtype=t.dtype, count=int(np.prod(t.dims, dtype=np.int64)), offset=t.offset).reshape(t.dims)) for t in tensors]
+    values = [
+        ort.OrtValue.ortvalue_from_numpy(
+            np.frombuffer(
+                weights, dtype=t.dtype, count=int(np.prod(t.dims, dtype=np.int64)), offset=t.offset
+            ).reshape(t.dims)
+        )
+        for t in tensors
+    ]
     return [t.name for t in tensors], values, optimized
 
 
@@ -181,10 +230,16 @@ def _agreement(reference: np.ndarray, session: ort.InferenceSession, ids: np.nda
     return float(np.mean(session.run(None, {"ids": ids})[0].argmax(1) == reference.argmax(1)))
 
 
-def quantize_int8(fp32: bytes, calibration_ids: Sequence[np.ndarray] = ()) -> tuple[bytes, dict[str, Any]]:
+def quantize_int8(
+    fp32: bytes, calibration_ids: Sequence[np.ndarray] = ()
+) -> tuple[bytes, dict[str, Any]]:
     """INT8 model bytes and a report of how it was chosen."""
     with tempfile.TemporaryDirectory(prefix="driftd-quant-") as tmp:
-        source, dynamic_path, static_path = Path(tmp, "fp32.onnx"), Path(tmp, "dynamic.onnx"), Path(tmp, "static.onnx")
+        source, dynamic_path, static_path = (
+            Path(tmp, "fp32.onnx"),
+            Path(tmp, "dynamic.onnx"),
+            Path(tmp, "static.onnx"),
+        )
         source.write_bytes(fp32)
         # Per-channel weight scales: on MiniLM (bench/encoder.py) per-tensor ones agreed with FP32 on 98.0% of
         # CLINC150 test texts, below the 99% the parity probe asks for; per channel, 99.0%, at the same latency.
@@ -228,10 +283,15 @@ def build_version_files(
     parity = float(np.abs(torch_logits - onnx_logits).max())
     if parity > PARITY_ATOL:
         raise ExportError(f"FP32 ONNX differs from torch by {parity:.2e} (limit {PARITY_ATOL:.0e})")
-    calibration = [featurizer.batch(list(calibration_texts[i : i + 64])) for i in range(0, len(calibration_texts), 64)]
+    calibration = [
+        featurizer.batch(list(calibration_texts[i : i + 64]))
+        for i in range(0, len(calibration_texts), 64)
+    ]
     int8, quant_report = quantize_int8(fp32, calibration)
     graph, weights = externalize_weights(optimize_offline(int8), optimized=True)
-    served_logits = cpu_session(graph, weights=weights).run(None, {"ids": probe_ids})[0]  # as a loader will build it
+    served_logits = cpu_session(graph, weights=weights).run(None, {"ids": probe_ids})[
+        0
+    ]  # as a loader will build it
     files = {
         "model.onnx": fp32,
         SERVED_MODEL: graph,
@@ -241,5 +301,14 @@ def build_version_files(
         "model.pt": save_weights(model),
         PROBE: encode_probe(probe_texts, served_logits, ids=probe_ids),
     }
-    report = {"architecture": model.architecture, "pretrained": model.pretrained_from(), "opset": OPSET, "fp32_parity_max_abs": parity, "int8_probe_top1_agreement": float(np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))), "quantization": quant_report}
+    report = {
+        "architecture": model.architecture,
+        "pretrained": model.pretrained_from(),
+        "opset": OPSET,
+        "fp32_parity_max_abs": parity,
+        "int8_probe_top1_agreement": float(
+            np.mean(served_logits.argmax(1) == onnx_logits.argmax(1))
+        ),
+        "quantization": quant_report,
+    }
     return files, report

@@ -34,7 +34,14 @@ import numpy as np
 from .padding import pad_ids
 from .pretrained_tokenizer import PretrainedTokenizer
 
-__all__ = ["FEATURIZER_VERSION", "Featurizer", "HashingFeaturizer", "HashingTokenizer", "featurizer_from_json", "tokenize"]
+__all__ = [
+    "FEATURIZER_VERSION",
+    "Featurizer",
+    "HashingFeaturizer",
+    "HashingTokenizer",
+    "featurizer_from_json",
+    "tokenize",
+]
 
 FEATURIZER_VERSION = 2  # what a new featuriser tokenises with; JSON without a "version" is 1
 _WORD = re.compile(r"[a-z0-9']+")  # version 1
@@ -50,9 +57,9 @@ def _mark_ranges() -> str:
                 ranges[-1][1] = code
             else:
                 ranges.append([code, code])
-    return "".join(f"\\u{a:04x}-\\u{b:04x}" if a != b else f"\\u{a:04x}" for a, b in ranges if b < 0x10000) + "".join(
-        f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges if b >= 0x10000
-    )
+    return "".join(
+        f"\\u{a:04x}-\\u{b:04x}" if a != b else f"\\u{a:04x}" for a, b in ranges if b < 0x10000
+    ) + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges if b >= 0x10000)
 
 
 # Scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer, CJK radicals and ideographs
@@ -73,7 +80,11 @@ _ASCII_TOKEN = re.compile(r"(\b\B)|([a-z0-9]+(?:'[a-z0-9]+)*)|(\S)")
 def tokenize(text: str) -> list[tuple[str, str]]:
     """Version 2 tokens of ``text`` as (kind, token): "w" a word, "u" a run of an unspaced script, "s" a symbol."""
     tokens: list[tuple[str, str]] = []
-    found = _ASCII_TOKEN.findall(text.lower()) if text.isascii() else _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+    found = (
+        _ASCII_TOKEN.findall(text.lower())
+        if text.isascii()
+        else _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+    )
     for run, word, other in found:
         if run:
             tokens.append(("u", run))
@@ -86,7 +97,9 @@ def tokenize(text: str) -> list[tuple[str, str]]:
 
 @lru_cache(maxsize=4096)
 def _is_symbol(char: str) -> bool:
-    return unicodedata.category(char)[0] == "S"  # currency, maths, emoji, other symbols; not punctuation or controls
+    return (
+        unicodedata.category(char)[0] == "S"
+    )  # currency, maths, emoji, other symbols; not punctuation or controls
 
 
 def _hash(gram: str, buckets: int) -> int:
@@ -109,14 +122,16 @@ def _word_id_cache(buckets: int, char_ngrams: tuple[int, ...]) -> Callable[[str]
         marked = f"<{word}>"
         grams = [f"w:{word}"]
         for n in char_ngrams:
-            grams += [f"c:{marked[i:i + n]}" for i in range(max(1, len(marked) - n + 1))]
+            grams += [f"c:{marked[i : i + n]}" for i in range(max(1, len(marked) - n + 1))]
         return tuple(_hash(g, buckets) for g in grams)
 
     return word_ids
 
 
 @lru_cache(maxsize=8)
-def _token_id_cache(buckets: int, char_ngrams: tuple[int, ...], run_ngrams: tuple[int, ...]) -> Callable[[str, str], tuple[int, ...]]:
+def _token_id_cache(
+    buckets: int, char_ngrams: tuple[int, ...], run_ngrams: tuple[int, ...]
+) -> Callable[[str, str], tuple[int, ...]]:
     """Version 2's memo of a token's ids, shared like ``_word_id_cache``'s."""
 
     @lru_cache(maxsize=1 << 16)
@@ -125,10 +140,19 @@ def _token_id_cache(buckets: int, char_ngrams: tuple[int, ...], run_ngrams: tupl
             return (_hash(f"s:{token}", buckets),)
         marked = f"<{token}>"
         if kind == "w":
-            grams = [f"w:{token}"] + [f"c:{marked[i:i + n]}" for n in char_ngrams for i in range(max(1, len(marked) - n + 1))]
+            grams = [f"w:{token}"] + [
+                f"c:{marked[i : i + n]}"
+                for n in char_ngrams
+                for i in range(max(1, len(marked) - n + 1))
+            ]
         else:  # a run of an unspaced script: its characters and the n-grams across them, edges marked
             grams = [f"u:{token}"] + [f"u:{ch}" for ch in token] * (1 in run_ngrams)
-            grams += [f"u:{marked[i:i + n]}" for n in run_ngrams if n > 1 for i in range(max(1, len(marked) - n + 1))]
+            grams += [
+                f"u:{marked[i : i + n]}"
+                for n in run_ngrams
+                if n > 1
+                for i in range(max(1, len(marked) - n + 1))
+            ]
         return tuple(_hash(g, buckets) for g in grams)
 
     return token_ids
@@ -139,23 +163,50 @@ class HashingFeaturizer:
     """Defaults are version 2's, tuned with bench/multilingual.py; a version 1 file names every one of its settings."""
 
     buckets: int = 1 << 16
-    char_ngrams: tuple[int, ...] = (2, 3, 4, 5)  # of each word, with boundary marks (2-grams: +0.4 on massive_ru)
+    char_ngrams: tuple[int, ...] = (
+        2,
+        3,
+        4,
+        5,
+    )  # of each word, with boundary marks (2-grams: +0.4 on massive_ru)
     word_bigrams: bool = True
-    max_features: int = 512  # version 1 models: 256, which cut 9% of Banking77's texts (and Chinese gets more ids)
+    max_features: int = (
+        512  # version 1 models: 256, which cut 9% of Banking77's texts (and Chinese gets more ids)
+    )
     version: int = FEATURIZER_VERSION  # the tokenisation (module docstring); from_json reads a file without it as 1
-    run_ngrams: tuple[int, ...] = (1, 2, 3)  # version 2: character n-grams over a run of an unspaced script
-    kind = "hashing_ngrams"  # a class attribute, not a field: the JSON tag featurizer_from_json reads
+    run_ngrams: tuple[int, ...] = (
+        1,
+        2,
+        3,
+    )  # version 2: character n-grams over a run of an unspaced script
+    kind = (
+        "hashing_ngrams"  # a class attribute, not a field: the JSON tag featurizer_from_json reads
+    )
 
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
             raise ValueError(f"unknown featurizer version {self.version!r}; known: 1, 2")
-        for name in ("char_ngrams", "run_ngrams"):  # hashable (the memo's key) and equal to the JSON round trip's
+        for name in (
+            "char_ngrams",
+            "run_ngrams",
+        ):  # hashable (the memo's key) and equal to the JSON round trip's
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        memo = _word_id_cache(self.buckets, self.char_ngrams) if self.version == 1 else _token_id_cache(self.buckets, self.char_ngrams, self.run_ngrams)
+        memo = (
+            _word_id_cache(self.buckets, self.char_ngrams)
+            if self.version == 1
+            else _token_id_cache(self.buckets, self.char_ngrams, self.run_ngrams)
+        )
         object.__setattr__(self, "_word_ids", memo)
 
     def __reduce__(self) -> tuple:
-        fields = (self.buckets, self.char_ngrams, self.word_bigrams, self.max_features, self.version, self.run_ngrams)
+        fields = (
+            self.buckets,
+            self.char_ngrams,
+            self.word_bigrams,
+            self.max_features,
+            self.version,
+            self.run_ngrams,
+        )
         return (type(self), fields)  # the cache stays behind
 
     def _hash(self, gram: str) -> int:
@@ -198,12 +249,19 @@ class HashingFeaturizer:
     def from_json(cls, text: str) -> HashingFeaturizer:
         fields = json.loads(text)
         fields.pop("kind", None)
-        if "version" not in fields:  # written before tokenisation had versions: version 1, at its defaults of then
+        if (
+            "version" not in fields
+        ):  # written before tokenisation had versions: version 1, at its defaults of then
             fields = {**_V1_DEFAULTS, **fields, "version": 1}
         return cls(**fields)
 
 
-_V1_DEFAULTS = {"buckets": 1 << 16, "char_ngrams": (3, 4, 5), "word_bigrams": True, "max_features": 256}
+_V1_DEFAULTS = {
+    "buckets": 1 << 16,
+    "char_ngrams": (3, 4, 5),
+    "word_bigrams": True,
+    "max_features": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -234,7 +292,11 @@ class HashingTokenizer:
         if self.version == 1:
             tokens = [("w", word) for word in _WORD.findall(text.lower())]
         else:
-            tokens = [(kind, ch) for kind, token in tokenize(text) for ch in (token if kind == "u" else (token,))]
+            tokens = [
+                (kind, ch)
+                for kind, token in tokenize(text)
+                for ch in (token if kind == "u" else (token,))
+            ]
         for kind, token in tokens:
             ids.append(self._hash(f"{kind}:{token}"))
             if kind == "w" and len(token) > 12:
@@ -258,7 +320,9 @@ class HashingTokenizer:
 
 
 Featurizer = HashingFeaturizer | HashingTokenizer | PretrainedTokenizer
-_KINDS: dict[str, type] = {k.kind: k for k in (HashingFeaturizer, HashingTokenizer, PretrainedTokenizer)}
+_KINDS: dict[str, type] = {
+    k.kind: k for k in (HashingFeaturizer, HashingTokenizer, PretrainedTokenizer)
+}
 
 
 def featurizer_from_json(text: str) -> Featurizer:

@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .architectures import DEFAULT_ARCHITECTURE, EncoderSource, get_architecture, load_weights, new_model_config
+from .architectures import (
+    DEFAULT_ARCHITECTURE,
+    EncoderSource,
+    get_architecture,
+    load_weights,
+    new_model_config,
+)
 from .export import SERVED_MODEL, SERVED_WEIGHTS, build_version_files, cpu_session
 from .featurize import featurizer_from_json
 from .gate import GateSettings, GateVerdict, decide, p99_latency_ms
@@ -30,21 +36,34 @@ from .pseudo import PseudoLabelSettings, pseudo_label
 from .train import TrainResult, TrainSettings, train_classifier
 from .withhold import newest_spread
 
-__all__ = ["FineTuneJob", "FineTuneResult", "TrainedCandidate", "judge_candidate", "run_fine_tune", "train_candidate"]
+__all__ = [
+    "FineTuneJob",
+    "FineTuneResult",
+    "TrainedCandidate",
+    "judge_candidate",
+    "run_fine_tune",
+    "train_candidate",
+]
 
 Progress = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class FineTuneJob:
-    train: tuple[list[str], list[str]]  # replay sample, then recent labelled oldest first: (texts, intents)
+    train: tuple[
+        list[str], list[str]
+    ]  # replay sample, then recent labelled oldest first: (texts, intents)
     holdout: tuple[list[str], list[str]]  # recent labelled events kept out of training
-    replay_eval: tuple[list[str], list[str]]  # replay examples kept out of training (forgetting check)
+    replay_eval: tuple[
+        list[str], list[str]
+    ]  # replay examples kept out of training (forgetting check)
     incumbent_dir: str | None  # registry directory of the serving version; None trains from scratch
     settings: TrainSettings = field(default_factory=TrainSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
-    encoder: EncoderSource | None = None  # the checkpoint of a new "encoder" model (without an incumbent)
+    encoder: EncoderSource | None = (
+        None  # the checkpoint of a new "encoder" model (without an incumbent)
+    )
     val_fraction: float = 0.03  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
     withhold_span: int = 1  # the warm-start validation split is spread over the newest val_fraction x this (models/withhold.py); 1: the newest block
     seed: int = 0
@@ -74,15 +93,23 @@ class TrainedCandidate:
     validation_examples: int
     incumbent_labels: list[str] | None
     started: float  # time.time() when the job started
-    hygiene: dict[str, Any] | None = None  # what the cleaning removed and why (HygieneReport.to_dict)
-    pseudo_labels: dict[str, Any] | None = None  # how many were found, at which threshold, and whether they were kept
+    hygiene: dict[str, Any] | None = (
+        None  # what the cleaning removed and why (HygieneReport.to_dict)
+    )
+    pseudo_labels: dict[str, Any] | None = (
+        None  # how many were found, at which threshold, and whether they were kept
+    )
 
 
 class _Served:
     """A version's served INT8 model, as the endpoint runs it (featuriser + one-thread ONNX session)."""
 
-    def __init__(self, model: bytes | Path, labels: list[str], featurizer: Any, weights: bytes | None = None) -> None:
-        self.session = cpu_session(model, weights=weights)  # a path finds its weights file beside it
+    def __init__(
+        self, model: bytes | Path, labels: list[str], featurizer: Any, weights: bytes | None = None
+    ) -> None:
+        self.session = cpu_session(
+            model, weights=weights
+        )  # a path finds its weights file beside it
         self.input = self.session.get_inputs()[0].name
         self.labels = labels
         self.featurizer = featurizer
@@ -90,7 +117,9 @@ class _Served:
     def predict(self, texts: Sequence[str]) -> list[str]:
         out: list[str] = []
         for i in range(0, len(texts), 256):
-            logits = self.session.run(None, {self.input: self.featurizer.batch(texts[i : i + 256])})[0]
+            logits = self.session.run(
+                None, {self.input: self.featurizer.batch(texts[i : i + 256])}
+            )[0]
             out += [self.labels[j] for j in logits.argmax(1)]
         return out
 
@@ -113,10 +142,17 @@ def _split_validation(
     if newest:
         val = newest_spread(texts, fraction, span, salt="validation")  # ascending
     else:
-        val = sorted(np.random.default_rng(seed).permutation(len(texts))[: int(len(texts) * fraction)].tolist())
+        val = sorted(
+            np.random.default_rng(seed)
+            .permutation(len(texts))[: int(len(texts) * fraction)]
+            .tolist()
+        )
     kept_out = set(val)
     train = [i for i in range(len(texts)) if i not in kept_out]
-    return ([texts[i] for i in train], [intents[i] for i in train]), ([texts[i] for i in val], [intents[i] for i in val])
+    return ([texts[i] for i in train], [intents[i] for i in train]), (
+        [texts[i] for i in val],
+        [intents[i] for i in val],
+    )
 
 
 def _reporter(progress: Progress | None) -> Callable[..., None]:
@@ -132,19 +168,38 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
     hygiene = None
     if job.hygiene is not None:
         # Every rank cleans the same list the same way (deterministic), so DDP shards stay aligned.
-        train_texts, train_intents, cleaned = clean_training_examples(train_texts, train_intents, settings=job.hygiene, holdout_texts=job.holdout[0])
+        train_texts, train_intents, cleaned = clean_training_examples(
+            train_texts, train_intents, settings=job.hygiene, holdout_texts=job.holdout[0]
+        )
         hygiene = cleaned.to_dict()
         report("hygiene", **hygiene)
-    (texts, intents), val = _split_validation(train_texts, train_intents, job.val_fraction, job.seed, newest=job.incumbent_dir is not None, span=job.withhold_span)
+    (texts, intents), val = _split_validation(
+        train_texts,
+        train_intents,
+        job.val_fraction,
+        job.seed,
+        newest=job.incumbent_dir is not None,
+        span=job.withhold_span,
+    )
     report("training", examples=len(texts), validation=0 if val is None else len(val[0]))
     result = train_classifier(
-        texts, intents, labels=labels, featurizer=featurizer, init=init, settings=job.settings, val=val,
-        architecture=job.architecture, config=_new_model_config(job, init), progress=lambda r: report("epoch", **r),
+        texts,
+        intents,
+        labels=labels,
+        featurizer=featurizer,
+        init=init,
+        settings=job.settings,
+        val=val,
+        architecture=job.architecture,
+        config=_new_model_config(job, init),
+        progress=lambda r: report("epoch", **r),
     )
     pseudo = None
     if job.pseudo is not None and job.unlabelled:
         result, pseudo = _retrain_with_pseudo_labels(job, result, texts, intents, val, report)
-    return TrainedCandidate(result, texts, 0 if val is None else len(val[0]), labels, started, hygiene, pseudo)
+    return TrainedCandidate(
+        result, texts, 0 if val is None else len(val[0]), labels, started, hygiene, pseudo
+    )
 
 
 def _new_model_config(job: FineTuneJob, init: Any) -> Any:
@@ -158,11 +213,20 @@ def _incumbent(job: FineTuneJob) -> tuple[list[str] | None, Any, Any]:
     if job.incumbent_dir is None:
         return None, None, None
     root = Path(job.incumbent_dir)
-    return json.loads((root / "labels.json").read_text()), featurizer_from_json((root / "featurizer.json").read_text()), load_weights((root / "model.pt").read_bytes())
+    return (
+        json.loads((root / "labels.json").read_text()),
+        featurizer_from_json((root / "featurizer.json").read_text()),
+        load_weights((root / "model.pt").read_bytes()),
+    )
 
 
 def _retrain_with_pseudo_labels(
-    job: FineTuneJob, first: TrainResult, texts: list[str], intents: list[str], val: tuple[list[str], list[str]] | None, report: Callable[..., None],
+    job: FineTuneJob,
+    first: TrainResult,
+    texts: list[str],
+    intents: list[str],
+    val: tuple[list[str], list[str]] | None,
+    report: Callable[..., None],
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Label the recent unlabelled utterances with the candidate just trained, at the confidence its
     validation split (human labels it did not train on) vouches for, and train again from the same start
@@ -172,50 +236,101 @@ def _retrain_with_pseudo_labels(
     settings = job.pseudo
     assert settings is not None
     if val is None:
-        return first, {"used": 0, "kept": False, "skipped": "no validation split to calibrate the threshold on"}
-    found = pseudo_label(first.model, first.featurizer, first.labels, val, job.unlabelled, settings, limit=int(len(texts) * settings.max_ratio))
+        return first, {
+            "used": 0,
+            "kept": False,
+            "skipped": "no validation split to calibrate the threshold on",
+        }
+    found = pseudo_label(
+        first.model,
+        first.featurizer,
+        first.labels,
+        val,
+        job.unlabelled,
+        settings,
+        limit=int(len(texts) * settings.max_ratio),
+    )
     info = found.report
     # Cleaned like the human labels; a text that is labelled anywhere in the job is not pseudo-labelled too.
     pseudo_texts, pseudo_intents, cleaned = clean_training_examples(
-        found.texts, found.intents, settings=job.hygiene or HygieneSettings(), holdout_texts=[*job.holdout[0], *val[0], *texts],
+        found.texts,
+        found.intents,
+        settings=job.hygiene or HygieneSettings(),
+        holdout_texts=[*job.holdout[0], *val[0], *texts],
     )
-    info.update(used=len(pseudo_texts), hygiene=cleaned.to_dict(), weight=settings.weight, kept=False)
+    info.update(
+        used=len(pseudo_texts), hygiene=cleaned.to_dict(), weight=settings.weight, kept=False
+    )
     report("pseudo_labels", **info)
     if not pseudo_texts:
         return first, info
     _, _, init = _incumbent(job)
     second = train_classifier(
-        texts + pseudo_texts, intents + pseudo_intents, labels=first.labels, featurizer=first.featurizer, init=init, settings=job.settings, val=val,
-        architecture=job.architecture, config=_new_model_config(job, init), progress=lambda r: report("epoch", **r, with_pseudo_labels=True),
+        texts + pseudo_texts,
+        intents + pseudo_intents,
+        labels=first.labels,
+        featurizer=first.featurizer,
+        init=init,
+        settings=job.settings,
+        val=val,
+        architecture=job.architecture,
+        config=_new_model_config(job, init),
+        progress=lambda r: report("epoch", **r, with_pseudo_labels=True),
         weights=[1.0] * len(texts) + [settings.weight] * len(pseudo_texts),
     )
-    info.update(kept=second.val_loss is not None and first.val_loss is not None and second.val_loss <= first.val_loss,
-                val_loss_without=_finite(first.val_loss), val_loss_with=_finite(second.val_loss))
+    info.update(
+        kept=second.val_loss is not None
+        and first.val_loss is not None
+        and second.val_loss <= first.val_loss,
+        val_loss_without=_finite(first.val_loss),
+        val_loss_with=_finite(second.val_loss),
+    )
     return (second if info["kept"] else first), info
 
 
-def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progress | None = None) -> FineTuneResult:
+def judge_candidate(
+    job: FineTuneJob, trained: TrainedCandidate, progress: Progress | None = None
+) -> FineTuneResult:
     """Export and quantise the trained candidate, and run the gate against the incumbent."""
     report = _reporter(progress)
     result, texts = trained.result, trained.texts
     # A warm start keeps the incumbent's featuriser, so the candidate's is the incumbent's too.
-    incumbent = None if job.incumbent_dir is None else _Served(Path(job.incumbent_dir) / SERVED_MODEL, trained.incumbent_labels or [], result.featurizer)
+    incumbent = (
+        None
+        if job.incumbent_dir is None
+        else _Served(
+            Path(job.incumbent_dir) / SERVED_MODEL,
+            trained.incumbent_labels or [],
+            result.featurizer,
+        )
+    )
     report("exporting")
     probe = texts[:: max(1, len(texts) // 64)][:64]
     calibration = texts[:: max(1, len(texts) // 512)][:512]
-    files, export_report = build_version_files(result.model, result.featurizer, result.labels, probe, calibration_texts=calibration)
+    files, export_report = build_version_files(
+        result.model, result.featurizer, result.labels, probe, calibration_texts=calibration
+    )
     report("gating")
-    candidate = _Served(files[SERVED_MODEL], result.labels, result.featurizer, weights=files[SERVED_WEIGHTS])
+    candidate = _Served(
+        files[SERVED_MODEL], result.labels, result.featurizer, weights=files[SERVED_WEIGHTS]
+    )
     latency_texts = job.holdout[0][:200] or probe
     gate = job.gate
     if gate.latency_budget_ms is None:
-        gate = replace(gate, latency_budget_ms=get_architecture(result.model.architecture).latency_budget_ms)
+        gate = replace(
+            gate, latency_budget_ms=get_architecture(result.model.architecture).latency_budget_ms
+        )
     p99s = p99_latency_ms([candidate.one] + ([incumbent.one] if incumbent else []), latency_texts)
     verdict = decide(
         gate,
-        job.holdout[1], candidate.predict(job.holdout[0]), incumbent.predict(job.holdout[0]) if incumbent else None,
-        job.replay_eval[1], candidate.predict(job.replay_eval[0]), incumbent.predict(job.replay_eval[0]) if incumbent else None,
-        p99s[0], p99s[1] if incumbent else None,
+        job.holdout[1],
+        candidate.predict(job.holdout[0]),
+        incumbent.predict(job.holdout[0]) if incumbent else None,
+        job.replay_eval[1],
+        candidate.predict(job.replay_eval[0]),
+        incumbent.predict(job.replay_eval[0]) if incumbent else None,
+        p99s[0],
+        p99s[1] if incumbent else None,
     )
     summary = {
         "architecture": result.model.architecture,
@@ -240,7 +355,11 @@ def judge_candidate(job: FineTuneJob, trained: TrainedCandidate, progress: Progr
         "export": export_report,
     }
     report("verdict", passed=verdict.passed, describe=verdict.describe())
-    return FineTuneResult(files if job.output_dir is None else _write_out(files, Path(job.output_dir)), verdict, summary)
+    return FineTuneResult(
+        files if job.output_dir is None else _write_out(files, Path(job.output_dir)),
+        verdict,
+        summary,
+    )
 
 
 def _finite(value: float | None) -> float | None:
@@ -253,7 +372,9 @@ def _write_out(files: dict[str, bytes], directory: Path) -> dict[str, bytes | Pa
     directory.mkdir(parents=True, exist_ok=True)
     paths: dict[str, bytes | Path] = {}
     for name, data in files.items():
-        (directory / name).write_bytes(data)  # the registry checksums and fsyncs its own copy on publish
+        (directory / name).write_bytes(
+            data
+        )  # the registry checksums and fsyncs its own copy on publish
         paths[name] = directory / name
     return paths
 

@@ -20,9 +20,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_LATENCY_BUDGET_MS", "GateSettings", "GateVerdict", "accuracy_of", "decide", "p99_latency_ms"]
+__all__ = [
+    "DEFAULT_LATENCY_BUDGET_MS",
+    "GateSettings",
+    "GateVerdict",
+    "accuracy_of",
+    "decide",
+    "p99_latency_ms",
+]
 
-DEFAULT_LATENCY_BUDGET_MS = 5.0  # a model trained from scratch (models/architectures.py sets each architecture's)
+DEFAULT_LATENCY_BUDGET_MS = (
+    5.0  # a model trained from scratch (models/architectures.py sets each architecture's)
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,9 @@ class GateSettings:
     margin: float = 0.005  # holdout accuracy gain over the incumbent required (absolute; negative: largest loss allowed)
     forgetting_epsilon: float = 0.02  # largest replay accuracy loss allowed (absolute)
     latency_ratio: float = 1.5  # candidate p99 / incumbent p99 at batch 1
-    latency_budget_ms: float | None = None  # absolute p99 ceiling, also used when there is no incumbent; None: the architecture's
+    latency_budget_ms: float | None = (
+        None  # absolute p99 ceiling, also used when there is no incumbent; None: the architecture's
+    )
     min_holdout: int = 50  # fewer holdout examples than this: the improvement check cannot pass
 
 
@@ -56,8 +67,14 @@ class GateVerdict:
         head = f"holdout {self.candidate_holdout:.4f} vs incumbent {inc} (n={self.holdout_n})"
         if self.candidate_replay is not None:
             head += f", replay {self.candidate_replay:.4f} vs {self.incumbent_replay:.4f} (n={self.replay_n})"
-        head += f", p99 {self.candidate_p99_ms:.3f} ms" + ("" if self.incumbent_p99_ms is None else f" vs {self.incumbent_p99_ms:.3f} ms")
-        return ("PASS: " if self.passed else "FAIL: ") + head + ("" if self.passed else " -- " + "; ".join(self.reasons))
+        head += f", p99 {self.candidate_p99_ms:.3f} ms" + (
+            "" if self.incumbent_p99_ms is None else f" vs {self.incumbent_p99_ms:.3f} ms"
+        )
+        return (
+            ("PASS: " if self.passed else "FAIL: ")
+            + head
+            + ("" if self.passed else " -- " + "; ".join(self.reasons))
+        )
 
 
 def accuracy_of(predicted: Sequence[str], truth: Sequence[str]) -> float:
@@ -65,7 +82,10 @@ def accuracy_of(predicted: Sequence[str], truth: Sequence[str]) -> float:
 
 
 def p99_latency_ms(
-    calls: Sequence[Callable[[str], Any]], texts: Sequence[str], repeats: int = 3, clock: Callable[[], float] = time.perf_counter,
+    calls: Sequence[Callable[[str], Any]],
+    texts: Sequence[str],
+    repeats: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
     """p99 at batch 1 (what the endpoint serves) of each call, measured side by side, after a warm-up pass.
 
@@ -101,21 +121,49 @@ def decide(
     cand_h = accuracy_of(candidate_holdout, holdout_truth)
     inc_h = None if incumbent_holdout is None else accuracy_of(incumbent_holdout, holdout_truth)
     if len(holdout_truth) < settings.min_holdout:
-        reasons.append(f"holdout has {len(holdout_truth)} examples, fewer than min_holdout {settings.min_holdout}")
+        reasons.append(
+            f"holdout has {len(holdout_truth)} examples, fewer than min_holdout {settings.min_holdout}"
+        )
     elif inc_h is not None and not cand_h >= inc_h + settings.margin:
         if settings.margin >= 0:
-            reasons.append(f"holdout accuracy {cand_h:.4f} does not beat the incumbent's {inc_h:.4f} by {settings.margin}")
+            reasons.append(
+                f"holdout accuracy {cand_h:.4f} does not beat the incumbent's {inc_h:.4f} by {settings.margin}"
+            )
         else:
-            reasons.append(f"holdout accuracy {cand_h:.4f} trails the incumbent's {inc_h:.4f} by more than {-settings.margin}")
+            reasons.append(
+                f"holdout accuracy {cand_h:.4f} trails the incumbent's {inc_h:.4f} by more than {-settings.margin}"
+            )
     cand_r = inc_r = None
     if replay_truth:
         cand_r = accuracy_of(candidate_replay, replay_truth)
         if incumbent_replay is not None:
             inc_r = accuracy_of(incumbent_replay, replay_truth)
             if not cand_r >= inc_r - settings.forgetting_epsilon:
-                reasons.append(f"replay accuracy {cand_r:.4f} lost more than {settings.forgetting_epsilon} against the incumbent's {inc_r:.4f} (forgetting)")
-    budget = DEFAULT_LATENCY_BUDGET_MS if settings.latency_budget_ms is None else settings.latency_budget_ms
-    limit = budget if incumbent_p99_ms is None else max(budget, incumbent_p99_ms * settings.latency_ratio)
+                reasons.append(
+                    f"replay accuracy {cand_r:.4f} lost more than {settings.forgetting_epsilon} against the incumbent's {inc_r:.4f} (forgetting)"
+                )
+    budget = (
+        DEFAULT_LATENCY_BUDGET_MS
+        if settings.latency_budget_ms is None
+        else settings.latency_budget_ms
+    )
+    limit = (
+        budget
+        if incumbent_p99_ms is None
+        else max(budget, incumbent_p99_ms * settings.latency_ratio)
+    )
     if not math.isfinite(candidate_p99_ms) or candidate_p99_ms > limit:
         reasons.append(f"p99 latency {candidate_p99_ms:.3f} ms exceeds {limit:.3f} ms")
-    return GateVerdict(not reasons, reasons, len(holdout_truth), cand_h, inc_h, len(replay_truth), cand_r, inc_r, candidate_p99_ms, incumbent_p99_ms, asdict(settings))
+    return GateVerdict(
+        not reasons,
+        reasons,
+        len(holdout_truth),
+        cand_h,
+        inc_h,
+        len(replay_truth),
+        cand_r,
+        inc_r,
+        candidate_p99_ms,
+        incumbent_p99_ms,
+        asdict(settings),
+    )

@@ -81,7 +81,9 @@ class _Tally:
     """Collects removals while the steps run; becomes the report at the end."""
 
     removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    samples: dict[str, list[str]] = field(default_factory=lambda: {reason: [] for reason in REASONS})
+    samples: dict[str, list[str]] = field(
+        default_factory=lambda: {reason: [] for reason in REASONS}
+    )
 
     def drop(self, reason: str, text: str) -> None:
         self.removed[reason] += 1
@@ -118,7 +120,9 @@ def clean_training_examples(
 
     kept_texts = [normalised[i] for i in alive]
     kept_intents = [intents[i] for i in alive]
-    report = HygieneReport(kept=len(alive), removed=tally.removed, truncated=truncated, samples=tally.samples)
+    report = HygieneReport(
+        kept=len(alive), removed=tally.removed, truncated=truncated, samples=tally.samples
+    )
     return kept_texts, kept_intents, report
 
 
@@ -148,7 +152,9 @@ def _check_settings(settings: HygieneSettings) -> None:
     if math.isnan(settings.near_duplicate_threshold):
         raise ValueError("near_duplicate_threshold must be a number, got NaN")
     if settings.conflicts not in CONFLICT_POLICIES:
-        raise ValueError(f"conflicts must be one of {', '.join(CONFLICT_POLICIES)}, got {settings.conflicts!r}")
+        raise ValueError(
+            f"conflicts must be one of {', '.join(CONFLICT_POLICIES)}, got {settings.conflicts!r}"
+        )
 
 
 # --- step 1: normalisation -------------------------------------------------------------------
@@ -176,7 +182,9 @@ def _without_control(text: str) -> Iterable[str]:
             yield char
 
 
-def _normalise_all(texts: Sequence[str], settings: HygieneSettings, tally: _Tally) -> tuple[dict[int, str], int]:
+def _normalise_all(
+    texts: Sequence[str], settings: HygieneSettings, tally: _Tally
+) -> tuple[dict[int, str], int]:
     """Index -> normalised text for the texts long enough to keep, and how many were truncated."""
     normalised: dict[int, str] = {}
     truncated = 0
@@ -216,7 +224,11 @@ def _resolve_conflicts(
     labels_by_text: dict[str, Counter[str]] = defaultdict(Counter)
     for i in alive:
         labels_by_text[keys[i]][intents[i]] += 1
-    winners = {key: _winning_intent(counts, policy) for key, counts in labels_by_text.items() if len(counts) > 1}
+    winners = {
+        key: _winning_intent(counts, policy)
+        for key, counts in labels_by_text.items()
+        if len(counts) > 1
+    }
     # A conflicted text keeps only its winning intent's examples; no winner drops them all.
     return _keep_unless(
         alive,
@@ -243,10 +255,18 @@ def _drop_exact_duplicates(
     tally: _Tally,
 ) -> list[int]:
     newest = {(keys[i], intents[i]): i for i in alive}  # later indexes overwrite: the newest wins
-    return _keep_unless(alive, lambda i: newest[(keys[i], intents[i])] != i, "exact_duplicate", normalised, tally)
+    return _keep_unless(
+        alive, lambda i: newest[(keys[i], intents[i])] != i, "exact_duplicate", normalised, tally
+    )
 
 
-def _keep_unless(alive: list[int], should_drop: Callable[[int], bool], reason: str, normalised: dict[int, str], tally: _Tally) -> list[int]:
+def _keep_unless(
+    alive: list[int],
+    should_drop: Callable[[int], bool],
+    reason: str,
+    normalised: dict[int, str],
+    tally: _Tally,
+) -> list[int]:
     kept = []
     for i in alive:
         if should_drop(i):
@@ -274,7 +294,9 @@ def _drop_near_duplicates(
     """
     threshold = settings.near_duplicate_threshold
     newest_first = alive[::-1]
-    sketches = MinHash.bulk((_shingles(keys[i]) for i in newest_first), num_perm=settings.num_perm, seed=_MINHASH_SEED)
+    sketches = MinHash.bulk(
+        (_shingles(keys[i]) for i in newest_first), num_perm=settings.num_perm, seed=_MINHASH_SEED
+    )
     index = _lsh_index(threshold, settings.num_perm)
     kept_sketches: dict[int, MinHash] = {}
     dropped: set[int] = set()

@@ -29,17 +29,26 @@ class PretrainedTokenizer:
 
     def __init__(self, tokenizer_json: str, max_features: int = 64) -> None:
         if max_features < 2:
-            raise ValueError(f"max_features must be at least 2 (the special tokens), got {max_features}")
-        self.tokenizer_json = json.dumps(json.loads(tokenizer_json), sort_keys=True)  # one spelling per tokenizer
+            raise ValueError(
+                f"max_features must be at least 2 (the special tokens), got {max_features}"
+            )
+        self.tokenizer_json = json.dumps(
+            json.loads(tokenizer_json), sort_keys=True
+        )  # one spelling per tokenizer
         self.max_features = max_features
 
     @classmethod
-    def from_checkpoint(cls, tokenizer_file: Path, *, lowercase: bool = True, max_features: int = 64) -> PretrainedTokenizer:
+    def from_checkpoint(
+        cls, tokenizer_file: Path, *, lowercase: bool = True, max_features: int = 64
+    ) -> PretrainedTokenizer:
         """From a checkpoint's ``tokenizer.json``, or a WordPiece ``vocab.txt`` (BERT's tokenizer around it)."""
         if tokenizer_file.name == "vocab.txt":
             from tokenizers.implementations import BertWordPieceTokenizer
 
-            return cls(BertWordPieceTokenizer.from_file(str(tokenizer_file), lowercase=lowercase).to_str(), max_features)
+            return cls(
+                BertWordPieceTokenizer.from_file(str(tokenizer_file), lowercase=lowercase).to_str(),
+                max_features,
+            )
         return cls(tokenizer_file.read_text(encoding="utf-8"), max_features)
 
     @cached_property
@@ -64,18 +73,30 @@ class PretrainedTokenizer:
     pad = staticmethod(pad_ids)
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "max_features": self.max_features, "tokenizer": json.loads(self.tokenizer_json)}, sort_keys=True)
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "max_features": self.max_features,
+                "tokenizer": json.loads(self.tokenizer_json),
+            },
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> PretrainedTokenizer:
         fields = json.loads(text)
         return cls(json.dumps(fields["tokenizer"]), int(fields["max_features"]))
 
-    def __reduce__(self) -> tuple:  # pickled into the fine-tune child without the compiled tokenizer
+    def __reduce__(
+        self,
+    ) -> tuple:  # pickled into the fine-tune child without the compiled tokenizer
         return (PretrainedTokenizer, (self.tokenizer_json, self.max_features))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PretrainedTokenizer) and (self.tokenizer_json, self.max_features) == (other.tokenizer_json, other.max_features)
+        return isinstance(other, PretrainedTokenizer) and (
+            self.tokenizer_json,
+            self.max_features,
+        ) == (other.tokenizer_json, other.max_features)
 
     def __hash__(self) -> int:
         return hash((self.tokenizer_json, self.max_features))

@@ -29,12 +29,17 @@ _MATRICES = {"float32-le": np.dtype("<f4"), "int32-le": np.dtype("<i4")}
 class Probe(NamedTuple):
     texts: list[str]
     logits: np.ndarray  # float64, one row per text
-    ids: np.ndarray | None  # int64 featurised texts, one row per text; None in probes written before them
+    ids: (
+        np.ndarray | None
+    )  # int64 featurised texts, one row per text; None in probes written before them
 
 
 def encode_probe(texts: Sequence[str], logits: np.ndarray, ids: np.ndarray | None = None) -> bytes:
     """``probe.json`` for ``texts``, their logits and (optionally) their ids, one row per text."""
-    body = {"texts": list(texts), "logits": _encode_matrix("logits", logits, "float32-le", len(texts))}
+    body = {
+        "texts": list(texts),
+        "logits": _encode_matrix("logits", logits, "float32-le", len(texts)),
+    }
     if ids is not None:
         body["ids"] = _encode_matrix("ids", ids, "int32-le", len(texts))
     return json.dumps(body).encode()
@@ -49,7 +54,11 @@ def decode_probe(data: bytes) -> Probe:
         raise ValueError(f"not {{texts, logits}} ({exc})") from exc
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("no texts: parity cannot be checked")
-    ids = None if probe.get("ids") is None else _decode_matrix("ids", probe["ids"], "int32-le").astype(np.int64)
+    ids = (
+        None
+        if probe.get("ids") is None
+        else _decode_matrix("ids", probe["ids"], "int32-le").astype(np.int64)
+    )
     if ids is not None and ids.shape[0] != len(texts):
         raise ValueError(f"ids have {ids.shape[0]} rows for {len(texts)} texts")
     if isinstance(logits, dict):
@@ -63,15 +72,27 @@ def decode_probe(data: bytes) -> Probe:
 def _encode_matrix(what: str, values: np.ndarray, kind: str, rows: int) -> dict:
     matrix = np.ascontiguousarray(values, dtype=_MATRICES[kind])
     if matrix.ndim != 2 or matrix.shape[0] != rows:
-        raise ValueError(f"{what} of shape {matrix.shape} for {rows} texts: expected one row per text")
-    return {"dtype": kind, "shape": list(matrix.shape), "base64": base64.b64encode(matrix.tobytes()).decode("ascii")}
+        raise ValueError(
+            f"{what} of shape {matrix.shape} for {rows} texts: expected one row per text"
+        )
+    return {
+        "dtype": kind,
+        "shape": list(matrix.shape),
+        "base64": base64.b64encode(matrix.tobytes()).decode("ascii"),
+    }
 
 
 def _decode_matrix(what: str, stored: object, kind: str) -> np.ndarray:
     if not isinstance(stored, dict) or stored.get("dtype") != kind:
-        raise ValueError(f"{what} dtype {stored.get('dtype') if isinstance(stored, dict) else stored!r} is not {kind!r}")
+        raise ValueError(
+            f"{what} dtype {stored.get('dtype') if isinstance(stored, dict) else stored!r} is not {kind!r}"
+        )
     shape = stored.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)):
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(n, int) and n >= 0 for n in shape)
+    ):
         raise ValueError(f"{what} shape {shape!r} is not [rows, columns]")
     try:
         raw = base64.b64decode(stored.get("base64", ""), validate=True)
@@ -79,5 +100,7 @@ def _decode_matrix(what: str, stored: object, kind: str) -> np.ndarray:
         raise ValueError(f"{what} are not valid base64 ({exc})") from exc
     dtype = _MATRICES[kind]
     if len(raw) != shape[0] * shape[1] * dtype.itemsize:
-        raise ValueError(f"{what} hold {len(raw)} bytes, not the {shape[0]} x {shape[1]} {dtype.name} values of their shape")
+        raise ValueError(
+            f"{what} hold {len(raw)} bytes, not the {shape[0]} x {shape[1]} {dtype.name} values of their shape"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)

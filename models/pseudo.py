@@ -21,7 +21,13 @@ from .base import IntentClassifier
 from .featurize import Featurizer
 from .train import batched_logits
 
-__all__ = ["PseudoLabelSettings", "PseudoLabels", "calibrate_threshold", "confident_predictions", "pseudo_label"]
+__all__ = [
+    "PseudoLabelSettings",
+    "PseudoLabels",
+    "calibrate_threshold",
+    "confident_predictions",
+    "pseudo_label",
+]
 
 
 @dataclass(frozen=True)
@@ -29,10 +35,17 @@ class PseudoLabelSettings:
     weight: float = 0.3  # loss weight of a pseudo-labelled example (a human label weighs 1)
     precision: float = 0.95  # the threshold's precision on labelled data the model did not train on
     max_ratio: float = 1.0  # most pseudo-labels per human-labelled training example
-    min_support: int = 30  # fewest labelled predictions at or above the threshold that may vouch for it
+    min_support: int = (
+        30  # fewest labelled predictions at or above the threshold that may vouch for it
+    )
 
     def __post_init__(self) -> None:
-        if not 0 < self.weight <= 1 or not 0 < self.precision <= 1 or self.max_ratio < 0 or self.min_support < 1:
+        if (
+            not 0 < self.weight <= 1
+            or not 0 < self.precision <= 1
+            or self.max_ratio < 0
+            or self.min_support < 1
+        ):
             raise ValueError(f"pseudo-label settings out of range: {self}")
 
 
@@ -43,7 +56,13 @@ class PseudoLabels:
     report: dict[str, Any]
 
 
-def confident_predictions(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], batch_size: int = 512) -> tuple[list[str], np.ndarray]:
+def confident_predictions(
+    model: IntentClassifier,
+    featurizer: Featurizer,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    batch_size: int = 512,
+) -> tuple[list[str], np.ndarray]:
     """(top-1 intent, its softmax probability) of each text."""
     intents: list[str] = []
     confidences: list[np.ndarray] = []
@@ -54,7 +73,9 @@ def confident_predictions(model: IntentClassifier, featurizer: Featurizer, label
     return intents, (np.concatenate(confidences) if confidences else np.zeros(0))
 
 
-def calibrate_threshold(confidences: Sequence[float], correct: Sequence[bool], precision: float, min_support: int) -> float | None:
+def calibrate_threshold(
+    confidences: Sequence[float], correct: Sequence[bool], precision: float, min_support: int
+) -> float | None:
     """The lowest confidence ``t`` such that the predictions with confidence >= ``t`` (at least
     ``min_support`` of them) were right at least ``precision`` of the time; None when no ``t`` qualifies."""
     conf = np.asarray(confidences, dtype=float)
@@ -68,20 +89,40 @@ def calibrate_threshold(confidences: Sequence[float], correct: Sequence[bool], p
 
 
 def pseudo_label(
-    model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str],
-    calibration: tuple[Sequence[str], Sequence[str]], unlabelled: Sequence[str], settings: PseudoLabelSettings, limit: int,
+    model: IntentClassifier,
+    featurizer: Featurizer,
+    labels: Sequence[str],
+    calibration: tuple[Sequence[str], Sequence[str]],
+    unlabelled: Sequence[str],
+    settings: PseudoLabelSettings,
+    limit: int,
 ) -> PseudoLabels:
     """Label the most confident of ``unlabelled`` (at most ``limit``) with ``model``, at the threshold that
     ``calibration`` (labelled texts ``model`` did not train on) supports."""
     predicted, conf = confident_predictions(model, featurizer, labels, calibration[0])
-    threshold = calibrate_threshold(conf, [p == truth for p, truth in zip(predicted, calibration[1])], settings.precision, settings.min_support)
-    report: dict[str, Any] = {"calibration_examples": len(calibration[0]), "precision_wanted": settings.precision, "threshold": threshold, "unlabelled": len(unlabelled), "used": 0}
+    threshold = calibrate_threshold(
+        conf,
+        [p == truth for p, truth in zip(predicted, calibration[1])],
+        settings.precision,
+        settings.min_support,
+    )
+    report: dict[str, Any] = {
+        "calibration_examples": len(calibration[0]),
+        "precision_wanted": settings.precision,
+        "threshold": threshold,
+        "unlabelled": len(unlabelled),
+        "used": 0,
+    }
     if threshold is None or not unlabelled or limit <= 0:
         return PseudoLabels([], [], report)
     above = conf >= threshold
     report["calibration_support"] = int(above.sum())
-    report["calibration_precision"] = round(float(np.mean([p == t for p, t, a in zip(predicted, calibration[1], above) if a])), 4)
+    report["calibration_precision"] = round(
+        float(np.mean([p == t for p, t, a in zip(predicted, calibration[1], above) if a])), 4
+    )
     intents, confidences = confident_predictions(model, featurizer, labels, unlabelled)
-    chosen = [i for i in np.argsort(-confidences, kind="stable")[:limit] if confidences[i] >= threshold]
+    chosen = [
+        i for i in np.argsort(-confidences, kind="stable")[:limit] if confidences[i] >= threshold
+    ]
     report["used"] = len(chosen)
     return PseudoLabels([unlabelled[i] for i in chosen], [intents[i] for i in chosen], report)

@@ -88,7 +88,9 @@ class Manifest:
             raise ValueError(f"unknown keys {sorted(extra)}")
         if not isinstance(raw["version"], str) or not _VERSION_RE.fullmatch(raw["version"]):
             raise ValueError(f"version {raw['version']!r} is not like v000001")
-        if raw["parent"] is not None and (not isinstance(raw["parent"], str) or not _VERSION_RE.fullmatch(raw["parent"])):
+        if raw["parent"] is not None and (
+            not isinstance(raw["parent"], str) or not _VERSION_RE.fullmatch(raw["parent"])
+        ):
             raise ValueError(f"parent {raw['parent']!r} is neither null nor like v000001")
         if isinstance(raw["created_at"], bool) or not isinstance(raw["created_at"], (int, float)):
             raise ValueError(f"created_at {raw['created_at']!r} is not a number")
@@ -103,11 +105,19 @@ class Manifest:
                 raise ValueError(f"files[{name!r}] is not {{sha256, bytes}}")
             if not isinstance(entry["sha256"], str) or not _SHA256_RE.fullmatch(entry["sha256"]):
                 raise ValueError(f"files[{name!r}].sha256 is not 64 lowercase hex digits")
-            if isinstance(entry["bytes"], bool) or not isinstance(entry["bytes"], int) or entry["bytes"] < 0:
+            if (
+                isinstance(entry["bytes"], bool)
+                or not isinstance(entry["bytes"], int)
+                or entry["bytes"] < 0
+            ):
                 raise ValueError(f"files[{name!r}].bytes is not a non-negative integer")
         return cls(
-            version=raw["version"], parent=raw["parent"], created_at=float(raw["created_at"]),
-            code_version=raw["code_version"], files=raw["files"], info=raw["info"],
+            version=raw["version"],
+            parent=raw["parent"],
+            created_at=float(raw["created_at"]),
+            code_version=raw["code_version"],
+            files=raw["files"],
+            info=raw["info"],
         )
 
 
@@ -150,7 +160,9 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 def _check_name(name: str) -> None:
     if not name or name in {".", "..", MANIFEST} or "/" in name or "\\" in name or "\0" in name:
-        raise ValueError(f"{name!r} cannot be a file name in a version (plain names only, not {MANIFEST})")
+        raise ValueError(
+            f"{name!r} cannot be a file name in a version (plain names only, not {MANIFEST})"
+        )
 
 
 class Registry:
@@ -229,7 +241,12 @@ class Registry:
     # --- writing -------------------------------------------------------------------------------
 
     def publish(
-        self, files: Mapping[str, bytes | Path], *, parent: str | None, info: dict[str, Any], code_version: str = CODE_VERSION
+        self,
+        files: Mapping[str, bytes | Path],
+        *,
+        parent: str | None,
+        info: dict[str, Any],
+        code_version: str = CODE_VERSION,
     ) -> Manifest:
         """Write ``files`` as a new version and return its manifest. Does not make it current.
 
@@ -254,7 +271,9 @@ class Registry:
             while True:
                 version = f"v{number:06d}"
                 manifest = Manifest(version, parent, created_at, code_version, entries, dict(info))
-                with open(tmp / MANIFEST, "w", encoding="utf-8") as f:  # rewritten with the new number on a retry
+                with open(
+                    tmp / MANIFEST, "w", encoding="utf-8"
+                ) as f:  # rewritten with the new number on a retry
                     f.write(manifest.to_json())
                     f.flush()
                     os.fsync(f.fileno())
@@ -302,10 +321,14 @@ class Registry:
         if to is None:
             cur = self.current()
             if cur is None:
-                raise ValueError(f"no current version in {self.root}: name the version to roll back to")
+                raise ValueError(
+                    f"no current version in {self.root}: name the version to roll back to"
+                )
             to = self._read_manifest(cur).parent
             if to is None:
-                raise ValueError(f"current version {cur} has no parent: name the version to roll back to")
+                raise ValueError(
+                    f"current version {cur} has no parent: name the version to roll back to"
+                )
         self.set_current(to)
         return to
 

@@ -24,12 +24,23 @@ from typing import Any
 
 import fsspec
 
-from .registry import _VERSION_RE, CODE_VERSION, CURRENT, MANIFEST, CorruptVersion, Manifest, Registry, _hash_file
+from .registry import (
+    _VERSION_RE,
+    CODE_VERSION,
+    CURRENT,
+    MANIFEST,
+    CorruptVersion,
+    Manifest,
+    Registry,
+    _hash_file,
+)
 
 __all__ = ["MirroredRegistry", "open_registry"]
 
 
-def open_registry(root: Path | str, url: str = "", storage_options: dict[str, Any] | None = None) -> Registry:
+def open_registry(
+    root: Path | str, url: str = "", storage_options: dict[str, Any] | None = None
+) -> Registry:
     """The local registry at ``root``, mirrored to ``url`` when one is given."""
     return MirroredRegistry(root, url, storage_options) if url else Registry(root)
 
@@ -37,7 +48,9 @@ def open_registry(root: Path | str, url: str = "", storage_options: dict[str, An
 class MirroredRegistry(Registry):
     """A local working copy of the versions under ``url`` (read through fsspec with ``storage_options``)."""
 
-    def __init__(self, root: Path | str, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, root: Path | str, url: str, storage_options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(root)
         self.url = url.rstrip("/")
         self.fs, self._base = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
@@ -50,7 +63,9 @@ class MirroredRegistry(Registry):
 
     def remote_versions(self) -> list[str]:
         """Complete remote versions (their manifest uploaded), oldest first."""
-        self.fs.invalidate_cache(self._base)  # listings are cached per filesystem; another host publishes
+        self.fs.invalidate_cache(
+            self._base
+        )  # listings are cached per filesystem; another host publishes
         try:
             manifests = self.fs.glob(self._remote("v*", MANIFEST))
         except FileNotFoundError:
@@ -84,7 +99,9 @@ class MirroredRegistry(Registry):
                     continue
                 sha, size = _hash_file(target)
                 if (sha, size) != (entry["sha256"], entry["bytes"]):
-                    problems.append(f"remote {name} has sha256 {sha} ({size} bytes), {MANIFEST} says {entry['sha256']} ({entry['bytes']} bytes)")
+                    problems.append(
+                        f"remote {name} has sha256 {sha} ({size} bytes), {MANIFEST} says {entry['sha256']} ({entry['bytes']} bytes)"
+                    )
             if problems:
                 raise CorruptVersion(version, problems, manifest)
             (staging / MANIFEST).write_bytes(manifest_bytes)
@@ -108,8 +125,12 @@ class MirroredRegistry(Registry):
             remote_manifest = None
         if remote_manifest == local_manifest:
             return  # already there
-        if remote_manifest is not None:  # two publishers took one number: never overwrite what others may serve
-            raise FileExistsError(f"{version} is already published at {self.url} with other contents; is a second replica training?")
+        if (
+            remote_manifest is not None
+        ):  # two publishers took one number: never overwrite what others may serve
+            raise FileExistsError(
+                f"{version} is already published at {self.url} with other contents; is a second replica training?"
+            )
         for name in sorted(manifest.files):
             self.fs.put_file(str(self.path(version, name)), self._remote(version, name))
         self.fs.put_file(str(self.root / version / MANIFEST), self._remote(version, MANIFEST))
@@ -131,7 +152,12 @@ class MirroredRegistry(Registry):
         return super().verify(version, hash_only)
 
     def publish(
-        self, files: Mapping[str, bytes | Path], *, parent: str | None, info: dict[str, Any], code_version: str = CODE_VERSION
+        self,
+        files: Mapping[str, bytes | Path],
+        *,
+        parent: str | None,
+        info: dict[str, Any],
+        code_version: str = CODE_VERSION,
     ) -> Manifest:
         if parent is not None:
             self.fetch(parent)
@@ -153,4 +179,3 @@ class MirroredRegistry(Registry):
     def _read_manifest(self, version: str) -> Manifest:
         self.fetch(version)
         return super()._read_manifest(version)
-

@@ -106,9 +106,18 @@ class LoadedModel:
     calls were running at that moment, which must be 0 when a server retires it (tests check this).
     """
 
-    def __init__(self, version: str, labels: list[str], featurizer: Featurizer, session: ort.InferenceSession, created_at: float | None = None) -> None:
+    def __init__(
+        self,
+        version: str,
+        labels: list[str],
+        featurizer: Featurizer,
+        session: ort.InferenceSession,
+        created_at: float | None = None,
+    ) -> None:
         self.version = version
-        self.created_at = created_at  # the manifest's publication time (Unix s): how old the served model is
+        self.created_at = (
+            created_at  # the manifest's publication time (Unix s): how old the served model is
+        )
         self.labels = labels
         self.featurizer = featurizer
         self._session: ort.InferenceSession | None = session
@@ -117,12 +126,16 @@ class LoadedModel:
         self._active = 0
         self.closed = False
         self.active_at_close: int | None = None
-        self.in_flight = 0  # requests holding this model through a ModelServer; guarded by that server's lock
+        self.in_flight = (
+            0  # requests holding this model through a ModelServer; guarded by that server's lock
+        )
 
     # --- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, registry: Registry, version: str, *, threads: int = 1, probe_atol: float = 1e-4) -> LoadedModel:
+    def load(
+        cls, registry: Registry, version: str, *, threads: int = 1, probe_atol: float = 1e-4
+    ) -> LoadedModel:
         """Verify, load and parity-check ``version``; raises ``ModelRejected`` saying why it cannot serve.
 
         Blocking (hashing, session build, probe run): run it off the request path. ``verify`` checks the
@@ -152,7 +165,9 @@ class LoadedModel:
             except OSError as exc:
                 raise ModelRejected(version, f"cannot read {name} ({exc})") from exc
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ModelRejected(version, f"{name} has a sha256 that does not match the manifest")
+                raise ModelRejected(
+                    version, f"{name} has a sha256 that does not match the manifest"
+                )
             return data
 
         labels = _parse_labels(version, read(LABELS))
@@ -170,14 +185,18 @@ class LoadedModel:
             session = cpu_session(graph, threads=threads, weights=weights)
         except ModelRejected:
             raise
-        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
+        except (
+            Exception
+        ) as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
             raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
         if weights is not None and _identity(weights) != hashed:
             raise ModelRejected(version, f"{SERVED_WEIGHTS} changed while it was loading")
         model = cls(version, labels, featurizer, session, created_at=manifest.created_at)
         try:
             probe_ids = _probe_ids(version, featurizer, probe)
-            model._check_probe(probe_ids, probe.logits, probe_atol)  # also the session's warm-up (see above)
+            model._check_probe(
+                probe_ids, probe.logits, probe_atol
+            )  # also the session's warm-up (see above)
         except ModelRejected:
             model.close()
             raise
@@ -189,20 +208,31 @@ class LoadedModel:
     def _check_probe(self, probe_ids: np.ndarray, expected: np.ndarray, atol: float) -> None:
         want = (len(probe_ids), len(self.labels))
         if expected.shape != want:
-            raise ModelRejected(self.version, f"{PROBE} logits have shape {expected.shape}, expected {want} ({len(self.labels)} labels)")
+            raise ModelRejected(
+                self.version,
+                f"{PROBE} logits have shape {expected.shape}, expected {want} ({len(self.labels)} labels)",
+            )
         got = self._run(probe_ids)
         if got.shape != want:
-            raise ModelRejected(self.version, f"{SERVED_MODEL} gives logits of shape {got.shape}, expected {want} ({len(self.labels)} labels)")
+            raise ModelRejected(
+                self.version,
+                f"{SERVED_MODEL} gives logits of shape {got.shape}, expected {want} ({len(self.labels)} labels)",
+            )
         diff = float(np.abs(got.astype(np.float64) - expected).max())
         if not diff <= atol:  # written this way so that NaN fails
-            raise ModelRejected(self.version, f"probe parity failed: max abs logit difference {diff:.3g} > {atol:g}")
+            raise ModelRejected(
+                self.version, f"probe parity failed: max abs logit difference {diff:.3g} > {atol:g}"
+            )
 
     # --- serving -------------------------------------------------------------------------------
 
     def _logits(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) <= _ROWS_PER_RUN:
             return self._run(self.featurizer.batch(texts))
-        chunks = [self._run(self.featurizer.batch(texts[i : i + _ROWS_PER_RUN])) for i in range(0, len(texts), _ROWS_PER_RUN)]
+        chunks = [
+            self._run(self.featurizer.batch(texts[i : i + _ROWS_PER_RUN]))
+            for i in range(0, len(texts), _ROWS_PER_RUN)
+        ]
         return np.concatenate(chunks)
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
@@ -293,8 +323,13 @@ def _probe_ids(version: str, featurizer: Featurizer, probe: Probe) -> np.ndarray
     fresh = featurizer.batch(probe.texts[:_FEATURIZER_CHECK])
     stored = probe.ids[:_FEATURIZER_CHECK]
     width = fresh.shape[1]
-    if width > stored.shape[1] or not (np.array_equal(fresh, stored[:, :width]) and not stored[:, width:].any()):
-        raise ModelRejected(version, f"the featuriser does not give the ids stored in {PROBE} for its first {len(fresh)} texts")
+    if width > stored.shape[1] or not (
+        np.array_equal(fresh, stored[:, :width]) and not stored[:, width:].any()
+    ):
+        raise ModelRejected(
+            version,
+            f"the featuriser does not give the ids stored in {PROBE} for its first {len(fresh)} texts",
+        )
     return probe.ids
 
 
@@ -307,7 +342,9 @@ class ModelServer:
         self._cond = threading.Condition()
         self._current: LoadedModel | None = None
         self._retiring: list[LoadedModel] = []
-        self.history: list[tuple[float, str]] = []  # (time.monotonic() of the switch, version switched to)
+        self.history: list[
+            tuple[float, str]
+        ] = []  # (time.monotonic() of the switch, version switched to)
 
     @property
     def version(self) -> str | None:
@@ -348,14 +385,18 @@ class ModelServer:
             if old is new:
                 return old.version
             if new in self._retiring:
-                raise ValueError(f"{new!r} is being retired and will be closed: load the version again")
+                raise ValueError(
+                    f"{new!r} is being retired and will be closed: load the version again"
+                )
             self._current = new
             self.history.append((time.monotonic(), new.version))
             if old is not None:
                 self._retiring.append(old)
         if old is None:
             return None
-        threading.Thread(target=self._retire, args=(old,), name=f"retire-{old.version}", daemon=True).start()
+        threading.Thread(
+            target=self._retire, args=(old,), name=f"retire-{old.version}", daemon=True
+        ).start()
         return old.version
 
     def load_and_swap(self, registry: Registry, version: str, **load_kwargs: Any) -> str | None:
@@ -380,7 +421,9 @@ class ModelServer:
             if old is not None:
                 self._retiring.append(old)
         if old is not None:
-            threading.Thread(target=self._retire, args=(old,), name=f"retire-{old.version}", daemon=True).start()
+            threading.Thread(
+                target=self._retire, args=(old,), name=f"retire-{old.version}", daemon=True
+            ).start()
         return self.drain(timeout)
 
     def _retire(self, model: LoadedModel) -> None:
@@ -391,7 +434,7 @@ class ModelServer:
         if self._on_retired is not None:
             try:
                 self._on_retired()
-            except Exception:  # noqa: BLE001 - housekeeping: never let it keep a retired model in the list
+            except Exception:
                 log.exception("on_retired callback failed")
         with self._cond:
             self._retiring.remove(model)

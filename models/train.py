@@ -33,7 +33,18 @@ from .base import IntentClassifier
 from .embedding_cache import EmbeddingCache
 from .featurize import Featurizer
 
-__all__ = ["TrainResult", "TrainSettings", "TrainingDiverged", "accuracy", "batched_logits", "curriculum_order", "predict_indices", "resolve_precision", "train_classifier", "validation_scores"]
+__all__ = [
+    "TrainResult",
+    "TrainSettings",
+    "TrainingDiverged",
+    "accuracy",
+    "batched_logits",
+    "curriculum_order",
+    "predict_indices",
+    "resolve_precision",
+    "train_classifier",
+    "validation_scores",
+]
 
 log = logging.getLogger(__name__)
 # On CUDA one process reads the loss back every this many micro-batches, not after each: every read waits for the
@@ -51,9 +62,13 @@ class TrainingDiverged(RuntimeError):
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int | None = None  # None: the architecture's default
-    head_epochs: int | None = None  # epochs when only a frozen encoder's head trains; None: as ``epochs`` says
+    head_epochs: int | None = (
+        None  # epochs when only a frozen encoder's head trains; None: as ``epochs`` says
+    )
     batch_size: int | None = None  # None: the architecture's default
-    lr: float | None = None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per optimiser step over all ranks / 64)
+    lr: float | None = (
+        None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per optimiser step over all ranks / 64)
+    )
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     seed: int = 0
@@ -65,20 +80,34 @@ class TrainSettings:
     accumulation_steps: int = 1  # micro-batches per optimiser step
     clip_norm: float = 1.0  # max gradient norm; 0 turns clipping off
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    precision: str = "auto"  # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
+    precision: str = (
+        "auto"  # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
+    )
     deadline: float | None = None  # time.monotonic() after which training stops at the next step
     curriculum: bool = False  # a warm start's first epoch goes easy to hard, by the incumbent's loss on each example
-    loss_check_every: int | None = None  # micro-batches per loss read-back and NaN check; None: CUDA_LOSS_CHECK_EVERY on CUDA, 1 on CPU
+    loss_check_every: int | None = (
+        None  # micro-batches per loss read-back and NaN check; None: CUDA_LOSS_CHECK_EVERY on CUDA, 1 on CPU
+    )
     # A pretrained encoder's top layers that train (the rest and its embeddings are frozen); 0: the head alone, on
     # sentence embeddings computed once; negative: every layer. None: every layer on CUDA, 0 on CPU. Others ignore it.
     trainable_layers: int | None = None
-    cache_dir: str | None = None  # where a frozen encoder's sentence embeddings are kept between runs (models/embedding_cache.py)
+    cache_dir: str | None = (
+        None  # where a frozen encoder's sentence embeddings are kept between runs (models/embedding_cache.py)
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.accumulation_steps < 1 or (self.batch_size is not None and self.batch_size < 1) or (self.loss_check_every is not None and self.loss_check_every < 1):
-            raise ValueError("batch_size, accumulation_steps and loss_check_every must be at least 1")
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if (
+            self.accumulation_steps < 1
+            or (self.batch_size is not None and self.batch_size < 1)
+            or (self.loss_check_every is not None and self.loss_check_every < 1)
+        ):
+            raise ValueError(
+                "batch_size, accumulation_steps and loss_check_every must be at least 1"
+            )
 
 
 @dataclass
@@ -94,9 +123,13 @@ class TrainResult:
     device: str = "cpu"
     peak_memory_bytes: int | None = None  # CUDA only
     stopped_by_deadline: bool = False
-    val_loss: float | None = None  # of the kept checkpoint (the one with the lowest validation loss)
+    val_loss: float | None = (
+        None  # of the kept checkpoint (the one with the lowest validation loss)
+    )
     world_size: int = 1  # processes that trained it (torch.distributed)
-    backend: str | None = None  # their process group's backend ("gloo", "nccl"); None in one process
+    backend: str | None = (
+        None  # their process group's backend ("gloo", "nccl"); None in one process
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -154,21 +187,39 @@ def train_classifier(
         model = arch.new_model(config, len(label_list))
     featurizer = featurizer or arch.new_featurizer(model.config)
     if model.config.buckets != featurizer.buckets:
-        raise ValueError(f"featurizer has {featurizer.buckets} buckets, the model {model.config.buckets}")
+        raise ValueError(
+            f"featurizer has {featurizer.buckets} buckets, the model {model.config.buckets}"
+        )
 
-    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available() else ("cpu" if settings.device == "auto" else settings.device))
+    device = torch.device(
+        "cuda"
+        if settings.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if settings.device == "auto" else settings.device)
+    )
     if distributed and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (the entry point set it from LOCAL_RANK)
+        device = torch.device(
+            "cuda", torch.cuda.current_device()
+        )  # this rank's GPU (the entry point set it from LOCAL_RANK)
     precision = resolve_precision(settings.precision, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=amp_dtype))
+        if amp_dtype is not None
+        else nullcontext
+    )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pin = device.type == "cuda"
-    check_every = settings.loss_check_every or (CUDA_LOSS_CHECK_EVERY if device.type == "cuda" else 1)  # on CPU a read-back costs nothing
+    check_every = settings.loss_check_every or (
+        CUDA_LOSS_CHECK_EVERY if device.type == "cuda" else 1
+    )  # on CPU a read-back costs nothing
     model.to(device)
-    model.freeze(settings.trainable_layers if settings.trainable_layers is not None else (-1 if device.type == "cuda" else 0))
+    model.freeze(
+        settings.trainable_layers
+        if settings.trainable_layers is not None
+        else (-1 if device.type == "cuda" else 0)
+    )
     # A frozen encoder: every text's sentence embedding is computed once (or read from the cache) and the
     # head alone trains on them, so an epoch costs a few matrix products instead of a pass through the encoder.
     head_only = model.encoder_frozen()
@@ -176,8 +227,12 @@ def train_classifier(
     net: nn.Module = trained
     if distributed:
         # DDP averages gradients over the ranks in backward; constructing it broadcasts rank 0's weights.
-        net = nn.parallel.DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None)
-        torch.manual_seed(settings.seed + rank)  # independent dropout noise per rank (the batch order stays on the shared ``rng``)
+        net = nn.parallel.DistributedDataParallel(
+            trained, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        torch.manual_seed(
+            settings.seed + rank
+        )  # independent dropout noise per rank (the batch order stays on the shared ``rng``)
 
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
     val_table = None
@@ -191,7 +246,9 @@ def train_classifier(
         # Padded once, not per batch: a batch is its rows cut to its longest text (the same ids a per-batch pad
         # gives), taken by one index op. On CUDA the table lives on the GPU, so a step copies only its row indices.
         # int32 halves the table (the default model keeps up to 256 ids per text); a batch is widened to int64.
-        widths = np.fromiter((max(1, len(f)) for f in features), dtype=np.int64, count=len(features))
+        widths = np.fromiter(
+            (max(1, len(f)) for f in features), dtype=np.int64, count=len(features)
+        )
         table = torch.from_numpy(featurizer.pad(features).astype(np.int32)).to(device)
     targets_on_device = targets.to(device)
 
@@ -201,33 +258,69 @@ def train_classifier(
     def score_validation(texts: Sequence[str], intents: Sequence[str]) -> tuple[float, float]:
         if val_table is None:
             return validation_scores(model, featurizer, label_list, texts, intents)
-        return validation_scores(model, featurizer, label_list, texts, intents, logits=_head_logits(trained, val_table))
+        return validation_scores(
+            model, featurizer, label_list, texts, intents, logits=_head_logits(trained, val_table)
+        )
+
     if weights is not None and len(weights) != len(texts):
         raise ValueError(f"{len(weights)} weights for {len(texts)} examples")
-    example_weights = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
-    epochs = (settings.head_epochs or settings.epochs or arch.head_epochs or arch.epochs) if head_only else (settings.epochs or arch.epochs)
+    example_weights = (
+        None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
+    )
+    epochs = (
+        (settings.head_epochs or settings.epochs or arch.head_epochs or arch.epochs)
+        if head_only
+        else (settings.epochs or arch.epochs)
+    )
     batch_size = settings.batch_size or arch.batch_size
     base_lr = arch.head_lr if head_only and arch.head_lr else arch.lr
     lr = settings.lr or base_lr * math.sqrt(batch_size * settings.accumulation_steps * world / 64)
-    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=lr, weight_decay=settings.weight_decay)
-    micro_batches = math.ceil(math.ceil(len(texts) / batch_size) / world)  # per rank: the schedule counts global steps
+    optimizer = torch.optim.AdamW(
+        [p for p in trained.parameters() if p.requires_grad],
+        lr=lr,
+        weight_decay=settings.weight_decay,
+    )
+    micro_batches = math.ceil(
+        math.ceil(len(texts) / batch_size) / world
+    )  # per rank: the schedule counts global steps
     total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))
     warmup = max(1, int(total_steps * settings.warmup_ratio))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio)
+    )
 
     # Scored before the first step, so by the incumbent (every rank alike: same weights, same data).
     first_epoch_order = None
     if settings.curriculum and init is not None:
-        first_epoch_order = _easy_to_hard(_head_logits(trained, table), targets) if head_only else curriculum_order(model, featurizer, features, targets)
-    best_state, best_loss, best_acc, stale, epochs_run, samples, train_seconds, stopped = None, math.inf, None, 0, 0, 0, 0.0, False
+        first_epoch_order = (
+            _easy_to_hard(_head_logits(trained, table), targets)
+            if head_only
+            else curriculum_order(model, featurizer, features, targets)
+        )
+    best_state, best_loss, best_acc, stale, epochs_run, samples, train_seconds, stopped = (
+        None,
+        math.inf,
+        None,
+        0,
+        0,
+        0,
+        0.0,
+        False,
+    )
     for epoch in range(epochs):
         model.train()
         epoch_started = time.perf_counter()
         order = rng.permutation(len(texts))
         if epoch == 0 and first_epoch_order is not None:
-            rng.permutation(len(texts))  # drawn anyway, so later epochs shuffle as they would without a curriculum
+            rng.permutation(
+                len(texts)
+            )  # drawn anyway, so later epochs shuffle as they would without a curriculum
             order = first_epoch_order
-        if arch.bucket_by_length and widths is not None and not (epoch == 0 and first_epoch_order is not None):
+        if (
+            arch.bucket_by_length
+            and widths is not None
+            and not (epoch == 0 and first_epoch_order is not None)
+        ):
             batches = _length_bucketed(order, widths, batch_size, rng)
         else:
             batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
@@ -242,7 +335,9 @@ def train_classifier(
             """The summed losses of batches pending_from..upto, read back (a GPU wait); raises on NaN or inf."""
             value = pending.item()
             if not math.isfinite(value):
-                where = f"batch {upto}" if pending_from == upto else f"batches {pending_from}-{upto}"
+                where = (
+                    f"batch {upto}" if pending_from == upto else f"batches {pending_from}-{upto}"
+                )
                 raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, {where}")
             return value
 
@@ -252,26 +347,50 @@ def train_classifier(
                 rows = rows.pin_memory().to(device, non_blocking=True)
             batch_inputs, batch_targets = inputs(rows, batch), targets_on_device[rows]
             step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
-            with autocast(), net.no_sync() if distributed and not step_now else nullcontext():  # accumulate locally, all-reduce once per optimiser step
+            with (
+                autocast(),
+                net.no_sync() if distributed and not step_now else nullcontext(),
+            ):  # accumulate locally, all-reduce once per optimiser step
                 logits = net(batch_inputs).float()
                 if example_weights is None:
-                    loss = nn.functional.cross_entropy(logits, batch_targets, label_smoothing=settings.label_smoothing)
+                    loss = nn.functional.cross_entropy(
+                        logits, batch_targets, label_smoothing=settings.label_smoothing
+                    )
                 else:
                     weight = example_weights[rows]
-                    per_example = nn.functional.cross_entropy(logits, batch_targets, label_smoothing=settings.label_smoothing, reduction="none")
+                    per_example = nn.functional.cross_entropy(
+                        logits,
+                        batch_targets,
+                        label_smoothing=settings.label_smoothing,
+                        reduction="none",
+                    )
                     loss = (per_example * weight).sum() / weight.sum().clamp_min(1e-12)
             if distributed:
                 # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any rank, or
                 # the deadline passing on any, stops every rank at the same step.
                 late = settings.deadline is not None and time.monotonic() > settings.deadline
-                agreed = torch.stack([loss.detach().float(), torch.tensor(float(late), device=device), torch.tensor(float(len(batch)), device=device)])
+                agreed = torch.stack(
+                    [
+                        loss.detach().float(),
+                        torch.tensor(float(late), device=device),
+                        torch.tensor(float(len(batch)), device=device),
+                    ]
+                )
                 dist.all_reduce(agreed)
-                mean_loss, late, step_samples = agreed[0].item() / world, agreed[1].item() > 0, int(agreed[2].item())
+                mean_loss, late, step_samples = (
+                    agreed[0].item() / world,
+                    agreed[1].item() > 0,
+                    int(agreed[2].item()),
+                )
                 if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} (mean over {world} ranks)")
+                    raise TrainingDiverged(
+                        f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} (mean over {world} ranks)"
+                    )
                 loss_sum += mean_loss
             else:
-                pending = loss.detach().float() if pending is None else pending + loss.detach().float()
+                pending = (
+                    loss.detach().float() if pending is None else pending + loss.detach().float()
+                )
                 if (i + 1) % check_every == 0 or i + 1 == len(batches):
                     loss_sum += check_losses(i + 1)
                     pending, pending_from = None, i + 2
@@ -303,11 +422,21 @@ def train_classifier(
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - epoch_started
         epochs_run = epoch + 1
-        report: dict[str, Any] = {"epoch": epochs_run, "epochs": epochs, "loss": loss_sum / max(1, len(batches)), "samples_per_s": samples / max(train_seconds, 1e-9), "lr": scheduler.get_last_lr()[0]}
+        report: dict[str, Any] = {
+            "epoch": epochs_run,
+            "epochs": epochs,
+            "loss": loss_sum / max(1, len(batches)),
+            "samples_per_s": samples / max(train_seconds, 1e-9),
+            "lr": scheduler.get_last_lr()[0],
+        }
         if val is not None:
             if distributed:
                 # Rank 0 scores and every rank takes its numbers, so the keep/stop decisions below match.
-                scores = torch.tensor(score_validation(*val) if rank == 0 else (0.0, 0.0), dtype=torch.float64, device=device)
+                scores = torch.tensor(
+                    score_validation(*val) if rank == 0 else (0.0, 0.0),
+                    dtype=torch.float64,
+                    device=device,
+                )
                 dist.broadcast(scores, 0)
                 val_loss, acc = scores.tolist()
             else:
@@ -320,7 +449,12 @@ def train_classifier(
             if val_loss <= best_loss:
                 best_loss, best_acc = val_loss, acc
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log.info("epoch %d/%d: %s", epochs_run, epochs, ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")))
+        log.info(
+            "epoch %d/%d: %s",
+            epochs_run,
+            epochs,
+            ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")),
+        )
         if progress is not None:
             progress(report)
         if stopped or (val is not None and stale >= settings.patience):
@@ -328,32 +462,60 @@ def train_classifier(
     if best_state is not None:
         model.load_state_dict(best_state)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    model.freeze(-1)  # the returned model is whole again (a later fine-tune chooses its own frozen layers)
+    model.freeze(
+        -1
+    )  # the returned model is whole again (a later fine-tune chooses its own frozen layers)
     model.to("cpu").eval()
     return TrainResult(
-        model, label_list, featurizer, epochs_run, time.perf_counter() - started, best_acc,
-        samples_per_s=samples / max(train_seconds, 1e-9), precision=precision, device=str(device), peak_memory_bytes=peak, stopped_by_deadline=stopped,
-        world_size=world, backend=dist.get_backend() if distributed else None, val_loss=None if best_state is None else best_loss,
+        model,
+        label_list,
+        featurizer,
+        epochs_run,
+        time.perf_counter() - started,
+        best_acc,
+        samples_per_s=samples / max(train_seconds, 1e-9),
+        precision=precision,
+        device=str(device),
+        peak_memory_bytes=peak,
+        stopped_by_deadline=stopped,
+        world_size=world,
+        backend=dist.get_backend() if distributed else None,
+        val_loss=None if best_state is None else best_loss,
     )
 
 
-def batched_logits(model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512) -> Iterator[tuple[int, torch.Tensor]]:
+def batched_logits(
+    model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start index, float32 logits) of ``texts`` in batches, in eval mode and without gradients, on the model's device."""
     model.eval()
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
         with torch.no_grad():  # closed before the yield, so the caller's grad mode is never changed
-            logits = model(torch.from_numpy(featurizer.batch(texts[start : start + batch_size])).to(device)).float()
+            logits = model(
+                torch.from_numpy(featurizer.batch(texts[start : start + batch_size])).to(device)
+            ).float()
         yield start, logits
 
 
-def predict_indices(model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512) -> np.ndarray:
-    out = [logits.argmax(1).cpu().numpy() for _, logits in batched_logits(model, featurizer, texts, batch_size)]
+def predict_indices(
+    model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512
+) -> np.ndarray:
+    out = [
+        logits.argmax(1).cpu().numpy()
+        for _, logits in batched_logits(model, featurizer, texts, batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 @torch.no_grad()
-def curriculum_order(model: IntentClassifier, featurizer: Featurizer, features: Sequence[Any], targets: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def curriculum_order(
+    model: IntentClassifier,
+    featurizer: Featurizer,
+    features: Sequence[Any],
+    targets: torch.Tensor,
+    batch_size: int = 512,
+) -> np.ndarray:
     """Example indices from the lowest loss under ``model`` to the highest (easy to hard); ties keep their order.
     An intent the model has just grown an output for scores with that output's fresh weights: hard."""
     model.eval()
@@ -361,18 +523,36 @@ def curriculum_order(model: IntentClassifier, featurizer: Featurizer, features: 
 
     def logits() -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, len(features), batch_size):
-            yield start, model(torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(device)).float()
+            yield (
+                start,
+                model(
+                    torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(
+                        device
+                    )
+                ).float(),
+            )
 
     return _easy_to_hard(logits(), targets)
 
 
 @torch.no_grad()
 def _easy_to_hard(logits: Iterable[tuple[int, torch.Tensor]], targets: torch.Tensor) -> np.ndarray:
-    losses = [nn.functional.cross_entropy(batch, targets[start : start + len(batch)].to(batch.device), reduction="none").cpu() for start, batch in logits]
-    return np.argsort(torch.cat(losses).numpy(), kind="stable") if losses else np.zeros(0, dtype=np.int64)
+    losses = [
+        nn.functional.cross_entropy(
+            batch, targets[start : start + len(batch)].to(batch.device), reduction="none"
+        ).cpu()
+        for start, batch in logits
+    ]
+    return (
+        np.argsort(torch.cat(losses).numpy(), kind="stable")
+        if losses
+        else np.zeros(0, dtype=np.int64)
+    )
 
 
-def _head_logits(head: nn.Module, embeddings: torch.Tensor, batch_size: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+def _head_logits(
+    head: nn.Module, embeddings: torch.Tensor, batch_size: int = 4096
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, float32 logits) of a head on precomputed sentence embeddings, in eval mode, without gradients."""
     head.eval()
     for start in range(0, len(embeddings), batch_size):
@@ -381,8 +561,11 @@ def _head_logits(head: nn.Module, embeddings: torch.Tensor, batch_size: int = 40
         yield start, logits
 
 
-def _embedder(model: IntentClassifier, featurizer: Featurizer, cache_dir: str | None) -> Callable[[list[str]], np.ndarray]:
+def _embedder(
+    model: IntentClassifier, featurizer: Featurizer, cache_dir: str | None
+) -> Callable[[list[str]], np.ndarray]:
     """texts -> the frozen encoder's sentence embeddings, through the cache of ``cache_dir`` when one is set."""
+
     def compute(texts: list[str]) -> np.ndarray:
         return model.embed_texts(featurizer, texts)
 
@@ -392,7 +575,9 @@ def _embedder(model: IntentClassifier, featurizer: Featurizer, cache_dir: str | 
     return lambda texts: cache.embeddings(texts, compute)
 
 
-def _length_bucketed(order: np.ndarray, widths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[np.ndarray]:
+def _length_bucketed(
+    order: np.ndarray, widths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50
+) -> list[np.ndarray]:
     """``order`` cut into batches of similar lengths, in random order. Each run of ``pool`` batches is sorted by
     length before it is cut, so a batch pads to little more than its own texts' lengths (attention's cost
     grows with the padded length) while the mix of batches stays random."""
@@ -405,7 +590,12 @@ def _length_bucketed(order: np.ndarray, widths: np.ndarray, batch_size: int, rng
 
 
 def validation_scores(
-    model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str], batch_size: int = 512,
+    model: IntentClassifier,
+    featurizer: Featurizer,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    intents: Sequence[str],
+    batch_size: int = 512,
     logits: Iterable[tuple[int, torch.Tensor]] | None = None,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on a validation split. An intent the model has no output for counts
@@ -414,18 +604,28 @@ def validation_scores(
     texts already computed (a head on cached embeddings); by default the model runs on them."""
     index = {label: i for i, label in enumerate(labels)}
     loss_sum, scored, correct = 0.0, 0, 0
-    for start, logits in logits if logits is not None else batched_logits(model, featurizer, texts, batch_size):
+    for start, logits in (
+        logits if logits is not None else batched_logits(model, featurizer, texts, batch_size)
+    ):
         truth = [index.get(intent, -1) for intent in intents[start : start + len(logits)]]
         target = torch.tensor(truth, dtype=torch.long, device=logits.device)
         correct += int((logits.argmax(1) == target).sum())
         known = target >= 0
         if bool(known.any()):
-            loss_sum += float(nn.functional.cross_entropy(logits[known], target[known], reduction="sum"))
+            loss_sum += float(
+                nn.functional.cross_entropy(logits[known], target[known], reduction="sum")
+            )
             scored += int(known.sum())
     return (loss_sum / scored if scored else math.inf), correct / max(1, len(texts))
 
 
-def accuracy(model: IntentClassifier, featurizer: Featurizer, labels: Sequence[str], texts: Sequence[str], intents: Sequence[str]) -> float:
+def accuracy(
+    model: IntentClassifier,
+    featurizer: Featurizer,
+    labels: Sequence[str],
+    texts: Sequence[str],
+    intents: Sequence[str],
+) -> float:
     if not texts:
         return float("nan")
     predicted = predict_indices(model, featurizer, texts)

@@ -44,18 +44,27 @@ class _EncoderLayer(nn.Module):
         super().__init__()
         self.heads = config.heads
         self.head_dim = config.dim // config.heads
-        self.scale = 1.0 / math.sqrt(self.head_dim)  # Python constants: traced shapes would warn in the ONNX export
+        self.scale = 1.0 / math.sqrt(
+            self.head_dim
+        )  # Python constants: traced shapes would warn in the ONNX export
         self.norm1 = nn.LayerNorm(config.dim)
         self.qkv = nn.Linear(config.dim, 3 * config.dim)
         self.proj = nn.Linear(config.dim, config.dim)
         self.norm2 = nn.LayerNorm(config.dim)
-        self.ffn = nn.Sequential(nn.Linear(config.dim, config.ffn), nn.GELU(), nn.Linear(config.ffn, config.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(config.dim, config.ffn), nn.GELU(), nn.Linear(config.ffn, config.dim)
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x [batch, length, dim]; bias [batch, 1, 1, length], 0 for tokens and _MASKED for padding."""
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .view(b, n, 3, self.heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
         scores = q @ k.transpose(-1, -2) * self.scale + bias
         attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
         x = x + self.dropout(self.proj(attended))

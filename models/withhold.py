@@ -24,7 +24,9 @@ __all__ = ["newest_spread"]
 
 
 def _bucket(key: str, salt: str, span: int) -> int:
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8, person=salt.encode()[:16]).digest()
+    digest = hashlib.blake2b(
+        key.encode("utf-8", "surrogatepass"), digest_size=8, person=salt.encode()[:16]
+    ).digest()
     return int.from_bytes(digest, "big") % span
 
 

@@ -104,21 +104,35 @@ def load_examples(name: str, split: str, data_dir: Path | None = None) -> list[E
     """
     _check_name(name)
     if split not in _SPLITS[name]:
-        raise ValueError(f"unknown split {split!r} for {name}; valid choices: {', '.join(_SPLITS[name])}")
+        raise ValueError(
+            f"unknown split {split!r} for {name}; valid choices: {', '.join(_SPLITS[name])}"
+        )
     root = Path(data_dir) if data_dir is not None else default_data_dir()
 
     if name == "clinc150":
         rows = _read_json(root, "clinc150", "data_full.json")[split]
         if split.startswith("oos_"):
             return [Example(text, OOS, OOS) for text, _ in rows]
-        domain_of = {intent: domain for domain, intents in groups(name, root).items() for intent in intents}
+        domain_of = {
+            intent: domain for domain, intents in groups(name, root).items() for intent in intents
+        }
         return [Example(text, intent, domain_of.get(intent)) for text, intent in rows]
 
     if name == "banking77":
-        return [Example(row["text"], row["category"], None) for row in _read_csv(root, "banking77", f"{split}.csv")]
+        return [
+            Example(row["text"], row["category"], None)
+            for row in _read_csv(root, "banking77", f"{split}.csv")
+        ]
 
     if name in _TEXT_INTENT_CSV:
-        return [Example(row["text"], row["intent"], None) for row in _read_csv(root, name, f"{split}.csv")]
+        return [
+            Example(row["text"], row["intent"], None)
+            for row in _read_csv(root, name, f"{split}.csv")
+        ]
 
     wanted = _SNIPS_SPLITS[split]
-    return [Example(row["text"], row["intent"], None) for row in _read_csv(root, "snips", "snips_all.csv") if row["split"] in wanted]
+    return [
+        Example(row["text"], row["intent"], None)
+        for row in _read_csv(root, "snips", "snips_all.csv")
+        if row["split"] in wanted
+    ]

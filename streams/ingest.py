@@ -36,8 +36,16 @@ from .schema import Event, Rejection, decode_event
 from .tiers import StoredEvent, TieredStore
 
 __all__ = [
-    "SERVED_PREDICTION_FIELD", "BatchObserver", "DeadLetterSink", "IngestAgent", "PredictionSink", "Predictor",
-    "RawRecord", "UserIdPolicy", "served_prediction", "to_stored",
+    "SERVED_PREDICTION_FIELD",
+    "BatchObserver",
+    "DeadLetterSink",
+    "IngestAgent",
+    "PredictionSink",
+    "Predictor",
+    "RawRecord",
+    "UserIdPolicy",
+    "served_prediction",
+    "to_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,8 +55,13 @@ REASON_HEADER = "driftd-reason"
 DETAIL_HEADER = "driftd-detail"
 SOURCE_HEADER = "driftd-source"
 # Record-level rejections (streams.schema.RECORD_REJECTION_REASONS): the value's own problem, if any, is named first.
-TOMBSTONE = Rejection("tombstone", "record has no value (a tombstone): driftd events are never deleted by key")
-MISSING_KEY = Rejection("missing_key", 'record has no key: producers key each event by its conversation_id (ingest.null_key = "accept" stores it)')
+TOMBSTONE = Rejection(
+    "tombstone", "record has no value (a tombstone): driftd events are never deleted by key"
+)
+MISSING_KEY = Rejection(
+    "missing_key",
+    'record has no key: producers key each event by its conversation_id (ingest.null_key = "accept" stores it)',
+)
 # An utterance answered over HTTP and reported back (daemon/feedback) carries the prediction its client was told.
 SERVED_PREDICTION_FIELD = "served_prediction"
 
@@ -66,12 +79,24 @@ class RawRecord:
     @classmethod
     def from_message(cls, message: Any) -> RawRecord:
         """From a faust Message (or anything with the same attributes)."""
-        return cls(message.topic, message.partition, message.offset, message.key, message.value, message.timestamp, tuple(message.headers or ()))
+        return cls(
+            message.topic,
+            message.partition,
+            message.offset,
+            message.key,
+            message.value,
+            message.timestamp,
+            tuple(message.headers or ()),
+        )
 
 
-Predictor = Callable[[list[str]], "list[dict[str, Any]] | None"]  # texts -> prediction dicts, None: no model yet
+Predictor = Callable[
+    [list[str]], "list[dict[str, Any]] | None"
+]  # texts -> prediction dicts, None: no model yet
 # After each stored batch: its valid events, and the (utterance, prediction) pairs made for it.
-BatchObserver = Callable[[Sequence["StoredEvent"], Sequence[tuple["StoredEvent", dict[str, Any]]]], None]
+BatchObserver = Callable[
+    [Sequence["StoredEvent"], Sequence[tuple["StoredEvent", dict[str, Any]]]], None
+]
 
 
 class PredictionSink(Protocol):
@@ -97,13 +122,21 @@ class UserIdPolicy:
         return hmac.new(self.salt, user_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def to_stored(record: RawRecord, event: Event, users: UserIdPolicy, now: float, redactor: Redactor | None = None) -> StoredEvent:
+def to_stored(
+    record: RawRecord,
+    event: Event,
+    users: UserIdPolicy,
+    now: float,
+    redactor: Redactor | None = None,
+) -> StoredEvent:
     # Read type-specific fields from __dict__: getattr on a missing one raises inside pydantic's
     # __getattr__ (extra="allow"), which costs more than the whole rest of this function.
     fields = event.__dict__
     user_ref = users.apply(event.user_id)
     # Redacted text, meta and unknown fields: what is stored (row and payload), predicted and published.
-    update = redactor.event_updates(fields, event.__pydantic_extra__) if redactor is not None else {}
+    update = (
+        redactor.event_updates(fields, event.__pydantic_extra__) if redactor is not None else {}
+    )
     if event.user_id is not None and user_ref != event.user_id:
         update["user_id"] = user_ref
     payload = record.value
@@ -138,7 +171,11 @@ def served_prediction(event: Event) -> dict[str, Any] | None:
     served = (event.__pydantic_extra__ or {}).get(SERVED_PREDICTION_FIELD)
     if not isinstance(served, dict):
         return None
-    intent, confidence, version = served.get("intent"), served.get("confidence"), served.get("model_version")
+    intent, confidence, version = (
+        served.get("intent"),
+        served.get("confidence"),
+        served.get("model_version"),
+    )
     number = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
     if not (isinstance(intent, str) and isinstance(version, str) and number):
         return None
@@ -153,7 +190,9 @@ class IngestAgent:
     metrics: StreamMetrics
     max_event_bytes: int = 65536
     users: UserIdPolicy = field(default_factory=UserIdPolicy)
-    redactor: Redactor | None = None  # privacy.redact_patterns, applied before anything is stored or published
+    redactor: Redactor | None = (
+        None  # privacy.redact_patterns, applied before anything is stored or published
+    )
     clock: Callable[[], float] = time.time
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
@@ -161,13 +200,17 @@ class IngestAgent:
     publish_prediction: PredictionSink | None = None
     observe: BatchObserver | None = None  # the learning loop's hook (outcome join, decay monitor)
     null_key: str = "dlq"  # ingest.null_key: a valid event without a record key is dead-lettered ("dlq") or stored ("accept")
-    observe_served: bool = True  # pass served HTTP predictions to ``observe`` (web.monitor_http_predictions)
+    observe_served: bool = (
+        True  # pass served HTTP predictions to ``observe`` (web.monitor_http_predictions)
+    )
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
 
     async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
         """The faust agent body: ``app.agent(topic)(lambda s: ingest.consume(s, ...))``."""
         async for events in stream.take_events(batch_size, batch_timeout_s):
-            batch = asyncio.ensure_future(self.handle([RawRecord.from_message(e.message) for e in events]))
+            batch = asyncio.ensure_future(
+                self.handle([RawRecord.from_message(e.message) for e in events])
+            )
             try:
                 await asyncio.shield(batch)
             except asyncio.CancelledError:
@@ -180,25 +223,41 @@ class IngestAgent:
         now = self.clock()
         valid: list[StoredEvent] = []
         rejected: list[tuple[RawRecord, Rejection]] = []
-        served: list[tuple[StoredEvent, dict[str, Any]]] = []  # answered over HTTP already: never predicted again
+        served: list[
+            tuple[StoredEvent, dict[str, Any]]
+        ] = []  # answered over HTTP already: never predicted again
         for record in records:
-            decoded = TOMBSTONE if record.value is None else decode_event(record.value, self.max_event_bytes)
+            decoded = (
+                TOMBSTONE
+                if record.value is None
+                else decode_event(record.value, self.max_event_bytes)
+            )
             if record.key is None and self.null_key == "dlq" and not isinstance(decoded, Rejection):
                 decoded = MISSING_KEY
             if isinstance(decoded, Rejection):
                 rejected.append((record, decoded))
             else:
                 valid.append(stored := to_stored(record, decoded, self.users, now, self.redactor))
-                if stored.type == "utterance" and (prediction := served_prediction(decoded)) is not None:
+                if (
+                    stored.type == "utterance"
+                    and (prediction := served_prediction(decoded)) is not None
+                ):
                     served.append((stored, prediction))
         served_ids = {id(event) for event, _ in served}
 
         _, inserted, predicted = await asyncio.gather(
-            self._retry("dlq", self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)")),
+            self._retry(
+                "dlq",
+                self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)"),
+            ),
             self._retry("warm", lambda: self.store.write(valid)),
-            self._predict_and_publish([e for e in valid if e.type == "utterance" and id(e) not in served_ids]),
+            self._predict_and_publish(
+                [e for e in valid if e.type == "utterance" and id(e) not in served_ids]
+            ),
         )
-        if served and self.observe_served:  # the outcome judges exactly what the HTTP client was told
+        if (
+            served and self.observe_served
+        ):  # the outcome judges exactly what the HTTP client was told
             predicted = [*predicted, *served]
 
         stored_at = self.clock()
@@ -217,36 +276,53 @@ class IngestAgent:
         if self.observe is not None:
             try:
                 self.observe(valid, predicted)
-            except Exception:  # noqa: BLE001 - monitoring must never stop ingest; the batch is stored already
+            except Exception:
                 log.exception("the batch observer failed on a batch of %d events", len(valid))
         return len(valid), len(rejected)
 
-    async def _predict_and_publish(self, utterances: list[StoredEvent]) -> list[tuple[StoredEvent, dict[str, Any]]]:
+    async def _predict_and_publish(
+        self, utterances: list[StoredEvent]
+    ) -> list[tuple[StoredEvent, dict[str, Any]]]:
         """One model call for the batch's utterances (in a worker thread), then one record each on `predictions`."""
         if not utterances or self.predict is None or self.publish_prediction is None:
             return []
-        predictions = await asyncio.get_running_loop().run_in_executor(None, self.predict, [e.text or "" for e in utterances])
+        predictions = await asyncio.get_running_loop().run_in_executor(
+            None, self.predict, [e.text or "" for e in utterances]
+        )
         if predictions is None:
             self.metrics.predictions_skipped.inc(len(utterances))
             return []
         records = [
-            (e.conversation_id.encode(), json.dumps({"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}).encode())
+            (
+                e.conversation_id.encode(),
+                json.dumps(
+                    {"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}
+                ).encode(),
+            )
             for e, p in zip(utterances, predictions)
         ]
         publish = self.publish_prediction
-        await self._retry("predictions", self._delivery_attempt(records, lambda kv: publish(*kv), "prediction(s)"))
+        await self._retry(
+            "predictions", self._delivery_attempt(records, lambda kv: publish(*kv), "prediction(s)")
+        )
         self.metrics.predictions.inc(len(records))
         return list(zip(utterances, predictions))
 
     @staticmethod
-    def _delivery_attempt(items: list[T], send: Callable[[T], Awaitable[Awaitable[Any]]], what: str) -> Callable[[], Awaitable[None]]:
+    def _delivery_attempt(
+        items: list[T], send: Callable[[T], Awaitable[Awaitable[Any]]], what: str
+    ) -> Callable[[], Awaitable[None]]:
         """One attempt sends every item not yet delivered; a retry resends only those that failed."""
         pending = list(items)
 
         async def attempt() -> None:
             nonlocal pending
-            results = await asyncio.gather(*[await send(item) for item in pending], return_exceptions=True)
-            failed = [(item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)]
+            results = await asyncio.gather(
+                *[await send(item) for item in pending], return_exceptions=True
+            )
+            failed = [
+                (item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)
+            ]
             pending = [item for item, _ in failed]
             if failed:
                 raise RuntimeError(f"{len(failed)} {what} not delivered: {failed[0][1]!r}")
@@ -267,11 +343,22 @@ class IngestAgent:
                 failures += 1
                 self.metrics.store_errors.labels(sink).inc()
                 self.metrics.ingest_blocked.labels(sink).set(1)
-                log.error("writing to %s failed (attempt %d), consumption paused, retrying in %.1fs: %s", sink, failures, delay, exc)
+                log.error(
+                    "writing to %s failed (attempt %d), consumption paused, retrying in %.1fs: %s",
+                    sink,
+                    failures,
+                    delay,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
             if failures:
                 self.metrics.ingest_blocked.labels(sink).set(0)
-                log.warning("writing to %s works again after %d failed attempts (%.1f s paused); consumption resumes", sink, failures, time.monotonic() - since)
+                log.warning(
+                    "writing to %s works again after %d failed attempts (%.1f s paused); consumption resumes",
+                    sink,
+                    failures,
+                    time.monotonic() - since,
+                )
             return result

@@ -46,7 +46,10 @@ UNCERTAINTY_STRATEGIES = ("least_confidence", "margin", "entropy")
 STRATEGIES = (*UNCERTAINTY_STRATEGIES, "random")
 SKIP_REASONS = ("below_min_score", "below_percentile", "budget", "near_duplicate")
 WARMUP_SCORES = 50  # until this many scores were seen, the percentile of a handful means nothing
-FROM_NAME, TO_NAME = "intent", "text"  # the names label_studio_config gives the choices and the text
+FROM_NAME, TO_NAME = (
+    "intent",
+    "text",
+)  # the names label_studio_config gives the choices and the text
 
 _NUM_PERM = 64
 _MINHASH_SEED = 1
@@ -62,7 +65,9 @@ def score(prediction_topk: Sequence[tuple[str, float]], strategy: str) -> float:
     strategy, an empty top-k or a probability that is not a finite number in [0, 1].
     """
     if strategy not in UNCERTAINTY_STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(UNCERTAINTY_STRATEGIES)}")
+        raise ValueError(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(UNCERTAINTY_STRATEGIES)}"
+        )
     if not prediction_topk:
         raise ValueError("prediction_topk is empty")
     probs = sorted((float(p) for _, p in prediction_topk), reverse=True)
@@ -85,7 +90,13 @@ def score(prediction_topk: Sequence[tuple[str, float]], strategy: str) -> float:
 
 def _random_score(event_id: str) -> float:
     """Uniform in [0, 1), the same for the same event (a redelivered prediction scores alike)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big") / 2.0**64
+    return (
+        int.from_bytes(
+            hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+            "big",
+        )
+        / 2.0**64
+    )
 
 
 def _shingles(text: str) -> list[bytes]:
@@ -123,15 +134,21 @@ class LabelingSampler:
         percentile: float = 80.0,
     ) -> None:
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"
+            )
         if budget_per_hour < 0:
             raise ValueError(f"budget_per_hour must be >= 0, got {budget_per_hour!r}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window!r}")
         if not 0.0 <= diversity_threshold <= 1.0:
-            raise ValueError(f"diversity_threshold must be in [0, 1] (0 turns the guard off), got {diversity_threshold!r}")
+            raise ValueError(
+                f"diversity_threshold must be in [0, 1] (0 turns the guard off), got {diversity_threshold!r}"
+            )
         if not 0.0 <= percentile < 100.0:
-            raise ValueError(f"percentile must be in [0, 100) (0 lets every score past the percentile gate), got {percentile!r}")
+            raise ValueError(
+                f"percentile must be in [0, 100) (0 lets every score past the percentile gate), got {percentile!r}"
+            )
         self.strategy = strategy
         self.budget_per_hour = int(budget_per_hour)
         self.min_score = float(min_score)
@@ -173,7 +190,14 @@ class LabelingSampler:
         return self._sorted[low] + (self._sorted[high] - self._sorted[low]) * (pos - low)
 
     def offer(
-        self, event_id: str, conversation_id: str, text: str, model_version: str, topk: Sequence[tuple[str, float]], *, turn: int = 0
+        self,
+        event_id: str,
+        conversation_id: str,
+        text: str,
+        model_version: str,
+        topk: Sequence[tuple[str, float]],
+        *,
+        turn: int = 0,
     ) -> dict[str, Any] | None:
         """A labelling request for this prediction, or None (the reason is counted in ``counts``).
 
@@ -205,7 +229,9 @@ class LabelingSampler:
             reason = f"{self.strategy} {value:.2f} >= p{self.at_percentile:g} {threshold:.2f} of the last {n_recent}"
         ranked = sorted(topk, key=lambda item: -float(item[1]))
         return {
-            "request_id": uuid.uuid5(_REQUEST_NS, f"{event_id}\x00{model_version}").hex,  # a redelivered prediction repeats it
+            "request_id": uuid.uuid5(
+                _REQUEST_NS, f"{event_id}\x00{model_version}"
+            ).hex,  # a redelivered prediction repeats it
             "event_id": event_id,
             "conversation_id": conversation_id,
             "turn": int(turn),
@@ -234,13 +260,17 @@ class LabelingSampler:
         now = self._clock()
         elapsed = max(0.0, now - self._refilled_at)  # a clock stepping back refills nothing
         self._refilled_at = now
-        self._tokens = min(float(self.capacity), self._tokens + elapsed * self.budget_per_hour / 3600.0)
+        self._tokens = min(
+            float(self.capacity), self._tokens + elapsed * self.budget_per_hour / 3600.0
+        )
 
     def _near_duplicate(self, sketch: np.ndarray) -> bool:
         if self.diversity_threshold <= 0.0 or self._picked_n == 0:
             return False
         picked = self._picked[: min(self._picked_n, self.window)]
-        similarity = (picked == sketch).mean(axis=1)  # estimated Jaccard of each picked text with this one
+        similarity = (picked == sketch).mean(
+            axis=1
+        )  # estimated Jaccard of each picked text with this one
         return bool(similarity.max() >= self.diversity_threshold)
 
 
@@ -266,7 +296,9 @@ def label_studio_config(choices: Sequence[str]) -> str:
     )
 
 
-def to_label_studio_tasks(requests: Sequence[dict[str, Any]], choices: Sequence[str]) -> list[dict[str, Any]]:
+def to_label_studio_tasks(
+    requests: Sequence[dict[str, Any]], choices: Sequence[str]
+) -> list[dict[str, Any]]:
     """Label Studio JSON import tasks, one per request, pre-annotated with the model's top intent.
 
     ``data`` keeps what the way back needs (event_id, conversation_id, turn) and what helps the
@@ -294,7 +326,14 @@ def to_label_studio_tasks(requests: Sequence[dict[str, Any]], choices: Sequence[
                 {
                     "model_version": request.get("model_version"),
                     "score": topk[0]["score"],
-                    "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [topk[0]["intent"]]}}],
+                    "result": [
+                        {
+                            "from_name": FROM_NAME,
+                            "to_name": TO_NAME,
+                            "type": "choices",
+                            "value": {"choices": [topk[0]["intent"]]},
+                        }
+                    ],
                 }
             )
         tasks.append(task)
@@ -306,9 +345,17 @@ def _chosen_intent(annotation: Any) -> str | None:
     if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
         return None
     for result in annotation.get("result") or []:
-        if not isinstance(result, dict) or result.get("from_name") != FROM_NAME or result.get("type") != "choices":
+        if (
+            not isinstance(result, dict)
+            or result.get("from_name") != FROM_NAME
+            or result.get("type") != "choices"
+        ):
             continue
-        picked = (result.get("value") or {}).get("choices") if isinstance(result.get("value"), dict) else None
+        picked = (
+            (result.get("value") or {}).get("choices")
+            if isinstance(result.get("value"), dict)
+            else None
+        )
         if isinstance(picked, list) and len(picked) == 1 and isinstance(picked[0], str):
             return picked[0]
     return None
@@ -322,7 +369,9 @@ def _why_unusable(annotations: list[Any]) -> str:
     return f'no annotation chose exactly one "{FROM_NAME}"'
 
 
-def label_events_from_label_studio(export: Any, *, now: float, max_event_bytes: int = 65536) -> tuple[list[dict[str, Any]], list[str]]:
+def label_events_from_label_studio(
+    export: Any, *, now: float, max_event_bytes: int = 65536
+) -> tuple[list[dict[str, Any]], list[str]]:
     """``label`` events from a Label Studio JSON export, and one reason per task skipped.
 
     Per task, the last non-cancelled annotation that chose an intent wins. The event id is
@@ -331,7 +380,9 @@ def label_events_from_label_studio(export: Any, *, now: float, max_event_bytes: 
     Raises ValueError when ``export`` is not a list.
     """
     if not isinstance(export, list):
-        raise ValueError(f"a Label Studio JSON export is a list of tasks, got {type(export).__name__}")
+        raise ValueError(
+            f"a Label Studio JSON export is a list of tasks, got {type(export).__name__}"
+        )
     events: list[dict[str, Any]] = []
     skipped: list[str] = []
     for index, task in enumerate(export):
@@ -341,15 +392,23 @@ def label_events_from_label_studio(export: Any, *, now: float, max_event_bytes: 
         name = f"task {task['id']}"
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         if not data.get("event_id") or not data.get("conversation_id"):
-            skipped.append(f"{name}: data has no event_id or conversation_id (not exported by driftd?)")
+            skipped.append(
+                f"{name}: data has no event_id or conversation_id (not exported by driftd?)"
+            )
             continue
         annotations = task.get("annotations") if isinstance(task.get("annotations"), list) else []
-        chosen = [(k, a, intent) for k, a in enumerate(annotations) if (intent := _chosen_intent(a)) is not None]
+        chosen = [
+            (k, a, intent)
+            for k, a in enumerate(annotations)
+            if (intent := _chosen_intent(a)) is not None
+        ]
         if not chosen:
             skipped.append(f"{name}: {_why_unusable(annotations)}")
             continue
         position, annotation, intent = chosen[-1]
-        annotation_id = annotation.get("id", f"n{position}")  # exports carry ids; the position is as stable for one file
+        annotation_id = annotation.get(
+            "id", f"n{position}"
+        )  # exports carry ids; the position is as stable for one file
         event = {
             "type": "label",
             "event_id": f"ls-{task['id']}-{annotation_id}",
@@ -358,11 +417,18 @@ def label_events_from_label_studio(export: Any, *, now: float, max_event_bytes: 
             "ts": float(now),
             "ref_event_id": data["event_id"],
             "intent": intent,
-            "meta": {"source": "label-studio", "task_id": task["id"], "annotation_id": annotation_id, "request_id": data.get("request_id")},
+            "meta": {
+                "source": "label-studio",
+                "task_id": task["id"],
+                "annotation_id": annotation_id,
+                "request_id": data.get("request_id"),
+            },
         }
         decoded = decode_event(json.dumps(event).encode(), max_event_bytes)
         if isinstance(decoded, Rejection):
-            skipped.append(f"{name}: the label event is invalid: {decoded.reason} ({decoded.detail})")
+            skipped.append(
+                f"{name}: the label event is invalid: {decoded.reason} ({decoded.detail})"
+            )
             continue
         events.append(event)
     return events, skipped

@@ -28,7 +28,13 @@ from streams.datasets import Example
 __all__ = ["FORMATS", "LabelledData", "LabelledFileError", "file_format", "is_url", "read_labelled"]
 
 # Suffix -> format. ".gz" may follow a text format's suffix.
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 EXPECTED = "expected .csv, .jsonl (JSON Lines; .ndjson) or .parquet (.csv and .jsonl may be .gz-compressed)"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _SHOWN_COLUMNS = 12
@@ -62,7 +68,7 @@ def is_url(source: str) -> bool:
 
 
 def file_format(source: str) -> str:
-    """"csv", "jsonl" or "parquet" from the name's suffix; LabelledFileError for any other."""
+    """ "csv", "jsonl" or "parquet" from the name's suffix; LabelledFileError for any other."""
     name = source.rstrip("/").rsplit("/", 1)[-1].lower()
     compressed = name.endswith(".gz")
     stem = name[: -len(".gz")] if compressed else name
@@ -112,7 +118,11 @@ def _read_bytes(source: str, storage_options: dict[str, Any] | None) -> bytes:
             return fh.read()
     except FileNotFoundError:
         raise LabelledFileError(f"{source} does not exist") from None
-    except (OSError, EOFError, ValueError) as exc:  # unreadable, truncated gzip, bad URL, storage refused
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+    ) as exc:  # unreadable, truncated gzip, bad URL, storage refused
         raise LabelledFileError(f"cannot read {source}: {exc}") from None
 
 
@@ -128,11 +138,17 @@ def _check_utf8(source: str, raw: bytes) -> None:
 
 
 def _missing_column(source: str, role: str, column: str, names: list[str]) -> LabelledFileError:
-    shown = ", ".join(repr(n) for n in names[:_SHOWN_COLUMNS]) + (", ..." if len(names) > _SHOWN_COLUMNS else "")
-    return LabelledFileError(f"{source} has no {role} column {column!r}; its columns: {shown or 'none'}")
+    shown = ", ".join(repr(n) for n in names[:_SHOWN_COLUMNS]) + (
+        ", ..." if len(names) > _SHOWN_COLUMNS else ""
+    )
+    return LabelledFileError(
+        f"{source} has no {role} column {column!r}; its columns: {shown or 'none'}"
+    )
 
 
-def _csv_columns(source: str, raw: bytes, text_column: str, intent_column: str) -> tuple[list[Any], list[Any]]:
+def _csv_columns(
+    source: str, raw: bytes, text_column: str, intent_column: str
+) -> tuple[list[Any], list[Any]]:
     # Both read as strings, never inferred: an intent "007" or a text "12" stays as written.
     types = {text_column: pa.string(), intent_column: pa.string()}
     convert = pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True)
@@ -147,7 +163,9 @@ def _csv_columns(source: str, raw: bytes, text_column: str, intent_column: str) 
     return table.column(text_column).to_pylist(), table.column(intent_column).to_pylist()
 
 
-def _jsonl_columns(source: str, raw: bytes, text_column: str, intent_column: str) -> tuple[list[Any], list[Any]]:
+def _jsonl_columns(
+    source: str, raw: bytes, text_column: str, intent_column: str
+) -> tuple[list[Any], list[Any]]:
     # Python's json rather than pyarrow's reader: that one refuses a number among string intents
     # ("changed from string to number") and names no line; here a bad line is named and a numeric label is text.
     texts: list[Any] = []
@@ -158,12 +176,18 @@ def _jsonl_columns(source: str, raw: bytes, text_column: str, intent_column: str
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             where = f"line {number}, column {exc.colno}"
-            raise LabelledFileError(f"{source} is not valid JSON Lines: {where}: {exc.msg}") from None
+            raise LabelledFileError(
+                f"{source} is not valid JSON Lines: {where}: {exc.msg}"
+            ) from None
         except ValueError as exc:  # e.g. a number too long to convert
-            raise LabelledFileError(f"{source} is not valid JSON Lines: line {number}: {exc}") from None
+            raise LabelledFileError(
+                f"{source} is not valid JSON Lines: line {number}: {exc}"
+            ) from None
         if not isinstance(row, dict):
             kind = type(row).__name__
-            raise LabelledFileError(f"{source} is not valid JSON Lines: line {number} is a JSON {kind}, not an object")
+            raise LabelledFileError(
+                f"{source} is not valid JSON Lines: line {number} is a JSON {kind}, not an object"
+            )
         keys.update(row)
         for role, column, out in (("text", text_column, texts), ("intent", intent_column, intents)):
             value = row.get(column)
@@ -184,7 +208,9 @@ def _lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
-def _parquet_columns(source: str, raw: bytes, text_column: str, intent_column: str) -> tuple[list[Any], list[Any]]:
+def _parquet_columns(
+    source: str, raw: bytes, text_column: str, intent_column: str
+) -> tuple[list[Any], list[Any]]:
     try:
         parquet = pq.ParquetFile(pa.BufferReader(raw))
         names = parquet.schema_arrow.names
@@ -193,8 +219,12 @@ def _parquet_columns(source: str, raw: bytes, text_column: str, intent_column: s
                 raise _missing_column(source, role, column, names)
         table = parquet.read(columns=[text_column, intent_column])
     except (pa.ArrowInvalid, OSError) as exc:
-        raise LabelledFileError(f"{source} is not a valid Parquet file: {_first_line(exc)}") from None
-    return _as_text(source, table, "text", text_column), _as_text(source, table, "intent", intent_column)
+        raise LabelledFileError(
+            f"{source} is not a valid Parquet file: {_first_line(exc)}"
+        ) from None
+    return _as_text(source, table, "text", text_column), _as_text(
+        source, table, "intent", intent_column
+    )
 
 
 def _as_text(source: str, table: pa.Table, role: str, column: str) -> list[Any]:
@@ -203,13 +233,23 @@ def _as_text(source: str, table: pa.Table, role: str, column: str) -> list[Any]:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     types = pa.types
-    textual = (types.is_string, types.is_large_string, types.is_binary, types.is_large_binary, types.is_integer)
+    textual = (
+        types.is_string,
+        types.is_large_string,
+        types.is_binary,
+        types.is_large_binary,
+        types.is_integer,
+    )
     if not any(is_textual(kind) for is_textual in textual):
-        raise LabelledFileError(f"{source}: the {role} column {column!r} holds {values.type} values, expected text")
+        raise LabelledFileError(
+            f"{source}: the {role} column {column!r} holds {values.type} values, expected text"
+        )
     try:
         return pc.cast(values, pa.string()).to_pylist()
     except pa.ArrowInvalid:  # binary that is not UTF-8
-        raise LabelledFileError(f"{source}: the {role} column {column!r} is not UTF-8 text") from None
+        raise LabelledFileError(
+            f"{source}: the {role} column {column!r} is not UTF-8 text"
+        ) from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -219,7 +259,9 @@ def _first_line(exc: Exception) -> str:
 # --- checking --------------------------------------------------------------------------------------
 
 
-def _usable(source: str, texts: list[Any], intents: list[Any], text_column: str, intent_column: str) -> LabelledData:
+def _usable(
+    source: str, texts: list[Any], intents: list[Any], text_column: str, intent_column: str
+) -> LabelledData:
     if not texts:
         raise LabelledFileError(f"{source} has no rows")
     kept_texts: list[str] = []
@@ -238,5 +280,7 @@ def _usable(source: str, texts: list[Any], intents: list[Any], text_column: str,
     distinct = set(kept_intents)
     if len(distinct) < 2:
         only = next(iter(distinct))
-        raise LabelledFileError(f"{source} has a single intent ({only!r}); a classifier needs at least 2")
+        raise LabelledFileError(
+            f"{source} has a single intent ({only!r}); a classifier needs at least 2"
+        )
     return LabelledData(source, kept_texts, kept_intents, skipped)

@@ -11,35 +11,92 @@ from .schema import RECORD_REJECTION_REASONS, REJECTION_REASONS
 
 __all__ = ["INGEST_SINKS", "StreamMetrics"]
 
-INGEST_SINKS = ("warm", "dlq", "predictions")  # where a batch must land before its offsets may be committed
+INGEST_SINKS = (
+    "warm",
+    "dlq",
+    "predictions",
+)  # where a batch must land before its offsets may be committed
 
 
 class StreamMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.events = Counter("driftd_events_total", "Valid events received and stored, by event type (a redelivery counts again; see driftd_events_redelivered_total).", ["type"], registry=registry)
-        self.duplicates = Counter("driftd_events_redelivered_total", "Records received again (same topic/partition/offset) and stored nothing.", registry=registry)
-        self.dlq = Counter("driftd_dlq_total", "Malformed records sent to the dead-letter topic, by reason.", ["reason"], registry=registry)
-        self.tier_events = Gauge("driftd_tier_events", "Events held per tier.", ["tier"], registry=registry)
-        self.hot_bytes = Gauge("driftd_hot_tier_bytes", "Payload bytes held by the hot tier.", registry=registry)
-        self.demotions = Counter("driftd_demotions_total", "Events moved from one tier to the next.", ["source", "target"], registry=registry)
-        self.cold_files = Gauge("driftd_cold_files", "Parquet files in the cold tier.", registry=registry)
-        self.retention_deleted = Counter("driftd_cold_retention_deleted_total", "Events deleted from cold at the end of their retention.", registry=registry)
+        self.events = Counter(
+            "driftd_events_total",
+            "Valid events received and stored, by event type (a redelivery counts again; see driftd_events_redelivered_total).",
+            ["type"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "driftd_events_redelivered_total",
+            "Records received again (same topic/partition/offset) and stored nothing.",
+            registry=registry,
+        )
+        self.dlq = Counter(
+            "driftd_dlq_total",
+            "Malformed records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.tier_events = Gauge(
+            "driftd_tier_events", "Events held per tier.", ["tier"], registry=registry
+        )
+        self.hot_bytes = Gauge(
+            "driftd_hot_tier_bytes", "Payload bytes held by the hot tier.", registry=registry
+        )
+        self.demotions = Counter(
+            "driftd_demotions_total",
+            "Events moved from one tier to the next.",
+            ["source", "target"],
+            registry=registry,
+        )
+        self.cold_files = Gauge(
+            "driftd_cold_files", "Parquet files in the cold tier.", registry=registry
+        )
+        self.retention_deleted = Counter(
+            "driftd_cold_retention_deleted_total",
+            "Events deleted from cold at the end of their retention.",
+            registry=registry,
+        )
         self.store_errors = Counter(
             "driftd_store_errors_total",
             "Failed writes to warm, the DLQ or the predictions topic (retried; consumption pauses meanwhile), and failed demotions to cold (retried at the next maintenance; the events stay in warm).",
-            ["sink"], registry=registry,
+            ["sink"],
+            registry=registry,
         )
-        self.ingest_blocked = Gauge("driftd_ingest_blocked", "1 while ingest waits for a failing sink (full or unwritable store, unreachable broker): nothing is consumed or committed.", ["sink"], registry=registry)
-        self.consumer_lag = Gauge("driftd_consumer_lag", "Records behind the partition's high watermark, per assigned partition.", ["partition"], registry=registry)
+        self.ingest_blocked = Gauge(
+            "driftd_ingest_blocked",
+            "1 while ingest waits for a failing sink (full or unwritable store, unreachable broker): nothing is consumed or committed.",
+            ["sink"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "driftd_consumer_lag",
+            "Records behind the partition's high watermark, per assigned partition.",
+            ["partition"],
+            registry=registry,
+        )
         self.ingest_latency = Histogram(
             "driftd_ingest_latency_seconds",
             "From the record's Kafka timestamp to its durable storage in warm.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
-        self.predictions = Counter("driftd_predictions_total", "Utterances predicted in the stream and published on the predictions topic.", registry=registry)
-        self.predictions_skipped = Counter("driftd_predictions_skipped_total", "Utterances stored without a prediction because no model was loaded yet.", registry=registry)
-        self.batch_size = Histogram("driftd_ingest_batch_events", "Records per ingest batch.", buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000), registry=registry)
+        self.predictions = Counter(
+            "driftd_predictions_total",
+            "Utterances predicted in the stream and published on the predictions topic.",
+            registry=registry,
+        )
+        self.predictions_skipped = Counter(
+            "driftd_predictions_skipped_total",
+            "Utterances stored without a prediction because no model was loaded yet.",
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "driftd_ingest_batch_events",
+            "Records per ingest batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        )
         # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
         for kind in ("utterance", "feedback", "label"):
             self.events.labels(kind)

@@ -18,7 +18,9 @@ __all__ = ["DEFAULT_PATTERNS", "EMAIL_REGEX", "PHONE_REGEX", "Redactor", "check_
 
 # Starts only where a local part can start (not inside a word), so a long run of word characters is
 # scanned once, not once per position. Unicode letters count (\w): "jörg@例子.中国" is an address.
-EMAIL_REGEX = r"(?<![\w.%+\-])[\w%+\-]++(?:\.[\w%+\-]++)*+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}(?![\w\-]|\.\w)"
+EMAIL_REGEX = (
+    r"(?<![\w.%+\-])[\w%+\-]++(?:\.[\w%+\-]++)*+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}(?![\w\-]|\.\w)"
+)
 
 # Phone numbers in the common national and international notations, verbose so it can be read in
 # config.toml. A match needs at least 7 digits; plain numbers (order ids, amounts, years, versions)
@@ -54,11 +56,17 @@ _NUMBERED_BACKREF = re.compile(r"(?<!\\)(?:\\\\)*\\[1-9]")
 def check_pattern(regex: str) -> re.Pattern[str]:
     """Compile one configured pattern as it will run inside the combined one; ValueError says why not."""
     if _NUMBERED_BACKREF.search(regex):
-        raise ValueError(r"uses a numbered back-reference (\1 ...); the patterns are combined into one regex, so use a named group and (?P=name)")
+        raise ValueError(
+            r"uses a numbered back-reference (\1 ...); the patterns are combined into one regex, so use a named group and (?P=name)"
+        )
     try:
         compiled = re.compile(f"({regex})")
     except re.error as exc:
-        hint = " (use a scoped flag such as (?i:...) instead of a global (?i))" if "global flags" in str(exc) else ""
+        hint = (
+            " (use a scoped flag such as (?i:...) instead of a global (?i))"
+            if "global flags" in str(exc)
+            else ""
+        )
         raise ValueError(f"does not compile: {exc}{hint}") from None
     if compiled.fullmatch(""):
         raise ValueError("matches the empty string, so it would insert its replacement everywhere")
@@ -89,7 +97,9 @@ class Redactor:
         try:
             self._pattern = re.compile("|".join(parts)) if parts else None
         except re.error as exc:  # e.g. two patterns use the same group name
-            raise ValueError(f"the patterns {', '.join(map(repr, self.names))} do not combine into one regex: {exc}") from None
+            raise ValueError(
+                f"the patterns {', '.join(map(repr, self.names))} do not combine into one regex: {exc}"
+            ) from None
 
     def _replace(self, match: re.Match[str]) -> str:
         return self._replacements[match.lastindex or 0]
@@ -111,7 +121,9 @@ class Redactor:
             return items if any(a is not b for a, b in zip(items, value)) else value
         return value
 
-    def event_updates(self, fields: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    def event_updates(
+        self, fields: Mapping[str, Any], extra: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         """The redacted free-text fields of one event (``text``, ``meta``, unknown fields) that changed."""
         if self._pattern is None:
             return {}

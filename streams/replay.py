@@ -60,7 +60,12 @@ class DriftSchedule:
         return cls((Phase(0, (ALL,), None),))
 
     @classmethod
-    def parse(cls, text: str, known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]) -> DriftSchedule:
+    def parse(
+        cls,
+        text: str,
+        known_domains: Mapping[str, Sequence[str]],
+        known_intents: set[str] | frozenset[str],
+    ) -> DriftSchedule:
         """Parse ``"<start>=<name>,<name>;<start>=..."``; a name is a domain, an intent or ``*`` (all).
 
         Example: ``"0=banking,credit_cards;8000=*"``. Raises ValueError naming what is wrong.
@@ -74,15 +79,23 @@ class DriftSchedule:
             start_text, sep, names_text = part.partition("=")
             start_text = start_text.strip()
             if not sep or not _START.fullmatch(start_text):
-                raise ValueError(f"phase {number} {part.strip()!r} of drift schedule {text!r} is malformed; {hint}")
+                raise ValueError(
+                    f"phase {number} {part.strip()!r} of drift schedule {text!r} is malformed; {hint}"
+                )
             start = int(start_text)
             if not phases and start != 0:
-                raise ValueError(f"drift schedule {text!r} must start at utterance 0, its first phase starts at {start}")
+                raise ValueError(
+                    f"drift schedule {text!r} must start at utterance 0, its first phase starts at {start}"
+                )
             if phases and start <= phases[-1].start:
-                raise ValueError(f"drift schedule {text!r}: phase starts must strictly increase, but {start} follows {phases[-1].start}")
+                raise ValueError(
+                    f"drift schedule {text!r}: phase starts must strictly increase, but {start} follows {phases[-1].start}"
+                )
             names = tuple(name.strip() for name in names_text.split(","))
             if not all(names):
-                raise ValueError(f"phase {number} {part.strip()!r} of drift schedule {text!r} has an empty name; {hint}")
+                raise ValueError(
+                    f"phase {number} {part.strip()!r} of drift schedule {text!r} has an empty name; {hint}"
+                )
             phases.append(Phase(start, names, _resolve(names, known_domains, known_intents)))
         return cls(tuple(phases))
 
@@ -100,7 +113,11 @@ class DriftSchedule:
         return ";".join(f"{p.start}={','.join(p.names)}" for p in self.phases)
 
 
-def _resolve(names: tuple[str, ...], known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]) -> frozenset[str] | None:
+def _resolve(
+    names: tuple[str, ...],
+    known_domains: Mapping[str, Sequence[str]],
+    known_intents: set[str] | frozenset[str],
+) -> frozenset[str] | None:
     if ALL in names:
         return None
     intents: set[str] = set()
@@ -114,7 +131,9 @@ def _resolve(names: tuple[str, ...], known_domains: Mapping[str, Sequence[str]],
     return frozenset(intents)
 
 
-def _unknown_name_message(name: str, known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]) -> str:
+def _unknown_name_message(
+    name: str, known_domains: Mapping[str, Sequence[str]], known_intents: set[str] | frozenset[str]
+) -> str:
     choices = sorted(known_domains) + sorted(known_intents)
     close = difflib.get_close_matches(name, choices, n=3)
     message = f"unknown domain or intent {name!r} in drift schedule"
@@ -141,7 +160,9 @@ class _Pools:
     def __init__(self, examples: list[Example], order: list[int]) -> None:
         self._examples = examples
         self._order = order
-        self._place = {j: p for p, j in enumerate(order)}  # example -> its place in the shuffled order
+        self._place = {
+            j: p for p, j in enumerate(order)
+        }  # example -> its place in the shuffled order
         self._pools: dict[int, list[int]] = {}
         self._places: dict[int, list[int]] = {}
         self._cursor: dict[int, int] = {}
@@ -151,14 +172,20 @@ class _Pools:
 
     def add(self, phase: int, intents: frozenset[str] | None) -> int:
         pool = [j for j in self._order if intents is None or self._examples[j].intent in intents]
-        self._pools[phase], self._places[phase], self._cursor[phase] = pool, [self._place[j] for j in pool], 0
+        self._pools[phase], self._places[phase], self._cursor[phase] = (
+            pool,
+            [self._place[j] for j in pool],
+            0,
+        )
         return len(pool)
 
     def draw(self, phase: int) -> Example:
         pool = self._pools[phase]
         if phase != self._active:  # the phase begins: on from the last example sent, wrapping round
             self._active = phase
-            self._cursor[phase] = bisect.bisect_right(self._places[phase], self._last_place) % len(pool)
+            self._cursor[phase] = bisect.bisect_right(self._places[phase], self._last_place) % len(
+                pool
+            )
         cursor = self._cursor[phase]
         for _ in range(len(pool)):
             if pool[cursor] not in self._used:
@@ -204,7 +231,9 @@ def plan_events(
     if label_delay < 0:
         raise ValueError(f"label_delay must be >= 0, got {label_delay}")
     if (start_ts is not None and start_ts < 0) or ts_step < 0:
-        raise ValueError(f"start_ts and ts_step must be >= 0 (event times are epoch seconds), got {start_ts} and {ts_step}")
+        raise ValueError(
+            f"start_ts and ts_step must be >= 0 (event times are epoch seconds), got {start_ts} and {ts_step}"
+        )
     count = limit or len(pool_source)
 
     rng = random.Random(seed)
@@ -215,10 +244,24 @@ def plan_events(
         if phase.start >= count:
             break  # never reached: an empty pool there is no error
         if not pools.add(k, phase.intents):
-            raise ValueError(f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches no example of this split")
+            raise ValueError(
+                f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches no example of this split"
+            )
 
     t0 = time.time() if start_ts is None else float(start_ts)
-    return _generate(pools, schedule, rng, count, label_fraction, label_delay, seed, t0, ts_step, priority_of, dataset)
+    return _generate(
+        pools,
+        schedule,
+        rng,
+        count,
+        label_fraction,
+        label_delay,
+        seed,
+        t0,
+        ts_step,
+        priority_of,
+        dataset,
+    )
 
 
 def _generate(
@@ -234,14 +277,18 @@ def _generate(
     priority_of: Callable[[Example], str] | None,
     dataset: str | None,
 ) -> Iterator[dict[str, Any]]:
-    pending: deque[tuple[int, dict[str, Any]]] = deque()  # (index of the utterance it follows, label); due order
+    pending: deque[tuple[int, dict[str, Any]]] = (
+        deque()
+    )  # (index of the utterance it follows, label); due order
     ts = t0
     for i in range(count):
         k = schedule.phase_at(i)
         example = pools.draw(k)
         priority = priority_of(example) if priority_of else "normal"
         if priority not in PRIORITIES:
-            raise ValueError(f"priority_of returned {priority!r}; valid priorities: {', '.join(PRIORITIES)}")
+            raise ValueError(
+                f"priority_of returned {priority!r}; valid priorities: {', '.join(PRIORITIES)}"
+            )
         ts = t0 + i * ts_step
         utterance_id = f"{seed}-u{i}"
         meta = {"dataset": dataset, "phase": k}
@@ -338,7 +385,12 @@ async def replay(
         raise ValueError(f"rate must be >= 0 events/s (0 = unlimited), got {rate}")
     # No idempotence: the embedded broker rejects InitProducerId. Ordering per key still holds with
     # acks=all since aiokafka keeps one in-flight batch per partition.
-    options: dict[str, Any] = {"acks": "all", "linger_ms": 5, "enable_idempotence": False, **(client_options or {})}
+    options: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "enable_idempotence": False,
+        **(client_options or {}),
+    }
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
     chunk = _chunk_size(rate)
     counts = {"utterance": 0, "label": 0}
@@ -371,4 +423,6 @@ async def replay(
             seconds = time.perf_counter() - started
     finally:
         await producer.stop()
-    return ReplayStats(utterances=counts["utterance"], labels=counts["label"], seconds=seconds, other=other)
+    return ReplayStats(
+        utterances=counts["utterance"], labels=counts["label"], seconds=seconds, other=other
+    )

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -33,7 +33,14 @@ EVENT_SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 
 # Ordered from most to least fundamental: when a payload has several problems, the first one that
 # applies names it (a record with no "type" is "missing_field" even if its other fields are wrong too).
-REJECTION_REASONS = ("too_large", "not_json", "unknown_type", "missing_field", "wrong_type", "invalid_value")
+REJECTION_REASONS = (
+    "too_large",
+    "not_json",
+    "unknown_type",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+)
 # About the Kafka record rather than its value, decided by ingest (streams/ingest): a record with no value
 # (a tombstone; decode_event alone calls it not_json), and a valid event in a record with no key under
 # ingest.null_key = "dlq" (a value's own problem is named first).
@@ -58,21 +65,42 @@ class _EventBase(BaseModel):
     # so producers can add context without a schema release.
     model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
 
-    event_id: Identifier = Field(description="Globally unique id of this event, set by the producer.")
+    event_id: Identifier = Field(
+        description="Globally unique id of this event, set by the producer."
+    )
     conversation_id: Identifier = Field(description="Conversation this event belongs to.")
-    turn: int = Field(ge=0, le=2**31 - 1, description="0-based turn index inside the conversation (stored as int32).")
+    turn: int = Field(
+        ge=0,
+        le=2**31 - 1,
+        description="0-based turn index inside the conversation (stored as int32).",
+    )
     ts: float = Field(ge=0, description="Event time, seconds since the Unix epoch (UTC).")
-    channel: str | None = Field(default=None, max_length=64, description="Where the conversation happens (web, app, voice...).")
-    user_id: str | None = Field(default=None, max_length=256, description="End-user id; pseudonymised before storage unless configured otherwise.")
-    priority: Priority = Field(default="normal", description="Routing priority; tier rules can keep high-priority events hot longer.")
-    meta: dict[str, Any] | None = Field(default=None, description="Free-form producer metadata, stored as is.")
+    channel: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Where the conversation happens (web, app, voice...).",
+    )
+    user_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="End-user id; pseudonymised before storage unless configured otherwise.",
+    )
+    priority: Priority = Field(
+        default="normal",
+        description="Routing priority; tier rules can keep high-priority events hot longer.",
+    )
+    meta: dict[str, Any] | None = Field(
+        default=None, description="Free-form producer metadata, stored as is."
+    )
 
     @model_validator(mode="after")
     def _free_form_values_are_json(self) -> _EventBase:
         # The JSON parser takes NaN and Infinity literals, which RFC 8259 JSON has not; typed fields refuse
         # them (allow_inf_nan=False), free-form ones (meta, unknown fields) are checked here.
         if not (_finite(self.meta) and _finite(self.model_extra)):
-            raise PydanticCustomError("json_invalid", "NaN and Infinity are not JSON values (in meta or an unknown field)")
+            raise PydanticCustomError(
+                "json_invalid", "NaN and Infinity are not JSON values (in meta or an unknown field)"
+            )
         return self
 
 
@@ -87,9 +115,18 @@ class FeedbackEvent(_EventBase):
     """A signal about an earlier prediction: whether it was right, and optionally the right intent."""
 
     type: Literal["feedback"]
-    ref_event_id: Identifier = Field(description="event_id of the utterance this feedback is about.")
-    correct: bool | None = Field(default=None, description="Whether the prediction served for that utterance was right.")
-    intent: str | None = Field(default=None, min_length=1, max_length=128, description="The intent the user meant, when known.")
+    ref_event_id: Identifier = Field(
+        description="event_id of the utterance this feedback is about."
+    )
+    correct: bool | None = Field(
+        default=None, description="Whether the prediction served for that utterance was right."
+    )
+    intent: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The intent the user meant, when known.",
+    )
 
 
 class LabelEvent(_EventBase):
@@ -97,10 +134,12 @@ class LabelEvent(_EventBase):
 
     type: Literal["label"]
     ref_event_id: Identifier = Field(description="event_id of the utterance this label is for.")
-    intent: str = Field(min_length=1, max_length=128, description="The true intent of that utterance.")
+    intent: str = Field(
+        min_length=1, max_length=128, description="The true intent of that utterance."
+    )
 
 
-Event = Annotated[Union[UtteranceEvent, FeedbackEvent, LabelEvent], Field(discriminator="type")]
+Event = Annotated[UtteranceEvent | FeedbackEvent | LabelEvent, Field(discriminator="type")]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

@@ -19,7 +19,14 @@ import pyarrow.compute as pc
 from .tiers import StoredEvent, TieredStore
 
 __all__ = [
-    "LabelledExample", "TrainingSet", "labelled_examples", "merge_recent", "query_recent", "query_replay", "query_training_set", "query_unlabelled",
+    "LabelledExample",
+    "TrainingSet",
+    "labelled_examples",
+    "merge_recent",
+    "query_recent",
+    "query_replay",
+    "query_training_set",
+    "query_unlabelled",
     "stratified_sample",
 ]
 
@@ -65,7 +72,11 @@ def _keep_latest(best: dict[str, Candidate], item: Candidate) -> None:
 
 
 def _to_examples(best: dict[str, Candidate]) -> list[LabelledExample]:
-    examples = [LabelledExample(text, intent, ts, ref, source) for ts, _, ref, intent, text, source in best.values() if text]
+    examples = [
+        LabelledExample(text, intent, ts, ref, source)
+        for ts, _, ref, intent, text, source in best.values()
+        if text
+    ]
     return sorted(examples, key=lambda e: (e.ts, e.utterance_id))
 
 
@@ -86,7 +97,9 @@ def _round_robin(group_sizes: list[int], size: int, seed: int) -> list[int]:
     return picked
 
 
-def stratified_sample(examples: list[LabelledExample], size: int, seed: int) -> list[LabelledExample]:
+def stratified_sample(
+    examples: list[LabelledExample], size: int, seed: int
+) -> list[LabelledExample]:
     """Up to ``size`` examples spread as evenly as possible over intents; same seed, same sample."""
     if size <= 0 or not examples:
         return []
@@ -96,24 +109,43 @@ def stratified_sample(examples: list[LabelledExample], size: int, seed: int) -> 
 
 
 async def query_training_set(
-    store: TieredStore, start_ts: float, end_ts: float, replay_size: int = 0, seed: int = 0, limit: int | None = None
+    store: TieredStore,
+    start_ts: float,
+    end_ts: float,
+    replay_size: int = 0,
+    seed: int = 0,
+    limit: int | None = None,
 ) -> TrainingSet:
     """Labelled examples with label time in [start_ts, end_ts) from hot + warm (the newest ``limit``), plus a
     cold replay sample of ``replay_size`` that excludes them."""
     recent = await query_recent(store, start_ts, end_ts, limit)
-    replay = await query_replay(store, replay_size, seed, {e.utterance_id for e in recent}) if replay_size > 0 else []
+    replay = (
+        await query_replay(store, replay_size, seed, {e.utterance_id for e in recent})
+        if replay_size > 0
+        else []
+    )
     return TrainingSet(recent, replay)
 
 
-async def query_recent(store: TieredStore, start_ts: float, end_ts: float, limit: int | None = None) -> list[LabelledExample]:
+async def query_recent(
+    store: TieredStore, start_ts: float, end_ts: float, limit: int | None = None
+) -> list[LabelledExample]:
     """The newest ``limit`` (all when None) labelled examples with label time in [start_ts, end_ts), oldest
     first. Warm is read newest first and only as far as needed, so memory follows ``limit``, not the window."""
-    hot = [(e.ts, e.type, e.ref_event_id, e.intent, e.ref_text, "hot") for e in store.hot if _labelled(e) and start_ts <= e.ts < end_ts]
+    hot = [
+        (e.ts, e.type, e.ref_event_id, e.intent, e.ref_text, "hot")
+        for e in store.hot
+        if _labelled(e) and start_ts <= e.ts < end_ts
+    ]
     return await store.run(_recent_from_disk, store, hot, start_ts, end_ts, limit)
 
 
 async def query_replay(
-    store: TieredStore, size: int, seed: int, exclude: Collection[str] = (), scan_rows: int | None = None
+    store: TieredStore,
+    size: int,
+    seed: int,
+    exclude: Collection[str] = (),
+    scan_rows: int | None = None,
 ) -> list[LabelledExample]:
     """A replay sample from cold: up to ``size`` labelled utterances (not in ``exclude``), stratified by
     intent and deterministic under ``seed``. Chosen in Arrow; only the sample becomes Python objects.
@@ -124,13 +156,17 @@ async def query_replay(
     return await store.run(_replay_from_cold, store, size, seed, exclude, scan_rows)
 
 
-async def query_unlabelled(store: TieredStore, start_ts: float, end_ts: float, limit: int, labelled: Collection[str]) -> list[str]:
+async def query_unlabelled(
+    store: TieredStore, start_ts: float, end_ts: float, limit: int, labelled: Collection[str]
+) -> list[str]:
     """Texts of the newest ``limit`` utterances with event time in [start_ts, end_ts) whose id is not in
     ``labelled`` (the candidates for pseudo-labels). Every stored event is in warm until it is demoted, so
     warm alone answers; at most ``limit + len(labelled)`` rows are read."""
     if limit <= 0:
         return []
-    rows = await store.run(store.warm.utterances_newest_first, start_ts, end_ts, limit + len(labelled))
+    rows = await store.run(
+        store.warm.utterances_newest_first, start_ts, end_ts, limit + len(labelled)
+    )
     return [text for event_id, text in rows if event_id not in labelled][:limit]
 
 
@@ -140,21 +176,35 @@ def _labelled(event: StoredEvent) -> bool:
 
 def labelled_examples(events: Sequence[StoredEvent]) -> list[LabelledExample]:
     """The labelled examples in a batch of just-stored events (those whose utterance text is known)."""
-    return [LabelledExample(e.ref_text, e.intent, e.ts, e.ref_event_id, "hot") for e in events if _labelled(e) and e.ref_text]  # type: ignore[arg-type]
+    return [
+        LabelledExample(e.ref_text, e.intent, e.ts, e.ref_event_id, "hot")
+        for e in events
+        if _labelled(e) and e.ref_text
+    ]  # type: ignore[arg-type]
 
 
-def merge_recent(own: Sequence[LabelledExample], others: Iterable[LabelledExample], start_ts: float, end_ts: float, limit: int | None = None) -> list[LabelledExample]:
+def merge_recent(
+    own: Sequence[LabelledExample],
+    others: Iterable[LabelledExample],
+    start_ts: float,
+    end_ts: float,
+    limit: int | None = None,
+) -> list[LabelledExample]:
     """``own`` (a ``query_recent`` answer) with examples from elsewhere (other replicas' partitions) in the
     same window: the latest label per utterance, oldest first, the newest ``limit``."""
     latest: dict[str, LabelledExample] = {}
     for example in (*own, *others):
-        if start_ts <= example.ts < end_ts and ((seen := latest.get(example.utterance_id)) is None or example.ts >= seen.ts):
+        if start_ts <= example.ts < end_ts and (
+            (seen := latest.get(example.utterance_id)) is None or example.ts >= seen.ts
+        ):
             latest[example.utterance_id] = example
     examples = sorted(latest.values(), key=lambda e: (e.ts, e.utterance_id))
     return examples[-limit:] if limit is not None else examples
 
 
-def _recent_from_disk(store: TieredStore, hot: list[Candidate], start_ts: float, end_ts: float, limit: int | None) -> list[LabelledExample]:
+def _recent_from_disk(
+    store: TieredStore, hot: list[Candidate], start_ts: float, end_ts: float, limit: int | None
+) -> list[LabelledExample]:
     best: dict[str, Candidate] = {}
     for item in hot:
         _keep_latest(best, item)
@@ -166,7 +216,10 @@ def _recent_from_disk(store: TieredStore, hot: list[Candidate], start_ts: float,
                 _keep_latest(best, (ts, kind, ref, intent, text, "warm"))
         _join_warm_texts(store, best, refs)
         oldest = rows[-1][0]  # nothing still unread is newer than this
-        if limit is not None and sum(1 for item in best.values() if item[4] and item[0] >= oldest) >= limit:
+        if (
+            limit is not None
+            and sum(1 for item in best.values() if item[4] and item[0] >= oldest) >= limit
+        ):
             break
     examples = _to_examples(best)
     return examples[-limit:] if limit is not None else examples
@@ -182,14 +235,20 @@ def _join_warm_texts(store: TieredStore, best: dict[str, Candidate], refs: list[
                 best[ref] = best[ref][:4] + (texts[ref],) + best[ref][5:]
 
 
-def _replay_from_cold(store: TieredStore, size: int, seed: int, exclude: Collection[str], scan_rows: int | None) -> list[LabelledExample]:
+def _replay_from_cold(
+    store: TieredStore, size: int, seed: int, exclude: Collection[str], scan_rows: int | None
+) -> list[LabelledExample]:
     try:
-        return _sample_cold(store, _files_to_scan(store.warm.cold_files(), scan_rows, seed), size, seed, exclude)
+        return _sample_cold(
+            store, _files_to_scan(store.warm.cold_files(), scan_rows, seed), size, seed, exclude
+        )
     finally:
         pa.default_memory_pool().release_unused()  # the scan's buffers: give them back, a daemon lives long
 
 
-def _files_to_scan(files: list[tuple[str, int, float]], scan_rows: int | None, seed: int) -> list[str]:
+def _files_to_scan(
+    files: list[tuple[str, int, float]], scan_rows: int | None, seed: int
+) -> list[str]:
     if scan_rows is None or sum(rows for _, rows, _ in files) <= scan_rows:
         return [path for path, _, _ in files]
     chosen, total = [], 0
@@ -202,26 +261,42 @@ def _files_to_scan(files: list[tuple[str, int, float]], scan_rows: int | None, s
     return sorted(chosen)
 
 
-def _sample_cold(store: TieredStore, paths: list[str], size: int, seed: int, exclude: Collection[str]) -> list[LabelledExample]:
-    is_label = pc.field("type").isin(list(_LABEL_RANK)) & pc.field("intent").is_valid() & pc.field("ref_event_id").is_valid()
+def _sample_cold(
+    store: TieredStore, paths: list[str], size: int, seed: int, exclude: Collection[str]
+) -> list[LabelledExample]:
+    is_label = (
+        pc.field("type").isin(list(_LABEL_RANK))
+        & pc.field("intent").is_valid()
+        & pc.field("ref_event_id").is_valid()
+    )
     labels = store.cold.read(paths, _LABEL_COLUMNS, where=is_label)
     if labels.num_rows == 0:
         return []
     # The latest label per utterance: sorted by utterance, newest (then label over feedback) first, the
     # first row of each utterance wins.
     labels = labels.append_column("rank", pc.equal(labels["type"], "label"))
-    labels = labels.take(pc.sort_indices(labels, [("ref_event_id", "ascending"), ("ts", "descending"), ("rank", "descending")]))
+    labels = labels.take(
+        pc.sort_indices(
+            labels, [("ref_event_id", "ascending"), ("ts", "descending"), ("rank", "descending")]
+        )
+    )
     refs = labels["ref_event_id"].combine_chunks()
     first = np.ones(len(refs), dtype=bool)
     first[1:] = pc.not_equal(refs[1:], refs[:-1]).to_numpy(zero_copy_only=False)
     latest = labels.filter(pa.array(first))
     if exclude:
-        latest = latest.filter(pc.invert(pc.is_in(latest["ref_event_id"], value_set=pa.array(list(exclude), pa.string()))))
+        latest = latest.filter(
+            pc.invert(
+                pc.is_in(latest["ref_event_id"], value_set=pa.array(list(exclude), pa.string()))
+            )
+        )
     latest = _fill_cold_texts(store, latest, paths)
     latest = latest.filter(pc.is_valid(latest["ref_text"]))
     if latest.num_rows == 0:
         return []
-    latest = latest.take(pc.sort_indices(latest, [("intent", "ascending"), ("ref_event_id", "ascending")]))
+    latest = latest.take(
+        pc.sort_indices(latest, [("intent", "ascending"), ("ref_event_id", "ascending")])
+    )
     codes = pc.dictionary_encode(latest["intent"]).combine_chunks().indices.to_numpy()
     bounds = np.concatenate(([0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]))
     picked = latest.take(pa.array(_round_robin(np.diff(bounds).tolist(), size, seed), pa.int64()))
@@ -235,6 +310,17 @@ def _fill_cold_texts(store: TieredStore, labels: pa.Table, paths: list[str]) -> 
     if len(missing) == 0:
         return labels
     wanted = pc.field("type") == "utterance"
-    utterances = store.cold.read(paths, ["type", "event_id", "text"], where=wanted & pc.field("event_id").isin(missing.combine_chunks()))
-    texts = pc.take(utterances["text"], pc.index_in(labels["ref_event_id"], value_set=utterances["event_id"].combine_chunks()))
-    return labels.set_column(labels.schema.get_field_index("ref_text"), "ref_text", pc.coalesce(labels["ref_text"], texts))
+    utterances = store.cold.read(
+        paths,
+        ["type", "event_id", "text"],
+        where=wanted & pc.field("event_id").isin(missing.combine_chunks()),
+    )
+    texts = pc.take(
+        utterances["text"],
+        pc.index_in(labels["ref_event_id"], value_set=utterances["event_id"].combine_chunks()),
+    )
+    return labels.set_column(
+        labels.schema.get_field_index("ref_text"),
+        "ref_text",
+        pc.coalesce(labels["ref_text"], texts),
+    )

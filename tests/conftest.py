@@ -21,9 +21,13 @@ from filelock import FileLock
 from daemon.broker import EmbeddedBroker
 from tests.integration.harness import free_port
 
-
 TESTS = Path(__file__).resolve().parent
-FOLDER_MARKERS = ("unit", "integration", "quality", "stress")  # tests/<folder>/: the kind of every test in it
+FOLDER_MARKERS = (
+    "unit",
+    "integration",
+    "quality",
+    "stress",
+)  # tests/<folder>/: the kind of every test in it
 T = TypeVar("T")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -39,7 +43,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = item.path.relative_to(TESTS).parts[0]
         if folder not in FOLDER_MARKERS:
-            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/{{{','.join(FOLDER_MARKERS)}}}/, which sets their marker")
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in tests/{{{','.join(FOLDER_MARKERS)}}}/, which sets their marker"
+            )
         item.add_marker(folder)
 
 
@@ -57,15 +63,23 @@ def s3(monkeypatch: pytest.MonkeyPatch):
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    for key, value in {"AWS_ACCESS_KEY_ID": "driftd-test", "AWS_SECRET_ACCESS_KEY": "driftd-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "driftd-test",
+        "AWS_SECRET_ACCESS_KEY": "driftd-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     yield {"endpoint_url": f"http://127.0.0.1:{port}"}
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=10).close()  # moto keeps buckets per process
+    urllib.request.urlopen(
+        urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"), timeout=10
+    ).close()  # moto keeps buckets per process
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def shared_across_workers(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[], T]], T]:
+def shared_across_workers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str, Callable[[], T]], T]:
     """``get(name, compute)``: ``compute()``'s value, computed by the first worker that asks and pickled for the
     others (a module's tests are spread over workers, so a module-scoped fixture would run once per worker)."""
     root = tmp_path_factory.getbasetemp()

@@ -18,7 +18,21 @@ DASHBOARD = REPO / "deploy" / "grafana" / "driftd.json"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 
 # Words of PromQL that look like metric names but are not.
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right", "inf", "nan"}
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -38,11 +52,15 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # string literals
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", " ", text)  # range windows, $__rate_interval included
-    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)  # label lists
+    text = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
+    )  # label lists
     names = set()
     for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
         word = match.group()
-        if word.lower() in _KEYWORDS or text[match.end():].lstrip().startswith("("):  # a function call
+        if word.lower() in _KEYWORDS or text[match.end() :].lstrip().startswith(
+            "("
+        ):  # a function call
             continue
         names.add(word)
     return names
@@ -58,7 +76,12 @@ def dashboard_exprs() -> list[str]:
 
 def grafana_to_promql(expr: str, rate_interval: str = "5m") -> str:
     """A dashboard expression with Grafana's variables replaced, as Grafana would send it (all instances)."""
-    for var, value in {"$__rate_interval": rate_interval, "$__range": "1h", "$__interval": "1m", "$instance": ".*"}.items():
+    for var, value in {
+        "$__rate_interval": rate_interval,
+        "$__range": "1h",
+        "$__interval": "1m",
+        "$instance": ".*",
+    }.items():
         expr = expr.replace(var, value)
     assert "$" not in expr, f"unknown Grafana variable in {expr}"
     return expr
@@ -80,7 +103,9 @@ def documented_alerts() -> set[str]:
     return set(re.findall(r"^\| `(Driftd\w+)` \|", METRICS_DOC.read_text(), flags=re.MULTILINE))
 
 
-def unknown_metrics(expr: str, known: dict[str, tuple[str, set[str]]], extra: set[str] = frozenset()) -> set[str]:
+def unknown_metrics(
+    expr: str, known: dict[str, tuple[str, set[str]]], extra: set[str] = frozenset()
+) -> set[str]:
     """Names in ``expr`` that are neither in ``known`` (histogram series suffixes resolved) nor in ``extra``."""
     unknown = set()
     for name in metric_names(expr) - set(extra):

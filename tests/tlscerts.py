@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 
-def self_signed(directory: Path, name: str = "driftd", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
+def self_signed(
+    directory: Path, name: str = "driftd", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> tuple[Path, Path]:
     """Write ``<name>.crt`` and ``<name>.key`` (PEM, unencrypted) for ``hosts``; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
@@ -34,7 +36,7 @@ def _with_cryptography(cert_path: Path, key_path: Path, hosts: tuple[str, ...]) 
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -48,13 +50,41 @@ def _with_cryptography(cert_path: Path, key_path: Path, hosts: tuple[str, ...]) 
         .sign(key, hashes.SHA256())
     )
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 def _with_openssl(cert_path: Path, key_path: Path, hosts: tuple[str, ...]) -> None:
-    san = ",".join(("IP:" if host.replace(".", "").isdigit() or ":" in host else "DNS:") + host for host in hosts)
+    san = ",".join(
+        ("IP:" if host.replace(".", "").isdigit() or ":" in host else "DNS:") + host
+        for host in hosts
+    )
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-         "-subj", f"/CN={hosts[0]}", "-addext", f"subjectAltName={san}", "-keyout", str(key_path), "-out", str(cert_path)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={hosts[0]}",
+            "-addext",
+            f"subjectAltName={san}",
+            "-keyout",
+            str(key_path),
+            "-out",
+            str(cert_path),
+        ],
+        check=True,
+        capture_output=True,
     )

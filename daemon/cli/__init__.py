@@ -54,7 +54,12 @@ def _print_version(asked: bool) -> None:
 
 @cli.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """driftd keeps a conversational intent model good while the world changes under it."""
 
@@ -62,7 +67,9 @@ def _root(
 def main(argv: Sequence[str] | None = None) -> None:
     command = typer.main.get_command(cli)
     try:
-        code = command.main(args=list(argv) if argv is not None else None, prog_name="driftd", standalone_mode=False)
+        code = command.main(
+            args=list(argv) if argv is not None else None, prog_name="driftd", standalone_mode=False
+        )
     except ConfigError as exc:
         print(f"driftd: {exc}", file=sys.stderr)
         sys.exit(2)

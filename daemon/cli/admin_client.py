@@ -28,13 +28,23 @@ def admin_call(settings: Settings, method: str, path: str) -> tuple[int, dict[st
     """(status, JSON body) of an admin API call; no daemon answering is a one-line failure."""
     token = settings.web.admin_token
     if token is None:
-        fail("", "web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin API is disabled, so there is nothing to call", 2)
+        fail(
+            "",
+            "web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin API is disabled, so there is nothing to call",
+            2,
+        )
     base, context = endpoint(settings.web)
-    request = urllib.request.Request(base + path, method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"})
+    request = urllib.request.Request(
+        base + path, method=method, headers={"Authorization": f"Bearer {token.get_secret_value()}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, TLS refused, http to https...
+    except (
+        urllib.error.URLError,
+        OSError,
+        http.client.HTTPException,
+    ) as error:  # refused, TLS refused, http to https...
         fail("", f"no daemon answers on {base} ({getattr(error, 'reason', None) or repr(error)})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -13,21 +13,29 @@ from ..config import ConfigError, Settings, load_settings
 __all__ = ["ConfigOption", "config_path", "fail", "group", "load"]
 
 ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="config.toml to read (default: $DRIFTD_CONFIG, else ./config.toml if present)."),
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="config.toml to read (default: $DRIFTD_CONFIG, else ./config.toml if present).",
+    ),
 ]
 
 
 def group(help_text: str) -> typer.Typer:
     """A command group: its help when called without a command; help texts printed as written (rich markup
     would swallow a `[monitor]`)."""
-    return typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help=help_text)
+    return typer.Typer(
+        add_completion=False, no_args_is_help=True, rich_markup_mode=None, help=help_text
+    )
 
 
 def config_path(config: Path | None) -> Path | None:
     if config is None:
         env = os.environ.get("DRIFTD_CONFIG")
-        config = Path(env) if env else (Path("config.toml") if Path("config.toml").is_file() else None)
+        config = (
+            Path(env) if env else (Path("config.toml") if Path("config.toml").is_file() else None)
+        )
     return config
 
 

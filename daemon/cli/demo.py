@@ -15,7 +15,9 @@ __all__ = ["demo", "schema"]
 
 def demo(
     config: ConfigOption = None,
-    malformed: Annotated[int, typer.Option(help="Malformed payloads mixed in, to show the dead-letter path.")] = 25,
+    malformed: Annotated[
+        int, typer.Option(help="Malformed payloads mixed in, to show the dead-letter path.")
+    ] = 25,
     keep: Annotated[bool, typer.Option(help="Keep the demo's data directory afterwards.")] = True,
 ) -> None:
     """The main demo: embedded broker + daemon, fed by a replay of the shipped CLINC150 copy."""
@@ -26,7 +28,11 @@ def demo(
     raise typer.Exit(run_demo(settings, malformed=malformed, keep=keep))
 
 
-def schema(write: Annotated[bool, typer.Option(help="Rewrite streams/event.schema.json instead of printing.")] = False) -> None:
+def schema(
+    write: Annotated[
+        bool, typer.Option(help="Rewrite streams/event.schema.json instead of printing.")
+    ] = False,
+) -> None:
     """Print (or rewrite) the JSON Schema of conversation events."""
     from streams.schema import EVENT_SCHEMA_PATH, event_json_schema, write_event_json_schema
 

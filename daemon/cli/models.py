@@ -6,9 +6,9 @@ s3:// mirroring), or the directory ``--registry`` names.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -21,8 +21,11 @@ __all__ = ["models_cli"]
 models_cli = group("Inspect the model registry and roll back the live version.")
 
 RegistryOption = Annotated[
-    Optional[Path],
-    typer.Option("--registry", help="A registry directory (holds v000001/, ..., CURRENT) instead of the configured registry."),
+    Path | None,
+    typer.Option(
+        "--registry",
+        help="A registry directory (holds v000001/, ..., CURRENT) instead of the configured registry.",
+    ),
 ]
 
 
@@ -34,7 +37,9 @@ def _open(config: Path | None, registry: Path | None) -> tuple[Registry, str]:
 
     settings = load(config)
     m = settings.models
-    where = f"{settings.registry_dir}" + (f" (mirroring {m.registry_url})" if m.registry_url else "")
+    where = f"{settings.registry_dir}" + (
+        f" (mirroring {m.registry_url})" if m.registry_url else ""
+    )
     return open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options), where
 
 
@@ -43,7 +48,7 @@ def _fail(exc: Exception) -> NoReturn:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 @models_cli.command("list")
@@ -54,7 +59,9 @@ def list_versions(config: ConfigOption = None, registry: RegistryOption = None) 
     rows = [("", "VERSION", "CREATED", "PARENT", "STATUS")]
     for version, entry in reg.entries():
         manifest: Manifest | None = entry.manifest if isinstance(entry, CorruptVersion) else entry
-        status = f"CORRUPT: {'; '.join(entry.problems)}" if isinstance(entry, CorruptVersion) else "ok"
+        status = (
+            f"CORRUPT: {'; '.join(entry.problems)}" if isinstance(entry, CorruptVersion) else "ok"
+        )
         created = _iso(manifest.created_at) if manifest else "-"
         parent = (manifest.parent or "-") if manifest else "-"
         rows.append(("*" if version == current else "", version, created, parent, status))
@@ -84,7 +91,10 @@ def show(version: str, config: ConfigOption = None, registry: RegistryOption = N
 
 @models_cli.command()
 def rollback(
-    version: Annotated[Optional[str], typer.Argument(help="Version to make live (default: the current one's parent).")] = None,
+    version: Annotated[
+        str | None,
+        typer.Argument(help="Version to make live (default: the current one's parent)."),
+    ] = None,
     config: ConfigOption = None,
     registry: RegistryOption = None,
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,18 +15,49 @@ __all__ = ["replay"]
 
 def replay(
     config: ConfigOption = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Shipped dataset: clinc150, banking77, snips, massive_ru, ... (default: replay.dataset).")] = None,
-    file: Annotated[Optional[str], typer.Option("--file", help="Your own labelled .csv, .jsonl or .parquet file (path or s3:// URL) instead of a dataset.")] = None,
-    text_column: Annotated[str, typer.Option(help="With --file: the column of the texts.")] = "text",
-    intent_column: Annotated[str, typer.Option(help="With --file: the column of the intents.")] = "intent",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Shipped dataset: clinc150, banking77, snips, massive_ru, ... (default: replay.dataset)."
+        ),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            help="Your own labelled .csv, .jsonl or .parquet file (path or s3:// URL) instead of a dataset.",
+        ),
+    ] = None,
+    text_column: Annotated[
+        str, typer.Option(help="With --file: the column of the texts.")
+    ] = "text",
+    intent_column: Annotated[
+        str, typer.Option(help="With --file: the column of the intents.")
+    ] = "intent",
     split: Annotated[str, typer.Option(help="Dataset split to replay.")] = "train",
-    rate: Annotated[Optional[float], typer.Option(help="Events per second (0: unlimited).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Utterances to send (0: the whole split; with --file the default: each row once).")] = None,
-    label_fraction: Annotated[Optional[float], typer.Option(help="Share of utterances that get a label.")] = None,
-    label_delay: Annotated[Optional[int], typer.Option(help="Utterances between an utterance and its label.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help='Drift schedule, e.g. "0=banking,travel;8000=*" (with --file: over its intents; default "0=*").')] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the replay order.")] = None,
-    bootstrap: Annotated[Optional[str], typer.Option(help="Broker to send to (default: the configured one).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Events per second (0: unlimited).")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Utterances to send (0: the whole split; with --file the default: each row once)."
+        ),
+    ] = None,
+    label_fraction: Annotated[
+        float | None, typer.Option(help="Share of utterances that get a label.")
+    ] = None,
+    label_delay: Annotated[
+        int | None, typer.Option(help="Utterances between an utterance and its label.")
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            help='Drift schedule, e.g. "0=banking,travel;8000=*" (with --file: over its intents; default "0=*").'
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the replay order.")] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Broker to send to (default: the configured one).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Produce conversation events from a dataset or your own file, with a drift schedule, labels and a rate limit."""
@@ -36,16 +67,38 @@ def replay(
     setup_logging(settings.daemon.log_level, settings.daemon.log_format)
     if file is not None:  # the configured schedule and limit are the demo dataset's
         schedule, limit = schedule or "0=*", 0 if limit is None else limit
-    given = dict(dataset=dataset, rate=rate, limit=limit, label_fraction=label_fraction, label_delay=label_delay, schedule=schedule, seed=seed)
+    given = dict(
+        dataset=dataset,
+        rate=rate,
+        limit=limit,
+        label_fraction=label_fraction,
+        label_delay=label_delay,
+        schedule=schedule,
+        seed=seed,
+    )
     r = settings.replay.model_copy(update={k: v for k, v in given.items() if v is not None})
-    target = bootstrap or (f"127.0.0.1:{settings.kafka.embedded_port}" if settings.kafka.embedded else settings.kafka.bootstrap)
+    target = bootstrap or (
+        f"127.0.0.1:{settings.kafka.embedded_port}"
+        if settings.kafka.embedded
+        else settings.kafka.bootstrap
+    )
     try:
-        plan = replay_plan(settings, r, split, file=file, text_column=text_column, intent_column=intent_column)
-    except (ValueError, FileNotFoundError) as exc:  # a bad file, dataset, split or schedule: nothing is sent
+        plan = replay_plan(
+            settings, r, split, file=file, text_column=text_column, intent_column=intent_column
+        )
+    except (
+        ValueError,
+        FileNotFoundError,
+    ) as exc:  # a bad file, dataset, split or schedule: nothing is sent
         fail("replay", exc, 2)
     if plan.skipped:
-        typer.echo(f"driftd replay: skipped {plan.skipped} rows of {file} with an empty text or intent", err=True)
+        typer.echo(
+            f"driftd replay: skipped {plan.skipped} rows of {file} with an empty text or intent",
+            err=True,
+        )
     stats = send_events(settings, plan, r.rate, target, progress)
     what = file if file is not None else f"{r.dataset}/{split}"
-    typer.echo(f"replayed {stats.utterances} utterances and {stats.labels} labels of {what} "
-               f"to {settings.topics.input} on {target} in {stats.seconds:.1f}s")
+    typer.echo(
+        f"replayed {stats.utterances} utterances and {stats.labels} labels of {what} "
+        f"to {settings.topics.input} on {target} in {stats.seconds:.1f}s"
+    )

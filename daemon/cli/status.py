@@ -17,7 +17,9 @@ learning_cli = group("Talk to a running daemon's learning loop (admin API; needs
 
 def status(
     config: ConfigOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON instead of text.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the raw JSON instead of text.")
+    ] = False,
 ) -> None:
     """A running daemon at a glance: model version, accuracy EWMA and detectors, tiers, lag, last training."""
     from ..status_view import render_status
@@ -26,7 +28,11 @@ def status(
     code, body = admin_call(settings, "GET", "/admin/v1/status")
     if code != 200:
         fail("status", body.get("error", body))
-    typer.echo(json.dumps(body, indent=2, sort_keys=True) if as_json else render_status(body, f"{settings.web.host}:{settings.web.port}"))
+    typer.echo(
+        json.dumps(body, indent=2, sort_keys=True)
+        if as_json
+        else render_status(body, f"{settings.web.host}:{settings.web.port}")
+    )
 
 
 @learning_cli.command("retrain")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,13 +22,33 @@ __all__ = ["train"]
 
 
 def train(
-    source: Annotated[str, typer.Option("--from", help="Labelled .csv, .jsonl (JSON Lines) or .parquet file: a path or an s3:// URL.")],
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Labelled .csv, .jsonl (JSON Lines) or .parquet file: a path or an s3:// URL.",
+        ),
+    ],
     config: ConfigOption = None,
     text_column: Annotated[str, typer.Option(help="Column of the texts.")] = "text",
     intent_column: Annotated[str, typer.Option(help="Column of the intents.")] = "intent",
-    activate: Annotated[bool, typer.Option("--activate", help="Make it CURRENT even if another version is (default: only when none is).")] = False,
-    holdout: Annotated[float, typer.Option(min=0.0, max=0.5, help="Share of each intent held out to measure accuracy (0: none).")] = 0.1,
-    architecture: Annotated[Optional[str], typer.Option(help="bag_of_ngrams, transformer or encoder (default: models.architecture).")] = None,
+    activate: Annotated[
+        bool,
+        typer.Option(
+            "--activate",
+            help="Make it CURRENT even if another version is (default: only when none is).",
+        ),
+    ] = False,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.5, help="Share of each intent held out to measure accuracy (0: none)."
+        ),
+    ] = 0.1,
+    architecture: Annotated[
+        str | None,
+        typer.Option(help="bag_of_ngrams, transformer or encoder (default: models.architecture)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the holdout draw and of training.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -46,52 +66,91 @@ def train(
 
     settings = load(config)
     m = settings.models
-    setup_logging("ERROR", settings.daemon.log_format)  # the bar tells the epochs; the quantizer's advice is noise here
+    setup_logging(
+        "ERROR", settings.daemon.log_format
+    )  # the bar tells the epochs; the quantizer's advice is noise here
     known = get_args(ModelSettings.model_fields["architecture"].annotation)
     if architecture is not None and architecture not in known:
         fail("train", f"--architecture {architecture!r} is not one of {', '.join(known)}", 2)
     if (architecture or m.architecture) == "encoder" and not m.encoder:
-        fail("train", '--architecture encoder needs models.encoder ("minilm" or a checkpoint directory)', 2)
+        fail(
+            "train",
+            '--architecture encoder needs models.encoder ("minilm" or a checkpoint directory)',
+            2,
+        )
     try:
-        data = read_labelled(source, text_column, intent_column, storage_options=m.bootstrap_storage_options)
+        data = read_labelled(
+            source, text_column, intent_column, storage_options=m.bootstrap_storage_options
+        )
     except LabelledFileError as exc:
         fail("train", exc, 2)
     skipped = f"; skipped {data.skipped} rows with an empty text or intent" if data.skipped else ""
-    typer.echo(f"read {len(data)} examples of {len(data.intent_counts())} intents from {source}{skipped}")
+    typer.echo(
+        f"read {len(data)} examples of {len(data.intent_counts())} intents from {source}{skipped}"
+    )
     registry = open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options)
     try:
-        trained = _train_with_bar(data, registry, architecture or m.architecture, holdout, seed, progress, settings)
+        trained = _train_with_bar(
+            data, registry, architecture or m.architecture, holdout, seed, progress, settings
+        )
     except CheckpointError as exc:
         fail("train", exc, 2)
     if trained.holdout_accuracy is None:
-        typer.echo(f"holdout accuracy: not measured (--holdout {holdout:g} leaves no example out); "
-                   f"trained on {trained.train_examples}")
+        typer.echo(
+            f"holdout accuracy: not measured (--holdout {holdout:g} leaves no example out); "
+            f"trained on {trained.train_examples}"
+        )
     else:
-        typer.echo(f"holdout accuracy {trained.holdout_accuracy:.4f} on {trained.holdout_examples} examples "
-                   f"({holdout:.0%} of each intent; the INT8 model as it serves), trained on {trained.train_examples}")
+        typer.echo(
+            f"holdout accuracy {trained.holdout_accuracy:.4f} on {trained.holdout_examples} examples "
+            f"({holdout:.0%} of each intent; the INT8 model as it serves), trained on {trained.train_examples}"
+        )
     version, current, where = trained.manifest.version, registry.current(), settings.registry_dir
     if activate or current is None:
         registry.set_current(version)
-        typer.echo(f"registered {version} in {where}; it is CURRENT now "
-                   f"(a running daemon on this registry swaps to it within models.sync_interval_s = {m.sync_interval_s:g}s)")
+        typer.echo(
+            f"registered {version} in {where}; it is CURRENT now "
+            f"(a running daemon on this registry swaps to it within models.sync_interval_s = {m.sync_interval_s:g}s)"
+        )
     else:
-        typer.echo(f"registered {version} in {where}; CURRENT stays {current} "
-                   f"(to serve it: driftd models rollback --registry {where} {version}, or train with --activate)")
+        typer.echo(
+            f"registered {version} in {where}; CURRENT stays {current} "
+            f"(to serve it: driftd models rollback --registry {where} {version}, or train with --activate)"
+        )
 
 
 def _train_with_bar(
-    data: LabelledData, registry: Registry, architecture: str, holdout: float, seed: int, progress: bool, settings: Settings
+    data: LabelledData,
+    registry: Registry,
+    architecture: str,
+    holdout: float,
+    seed: int,
+    progress: bool,
+    settings: Settings,
 ) -> TrainedVersion:
     from tqdm import tqdm
 
-    from ..model_service import new_model_options, train_version  # torch: imported only once the file is known to be usable
+    from ..model_service import (
+        new_model_options,
+        train_version,
+    )  # torch: imported only once the file is known to be usable
 
     with tqdm(desc="train", unit="epoch", disable=not progress) as bar:
+
         def on_epoch(report: dict[str, Any]) -> None:
             bar.total = report["epochs"]
             bar.set_postfix(loss=f"{report['loss']:.4f}", refresh=False)
             bar.update(1)
 
         info = {"source": "driftd train", "file": data.source}
-        return train_version(data.texts, data.intents, registry, architecture=architecture, info=info,
-                             holdout_fraction=holdout, seed=seed, progress=on_epoch, **new_model_options(settings))
+        return train_version(
+            data.texts,
+            data.intents,
+            registry,
+            architecture=architecture,
+            info=info,
+            holdout_fraction=holdout,
+            seed=seed,
+            progress=on_epoch,
+            **new_model_options(settings),
+        )

@@ -51,10 +51,22 @@ class EwmaDecayDetector(ErrorDetector):
 
     name = "ewma"
 
-    def __init__(self, alpha: float = 0.003, relative_drop: float = 0.10, min_samples: int = 200, warmup: int = 500, hysteresis: float = 0.5) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.003,
+        relative_drop: float = 0.10,
+        min_samples: int = 200,
+        warmup: int = 500,
+        hysteresis: float = 0.5,
+    ) -> None:
         _check("alpha", alpha, 0 < alpha <= 1, "in (0, 1]")
         _check("relative_drop", relative_drop, 0 < relative_drop < 1, "in (0, 1)")
-        _check("min_samples", min_samples, isinstance(min_samples, int) and min_samples >= 0, "an int >= 0")
+        _check(
+            "min_samples",
+            min_samples,
+            isinstance(min_samples, int) and min_samples >= 0,
+            "an int >= 0",
+        )
         _check("warmup", warmup, isinstance(warmup, int) and warmup >= 1, "an int >= 1")
         _check("hysteresis", hysteresis, 0 <= hysteresis <= 1, "in [0, 1]")
         self.alpha = float(alpha)
@@ -95,7 +107,9 @@ class EwmaDecayDetector(ErrorDetector):
         if not self.armed:
             self.armed = self._ewma > self._reference * (1 - self.relative_drop * self.hysteresis)
             return False
-        if self.n_seen >= self.min_samples and self._ewma < self._reference * (1 - self.relative_drop):
+        if self.n_seen >= self.min_samples and self._ewma < self._reference * (
+            1 - self.relative_drop
+        ):
             self.armed = False
             self.fires += 1
             return True
@@ -103,7 +117,11 @@ class EwmaDecayDetector(ErrorDetector):
 
     def evidence(self) -> dict[str, float]:
         # Until the warm-up is over, the reference shown is the provisional warm-up mean.
-        reference = self._reference if self._reference is not None else (self._warmup_sum / self.n_seen if self.n_seen else math.nan)
+        reference = (
+            self._reference
+            if self._reference is not None
+            else (self._warmup_sum / self.n_seen if self.n_seen else math.nan)
+        )
         return {
             "ewma": self._ewma,
             "reference": reference,
@@ -131,7 +149,12 @@ class RiverDetector(ErrorDetector):
     def __init__(self, kind: str, min_samples: int = 100, **params: Any) -> None:
         if kind not in _RIVER_KINDS:
             raise ValueError(f"kind must be one of {', '.join(_RIVER_KINDS)}, got {kind!r}")
-        _check("min_samples", min_samples, isinstance(min_samples, int) and min_samples >= 0, "an int >= 0")
+        _check(
+            "min_samples",
+            min_samples,
+            isinstance(min_samples, int) and min_samples >= 0,
+            "an int >= 0",
+        )
         self.name = kind
         self.min_samples = min_samples
         self._one_sided = False
@@ -164,7 +187,11 @@ class RiverDetector(ErrorDetector):
         before = self._estimate()
         self.n_seen += 1
         self._errors += int(error)
-        self._recent = x if self.n_seen == 1 else self._recent + max(0.02, 1.0 / self.n_seen) * (x - self._recent)
+        self._recent = (
+            x
+            if self.n_seen == 1
+            else self._recent + max(0.02, 1.0 / self.n_seen) * (x - self._recent)
+        )
         self._detector.update(x)
         self._segment_n += 1
         self._segment_errors += int(error)
@@ -186,8 +213,12 @@ class RiverDetector(ErrorDetector):
         if self._one_sided:
             return True
         if self.name == "adwin":
-            return float(self._detector.estimation) > before  # the window now holds only the recent part
-        return self._recent > before  # recent error rate above the mean of the segment that just ended
+            return (
+                float(self._detector.estimation) > before
+            )  # the window now holds only the recent part
+        return (
+            self._recent > before
+        )  # recent error rate above the mean of the segment that just ended
 
     def evidence(self) -> dict[str, float]:
         out = {
@@ -202,7 +233,9 @@ class RiverDetector(ErrorDetector):
         else:
             # The one-sided statistic (cumulative deviation above its minimum) against its threshold.
             detector = self._detector
-            statistic = float(getattr(detector, "_sum_increase", 0.0) - getattr(detector, "_min_increase", 0.0))
+            statistic = float(
+                getattr(detector, "_sum_increase", 0.0) - getattr(detector, "_min_increase", 0.0)
+            )
             out["statistic"] = statistic if math.isfinite(statistic) else 0.0
             out["threshold"] = float(getattr(detector, "threshold", math.nan))
         return out

@@ -19,24 +19,72 @@ __all__ = ["JOIN_RESULTS", "MonitorMetrics"]
 JOIN_RESULTS = ("joined", "duplicate", "expired_prediction", "expired_label")
 
 # OutcomeJoiner.counts keys -> join results, for sync_joiner.
-_JOINER_COUNTS = {"joined": "joined", "duplicates": "duplicate", "expired_predictions": "expired_prediction", "expired_labels": "expired_label"}
+_JOINER_COUNTS = {
+    "joined": "joined",
+    "duplicates": "duplicate",
+    "expired_predictions": "expired_prediction",
+    "expired_labels": "expired_label",
+}
 
 
 class MonitorMetrics:
-    def __init__(self, registry: CollectorRegistry, signals: Iterable[str] = (*DETECTORS, *LABEL_FREE_SIGNALS, *POOR_QUALITY_TRIGGERS)) -> None:
-        self.outcomes = Counter("driftd_outcomes_total", "Labelled outcomes evaluated (a prediction joined with its label or feedback), by correctness.", ["correct"], registry=registry)
-        self.joins = Counter("driftd_outcome_joins_total", "Prediction/label joins, by result (a label for no known prediction expires as expired_label).", ["result"], registry=registry)
-        self.pending = Gauge("driftd_outcomes_pending", "Predictions waiting for a label, and labels waiting for their prediction.", ["side"], registry=registry)
-        self.live_accuracy = Gauge("driftd_live_accuracy", "Live accuracy of the serving model: EWMA and last-N window.", ["window"], registry=registry)
-        self.reference_accuracy = Gauge("driftd_reference_accuracy", "Accuracy of the serving model over its first labelled outcomes (the decay reference; 0 until known).", registry=registry)
-        self.signal = Gauge("driftd_decay_signal", "1 while a decay signal has fired and counts towards the next decision, else 0.", ["signal"], registry=registry)
-        self.decisions = Counter("driftd_decay_decisions_total", "Decay decisions taken (the policy was satisfied outside the cooldown).", registry=registry)
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        signals: Iterable[str] = (*DETECTORS, *LABEL_FREE_SIGNALS, *POOR_QUALITY_TRIGGERS),
+    ) -> None:
+        self.outcomes = Counter(
+            "driftd_outcomes_total",
+            "Labelled outcomes evaluated (a prediction joined with its label or feedback), by correctness.",
+            ["correct"],
+            registry=registry,
+        )
+        self.joins = Counter(
+            "driftd_outcome_joins_total",
+            "Prediction/label joins, by result (a label for no known prediction expires as expired_label).",
+            ["result"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "driftd_outcomes_pending",
+            "Predictions waiting for a label, and labels waiting for their prediction.",
+            ["side"],
+            registry=registry,
+        )
+        self.live_accuracy = Gauge(
+            "driftd_live_accuracy",
+            "Live accuracy of the serving model: EWMA and last-N window.",
+            ["window"],
+            registry=registry,
+        )
+        self.reference_accuracy = Gauge(
+            "driftd_reference_accuracy",
+            "Accuracy of the serving model over its first labelled outcomes (the decay reference; 0 until known).",
+            registry=registry,
+        )
+        self.signal = Gauge(
+            "driftd_decay_signal",
+            "1 while a decay signal has fired and counts towards the next decision, else 0.",
+            ["signal"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "driftd_decay_decisions_total",
+            "Decay decisions taken (the policy was satisfied outside the cooldown).",
+            registry=registry,
+        )
         self.decision_signals = Counter(
             "driftd_decay_decision_signals_total",
             "Signals behind the decay decisions, one count per fired signal per decision (unknown_intent and accuracy_floor: the model is poor, not only worse).",
-            ["signal"], registry=registry,
+            ["signal"],
+            registry=registry,
         )
-        self.label_free = Gauge("driftd_label_free", "Label-free signals: EWMA of confidence, low-confidence share and out-of-scope share.", ["signal"], registry=registry)
+        self.label_free = Gauge(
+            "driftd_label_free",
+            "Label-free signals: EWMA of confidence, low-confidence share and out-of-scope share.",
+            ["signal"],
+            registry=registry,
+        )
         # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
         for correct in ("true", "false"):
             self.outcomes.labels(correct)

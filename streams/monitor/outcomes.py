@@ -49,7 +49,12 @@ class _Label:
 
 
 class OutcomeJoiner:
-    def __init__(self, horizon_s: float = 3600.0, max_pending: int = 200_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        horizon_s: float = 3600.0,
+        max_pending: int = 200_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not horizon_s > 0:
             raise ValueError(f"horizon_s must be > 0, got {horizon_s!r}")
         if max_pending < 1:
@@ -62,21 +67,40 @@ class OutcomeJoiner:
         self._labels: OrderedDict[str, _Label] = OrderedDict()
         # Joined ids, remembered for the horizon so a second label (or a redelivered prediction) joins nothing.
         self._joined: OrderedDict[str, float] = OrderedDict()
-        self._counts = {"joined": 0, "expired_predictions": 0, "expired_labels": 0, "duplicates": 0, "ignored": 0}
+        self._counts = {
+            "joined": 0,
+            "expired_predictions": 0,
+            "expired_labels": 0,
+            "duplicates": 0,
+            "ignored": 0,
+        }
 
     @property
     def counts(self) -> dict[str, int]:
         """Totals since creation, plus what is waiting now."""
-        return {**self._counts, "pending_predictions": len(self._predictions), "pending_labels": len(self._labels)}
+        return {
+            **self._counts,
+            "pending_predictions": len(self._predictions),
+            "pending_labels": len(self._labels),
+        }
 
-    def record_prediction(self, event_id: str, predicted: str, confidence: float, model_version: str, ts: float | None = None) -> Outcome | None:
+    def record_prediction(
+        self,
+        event_id: str,
+        predicted: str,
+        confidence: float,
+        model_version: str,
+        ts: float | None = None,
+    ) -> Outcome | None:
         """Remember a prediction; returns the Outcome at once when its label is already here."""
         now = self._clock()
         self.expire(now)
         if event_id in self._predictions or event_id in self._joined:
             self._counts["duplicates"] += 1
             return None
-        prediction = _Prediction(predicted, float(confidence), model_version, now if ts is None else float(ts), now)
+        prediction = _Prediction(
+            predicted, float(confidence), model_version, now if ts is None else float(ts), now
+        )
         label = self._labels.pop(event_id, None)
         if label is not None:
             return self._join(event_id, prediction, label, now)
@@ -84,7 +108,13 @@ class OutcomeJoiner:
         self._bound(self._predictions, "expired_predictions")
         return None
 
-    def record_label(self, ref_event_id: str, intent: str | None = None, correct: bool | None = None, ts: float | None = None) -> Outcome | None:
+    def record_label(
+        self,
+        ref_event_id: str,
+        intent: str | None = None,
+        correct: bool | None = None,
+        ts: float | None = None,
+    ) -> Outcome | None:
         """A label (``intent``) or feedback (``correct`` and/or ``intent``) for a prediction.
 
         Returns the Outcome when the prediction is known; otherwise the label waits for it. A label that
@@ -98,7 +128,12 @@ class OutcomeJoiner:
         if ref_event_id in self._joined or ref_event_id in self._labels:
             self._counts["duplicates"] += 1  # the first word on an event wins
             return None
-        label = _Label(intent, None if correct is None else bool(correct), now if ts is None else float(ts), now)
+        label = _Label(
+            intent,
+            None if correct is None else bool(correct),
+            now if ts is None else float(ts),
+            now,
+        )
         prediction = self._predictions.pop(ref_event_id, None)
         if prediction is not None:
             return self._join(ref_event_id, prediction, label, now)
@@ -110,7 +145,10 @@ class OutcomeJoiner:
         """Drop what waited longer than the horizon; returns how many predictions and labels were dropped."""
         cutoff = (self._clock() if now is None else now) - self.horizon_s
         dropped = 0
-        for pending, key in ((self._predictions, "expired_predictions"), (self._labels, "expired_labels")):
+        for pending, key in (
+            (self._predictions, "expired_predictions"),
+            (self._labels, "expired_labels"),
+        ):
             while pending and next(iter(pending.values())).arrived <= cutoff:
                 pending.popitem(last=False)
                 self._counts[key] += 1
@@ -130,12 +168,23 @@ class OutcomeJoiner:
             true_intent: str | None = label.intent
         else:
             correct = bool(label.correct)
-            true_intent = prediction.predicted if correct else None  # "wrong" alone does not say what was right
+            true_intent = (
+                prediction.predicted if correct else None
+            )  # "wrong" alone does not say what was right
         self._joined[event_id] = now
         while len(self._joined) > self.max_pending:
             self._joined.popitem(last=False)
         self._counts["joined"] += 1
-        return Outcome(event_id, prediction.predicted, prediction.confidence, true_intent, correct, prediction.model_version, prediction.ts, label.ts)
+        return Outcome(
+            event_id,
+            prediction.predicted,
+            prediction.confidence,
+            true_intent,
+            correct,
+            prediction.model_version,
+            prediction.ts,
+            label.ts,
+        )
 
 
 class AccuracyWindow:
@@ -191,4 +240,6 @@ class AccuracyWindow:
             stats[0] -= correct
             stats[1] -= 1
             if stats[1] == 0:
-                del self._per_intent[intent]  # only intents present in the window, so the dict stays bounded
+                del self._per_intent[
+                    intent
+                ]  # only intents present in the window, so the dict stays bounded

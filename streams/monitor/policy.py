@@ -80,25 +80,72 @@ class MonitorConfig:
             raise ValueError(f"signals must name at least one of {', '.join(SIGNALS)}")
         unknown = [s for s in self.signals if s not in SIGNALS]
         if unknown or len(set(self.signals)) != len(self.signals):
-            raise ValueError(f"signals must be distinct names among {', '.join(SIGNALS)}, got {list(self.signals)!r}")
+            raise ValueError(
+                f"signals must be distinct names among {', '.join(SIGNALS)}, got {list(self.signals)!r}"
+            )
         checks: list[tuple[str, bool, str]] = [
             ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
             ("min_samples", _is_int(self.min_samples) and self.min_samples >= 0, "an int >= 0"),
-            ("cooldown_s", _is_num(self.cooldown_s) and 0 <= self.cooldown_s < math.inf, "a finite number >= 0"),
+            (
+                "cooldown_s",
+                _is_num(self.cooldown_s) and 0 <= self.cooldown_s < math.inf,
+                "a finite number >= 0",
+            ),
             ("ewma_alpha", _is_num(self.ewma_alpha) and 0 < self.ewma_alpha <= 1, "in (0, 1]"),
-            ("ewma_relative_drop", _is_num(self.ewma_relative_drop) and 0 < self.ewma_relative_drop < 1, "in (0, 1)"),
+            (
+                "ewma_relative_drop",
+                _is_num(self.ewma_relative_drop) and 0 < self.ewma_relative_drop < 1,
+                "in (0, 1)",
+            ),
             ("ewma_warmup", _is_int(self.ewma_warmup) and self.ewma_warmup >= 1, "an int >= 1"),
-            ("ewma_hysteresis", _is_num(self.ewma_hysteresis) and 0 <= self.ewma_hysteresis <= 1, "in [0, 1]"),
+            (
+                "ewma_hysteresis",
+                _is_num(self.ewma_hysteresis) and 0 <= self.ewma_hysteresis <= 1,
+                "in [0, 1]",
+            ),
             ("adwin_delta", _is_num(self.adwin_delta) and 0 < self.adwin_delta < 1, "in (0, 1)"),
-            ("page_hinkley_threshold", _is_num(self.page_hinkley_threshold) and 0 < self.page_hinkley_threshold < math.inf, "a finite number > 0"),
-            ("page_hinkley_min_instances", _is_int(self.page_hinkley_min_instances) and self.page_hinkley_min_instances >= 1, "an int >= 1"),
-            ("label_free_alpha", _is_num(self.label_free_alpha) and 0 < self.label_free_alpha <= 1, "in (0, 1]"),
-            ("low_confidence", _is_num(self.low_confidence) and 0 <= self.low_confidence <= 1, "in [0, 1]"),
-            ("label_free_warmup", _is_int(self.label_free_warmup) and self.label_free_warmup >= 1, "an int >= 1"),
-            ("label_free_relative_change", _is_num(self.label_free_relative_change) and 0 < self.label_free_relative_change < 1, "in (0, 1)"),
+            (
+                "page_hinkley_threshold",
+                _is_num(self.page_hinkley_threshold) and 0 < self.page_hinkley_threshold < math.inf,
+                "a finite number > 0",
+            ),
+            (
+                "page_hinkley_min_instances",
+                _is_int(self.page_hinkley_min_instances) and self.page_hinkley_min_instances >= 1,
+                "an int >= 1",
+            ),
+            (
+                "label_free_alpha",
+                _is_num(self.label_free_alpha) and 0 < self.label_free_alpha <= 1,
+                "in (0, 1]",
+            ),
+            (
+                "low_confidence",
+                _is_num(self.low_confidence) and 0 <= self.low_confidence <= 1,
+                "in [0, 1]",
+            ),
+            (
+                "label_free_warmup",
+                _is_int(self.label_free_warmup) and self.label_free_warmup >= 1,
+                "an int >= 1",
+            ),
+            (
+                "label_free_relative_change",
+                _is_num(self.label_free_relative_change)
+                and 0 < self.label_free_relative_change < 1,
+                "in (0, 1)",
+            ),
             ("window_size", _is_int(self.window_size) and self.window_size >= 1, "an int >= 1"),
-            ("min_accuracy", _is_num(self.min_accuracy) and 0 <= self.min_accuracy <= 1, "in [0, 1]"),
-            ("unknown_intent_min", _is_int(self.unknown_intent_min) and self.unknown_intent_min >= 0, "an int >= 0"),
+            (
+                "min_accuracy",
+                _is_num(self.min_accuracy) and 0 <= self.min_accuracy <= 1,
+                "in [0, 1]",
+            ),
+            (
+                "unknown_intent_min",
+                _is_int(self.unknown_intent_min) and self.unknown_intent_min >= 0,
+                "an int >= 0",
+            ),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -149,11 +196,18 @@ class Decision:
 
 
 class DecayMonitor:
-    def __init__(self, config: MonitorConfig | None = None, metrics: MonitorMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig | None = None,
+        metrics: MonitorMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config or MonitorConfig()
         self.metrics = metrics
         self._clock = clock
-        self.detectors, self.label_free, self.window, self.unknown_intents, self.floor = _build_parts(self.config)
+        self.detectors, self.label_free, self.window, self.unknown_intents, self.floor = (
+            _build_parts(self.config)
+        )
         self.decisions = 0
         self.last_decision: Decision | None = None
         self.reset()
@@ -171,7 +225,11 @@ class DecayMonitor:
         restarted = []
         for name, detector in detectors.items():
             old = self.detectors[name]
-            if isinstance(detector, RiverDetector) and isinstance(old, RiverDetector) and detector.params != old.params:
+            if (
+                isinstance(detector, RiverDetector)
+                and isinstance(old, RiverDetector)
+                and detector.params != old.params
+            ):
                 restarted.append(name)
                 continue
             _carry_state(old, detector)
@@ -180,11 +238,21 @@ class DecayMonitor:
         window.trim()
         _carry_state(self.unknown_intents, unknown_intents)
         _carry_state(self.floor, floor)
-        self.config, self.detectors, self.label_free, self.window = config, detectors, label_free, window
+        self.config, self.detectors, self.label_free, self.window = (
+            config,
+            detectors,
+            label_free,
+            window,
+        )
         self.unknown_intents, self.floor = unknown_intents, floor
         return restarted
 
-    def reset(self, now: float | None = None, model_version: str | None = None, labels: Sequence[str] | None = None) -> None:
+    def reset(
+        self,
+        now: float | None = None,
+        model_version: str | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> None:
         """A new model serves: forget every reference. The cooldown clock is kept.
 
         With ``model_version``, late outcomes of any other version are ignored (counted as ``stale``),
@@ -256,10 +324,16 @@ class DecayMonitor:
 
     def _decide(self) -> Decision | None:
         listed = tuple(s for s in self.config.signals if s in self._fired)
-        decayed = bool(listed) and (self.config.mode == "any" or len(listed) == len(self.config.signals))
+        decayed = bool(listed) and (
+            self.config.mode == "any" or len(listed) == len(self.config.signals)
+        )
         if decayed and self._samples() < self.config.min_samples:
             decayed = False
-        poor = tuple(s for s in POOR_QUALITY_TRIGGERS if s in self._fired) if self.labelled >= self.config.min_samples else ()
+        poor = (
+            tuple(s for s in POOR_QUALITY_TRIGGERS if s in self._fired)
+            if self.labelled >= self.config.min_samples
+            else ()
+        )
         if not decayed and not poor:
             return None
         fired = (listed if decayed else ()) + poor
@@ -285,9 +359,16 @@ class DecayMonitor:
             **{name: detector.evidence() for name, detector in self.detectors.items()},
             "unknown_intent": self.unknown_intents.evidence(),
             "accuracy_floor": self.floor.evidence(self.window),
-            "label_free": {name: {"value": value, "reference": references[name]} for name, value in self.label_free.values().items()},
+            "label_free": {
+                name: {"value": value, "reference": references[name]}
+                for name, value in self.label_free.values().items()
+            },
             "fired_at": dict(self._fired),
-            "samples": {"labelled": self.labelled, "predictions": self.predictions, "stale": self.stale},
+            "samples": {
+                "labelled": self.labelled,
+                "predictions": self.predictions,
+                "stale": self.stale,
+            },
             "window_accuracy": self.window.accuracy,
             "window_count": self.window.count,
         }
@@ -300,43 +381,98 @@ class DecayMonitor:
     def _snapshot(self, worst_intents: int) -> dict[str, Any]:
         ewma = self.detectors["ewma"]
         assert isinstance(ewma, EwmaDecayDetector)
-        per_intent = sorted(((acc, n, intent) for intent, (acc, n) in self.window.per_intent().items() if n >= 5))
+        per_intent = sorted(
+            ((acc, n, intent) for intent, (acc, n) in self.window.per_intent().items() if n >= 5)
+        )
         now = self._clock()
         return {
             "model_version": self.model_version,
             "reset_at": self.reset_at,
             "signals": list(self.config.signals),
             "mode": self.config.mode,
-            "samples": {"labelled": self.labelled, "predictions": self.predictions, "stale": self.stale},
+            "samples": {
+                "labelled": self.labelled,
+                "predictions": self.predictions,
+                "stale": self.stale,
+            },
             "ewma_accuracy": ewma.ewma,
             "reference_accuracy": ewma.reference,
             "window_accuracy": self.window.accuracy,
             "window_count": self.window.count,
             "fired": {name: name in self._fired for name in ALL_SIGNALS},
             "detectors": {name: detector.evidence() for name, detector in self.detectors.items()},
-            "triggers": {"unknown_intent": self.unknown_intents.evidence(), "accuracy_floor": self.floor.evidence(self.window)},
-            "label_free": {"values": self.label_free.values(), "references": self.label_free.references()},
-            "worst_intents": [{"intent": intent, "accuracy": acc, "n": n} for acc, n, intent in per_intent[:worst_intents]],
+            "triggers": {
+                "unknown_intent": self.unknown_intents.evidence(),
+                "accuracy_floor": self.floor.evidence(self.window),
+            },
+            "label_free": {
+                "values": self.label_free.values(),
+                "references": self.label_free.references(),
+            },
+            "worst_intents": [
+                {"intent": intent, "accuracy": acc, "n": n}
+                for acc, n, intent in per_intent[:worst_intents]
+            ],
             "decisions": self.decisions,
-            "last_decision": None if self.last_decision is None else {"at": self.last_decision.at, "signals": list(self.last_decision.signals), "summary": self.last_decision.describe()},
-            "cooldown_remaining_s": 0.0 if self.last_decision is None else max(0.0, self.config.cooldown_s - (now - self.last_decision.at)),
+            "last_decision": None
+            if self.last_decision is None
+            else {
+                "at": self.last_decision.at,
+                "signals": list(self.last_decision.signals),
+                "summary": self.last_decision.describe(),
+            },
+            "cooldown_remaining_s": 0.0
+            if self.last_decision is None
+            else max(0.0, self.config.cooldown_s - (now - self.last_decision.at)),
         }
 
 
-def _build_parts(c: MonitorConfig) -> tuple[dict[str, ErrorDetector], LabelFreeSignals, AccuracyWindow, UnknownIntentTrigger, AccuracyFloor]:
+def _build_parts(
+    c: MonitorConfig,
+) -> tuple[
+    dict[str, ErrorDetector], LabelFreeSignals, AccuracyWindow, UnknownIntentTrigger, AccuracyFloor
+]:
     detectors: dict[str, ErrorDetector] = {
-        "ewma": EwmaDecayDetector(alpha=c.ewma_alpha, relative_drop=c.ewma_relative_drop, min_samples=c.min_samples, warmup=c.ewma_warmup, hysteresis=c.ewma_hysteresis),
+        "ewma": EwmaDecayDetector(
+            alpha=c.ewma_alpha,
+            relative_drop=c.ewma_relative_drop,
+            min_samples=c.min_samples,
+            warmup=c.ewma_warmup,
+            hysteresis=c.ewma_hysteresis,
+        ),
         "adwin": RiverDetector("adwin", min_samples=c.min_samples, delta=c.adwin_delta),
-        "page_hinkley": RiverDetector("page_hinkley", min_samples=c.min_samples, threshold=c.page_hinkley_threshold, min_instances=c.page_hinkley_min_instances),
+        "page_hinkley": RiverDetector(
+            "page_hinkley",
+            min_samples=c.min_samples,
+            threshold=c.page_hinkley_threshold,
+            min_instances=c.page_hinkley_min_instances,
+        ),
     }
-    label_free = LabelFreeSignals(alpha=c.label_free_alpha, low_confidence=c.low_confidence, oos_intents=c.oos_intents, warmup=c.label_free_warmup, relative_change=c.label_free_relative_change)
+    label_free = LabelFreeSignals(
+        alpha=c.label_free_alpha,
+        low_confidence=c.low_confidence,
+        oos_intents=c.oos_intents,
+        warmup=c.label_free_warmup,
+        relative_change=c.label_free_relative_change,
+    )
     floor = AccuracyFloor(c.min_accuracy, c.min_samples)
-    return detectors, label_free, AccuracyWindow(c.window_size), UnknownIntentTrigger(c.unknown_intent_min), floor
+    return (
+        detectors,
+        label_free,
+        AccuracyWindow(c.window_size),
+        UnknownIntentTrigger(c.unknown_intent_min),
+        floor,
+    )
 
 
 def _carry_state(old: object, new: object) -> None:
     """Copy every attribute of ``old`` that ``new`` did not get from its (new) constructor arguments."""
-    parameters = set(inspect.signature(type(new)).parameters) | {"name", "params", "_factory", "_one_sided"}
+    parameters = set(inspect.signature(type(new)).parameters) | {
+        "name",
+        "params",
+        "_factory",
+        "_one_sided",
+    }
     for key, value in vars(old).items():
         if key not in parameters:
             setattr(new, key, value)

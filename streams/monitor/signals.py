@@ -66,9 +66,13 @@ class LabelFreeSignals:
             "oos_share": 1.0 if predicted in self.oos_intents else 0.0,
         }
         self.n_seen += 1
-        weight = max(self.alpha, 1.0 / self.n_seen)  # exact mean first, EWMA after: no start-up bias
+        weight = max(
+            self.alpha, 1.0 / self.n_seen
+        )  # exact mean first, EWMA after: no start-up bias
         for name, x in sample.items():
-            self._ewma[name] = x if self.n_seen == 1 else self._ewma[name] + weight * (x - self._ewma[name])
+            self._ewma[name] = (
+                x if self.n_seen == 1 else self._ewma[name] + weight * (x - self._ewma[name])
+            )
         if self._reference is None:
             for name, x in sample.items():
                 self._sums[name] += x
@@ -101,7 +105,10 @@ class LabelFreeSignals:
         """Warm-up means; the provisional means while warming up (nan before any prediction)."""
         if self._reference is not None:
             return dict(self._reference)
-        return {name: (total / self.n_seen if self.n_seen else math.nan) for name, total in self._sums.items()}
+        return {
+            name: (total / self.n_seen if self.n_seen else math.nan)
+            for name, total in self._sums.items()
+        }
 
     @property
     def warmed_up(self) -> bool:

@@ -76,7 +76,11 @@ class AccuracyFloor:
     name = "accuracy_floor"
 
     def __init__(self, min_accuracy: float = 0.5, min_samples: int = 200) -> None:
-        if not isinstance(min_accuracy, (int, float)) or isinstance(min_accuracy, bool) or not 0 <= min_accuracy <= 1:
+        if (
+            not isinstance(min_accuracy, (int, float))
+            or isinstance(min_accuracy, bool)
+            or not 0 <= min_accuracy <= 1
+        ):
             raise ValueError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
         self.min_accuracy = float(min_accuracy)
         self.min_samples = min_samples
@@ -88,11 +92,20 @@ class AccuracyFloor:
         self._below = False
 
     def update(self, window: AccuracyWindow) -> bool:
-        below = self.min_accuracy > 0 and window.count >= max(1, self.min_samples) and window.accuracy < self.min_accuracy
+        below = (
+            self.min_accuracy > 0
+            and window.count >= max(1, self.min_samples)
+            and window.accuracy < self.min_accuracy
+        )
         self.fires += below and not self._below
         self._below = below
         return below
 
     def evidence(self, window: AccuracyWindow) -> dict[str, Any]:
-        return {"window_accuracy": window.accuracy, "window_count": window.count, "min_accuracy": self.min_accuracy,
-                "below": self._below, "fires": self.fires}
+        return {
+            "window_accuracy": window.accuracy,
+            "window_count": window.count,
+            "min_accuracy": self.min_accuracy,
+            "below": self._below,
+            "fires": self.fires,
+        }

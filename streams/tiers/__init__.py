@@ -7,4 +7,15 @@ from .record import COLUMNS, EventKey, StoredEvent
 from .store import TieredStore
 from .warm import WarmStore
 
-__all__ = ["COLUMNS", "PRIORITIES", "ColdStore", "EventKey", "HotTier", "StoredEvent", "TierPolicy", "TierRule", "TieredStore", "WarmStore"]
+__all__ = [
+    "COLUMNS",
+    "PRIORITIES",
+    "ColdStore",
+    "EventKey",
+    "HotTier",
+    "StoredEvent",
+    "TierPolicy",
+    "TierRule",
+    "TieredStore",
+    "WarmStore",
+]

@@ -53,7 +53,9 @@ class ColdStore:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.fs.makedirs(self.root, exist_ok=True)
-        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self._local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
 
     def path_for(self, events: Sequence[StoredEvent]) -> str:
         digest = hashlib.sha256()
@@ -66,7 +68,10 @@ class ColdStore:
         """Write events to one Parquet file, atomically where the filesystem allows; returns its path."""
         path = self.path_for(events)
         columns = list(zip(*(e.row() for e in events)))
-        table = pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA)], schema=ARROW_SCHEMA)
+        table = pa.Table.from_arrays(
+            [pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA)],
+            schema=ARROW_SCHEMA,
+        )
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         if self._local:
             tmp = path + ".tmp"
@@ -81,7 +86,11 @@ class ColdStore:
         return path
 
     def files(self) -> list[str]:
-        return sorted(p for p in self.fs.find(self.root) if p.endswith(".parquet") or p.endswith(".parquet.tmp"))
+        return sorted(
+            p
+            for p in self.fs.find(self.root)
+            if p.endswith(".parquet") or p.endswith(".parquet.tmp")
+        )
 
     def remove_orphans(self, indexed: set[str]) -> list[str]:
         orphans = [p for p in self.files() if p not in indexed]
@@ -93,11 +102,20 @@ class ColdStore:
         if self.fs.exists(path):
             self.fs.rm(path)
 
-    def read(self, paths: Sequence[str], columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pa.Table:
+    def read(
+        self,
+        paths: Sequence[str],
+        columns: Sequence[str] | None = None,
+        where: pc.Expression | None = None,
+    ) -> pa.Table:
         """The rows of ``paths`` (only ``columns``; only those matching ``where``), file by file, so a
         filtered read never holds more than one whole file's columns."""
         if not paths:
-            return ARROW_SCHEMA.empty_table() if columns is None else ARROW_SCHEMA.empty_table().select(list(columns))
+            return (
+                ARROW_SCHEMA.empty_table()
+                if columns is None
+                else ARROW_SCHEMA.empty_table().select(list(columns))
+            )
         tables = []
         for path in paths:
             with self.fs.open(path, "rb") as src:

@@ -20,7 +20,9 @@ class HotTier:
     def __init__(self, max_events: int, policy: TierPolicy) -> None:
         self.max_events = max_events
         self.policy = policy
-        self._queues: dict[str, OrderedDict[EventKey, StoredEvent]] = {p: OrderedDict() for p in PRIORITIES}
+        self._queues: dict[str, OrderedDict[EventKey, StoredEvent]] = {
+            p: OrderedDict() for p in PRIORITIES
+        }
         self._utterances: dict[str, StoredEvent] = {}  # event_id -> utterance, for label joins
         self.bytes = 0
         self._count = 0

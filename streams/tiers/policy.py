@@ -19,7 +19,12 @@ class TierRule:
 class TierPolicy:
     """Resolves per-priority rules over the tier defaults."""
 
-    def __init__(self, hot_max_age_s: float, warm_retention_s: float, overrides: dict[str, dict] | None = None) -> None:
+    def __init__(
+        self,
+        hot_max_age_s: float,
+        warm_retention_s: float,
+        overrides: dict[str, dict] | None = None,
+    ) -> None:
         self.default = TierRule(True, hot_max_age_s, warm_retention_s)
         self._rules = {p: self.default for p in PRIORITIES}
         for priority, fields in (overrides or {}).items():

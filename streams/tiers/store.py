@@ -47,7 +47,9 @@ class TieredStore:
         self.policy = policy
         self.hot = HotTier(hot_max_events, policy)
         self.metrics = metrics
-        self.retired: dict[tuple[str, int], tuple[int, int]] = {}  # partitions retired at open (reset logs)
+        self.retired: dict[
+            tuple[str, int], tuple[int, int]
+        ] = {}  # partitions retired at open (reset logs)
         self.clock = clock
         self.demotion_batch = demotion_batch
         self.cold_retention_s = cold_retention_s
@@ -64,7 +66,9 @@ class TieredStore:
         """Run ``fn`` on the writer thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def open(self, log_ends: dict[tuple[str, int], int] | None = None, retired_suffix: str = "@retired") -> TieredStore:
+    async def open(
+        self, log_ends: dict[tuple[str, int], int] | None = None, retired_suffix: str = "@retired"
+    ) -> TieredStore:
         """Open warm and cold. With ``log_ends`` (where each partition's log ends on the broker now), first
         retire the partitions whose log was reset (``retire_reset_logs``), in the same step, so that no
         write can come in between."""
@@ -72,15 +76,22 @@ class TieredStore:
         self._publish_sizes()
         return self
 
-    def _open(self, log_ends: dict[tuple[str, int], int], retired_suffix: str) -> dict[tuple[str, int], tuple[int, int]]:
+    def _open(
+        self, log_ends: dict[tuple[str, int], int], retired_suffix: str
+    ) -> dict[tuple[str, int], tuple[int, int]]:
         self.warm = WarmStore(self._warm_path, self._warm_synchronous)
         self.cold = ColdStore(self._cold_url, self._cold_storage_options)
         orphans = self.cold.remove_orphans({path for path, _, _ in self.warm.cold_files()})
         if orphans:
-            log.warning("removed %d cold file(s) written before a crash but never committed; their events are still in warm", len(orphans))
+            log.warning(
+                "removed %d cold file(s) written before a crash but never committed; their events are still in warm",
+                len(orphans),
+            )
         return self._retire_reset_logs(log_ends, retired_suffix)
 
-    def _retire_reset_logs(self, log_ends: dict[tuple[str, int], int], retired_suffix: str) -> dict[tuple[str, int], tuple[int, int]]:
+    def _retire_reset_logs(
+        self, log_ends: dict[tuple[str, int], int], retired_suffix: str
+    ) -> dict[tuple[str, int], tuple[int, int]]:
         """Compare what is stored with where each partition's log ends now. A log that ends at or below
         an offset already stored was reset (an in-memory broker restarted, a topic deleted and created
         again): new records will reuse those offsets, and keyed by (topic, partition, offset) they would
@@ -107,9 +118,13 @@ class TieredStore:
         if not events:
             return 0
         self._fill_ref_text_from_memory(events)
-        demote_after = [e.ingested_at + self.policy.rule(e.priority).warm_retention_s for e in events]
+        demote_after = [
+            e.ingested_at + self.policy.rule(e.priority).warm_retention_s for e in events
+        ]
         inserted, already_cold = await self.run(self._write_warm, events, demote_after)
-        evicted = self.hot.add([e for e in events if e.key not in already_cold] if already_cold else events)
+        evicted = self.hot.add(
+            [e for e in events if e.key not in already_cold] if already_cold else events
+        )
         if self.metrics:
             if evicted:
                 self.metrics.demotions.labels("hot", "warm").inc(evicted)
@@ -120,10 +135,14 @@ class TieredStore:
         in_batch = {e.event_id: e.text for e in events if e.type == "utterance"}
         for event in events:
             if event.ref_event_id and event.ref_text is None:
-                cached = in_batch.get(event.ref_event_id) or getattr(self.hot.utterance(event.ref_event_id), "text", None)
+                cached = in_batch.get(event.ref_event_id) or getattr(
+                    self.hot.utterance(event.ref_event_id), "text", None
+                )
                 event.ref_text = cached
 
-    def _write_warm(self, events: Sequence[StoredEvent], demote_after: Sequence[float]) -> tuple[int, set[tuple[str, int, int]]]:
+    def _write_warm(
+        self, events: Sequence[StoredEvent], demote_after: Sequence[float]
+    ) -> tuple[int, set[tuple[str, int, int]]]:
         unresolved = [e for e in events if e.ref_event_id and e.ref_text is None]
         if unresolved:
             texts = self.warm.utterance_texts(e.ref_event_id for e in unresolved if e.ref_event_id)
@@ -167,7 +186,9 @@ class TieredStore:
         if self.cold_retention_s is not None:
             for path, rows, max_ingested_at in self.warm.cold_files():
                 if max_ingested_at <= now - self.cold_retention_s:
-                    self.warm.forget_cold_file(path, rows)  # unindex first: a crash leaves an orphan, never a dangling entry
+                    self.warm.forget_cold_file(
+                        path, rows
+                    )  # unindex first: a crash leaves an orphan, never a dangling entry
                     self.cold.delete(path)
                     deleted += rows
         return demoted, deleted

@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS cold_files (
 # statements filled up with a shape per size seen, about 1.2 MB each at 1,000 rows: resident memory
 # crept up by over 100 MB in a long run.
 _ROW_PARAMS = "(" + ", ".join("?" * (len(COLUMNS) + 1)) + ")"
-_ROWS_PER_INSERT = 1 << ((32766 // (len(COLUMNS) + 1)).bit_length() - 1)  # under SQLite's bound-parameter limit
+_ROWS_PER_INSERT = 1 << (
+    (32766 // (len(COLUMNS) + 1)).bit_length() - 1
+)  # under SQLite's bound-parameter limit
 
 
 def _pieces(rows: int) -> list[int]:
@@ -77,6 +79,8 @@ def _insert_rows_sql(rows: int, check_demoted: bool) -> str:
         f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) SELECT * FROM (VALUES {values}) AS v "
         "WHERE NOT EXISTS (SELECT 1 FROM demoted d WHERE d.topic = v.column1 AND d.partition = v.column2 AND d.offset = v.column3)"
     )
+
+
 _SELECT = _COLUMN_LIST
 
 
@@ -90,14 +94,20 @@ class WarmStore:
         self._db.executescript(_SCHEMA)
         # Kept in memory so metrics never touch the database from another thread.
         self.count = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        self.cold_files_count, self.cold_rows = self._db.execute("SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM cold_files").fetchone()
+        self.cold_files_count, self.cold_rows = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(rows), 0) FROM cold_files"
+        ).fetchone()
         self._load_max_demoted()
 
     def _load_max_demoted(self) -> None:
         # New records arrive with offsets above everything demoted from their partition, so a batch
         # entirely above these marks cannot hold a redelivery of a demoted record: no lookup needed.
-        rows = self._db.execute("SELECT topic, partition, MAX(offset) FROM demoted GROUP BY topic, partition")
-        self._max_demoted: dict[tuple[str, int], int] = {(topic, partition): offset for topic, partition, offset in rows}
+        rows = self._db.execute(
+            "SELECT topic, partition, MAX(offset) FROM demoted GROUP BY topic, partition"
+        )
+        self._max_demoted: dict[tuple[str, int], int] = {
+            (topic, partition): offset for topic, partition, offset in rows
+        }
 
     def close(self) -> None:
         self._db.close()
@@ -108,11 +118,15 @@ class WarmStore:
         with self._db:  # one transaction; commits (and syncs) on exit
             self._db.execute("BEGIN IMMEDIATE")
             marks = self._max_demoted
-            check = bool(marks) and any(e.offset <= marks.get((e.topic, e.partition), -1) for e in events)
+            check = bool(marks) and any(
+                e.offset <= marks.get((e.topic, e.partition), -1) for e in events
+            )
             start = 0
             for rows in _pieces(len(events)):
                 chunk = range(start, start + rows)
-                params = list(chain.from_iterable(events[i].row() + (demote_after[i],) for i in chunk))
+                params = list(
+                    chain.from_iterable(events[i].row() + (demote_after[i],) for i in chunk)
+                )
                 self._db.execute(_insert_rows_sql(rows, check), params)
                 start += rows
         inserted = self._db.total_changes - before
@@ -124,23 +138,37 @@ class WarmStore:
         found: dict[str, str] = {}
         for start in range(0, len(ids), 512):
             chunk = ids[start : start + 512]
-            chunk += chunk[:1] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))  # padded to a power of two: ten statement shapes
+            chunk += chunk[:1] * (
+                (1 << (len(chunk) - 1).bit_length()) - len(chunk)
+            )  # padded to a power of two: ten statement shapes
             rows = self._db.execute(
-                f"SELECT event_id, text FROM events WHERE type = 'utterance' AND event_id IN ({','.join('?' * len(chunk))})", chunk
+                f"SELECT event_id, text FROM events WHERE type = 'utterance' AND event_id IN ({','.join('?' * len(chunk))})",
+                chunk,
             )
             found.update(rows)
         return found
 
     def due_for_demotion(self, now: float, limit: int) -> list[StoredEvent]:
-        rows = self._db.execute(f"SELECT {_SELECT} FROM events WHERE demote_after <= ? ORDER BY demote_after LIMIT ?", (now, limit))
+        rows = self._db.execute(
+            f"SELECT {_SELECT} FROM events WHERE demote_after <= ? ORDER BY demote_after LIMIT ?",
+            (now, limit),
+        )
         return [StoredEvent(*row) for row in rows]
 
-    def commit_demotion(self, events: Sequence[StoredEvent], cold_path: str, created_at: float) -> None:
+    def commit_demotion(
+        self, events: Sequence[StoredEvent], cold_path: str, created_at: float
+    ) -> None:
         """Atomically forget demoted rows and record the cold file that now holds them."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM events WHERE topic = ? AND partition = ? AND offset = ?", (e.key for e in events))
-            self._db.executemany("INSERT OR IGNORE INTO demoted VALUES (?, ?, ?, ?)", (e.key + (created_at,) for e in events))
+            self._db.executemany(
+                "DELETE FROM events WHERE topic = ? AND partition = ? AND offset = ?",
+                (e.key for e in events),
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO demoted VALUES (?, ?, ?, ?)",
+                (e.key + (created_at,) for e in events),
+            )
             self._db.execute(
                 "INSERT INTO cold_files (path, rows, max_ingested_at, created_at) VALUES (?, ?, ?, ?)",
                 (cold_path, len(events), max(e.ingested_at for e in events), created_at),
@@ -157,14 +185,18 @@ class WarmStore:
         """Keys of ``events`` that were already demoted to cold (they were redelivered)."""
         found = set()
         for event in events:
-            if self._db.execute("SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?", event.key).fetchone():
+            if self._db.execute(
+                "SELECT 1 FROM demoted WHERE topic = ? AND partition = ? AND offset = ?", event.key
+            ).fetchone():
                 found.add(event.key)
         return found
 
     def forget_demoted_before(self, cutoff: float) -> int:
         """Drop demotion records older than the redelivery horizon; returns how many."""
         with self._db:
-            forgotten = self._db.execute("DELETE FROM demoted WHERE demoted_at < ?", (cutoff,)).rowcount
+            forgotten = self._db.execute(
+                "DELETE FROM demoted WHERE demoted_at < ?", (cutoff,)
+            ).rowcount
         if forgotten:
             self._load_max_demoted()
         return forgotten
@@ -184,12 +216,19 @@ class WarmStore:
         no new record is taken for a redelivery of an old one. Returns how many warm rows were renamed."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            renamed = self._db.execute("UPDATE events SET topic = ? WHERE topic = ? AND partition = ?", (retired_topic, topic, partition)).rowcount
-            self._db.execute("DELETE FROM demoted WHERE topic = ? AND partition = ?", (topic, partition))
+            renamed = self._db.execute(
+                "UPDATE events SET topic = ? WHERE topic = ? AND partition = ?",
+                (retired_topic, topic, partition),
+            ).rowcount
+            self._db.execute(
+                "DELETE FROM demoted WHERE topic = ? AND partition = ?", (topic, partition)
+            )
         self._max_demoted.pop((topic, partition), None)
         return renamed
 
-    def labels_newest_first(self, start_ts: float, end_ts: float, chunk: int = 5000) -> Iterator[list[tuple[float, str, str | None, str, str | None]]]:
+    def labels_newest_first(
+        self, start_ts: float, end_ts: float, chunk: int = 5000
+    ) -> Iterator[list[tuple[float, str, str | None, str, str | None]]]:
         """(ts, type, ref_event_id, intent, ref_text) of the label and feedback events with an intent whose
         event time is in [start_ts, end_ts), newest first, in chunks: the caller stops when it has enough."""
         cursor = self._db.execute(
@@ -203,7 +242,9 @@ class WarmStore:
         finally:
             cursor.close()  # ends the read transaction when the caller stops early
 
-    def utterances_newest_first(self, start_ts: float, end_ts: float, limit: int) -> list[tuple[str, str]]:
+    def utterances_newest_first(
+        self, start_ts: float, end_ts: float, limit: int
+    ) -> list[tuple[str, str]]:
         """(event_id, text) of the newest ``limit`` utterances with event time in [start_ts, end_ts). No index
         serves it (one on every utterance would cost each ingest write): a scan with a top-``limit`` sort,
         run once per fine-tune that asks for pseudo-labels."""
@@ -222,7 +263,9 @@ class WarmStore:
     # -- cold file index -------------------------------------------------------------------------
 
     def cold_files(self) -> list[tuple[str, int, float]]:
-        return self._db.execute("SELECT path, rows, max_ingested_at FROM cold_files ORDER BY path").fetchall()
+        return self._db.execute(
+            "SELECT path, rows, max_ingested_at FROM cold_files ORDER BY path"
+        ).fetchall()
 
     def forget_cold_file(self, path: str, rows: int) -> None:
         with self._db:

@@ -34,7 +34,13 @@ def unique(prefix: str) -> str:
 
 
 def valid_event(i: int, *, kind: str = "utterance", run: str = "r") -> dict[str, Any]:
-    base = {"event_id": f"{run}-{kind[0]}{i}", "type": kind, "conversation_id": f"c{i % 97}", "turn": i % 5, "ts": 1_700_000_000.0 + i}
+    base = {
+        "event_id": f"{run}-{kind[0]}{i}",
+        "type": kind,
+        "conversation_id": f"c{i % 97}",
+        "turn": i % 5,
+        "ts": 1_700_000_000.0 + i,
+    }
     if kind == "utterance":
         base["text"] = f"please move {i} dollars to savings"
     else:
@@ -45,7 +51,17 @@ def valid_event(i: int, *, kind: str = "utterance", run: str = "r") -> dict[str,
 class DaemonProcess:
     """``python -m daemon run`` against a given broker, with its own topics, group and data dir."""
 
-    def __init__(self, bootstrap: str, data_dir: Path, topic: str, *, partitions: int = 4, extra_env: dict[str, str] | None = None, group: str | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        data_dir: Path,
+        topic: str,
+        *,
+        partitions: int = 4,
+        extra_env: dict[str, str] | None = None,
+        group: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.topic = topic
         self.dlq = f"{topic}.dlq"
@@ -76,7 +92,13 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         return self
 
@@ -110,7 +132,9 @@ class DaemonProcess:
         self.wait_until(lambda: all(self.readiness()[k] for k in wanted), timeout_s, "readiness")
 
     def wait_stored(self, count: int, timeout_s: float = 120) -> None:
-        self.wait_until(lambda: self.metric("driftd_events_total") >= count, timeout_s, f"{count} stored events")
+        self.wait_until(
+            lambda: self.metric("driftd_events_total") >= count, timeout_s, f"{count} stored events"
+        )
 
     def terminate(self, timeout_s: float = 10) -> tuple[int, float]:
         """SIGTERM; returns (exit code, seconds to exit)."""
@@ -168,7 +192,9 @@ def stored_count(data_dir: Path) -> int:
     """Events in warm + cold, duplicates included (one statement: one consistent snapshot while the daemon writes)."""
     db = sqlite3.connect(data_dir / "warm.sqlite3")
     try:
-        return db.execute("SELECT (SELECT COUNT(*) FROM events) + (SELECT COALESCE(SUM(rows), 0) FROM cold_files)").fetchone()[0]
+        return db.execute(
+            "SELECT (SELECT COUNT(*) FROM events) + (SELECT COALESCE(SUM(rows), 0) FROM cold_files)"
+        ).fetchone()[0]
     finally:
         db.close()
 
@@ -187,11 +213,24 @@ def conversation_key(payload: bytes | None) -> bytes | None:
     try:
         conversation = json.loads(payload)["conversation_id"]  # type: ignore[arg-type]
         return conversation.encode() if isinstance(conversation, str) else None
-    except (TypeError, ValueError, KeyError, IndexError, RecursionError):  # not an event (a lone surrogate: ValueError)
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        RecursionError,
+    ):  # not an event (a lone surrogate: ValueError)
         return None
 
 
-async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: float = 0, keys: list[bytes | None] | None = None) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    payloads: list[bytes],
+    *,
+    rate: float = 0,
+    keys: list[bytes | None] | None = None,
+) -> None:
     """Send every payload and wait for every acknowledgement; ``rate`` events/s, 0 = unlimited. Without ``keys``
     each record is keyed by its conversation_id, as producers do."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -200,7 +239,11 @@ async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: fl
         started = time.monotonic()
         futures = []
         for i, payload in enumerate(payloads):
-            futures.append(await producer.send(topic, payload, key=keys[i] if keys else conversation_key(payload)))
+            futures.append(
+                await producer.send(
+                    topic, payload, key=keys[i] if keys else conversation_key(payload)
+                )
+            )
             if rate and i % 50 == 49:
                 ahead = (i + 1) / rate - (time.monotonic() - started)
                 if ahead > 0:
@@ -210,13 +253,17 @@ async def produce(bootstrap: str, topic: str, payloads: list[bytes], *, rate: fl
         await producer.stop()
 
 
-async def hammer_predict(url: str, texts: list[str], done: asyncio.Event, pause_s: float = 0.005) -> tuple[int, list[str], list[str]]:
+async def hammer_predict(
+    url: str, texts: list[str], done: asyncio.Event, pause_s: float = 0.005
+) -> tuple[int, list[str], list[str]]:
     """One /v1/predict request at a time until ``done``: (requests, failures, the versions that answered, in order)."""
     sent, failures, versions = 0, [], []
     async with aiohttp.ClientSession() as session:
         while not done.is_set():
             try:
-                async with session.post(url + "/v1/predict", json={"text": texts[sent % len(texts)]}) as response:
+                async with session.post(
+                    url + "/v1/predict", json={"text": texts[sent % len(texts)]}
+                ) as response:
                     body = await response.json()
                     if response.status != 200:
                         failures.append(f"{response.status}: {body}")
@@ -231,7 +278,13 @@ async def hammer_predict(url: str, texts: list[str], done: asyncio.Event, pause_
 
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
     """All records of ``topic`` from the beginning, until ``expected`` have been read."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     records: list[Any] = []
     try:

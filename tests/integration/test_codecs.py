@@ -24,7 +24,13 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record._crc32c import crc as crc32c
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from tests.integration.harness import DaemonProcess, read_topic, stored_event_ids, unique, valid_event
+from tests.integration.harness import (
+    DaemonProcess,
+    read_topic,
+    stored_event_ids,
+    unique,
+    valid_event,
+)
 from tests.promtools import ALERTS, require_binary
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -41,15 +47,24 @@ def unreadable_batch() -> bytes:
     """One v2 record batch whose attributes say lz4 but whose records section is garbage, with a valid CRC,
     so that brokers store it and only a consumer's decompression fails."""
     builder = DefaultRecordBatchBuilder(
-        magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=-1,
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
         batch_size=1 << 20,
     )
     builder.append(0, timestamp=None, key=b"c-bad", value=b"never readable", headers=[])
     batch = bytearray(builder.build())
     attributes = struct.unpack_from(">h", batch, 21)[0]
     struct.pack_into(">h", batch, 21, (attributes & ~0x07) | CODEC_LZ4)
-    batch[61:] = b"\x00not an lz4 frame" * 4  # the records section starts after the 61-byte batch header
-    struct.pack_into(">i", batch, 8, len(batch) - 12)  # batch length: everything after the length field
+    batch[61:] = (
+        b"\x00not an lz4 frame" * 4
+    )  # the records section starts after the 61-byte batch header
+    struct.pack_into(
+        ">i", batch, 8, len(batch) - 12
+    )  # batch length: everything after the length field
     struct.pack_into(">I", batch, 17, crc32c(bytes(batch[21:])))  # CRC-32C from the attributes on
     return bytes(batch)
 
@@ -61,7 +76,9 @@ async def write_raw_batch(bootstrap: str, topic: str, partition: int, batch: byt
     try:
         await client._wait_on_metadata(topic)
         node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        response = await client.send(node, ProduceRequest(None, -1, 10_000, [(topic, [(partition, batch)])]))
+        response = await client.send(
+            node, ProduceRequest(None, -1, 10_000, [(topic, [(partition, batch)])])
+        )
         ((_, ((_, error_code, offset, *_),)),) = response.topics
         assert error_code == 0, f"the broker refused the batch: error {error_code}"
         return offset
@@ -73,10 +90,19 @@ def keyed(events: list[dict]) -> list[tuple[bytes | None, bytes | None]]:
     return [(e["conversation_id"].encode(), json.dumps(e).encode()) for e in events]
 
 
-def confluent_produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]], codec: str,
-                      ) -> list[tuple[int, int]]:
+def confluent_produce(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes | None]],
+    codec: str,
+) -> list[tuple[int, int]]:
     """Send (key, value) records with librdkafka and ``codec``; returns each record's (partition, offset)."""
-    config = {"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 20, "acks": "all"}
+    config = {
+        "bootstrap.servers": bootstrap,
+        "compression.type": codec,
+        "linger.ms": 20,
+        "acks": "all",
+    }
     producer = confluent_kafka.Producer(config)
     positions: list[tuple[int, int] | None] = [None] * len(records)
     errors: list[str] = []
@@ -87,6 +113,7 @@ def confluent_produce(bootstrap: str, topic: str, records: list[tuple[bytes | No
                 errors.append(str(err))
             else:
                 positions[index] = (msg.partition(), msg.offset())
+
         return report
 
     for i, (key, value) in enumerate(records):
@@ -99,7 +126,9 @@ def confluent_produce(bootstrap: str, topic: str, records: list[tuple[bytes | No
 
 async def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> int | None:
     """The group's committed offset of one partition (read without joining the group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         return await consumer.committed(TopicPartition(topic, partition))
@@ -113,33 +142,58 @@ def promtool_fires(series: str, tmp_path: Path) -> None:
     label_map = dict(pair.split("=", 1) for pair in labels.rstrip("}").split(","))
     matcher = ", ".join(f'{k}="{v}"' for k, v in label_map.items())
     rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
-    description = next(r for r in rules if r.get("alert") == "DriftdPartitionStalled")["annotations"]["description"]
-    summary = (f"driftd daemon:8780 has stopped consuming {label_map['topic']} partition {label_map['partition']}: "
-               "a record batch there cannot be read")
-    labels = {"alertname": "DriftdPartitionStalled", "severity": "critical", "instance": "daemon:8780", **label_map}
+    description = next(r for r in rules if r.get("alert") == "DriftdPartitionStalled")[
+        "annotations"
+    ]["description"]
+    summary = (
+        f"driftd daemon:8780 has stopped consuming {label_map['topic']} partition {label_map['partition']}: "
+        "a record batch there cannot be read"
+    )
+    labels = {
+        "alertname": "DriftdPartitionStalled",
+        "severity": "critical",
+        "instance": "daemon:8780",
+        **label_map,
+    }
     test = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": f'{selector}{{job="driftd", instance="daemon:8780", {matcher}}}',
-                              "values": "1x10"}],
-            "alert_rule_test": [{
-                "eval_time": "5m",
-                "alertname": "DriftdPartitionStalled",
-                "exp_alerts": [{"exp_labels": labels,
-                                "exp_annotations": {"summary": summary, "description": description}}],
-            }],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": f'{selector}{{job="driftd", instance="daemon:8780", {matcher}}}',
+                        "values": "1x10",
+                    }
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "5m",
+                        "alertname": "DriftdPartitionStalled",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": labels,
+                                "exp_annotations": {"summary": summary, "description": description},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
     }
     path = tmp_path / "stall.test.yml"
     path.write_text(yaml.safe_dump(test))
     promtool = require_binary("promtool")
-    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition(broker, tmp_path_factory):
+def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition(
+    broker, tmp_path_factory
+):
     topic = unique("codecs")
     data_dir = tmp_path_factory.mktemp("codecs")
     daemon = DaemonProcess(broker.bootstrap, data_dir, topic, partitions=PARTITIONS).start()
@@ -154,23 +208,42 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
 
         tombstones = [(f"c{i}".encode(), None) for i in range(20)]
         keyless = [valid_event(i, run="keyless") for i in range(20)]
-        confluent_produce(broker.bootstrap, topic, tombstones + [(None, value) for _, value in keyed(keyless)], "lz4")
+        confluent_produce(
+            broker.bootstrap,
+            topic,
+            tombstones + [(None, value) for _, value in keyed(keyless)],
+            "lz4",
+        )
 
-        bad_offset = asyncio.run(write_raw_batch(broker.bootstrap, topic, STALLED, unreadable_batch()))
+        bad_offset = asyncio.run(
+            write_raw_batch(broker.bootstrap, topic, STALLED, unreadable_batch())
+        )
         after = [valid_event(i, run="after") for i in range(200)]
         after_positions = confluent_produce(broker.bootstrap, topic, keyed(after), "zstd")
         behind = {e["event_id"] for e, (p, _) in zip(after, after_positions) if p == STALLED}
-        assert behind and len(behind) < len(after), "the keys should spread the later events over every partition"
-        sent.update((e["event_id"], pos) for e, pos in zip(after, after_positions) if e["event_id"] not in behind)
+        assert behind and len(behind) < len(after), (
+            "the keys should spread the later events over every partition"
+        )
+        sent.update(
+            (e["event_id"], pos)
+            for e, pos in zip(after, after_positions)
+            if e["event_id"] not in behind
+        )
         assert all(offset < bad_offset for event_id, (p, offset) in sent.items() if p == STALLED)
 
         dead_count = len(tombstones) + len(keyless)
+
         def handled() -> bool:
-            return daemon.metric("driftd_events_total") >= len(sent) and daemon.metric("driftd_dlq_total") >= dead_count
+            return (
+                daemon.metric("driftd_events_total") >= len(sent)
+                and daemon.metric("driftd_dlq_total") >= dead_count
+            )
 
         daemon.wait_until(handled, 60, "every readable record handled")
         stall_series = f"driftd_partition_stalled{{partition={STALLED},topic={topic}}}"
-        daemon.wait_until(lambda: daemon.metrics().get(stall_series) == 1, 30, "the stall on /metrics")
+        daemon.wait_until(
+            lambda: daemon.metrics().get(stall_series) == 1, 30, "the stall on /metrics"
+        )
         # Committed up to the bad batch on its partition, never past it.
         committed = lambda: asyncio.run(committed_offset(broker.bootstrap, group, topic, STALLED))  # noqa: E731
         daemon.wait_until(lambda: committed() == bad_offset, 30, "the commit up to the bad batch")
@@ -180,7 +253,9 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
         assert metrics["driftd_dlq_total{reason=tombstone}"] == len(tombstones)
         assert metrics["driftd_dlq_total{reason=missing_key}"] == len(keyless)
         assert metrics[f"driftd_partition_stalls_total{{partition={STALLED},topic={topic}}}"] == 1
-        assert [k for k, v in metrics.items() if k.startswith("driftd_partition_stalled{") and v] == [stall_series]
+        assert [
+            k for k, v in metrics.items() if k.startswith("driftd_partition_stalled{") and v
+        ] == [stall_series]
         assert daemon.proc.poll() is None
         log = daemon.log_path.read_text(errors="replace")
         assert f"partition stalled: topic {topic} partition {STALLED} offset {bad_offset}" in log
@@ -190,12 +265,18 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
         dead = asyncio.run(read_topic(broker.bootstrap, daemon.dlq, dead_count))
         reasons = Counter(dict(r.headers)["driftd-reason"].decode() for r in dead)
         assert reasons == {"tombstone": len(tombstones), "missing_key": len(keyless)}
-        assert sorted(r.value for r in dead if r.value is not None) == sorted(v for _, v in keyed(keyless))  # as sent
+        assert sorted(r.value for r in dead if r.value is not None) == sorted(
+            v for _, v in keyed(keyless)
+        )  # as sent
 
-        assert committed() == bad_offset  # the bad batch and what follows it stay in the log, unconsumed
+        assert (
+            committed() == bad_offset
+        )  # the bad batch and what follows it stay in the log, unconsumed
         promtool_fires(stall_series, data_dir)
         code, _ = daemon.terminate(timeout_s=30)
         assert code == 0
     finally:
         daemon.stop_quietly()
-    assert stored_event_ids(data_dir) == Counter(sent.keys())  # each exactly once; none from behind the bad batch
+    assert stored_event_ids(data_dir) == Counter(
+        sent.keys()
+    )  # each exactly once; none from behind the bad batch

@@ -18,13 +18,29 @@ def cold_bucket(s3):
 
 def test_demotion_writes_parquet_objects_to_s3_exactly_once_and_cleans_orphans(tmp_path, s3):
     clock = Clock()
-    store = make_store(tmp_path, clock, warm_age=HOUR, cold_url="s3://driftd-cold/events", cold_storage_options=s3, demotion_batch=120)
+    store = make_store(
+        tmp_path,
+        clock,
+        warm_age=HOUR,
+        cold_url="s3://driftd-cold/events",
+        cold_storage_options=s3,
+        demotion_batch=120,
+    )
     asyncio.run(store.write([event(i) for i in range(300)]))
-    orphan = store.cold.write([event(i) for i in range(1000, 1010)])  # a crash between upload and commit
+    orphan = store.cold.write(
+        [event(i) for i in range(1000, 1010)]
+    )  # a crash between upload and commit
     store.close_now()
 
     clock.now += 2 * HOUR
-    store = make_store(tmp_path, clock, warm_age=HOUR, cold_url="s3://driftd-cold/events", cold_storage_options=s3, demotion_batch=120)
+    store = make_store(
+        tmp_path,
+        clock,
+        warm_age=HOUR,
+        cold_url="s3://driftd-cold/events",
+        cold_storage_options=s3,
+        demotion_batch=120,
+    )
     remote = ColdStore("s3://driftd-cold/events", s3)
     assert orphan not in remote.files()  # removed at open: it was never committed
     assert asyncio.run(store.maintain())["warm_to_cold"] == 300

@@ -40,14 +40,18 @@ def clinc_job(tmp_path_factory: pytest.TempPathFactory) -> FineTuneJob:
     train, val, test = (load_examples("clinc150", split) for split in ("train", "val", "test"))
     seed = [e for e in train if e.intent in old]
     result = train_classifier(*pairs(seed), settings=TrainSettings(epochs=5, batch_size=256))
-    files, _ = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in seed[::50]][:64])
+    files, _ = build_version_files(
+        result.model, result.featurizer, result.labels, [e.text for e in seed[::50]][:64]
+    )
     registry = Registry(tmp_path_factory.mktemp("ddp") / "registry")
     version = registry.publish(files, parent=None, info={"source": "test seed"}).version
     rng = random.Random(0)
     fresh = [e for e in train if e.intent in new]
     rng.shuffle(fresh)
     return FineTuneJob(
-        train=pairs(rng.sample(seed, 1200) + fresh),  # replay first, then what is new (oldest first)
+        train=pairs(
+            rng.sample(seed, 1200) + fresh
+        ),  # replay first, then what is new (oldest first)
         holdout=pairs([e for e in test if e.intent in old | new]),
         replay_eval=pairs([e for e in val if e.intent in old]),
         incumbent_dir=str(registry.root / version),
@@ -58,12 +62,18 @@ def clinc_job(tmp_path_factory: pytest.TempPathFactory) -> FineTuneJob:
 
 def toy_job(incumbent_dir: str | None = None, **settings: object) -> FineTuneJob:
     return FineTuneJob(
-        train=examples(["refund", "track", "cancel"], 300, 0), holdout=examples(["refund", "track", "cancel"], 80, 1), replay_eval=([], []),
-        incumbent_dir=incumbent_dir, settings=TrainSettings(**{"epochs": 3, "batch_size": 32, **settings}), gate=GateSettings(min_holdout=50),
+        train=examples(["refund", "track", "cancel"], 300, 0),
+        holdout=examples(["refund", "track", "cancel"], 80, 1),
+        replay_eval=([], []),
+        incumbent_dir=incumbent_dir,
+        settings=TrainSettings(**{"epochs": 3, "batch_size": 32, **settings}),
+        gate=GateSettings(min_holdout=50),
     )
 
 
-def run(trainer: TrainerProcess, job: FineTuneJob, timeout_s: float = 120) -> tuple[FineTuneResult, list[dict]]:
+def run(
+    trainer: TrainerProcess, job: FineTuneJob, timeout_s: float = 120
+) -> tuple[FineTuneResult, list[dict]]:
     progress: list[dict] = []
     result = asyncio.run(trainer.run(job, timeout_s, progress.append))
     assert trainer.pid is None
@@ -88,7 +98,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def run_watching_workers(trainer: TrainerProcess, job: FineTuneJob, timeout_s: float, kill_after_first_epoch: bool = False) -> tuple[set[int], BaseException | None]:
+async def run_watching_workers(
+    trainer: TrainerProcess,
+    job: FineTuneJob,
+    timeout_s: float,
+    kill_after_first_epoch: bool = False,
+) -> tuple[set[int], BaseException | None]:
     """Run, noting torchrun's workers as they appear; optionally SIGKILL torchrun once they train."""
     progress: list[dict] = []
     task = asyncio.ensure_future(trainer.run(job, timeout_s, progress.append))
@@ -119,14 +134,18 @@ def test_two_gloo_workers_pass_the_same_gate_as_one_process(clinc_job: FineTuneJ
     ddp_s = time.monotonic() - started
     for name, result, seconds in (("1 process", single, single_s), ("2 gloo workers", ddp, ddp_s)):
         r = result.report
-        print(f"{name}: {result.verdict.describe()}; {r['epochs_run']} epochs, {r['samples_per_s']} samples/s, {seconds:.1f}s wall")
+        print(
+            f"{name}: {result.verdict.describe()}; {r['epochs_run']} epochs, {r['samples_per_s']} samples/s, {seconds:.1f}s wall"
+        )
     assert single.verdict.passed, single.verdict.describe()
     assert ddp.verdict.passed, ddp.verdict.describe()
     assert single.verdict.settings == ddp.verdict.settings
     assert abs(single.verdict.candidate_holdout - ddp.verdict.candidate_holdout) <= 0.03
     assert (single.report["world_size"], single.report["backend"]) == (1, None)
     assert (ddp.report["world_size"], ddp.report["backend"]) == (2, "gloo")
-    assert ddp.report["new_labels"] == sorted(groups("clinc150")["home"]) and set(ddp.files) == set(single.files)
+    assert ddp.report["new_labels"] == sorted(groups("clinc150")["home"]) and set(ddp.files) == set(
+        single.files
+    )
     stages = [p["stage"] for p in progress]
     assert stages[0] == "training" and "epoch" in stages and stages[-1] == "verdict"
 
@@ -144,19 +163,31 @@ def test_a_failing_worker_is_reported_with_its_error_not_a_hang(tmp_path: Path) 
 def test_a_diverging_loss_stops_every_rank_and_is_reported_as_diverged() -> None:
     with pytest.raises(TrainingFailed) as failure:
         run(TrainerProcess(processes=2, backend="gloo"), toy_job(lr=1e30, clip_norm=0.0))
-    assert failure.value.reason == "diverged" and "loss is" in failure.value.detail and "2 ranks" in failure.value.detail
+    assert (
+        failure.value.reason == "diverged"
+        and "loss is" in failure.value.detail
+        and "2 ranks" in failure.value.detail
+    )
 
 
 def test_a_killed_launcher_is_a_crash_and_takes_its_workers_down() -> None:
     trainer = TrainerProcess(processes=2, backend="gloo")
-    workers, error = asyncio.run(run_watching_workers(trainer, toy_job(epochs=10_000, patience=10_000), 120, kill_after_first_epoch=True))
-    assert isinstance(error, TrainingFailed) and error.reason == "crashed" and "-9" in error.detail, error
+    workers, error = asyncio.run(
+        run_watching_workers(
+            trainer, toy_job(epochs=10_000, patience=10_000), 120, kill_after_first_epoch=True
+        )
+    )
+    assert (
+        isinstance(error, TrainingFailed) and error.reason == "crashed" and "-9" in error.detail
+    ), error
     assert len(workers) == 2 and trainer.pid is None
     assert_gone(workers)
 
 
 def test_a_timeout_kills_torchrun_and_its_workers() -> None:
     trainer = TrainerProcess(processes=2, backend="gloo")
-    workers, error = asyncio.run(run_watching_workers(trainer, toy_job(epochs=10_000, patience=10_000), 6))
+    workers, error = asyncio.run(
+        run_watching_workers(trainer, toy_job(epochs=10_000, patience=10_000), 6)
+    )
     assert isinstance(error, TrainingFailed) and error.reason == "timeout", error
     assert_gone(workers)

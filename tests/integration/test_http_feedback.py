@@ -24,7 +24,6 @@ from streams.datasets import groups, load_examples
 from tests.integration.harness import DaemonProcess, read_topic, unique
 from tests.integration.test_learning_loop import learning_status, publish_seed_model
 
-
 SEED_DOMAINS = ("banking", "credit_cards")
 NEW_DOMAIN = "travel"
 HTTP_LOOP = {  # small, so that one decay and one fine-tune take seconds; the rest is the shipped default
@@ -40,16 +39,22 @@ HTTP_LOOP = {  # small, so that one decay and one fine-tune take seconds; the re
 }
 
 
-async def predict(session: aiohttp.ClientSession, url: str, texts: list[str]) -> list[dict[str, Any]]:
+async def predict(
+    session: aiohttp.ClientSession, url: str, texts: list[str]
+) -> list[dict[str, Any]]:
     answers: list[dict[str, Any]] = []
     for start in range(0, len(texts), 64):
-        async with session.post(url + "/v1/predict", json={"texts": texts[start:start + 64]}) as response:
+        async with session.post(
+            url + "/v1/predict", json={"texts": texts[start : start + 64]}
+        ) as response:
             assert response.status == 200, await response.text()
             answers += (await response.json())["predictions"]
     return answers
 
 
-async def report(session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def report(
+    session: aiohttp.ClientSession, url: str, bodies: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """POST every body to /v1/feedback; each must be acknowledged (202)."""
     gate = asyncio.Semaphore(16)
 
@@ -62,13 +67,17 @@ async def report(session: aiohttp.ClientSession, url: str, bodies: list[dict[str
 
 
 @pytest.mark.timeout(300)
-def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swap(broker: Any, tmp_path: Path) -> None:
+def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swap(
+    broker: Any, tmp_path: Path
+) -> None:
     started = time.monotonic()
     domains = groups("clinc150")
     seed_intents = {i for d in SEED_DOMAINS for i in domains[d]}
     new_intents = set(domains[NEW_DOMAIN])
     train, test = load_examples("clinc150", "train"), load_examples("clinc150", "test")
-    seed_version, _ = publish_seed_model(tmp_path / "registry", [e for e in train if e.intent in seed_intents])
+    seed_version, _ = publish_seed_model(
+        tmp_path / "registry", [e for e in train if e.intent in seed_intents]
+    )
     rng = random.Random(21)  # the splits are grouped by intent
     known = rng.sample([e for e in test if e.intent in seed_intents], 150)
     unseen = rng.sample([e for e in train if e.intent in new_intents], 600)
@@ -78,21 +87,28 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
     daemon = DaemonProcess(broker.bootstrap, tmp_path / "daemon", topic, extra_env=env).start()
 
     def wait_for_outcomes(count: int) -> None:
-        daemon.wait_until(lambda: daemon.metric("driftd_outcomes_total") >= count, 60, f"{count} outcomes")
+        daemon.wait_until(
+            lambda: daemon.metric("driftd_outcomes_total") >= count, 60, f"{count} outcomes"
+        )
 
     async def client() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         async with aiohttp.ClientSession() as session:
             # The reference: reports on the known domains, as "right" or "wrong".
             answers = await predict(session, daemon.url, [e.text for e in known])
-            bodies = [{"prediction_id": a["prediction_id"], "correct": a["intent"] == e.intent}
-                      for a, e in zip(answers, known)]
+            bodies = [
+                {"prediction_id": a["prediction_id"], "correct": a["intent"] == e.intent}
+                for a, e in zip(answers, known)
+            ]
             acks = await report(session, daemon.url, bodies)
             await asyncio.get_running_loop().run_in_executor(None, wait_for_outcomes, len(known))
             # The drift: a domain the model has never seen, each report naming the right intent.
             answers = await predict(session, daemon.url, [e.text for e in unseen])
             assert {a["model_version"] for a in answers} == {seed_version}
             assert not {a["intent"] for a in answers} & new_intents
-            bodies = [{"prediction_id": a["prediction_id"], "intent": e.intent} for a, e in zip(answers, unseen)]
+            bodies = [
+                {"prediction_id": a["prediction_id"], "intent": e.intent}
+                for a, e in zip(answers, unseen)
+            ]
             acks += await report(session, daemon.url, bodies)
             return acks, answers
 
@@ -111,17 +127,23 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
                 return await predict(session, daemon.url, [e.text for e in fresh])
 
         fresh_answers = asyncio.run(after_swap())
-        fresh_accuracy = sum(a["intent"] == e.intent for a, e in zip(fresh_answers, fresh)) / len(fresh)
+        fresh_accuracy = sum(a["intent"] == e.intent for a, e in zip(fresh_answers, fresh)) / len(
+            fresh
+        )
         elapsed = time.monotonic() - started
         run = status["last_run"]
-        print(f"\n  {reported} HTTP reports; decisions {metrics['driftd_decay_decisions_total']:.0f}, "
-              f"last run {run.get('trigger')} on {run.get('data')}: {run.get('result')}; serving {serving} "
-              f"(seed {seed_version}); {NEW_DOMAIN} accuracy after the swap {fresh_accuracy:.3f}; {elapsed:.0f} s")
+        print(
+            f"\n  {reported} HTTP reports; decisions {metrics['driftd_decay_decisions_total']:.0f}, "
+            f"last run {run.get('trigger')} on {run.get('data')}: {run.get('result')}; serving {serving} "
+            f"(seed {seed_version}); {NEW_DOMAIN} accuracy after the swap {fresh_accuracy:.3f}; {elapsed:.0f} s"
+        )
 
         assert metrics["driftd_decay_decisions_total"] >= 1
         assert metrics["driftd_finetune_runs_total{trigger=decay}"] >= 1
         assert serving != seed_version and {a["model_version"] for a in fresh_answers} == {serving}
-        assert fresh_accuracy >= 0.5, "the swapped-in model did not learn the domain it got feedback on"
+        assert fresh_accuracy >= 0.5, (
+            "the swapped-in model did not learn the domain it got feedback on"
+        )
         # Every report joined exactly once, with the prediction its client was told, and none was predicted again.
         assert daemon.metric("driftd_outcomes_total") == reported
         assert daemon.metric("driftd_predictions_total") == 0
@@ -131,7 +153,9 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
         events = [(r.partition, json.loads(r.value)) for r in records]
         utterances = {e["event_id"]: (p, e) for p, e in events if e["type"] == "utterance"}
         reports = [(p, e) for p, e in events if e["type"] != "utterance"]
-        assert len(utterances) == len(reports) == reported == len({a["prediction_id"] for a in acks})
+        assert (
+            len(utterances) == len(reports) == reported == len({a["prediction_id"] for a in acks})
+        )
         assert all(utterances[e["ref_event_id"]][0] == p for p, e in reports)
         first = utterances[unseen_answers[0]["prediction_id"]][1]
         told = {k: unseen_answers[0][k] for k in ("intent", "confidence", "model_version")}
@@ -140,7 +164,9 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
         # ...and training data: each stored report knows its utterance's text.
         db = sqlite3.connect(tmp_path / "daemon" / "warm.sqlite3")
         try:
-            query = "SELECT COUNT(*), COUNT(ref_text) FROM events WHERE type IN ('label', 'feedback')"
+            query = (
+                "SELECT COUNT(*), COUNT(ref_text) FROM events WHERE type IN ('label', 'feedback')"
+            )
             texts = db.execute(query).fetchone()
         finally:
             db.close()
@@ -152,18 +178,28 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
 def test_feedback_during_a_broker_outage_is_a_503_and_never_acknowledged(tmp_path: Path) -> None:
     domains = groups("clinc150")
     intents = set(domains["banking"])
-    seed = [e for e in load_examples("clinc150", "train") if e.intent in intents][::4]  # its quality is not under test
+    seed = [e for e in load_examples("clinc150", "train") if e.intent in intents][
+        ::4
+    ]  # its quality is not under test
     publish_seed_model(tmp_path / "registry", seed)
     with EmbeddedBroker(free_port(), log_path=tmp_path / "tansu.log") as own_broker:
-        daemon = DaemonProcess(own_broker.bootstrap, tmp_path / "daemon", unique("http-outage"), extra_env={
-            "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry"), "DRIFTD_WEB__FEEDBACK_PUBLISH_TIMEOUT_S": "3",
-        }).start()
+        daemon = DaemonProcess(
+            own_broker.bootstrap,
+            tmp_path / "daemon",
+            unique("http-outage"),
+            extra_env={
+                "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry"),
+                "DRIFTD_WEB__FEEDBACK_PUBLISH_TIMEOUT_S": "3",
+            },
+        ).start()
         try:
             daemon.wait_ready(timeout_s=90, model=True)
 
             async def client(phase: str) -> tuple[int, dict[str, Any], float]:
                 async with aiohttp.ClientSession() as session:
-                    (answer,) = await predict(session, daemon.url, [f"what is my account balance ({phase})"])  # goes on
+                    (answer,) = await predict(
+                        session, daemon.url, [f"what is my account balance ({phase})"]
+                    )  # goes on
                     sent = time.monotonic()
                     right = {"prediction_id": answer["prediction_id"], "correct": True}
                     async with session.post(daemon.url + "/v1/feedback", json=right) as response:

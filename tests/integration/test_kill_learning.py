@@ -28,7 +28,6 @@ from tests.integration.harness import DaemonProcess, produce, stored_count, stor
 from tests.integration.test_learning_failures import TOKEN, call
 from tests.integration.test_learning_loop import publish_seed_model
 
-
 MAX_EXAMPLES = 300  # a fine-tune learns from the newest 300 labels (the newest 60 judge it): seconds, not minutes
 TUNED = {
     "DRIFTD_WEB__ADMIN_TOKEN": TOKEN,
@@ -42,13 +41,28 @@ TUNED = {
     "DRIFTD_LEARNING__BATCH_SIZE": "32",
     # Unlabelled utterances (priority low) go to cold within seconds, so kills land in demotions too; labelled
     # ones stay in warm, where a fine-tune finds its data.
-    "DRIFTD_TIERS__RULES": json.dumps([{"priority": "low", "hot_max_age_s": 1, "warm_retention_s": 2}]),
+    "DRIFTD_TIERS__RULES": json.dumps(
+        [{"priority": "low", "hot_max_age_s": 1, "warm_retention_s": 2}]
+    ),
     "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "0.5",
     "DRIFTD_INGEST__BATCH_SIZE": "200",
 }
-LONG_FINE_TUNE = {"DRIFTD_LEARNING__EPOCHS": "200", "DRIFTD_LEARNING__PATIENCE": "200"}  # minutes: a kill lands inside it
-SWAP_TARGETS = ("gating", "publishing", "published", "set_current")  # where kill_at_swap aims, see there
-JITTER_S = {"gating": 0.3, "publishing": 0.01, "published": 0.03, "set_current": 0.1}  # verdict to CURRENT moved: ~150 ms
+LONG_FINE_TUNE = {
+    "DRIFTD_LEARNING__EPOCHS": "200",
+    "DRIFTD_LEARNING__PATIENCE": "200",
+}  # minutes: a kill lands inside it
+SWAP_TARGETS = (
+    "gating",
+    "publishing",
+    "published",
+    "set_current",
+)  # where kill_at_swap aims, see there
+JITTER_S = {
+    "gating": 0.3,
+    "publishing": 0.01,
+    "published": 0.03,
+    "set_current": 0.1,
+}  # verdict to CURRENT moved: ~150 ms
 
 
 class Stream:
@@ -67,11 +81,31 @@ class Stream:
         events, phase = [], self.phase
         for i in range(self.made, self.made + utterances):
             example = self.examples[i % len(self.examples)]
-            common = {"conversation_id": f"c{i % 97}", "turn": 0, "ts": time.time(), "priority": "low" if i % 4 == 3 else "normal"}
-            events.append({"event_id": f"{self.run}-u{i}", "type": "utterance", "text": example.text, **common})
+            common = {
+                "conversation_id": f"c{i % 97}",
+                "turn": 0,
+                "ts": time.time(),
+                "priority": "low" if i % 4 == 3 else "normal",
+            }
+            events.append(
+                {
+                    "event_id": f"{self.run}-u{i}",
+                    "type": "utterance",
+                    "text": example.text,
+                    **common,
+                }
+            )
             if i % 4 != 3:
                 intent = example.intent if phase == 0 else f"{example.intent}@{phase}"
-                events.append({"event_id": f"{self.run}-l{i}", "type": "label", "ref_event_id": f"{self.run}-u{i}", "intent": intent, **common})
+                events.append(
+                    {
+                        "event_id": f"{self.run}-l{i}",
+                        "type": "label",
+                        "ref_event_id": f"{self.run}-u{i}",
+                        "intent": intent,
+                        **common,
+                    }
+                )
         self.made += utterances
         return phase, events
 
@@ -94,7 +128,13 @@ class Producer(threading.Thread):
     async def _send(self) -> None:
         while not self.stopping.is_set():
             phase, events = self.stream.chunk(40)
-            await produce(self.bootstrap, self.topic, [json.dumps(e).encode() for e in events], rate=self.rate, keys=[e["conversation_id"].encode() for e in events])
+            await produce(
+                self.bootstrap,
+                self.topic,
+                [json.dumps(e).encode() for e in events],
+                rate=self.rate,
+                keys=[e["conversation_id"].encode() for e in events],
+            )
             self.stream.acked += [e["event_id"] for e in events]
             self.stream.acked_labels[phase] += sum(e["type"] == "label" for e in events)
 
@@ -132,7 +172,9 @@ class KillRig:
         self.bootstrap, self.rng = bootstrap, random.Random(seed)
         self.registry_dir, self.data_dir = tmp_path / "registry", tmp_path / "state"
         self.registry = Registry(self.registry_dir)
-        publish_seed_model(self.registry_dir, examples[:300])  # a small seed: its quality is not under test
+        publish_seed_model(
+            self.registry_dir, examples[:300]
+        )  # a small seed: its quality is not under test
         self.topic = unique("killrun")
         self.stream = Stream(self.topic, examples)
         self.producer = Producer(bootstrap, self.topic, self.stream, rate)
@@ -146,8 +188,14 @@ class KillRig:
     # -- daemons ---------------------------------------------------------------------------------------
 
     def start(self, long_fine_tune: bool = False) -> DaemonProcess:
-        env = {**TUNED, "DRIFTD_MODELS__REGISTRY_DIR": str(self.registry_dir), **(LONG_FINE_TUNE if long_fine_tune else {})}
-        self.daemon = DaemonProcess(self.bootstrap, self.data_dir, self.topic, extra_env=env).start()
+        env = {
+            **TUNED,
+            "DRIFTD_MODELS__REGISTRY_DIR": str(self.registry_dir),
+            **(LONG_FINE_TUNE if long_fine_tune else {}),
+        }
+        self.daemon = DaemonProcess(
+            self.bootstrap, self.data_dir, self.topic, extra_env=env
+        ).start()
         self.daemon.wait_ready(timeout_s=120, model=True)
         if not self.producer.is_alive() and not self.producer.stopping.is_set():
             self.producer.start()  # after the first start: the daemon creates the topics with their partition counts
@@ -183,7 +231,9 @@ class KillRig:
 
     def kill_mid_ingest(self) -> Kill:
         assert self.daemon is not None
-        self.daemon.wait_until(lambda: self.daemon.metric("driftd_events_total") > 0, 60, "ingest under way")
+        self.daemon.wait_until(
+            lambda: self.daemon.metric("driftd_events_total") > 0, 60, "ingest under way"
+        )
         delay = self.rng.uniform(0.3, 3.0)
         time.sleep(delay)
         return self._kill("ingest", f"{delay:.1f} s into ingest")
@@ -197,9 +247,15 @@ class KillRig:
         status = self.learning()
         pid, progress = status["pid"], (status["last_run"] or {}).get("progress") or {}
         if not (pid and _running(pid)):
-            self.problems.append(f"kill {len(self.kills) + 1}: the fine-tune child was no longer running ({status['last_run']})")
+            self.problems.append(
+                f"kill {len(self.kills) + 1}: the fine-tune child was no longer running ({status['last_run']})"
+            )
         stage = progress.get("stage")
-        moment = {None: "child starting (no progress yet)", "training": "before epoch 1", "epoch": f"after epoch {progress.get('epoch')}/{progress.get('epochs')}"}
+        moment = {
+            None: "child starting (no progress yet)",
+            "training": "before epoch 1",
+            "epoch": f"after epoch {progress.get('epoch')}/{progress.get('epochs')}",
+        }
         kill = self._kill("fine-tune", moment.get(stage, stage))
         deadline = time.monotonic() + 10
         while pid and _running(pid) and time.monotonic() < deadline:
@@ -216,9 +272,16 @@ class KillRig:
         really hit is read from the registry afterwards."""
         assert self.daemon is not None
         self.new_phase()
-        before, current, temps = set(self.registry.versions()), self.registry.current(), self._temps()
+        before, current, temps = (
+            set(self.registry.versions()),
+            self.registry.current(),
+            self._temps(),
+        )
         reached = {
-            "gating": lambda: ((self.learning()["last_run"] or {}).get("progress") or {}).get("stage") in ("gating", "verdict"),
+            "gating": lambda: (
+                ((self.learning()["last_run"] or {}).get("progress") or {}).get("stage")
+                in ("gating", "verdict")
+            ),
             "publishing": lambda: self._temps() - temps or set(self.registry.versions()) - before,
             "published": lambda: set(self.registry.versions()) - before,
             "set_current": lambda: self.registry.current() != current,
@@ -227,17 +290,25 @@ class KillRig:
         deadline, next_look = time.monotonic() + 240, time.monotonic() + 0.5
         ended = False
         while not reached():
-            if time.monotonic() > next_look:  # the fine-tune may end without a swap (a gate rejection)
+            if (
+                time.monotonic() > next_look
+            ):  # the fine-tune may end without a swap (a gate rejection)
                 next_look += 0.5
                 if self.learning()["state"] == "idle":
                     ended = True
                     break
-            assert time.monotonic() < deadline, f"no {target} within 240 s; daemon log:\n{self.daemon.log_tail()}"
+            assert time.monotonic() < deadline, (
+                f"no {target} within 240 s; daemon log:\n{self.daemon.log_tail()}"
+            )
             time.sleep(0.02 if target == "gating" else 0.003)
         jitter = self.rng.uniform(0, JITTER_S[target])
         time.sleep(jitter)
         kill = self._kill("swap", "")
-        new, now_current, left = sorted(set(self.registry.versions()) - before), self.registry.current(), self._temps() - temps
+        new, now_current, left = (
+            sorted(set(self.registry.versions()) - before),
+            self.registry.current(),
+            self._temps() - temps,
+        )
         if ended:
             hit = f"no swap: the fine-tune ended first ({self.learning_result_from_log()})"
             self.problems.append(f"kill {kill.n}: {hit}")
@@ -246,7 +317,11 @@ class KillRig:
         elif new:
             hit = f"{new[-1]} published, CURRENT still {current}"
         elif left:
-            hit = "mid set_current (temp file left)" if all(n.endswith(".CURRENT") for n in left) else "mid-publish (temp dir left)"
+            hit = (
+                "mid set_current (temp file left)"
+                if all(n.endswith(".CURRENT") for n in left)
+                else "mid-publish (temp dir left)"
+            )
         else:
             hit = "before publication"
         kill.moment = f"{target}+{jitter * 1000:.0f}ms: {hit}"
@@ -254,7 +329,11 @@ class KillRig:
 
     def learning_result_from_log(self) -> str:
         assert self.daemon is not None
-        lines = [line for line in self.daemon.log_tail(200).splitlines() if "gate (" in line or "fine-tune (" in line]
+        lines = [
+            line
+            for line in self.daemon.log_tail(200).splitlines()
+            if "gate (" in line or "fine-tune (" in line
+        ]
         return lines[-1].split("driftd.learning: ")[-1][:160] if lines else "no verdict logged"
 
     def new_phase(self) -> None:
@@ -262,13 +341,21 @@ class KillRig:
         assert self.daemon is not None
         self.stream.phase += 1
         phase = self.stream.phase
-        self.daemon.wait_until(lambda: self.stream.acked_labels[phase] >= MAX_EXAMPLES, 120, f"{MAX_EXAMPLES} labels of phase {phase} acknowledged")
+        self.daemon.wait_until(
+            lambda: self.stream.acked_labels[phase] >= MAX_EXAMPLES,
+            120,
+            f"{MAX_EXAMPLES} labels of phase {phase} acknowledged",
+        )
         acked = len(self.stream.acked)
-        self.daemon.wait_until(lambda: stored_count(self.data_dir) >= acked, 120, f"{acked} events stored")
+        self.daemon.wait_until(
+            lambda: stored_count(self.data_dir) >= acked, 120, f"{acked} events stored"
+        )
 
     # -- after a kill ----------------------------------------------------------------------------------
 
-    def restart_and_check(self, *, long_fine_tune: bool = False, resume: bool = False) -> DaemonProcess:
+    def restart_and_check(
+        self, *, long_fine_tune: bool = False, resume: bool = False
+    ) -> DaemonProcess:
         """Start a daemon on what the last kill left and check it; with ``resume``, a new fine-tune to its verdict."""
         kill = self.kills[-1]
         daemon = self.start(long_fine_tune)
@@ -279,12 +366,18 @@ class KillRig:
         current = self.registry.current()
         if current not in self.registry.versions() or current in self.partial:
             self.partial.add(f"CURRENT={current}")
-            self.problems.append(f"after kill {kill.n}: CURRENT names {current!r}, not a valid version")
+            self.problems.append(
+                f"after kill {kill.n}: CURRENT names {current!r}, not a valid version"
+            )
         self.temp_left |= self._temps()
-        status, answer = call(daemon, "POST", "/v1/predict", {"text": "what is my checking account balance"})
+        status, answer = call(
+            daemon, "POST", "/v1/predict", {"text": "what is my checking account balance"}
+        )
         kill.serving_after = answer.get("model_version", f"HTTP {status}")
         if status != 200 or kill.serving_after != current:
-            self.problems.append(f"after kill {kill.n}: /v1/predict answered {status} by {kill.serving_after}, CURRENT is {current}")
+            self.problems.append(
+                f"after kill {kill.n}: /v1/predict answered {status} by {kill.serving_after}, CURRENT is {current}"
+            )
         if resume:
             kill.resumed = self.fine_tune_to_verdict()
         return daemon
@@ -292,10 +385,18 @@ class KillRig:
     def fine_tune_to_verdict(self) -> str:
         assert self.daemon is not None
         self.retrain()
-        self.daemon.wait_until(lambda: (s := self.learning())["state"] == "idle" and (s["last_run"] or {}).get("result"), 240, "the fine-tune's verdict")
+        self.daemon.wait_until(
+            lambda: (
+                (s := self.learning())["state"] == "idle" and (s["last_run"] or {}).get("result")
+            ),
+            240,
+            "the fine-tune's verdict",
+        )
         run = self.learning()["last_run"]
         if run["result"] not in ("swapped", "gate_rejected"):
-            self.problems.append(f"after kill {self.kills[-1].n}: the resumed fine-tune ended {run['result']}: {run.get('detail', '')[:300]}")
+            self.problems.append(
+                f"after kill {self.kills[-1].n}: the resumed fine-tune ended {run['result']}: {run.get('detail', '')[:300]}"
+            )
         return run["result"] + (f" {run['version']}" if run.get("version") else "")
 
     # -- the end ---------------------------------------------------------------------------------------
@@ -305,14 +406,25 @@ class KillRig:
         assert self.daemon is not None
         self.producer.stop()
         acked = Counter(self.stream.acked)
-        self.daemon.wait_until(lambda: stored_count(self.data_dir) >= len(acked), 180, "every acknowledged event stored")
+        self.daemon.wait_until(
+            lambda: stored_count(self.data_dir) >= len(acked),
+            180,
+            "every acknowledged event stored",
+        )
         code, _ = self.daemon.terminate(timeout_s=30)
         if code != 0:
             self.problems.append(f"the last daemon exited {code} on SIGTERM")
         stored = stored_event_ids(self.data_dir)
-        self.result = {"acknowledged": len(acked), "stored": sum(stored.values()), "lost": len(acked - stored), "duplicated": sum((stored - acked).values())}
+        self.result = {
+            "acknowledged": len(acked),
+            "stored": sum(stored.values()),
+            "lost": len(acked - stored),
+            "duplicated": sum((stored - acked).values()),
+        }
         if self.result["lost"] or self.result["duplicated"]:
-            self.problems.append(f"lost {self.result['lost']}, duplicated {self.result['duplicated']}")
+            self.problems.append(
+                f"lost {self.result['lost']}, duplicated {self.result['duplicated']}"
+            )
         counts = [k.stored_before for k in self.kills]
         if counts != sorted(counts):
             self.problems.append(f"stored counts went down between kills: {counts}")
@@ -323,20 +435,29 @@ class KillRig:
             self.daemon.stop_quietly()
 
     def summary(self) -> str:
-        rows = [f"{'#':>3}  {'phase':<9}  {'moment':<58}  {'stored before kill':>18}  {'serving after':<13}  resumed fine-tune"]
-        rows += [f"{k.n:>3}  {k.phase:<9}  {k.moment[:58]:<58}  {k.stored_before:>18}  {k.serving_after:<13}  {k.resumed}" for k in self.kills]
+        rows = [
+            f"{'#':>3}  {'phase':<9}  {'moment':<58}  {'stored before kill':>18}  {'serving after':<13}  resumed fine-tune"
+        ]
+        rows += [
+            f"{k.n:>3}  {k.phase:<9}  {k.moment[:58]:<58}  {k.stored_before:>18}  {k.serving_after:<13}  {k.resumed}"
+            for k in self.kills
+        ]
         phases = Counter(k.phase for k in self.kills)
         r = self.result
-        rows.append(f"{len(self.kills)} SIGKILLs ({', '.join(f'{n} {p}' for p, n in phases.items())}); acknowledged {r.get('acknowledged')}, "
-                    f"stored {r.get('stored')}, lost {r.get('lost')}, duplicated {r.get('duplicated')}; registry: {len(self.registry.versions())} versions, "
-                    f"partial versions found {len(self.partial)}, CURRENT {self.registry.current()}; "
-                    f"temp dirs left by a kill mid-publish {len(self.temp_left)} (never listed as versions)")
+        rows.append(
+            f"{len(self.kills)} SIGKILLs ({', '.join(f'{n} {p}' for p, n in phases.items())}); acknowledged {r.get('acknowledged')}, "
+            f"stored {r.get('stored')}, lost {r.get('lost')}, duplicated {r.get('duplicated')}; registry: {len(self.registry.versions())} versions, "
+            f"partial versions found {len(self.partial)}, CURRENT {self.registry.current()}; "
+            f"temp dirs left by a kill mid-publish {len(self.temp_left)} (never listed as versions)"
+        )
         rows += [f"PROBLEM: {p}" for p in self.problems]
         return "\n".join(rows)
 
 
 @pytest.mark.timeout(240)
-def test_sigkill_in_a_fine_tune_and_at_a_swap_then_restart_keeps_events_registry_and_loop(broker: Any, tmp_path: Path) -> None:
+def test_sigkill_in_a_fine_tune_and_at_a_swap_then_restart_keeps_events_registry_and_loop(
+    broker: Any, tmp_path: Path
+) -> None:
     started = time.monotonic()
     rig = KillRig(broker.bootstrap, tmp_path, rate=500, seed=5)
     try:

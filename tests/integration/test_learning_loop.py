@@ -42,17 +42,44 @@ AUTH = {"Authorization": "Bearer learning-loop-test-token"}
 
 def publish_seed_model(registry_dir: Path, examples: list[Example]) -> tuple[str, list[str]]:
     """What the daemon's bootstrap does, with fewer epochs (the seed model's quality is not under test)."""
-    result = train_classifier([e.text for e in examples], [e.intent for e in examples], settings=TrainSettings(epochs=5, batch_size=256))
-    files, report = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in examples[::100]][:64])
+    result = train_classifier(
+        [e.text for e in examples],
+        [e.intent for e in examples],
+        settings=TrainSettings(epochs=5, batch_size=256),
+    )
+    files, report = build_version_files(
+        result.model, result.featurizer, result.labels, [e.text for e in examples[::100]][:64]
+    )
     registry = Registry(registry_dir)
     version = registry.publish(files, parent=None, info={"source": "test seed"}).version
     registry.set_current(version)
     return version, result.labels
 
 
-def events_of(examples: list[Example], known: set[str], everything: set[str], *, before: int, total: int, seed: int, run: str) -> list[dict[str, Any]]:
-    schedule = DriftSchedule((Phase(0, ("known",), frozenset(known)), Phase(before, ("all",), frozenset(everything))))
-    events = list(plan_events(examples, schedule, limit=total, label_fraction=1.0, label_delay=20, seed=seed, dataset=run))
+def events_of(
+    examples: list[Example],
+    known: set[str],
+    everything: set[str],
+    *,
+    before: int,
+    total: int,
+    seed: int,
+    run: str,
+) -> list[dict[str, Any]]:
+    schedule = DriftSchedule(
+        (Phase(0, ("known",), frozenset(known)), Phase(before, ("all",), frozenset(everything)))
+    )
+    events = list(
+        plan_events(
+            examples,
+            schedule,
+            limit=total,
+            label_fraction=1.0,
+            label_delay=20,
+            seed=seed,
+            dataset=run,
+        )
+    )
     for event in events:  # ids unique to this test run (the plan's are seed-based)
         event["event_id"] = f"{run}-{event['event_id']}"
         if "ref_event_id" in event:
@@ -68,42 +95,97 @@ def learning_status(daemon: DaemonProcess) -> dict[str, Any]:
         return json.load(response)
 
 
-async def produce_watching(broker: str, daemon: DaemonProcess, topic: str, events: list[dict[str, Any]], rate: float) -> list[tuple[float, float]]:
+async def produce_watching(
+    broker: str, daemon: DaemonProcess, topic: str, events: list[dict[str, Any]], rate: float
+) -> list[tuple[float, float]]:
     """Produce while sampling (stored events) whenever a fine-tune child is running: ingest must not stop."""
     samples: list[tuple[float, float]] = []
-    sending = asyncio.ensure_future(produce(broker, topic, [json.dumps(e).encode() for e in events], rate=rate, keys=[e["conversation_id"].encode() for e in events]))
+    sending = asyncio.ensure_future(
+        produce(
+            broker,
+            topic,
+            [json.dumps(e).encode() for e in events],
+            rate=rate,
+            keys=[e["conversation_id"].encode() for e in events],
+        )
+    )
     loop = asyncio.get_running_loop()
     while not sending.done():
         await asyncio.sleep(0.5)
         metrics = await loop.run_in_executor(None, daemon.metrics)
         if metrics.get("driftd_finetune_running", 0) == 1:
-            samples.append((time.monotonic(), sum(v for k, v in metrics.items() if k.startswith("driftd_events_total"))))
+            samples.append(
+                (
+                    time.monotonic(),
+                    sum(v for k, v in metrics.items() if k.startswith("driftd_events_total")),
+                )
+            )
     await sending
     return samples
 
 
-def run_drift_scenario(broker: str, tmp_path: Path, dataset: str, seed_intents: set[str], all_intents: set[str], *, before: int, total: int, rate: float) -> dict[str, Any]:
+def run_drift_scenario(
+    broker: str,
+    tmp_path: Path,
+    dataset: str,
+    seed_intents: set[str],
+    all_intents: set[str],
+    *,
+    before: int,
+    total: int,
+    rate: float,
+) -> dict[str, Any]:
     train = [e for e in load_examples(dataset, "train") if e.intent in all_intents]
     seed_examples = [e for e in train if e.intent in seed_intents]
     seed_version, _ = publish_seed_model(tmp_path / "registry", seed_examples)
     topic = unique(f"learn-{dataset}")
-    daemon = DaemonProcess(broker, tmp_path / "daemon", topic, extra_env={**FAST_LOOP, "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")}).start()
+    daemon = DaemonProcess(
+        broker,
+        tmp_path / "daemon",
+        topic,
+        extra_env={**FAST_LOOP, "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")},
+    ).start()
     try:
         daemon.wait_ready(timeout_s=90, model=True)
-        stream = events_of(train, seed_intents, all_intents, before=before, total=total, seed=11, run=topic)
+        stream = events_of(
+            train, seed_intents, all_intents, before=before, total=total, seed=11, run=topic
+        )
         during_training = asyncio.run(produce_watching(broker, daemon, topic, stream, rate))
         daemon.wait_stored(len(stream), timeout_s=120)
         # Recovery: follow-up retrains run while labels keep arriving; once the stream stops, the last labels
         # get one quiet-stream follow-up and the loop settles.
-        daemon.wait_until(lambda: (lambda st: st["state"] == "idle" and not st["followup_pending"])(learning_status(daemon)), 300, "the loop to settle")
+        daemon.wait_until(
+            lambda: (lambda st: st["state"] == "idle" and not st["followup_pending"])(
+                learning_status(daemon)
+            ),
+            300,
+            "the loop to settle",
+        )
         status = learning_status(daemon)
         serving = status["serving"]
 
         # Fresh utterances (the test split), unlabelled so nothing changes while they are judged.
         test = [e for e in load_examples(dataset, "test") if e.intent in all_intents]
-        fresh = [{"event_id": f"{topic}-eval-{i}", "type": "utterance", "conversation_id": f"eval-{i}", "turn": 0, "ts": time.time(), "text": e.text} for i, e in enumerate(test)]
+        fresh = [
+            {
+                "event_id": f"{topic}-eval-{i}",
+                "type": "utterance",
+                "conversation_id": f"eval-{i}",
+                "turn": 0,
+                "ts": time.time(),
+                "text": e.text,
+            }
+            for i, e in enumerate(test)
+        ]
         asyncio.run(produce(broker, topic, [json.dumps(e).encode() for e in fresh], rate=3000))
-        predictions = {json.loads(r.value)["event_id"]: json.loads(r.value) for r in asyncio.run(read_topic(broker, f"{topic}.predictions", len(stream) // 2 + len(fresh), timeout_s=120))}
+        predictions = {
+            json.loads(r.value)["event_id"]: json.loads(r.value)
+            for r in asyncio.run(
+                read_topic(
+                    broker, f"{topic}.predictions", len(stream) // 2 + len(fresh), timeout_s=120
+                )
+            )
+        }
         answered = [predictions[e["event_id"]] for e in fresh]
         daemon_accuracy = float(np.mean([p["intent"] == e.intent for p, e in zip(answered, test)]))
 
@@ -112,14 +194,34 @@ def run_drift_scenario(broker: str, tmp_path: Path, dataset: str, seed_intents: 
         seen = [(seen_text[e["ref_event_id"]], e["intent"]) for e in stream if e["type"] == "label"]
         texts = [e.text for e in seed_examples] + [t for t, _ in seen]
         intents = [e.intent for e in seed_examples] + [i for _, i in seen]
-        offline = train_classifier(texts, intents, settings=TrainSettings(epochs=10, batch_size=256))
-        offline_accuracy = accuracy(offline.model, offline.featurizer, offline.labels, [e.text for e in test], [e.intent for e in test])
-        updates = [json.loads(r.value) for r in asyncio.run(read_topic(broker, f"{topic}.model-updates", 1, timeout_s=10))]
+        offline = train_classifier(
+            texts, intents, settings=TrainSettings(epochs=10, batch_size=256)
+        )
+        offline_accuracy = accuracy(
+            offline.model,
+            offline.featurizer,
+            offline.labels,
+            [e.text for e in test],
+            [e.intent for e in test],
+        )
+        updates = [
+            json.loads(r.value)
+            for r in asyncio.run(read_topic(broker, f"{topic}.model-updates", 1, timeout_s=10))
+        ]
         manifest = Registry(tmp_path / "registry").verify(serving)
         return {
-            "daemon": daemon, "status": status, "metrics": daemon.metrics(), "seed_version": seed_version, "serving": serving,
-            "daemon_accuracy": daemon_accuracy, "offline_accuracy": offline_accuracy, "answered_by": {p["model_version"] for p in answered},
-            "updates": updates, "manifest": manifest, "during_training": during_training, "test_n": len(test),
+            "daemon": daemon,
+            "status": status,
+            "metrics": daemon.metrics(),
+            "seed_version": seed_version,
+            "serving": serving,
+            "daemon_accuracy": daemon_accuracy,
+            "offline_accuracy": offline_accuracy,
+            "answered_by": {p["model_version"] for p in answered},
+            "updates": updates,
+            "manifest": manifest,
+            "during_training": during_training,
+            "test_n": len(test),
         }
     finally:
         daemon.stop_quietly()
@@ -129,42 +231,90 @@ def check_recovery(result: dict[str, Any], tolerance: float) -> None:
     metrics, status = result["metrics"], result["status"]
     runs = {k: v for k, v in metrics.items() if k.startswith("driftd_finetune_runs_total")}
     outcomes = {k: v for k, v in metrics.items() if k.startswith("driftd_finetune_results_total")}
-    print(f"\n  daemon {result['daemon_accuracy']:.4f} vs offline {result['offline_accuracy']:.4f} on {result['test_n']} fresh texts; "
-          f"serving {result['serving']} (seed {result['seed_version']}); runs {runs}; results {outcomes}; "
-          f"last run {status['last_run'].get('trigger')} on {status['last_run'].get('data')}: {status['last_run'].get('result')}; "
-          f"{status['labels_since_start']} labels since, {status['followups_left']} follow-ups left")
-    assert metrics['driftd_decay_decisions_total'] >= 1, "the decay was never detected"
+    print(
+        f"\n  daemon {result['daemon_accuracy']:.4f} vs offline {result['offline_accuracy']:.4f} on {result['test_n']} fresh texts; "
+        f"serving {result['serving']} (seed {result['seed_version']}); runs {runs}; results {outcomes}; "
+        f"last run {status['last_run'].get('trigger')} on {status['last_run'].get('data')}: {status['last_run'].get('result')}; "
+        f"{status['labels_since_start']} labels since, {status['followups_left']} follow-ups left"
+    )
+    assert metrics["driftd_decay_decisions_total"] >= 1, "the decay was never detected"
     assert metrics["driftd_finetune_runs_total{trigger=decay}"] >= 1
-    assert metrics["driftd_finetune_results_total{result=swapped}"] >= 1, f"no candidate passed the gate: {status['last_run']}"
-    assert result["serving"] != result["seed_version"] and result["answered_by"] == {result["serving"]}
-    assert any(u["version"] == result["serving"] for u in result["updates"]), "the promoted version was not announced on model-updates"
-    hygiene = result["manifest"].info["train"]["hygiene"]  # the daemon cleans before training and says what went
-    assert hygiene["kept"] > 0 and set(hygiene["removed"]) >= {"exact_duplicate", "near_duplicate", "conflict", "holdout_leak", "empty"}
-    print(f"  hygiene of the serving version's data: kept {hygiene['kept']}, removed {hygiene['removed']}")
+    assert metrics["driftd_finetune_results_total{result=swapped}"] >= 1, (
+        f"no candidate passed the gate: {status['last_run']}"
+    )
+    assert result["serving"] != result["seed_version"] and result["answered_by"] == {
+        result["serving"]
+    }
+    assert any(u["version"] == result["serving"] for u in result["updates"]), (
+        "the promoted version was not announced on model-updates"
+    )
+    hygiene = result["manifest"].info["train"][
+        "hygiene"
+    ]  # the daemon cleans before training and says what went
+    assert hygiene["kept"] > 0 and set(hygiene["removed"]) >= {
+        "exact_duplicate",
+        "near_duplicate",
+        "conflict",
+        "holdout_leak",
+        "empty",
+    }
+    print(
+        f"  hygiene of the serving version's data: kept {hygiene['kept']}, removed {hygiene['removed']}"
+    )
     gate = result["manifest"].info["gate"]
-    assert gate["passed"] and gate["candidate_holdout"] >= gate["incumbent_holdout"] + gate["settings"]["margin"]
+    assert (
+        gate["passed"]
+        and gate["candidate_holdout"] >= gate["incumbent_holdout"] + gate["settings"]["margin"]
+    )
     assert result["daemon_accuracy"] >= result["offline_accuracy"] - tolerance
-    assert metrics["driftd_finetune_failures_total{reason=crashed}"] == 0 and metrics["driftd_finetune_failures_total{reason=error}"] == 0
+    assert (
+        metrics["driftd_finetune_failures_total{reason=crashed}"] == 0
+        and metrics["driftd_finetune_failures_total{reason=error}"] == 0
+    )
     # Ingest went on while a fine-tune child ran: the stored count grew between samples taken during training.
     samples = result["during_training"]
-    assert len(samples) >= 2 and samples[-1][1] > samples[0][1], f"no ingest progress seen while training: {samples}"
+    assert len(samples) >= 2 and samples[-1][1] > samples[0][1], (
+        f"no ingest progress seen while training: {samples}"
+    )
 
 
 # Each runs a stream, several fine-tunes and an offline reference training: minutes on 2 busy cores.
 @pytest.mark.timeout(900)
-def test_clinc150_drift_from_5_to_10_domains_is_detected_retrained_and_recovered(broker: Any, tmp_path: Path) -> None:
+def test_clinc150_drift_from_5_to_10_domains_is_detected_retrained_and_recovered(
+    broker: Any, tmp_path: Path
+) -> None:
     domains = groups("clinc150")
     seed = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
     everything = {i for intents in domains.values() for i in intents}
-    result = run_drift_scenario(broker.bootstrap, tmp_path, "clinc150", seed, everything, before=2000, total=10000, rate=1000)
+    result = run_drift_scenario(
+        broker.bootstrap,
+        tmp_path,
+        "clinc150",
+        seed,
+        everything,
+        before=2000,
+        total=10000,
+        rate=1000,
+    )
     check_recovery(result, tolerance=0.03)  # issue 4's criterion
 
 
 @pytest.mark.timeout(900)
-def test_banking77_drift_from_half_the_classes_to_all_is_detected_retrained_and_recovered(broker: Any, tmp_path: Path) -> None:
+def test_banking77_drift_from_half_the_classes_to_all_is_detected_retrained_and_recovered(
+    broker: Any, tmp_path: Path
+) -> None:
     everything = sorted({e.intent for e in load_examples("banking77", "train")})
     seed = set(random.Random(77).sample(everything, len(everything) // 2))
-    result = run_drift_scenario(broker.bootstrap, tmp_path, "banking77", seed, set(everything), before=2000, total=9000, rate=800)
+    result = run_drift_scenario(
+        broker.bootstrap,
+        tmp_path,
+        "banking77",
+        seed,
+        set(everything),
+        before=2000,
+        total=9000,
+        rate=800,
+    )
     check_recovery(result, tolerance=0.03)  # issue 4's criterion: "same expectations" as CLINC150
 
 
@@ -182,24 +332,44 @@ def test_a_stable_stream_starts_no_fine_tune(broker: Any, tmp_path: Path, datase
     else:
         seed = {e.intent for e in load_examples("banking77", "train")}
         fresh_splits = ("test",)
-    publish_seed_model(tmp_path / "registry", [e for e in load_examples(dataset, "train") if e.intent in seed])
-    fresh = [e for split in fresh_splits for e in load_examples(dataset, split) if e.intent in seed]  # never trained on
+    publish_seed_model(
+        tmp_path / "registry", [e for e in load_examples(dataset, "train") if e.intent in seed]
+    )
+    fresh = [
+        e for split in fresh_splits for e in load_examples(dataset, split) if e.intent in seed
+    ]  # never trained on
     topic = unique(f"learn-stable-{dataset}")
-    daemon = DaemonProcess(broker.bootstrap, tmp_path / "daemon", topic, extra_env={**FAST_LOOP, "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")}).start()
+    daemon = DaemonProcess(
+        broker.bootstrap,
+        tmp_path / "daemon",
+        topic,
+        extra_env={**FAST_LOOP, "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")},
+    ).start()
     try:
         daemon.wait_ready(timeout_s=90, model=True)
         stream = events_of(fresh, seed, seed, before=1, total=STABLE_LABELS, seed=5, run=topic)
-        asyncio.run(produce(broker.bootstrap, topic, [json.dumps(e).encode() for e in stream], rate=2500))
-        daemon.wait_until(lambda: daemon.metric("driftd_outcomes_total") >= STABLE_LABELS, 180, f"{STABLE_LABELS} labelled outcomes")
+        asyncio.run(
+            produce(broker.bootstrap, topic, [json.dumps(e).encode() for e in stream], rate=2500)
+        )
+        daemon.wait_until(
+            lambda: daemon.metric("driftd_outcomes_total") >= STABLE_LABELS,
+            180,
+            f"{STABLE_LABELS} labelled outcomes",
+        )
         outcomes = daemon.metric("driftd_outcomes_total")
         decisions = daemon.metric("driftd_decay_decisions_total")
         status = learning_status(daemon)
         triggers = status["monitor"]["triggers"]
-        print(f"\n  stable {dataset} stream: {outcomes:.0f} outcomes, window accuracy {status['monitor']['window_accuracy']}, "
-              f"ewma {status['monitor']['ewma_accuracy']} vs reference {status['monitor']['reference_accuracy']}; "
-              f"unknown-intent outcomes {triggers['unknown_intent']['unknown_outcomes']}, floor fires {triggers['accuracy_floor']['fires']}")
+        print(
+            f"\n  stable {dataset} stream: {outcomes:.0f} outcomes, window accuracy {status['monitor']['window_accuracy']}, "
+            f"ewma {status['monitor']['ewma_accuracy']} vs reference {status['monitor']['reference_accuracy']}; "
+            f"unknown-intent outcomes {triggers['unknown_intent']['unknown_outcomes']}, floor fires {triggers['accuracy_floor']['fires']}"
+        )
         assert decisions == 0, status["last_decision"]
         assert daemon.metric("driftd_finetune_runs_total") == 0
-        assert triggers["unknown_intent"]["min_outcomes"] > 0 and triggers["accuracy_floor"]["min_accuracy"] > 0, "the triggers were on"
+        assert (
+            triggers["unknown_intent"]["min_outcomes"] > 0
+            and triggers["accuracy_floor"]["min_accuracy"] > 0
+        ), "the triggers were on"
     finally:
         daemon.stop_quietly()

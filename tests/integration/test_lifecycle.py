@@ -16,18 +16,37 @@ from collections import Counter
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.integration.harness import REPO, DaemonProcess, cold_file_count, free_port, produce, stored_event_ids, stored_keys, unique, valid_event
-
+from tests.integration.harness import (
+    REPO,
+    DaemonProcess,
+    cold_file_count,
+    free_port,
+    produce,
+    stored_event_ids,
+    stored_keys,
+    unique,
+    valid_event,
+)
 
 # Short tier ages so that demotion to cold runs all the time and kills land in it too.
-CHURN = {"DRIFTD_TIERS__HOT_MAX_AGE_S": "1", "DRIFTD_TIERS__WARM_RETENTION_S": "2", "DRIFTD_TIERS__RULES": "[]", "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "0.3", "DRIFTD_INGEST__BATCH_SIZE": "200"}
+CHURN = {
+    "DRIFTD_TIERS__HOT_MAX_AGE_S": "1",
+    "DRIFTD_TIERS__WARM_RETENTION_S": "2",
+    "DRIFTD_TIERS__RULES": "[]",
+    "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "0.3",
+    "DRIFTD_INGEST__BATCH_SIZE": "200",
+}
 
 
 def mixed_events(count: int, run: str) -> list[bytes]:
     events = []
     for i in range(count):
         kind = "label" if i % 3 == 2 else "utterance"
-        events.append(json.dumps(valid_event(i, kind=kind, run=run) | {"priority": ("low", "normal", "high")[i % 3]}).encode())
+        events.append(
+            json.dumps(
+                valid_event(i, kind=kind, run=run) | {"priority": ("low", "normal", "high")[i % 3]}
+            ).encode()
+        )
     return events
 
 
@@ -39,7 +58,10 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
     first = DaemonProcess(broker.bootstrap, data_dir, topic, extra_env=CHURN).start()
     first.wait_ready()  # creates the topics with their partition counts before anything produces
 
-    producer = threading.Thread(target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, rate=1500)), daemon=True)
+    producer = threading.Thread(
+        target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, rate=1500)),
+        daemon=True,
+    )
     producer.start()
     rng = random.Random(20261125)
     kills: list[tuple[str, int]] = []
@@ -55,7 +77,9 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
             else:
                 daemon.wait_ready()
             if moment == "mid-ingest":
-                daemon.wait_until(lambda: daemon.metric("driftd_events_total") > 0, 30, "ingest under way")
+                daemon.wait_until(
+                    lambda: daemon.metric("driftd_events_total") > 0, 30, "ingest under way"
+                )
                 time.sleep(rng.uniform(0.5, 3.0))
             daemon.kill()
             kills.append((moment, len(stored_keys(data_dir))))
@@ -64,7 +88,9 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
         assert not producer.is_alive(), "producer did not finish"
         daemon.start()
         daemon.wait_ready()
-        daemon.wait_until(lambda: len(stored_keys(data_dir)) >= len(payloads), 180, "every event stored")
+        daemon.wait_until(
+            lambda: len(stored_keys(data_dir)) >= len(payloads), 180, "every event stored"
+        )
         code, _ = daemon.terminate()
         assert code == 0
     finally:
@@ -72,9 +98,13 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
 
     stored = stored_event_ids(data_dir)
     keys = stored_keys(data_dir)
-    assert stored == expected_ids, f"kills at {kills}: missing {len(expected_ids - stored)}, duplicated {sum((stored - expected_ids).values())}"
+    assert stored == expected_ids, (
+        f"kills at {kills}: missing {len(expected_ids - stored)}, duplicated {sum((stored - expected_ids).values())}"
+    )
     assert set(keys.values()) == {1} and len(keys) == len(payloads)
-    assert [count for _, count in kills] == sorted(count for _, count in kills)  # progress survived every kill
+    assert [count for _, count in kills] == sorted(
+        count for _, count in kills
+    )  # progress survived every kill
     assert kills[0][1] > 0 and kills[-1][1] > kills[0][1]
     assert cold_file_count(data_dir) > 0  # kills landed while events were being demoted to cold
 
@@ -86,7 +116,10 @@ def test_sigterm_under_load_exits_0_fast_and_commits_its_offsets(broker, tmp_pat
     daemon = DaemonProcess(broker.bootstrap, data_dir, topic).start()
     try:
         daemon.wait_ready()
-        producer = threading.Thread(target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, rate=4000)), daemon=True)
+        producer = threading.Thread(
+            target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, rate=4000)),
+            daemon=True,
+        )
         producer.start()
         daemon.wait_stored(3000)
         code, seconds = daemon.terminate(timeout_s=15)
@@ -98,7 +131,9 @@ def test_sigterm_under_load_exits_0_fast_and_commits_its_offsets(broker, tmp_pat
         # The restart resumes from the committed offsets: nothing it sees again was stored before.
         daemon = DaemonProcess(broker.bootstrap, data_dir, topic).start()
         daemon.wait_ready()
-        daemon.wait_until(lambda: len(stored_keys(data_dir)) >= len(payloads), 120, "every event stored")
+        daemon.wait_until(
+            lambda: len(stored_keys(data_dir)) >= len(payloads), 120, "every event stored"
+        )
         assert daemon.metric("driftd_events_redelivered_total") == 0
         assert daemon.metric("driftd_events_total") == len(payloads) - stored_at_stop
         code, seconds = daemon.terminate()
@@ -124,13 +159,34 @@ async def _partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]
 
 def test_embedded_broker_starts_creates_topics_and_stops_with_the_daemon(tmp_path):
     port = free_port()
-    daemon = DaemonProcess("embedded", tmp_path / "state", unique("emb"), partitions=3, extra_env={"DRIFTD_KAFKA__EMBEDDED_PORT": str(port)})
+    daemon = DaemonProcess(
+        "embedded",
+        tmp_path / "state",
+        unique("emb"),
+        partitions=3,
+        extra_env={"DRIFTD_KAFKA__EMBEDDED_PORT": str(port)},
+    )
     daemon.start()
     try:
         daemon.wait_ready()
         bootstrap = f"127.0.0.1:{port}"
-        counts = asyncio.run(_partition_counts(bootstrap, [daemon.topic, daemon.dlq, f"{daemon.topic}.predictions", f"{daemon.topic}.model-updates"]))
-        assert counts == {daemon.topic: 3, daemon.dlq: 3, f"{daemon.topic}.predictions": 3, f"{daemon.topic}.model-updates": 1}
+        counts = asyncio.run(
+            _partition_counts(
+                bootstrap,
+                [
+                    daemon.topic,
+                    daemon.dlq,
+                    f"{daemon.topic}.predictions",
+                    f"{daemon.topic}.model-updates",
+                ],
+            )
+        )
+        assert counts == {
+            daemon.topic: 3,
+            daemon.dlq: 3,
+            f"{daemon.topic}.predictions": 3,
+            f"{daemon.topic}.model-updates": 1,
+        }
         asyncio.run(produce(bootstrap, daemon.topic, mixed_events(300, "e")))
         daemon.wait_stored(300)
         code, seconds = daemon.terminate()
@@ -156,12 +212,23 @@ def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_ever
         # examples of the new domains to learn (the gate may rightly refuse that one).
         "DRIFTD_LEARNING__FOLLOWUP_LABELS": "600",
     }
-    result = subprocess.run([sys.executable, "-m", "daemon", "demo", "--malformed", "10"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "demo", "--malformed", "10"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     labels = int(out.split(" utterances + ")[1].split(" labels")[0])
     total = 5000 + labels
-    summary = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.startswith("  driftd_")}
+    summary = {
+        line.split()[0]: float(line.split()[1])
+        for line in out.splitlines()
+        if line.startswith("  driftd_")
+    }
     assert summary["driftd_events_total{type=utterance}"] == 5000
     assert summary["driftd_events_total{type=label}"] == labels
     assert sum(v for k, v in summary.items() if k.startswith("driftd_dlq_total")) == 10
@@ -170,15 +237,28 @@ def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_ever
     assert "ingest:" in out and "tiers: hot=" in out  # the daemon's own count lines
     assert summary["driftd_predictions_total"] == 5000  # every utterance predicted
     # The learning loop, visible as it happens: the decision, the fine-tune's epochs, the gate verdict, the swap.
-    assert summary["driftd_decay_decisions_total"] >= 1 and summary["driftd_finetune_results_total{result=swapped}"] >= 1
-    for line in ("fine-tune (decay) started", "fine-tune epoch 1/", "gate (decay): ", "swapped to v000002"):
+    assert (
+        summary["driftd_decay_decisions_total"] >= 1
+        and summary["driftd_finetune_results_total{result=swapped}"] >= 1
+    )
+    for line in (
+        "fine-tune (decay) started",
+        "fine-tune epoch 1/",
+        "gate (decay): ",
+        "swapped to v000002",
+    ):
         assert line in out, line
     # The onset brings intents the model has no output for: the unknown-intent trigger may decide before the EWMA.
-    assert re.search(r"(decay|poor quality): [a-z_, ]+ fired after \d+ labelled outcomes", out), "no decision line"
+    assert re.search(r"(decay|poor quality): [a-z_, ]+ fired after \d+ labelled outcomes", out), (
+        "no decision line"
+    )
     assert re.search(r"gate \((decay|followup)\): PASS", out), "no gate verdict PASS"
     last_swap = re.findall(r"swapped to (v\d+)", out)[-1]  # follow-ups may swap again after v000002
     assert f"POST /v1/predict answered by model {last_swap}" in out
     png = tmp_path / "var" / "demo" / "timeline.png"
     assert f"written to {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    marks = {m["kind"] for m in json.loads((tmp_path / "var" / "demo" / "timeline.json").read_text())["marks"]}
+    marks = {
+        m["kind"]
+        for m in json.loads((tmp_path / "var" / "demo" / "timeline.json").read_text())["marks"]
+    }
     assert {"detection", "training_started", "swap"} <= marks

@@ -19,10 +19,17 @@ import yaml
 
 from daemon.broker import free_port
 from tests.integration.harness import DaemonProcess, produce, unique, valid_event
-from tests.promtools import ALERTS, PROMETHEUS_CONFIG, dashboard_exprs, grafana_to_promql, require_binary
+from tests.promtools import (
+    ALERTS,
+    PROMETHEUS_CONFIG,
+    dashboard_exprs,
+    grafana_to_promql,
+    require_binary,
+)
 
-
-WINDOW = "30s"  # every range window of the rules: a few scrapes at 1 s, so rates react within seconds
+WINDOW = (
+    "30s"  # every range window of the rules: a few scrapes at 1 s, so rates react within seconds
+)
 
 
 def fast_rules(path: Path) -> Path:
@@ -39,7 +46,11 @@ def fast_rules(path: Path) -> Path:
 def fast_config(path: Path, rules: Path, target: str) -> Path:
     """The example prometheus.yml, pointed at ``target`` and the fast rules, scraping and evaluating every second."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    config["global"] = {
+        "scrape_interval": "1s",
+        "scrape_timeout": "1s",
+        "evaluation_interval": "1s",
+    }
     config["rule_files"] = [str(rules)]
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "driftd"]
     job["static_configs"] = [{"targets": [target]}]
@@ -53,11 +64,16 @@ class Prometheus:
     def __init__(self, binary: str, workdir: Path, target: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.config = fast_config(workdir / "prometheus.yml", fast_rules(workdir / "alerts.yml"), target)
+        self.config = fast_config(
+            workdir / "prometheus.yml", fast_rules(workdir / "alerts.yml"), target
+        )
         self.log_path = workdir / "prometheus.log"
         self.cmd = [
-            binary, f"--config.file={self.config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
+            binary,
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -76,7 +92,9 @@ class Prometheus:
                 self.proc.wait()
 
     def get(self, path: str, **params: str) -> Any:
-        url = f"http://127.0.0.1:{self.port}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        url = f"http://127.0.0.1:{self.port}{path}" + (
+            f"?{urllib.parse.urlencode(params)}" if params else ""
+        )
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 body = response.read()
@@ -95,22 +113,32 @@ class Prometheus:
     def alerts(self, state: str = "firing") -> list[dict[str, Any]]:
         return [a for a in self.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == state]
 
-    def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str, daemon: DaemonProcess) -> Any:
+    def wait_for(
+        self, predicate: Callable[[], Any], timeout_s: float, what: str, daemon: DaemonProcess
+    ) -> Any:
         """Poll until ``predicate`` returns something truthy (returned); fail with both logs on timeout."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}"
+            assert self.proc.poll() is None, (
+                f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}"
+            )
             try:
                 if found := predicate():
                     return found
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass  # not listening yet
             time.sleep(0.5)
-        pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\nprometheus log:\n{self.log_tail()}\ndaemon log:\n{daemon.log_tail()}")
+        pytest.fail(
+            f"timed out after {timeout_s:.0f}s waiting for {what}\nprometheus log:\n{self.log_tail()}\ndaemon log:\n{daemon.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) if self.log_path.exists() else "<no log>"
+        return (
+            "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            if self.log_path.exists()
+            else "<no log>"
+        )
 
 
 def firing(prometheus: Prometheus, alertname: str) -> list[dict[str, Any]]:
@@ -122,7 +150,9 @@ def test_prometheus_scrapes_the_daemon_and_the_dead_letter_alert_fires(broker, t
     topic = unique("prom")
     daemon = DaemonProcess(broker.bootstrap, tmp_path / "daemon", topic).start()
     target = f"127.0.0.1:{daemon.web_port}"
-    prometheus = Prometheus(binary, tmp_path / "prometheus", target).start()  # starts while the daemon does
+    prometheus = Prometheus(
+        binary, tmp_path / "prometheus", target
+    ).start()  # starts while the daemon does
     try:
         daemon.wait_ready()
         prometheus.wait_for(lambda: prometheus.get("/-/ready"), 30, "prometheus ready", daemon)
@@ -131,27 +161,47 @@ def test_prometheus_scrapes_the_daemon_and_the_dead_letter_alert_fires(broker, t
         good = [json.dumps(valid_event(i, run=topic)).encode() for i in range(40)]
         asyncio.run(produce(broker.bootstrap, topic, good))
         stored = 'driftd_events_total{job="driftd", type="utterance"}'
-        (sample,) = prometheus.wait_for(lambda: [s for s in prometheus.query(stored) if float(s["value"][1]) >= len(good)], 30, "driftd_events_total in Prometheus", daemon)
+        (sample,) = prometheus.wait_for(
+            lambda: [s for s in prometheus.query(stored) if float(s["value"][1]) >= len(good)],
+            30,
+            "driftd_events_total in Prometheus",
+            daemon,
+        )
         assert sample["metric"]["instance"] == target
         assert float(sample["value"][1]) == len(good)
         assert prometheus.query('up{job="driftd"}')[0]["value"][1] == "1"
-        for expr in dashboard_exprs():  # evaluation errors (e.g. vector matching) show only on real data
+        for (
+            expr
+        ) in dashboard_exprs():  # evaluation errors (e.g. vector matching) show only on real data
             prometheus.query(grafana_to_promql(expr, rate_interval=WINDOW))
         # A healthy daemon raises nothing (DriftdDown may be resolving from scrapes before the daemon listened).
-        prometheus.wait_for(lambda: not prometheus.alerts(), 15, "no alert on a healthy daemon", daemon)
+        prometheus.wait_for(
+            lambda: not prometheus.alerts(), 15, "no alert on a healthy daemon", daemon
+        )
 
         # (b) Malformed records: DriftdDeadLetterRateHigh goes firing, and nothing else does.
-        asyncio.run(produce(broker.bootstrap, topic, [b'{"event_id": "bad-%d", ' % i for i in range(200)]))
-        (alert,) = prometheus.wait_for(lambda: firing(prometheus, "DriftdDeadLetterRateHigh"), 60, "DriftdDeadLetterRateHigh firing", daemon)
+        asyncio.run(
+            produce(broker.bootstrap, topic, [b'{"event_id": "bad-%d", ' % i for i in range(200)])
+        )
+        (alert,) = prometheus.wait_for(
+            lambda: firing(prometheus, "DriftdDeadLetterRateHigh"),
+            60,
+            "DriftdDeadLetterRateHigh firing",
+            daemon,
+        )
         assert alert["labels"]["instance"] == target and alert["labels"]["severity"] == "warning"
         assert "dead-letters" in alert["annotations"]["summary"]
-        assert {a["labels"]["alertname"] for a in prometheus.alerts()} == {"DriftdDeadLetterRateHigh"}
+        assert {a["labels"]["alertname"] for a in prometheus.alerts()} == {
+            "DriftdDeadLetterRateHigh"
+        }
         assert daemon.metric("driftd_dlq_total") == 200
 
         # A stopped daemon: DriftdDown.
         code, _ = daemon.terminate()
         assert code == 0
-        (down,) = prometheus.wait_for(lambda: firing(prometheus, "DriftdDown"), 30, "DriftdDown firing", daemon)
+        (down,) = prometheus.wait_for(
+            lambda: firing(prometheus, "DriftdDown"), 30, "DriftdDown firing", daemon
+        )
         assert down["labels"]["instance"] == target
     finally:
         prometheus.stop()

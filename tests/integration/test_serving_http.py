@@ -20,7 +20,6 @@ from models.train import TrainSettings, train_classifier
 from streams.datasets import groups, load_examples
 from tests.integration.harness import DaemonProcess, produce, read_topic, unique, valid_event
 
-
 TOKEN = "test-admin-token-0123456789"
 
 
@@ -32,12 +31,22 @@ def registry_dir(tmp_path_factory) -> Path:
     domains = groups("clinc150")
     examples = load_examples("clinc150", "train")
     parent = None
-    for seed, names in enumerate((["banking", "travel"], ["banking", "travel", "home"], ["banking", "home", "work"])):
+    for seed, names in enumerate(
+        (["banking", "travel"], ["banking", "travel", "home"], ["banking", "home", "work"])
+    ):
         intents = {i for d in names for i in domains[d]}
         chosen = [e for e in examples if e.intent in intents]
         featurizer = HashingFeaturizer(buckets=4096)
-        result = train_classifier([e.text for e in chosen], [e.intent for e in chosen], featurizer=featurizer, config=ClassifierConfig(buckets=4096, dim=16, hidden=32), settings=TrainSettings(epochs=3, seed=seed))
-        files, _ = build_version_files(result.model, result.featurizer, result.labels, [e.text for e in chosen[:16]])
+        result = train_classifier(
+            [e.text for e in chosen],
+            [e.intent for e in chosen],
+            featurizer=featurizer,
+            config=ClassifierConfig(buckets=4096, dim=16, hidden=32),
+            settings=TrainSettings(epochs=3, seed=seed),
+        )
+        files, _ = build_version_files(
+            result.model, result.featurizer, result.labels, [e.text for e in chosen[:16]]
+        )
         parent = registry.publish(files, parent=parent, info={"seed": seed}).version
     registry.set_current("v000001")
     corrupt = registry.publish(files, parent=parent, info={"note": "truncated below"}).version
@@ -52,7 +61,12 @@ def daemon(broker, tmp_path_factory, registry_dir):
     tmp_path = tmp_path_factory.mktemp("serving")
     registry = tmp_path / "registry"
     shutil.copytree(registry_dir, registry)
-    proc = DaemonProcess(broker.bootstrap, tmp_path / "state", unique("serve"), extra_env={"DRIFTD_MODELS__REGISTRY_DIR": str(registry), "DRIFTD_WEB__ADMIN_TOKEN": TOKEN}).start()
+    proc = DaemonProcess(
+        broker.bootstrap,
+        tmp_path / "state",
+        unique("serve"),
+        extra_env={"DRIFTD_MODELS__REGISTRY_DIR": str(registry), "DRIFTD_WEB__ADMIN_TOKEN": TOKEN},
+    ).start()
     try:
         proc.wait_ready(model=True)
         yield proc
@@ -62,13 +76,22 @@ def daemon(broker, tmp_path_factory, registry_dir):
         proc.stop_quietly()
 
 
-def call(port: int, method: str, path: str, body: bytes | str | None = None, token: str | None = None, conn: http.client.HTTPConnection | None = None) -> tuple[int, dict]:
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | str | None = None,
+    token: str | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, dict]:
     own = conn is None
     conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    conn.request(method, path, body=body.encode() if isinstance(body, str) else body, headers=headers)
+    conn.request(
+        method, path, body=body.encode() if isinstance(body, str) else body, headers=headers
+    )
     response = conn.getresponse()
     data = response.read()
     if own:
@@ -77,22 +100,40 @@ def call(port: int, method: str, path: str, body: bytes | str | None = None, tok
 
 
 def test_predict_single_and_batch(daemon):
-    status, single = call(daemon.web_port, "POST", "/v1/predict", json.dumps({"text": "what is my account balance"}))
+    status, single = call(
+        daemon.web_port, "POST", "/v1/predict", json.dumps({"text": "what is my account balance"})
+    )
     assert status == 200, single
     assert single["model_version"] == "v000001" and single["intent"] == single["top_k"][0]["intent"]
     assert 0 < single["confidence"] <= 1 and len(single["top_k"]) == 3
-    status, batch = call(daemon.web_port, "POST", "/v1/predict", json.dumps({"texts": ["what is my account balance", "book me a flight"], "top_k": 2}))
-    assert status == 200 and len(batch["predictions"]) == 2 and all(len(p["top_k"]) == 2 for p in batch["predictions"])
+    status, batch = call(
+        daemon.web_port,
+        "POST",
+        "/v1/predict",
+        json.dumps({"texts": ["what is my account balance", "book me a flight"], "top_k": 2}),
+    )
+    assert (
+        status == 200
+        and len(batch["predictions"]) == 2
+        and all(len(p["top_k"]) == 2 for p in batch["predictions"])
+    )
     assert batch["predictions"][0]["intent"] == single["intent"]
 
 
 def test_streamed_utterances_are_predicted_and_published_with_the_model_version(daemon, broker):
-    events = [valid_event(i, run="stream") for i in range(300)] + [valid_event(i, kind="label", run="stream") for i in range(50)]
+    events = [valid_event(i, run="stream") for i in range(300)] + [
+        valid_event(i, kind="label", run="stream") for i in range(50)
+    ]
     asyncio.run(produce(broker.bootstrap, daemon.topic, [json.dumps(e).encode() for e in events]))
     records = asyncio.run(read_topic(broker.bootstrap, f"{daemon.topic}.predictions", 300))
     predictions = [json.loads(r.value) for r in records]
-    assert sorted(p["event_id"] for p in predictions) == sorted(f"stream-u{i}" for i in range(300))  # utterances only
-    assert all(p["model_version"] == "v000001" and p["intent"] == p["top_k"][0]["intent"] for p in predictions)
+    assert sorted(p["event_id"] for p in predictions) == sorted(
+        f"stream-u{i}" for i in range(300)
+    )  # utterances only
+    assert all(
+        p["model_version"] == "v000001" and p["intent"] == p["top_k"][0]["intent"]
+        for p in predictions
+    )
     assert all(r.key == p["conversation_id"].encode() for r, p in zip(records, predictions))
     assert daemon.metric("driftd_predictions_total") == 300
 
@@ -132,8 +173,14 @@ def test_admin_routes_need_the_bearer_token(daemon):
 
 def test_a_corrupt_version_is_refused_and_the_current_one_keeps_serving(daemon):
     status, answer = call(daemon.web_port, "POST", "/admin/v1/models/v000004/activate", token=TOKEN)
-    assert status == 409 and "v000004" in answer["error"] and "v000001 keeps serving" in answer["error"]
-    status, prediction = call(daemon.web_port, "POST", "/v1/predict", json.dumps({"text": "freeze my card"}))
+    assert (
+        status == 409
+        and "v000004" in answer["error"]
+        and "v000001 keeps serving" in answer["error"]
+    )
+    status, prediction = call(
+        daemon.web_port, "POST", "/v1/predict", json.dumps({"text": "freeze my card"})
+    )
     assert status == 200 and prediction["model_version"] == "v000001"
     assert call(daemon.web_port, "POST", "/admin/v1/models/v000099/activate", token=TOKEN)[0] == 404
 
@@ -146,7 +193,9 @@ def test_fifty_swaps_under_load_fail_no_request_and_serve_only_live_versions(dae
 
     def load() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        body = json.dumps({"texts": ["what is my balance", "plan a trip to rome", "my dishwasher is broken"]})
+        body = json.dumps(
+            {"texts": ["what is my balance", "plan a trip to rome", "my dishwasher is broken"]}
+        )
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -173,7 +222,12 @@ def test_fifty_swaps_under_load_fail_no_request_and_serve_only_live_versions(dae
     assert not errors, errors[:3]
     assert len(responses) > 200 and {status for _, _, status, _ in responses} == {200}
     # A version may be live from when its activation was sent until the next activation was answered.
-    live = [(sent, switches[i + 1][1] if i + 1 < len(switches) else float("inf"), version) for i, (sent, _, version) in enumerate(switches)]
+    live = [
+        (sent, switches[i + 1][1] if i + 1 < len(switches) else float("inf"), version)
+        for i, (sent, _, version) in enumerate(switches)
+    ]
     for started, ended, _, version in responses:
-        assert any(v == version and started <= until and ended >= since for since, until, v in live), (started, ended, version)
+        assert any(
+            v == version and started <= until and ended >= since for since, until, v in live
+        ), (started, ended, version)
     assert len({version for *_, version in responses}) == 3

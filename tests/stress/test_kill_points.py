@@ -22,7 +22,6 @@ import pytest
 
 from tests.integration.test_kill_learning import SWAP_TARGETS, KillRig
 
-
 SEED = 20261125
 
 
@@ -31,7 +30,9 @@ def test_21_sigkills_over_ingest_fine_tunes_and_swaps(broker: Any, tmp_path: Pat
     started = time.monotonic()
     # A mid-ingest kill precedes each fine-tune kill: its restart runs the long fine-tune the next kill lands in,
     # while the restart after a fine-tune or swap kill runs the short one that shows the loop resumed.
-    units = [("swap", target) for target in (SWAP_TARGETS * 2)[:7]] + [("ingest, fine-tune", "")] * 7
+    units = [("swap", target) for target in (SWAP_TARGETS * 2)[:7]] + [
+        ("ingest, fine-tune", "")
+    ] * 7
     random.Random(SEED).shuffle(units)
     rig = KillRig(broker.bootstrap, tmp_path, rate=200, seed=SEED)
     try:

@@ -12,17 +12,23 @@ from streams.monitor import Outcome
 
 
 def canary(labels: int = 10, margin: float = 0.1) -> Canary:
-    return Canary(load_settings(learning={"canary_labels": labels, "canary_margin": margin}).learning)
+    return Canary(
+        load_settings(learning={"canary_labels": labels, "canary_margin": margin}).learning
+    )
 
 
 def outcomes(canary: Canary, version: str, right: int, wrong: int) -> list[CanaryWatch]:
     """Feeds ``right`` correct then ``wrong`` incorrect outcomes of ``version``; the failed watches that came back."""
-    verdicts = [canary.observe(Outcome(f"e{i}", "track", 0.9, None, i < right, version, float(i), float(i)))
-                for i in range(right + wrong)]
+    verdicts = [
+        canary.observe(Outcome(f"e{i}", "track", 0.9, None, i < right, version, float(i), float(i)))
+        for i in range(right + wrong)
+    ]
     return [v for v in verdicts if v is not None]
 
 
-def test_the_baseline_is_the_serving_versions_accuracy_over_its_last_canary_labels_outcomes() -> None:
+def test_the_baseline_is_the_serving_versions_accuracy_over_its_last_canary_labels_outcomes() -> (
+    None
+):
     watcher = canary(labels=10)
     assert watcher.baseline() is None
     outcomes(watcher, "v1", right=0, wrong=10)
@@ -41,7 +47,13 @@ def test_a_watch_starts_only_with_a_previous_version_a_baseline_and_the_canary_o
     off.start("v2", "v1", 0.9)
     assert off.snapshot() is None
     watcher.start("v2", "v1", 0.9)
-    assert watcher.snapshot() == {"version": "v2", "previous": "v1", "baseline": 0.9, "correct": 0, "n": 0}
+    assert watcher.snapshot() == {
+        "version": "v2",
+        "previous": "v1",
+        "baseline": 0.9,
+        "correct": 0,
+        "n": 0,
+    }
 
 
 def test_a_version_that_does_worse_than_the_margin_allows_fails_once_the_watch_is_full(
@@ -49,13 +61,24 @@ def test_a_version_that_does_worse_than_the_margin_allows_fails_once_the_watch_i
 ) -> None:
     watcher = canary(labels=10, margin=0.1)
     watcher.start("v2", "v1", 0.9)
-    assert outcomes(watcher, "v1", right=0, wrong=20) == [], "outcomes of another version do not count"
+    assert outcomes(watcher, "v1", right=0, wrong=20) == [], (
+        "outcomes of another version do not count"
+    )
     caplog.set_level(logging.INFO, "driftd.learning")
     assert outcomes(watcher, "v2", right=7, wrong=2) == []
-    assert watcher.snapshot() == {"version": "v2", "previous": "v1", "baseline": 0.9, "correct": 7, "n": 9}
+    assert watcher.snapshot() == {
+        "version": "v2",
+        "previous": "v1",
+        "baseline": 0.9,
+        "correct": 7,
+        "n": 9,
+    }
     failed = outcomes(watcher, "v2", right=0, wrong=1)  # 7/10 is below 0.9 - 0.1
     assert failed == [CanaryWatch("v2", "v1", 0.9, correct=7, n=10)] and watcher.snapshot() is None
-    assert "canary failed: v2 at 0.7000 over 10 outcomes, previous v1 had 0.9000: rolling back" in caplog.text
+    assert (
+        "canary failed: v2 at 0.7000 over 10 outcomes, previous v1 had 0.9000: rolling back"
+        in caplog.text
+    )
     assert outcomes(watcher, "v2", right=0, wrong=20) == [], "one verdict per watch"
 
 

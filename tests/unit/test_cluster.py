@@ -25,26 +25,70 @@ from tests.toy_intents import examples
 
 
 def stored(i: int, kind: str, **fields: Any) -> StoredEvent:
-    base = dict(topic="t", partition=0, offset=i, event_id=f"{kind}{i}", type=kind, ts=1000.0 + i, conversation_id=f"c{i}", turn=0, priority="normal",
-                channel=None, user_ref=None, text=None, ref_event_id=None, intent=None, correct=None, ref_text=None, payload=b"{}", kafka_ts=0.0, ingested_at=0.0)
+    base = dict(
+        topic="t",
+        partition=0,
+        offset=i,
+        event_id=f"{kind}{i}",
+        type=kind,
+        ts=1000.0 + i,
+        conversation_id=f"c{i}",
+        turn=0,
+        priority="normal",
+        channel=None,
+        user_ref=None,
+        text=None,
+        ref_event_id=None,
+        intent=None,
+        correct=None,
+        ref_text=None,
+        payload=b"{}",
+        kafka_ts=0.0,
+        ingested_at=0.0,
+    )
     return StoredEvent(**{**base, **fields})
 
 
 class Replica:
     """One replica's learning loop and link, with what it sends captured; ``owned`` are its input partitions."""
 
-    def __init__(self, tmp_path: Path, role: str = "auto", server: ModelServer | None = None, registry: Registry | None = None) -> None:
-        self.settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"role": role, "canary_labels": 0})
+    def __init__(
+        self,
+        tmp_path: Path,
+        role: str = "auto",
+        server: ModelServer | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.settings = load_settings(
+            daemon={"data_dir": str(tmp_path)}, learning={"role": role, "canary_labels": 0}
+        )
         self.server = server or ModelServer()
         self.registry = registry or Registry(tmp_path / "registry")
         self.loop = LearningLoop(  # as daemon/app.py wires them: the loop asks the link, built next
-            self.settings, store=None, server=self.server, registry=self.registry, metrics_registry=CollectorRegistry(), announce=None,  # type: ignore[arg-type]
-            swap_lock=asyncio.Lock(), is_trainer=lambda: self.link.is_trainer(), forward=lambda kind, payload: self.link.forward(kind, payload),
+            self.settings,
+            store=None,
+            server=self.server,
+            registry=self.registry,
+            metrics_registry=CollectorRegistry(),
+            announce=None,  # type: ignore[arg-type]
+            swap_lock=asyncio.Lock(),
+            is_trainer=lambda: self.link.is_trainer(),
+            forward=lambda kind, payload: self.link.forward(kind, payload),
         )
         self.owned: set[tuple[str, int]] = set()
         self.sent: list[dict[str, Any]] = []
-        self.link = ReplicaLink(self.settings, "127.0.0.1:1", {}, self.loop, self.server, self.registry, asyncio.Lock(), send=self._send,
-                                assignment=lambda: self.owned, metrics_registry=CollectorRegistry())
+        self.link = ReplicaLink(
+            self.settings,
+            "127.0.0.1:1",
+            {},
+            self.loop,
+            self.server,
+            self.registry,
+            asyncio.Lock(),
+            send=self._send,
+            assignment=lambda: self.owned,
+            metrics_registry=CollectorRegistry(),
+        )
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> Any:
         assert topic == self.settings.topics.quality
@@ -54,7 +98,9 @@ class Replica:
         return done
 
 
-def test_under_auto_the_owner_of_input_partition_0_trains_and_the_role_follows_the_partition(tmp_path: Path) -> None:
+def test_under_auto_the_owner_of_input_partition_0_trains_and_the_role_follows_the_partition(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
         replica = Replica(tmp_path)
         assert not replica.link.is_trainer()  # nothing assigned yet
@@ -71,17 +117,25 @@ def test_under_auto_the_owner_of_input_partition_0_trains_and_the_role_follows_t
     asyncio.run(scenario())
 
 
-def test_a_follower_forwards_decisions_and_labelled_examples_and_the_trainer_acts_on_them(tmp_path: Path) -> None:
+def test_a_follower_forwards_decisions_and_labelled_examples_and_the_trainer_acts_on_them(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
         follower, trainer = Replica(tmp_path / "f", "follower"), Replica(tmp_path / "t", "trainer")
         trainer.loop._start = lambda trigger, decision: starts.append((trigger, decision))  # type: ignore[method-assign]  # the trigger, not a run
         starts: list[tuple[str, Decision | None]] = []
 
-        events = [stored(1, "label", ref_event_id="u1", intent="refund", ref_text="i want my money back"),
-                  stored(2, "label", ref_event_id="u2", intent="track"),  # its text is unknown here: not an example
-                  stored(3, "utterance", text="where is it")]
+        events = [
+            stored(1, "label", ref_event_id="u1", intent="refund", ref_text="i want my money back"),
+            stored(
+                2, "label", ref_event_id="u2", intent="track"
+            ),  # its text is unknown here: not an example
+            stored(3, "utterance", text="where is it"),
+        ]
         follower.loop.observe_batch(events, [])
-        follower.loop._on_decision(Decision(time.time(), ("ewma",), {"ewma": {"ewma": 0.5, "reference": 0.9}}, 300))
+        follower.loop._on_decision(
+            Decision(time.time(), ("ewma",), {"ewma": {"ewma": 0.5, "reference": 0.9}}, 300)
+        )
         await asyncio.sleep(0.05)
         kinds = [r["kind"] for r in follower.sent]
         assert kinds == ["examples", "decision"], kinds
@@ -100,24 +154,44 @@ def test_a_follower_forwards_decisions_and_labelled_examples_and_the_trainer_act
         own = {**follower.sent[1], "replica": trainer.link.id}
         trainer.link._receive_quality(json.dumps(own).encode())
         trainer.link._receive_quality(b"{not json")  # logged and dropped
-        assert len(starts) == 1, "a stale decision, our own record and a malformed one start nothing"
+        assert len(starts) == 1, (
+            "a stale decision, our own record and a malformed one start nothing"
+        )
 
     asyncio.run(scenario())
 
 
 def test_merge_recent_keeps_the_latest_label_per_utterance_in_the_window_oldest_first() -> None:
-    own = [LabelledExample("a", "x", 10.0, "u1", "warm"), LabelledExample("b", "y", 20.0, "u2", "hot")]
-    others = [LabelledExample("a", "z", 15.0, "u1", "replica"), LabelledExample("c", "y", 5.0, "u3", "replica"),
-              LabelledExample("d", "x", 99.0, "u4", "replica"), LabelledExample("e", "x", 30.0, "u5", "replica")]
+    own = [
+        LabelledExample("a", "x", 10.0, "u1", "warm"),
+        LabelledExample("b", "y", 20.0, "u2", "hot"),
+    ]
+    others = [
+        LabelledExample("a", "z", 15.0, "u1", "replica"),
+        LabelledExample("c", "y", 5.0, "u3", "replica"),
+        LabelledExample("d", "x", 99.0, "u4", "replica"),
+        LabelledExample("e", "x", 30.0, "u5", "replica"),
+    ]
     merged = merge_recent(own, others, 8.0, 50.0)
-    assert [(e.utterance_id, e.intent) for e in merged] == [("u1", "z"), ("u2", "y"), ("u5", "x")]  # u3 too old, u4 too new
+    assert [(e.utterance_id, e.intent) for e in merged] == [
+        ("u1", "z"),
+        ("u2", "y"),
+        ("u5", "x"),
+    ]  # u3 too old, u4 too new
     assert [e.utterance_id for e in merge_recent(own, others, 8.0, 50.0, limit=2)] == ["u2", "u5"]
 
 
 def test_a_replica_swaps_to_the_registrys_current_and_refuses_a_corrupt_one(tmp_path: Path) -> None:
     def version(seed: int) -> dict[str, bytes]:
-        return run_fine_tune(FineTuneJob(train=examples(["refund", "track"], 120, seed), holdout=examples(["refund", "track"], 40, seed + 1), replay_eval=([], []),
-                                         incumbent_dir=None, settings=TrainSettings(epochs=2, batch_size=32))).files  # type: ignore[return-value]
+        return run_fine_tune(
+            FineTuneJob(
+                train=examples(["refund", "track"], 120, seed),
+                holdout=examples(["refund", "track"], 40, seed + 1),
+                replay_eval=([], []),
+                incumbent_dir=None,
+                settings=TrainSettings(epochs=2, batch_size=32),
+            )
+        ).files  # type: ignore[return-value]
 
     registry = Registry(tmp_path / "registry")
     v1 = registry.publish(version(0), parent=None, info={}).version
@@ -136,7 +210,10 @@ def test_a_replica_swaps_to_the_registrys_current_and_refuses_a_corrupt_one(tmp_
         (registry.root / v3 / "model.int8.onnx").write_bytes(b"corrupted")
         assert await replica.link.sync_current() is None and server.version == v2
         assert replica.link.metrics.sync_failures._value.get() == 1
-        assert await replica.link.sync_current() is None and replica.link.metrics.sync_failures._value.get() == 1  # not retried
+        assert (
+            await replica.link.sync_current() is None
+            and replica.link.metrics.sync_failures._value.get() == 1
+        )  # not retried
         assert replica.link.metrics.syncs._value.get() == 1
 
     try:

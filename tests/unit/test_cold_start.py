@@ -18,25 +18,68 @@ from streams.tiers import StoredEvent, TieredStore, TierPolicy
 
 
 def event(i: int, kind: str, **fields: object) -> StoredEvent:
-    base = dict(topic="t", partition=0, offset=i, event_id=f"{kind}{i}", type=kind, ts=float(i), conversation_id=f"c{i}", turn=0, priority="normal",
-                channel=None, user_ref=None, text=None, ref_event_id=None, intent=None, correct=None, ref_text=None, payload=b"{}", kafka_ts=0.0,
-                ingested_at=0.0)
+    base = dict(
+        topic="t",
+        partition=0,
+        offset=i,
+        event_id=f"{kind}{i}",
+        type=kind,
+        ts=float(i),
+        conversation_id=f"c{i}",
+        turn=0,
+        priority="normal",
+        channel=None,
+        user_ref=None,
+        text=None,
+        ref_event_id=None,
+        intent=None,
+        correct=None,
+        ref_text=None,
+        payload=b"{}",
+        kafka_ts=0.0,
+        ingested_at=0.0,
+    )
     return StoredEvent(**{**base, **fields})
 
 
 def labels(start: int, n: int, with_text: bool = True) -> list[StoredEvent]:
-    return [event(start + i, "label", ref_event_id=f"u{start + i}", intent="погода", ref_text="какая погода" if with_text else None) for i in range(n)]
+    return [
+        event(
+            start + i,
+            "label",
+            ref_event_id=f"u{start + i}",
+            intent="погода",
+            ref_text="какая погода" if with_text else None,
+        )
+        for i in range(n)
+    ]
 
 
 def test_with_no_model_the_loop_counts_labels_toward_the_first_model(tmp_path: Path) -> None:
-    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"enabled": False, "min_labelled": 300})
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)}, learning={"enabled": False, "min_labelled": 300}
+    )
     metrics = CollectorRegistry()
-    loop = LearningLoop(settings, store=None, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=metrics,  # type: ignore[arg-type]
-                        announce=None, swap_lock=None)  # type: ignore[arg-type]
+    loop = LearningLoop(
+        settings,
+        store=None,
+        server=ModelServer(),
+        registry=Registry(tmp_path / "registry"),
+        metrics_registry=metrics,  # type: ignore[arg-type]
+        announce=None,
+        swap_lock=None,
+    )  # type: ignore[arg-type]
     loop.observe_batch(labels(0, 120), [])
-    loop.observe_batch(labels(200, 50, with_text=False), [])  # a label whose utterance was never stored teaches nothing
+    loop.observe_batch(
+        labels(200, 50, with_text=False), []
+    )  # a label whose utterance was never stored teaches nothing
     status = loop.status()
-    assert status["awaiting"] == {"trigger": "cold_start", "labels": 120, "needed": 300, "enabled": False}
+    assert status["awaiting"] == {
+        "trigger": "cold_start",
+        "labels": 120,
+        "needed": 300,
+        "enabled": False,
+    }
     assert metrics.get_sample_value("driftd_finetune_labels_waiting") == 180.0
     loop.observe_batch(labels(400, 300), [])
     assert loop.state == "idle", "learning.enabled is off: it reports, never trains"
@@ -47,39 +90,90 @@ def test_with_no_model_the_loop_counts_labels_toward_the_first_model(tmp_path: P
 
 def test_status_shows_the_wait_and_the_triggers(tmp_path: Path) -> None:
     settings = load_settings(daemon={"data_dir": str(tmp_path)})
-    loop = LearningLoop(settings, store=None, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
-                        announce=None, swap_lock=None)  # type: ignore[arg-type]
+    loop = LearningLoop(
+        settings,
+        store=None,
+        server=ModelServer(),
+        registry=Registry(tmp_path / "registry"),
+        metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
+        announce=None,
+        swap_lock=None,
+    )  # type: ignore[arg-type]
     loop.observe_batch(labels(0, 42), [])
     training = loop.status()
     monitor = training.pop("monitor")
     status = {
-        "pid": 1, "uptime_s": 5.0, "model": None,
-        "quality": {**{k: monitor[k] for k in ("ewma_accuracy", "reference_accuracy", "window_accuracy", "samples", "signals", "fired", "detectors",
-                                              "triggers", "decisions", "cooldown_remaining_s")}},
-        "tiers": None, "ingest": {"events": 42, "dead_lettered": 0}, "broker": {}, "consumer_lag": {}, "training": training,
+        "pid": 1,
+        "uptime_s": 5.0,
+        "model": None,
+        "quality": {
+            **{
+                k: monitor[k]
+                for k in (
+                    "ewma_accuracy",
+                    "reference_accuracy",
+                    "window_accuracy",
+                    "samples",
+                    "signals",
+                    "fired",
+                    "detectors",
+                    "triggers",
+                    "decisions",
+                    "cooldown_remaining_s",
+                )
+            }
+        },
+        "tiers": None,
+        "ingest": {"events": 42, "dead_lettered": 0},
+        "broker": {},
+        "consumer_lag": {},
+        "training": training,
     }
     text = render_status(status, "127.0.0.1:8780")
     assert "waiting    the first model (no model serves): 42/300 labels" in text
     assert "triggers   unknown intents 0/30 outcomes | floor above 0.50" in text
 
 
-def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_when_it_ends(tmp_path: Path) -> None:
+def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_when_it_ends(
+    tmp_path: Path,
+) -> None:
     """A skipped run trained nothing, so the run it waits for starts as soon as its labels are in; and a wait
     whose labels came during a real run's cooldown starts when the cooldown ends, also if no label follows
     (the README guide's stream sat a minute idle that way, until the quiet-stream follow-up)."""
-    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"cooldown_s": 300, "min_labelled": 300})
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)}, learning={"cooldown_s": 300, "min_labelled": 300}
+    )
     now = [1000.0]
-    store = TieredStore(tmp_path / "warm.sqlite3", str(tmp_path / "cold"), TierPolicy(60, 3600), 100, metrics=StreamMetrics(CollectorRegistry()))
+    store = TieredStore(
+        tmp_path / "warm.sqlite3",
+        str(tmp_path / "cold"),
+        TierPolicy(60, 3600),
+        100,
+        metrics=StreamMetrics(CollectorRegistry()),
+    )
     metrics = CollectorRegistry()
-    loop = LearningLoop(settings, store=store, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=metrics,
-                        announce=None, swap_lock=None, clock=lambda: now[0])  # type: ignore[arg-type]
+    loop = LearningLoop(
+        settings,
+        store=store,
+        server=ModelServer(),
+        registry=Registry(tmp_path / "registry"),
+        metrics_registry=metrics,
+        announce=None,
+        swap_lock=None,
+        clock=lambda: now[0],
+    )  # type: ignore[arg-type]
     started: list[str] = []
 
     async def scenario() -> None:
         await store.open()
         try:
-            await loop._fine_tune("decay", None)  # a real run against the real, empty store: skipped for want of labels
-            assert loop.last_run["result"] == "skipped" and loop.status()["awaiting"]["trigger"] == "decay"
+            await loop._fine_tune(
+                "decay", None
+            )  # a real run against the real, empty store: skipped for want of labels
+            assert (
+                loop.last_run["result"] == "skipped"
+                and loop.status()["awaiting"]["trigger"] == "decay"
+            )
             loop._start = lambda trigger, decision: started.append(trigger)  # type: ignore[method-assign]  # the trigger, not a real run
             loop.observe_batch(labels(0, 299), [])
             assert not started, "one label short"
@@ -87,9 +181,14 @@ def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_whe
             assert started == ["decay"], "no cooldown after a run that trained nothing"
 
             started.clear()
-            loop._awaiting, loop._finished_at = ("followup", 300), now[0]  # a skipped follow-up, 0 s after a real fine-tune ended
+            loop._awaiting, loop._finished_at = (
+                ("followup", 300),
+                now[0],
+            )  # a skipped follow-up, 0 s after a real fine-tune ended
             loop.observe_batch(labels(1000, 300), [])
-            assert not started and loop.status()["awaiting"] is not None, "inside learning.cooldown_s"
+            assert not started and loop.status()["awaiting"] is not None, (
+                "inside learning.cooldown_s"
+            )
             now[0] += 299
             loop.settle()
             assert not started

@@ -62,7 +62,10 @@ def test_shipped_config_toml_equals_the_defaults() -> None:
     }
     assert differing == {}
     # SecretStr dumps masked: compare the secret values themselves too.
-    assert load_settings(CONFIG_TOML).ingest.user_id_salt.get_secret_value() == load_settings(None).ingest.user_id_salt.get_secret_value()
+    assert (
+        load_settings(CONFIG_TOML).ingest.user_id_salt.get_secret_value()
+        == load_settings(None).ingest.user_id_salt.get_secret_value()
+    )
 
 
 def _toml_blocks(text: str) -> dict[str, str]:
@@ -102,15 +105,23 @@ def _documented_keys() -> list[tuple[str, str, type[BaseModel]]]:
     return keys
 
 
-@pytest.mark.parametrize(("table", "key"), [(t, k) for t, k, _ in _documented_keys()], ids=[f"{t}.{k}" for t, k, _ in _documented_keys()])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [(t, k) for t, k, _ in _documented_keys()],
+    ids=[f"{t}.{k}" for t, k, _ in _documented_keys()],
+)
 def test_config_toml_documents_every_setting(table: str, key: str) -> None:
     blocks = _toml_blocks(CONFIG_TOML.read_text())
     assert table in blocks, f"config.toml has no [{table}] table"
-    assert re.search(rf"^(# )?{re.escape(key)} =", blocks[table], flags=re.M), f"config.toml does not document {table}.{key}"
+    assert re.search(rf"^(# )?{re.escape(key)} =", blocks[table], flags=re.M), (
+        f"config.toml does not document {table}.{key}"
+    )
 
 
 def test_every_setting_has_a_description() -> None:
-    missing = [f"{t}.{k}" for t, k, model in _documented_keys() if not model.model_fields[k].description]
+    missing = [
+        f"{t}.{k}" for t, k, model in _documented_keys() if not model.model_fields[k].description
+    ]
     assert missing == []
 
 
@@ -122,13 +133,17 @@ def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(None).kafka.group_id == "from-env"
 
 
-def test_env_beats_the_file_and_merges_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_beats_the_file_and_merges_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write(tmp_path, '[kafka]\ngroup_id = "from-file"\nembedded_port = 19999\n')
     assert load_settings(path).kafka.group_id == "from-file"
     monkeypatch.setenv("DRIFTD_KAFKA__GROUP_ID", "from-env")
     settings = load_settings(path)
     assert settings.kafka.group_id == "from-env"
-    assert settings.kafka.embedded_port == 19999  # the rest of the file's [kafka] table still applies
+    assert (
+        settings.kafka.embedded_port == 19999
+    )  # the rest of the file's [kafka] table still applies
 
 
 def test_explicit_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,19 +158,64 @@ def test_explicit_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[tiers]\nhot_max_events = -1\n", ["tiers.hot_max_events", "-1", "greater than or equal to 1", "DRIFTD_TIERS__HOT_MAX_EVENTS"]),
+        (
+            "[tiers]\nhot_max_events = -1\n",
+            [
+                "tiers.hot_max_events",
+                "-1",
+                "greater than or equal to 1",
+                "DRIFTD_TIERS__HOT_MAX_EVENTS",
+            ],
+        ),
         ("[web]\nport = 70000\n", ["web.port", "70000", "less than or equal to 65535"]),
-        ("[kafka]\nembedded_port = 0\n", ["kafka.embedded_port", "0", "greater than or equal to 1"]),
-        ("[daemon]\nlog_level = \"LOUD\"\n", ["daemon.log_level", "'LOUD'", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"]),
-        ("[kafka]\nsecurity_protocol = \"SASL_SSL\"\n", ["kafka.security_protocol", "'SASL_SSL'", "needs kafka.sasl_username and kafka.sasl_password"]),
-        ("[[tiers.rules]]\npriority = \"high\"\n[[tiers.rules]]\npriority = \"high\"\n", ["tiers.rules", "'priority': 'high'", "more than one rule for priority high"]),
-        ("[[tiers.rules]]\npriority = \"urgent\"\n", ["tiers.rules.0.priority", "'urgent'", "'low', 'normal' or 'high'"]),
-        ("[ingest]\nstore_user_id = \"hashed\"\n", ["ingest.store_user_id", "'hashed'", "'pseudonymised', 'clear' or 'drop'"]),
-        ("[replay]\nlabel_fraction = 1.5\n", ["replay.label_fraction", "1.5", "less than or equal to 1"]),
+        (
+            "[kafka]\nembedded_port = 0\n",
+            ["kafka.embedded_port", "0", "greater than or equal to 1"],
+        ),
+        (
+            '[daemon]\nlog_level = "LOUD"\n',
+            ["daemon.log_level", "'LOUD'", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"],
+        ),
+        (
+            '[kafka]\nsecurity_protocol = "SASL_SSL"\n',
+            [
+                "kafka.security_protocol",
+                "'SASL_SSL'",
+                "needs kafka.sasl_username and kafka.sasl_password",
+            ],
+        ),
+        (
+            '[[tiers.rules]]\npriority = "high"\n[[tiers.rules]]\npriority = "high"\n',
+            ["tiers.rules", "'priority': 'high'", "more than one rule for priority high"],
+        ),
+        (
+            '[[tiers.rules]]\npriority = "urgent"\n',
+            ["tiers.rules.0.priority", "'urgent'", "'low', 'normal' or 'high'"],
+        ),
+        (
+            '[ingest]\nstore_user_id = "hashed"\n',
+            ["ingest.store_user_id", "'hashed'", "'pseudonymised', 'clear' or 'drop'"],
+        ),
+        (
+            "[replay]\nlabel_fraction = 1.5\n",
+            ["replay.label_fraction", "1.5", "less than or equal to 1"],
+        ),
     ],
-    ids=["negative hot_max_events", "port 70000", "embedded port 0", "log_level literal", "SASL_SSL without credentials", "duplicate rule priority", "bad rule priority", "store_user_id literal", "label_fraction > 1"],
+    ids=[
+        "negative hot_max_events",
+        "port 70000",
+        "embedded port 0",
+        "log_level literal",
+        "SASL_SSL without credentials",
+        "duplicate rule priority",
+        "bad rule priority",
+        "store_user_id literal",
+        "label_fraction > 1",
+    ],
 )
-def test_bad_value_names_key_value_and_expectation(tmp_path: Path, text: str, expected: list[str]) -> None:
+def test_bad_value_names_key_value_and_expectation(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
     message = config_error(tmp_path, text)
     for part in expected:
         assert part in message, f"{part!r} missing from: {message}"
@@ -179,13 +239,15 @@ def test_env_value_that_is_not_json_for_a_table(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_unknown_key(tmp_path: Path) -> None:
-    message = config_error(tmp_path, "[kafka]\nbootstrapp = \"broker:9092\"\n")
+    message = config_error(tmp_path, '[kafka]\nbootstrapp = "broker:9092"\n')
     assert "kafka.bootstrapp" in message and "unknown setting" in message
-    assert "broker:9092" not in message  # an unknown key's value may be a misplaced secret: never echoed
+    assert (
+        "broker:9092" not in message
+    )  # an unknown key's value may be a misplaced secret: never echoed
 
 
 def test_unknown_section(tmp_path: Path) -> None:
-    message = config_error(tmp_path, "[kafak]\ngroup_id = \"x\"\n")
+    message = config_error(tmp_path, '[kafak]\ngroup_id = "x"\n')
     assert "kafak" in message and "unknown setting" in message
 
 
@@ -217,7 +279,13 @@ def test_missing_file(tmp_path: Path) -> None:
         f'[web]\nsasl_password = "{SECRET}"\n',  # the right key in the wrong table
         f'[ingest]\nuser_id_salt = "{SECRET}"\nbatch_size = 0\n',
     ],
-    ids=["sasl without username", "other error in kafka", "unknown section", "unknown key", "salt next to an error"],
+    ids=[
+        "sasl without username",
+        "other error in kafka",
+        "unknown section",
+        "unknown key",
+        "salt next to an error",
+    ],
 )
 def test_secret_never_in_error_message(tmp_path: Path, text: str) -> None:
     message = config_error(tmp_path, text)
@@ -232,7 +300,10 @@ def test_secret_from_env_never_in_error_message(monkeypatch: pytest.MonkeyPatch)
     assert SECRET not in str(info.value)
     monkeypatch.setenv("DRIFTD_KAFKA__SASL_USERNAME", "driftd")
     settings = load_settings(None)
-    assert settings.kafka.sasl_password is not None and settings.kafka.sasl_password.get_secret_value() == SECRET
+    assert (
+        settings.kafka.sasl_password is not None
+        and settings.kafka.sasl_password.get_secret_value() == SECRET
+    )
     assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
 
 
@@ -243,7 +314,11 @@ def driftd_config_check(config: Path, **env: str) -> subprocess.CompletedProcess
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     return subprocess.run(
         [sys.executable, "-m", "daemon", "config", "check", "-c", str(config)],
-        cwd=REPO, env={**clean, **env}, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -266,19 +341,31 @@ def test_config_check_accepts_the_shipped_file() -> None:
 
 
 def test_config_check_never_prints_the_password(tmp_path: Path) -> None:
-    good = write(tmp_path, f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_username = "driftd"\nsasl_password = "{SECRET}"\n')
+    good = write(
+        tmp_path,
+        f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_username = "driftd"\nsasl_password = "{SECRET}"\n',
+    )
     result = driftd_config_check(good)
     assert result.returncode == 0, result.stderr
     assert '"sasl_username": "driftd"' in result.stdout
     assert SECRET not in result.stdout + result.stderr
 
-    bad = write(tmp_path, f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_password = "{SECRET}"\n', name="bad.toml")
+    bad = write(
+        tmp_path,
+        f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_password = "{SECRET}"\n',
+        name="bad.toml",
+    )
     result = driftd_config_check(bad)
     assert result.returncode == 2
     assert "kafka.security_protocol" in result.stderr
     assert SECRET not in result.stdout + result.stderr
 
-    result = driftd_config_check(CONFIG_TOML, DRIFTD_KAFKA__SECURITY_PROTOCOL="SASL_SSL", DRIFTD_KAFKA__SASL_USERNAME="driftd", DRIFTD_KAFKA__SASL_PASSWORD=SECRET)
+    result = driftd_config_check(
+        CONFIG_TOML,
+        DRIFTD_KAFKA__SECURITY_PROTOCOL="SASL_SSL",
+        DRIFTD_KAFKA__SASL_USERNAME="driftd",
+        DRIFTD_KAFKA__SASL_PASSWORD=SECRET,
+    )
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
 
@@ -288,10 +375,27 @@ def test_cold_url_with_an_unknown_scheme_is_a_config_error(tmp_path: Path) -> No
     assert "tiers.cold_url" in message and "nosuchfs://" in message
 
 
-def test_driftd_run_with_a_bad_value_stops_with_exit_code_2_before_starting_anything(tmp_path: Path) -> None:
+def test_driftd_run_with_a_bad_value_stops_with_exit_code_2_before_starting_anything(
+    tmp_path: Path,
+) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env = {**clean, "DRIFTD_TIERS__HOT_MAX_EVENTS": "lots", "DRIFTD_DAEMON__DATA_DIR": str(tmp_path / "state")}
-    result = subprocess.run([sys.executable, "-m", "daemon", "run", "-c", str(CONFIG_TOML)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **clean,
+        "DRIFTD_TIERS__HOT_MAX_EVENTS": "lots",
+        "DRIFTD_DAEMON__DATA_DIR": str(tmp_path / "state"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "-c", str(CONFIG_TOML)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result
-    assert "tiers.hot_max_events" in result.stderr and "'lots'" in result.stderr and "DRIFTD_TIERS__HOT_MAX_EVENTS" in result.stderr
+    assert (
+        "tiers.hot_max_events" in result.stderr
+        and "'lots'" in result.stderr
+        and "DRIFTD_TIERS__HOT_MAX_EVENTS" in result.stderr
+    )
     assert not (tmp_path / "state").exists()  # failed before touching any state

@@ -26,7 +26,12 @@ T0, T1 = TopicPartition("conversations", 0), TopicPartition("conversations", 1)
 
 def batch(base_offset: int, values: list[bytes], codec: int = 0) -> bytes:
     builder = DefaultRecordBatchBuilder(
-        magic=2, compression_type=codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=-1,
+        magic=2,
+        compression_type=codec,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
         batch_size=1 << 20,
     )
     for delta, value in enumerate(values):
@@ -43,13 +48,17 @@ def with_crc(data: bytearray) -> bytes:
 
 def unknown_codec(base_offset: int) -> bytes:
     data = bytearray(batch(base_offset, [b"x"]))
-    struct.pack_into(">h", data, 21, (struct.unpack_from(">h", data, 21)[0] & ~0x07) | 5)  # codec 5: none such
+    struct.pack_into(
+        ">h", data, 21, (struct.unpack_from(">h", data, 21)[0] & ~0x07) | 5
+    )  # codec 5: none such
     return with_crc(data)
 
 
 def garbage_lz4(base_offset: int) -> bytes:
     data = bytearray(batch(base_offset, [b"x"]))
-    struct.pack_into(">h", data, 21, (struct.unpack_from(">h", data, 21)[0] & ~0x07) | CODECS["lz4"])
+    struct.pack_into(
+        ">h", data, 21, (struct.unpack_from(">h", data, 21)[0] & ~0x07) | CODECS["lz4"]
+    )
     data[61:] = b"\x00not an lz4 frame" * 2
     struct.pack_into(">i", data, 8, len(data) - 12)
     return with_crc(data)
@@ -71,10 +80,14 @@ def loop():
 class Fetcher:
     """What ``fetched_records`` uses of aiokafka's Fetcher: real subscriptions and fetch results; no network."""
 
-    def __init__(self, fetched: dict[TopicPartition, bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, fetched: dict[TopicPartition, bytes], loop: asyncio.AbstractEventLoop
+    ) -> None:
         loop.run_until_complete(self._subscribe(fetched))
 
-    async def _subscribe(self, fetched: dict[TopicPartition, bytes]) -> None:  # aiokafka's state wants a running loop
+    async def _subscribe(
+        self, fetched: dict[TopicPartition, bytes]
+    ) -> None:  # aiokafka's state wants a running loop
         self._subscriptions = SubscriptionState()
         self._subscriptions.assign_from_user(set(fetched))
         assignment = self._subscriptions.subscription.assignment
@@ -82,7 +95,9 @@ class Fetcher:
         for tp, data in fetched.items():
             assignment.state_value(tp).seek(0)
             records = PartitionRecords(tp, MemoryRecords(data), None, 0, None, None, True, 0)
-            self._records[tp] = FetchResult(tp, assignment=assignment, partition_records=records, backoff=0)
+            self._records[tp] = FetchResult(
+                tp, assignment=assignment, partition_records=records, backoff=0
+            )
         self._wait_consume_future = None
         self._closed = False
 
@@ -97,41 +112,64 @@ class Fetcher:
 def test_every_codec_aiokafka_knows_is_readable(codec: str, loop) -> None:
     """The codec libraries are installed (cramjam for snappy, lz4 and zstd: aiokafka/codec.py)."""
     values = [f"event {i}".encode() * 20 for i in range(50)]
-    fetcher = Fetcher({T0: batch(0, values, CODECS[codec]) + batch(50, values[:5], CODECS[codec])}, loop)
+    fetcher = Fetcher(
+        {T0: batch(0, values, CODECS[codec]) + batch(50, values[:5], CODECS[codec])}, loop
+    )
     records, error = drain_partition(fetcher._records[T0], None)
     assert error is None
-    assert [r.value for r in records] == values + values[:5] and [r.offset for r in records] == list(range(55))
+    assert [r.value for r in records] == values + values[:5] and [
+        r.offset for r in records
+    ] == list(range(55))
 
 
 @pytest.mark.parametrize(
     ("make_bad", "error_type"),
-    [(unknown_codec, UnsupportedCodecError), (garbage_lz4, Exception), (bad_crc, CorruptRecordException)],
+    [
+        (unknown_codec, UnsupportedCodecError),
+        (garbage_lz4, Exception),
+        (bad_crc, CorruptRecordException),
+    ],
     ids=["unknown codec", "garbage lz4 payload", "bad CRC"],
 )
-def test_a_partition_drains_up_to_the_unreadable_batch_and_its_position_stays_there(make_bad, error_type, loop) -> None:
+def test_a_partition_drains_up_to_the_unreadable_batch_and_its_position_stays_there(
+    make_bad, error_type, loop
+) -> None:
     fetcher = Fetcher({T0: batch(0, [b"a", b"b", b"c"]) + make_bad(3) + batch(4, [b"after"])}, loop)
     records, error = drain_partition(fetcher._records[T0], None)
     assert [r.value for r in records] == [b"a", b"b", b"c"]
     assert isinstance(error, error_type), repr(error)
-    assert fetcher.position(T0) == 3  # the next fetch (after a rebalance, a restart) starts at the bad batch
+    assert (
+        fetcher.position(T0) == 3
+    )  # the next fetch (after a rebalance, a restart) starts at the bad batch
 
 
 def test_max_records_leaves_the_rest_for_the_next_call(loop) -> None:
     fetcher = Fetcher({T0: batch(0, [b"a", b"b", b"c"])}, loop)
     records, error = drain_partition(fetcher._records[T0], 2)
-    assert [r.value for r in records] == [b"a", b"b"] and error is None and fetcher._records[T0].has_more()
+    assert (
+        [r.value for r in records] == [b"a", b"b"]
+        and error is None
+        and fetcher._records[T0].has_more()
+    )
     assert fetcher.position(T0) == 2
 
 
-def test_an_unreadable_batch_is_reported_for_its_partition_and_the_others_are_returned(loop) -> None:
+def test_an_unreadable_batch_is_reported_for_its_partition_and_the_others_are_returned(
+    loop,
+) -> None:
     fetcher = Fetcher({T0: batch(0, [b"a"]) + unknown_codec(1), T1: batch(0, [b"x", b"y"])}, loop)
     unreadable: list[tuple[TopicPartition, int, BaseException]] = []
     on_unreadable = lambda tp, offset, exc: unreadable.append((tp, offset, exc))  # noqa: E731
     got = loop.run_until_complete(fetched_records(fetcher, {T0, T1}, on_unreadable=on_unreadable))
-    assert {tp: [r.value for r in records] for tp, records in got.items()} == {T0: [b"a"], T1: [b"x", b"y"]}
+    assert {tp: [r.value for r in records] for tp, records in got.items()} == {
+        T0: [b"a"],
+        T1: [b"x", b"y"],
+    }
     ((tp, offset, error),) = unreadable
     assert (tp, offset) == (T0, 1) and isinstance(error, UnsupportedCodecError)
-    assert T0 not in fetcher._records  # dropped; the caller pauses the partition so that it is not fetched again
+    assert (
+        T0 not in fetcher._records
+    )  # dropped; the caller pauses the partition so that it is not fetched again
 
 
 def test_without_a_handler_the_error_is_raised_as_aiokafka_would(loop) -> None:
@@ -144,13 +182,20 @@ def test_a_stall_is_counted_shown_logged_and_cleared(caplog: pytest.LogCaptureFi
     registry = CollectorRegistry()
     stalls = PartitionStalls(registry)
     with caplog.at_level(logging.ERROR, logger="driftd.consumer"):
-        stalls.stall("conversations", 2, 1194, UnsupportedCodecError("Unknown compression codec 0x05"))
+        stalls.stall(
+            "conversations", 2, 1194, UnsupportedCodecError("Unknown compression codec 0x05")
+        )
     assert "partition stalled: topic conversations partition 2 offset 1194" in caplog.text
     assert "UnsupportedCodecError" in caplog.text
     labels = {"topic": "conversations", "partition": "2"}
     assert registry.get_sample_value("driftd_partition_stalled", labels) == 1
     assert registry.get_sample_value("driftd_partition_stalls_total", labels) == 1
-    assert [(s.topic, s.partition, s.offset) for s in stalls.snapshot()] == [("conversations", 2, 1194)]
+    assert [(s.topic, s.partition, s.offset) for s in stalls.snapshot()] == [
+        ("conversations", 2, 1194)
+    ]
     stalls.clear("conversations", 2, "assigned again")
-    assert registry.get_sample_value("driftd_partition_stalled", labels) == 0 and stalls.snapshot() == []
+    assert (
+        registry.get_sample_value("driftd_partition_stalled", labels) == 0
+        and stalls.snapshot() == []
+    )
     assert registry.get_sample_value("driftd_partition_stalls_total", labels) == 1

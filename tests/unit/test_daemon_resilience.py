@@ -25,7 +25,14 @@ def test_open_file_limit_is_raised_towards_the_hard_limit():
         print(raise_open_file_limit(65536), resource.getrlimit(resource.RLIMIT_NOFILE))
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
     assert out == ["(2048, 2048) (2048, 8192)", "(256, 4096) (4096, 4096)", "(256, 256) (256, 256)"]
 
 

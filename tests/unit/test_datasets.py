@@ -68,7 +68,9 @@ def test_banking77_and_snips_have_no_domains() -> None:
     assert groups("banking77") == {} and groups("snips") == {}
     banking = load_examples("banking77", "test")
     assert {ex.domain for ex in banking} == {None}
-    assert {ex.intent for ex in banking} == set(json.loads((REPO_DATA / "banking77" / "categories.json").read_text()))
+    assert {ex.intent for ex in banking} == set(
+        json.loads((REPO_DATA / "banking77" / "categories.json").read_text())
+    )
     snips = load_examples("snips", "test")
     assert {ex.domain for ex in snips} == {None}
     assert set(Counter(ex.intent for ex in snips).values()) == {100}
@@ -81,7 +83,10 @@ def test_multilingual_datasets_keep_their_script_and_have_no_domains() -> None:
     assert groups("massive_ru") == {} and groups("crosswoz_intents") == {}
     chinese = load_examples("crosswoz_intents", "test")
     assert all(any("\u4e00" <= ch <= "\u9fff" for ch in ex.text) for ex in chinese[:50])
-    assert Counter(ex.intent for ex in load_examples("crosswoz_intents", "train")).most_common(1)[0][0] == "general_thank"
+    assert (
+        Counter(ex.intent for ex in load_examples("crosswoz_intents", "train")).most_common(1)[0][0]
+        == "general_thank"
+    )
 
 
 def test_snips_test_is_held_out_from_train() -> None:
@@ -91,7 +96,9 @@ def test_snips_test_is_held_out_from_train() -> None:
 
 
 def test_unknown_dataset_or_split_lists_valid_choices() -> None:
-    with pytest.raises(ValueError, match=r"'atis'.*clinc150, banking77, snips, massive_ru, crosswoz_intents"):
+    with pytest.raises(
+        ValueError, match=r"'atis'.*clinc150, banking77, snips, massive_ru, crosswoz_intents"
+    ):
         load_examples("atis", "train")
     with pytest.raises(ValueError, match=r"'val'.*train, test"):
         load_examples("banking77", "val")
@@ -110,7 +117,9 @@ def test_missing_files_say_where_and_how_to_fix(tmp_path: Path) -> None:
     assert "DRIFTD_DATA_DIR" in message and "replay.data_dir" in message
 
 
-def test_default_data_dir_is_repo_data_unless_env_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_data_dir_is_repo_data_unless_env_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert default_data_dir() == REPO_DATA
     monkeypatch.setenv("DRIFTD_DATA_DIR", str(tmp_path))
     assert default_data_dir() == tmp_path
@@ -121,29 +130,45 @@ def test_default_data_dir_is_repo_data_unless_env_set(tmp_path: Path, monkeypatc
 def test_plain_file_is_read_when_no_gz(tmp_path: Path) -> None:
     folder = tmp_path / "snips"
     folder.mkdir()
-    with gzip.open(REPO_DATA / "snips" / "snips_all.csv.gz", "rb") as src, open(folder / "snips_all.csv", "wb") as dst:
+    with (
+        gzip.open(REPO_DATA / "snips" / "snips_all.csv.gz", "rb") as src,
+        open(folder / "snips_all.csv", "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
     assert load_examples("snips", "test", data_dir=tmp_path) == load_examples("snips", "test")
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="uncompressed originals not present on this machine")
+@pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="uncompressed originals not present on this machine"
+)
 @pytest.mark.parametrize(
     ("name", "splits"),
     [
-        ("clinc150", ("train", "val", "test", "oos_test")), ("banking77", ("train", "test")), ("snips", ("train", "test")),
-        ("massive_ru", ("train", "dev", "test")), ("crosswoz_intents", ("train", "dev", "test")),
+        ("clinc150", ("train", "val", "test", "oos_test")),
+        ("banking77", ("train", "test")),
+        ("snips", ("train", "test")),
+        ("massive_ru", ("train", "dev", "test")),
+        ("crosswoz_intents", ("train", "dev", "test")),
     ],
 )
 def test_gz_copies_match_the_originals(name: str, splits: tuple[str, ...]) -> None:
     for split in splits:
-        assert load_examples(name, split, data_dir=SHARED_DATA) == load_examples(name, split, data_dir=REPO_DATA)
+        assert load_examples(name, split, data_dir=SHARED_DATA) == load_examples(
+            name, split, data_dir=REPO_DATA
+        )
     assert groups(name, data_dir=SHARED_DATA) == groups(name, data_dir=REPO_DATA)
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="uncompressed originals not present on this machine")
+@pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="uncompressed originals not present on this machine"
+)
 @pytest.mark.parametrize("name", ["massive_ru", "crosswoz_intents"])
 def test_multilingual_copies_ship_gzipped_with_the_authors_license_and_readme(name: str) -> None:
     for split in ("train", "dev", "test"):
-        assert (REPO_DATA / name / f"{split}.csv.gz").is_file() and not (REPO_DATA / name / f"{split}.csv").exists()
+        assert (REPO_DATA / name / f"{split}.csv.gz").is_file() and not (
+            REPO_DATA / name / f"{split}.csv"
+        ).exists()
     for document in ("LICENSE", "README.md"):
-        assert (REPO_DATA / name / document).read_bytes() == (SHARED_DATA / name / document).read_bytes()
+        assert (REPO_DATA / name / document).read_bytes() == (
+            SHARED_DATA / name / document
+        ).read_bytes()

@@ -21,12 +21,14 @@ LIMIT = hostile.MAX_EVENT_BYTES
 
 
 def test_the_generators_use_the_configured_default_limit() -> None:
-    assert hostile.MAX_EVENT_BYTES == IngestSettings().max_event_bytes
+    assert IngestSettings().max_event_bytes == hostile.MAX_EVENT_BYTES
 
 
 @pytest.mark.parametrize("max_bytes", [LIMIT, 2048])
 def test_generated_malformed_payloads_are_rejected_with_their_reason(max_bytes: int) -> None:
-    cases = hostile.malformed(5040, seed=11, max_bytes=max_bytes) + hostile.controls(900, seed=12, max_bytes=max_bytes)
+    cases = hostile.malformed(5040, seed=11, max_bytes=max_bytes) + hostile.controls(
+        900, seed=12, max_bytes=max_bytes
+    )
     tally = hostile.check_decoder(cases, max_bytes)
     print("\n" + tally.table(f"decoder fuzz, max_event_bytes={max_bytes}"))
     assert not tally.failures, "\n".join(tally.failures)
@@ -36,8 +38,16 @@ def test_generated_malformed_payloads_are_rejected_with_their_reason(max_bytes: 
     assert sum(tally.verdicts[k]["accepted"] for k in hostile.CONTROL_KINDS) == 900
 
 
-@pytest.mark.parametrize("payload", [b"[" * 100_000, b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000, b'{"meta": ' + b"[" * 100_000],
-                         ids=["open arrays", "balanced arrays", "objects", "in a field"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000,
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a":' * 100_000,
+        b'{"meta": ' + b"[" * 100_000,
+    ],
+    ids=["open arrays", "balanced arrays", "objects", "in a field"],
+)
 def test_100k_levels_of_nesting_are_not_json(payload: bytes) -> None:
     result = decode_event(payload, len(payload))
     assert isinstance(result, Rejection) and result.reason == "not_json", result
@@ -49,10 +59,14 @@ def test_the_same_payloads_over_the_limit_are_too_large_without_parsing() -> Non
 
 
 def _verdict_ok(result: object) -> bool:
-    return (isinstance(result, Rejection) and result.reason in REJECTION_REASONS and bool(result.detail)) or hasattr(result, "event_id")
+    return (
+        isinstance(result, Rejection) and result.reason in REJECTION_REASONS and bool(result.detail)
+    ) or hasattr(result, "event_id")
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
 @given(raw=st.binary(max_size=4096), max_bytes=st.sampled_from([256, 2048, LIMIT]))
 def test_arbitrary_bytes_never_raise(raw: bytes, max_bytes: int) -> None:
     assert _verdict_ok(decode_event(raw, max_bytes))
@@ -61,8 +75,21 @@ def test_arbitrary_bytes_never_raise(raw: bytes, max_bytes: int) -> None:
 VALID = [c.raw for c in hostile.controls(90, seed=13)]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-@given(base=st.sampled_from(VALID), edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255), st.sampled_from(["set", "insert", "delete"])), min_size=1, max_size=6))
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(
+    base=st.sampled_from(VALID),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 1 << 16),
+            st.integers(0, 255),
+            st.sampled_from(["set", "insert", "delete"]),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
 def test_mutated_valid_events_never_raise(base: bytes, edits: list[tuple[int, int, str]]) -> None:
     raw = bytearray(base)
     for at, byte, how in edits:
@@ -76,28 +103,66 @@ def test_mutated_valid_events_never_raise(base: bytes, edits: list[tuple[int, in
     assert _verdict_ok(decode_event(bytes(raw), LIMIT))
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=25)
-FIELDS = sorted({f for fs in hostile.REQUIRED.values() for f in fs} | {f for fs in hostile.OPTIONAL.values() for f in fs})
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4)
+    ),
+    max_leaves=25,
+)
+FIELDS = sorted(
+    {f for fs in hostile.REQUIRED.values() for f in fs}
+    | {f for fs in hostile.OPTIONAL.values() for f in fs}
+)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-@given(kind=st.sampled_from(hostile.TYPES), changes=st.dictionaries(st.sampled_from(FIELDS + ["extra"]), JSON, max_size=4), drop=st.sets(st.sampled_from(FIELDS), max_size=3))
-def test_event_shaped_json_never_raises_and_rejections_name_a_documented_reason(kind: str, changes: dict, drop: set) -> None:
-    event = {k: v for k, v in {**hostile.event(random.Random(0), 0, kind=kind), **changes}.items() if k not in drop}
-    raw = json.dumps(event).encode()  # json.dumps writes NaN/Infinity for non-finite floats: refused as not_json (below)
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(
+    kind=st.sampled_from(hostile.TYPES),
+    changes=st.dictionaries(st.sampled_from(FIELDS + ["extra"]), JSON, max_size=4),
+    drop=st.sets(st.sampled_from(FIELDS), max_size=3),
+)
+def test_event_shaped_json_never_raises_and_rejections_name_a_documented_reason(
+    kind: str, changes: dict, drop: set
+) -> None:
+    event = {
+        k: v
+        for k, v in {**hostile.event(random.Random(0), 0, kind=kind), **changes}.items()
+        if k not in drop
+    }
+    raw = json.dumps(
+        event
+    ).encode()  # json.dumps writes NaN/Infinity for non-finite floats: refused as not_json (below)
     assert _verdict_ok(decode_event(raw, LIMIT))
 
 
 NAN_OUTSIDE_VALIDATED_FIELDS = [
-    ("meta value", b'{"type":"utterance","event_id":"e","conversation_id":"c","turn":0,"ts":1,"text":"x","meta":{"a":NaN}}'),
-    ("meta list", b'{"type":"utterance","event_id":"e","conversation_id":"c","turn":0,"ts":1,"text":"x","meta":{"a":[Infinity]}}'),
-    ("unknown field", b'{"type":"utterance","event_id":"e","conversation_id":"c","turn":0,"ts":1,"text":"x","score":-Infinity}'),
-    ("nested unknown field", b'{"type":"label","event_id":"e","conversation_id":"c","turn":0,"ts":1,"ref_event_id":"r","intent":"i","x":{"y":[1,NaN]}}'),
+    (
+        "meta value",
+        b'{"type":"utterance","event_id":"e","conversation_id":"c","turn":0,"ts":1,"text":"x","meta":{"a":NaN}}',
+    ),
+    (
+        "meta list",
+        b'{"type":"utterance","event_id":"e","conversation_id":"c","turn":0,"ts":1,"text":"x","meta":{"a":[Infinity]}}',
+    ),
+    (
+        "unknown field",
+        b'{"type":"utterance","event_id":"e","conversation_id":"c","turn":0,"ts":1,"text":"x","score":-Infinity}',
+    ),
+    (
+        "nested unknown field",
+        b'{"type":"label","event_id":"e","conversation_id":"c","turn":0,"ts":1,"ref_event_id":"r","intent":"i","x":{"y":[1,NaN]}}',
+    ),
 ]
 
 
-@pytest.mark.parametrize("raw", [raw for _, raw in NAN_OUTSIDE_VALIDATED_FIELDS], ids=[name for name, _ in NAN_OUTSIDE_VALIDATED_FIELDS])
+@pytest.mark.parametrize(
+    "raw",
+    [raw for _, raw in NAN_OUTSIDE_VALIDATED_FIELDS],
+    ids=[name for name, _ in NAN_OUTSIDE_VALIDATED_FIELDS],
+)
 def test_nan_and_infinity_literals_outside_validated_fields_are_rejected(raw: bytes) -> None:
     result = decode_event(raw, LIMIT)
     assert isinstance(result, Rejection) and result.reason == "not_json", f"accepted: {result!r}"

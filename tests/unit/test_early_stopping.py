@@ -24,8 +24,12 @@ def trained():
 
 def test_validation_scores_are_the_mean_cross_entropy_and_the_accuracy(trained) -> None:
     texts, intents = examples(INTENTS, 60, seed=2)
-    intents[:5] = ["bye" if i != "bye" else "greet" for i in intents[:5]]  # a few wrong ones, so the loss is not ~0
-    loss, acc = validation_scores(trained.model, trained.featurizer, trained.labels, texts, intents, batch_size=7)
+    intents[:5] = [
+        "bye" if i != "bye" else "greet" for i in intents[:5]
+    ]  # a few wrong ones, so the loss is not ~0
+    loss, acc = validation_scores(
+        trained.model, trained.featurizer, trained.labels, texts, intents, batch_size=7
+    )
     with torch.no_grad():
         logits = trained.model(torch.from_numpy(trained.featurizer.batch(texts))).float()
     target = torch.tensor([trained.labels.index(i) for i in intents])
@@ -33,13 +37,25 @@ def test_validation_scores_are_the_mean_cross_entropy_and_the_accuracy(trained) 
     assert acc == pytest.approx(float((logits.argmax(1) == target).float().mean()))
 
 
-def test_an_intent_the_model_lacks_is_wrong_in_the_accuracy_and_left_out_of_the_loss(trained) -> None:
+def test_an_intent_the_model_lacks_is_wrong_in_the_accuracy_and_left_out_of_the_loss(
+    trained,
+) -> None:
     texts, intents = examples(INTENTS, 40, seed=3)
-    known_loss, known_acc = validation_scores(trained.model, trained.featurizer, trained.labels, texts, intents)
-    loss, acc = validation_scores(trained.model, trained.featurizer, trained.labels, texts + ["cancel my phone order"] * 10, intents + ["cancel"] * 10)
+    known_loss, known_acc = validation_scores(
+        trained.model, trained.featurizer, trained.labels, texts, intents
+    )
+    loss, acc = validation_scores(
+        trained.model,
+        trained.featurizer,
+        trained.labels,
+        texts + ["cancel my phone order"] * 10,
+        intents + ["cancel"] * 10,
+    )
     assert loss == pytest.approx(known_loss, rel=1e-5)
     assert acc == pytest.approx(known_acc * 40 / 50)
-    assert validation_scores(trained.model, trained.featurizer, trained.labels, ["cancel my order"], ["cancel"]) == (math.inf, 0.0)
+    assert validation_scores(
+        trained.model, trained.featurizer, trained.labels, ["cancel my order"], ["cancel"]
+    ) == (math.inf, 0.0)
 
 
 def test_it_keeps_the_lowest_loss_checkpoint_and_stops_after_patience_epochs_without_one() -> None:
@@ -50,17 +66,31 @@ def test_it_keeps_the_lowest_loss_checkpoint_and_stops_after_patience_epochs_wit
     rng = random.Random(6)
     val = (val_texts, [rng.choice(INTENTS) for _ in val_texts])
     reports: list[dict] = []
-    result = train_classifier(texts, intents, settings=TrainSettings(epochs=40, batch_size=32, patience=3, seed=0), val=val, progress=reports.append)
+    result = train_classifier(
+        texts,
+        intents,
+        settings=TrainSettings(epochs=40, batch_size=32, patience=3, seed=0),
+        val=val,
+        progress=reports.append,
+    )
     losses = [r["val_loss"] for r in reports]
-    best = min(range(len(losses)), key=lambda e: (losses[e], -e))  # the lowest; on a tie, the later epoch
+    best = min(
+        range(len(losses)), key=lambda e: (losses[e], -e)
+    )  # the lowest; on a tie, the later epoch
     assert result.epochs_run < 40, "a rising validation loss must stop training"
-    assert result.epochs_run == best + 1 + 3, f"stopped at epoch {result.epochs_run}, the best was {best + 1}: {losses}"
+    assert result.epochs_run == best + 1 + 3, (
+        f"stopped at epoch {result.epochs_run}, the best was {best + 1}: {losses}"
+    )
     assert result.val_loss == losses[best] and result.val_accuracy == reports[best]["val_accuracy"]
     kept_loss, _ = validation_scores(result.model, result.featurizer, result.labels, *val)
-    assert kept_loss == pytest.approx(losses[best], rel=1e-5), "the model returned is not the checkpoint with the lowest loss"
+    assert kept_loss == pytest.approx(losses[best], rel=1e-5), (
+        "the model returned is not the checkpoint with the lowest loss"
+    )
 
 
 def test_without_a_validation_split_every_epoch_runs_and_no_score_is_reported() -> None:
     texts, intents = examples(INTENTS, 100, seed=7)
-    result = train_classifier(texts, intents, settings=TrainSettings(epochs=4, batch_size=32, patience=1, seed=0))
+    result = train_classifier(
+        texts, intents, settings=TrainSettings(epochs=4, batch_size=32, patience=1, seed=0)
+    )
     assert result.epochs_run == 4 and result.val_loss is None and result.val_accuracy is None

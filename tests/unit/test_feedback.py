@@ -15,7 +15,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from daemon.config import load_settings
-from daemon.feedback import FeedbackRefused, PendingPredictions, encode_events, feedback_events, parse_feedback
+from daemon.feedback import (
+    FeedbackRefused,
+    PendingPredictions,
+    encode_events,
+    feedback_events,
+    parse_feedback,
+)
 from daemon.predict_api import PredictApi
 from models.classifier import ClassifierConfig
 from models.export import build_version_files
@@ -86,16 +92,19 @@ def test_malformed_unknown_and_evicted_ids_are_told_apart() -> None:
 # --- a report and its events ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("payload", "needle"), [
-    ([], "JSON object"),
-    ({"correct": True}, 'missing "prediction_id"'),
-    ({"prediction_id": "0" * 32}, "exactly one"),
-    ({"prediction_id": "0" * 32, "correct": True, "intent": "x"}, "exactly one"),
-    ({"prediction_id": "0" * 32, "correct": "yes"}, "true or false"),
-    ({"prediction_id": "0" * 32, "intent": " "}, "non-empty string"),
-    ({"prediction_id": "0" * 32, "intent": "x" * 129}, "at most 128"),
-    ({"prediction_id": "0" * 32, "intent": "x", "text": "hi"}, "unknown field(s) 'text'"),
-])
+@pytest.mark.parametrize(
+    ("payload", "needle"),
+    [
+        ([], "JSON object"),
+        ({"correct": True}, 'missing "prediction_id"'),
+        ({"prediction_id": "0" * 32}, "exactly one"),
+        ({"prediction_id": "0" * 32, "correct": True, "intent": "x"}, "exactly one"),
+        ({"prediction_id": "0" * 32, "correct": "yes"}, "true or false"),
+        ({"prediction_id": "0" * 32, "intent": " "}, "non-empty string"),
+        ({"prediction_id": "0" * 32, "intent": "x" * 129}, "at most 128"),
+        ({"prediction_id": "0" * 32, "intent": "x", "text": "hi"}, "unknown field(s) 'text'"),
+    ],
+)
 def test_a_malformed_report_is_refused_with_what_is_wrong(payload: Any, needle: str) -> None:
     refused(lambda: parse_feedback(payload), 422, needle)
 
@@ -104,16 +113,29 @@ def test_a_report_becomes_the_utterance_once_then_its_label_or_feedback() -> Non
     pending = PendingPredictions(horizon_s=600, max_pending=10, clock=Clock())
     pid = pending.add("refund the phone please", "refund", 0.8, "v000002")
     served = pending.get(pid)
-    utterance, label = feedback_events(pid, served, correct=None, intent="cancel", now=1_800_000_010.0)
+    utterance, label = feedback_events(
+        pid, served, correct=None, intent="cancel", now=1_800_000_010.0
+    )
     decoded = [decode_event(raw, 65536) for raw in encode_events([utterance, label], 65536)]
     assert [e.type for e in decoded] == ["utterance", "label"]
-    assert decoded[0].event_id == pid == decoded[1].ref_event_id and decoded[0].text == "refund the phone please"
+    assert (
+        decoded[0].event_id == pid == decoded[1].ref_event_id
+        and decoded[0].text == "refund the phone please"
+    )
     served_field = decoded[0].model_extra[SERVED_PREDICTION_FIELD]
     assert served_field == {"intent": "refund", "confidence": 0.8, "model_version": "v000002"}
-    assert decoded[0].meta == {"source": "http"} and decoded[1].intent == "cancel" and decoded[1].ts == 1_800_000_010.0
+    assert (
+        decoded[0].meta == {"source": "http"}
+        and decoded[1].intent == "cancel"
+        and decoded[1].ts == 1_800_000_010.0
+    )
     served.published = True  # a second report (a correction) does not send the utterance again
     (right,) = feedback_events(pid, served, correct=True, intent=None, now=1_800_000_020.0)
-    assert (right["type"], right["correct"], right["intent"]) == ("feedback", True, "refund")  # training data too
+    assert (right["type"], right["correct"], right["intent"]) == (
+        "feedback",
+        True,
+        "refund",
+    )  # training data too
     (wrong,) = feedback_events(pid, served, correct=False, intent=None, now=1_800_000_020.0)
     assert (wrong["type"], wrong["correct"], "intent" in wrong) == ("feedback", False, False)
     assert len({label["event_id"], right["event_id"], wrong["event_id"]}) == 3
@@ -135,7 +157,13 @@ Reports = tuple[list[Any], list[str], TieredStore, list[tuple[str, str]]]
 def ingest_reports(tmp_path: Path, *, observe_served: bool) -> Reports:
     """Two HTTP reports and one Kafka utterance through a real IngestAgent and TieredStore."""
     metrics = StreamMetrics(CollectorRegistry())
-    store = TieredStore(tmp_path / "warm.sqlite3", str(tmp_path / "cold"), TierPolicy(60, 3600), 100, metrics=metrics)
+    store = TieredStore(
+        tmp_path / "warm.sqlite3",
+        str(tmp_path / "cold"),
+        TierPolicy(60, 3600),
+        100,
+        metrics=metrics,
+    )
     asyncio.run(store.open())
     clock = Clock()
     pending = PendingPredictions(horizon_s=600, max_pending=10, clock=clock)
@@ -143,14 +171,24 @@ def ingest_reports(tmp_path: Path, *, observe_served: bool) -> Reports:
     wrong = pending.add("cancel my shoes order", "refund", 0.55, "v000001")
     events = [
         *feedback_events(right, pending.get(right), correct=True, intent=None, now=clock.now + 5),
-        *feedback_events(wrong, pending.get(wrong), correct=None, intent="cancel", now=clock.now + 6),
-        {"event_id": "kafka-1", "type": "utterance", "conversation_id": "c", "turn": 0, "ts": clock.now,
-         "text": "hello there"},
+        *feedback_events(
+            wrong, pending.get(wrong), correct=None, intent="cancel", now=clock.now + 6
+        ),
+        {
+            "event_id": "kafka-1",
+            "type": "utterance",
+            "conversation_id": "c",
+            "turn": 0,
+            "ts": clock.now,
+            "text": "hello there",
+        },
     ]
     predicted_texts: list[str] = []
     observed: list[tuple[Any, Any]] = []
 
-    def predict(texts: list[str]) -> list[dict[str, Any]]:  # a newer model that would answer differently
+    def predict(
+        texts: list[str],
+    ) -> list[dict[str, Any]]:  # a newer model that would answer differently
         predicted_texts.extend(texts)
         top = {"intent": "greet", "confidence": 0.99}
         return [{**top, "top_k": [top], "model_version": "v000009"} for _ in texts]
@@ -160,10 +198,24 @@ def ingest_reports(tmp_path: Path, *, observe_served: bool) -> Reports:
         future.set_result(None)
         return future
 
-    agent = IngestAgent(store, None, metrics, predict=predict, publish_prediction=publish,  # type: ignore[arg-type]
-                        observe=lambda valid, pairs: observed.append((valid, pairs)), observe_served=observe_served)
+    agent = IngestAgent(
+        store,
+        None,
+        metrics,
+        predict=predict,
+        publish_prediction=publish,  # type: ignore[arg-type]
+        observe=lambda valid, pairs: observed.append((valid, pairs)),
+        observe_served=observe_served,
+    )
     records = [
-        RawRecord("conversations", 0, offset, e["conversation_id"].encode(), json.dumps(e).encode(), clock.now)
+        RawRecord(
+            "conversations",
+            0,
+            offset,
+            e["conversation_id"].encode(),
+            json.dumps(e).encode(),
+            clock.now,
+        )
         for offset, e in enumerate(events)
     ]
     assert asyncio.run(agent.handle(records)) == (5, 0)
@@ -174,17 +226,28 @@ def test_ingest_keeps_the_served_prediction_joins_it_and_learns_the_text(tmp_pat
     observed, predicted_texts, store, truths = ingest_reports(tmp_path, observe_served=True)
     assert predicted_texts == ["hello there"]  # the HTTP utterances are not predicted again
     ((valid, pairs),) = observed
-    served = {event.event_id: prediction for event, prediction in pairs if prediction.get("source") == "http"}
-    assert {pid: p["intent"] for pid, p in served.items()} == {truths[0][0]: "track", truths[1][0]: "refund"}
+    served = {
+        event.event_id: prediction
+        for event, prediction in pairs
+        if prediction.get("source") == "http"
+    }
+    assert {pid: p["intent"] for pid, p in served.items()} == {
+        truths[0][0]: "track",
+        truths[1][0]: "refund",
+    }
     assert {p["model_version"] for p in served.values()} == {"v000001"}
 
     # The learning loop's join (daemon/learning.observe_batch feeds it the same way): what the client was told.
     joiner = OutcomeJoiner(horizon_s=600)
     outcomes = [
-        joiner.record_prediction(e.event_id, p["intent"], p["confidence"], p["model_version"], e.ts) for e, p in pairs
+        joiner.record_prediction(e.event_id, p["intent"], p["confidence"], p["model_version"], e.ts)
+        for e, p in pairs
     ]
     reports = [e for e in valid if e.ref_event_id]
-    outcomes += [joiner.record_label(e.ref_event_id, intent=e.intent, correct=e.correct, ts=e.ts) for e in reports]
+    outcomes += [
+        joiner.record_label(e.ref_event_id, intent=e.intent, correct=e.correct, ts=e.ts)
+        for e in reports
+    ]
     judged = {o.event_id: (o.correct, o.model_version) for o in outcomes if o is not None}
     assert judged == {truths[0][0]: (True, "v000001"), truths[1][0]: (False, "v000001")}
 
@@ -195,7 +258,9 @@ def test_ingest_keeps_the_served_prediction_joins_it_and_learns_the_text(tmp_pat
     assert {(x.text, x.intent) for x in recent} == expected
 
 
-def test_with_monitoring_off_http_predictions_are_not_observed_but_still_trained_on(tmp_path: Path) -> None:
+def test_with_monitoring_off_http_predictions_are_not_observed_but_still_trained_on(
+    tmp_path: Path,
+) -> None:
     observed, predicted_texts, store, _ = ingest_reports(tmp_path, observe_served=False)
     ((valid, pairs),) = observed
     assert predicted_texts == ["hello there"] and [e.event_id for e, _ in pairs] == ["kafka-1"]
@@ -208,9 +273,13 @@ def test_with_monitoring_off_http_predictions_are_not_observed_but_still_trained
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     texts, intents = examples(["greet", "bye", "refund", "track", "cancel"], 200, 0)
-    result = train_classifier(texts, intents, featurizer=HashingFeaturizer(buckets=4096),
-                              config=ClassifierConfig(buckets=4096, dim=16, hidden=32),
-                              settings=TrainSettings(epochs=30, seed=0))
+    result = train_classifier(
+        texts,
+        intents,
+        featurizer=HashingFeaturizer(buckets=4096),
+        config=ClassifierConfig(buckets=4096, dim=16, hidden=32),
+        settings=TrainSettings(epochs=30, seed=0),
+    )
     files, _ = build_version_files(result.model, result.featurizer, result.labels, texts[:8])
     registry = Registry(tmp_path_factory.mktemp("registry"))
     registry.publish(files, parent=None, info={})
@@ -234,11 +303,23 @@ class Broker:
         return future  # "hang": never acknowledged
 
 
-def serve(registry: Registry, broker: Broker | None, tmp_path: Path, metrics: CollectorRegistry | None = None, **web_settings: Any) -> TestClient:
+def serve(
+    registry: Registry,
+    broker: Broker | None,
+    tmp_path: Path,
+    metrics: CollectorRegistry | None = None,
+    **web_settings: Any,
+) -> TestClient:
     settings = load_settings(daemon={"data_dir": str(tmp_path)}, web=web_settings)
     server = ModelServer()
     server.load_and_swap(registry, "v000001")
-    api = PredictApi(settings, server, registry, metrics or CollectorRegistry(), publish=broker.send if broker else None)
+    api = PredictApi(
+        settings,
+        server,
+        registry,
+        metrics or CollectorRegistry(),
+        publish=broker.send if broker else None,
+    )
     app = web.Application()
     api.add_routes(app)
     return TestClient(TestServer(app))
@@ -250,7 +331,8 @@ async def post(client: TestClient, path: str, body: Any) -> tuple[int, dict[str,
 
 
 def test_predict_answers_carry_ids_and_feedback_publishes_in_order_once_acknowledged(
-    registry: Registry, tmp_path: Path,
+    registry: Registry,
+    tmp_path: Path,
 ) -> None:
     broker = Broker()
     metrics = CollectorRegistry()
@@ -259,44 +341,65 @@ def test_predict_answers_carry_ids_and_feedback_publishes_in_order_once_acknowle
         async with serve(registry, broker, tmp_path, metrics) as client:
             status, single = await post(client, "/v1/predict", {"text": "where is my parcel"})
             assert status == 200 and len(single["prediction_id"]) == 32
-            status, batch = await post(client, "/v1/predict", {"texts": ["hello there friend", "cancel my book order"]})
+            status, batch = await post(
+                client, "/v1/predict", {"texts": ["hello there friend", "cancel my book order"]}
+            )
             ids = [p["prediction_id"] for p in batch["predictions"]]
             assert status == 200 and len(set(ids) | {single["prediction_id"]}) == 3
 
-            status, body = await post(client, "/v1/feedback", {"prediction_id": ids[1], "intent": "cancel"})
+            status, body = await post(
+                client, "/v1/feedback", {"prediction_id": ids[1], "intent": "cancel"}
+            )
             assert status == 202 and body["prediction_id"] == ids[1]
             assert body["event_ids"] == {"utterance": ids[1], "label": body["event_ids"]["label"]}
             # A second word on the same prediction: only the feedback this time.
-            status, body = await post(client, "/v1/feedback", {"prediction_id": ids[1], "correct": True})
+            status, body = await post(
+                client, "/v1/feedback", {"prediction_id": ids[1], "correct": True}
+            )
             assert status == 202 and list(body["event_ids"]) == ["feedback"]
             assert [(topic, key, e["type"]) for topic, key, e in broker.records] == [
-                ("conversations", ids[1].encode(), "utterance"), ("conversations", ids[1].encode(), "label"),
+                ("conversations", ids[1].encode(), "utterance"),
+                ("conversations", ids[1].encode(), "label"),
                 ("conversations", ids[1].encode(), "feedback"),
             ]
             utterance = broker.records[0][2]
             assert utterance["text"] == "cancel my book order"
-            told = {k: batch["predictions"][1][k] for k in ("intent", "confidence", "model_version")}
+            told = {
+                k: batch["predictions"][1][k] for k in ("intent", "confidence", "model_version")
+            }
             assert utterance[SERVED_PREDICTION_FIELD] == told
 
             for body, status_wanted, needle in [
                 (b"{", 400, "not valid JSON"),
                 ({"prediction_id": "nope", "correct": True}, 422, "32 hex digits"),
-                ({"prediction_id": ids[0][:12] + "f" * 20, "correct": True}, 404, "unknown prediction"),
+                (
+                    {"prediction_id": ids[0][:12] + "f" * 20, "correct": True},
+                    404,
+                    "unknown prediction",
+                ),
                 ({"prediction_id": "0" * 32, "correct": False}, 410, "expired"),
             ]:
                 status, answer = await post(client, "/v1/feedback", body)
                 assert status == status_wanted and needle in answer["error"], (body, answer)
             assert len(broker.records) == 3
-            counted = {s: metrics.get_sample_value("driftd_feedback_requests_total", {"status": s}) for s in ("202", "400", "404", "410", "422")}
+            counted = {
+                s: metrics.get_sample_value("driftd_feedback_requests_total", {"status": s})
+                for s in ("202", "400", "404", "410", "422")
+            }
             assert counted == {"202": 2.0, "400": 1.0, "404": 1.0, "410": 1.0, "422": 1.0}
             assert metrics.get_sample_value("driftd_feedback_pending_predictions") == 3.0
 
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize(("mode", "needle"), [("fail", "ConnectionError: no broker"), ("hang", "within 0.3 s")])
+@pytest.mark.parametrize(
+    ("mode", "needle"), [("fail", "ConnectionError: no broker"), ("hang", "within 0.3 s")]
+)
 def test_a_broker_that_does_not_acknowledge_gets_a_503_and_a_retry_sends_what_is_missing(
-    registry: Registry, tmp_path: Path, mode: str, needle: str,
+    registry: Registry,
+    tmp_path: Path,
+    mode: str,
+    needle: str,
 ) -> None:
     broker = Broker(mode)
 
@@ -308,7 +411,10 @@ def test_a_broker_that_does_not_acknowledge_gets_a_503_and_a_retry_sends_what_is
             assert status == 503 and needle in body["error"] and "retry" in body["error"]
             broker.mode = "ack"
             status, body = await post(client, "/v1/feedback", wrong)
-            assert status == 202 and [e["type"] for _, _, e in broker.records] == ["utterance", "feedback"]
+            assert status == 202 and [e["type"] for _, _, e in broker.records] == [
+                "utterance",
+                "feedback",
+            ]
 
     asyncio.run(scenario())
 

@@ -20,8 +20,17 @@ class Clock:
 
 def policy(serving: bool = True, **learning: object) -> tuple[FollowUpPolicy, Clock]:
     clock = Clock()
-    settings = load_settings(learning={"cooldown_s": 30, "followup_labels": 100, "max_followups": 3,
-                                       "followup_patience": 2, "followup_quiet_s": 60, "min_labelled": 300, **learning})
+    settings = load_settings(
+        learning={
+            "cooldown_s": 30,
+            "followup_labels": 100,
+            "max_followups": 3,
+            "followup_patience": 2,
+            "followup_quiet_s": 60,
+            "min_labelled": 300,
+            **learning,
+        }
+    )
     return FollowUpPolicy(settings.learning, clock, serving=serving), clock
 
 
@@ -33,7 +42,9 @@ def follower() -> bool:
     return False
 
 
-def test_a_decay_starts_an_episode_unless_a_run_is_on_or_the_cooldown_lasts(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_decay_starts_an_episode_unless_a_run_is_on_or_the_cooldown_lasts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     followups, clock = policy()
     caplog.set_level(logging.INFO, "driftd.learning")
     assert followups.decay_confirmed() and followups.followups_left == 3
@@ -85,13 +96,17 @@ def test_a_quiet_stream_retrains_on_a_quarter_of_followup_labels_once_the_labels
     caplog.set_level(logging.INFO, "driftd.learning")
     followups.count_labels(50)
     clock.now += 61
-    assert not followups.take_quiet_followup(trainer) and not followups.episode_labels_waiting(), "no episode"
+    assert not followups.take_quiet_followup(trainer) and not followups.episode_labels_waiting(), (
+        "no episode"
+    )
     followups.decay_confirmed()
     followups.started()  # the episode's first run takes the 50 labels
     followups.finished(trained=True)
     followups.count_labels(24)
     clock.now += 61
-    assert not followups.episode_labels_waiting() and not followups.take_quiet_followup(trainer), "24 is under 100 // 4"
+    assert not followups.episode_labels_waiting() and not followups.take_quiet_followup(trainer), (
+        "24 is under 100 // 4"
+    )
     followups.count_labels(1)
     assert followups.episode_labels_waiting()
     clock.now += 59
@@ -105,8 +120,15 @@ def test_with_no_model_the_first_one_waits_for_min_labelled_labels_stored_withou
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     followups, _ = policy(serving=False)
-    assert followups.awaiting_status() == {"trigger": "cold_start", "labels": 0, "needed": 300, "enabled": True}
-    followups.count_labels(250)  # outcomes of a model served earlier: training data, but not toward the first model
+    assert followups.awaiting_status() == {
+        "trigger": "cold_start",
+        "labels": 0,
+        "needed": 300,
+        "enabled": True,
+    }
+    followups.count_labels(
+        250
+    )  # outcomes of a model served earlier: training data, but not toward the first model
     followups.count_labels(299, without_model=True)
     assert followups.labels_waiting() == 1 and followups.take_awaited(trainer) is None
     followups.count_labels(1, without_model=True)
@@ -114,30 +136,45 @@ def test_with_no_model_the_first_one_waits_for_min_labelled_labels_stored_withou
     caplog.set_level(logging.WARNING, "driftd.learning")
     assert followups.take_awaited(trainer) == "cold_start"
     assert "no model serves and 300 labels arrived (learning.min_labelled = 300)" in caplog.text
-    assert followups.awaiting is None and followups.labels_waiting() == 0 and followups.followups_left == 3
+    assert (
+        followups.awaiting is None
+        and followups.labels_waiting() == 0
+        and followups.followups_left == 3
+    )
 
 
 def test_the_first_model_waits_while_learning_is_off_and_a_served_model_ends_the_wait() -> None:
     followups, _ = policy(serving=False, enabled=False)
     followups.count_labels(400, without_model=True)
-    assert followups.take_awaited(trainer) is None and followups.awaiting_status()["enabled"] is False
+    assert (
+        followups.take_awaited(trainer) is None and followups.awaiting_status()["enabled"] is False
+    )
     followups.serving_changed("v000001")
     assert followups.awaiting is None
     followups.serving_changed(None)
     assert followups.awaiting == ("cold_start", 300)
 
 
-def test_a_skipped_automatic_run_waits_for_its_shortfall_without_a_cooldown_and_a_manual_one_does_not() -> None:
+def test_a_skipped_automatic_run_waits_for_its_shortfall_without_a_cooldown_and_a_manual_one_does_not() -> (
+    None
+):
     followups, clock = policy()
     followups.started()
     followups.skipped("manual", 120)
     followups.finished(trained=False)
-    assert followups.awaiting is None and followups.finished_at == 0.0, "a skipped run trained nothing"
+    assert followups.awaiting is None and followups.finished_at == 0.0, (
+        "a skipped run trained nothing"
+    )
     followups.started()
     followups.skipped("decay", 120)
     followups.finished(trained=False)
     followups.count_labels(119)
-    assert followups.awaiting_status() == {"trigger": "decay", "labels": 119, "needed": 120, "enabled": True}
+    assert followups.awaiting_status() == {
+        "trigger": "decay",
+        "labels": 119,
+        "needed": 120,
+        "enabled": True,
+    }
     assert followups.take_awaited(trainer) is None
     followups.count_labels()
     assert followups.take_awaited(trainer) == "decay"

@@ -8,7 +8,13 @@ import random
 
 import pytest
 
-from models.hygiene import REASONS, HygieneReport, HygieneSettings, cap_per_class, clean_training_examples
+from models.hygiene import (
+    REASONS,
+    HygieneReport,
+    HygieneSettings,
+    cap_per_class,
+    clean_training_examples,
+)
 from streams.datasets import Example, load_examples
 
 # Removal share measured on the clean sample below: 0.10% (2 near duplicates out of 2,000; other seeds
@@ -61,20 +67,26 @@ def _baseline(base: list[Example], **kwargs) -> HygieneReport:
 def test_clean_real_sample_loses_little(base: list[Example]) -> None:
     texts, intents, report = _run(_pairs(base))
     share = 1 - report.kept / len(base)
-    print(f"clean CLINC150 sample: {len(base)} in, {report.kept} kept, share removed {share:.2%}, {report.removed}")
+    print(
+        f"clean CLINC150 sample: {len(base)} in, {report.kept} kept, share removed {share:.2%}, {report.removed}"
+    )
     assert share <= MAX_CLEAN_SHARE_REMOVED
     assert len(texts) == len(intents) == report.kept
     assert report.kept + sum(report.removed.values()) == len(base)
     assert set(report.removed) == set(REASONS)
     # Kept examples are the inputs, in input order.
-    order = {(_norm(text), intent): position for position, (text, intent) in enumerate(_pairs(base))}
+    order = {
+        (_norm(text), intent): position for position, (text, intent) in enumerate(_pairs(base))
+    }
     positions = [order[pair] for pair in zip(texts, intents)]
     assert positions == sorted(positions)
     # Deterministic.
     assert _run(_pairs(base)) == (texts, intents, report)
 
 
-def test_exact_duplicates_keep_the_newest_copy(base: list[Example], outside_base: list[Example]) -> None:
+def test_exact_duplicates_keep_the_newest_copy(
+    base: list[Example], outside_base: list[Example]
+) -> None:
     originals = outside_base[:3]
     injected: list[tuple[str, str]] = []
     for example in originals:
@@ -113,17 +125,28 @@ def _with_one_word_changed(text: str) -> str:
     return " ".join(words)
 
 
-def test_near_duplicates_with_same_intent_go_with_other_intent_stay(base: list[Example], outside_base: list[Example]) -> None:
+def test_near_duplicates_with_same_intent_go_with_other_intent_stay(
+    base: list[Example], outside_base: list[Example]
+) -> None:
     # One word changed in the middle of an n-word sentence leaves (n-5)/(n+1) of the word 3-shingles
     # shared: 0.6-0.7 for these 14+ word utterances. The default 0.9 is far stricter (see below).
     settings = HygieneSettings(near_duplicate_threshold=0.5)
     long = _long_examples(outside_base, 10)
-    same_intent, other_intent = long[:5], long[5:]  # one utterance per intent, so a rotation relabels them all
+    same_intent, other_intent = (
+        long[:5],
+        long[5:],
+    )  # one utterance per intent, so a rotation relabels them all
     injected: list[tuple[str, str]] = []
     for example in same_intent:
-        injected += [(example.text, example.intent), (_with_one_word_changed(example.text), example.intent)]
+        injected += [
+            (example.text, example.intent),
+            (_with_one_word_changed(example.text), example.intent),
+        ]
     for example, relabelled in zip(other_intent, other_intent[1:] + other_intent[:1]):
-        injected += [(example.text, example.intent), (_with_one_word_changed(example.text), relabelled.intent)]
+        injected += [
+            (example.text, example.intent),
+            (_with_one_word_changed(example.text), relabelled.intent),
+        ]
     before = _baseline(base, settings=settings)
     texts, intents, report = _run(_pairs(base) + injected, settings=settings)
     kept = set(zip(texts, intents))
@@ -137,12 +160,17 @@ def test_near_duplicates_with_same_intent_go_with_other_intent_stay(base: list[E
     assert report.removed["near_duplicate"] - before.removed["near_duplicate"] == len(same_intent)
 
 
-def test_default_threshold_catches_punctuation_variants_not_reworded_ones(base: list[Example], outside_base: list[Example]) -> None:
+def test_default_threshold_catches_punctuation_variants_not_reworded_ones(
+    base: list[Example], outside_base: list[Example]
+) -> None:
     long = _long_examples(outside_base, 2)
     punctuated, reworded = long
     injected = [
         (punctuated.text, punctuated.intent),
-        (punctuated.text.replace(" ", ", ", 1) + "!", punctuated.intent),  # same words, so Jaccard 1.0
+        (
+            punctuated.text.replace(" ", ", ", 1) + "!",
+            punctuated.intent,
+        ),  # same words, so Jaccard 1.0
         (reworded.text, reworded.intent),
         (_with_one_word_changed(reworded.text), reworded.intent),
     ]
@@ -179,14 +207,21 @@ def test_very_high_threshold_still_works(base: list[Example]) -> None:
     ],
 )
 def test_label_conflicts(
-    base: list[Example], outside_base: list[Example], policy: str, labels: list[str], expected: list[str]
+    base: list[Example],
+    outside_base: list[Example],
+    policy: str,
+    labels: list[str],
+    expected: list[str],
 ) -> None:
     text = outside_base[0].text
     intent_for = {"A": outside_base[0].intent, "B": outside_base[1].intent}
     settings = HygieneSettings(conflicts=policy)
     # Case variants, so that which copy survives is visible.
     text = _norm(text)
-    injected = [(text.upper() if position == len(labels) - 1 else text, intent_for[label]) for position, label in enumerate(labels)]
+    injected = [
+        (text.upper() if position == len(labels) - 1 else text, intent_for[label])
+        for position, label in enumerate(labels)
+    ]
     before = _baseline(base, settings=settings)
     texts, intents, report = _run(_pairs(base) + injected, settings=settings)
 
@@ -196,7 +231,10 @@ def test_label_conflicts(
     assert report.removed["conflict"] - before.removed["conflict"] == losers
     if expected == ["A"]:
         assert survivors == [(text.upper(), intent_for["A"])]  # the newest A
-        assert report.removed["exact_duplicate"] - before.removed["exact_duplicate"] == labels.count("A") - 1
+        assert (
+            report.removed["exact_duplicate"] - before.removed["exact_duplicate"]
+            == labels.count("A") - 1
+        )
 
 
 def test_conflict_policy_is_checked() -> None:
@@ -214,7 +252,10 @@ def test_holdout_leaks_are_removed(base: list[Example]) -> None:
 
     assert report.removed["holdout_leak"] - before.removed["holdout_leak"] == len(leaked)
     assert not {_norm(example.text) for example in leaked} & set(texts)
-    assert _norm(leaked[-1].text) in report.samples["holdout_leak"] or before.removed["holdout_leak"] > 1
+    assert (
+        _norm(leaked[-1].text) in report.samples["holdout_leak"]
+        or before.removed["holdout_leak"] > 1
+    )
     # No holdout, no leak.
     assert _run(_pairs(leaked))[2].removed["holdout_leak"] == 0
 
@@ -269,10 +310,29 @@ def test_cap_per_class(clinc_train: list[Example]) -> None:
     for example in clinc_train:
         by_intent.setdefault(example.intent, []).append(example)
     first, second, third = list(by_intent.values())[:3]
-    sample = [first[0], second[0], first[1], first[2], second[1], first[3], third[0], first[4], second[2], first[5]]
+    sample = [
+        first[0],
+        second[0],
+        first[1],
+        first[2],
+        second[1],
+        first[3],
+        third[0],
+        first[4],
+        second[2],
+        first[5],
+    ]
     intents = [e.intent for e in sample]
 
-    assert cap_per_class(intents, 0.3) == [0, 1, 2, 3, 4, 6, 8]  # the first three of each, in input order
+    assert cap_per_class(intents, 0.3) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        6,
+        8,
+    ]  # the first three of each, in input order
 
     assert len(cap_per_class(intents, 0.01)) == 3  # never below one per intent
     assert cap_per_class(intents, 1.0) == list(range(10))

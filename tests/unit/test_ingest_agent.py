@@ -34,12 +34,29 @@ def record(offset: int, value: dict | bytes) -> RawRecord:
 
 
 def utterance(i: int, **extra) -> dict:
-    return {"event_id": f"u{i}", "type": "utterance", "conversation_id": "c", "turn": 0, "ts": 1.0, "text": f"hello {i}", **extra}
+    return {
+        "event_id": f"u{i}",
+        "type": "utterance",
+        "conversation_id": "c",
+        "turn": 0,
+        "ts": 1.0,
+        "text": f"hello {i}",
+        **extra,
+    }
 
 
-def make_agent(tmp_path, *, store_failures: int = 0, dlq_failures: int = 0, users: UserIdPolicy | None = None):
+def make_agent(
+    tmp_path, *, store_failures: int = 0, dlq_failures: int = 0, users: UserIdPolicy | None = None
+):
     metrics = StreamMetrics(CollectorRegistry())
-    store = FlakyStore(tmp_path / "warm.sqlite3", str(tmp_path / "cold"), TierPolicy(60, 3600), 100, metrics=metrics, failures=store_failures)
+    store = FlakyStore(
+        tmp_path / "warm.sqlite3",
+        str(tmp_path / "cold"),
+        TierPolicy(60, 3600),
+        100,
+        metrics=metrics,
+        failures=store_failures,
+    )
     asyncio.run(store.open())
     delivered: list[tuple[bytes, str]] = []
     attempts = {"dlq": dlq_failures}
@@ -54,18 +71,31 @@ def make_agent(tmp_path, *, store_failures: int = 0, dlq_failures: int = 0, user
             future.set_result(None)
         return future
 
-    agent = IngestAgent(store, dead_letter, metrics, users=users or UserIdPolicy(), retry_initial_s=0.01, retry_max_s=0.02)
+    agent = IngestAgent(
+        store,
+        dead_letter,
+        metrics,
+        users=users or UserIdPolicy(),
+        retry_initial_s=0.01,
+        retry_max_s=0.02,
+    )
     return agent, store, metrics, delivered
 
 
 def store_errors(metrics: StreamMetrics, sink: str) -> float:
     (family,) = metrics.store_errors.collect()
-    return next(s.value for s in family.samples if s.name == "driftd_store_errors_total" and s.labels == {"sink": sink})
+    return next(
+        s.value
+        for s in family.samples
+        if s.name == "driftd_store_errors_total" and s.labels == {"sink": sink}
+    )
 
 
 def test_failed_writes_are_retried_until_stored_and_counted(tmp_path):
     agent, store, metrics, delivered = make_agent(tmp_path, store_failures=2, dlq_failures=1)
-    stored, rejected = asyncio.run(agent.handle([record(0, utterance(0)), record(1, b"{oops"), record(2, utterance(2))]))
+    stored, rejected = asyncio.run(
+        agent.handle([record(0, utterance(0)), record(1, b"{oops"), record(2, utterance(2))])
+    )
     assert (stored, rejected) == (2, 1)
     assert store.warm.count == 2 and delivered == [(b"{oops", "not_json")]
     assert store_errors(metrics, "warm") == 2
@@ -78,6 +108,10 @@ def test_user_ids_are_pseudonymised_before_storage(tmp_path):
     asyncio.run(agent.handle([record(0, utterance(0, user_id="alice@example.com"))]))
     (stored,) = list(store.hot)
     assert stored.user_ref and stored.user_ref != "alice@example.com"
-    assert b"alice" not in stored.payload and json.loads(stored.payload)["user_id"] == stored.user_ref
-    assert UserIdPolicy("pseudonymised", b"salt").apply("alice@example.com") == stored.user_ref  # stable: joins still work
+    assert (
+        b"alice" not in stored.payload and json.loads(stored.payload)["user_id"] == stored.user_ref
+    )
+    assert (
+        UserIdPolicy("pseudonymised", b"salt").apply("alice@example.com") == stored.user_ref
+    )  # stable: joins still work
     assert UserIdPolicy("drop").apply("alice@example.com") is None

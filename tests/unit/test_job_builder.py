@@ -21,15 +21,19 @@ def stored(tmp_path: Path, n: int) -> TieredStore:
     store = make_store(tmp_path, Clock())
     events = []
     for i in range(n):
-        events += [event(2 * i, event_id=f"u{i}", text=f"utterance number {i}", ts=1_000_000.0 + i),
-                   label(2 * i + 1, f"u{i}", f"intent{i % 5}", ts=1_000_000.0 + i + 0.5)]
+        events += [
+            event(2 * i, event_id=f"u{i}", text=f"utterance number {i}", ts=1_000_000.0 + i),
+            label(2 * i + 1, f"u{i}", f"intent{i % 5}", ts=1_000_000.0 + i + 0.5),
+        ]
     run(store.write(events))
     return store
 
 
 def builder(tmp_path: Path, store: TieredStore | None, **learning: object) -> JobBuilder:
-    settings = load_settings(daemon={"data_dir": str(tmp_path)},
-                             learning={"replay_ratio": 0, "min_labelled": 100, "holdout_fraction": 0.1, **learning})
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)},
+        learning={"replay_ratio": 0, "min_labelled": 100, "holdout_fraction": 0.1, **learning},
+    )
     return JobBuilder(settings, store, Registry(tmp_path / "registry"), lambda: NOW)  # type: ignore[arg-type]
 
 
@@ -40,8 +44,13 @@ def test_too_few_labelled_examples_build_no_job_and_an_incumbent_needs_enough_fo
     jobs = builder(tmp_path, store)
     try:
         assert asyncio.run(jobs.build(None, "decay")) == (None, {"recent": 99, "from_replicas": 0})
-        assert jobs.min_examples(None) == 100 and jobs.min_examples_reason(None) == "learning.min_labelled"
-        assert jobs.min_examples("v000001") == GATE_MIN_HOLDOUT * 10  # 50 held out at holdout_fraction 0.1
+        assert (
+            jobs.min_examples(None) == 100
+            and jobs.min_examples_reason(None) == "learning.min_labelled"
+        )
+        assert (
+            jobs.min_examples("v000001") == GATE_MIN_HOLDOUT * 10
+        )  # 50 held out at holdout_fraction 0.1
         reason = f"a holdout of {GATE_MIN_HOLDOUT} at learning.holdout_fraction = 0.1"
         assert jobs.min_examples_reason("v000001") == reason
         lenient = builder(tmp_path, store, min_labelled=600)
@@ -51,7 +60,9 @@ def test_too_few_labelled_examples_build_no_job_and_an_incumbent_needs_enough_fo
         store.close_now()
 
 
-def test_a_job_holds_out_the_newest_labels_and_gates_a_follow_up_on_its_own_margin(tmp_path: Path) -> None:
+def test_a_job_holds_out_the_newest_labels_and_gates_a_follow_up_on_its_own_margin(
+    tmp_path: Path,
+) -> None:
     store = stored(tmp_path, 600)
     jobs = builder(tmp_path, store, gate_margin=0.02, followup_gate_margin=-0.03, holdout_span=1)
     try:
@@ -60,8 +71,17 @@ def test_a_job_holds_out_the_newest_labels_and_gates_a_follow_up_on_its_own_marg
     finally:
         store.close_now()
     assert first is not None and followup is not None
-    assert counts == {"recent": 600, "from_replicas": 0, "replay_capped": 0, "train": 540, "train_recent": 540,
-                      "train_replay": 0, "holdout": 60, "replay_eval": 0, "unlabelled": 0}
+    assert counts == {
+        "recent": 600,
+        "from_replicas": 0,
+        "replay_capped": 0,
+        "train": 540,
+        "train_recent": 540,
+        "train_replay": 0,
+        "holdout": 60,
+        "replay_eval": 0,
+        "unlabelled": 0,
+    }
     assert first.holdout[0] == [f"utterance number {i}" for i in range(540, 600)]
     assert first.train[0][0] == "utterance number 0"
     assert first.train[1][:5] == ["intent0", "intent1", "intent2", "intent3", "intent4"]
@@ -72,10 +92,15 @@ def test_a_job_holds_out_the_newest_labels_and_gates_a_follow_up_on_its_own_marg
     assert first.hygiene is not None and first.pseudo is None and first.unlabelled == []
 
 
-def test_other_replicas_examples_join_the_recent_data_bounded_by_max_examples(tmp_path: Path) -> None:
+def test_other_replicas_examples_join_the_recent_data_bounded_by_max_examples(
+    tmp_path: Path,
+) -> None:
     store = stored(tmp_path, 120)
     jobs = builder(tmp_path, store, max_examples=150)
-    peers = [LabelledExample(f"peer text {i}", "intent9", 1_000_000.0 + 500 + i, f"p{i}", "replica") for i in range(40)]
+    peers = [
+        LabelledExample(f"peer text {i}", "intent9", 1_000_000.0 + 500 + i, f"p{i}", "replica")
+        for i in range(40)
+    ]
     jobs.add_peer_examples(peers)
     try:
         job, counts = asyncio.run(jobs.build(None, "decay"))

@@ -27,24 +27,61 @@ def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def event(i: int, kind: str, **fields: object) -> StoredEvent:
-    base = dict(topic="t", partition=0, offset=i, event_id=f"{kind}{i}", type=kind, ts=float(i), conversation_id=f"c{i}", turn=0, priority="normal",
-                channel=None, user_ref=None, text=None, ref_event_id=None, intent=None, correct=None, ref_text=None, payload=b"{}", kafka_ts=0.0, ingested_at=0.0)
+    base = dict(
+        topic="t",
+        partition=0,
+        offset=i,
+        event_id=f"{kind}{i}",
+        type=kind,
+        ts=float(i),
+        conversation_id=f"c{i}",
+        turn=0,
+        priority="normal",
+        channel=None,
+        user_ref=None,
+        text=None,
+        ref_event_id=None,
+        intent=None,
+        correct=None,
+        ref_text=None,
+        payload=b"{}",
+        kafka_ts=0.0,
+        ingested_at=0.0,
+    )
     return StoredEvent(**{**base, **fields})
 
 
 def feed(loop: LearningLoop, start: int, n: int, version: str, correct: bool) -> None:
     """n utterances predicted by ``version`` and their labels, right or wrong."""
     utterances = [event(start + i, "utterance", text="where is my parcel") for i in range(n)]
-    predicted = [(u, {"intent": "track", "confidence": 0.9, "model_version": version}) for u in utterances]
-    labels = [event(start + i, "label", ref_event_id=u.event_id, intent="track" if correct else "refund") for i, u in enumerate(utterances)]
+    predicted = [
+        (u, {"intent": "track", "confidence": 0.9, "model_version": version}) for u in utterances
+    ]
+    labels = [
+        event(start + i, "label", ref_event_id=u.event_id, intent="track" if correct else "refund")
+        for i, u in enumerate(utterances)
+    ]
     loop.observe_batch(utterances, predicted)
     loop.observe_batch(labels, [])
 
 
-def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back(tmp_path: Path) -> None:
-    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 100, "canary_margin": 0.05, "followup_labels": 0})
+def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)},
+        learning={"canary_labels": 100, "canary_margin": 0.05, "followup_labels": 0},
+    )
     registry = Registry(tmp_path / "registry")
-    seed = run_fine_tune(FineTuneJob(train=pairs(300, 0), holdout=pairs(60, 1), replay_eval=([], []), incumbent_dir=None, settings=TrainSettings(epochs=5, batch_size=32)))
+    seed = run_fine_tune(
+        FineTuneJob(
+            train=pairs(300, 0),
+            holdout=pairs(60, 1),
+            replay_eval=([], []),
+            incumbent_dir=None,
+            settings=TrainSettings(epochs=5, batch_size=32),
+        )
+    )
     v1 = registry.publish(seed.files, parent=None, info={}).version
     registry.set_current(v1)
     server = ModelServer()
@@ -58,11 +95,31 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
         return done
 
     async def scenario() -> None:
-        loop = LearningLoop(settings, store=None, server=server, registry=registry, metrics_registry=CollectorRegistry(), announce=announce, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
-        feed(loop, 0, 200, v1, correct=True)  # v1 was right on its last outcomes: the canary's baseline is 1.0
-        candidate = run_fine_tune(FineTuneJob(train=pairs(300, 2), holdout=pairs(60, 3), replay_eval=([], []), incumbent_dir=str(registry.root / v1), settings=TrainSettings(epochs=2, batch_size=32)))
+        loop = LearningLoop(
+            settings,
+            store=None,
+            server=server,
+            registry=registry,
+            metrics_registry=CollectorRegistry(),
+            announce=announce,
+            swap_lock=asyncio.Lock(),
+        )  # type: ignore[arg-type]
+        feed(
+            loop, 0, 200, v1, correct=True
+        )  # v1 was right on its last outcomes: the canary's baseline is 1.0
+        candidate = run_fine_tune(
+            FineTuneJob(
+                train=pairs(300, 2),
+                holdout=pairs(60, 3),
+                replay_eval=([], []),
+                incumbent_dir=str(registry.root / v1),
+                settings=TrainSettings(epochs=2, batch_size=32),
+            )
+        )
         v2 = await loop._promote(candidate, v1, "manual", {"data": {}})
-        assert server.version == v2 and registry.current() == v2 and registry.verify(v2).parent == v1
+        assert (
+            server.version == v2 and registry.current() == v2 and registry.verify(v2).parent == v1
+        )
         assert announced and announced[-1]["version"] == v2 and announced[-1]["parent"] == v1
         feed(loop, 1000, 60, v2, correct=False)  # not yet the canary's 100 outcomes: no verdict
         await asyncio.sleep(0.1)
@@ -82,10 +139,21 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
 
 def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) -> None:
     """Fewer than followup_labels after the last fine-tune, then silence: one more follow-up, only once quiet."""
-    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"followup_labels": 1000, "followup_quiet_s": 60, "canary_labels": 0})
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)},
+        learning={"followup_labels": 1000, "followup_quiet_s": 60, "canary_labels": 0},
+    )
     now = [1000.0]
-    loop = LearningLoop(settings, store=None, server=ModelServer(), registry=Registry(tmp_path / "registry"), metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
-                        announce=None, swap_lock=None, clock=lambda: now[0])  # type: ignore[arg-type]
+    loop = LearningLoop(
+        settings,
+        store=None,
+        server=ModelServer(),
+        registry=Registry(tmp_path / "registry"),
+        metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
+        announce=None,
+        swap_lock=None,
+        clock=lambda: now[0],
+    )  # type: ignore[arg-type]
     started: list[str] = []
     loop._start = lambda trigger, decision: started.append(trigger)  # type: ignore[method-assign]  # the trigger, not a real run
     feed(loop, 0, 300, "v1", correct=True)
@@ -108,25 +176,49 @@ def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) ->
     assert started == ["followup"] and loop._followups_left == 1
 
 
-def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and_recorded_in_the_manifest(tmp_path: Path) -> None:
-    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0})
+def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and_recorded_in_the_manifest(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0}
+    )
     registry = Registry(tmp_path / "registry")
     wanted = {"transfer", "balance", "bill_due"}
-    train = [e for e in load_examples("clinc150", "train") if e.intent in wanted]  # real, distinct utterances
+    train = [
+        e for e in load_examples("clinc150", "train") if e.intent in wanted
+    ]  # real, distinct utterances
     texts, intents = [e.text for e in train], [e.intent for e in train]
-    junk_texts = ["I want to TRANSFER 500 dollars to savings now"] * 3 + ["i want to transfer 500 dollars  to savings now\x00"]  # 4 copies, 1 kept
+    junk_texts = ["I want to TRANSFER 500 dollars to savings now"] * 3 + [
+        "i want to transfer 500 dollars  to savings now\x00"
+    ]  # 4 copies, 1 kept
     junk_intents = ["transfer"] * 4
-    junk_texts += ["what is my balance and when is my bill due"] * 3 + ["What is my balance and when is my bill due"]  # 3 x balance vs 1 x bill_due
+    junk_texts += ["what is my balance and when is my bill due"] * 3 + [
+        "What is my balance and when is my bill due"
+    ]  # 3 x balance vs 1 x bill_due
     junk_intents += ["balance", "balance", "balance", "bill_due"]
     test = [e for e in load_examples("clinc150", "test") if e.intent in wanted]
     holdout = ([e.text for e in test], [e.intent for e in test])
     leaked = holdout[0][0]
-    job = FineTuneJob(train=(texts + junk_texts + [leaked], intents + junk_intents + [holdout[1][0]]), holdout=holdout, replay_eval=([], []),
-                      incumbent_dir=None, settings=TrainSettings(epochs=2, batch_size=32), hygiene=HygieneSettings())  # what the daemon sets
+    job = FineTuneJob(
+        train=(texts + junk_texts + [leaked], intents + junk_intents + [holdout[1][0]]),
+        holdout=holdout,
+        replay_eval=([], []),
+        incumbent_dir=None,
+        settings=TrainSettings(epochs=2, batch_size=32),
+        hygiene=HygieneSettings(),
+    )  # what the daemon sets
     result = run_fine_tune(job)
 
     async def promote() -> str:
-        loop = LearningLoop(settings, store=None, server=ModelServer(), registry=registry, metrics_registry=CollectorRegistry(), announce=None, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
+        loop = LearningLoop(
+            settings,
+            store=None,
+            server=ModelServer(),
+            registry=registry,
+            metrics_registry=CollectorRegistry(),
+            announce=None,
+            swap_lock=asyncio.Lock(),
+        )  # type: ignore[arg-type]
         loop.announce = lambda key, value: _done()  # type: ignore[assignment]
         return await loop._promote(result, None, "manual", {"data": {}})
 
@@ -139,27 +231,50 @@ def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and
     hygiene = registry.verify(version).info["train"]["hygiene"]
     removed = hygiene["removed"]
     assert removed["holdout_leak"] == 1 and hygiene["samples"]["holdout_leak"] == [leaked]
-    assert removed["conflict"] == 1 and hygiene["samples"]["conflict"] == ["What is my balance and when is my bill due"]
-    assert removed["exact_duplicate"] == 3 + 2  # the surplus transfer copies, and balance's after the conflict
+    assert removed["conflict"] == 1 and hygiene["samples"]["conflict"] == [
+        "What is my balance and when is my bill due"
+    ]
+    assert (
+        removed["exact_duplicate"] == 3 + 2
+    )  # the surplus transfer copies, and balance's after the conflict
     assert removed["near_duplicate"] <= 2 and removed["empty"] == 0  # the real utterances are kept
-    assert hygiene["kept"] == len(texts) + 2 - removed["near_duplicate"] == result.report["train_examples"] + result.report["validation_examples"]
+    assert (
+        hygiene["kept"]
+        == len(texts) + 2 - removed["near_duplicate"]
+        == result.report["train_examples"] + result.report["validation_examples"]
+    )
 
 
 def test_the_replay_sample_is_capped_per_intent() -> None:
     from daemon.learning import _cap_replay
     from streams.training_set import LabelledExample
 
-    replay = [LabelledExample(f"t{i}", intent, float(i), f"u{i}", "cold") for i, intent in enumerate(["a"] * 30 + ["b"] * 2 + ["c"])]
+    replay = [
+        LabelledExample(f"t{i}", intent, float(i), f"u{i}", "cold")
+        for i, intent in enumerate(["a"] * 30 + ["b"] * 2 + ["c"])
+    ]
     capped, removed = _cap_replay(replay, 1.0)  # fair share 33 / 3 = 11
     assert removed == 19 and [e.intent for e in capped].count("a") == 11 and len(capped) == 14
     assert _cap_replay(replay, 3.0)[1] == 0  # 3 x 11 = 33: nothing over the cap
 
 
-def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_files_changed(tmp_path: Path) -> None:
+def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_files_changed(
+    tmp_path: Path,
+) -> None:
     """A swap hashes only the files it serves; the fine-tune hashes the rest (model.pt) before reading them."""
-    settings = load_settings(daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0})
+    settings = load_settings(
+        daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0}
+    )
     registry = Registry(tmp_path / "registry")
-    seed = run_fine_tune(FineTuneJob(train=pairs(300, 0), holdout=pairs(60, 1), replay_eval=([], []), incumbent_dir=None, settings=TrainSettings(epochs=2, batch_size=32)))
+    seed = run_fine_tune(
+        FineTuneJob(
+            train=pairs(300, 0),
+            holdout=pairs(60, 1),
+            replay_eval=([], []),
+            incumbent_dir=None,
+            settings=TrainSettings(epochs=2, batch_size=32),
+        )
+    )
     v1 = registry.publish(seed.files, parent=None, info={}).version
     server = ModelServer()
     server.load_and_swap(registry, v1)
@@ -169,8 +284,18 @@ def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_file
     registry.set_current(v1, hash_only=())
 
     async def fine_tune() -> None:
-        loop = LearningLoop(settings, store=None, server=server, registry=registry, metrics_registry=CollectorRegistry(), announce=None, swap_lock=asyncio.Lock())  # type: ignore[arg-type]
-        await loop._fine_tune("manual", None)  # store=None: reaching the data query would fail differently
+        loop = LearningLoop(
+            settings,
+            store=None,
+            server=server,
+            registry=registry,
+            metrics_registry=CollectorRegistry(),
+            announce=None,
+            swap_lock=asyncio.Lock(),
+        )  # type: ignore[arg-type]
+        await loop._fine_tune(
+            "manual", None
+        )  # store=None: reaching the data query would fail differently
         run = loop.history[-1]
         assert run["result"] == "failed" and "model.pt has sha256" in run["detail"], run
         assert loop.metrics.failures.labels("error")._value.get() == 1

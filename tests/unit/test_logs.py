@@ -30,7 +30,11 @@ def test_json_lines_carry_level_logger_and_message(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert record["level"] == "INFO" and record["logger"] == "driftd.test" and record["message"] == "swapped v0002"
+    assert (
+        record["level"] == "INFO"
+        and record["logger"] == "driftd.test"
+        and record["message"] == "swapped v0002"
+    )
     assert "asctime" in record
 
 
@@ -51,7 +55,9 @@ def test_a_flood_of_one_asyncio_message_is_logged_once_per_interval_with_its_cou
 
     setup_logging("INFO", "text")
     now = [100.0]
-    flood = RepeatFilter("socket.accept() out of system resource", every_s=10.0, clock=lambda: now[0])
+    flood = RepeatFilter(
+        "socket.accept() out of system resource", every_s=10.0, clock=lambda: now[0]
+    )
     logger = logging.getLogger("asyncio.test")
     logger.addFilter(flood)
     try:
@@ -65,17 +71,27 @@ def test_a_flood_of_one_asyncio_message_is_logged_once_per_interval_with_its_cou
         logger.removeFilter(flood)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3
-    assert lines[0].endswith("socket.accept() out of system resource") and lines[1].endswith("another asyncio error")
+    assert lines[0].endswith("socket.accept() out of system resource") and lines[1].endswith(
+        "another asyncio error"
+    )
     assert "(499 more in the last" in lines[2]
 
 
 def test_kafka_client_errors_repeated_during_an_outage_are_logged_once_per_template(capsys):
     setup_logging("INFO", "text")
-    for attempt in range(200):  # what aiokafka writes while the cluster is down: a few templates, new args each time
-        logging.getLogger("aiokafka.conn.unit-test").error("Unable connect to node with id %s: %s", 111, f"attempt {attempt}")
-        logging.getLogger("aiokafka.consumer.unit-test").error("Failed fetch messages from %s: %s", 111, f"attempt {attempt}")
+    for attempt in range(
+        200
+    ):  # what aiokafka writes while the cluster is down: a few templates, new args each time
+        logging.getLogger("aiokafka.conn.unit-test").error(
+            "Unable connect to node with id %s: %s", 111, f"attempt {attempt}"
+        )
+        logging.getLogger("aiokafka.consumer.unit-test").error(
+            "Failed fetch messages from %s: %s", 111, f"attempt {attempt}"
+        )
     logging.getLogger("driftd.unit-test").error("Kafka cluster %s unreachable", "127.0.0.1:9092")
-    logging.getLogger("driftd.unit-test").error("Kafka cluster %s unreachable", "127.0.0.1:9092")  # our own lines are never limited
+    logging.getLogger("driftd.unit-test").error(
+        "Kafka cluster %s unreachable", "127.0.0.1:9092"
+    )  # our own lines are never limited
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == [
         "Unable connect to node with id 111: attempt 0",

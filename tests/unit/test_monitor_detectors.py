@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from streams.monitor import DETECTORS, ErrorDetector, EwmaDecayDetector, LabelFreeSignals, RiverDetector, make_detector
+from streams.monitor import (
+    DETECTORS,
+    ErrorDetector,
+    EwmaDecayDetector,
+    LabelFreeSignals,
+    RiverDetector,
+    make_detector,
+)
 
 SEEDS = range(5)
 
@@ -60,7 +67,9 @@ def test_reset_behaves_like_new(name: str) -> None:
     assert used.n_seen == 0
     # Same input as a fresh detector: same fires at the same samples, same state after.
     fresh = make_detector(name)
-    assert feed(used, [(0.05, 1000), (0.5, 1000)], seed=12) == feed(fresh, [(0.05, 1000), (0.5, 1000)], seed=12)
+    assert feed(used, [(0.05, 1000), (0.5, 1000)], seed=12) == feed(
+        fresh, [(0.05, 1000), (0.5, 1000)], seed=12
+    )
     assert used.evidence() == fresh.evidence()
 
 
@@ -114,7 +123,9 @@ def test_ewma_fires_when_crossing_the_line() -> None:
 
 
 def test_ewma_hysteresis() -> None:
-    detector = EwmaDecayDetector(alpha=0.05, relative_drop=0.2, warmup=100, min_samples=100, hysteresis=0.5)
+    detector = EwmaDecayDetector(
+        alpha=0.05, relative_drop=0.2, warmup=100, min_samples=100, hysteresis=0.5
+    )
     feed_pattern(detector, [False] * 100)  # reference 1.0: fire below 0.8, re-arm above 0.9
     assert len(feed_pattern(detector, [True] * 30)) == 1
     # Back between the lines (0.8 < ewma < 0.9) and down again: not re-armed, no second fire.
@@ -132,7 +143,9 @@ def test_ewma_hysteresis() -> None:
 def test_ewma_min_samples_holds_the_fire() -> None:
     detector = EwmaDecayDetector(alpha=0.1, warmup=50, min_samples=300)
     fired = feed_pattern(detector, [False] * 50 + [True] * 400)
-    assert fired == [299]  # below the line since ~sample 52, but not allowed to decide before 300 samples
+    assert fired == [
+        299
+    ]  # below the line since ~sample 52, but not allowed to decide before 300 samples
 
 
 @pytest.mark.parametrize(
@@ -175,7 +188,9 @@ def test_river_min_samples() -> None:
 # -- label-free signals ----------------------------------------------------------------------------------
 
 
-def feed_signals(signals: LabelFreeSignals, n: int, rng: random.Random, mean: float, sd: float, oos: float = 0.0) -> list[tuple[int, str]]:
+def feed_signals(
+    signals: LabelFreeSignals, n: int, rng: random.Random, mean: float, sd: float, oos: float = 0.0
+) -> list[tuple[int, str]]:
     fired = []
     for i in range(n):
         confidence = min(1.0, max(0.0, rng.gauss(mean, sd)))
@@ -197,7 +212,10 @@ def test_confidence_drop_fires_confidence_and_low_confidence_share() -> None:
     assert feed_signals(signals, 1000, rng, 0.8, 0.15) == []
     fired = feed_signals(signals, 1000, rng, 0.5, 0.2)
     names = [name for _, name in fired]
-    assert sorted(names) == ["confidence", "low_confidence_share"]  # each once: not re-armed while still low
+    assert sorted(names) == [
+        "confidence",
+        "low_confidence_share",
+    ]  # each once: not re-armed while still low
     assert all(i < 300 for i, _ in fired)
     assert signals.values()["confidence"] < 0.8 * 0.85
 
@@ -207,7 +225,9 @@ def test_oos_share_rise_fires_and_rearms() -> None:
     signals = LabelFreeSignals(alpha=0.02)
     assert feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.02) == []
     assert [name for _, name in feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.4)] == ["oos_share"]
-    assert feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.02) == []  # recovery re-arms, fires nothing
+    assert (
+        feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.02) == []
+    )  # recovery re-arms, fires nothing
     assert signals.armed["oos_share"]
     assert [name for _, name in feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.4)] == ["oos_share"]
 

@@ -22,7 +22,10 @@ def test_prediction_then_label() -> None:
     assert joiner.record_prediction("e1", "book_flight", 0.9, "v1", ts=10.0) is None
     outcome = joiner.record_label("e1", intent="book_flight", ts=20.0)
     assert outcome == Outcome("e1", "book_flight", 0.9, "book_flight", True, "v1", 10.0, 20.0)
-    wrong = (joiner.record_prediction("e2", "book_flight", 0.4, "v1"), joiner.record_label("e2", intent="book_hotel"))[1]
+    wrong = (
+        joiner.record_prediction("e2", "book_flight", 0.4, "v1"),
+        joiner.record_label("e2", intent="book_hotel"),
+    )[1]
     assert wrong is not None and not wrong.correct and wrong.true_intent == "book_hotel"
     assert joiner.counts["joined"] == 2 and joiner.counts["pending_predictions"] == 0
 
@@ -35,8 +38,15 @@ def test_label_before_prediction() -> None:
     clock.now += 5
     outcome = joiner.record_prediction("e1", "transfer", 0.7, "v2")
     assert outcome is not None
-    assert (outcome.predicted, outcome.true_intent, outcome.correct, outcome.model_version) == ("transfer", "balance", False, "v2")
-    assert outcome.labelled_at == 1000.0 and outcome.predicted_at == 1005.0  # ts defaults to the clock
+    assert (outcome.predicted, outcome.true_intent, outcome.correct, outcome.model_version) == (
+        "transfer",
+        "balance",
+        False,
+        "v2",
+    )
+    assert (
+        outcome.labelled_at == 1000.0 and outcome.predicted_at == 1005.0
+    )  # ts defaults to the clock
     assert joiner.counts["pending_labels"] == 0 and joiner.counts["joined"] == 1
 
 
@@ -44,9 +54,13 @@ def test_second_label_is_a_duplicate() -> None:
     joiner = OutcomeJoiner(clock=Clock())
     joiner.record_prediction("e1", "balance", 0.9, "v1")
     assert joiner.record_label("e1", intent="balance") is not None
-    assert joiner.record_label("e1", intent="transfer") is None  # joined at most once, first word wins
+    assert (
+        joiner.record_label("e1", intent="transfer") is None
+    )  # joined at most once, first word wins
     assert joiner.record_label("e1", correct=False) is None
-    assert joiner.record_prediction("e1", "balance", 0.9, "v1") is None  # a redelivered prediction joins nothing either
+    assert (
+        joiner.record_prediction("e1", "balance", 0.9, "v1") is None
+    )  # a redelivered prediction joins nothing either
     # Two labels that both arrive before the prediction: the second is the duplicate.
     joiner.record_label("e2", intent="a")
     joiner.record_label("e2", intent="b")
@@ -62,8 +76,12 @@ def test_feedback_with_correct_only() -> None:
     joiner.record_prediction("ko", "balance", 0.9, "v1")
     good = joiner.record_label("ok", correct=True)
     bad = joiner.record_label("ko", correct=False)
-    assert good is not None and good.correct and good.true_intent == "balance"  # right, so the truth is the prediction
-    assert bad is not None and not bad.correct and bad.true_intent is None  # wrong, but not what was right
+    assert (
+        good is not None and good.correct and good.true_intent == "balance"
+    )  # right, so the truth is the prediction
+    assert (
+        bad is not None and not bad.correct and bad.true_intent is None
+    )  # wrong, but not what was right
     # An intent wins over the flag: it says what was right.
     joiner.record_prediction("both", "balance", 0.9, "v1")
     both = joiner.record_label("both", intent="transfer", correct=True)
@@ -84,7 +102,12 @@ def test_expiry_by_horizon() -> None:
     clock.now += 31  # "old" and "orphan" are 61 s old, "young" 31 s
     assert joiner.expire() == 2
     counts = joiner.counts
-    assert (counts["expired_predictions"], counts["expired_labels"], counts["pending_predictions"], counts["pending_labels"]) == (1, 1, 1, 0)
+    assert (
+        counts["expired_predictions"],
+        counts["expired_labels"],
+        counts["pending_predictions"],
+        counts["pending_labels"],
+    ) == (1, 1, 1, 0)
     # The expired prediction is gone: its late label waits instead of joining; the young one still joins.
     assert joiner.record_label("old", intent="a") is None
     assert joiner.record_label("young", intent="a") is not None
@@ -120,7 +143,13 @@ def outcome(intent: str | None, correct: bool) -> Outcome:
 def test_accuracy_window() -> None:
     window = AccuracyWindow(size=4)
     assert window.count == 0 and math.isnan(window.accuracy) and window.per_intent() == {}
-    for item in [outcome("a", False), outcome("a", True), outcome("b", True), outcome(None, False), outcome("b", False)]:
+    for item in [
+        outcome("a", False),
+        outcome("a", True),
+        outcome("b", True),
+        outcome(None, False),
+        outcome("b", False),
+    ]:
         window.add(item)
     # The first ("a", wrong) left the window.
     assert window.count == 4

@@ -9,11 +9,29 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streams.monitor import ALL_SIGNALS, DETECTORS, SIGNALS, DecayMonitor, Decision, MonitorConfig, MonitorMetrics, Outcome, OutcomeJoiner
+from streams.monitor import (
+    ALL_SIGNALS,
+    DETECTORS,
+    SIGNALS,
+    DecayMonitor,
+    Decision,
+    MonitorConfig,
+    MonitorMetrics,
+    Outcome,
+    OutcomeJoiner,
+)
 
 # Short memories and warm-ups so the tests run in milliseconds; the shapes are the defaults'.
 # The accuracy floor is off: these tests are about the listed signals (test_monitor_triggers.py covers it).
-FAST = {"ewma_alpha": 0.05, "ewma_warmup": 50, "min_samples": 50, "label_free_alpha": 0.05, "label_free_warmup": 50, "cooldown_s": 300.0, "min_accuracy": 0.0}
+FAST = {
+    "ewma_alpha": 0.05,
+    "ewma_warmup": 50,
+    "min_samples": 50,
+    "label_free_alpha": 0.05,
+    "label_free_warmup": 50,
+    "cooldown_s": 300.0,
+    "min_accuracy": 0.0,
+}
 
 
 class Clock:
@@ -30,7 +48,9 @@ class Traffic:
     def __init__(self, monitor: DecayMonitor, clock: Clock, seed: int = 0) -> None:
         self.monitor, self.clock, self.rng, self.n = monitor, clock, random.Random(seed), 0
 
-    def run(self, events: int, error: float, confidence: float = 0.85, version: str = "v1") -> list[tuple[int, Decision]]:
+    def run(
+        self, events: int, error: float, confidence: float = 0.85, version: str = "v1"
+    ) -> list[tuple[int, Decision]]:
         decisions = []
         for _ in range(events):
             self.n += 1
@@ -39,16 +59,33 @@ class Traffic:
             conf = min(1.0, max(0.0, self.rng.gauss(confidence, 0.05)))
             for decision in (
                 self.monitor.observe_prediction(conf, "a"),
-                self.monitor.observe_outcome(Outcome(str(self.n), "a", conf, "b" if wrong else "a", not wrong, version, self.clock.now, self.clock.now)),
+                self.monitor.observe_outcome(
+                    Outcome(
+                        str(self.n),
+                        "a",
+                        conf,
+                        "b" if wrong else "a",
+                        not wrong,
+                        version,
+                        self.clock.now,
+                        self.clock.now,
+                    )
+                ),
             ):
                 if decision is not None:
                     decisions.append((self.n, decision))
         return decisions
 
 
-def setup(registry: CollectorRegistry | None = None, **config: object) -> tuple[DecayMonitor, Traffic, Clock]:
+def setup(
+    registry: CollectorRegistry | None = None, **config: object
+) -> tuple[DecayMonitor, Traffic, Clock]:
     clock = Clock()
-    monitor = DecayMonitor(MonitorConfig(**{**FAST, **config}), MonitorMetrics(registry) if registry else None, clock=clock)
+    monitor = DecayMonitor(
+        MonitorConfig(**{**FAST, **config}),
+        MonitorMetrics(registry) if registry else None,
+        clock=clock,
+    )
     return monitor, Traffic(monitor, clock), clock
 
 
@@ -85,14 +122,20 @@ def test_min_samples() -> None:
     monitor, traffic, _ = setup(min_samples=400)
     decisions = traffic.run(60, error=0.0) + traffic.run(500, error=0.7)
     assert len(decisions) == 1
-    assert decisions[0][1].labelled_samples == 400  # below the line long before, decided at the first allowed sample
+    assert (
+        decisions[0][1].labelled_samples == 400
+    )  # below the line long before, decided at the first allowed sample
 
 
 def test_label_free_only_counts_predictions() -> None:
     # No labels at all: a label-free policy still decides once min_samples predictions were seen.
     clock = Clock()
-    monitor = DecayMonitor(MonitorConfig(**{**FAST, "signals": ("confidence",), "min_samples": 100}), clock=clock)
-    decisions = [monitor.observe_prediction(0.9, "a") for _ in range(100)] + [monitor.observe_prediction(0.4, "a") for _ in range(100)]
+    monitor = DecayMonitor(
+        MonitorConfig(**{**FAST, "signals": ("confidence",), "min_samples": 100}), clock=clock
+    )
+    decisions = [monitor.observe_prediction(0.9, "a") for _ in range(100)] + [
+        monitor.observe_prediction(0.4, "a") for _ in range(100)
+    ]
     fired = [d for d in decisions if d is not None]
     assert len(fired) == 1 and fired[0].labelled_samples == 0
 
@@ -105,7 +148,11 @@ def test_cooldown_and_reset() -> None:
     # A new model serves: references are gone, the cooldown clock is kept.
     monitor.reset(model_version="v2")
     snap = monitor.snapshot()
-    assert snap["samples"]["labelled"] == 0 and snap["reference_accuracy"] is None and snap["ewma_accuracy"] is None
+    assert (
+        snap["samples"]["labelled"] == 0
+        and snap["reference_accuracy"] is None
+        and snap["ewma_accuracy"] is None
+    )
     json.dumps(snap, allow_nan=False)  # unknown numbers are None, so strict JSON holds
     assert snap["last_decision"]["signals"] == ["ewma"] and snap["cooldown_remaining_s"] > 0
     for detector in monitor.detectors.values():
@@ -136,10 +183,19 @@ def test_evidence_and_describe(caplog: pytest.LogCaptureFixture) -> None:
     for name, detector in monitor.detectors.items():
         assert set(decision.evidence[name]) == set(detector.evidence()), name
     assert decision.evidence["adwin"]["n"] == float(decision.labelled_samples)
-    assert set(decision.evidence["label_free"]) == {"confidence", "low_confidence_share", "oos_share"}
+    assert set(decision.evidence["label_free"]) == {
+        "confidence",
+        "low_confidence_share",
+        "oos_share",
+    }
     assert decision.evidence["samples"]["labelled"] == decision.labelled_samples
-    assert "adwin" in decision.describe() and f"{decision.labelled_samples} labelled" in decision.describe()
-    records = [r for r in caplog.records if r.name == "driftd.monitor" and r.levelno == logging.WARNING]
+    assert (
+        "adwin" in decision.describe()
+        and f"{decision.labelled_samples} labelled" in decision.describe()
+    )
+    records = [
+        r for r in caplog.records if r.name == "driftd.monitor" and r.levelno == logging.WARNING
+    ]
     assert len(records) == len(decisions) and "adwin" in records[0].getMessage()
 
 
@@ -164,8 +220,12 @@ def test_metrics_are_set() -> None:
 
     monitor.config = MonitorConfig(**{**FAST, "signals": ("ewma", "confidence"), "mode": "all"})
     traffic.run(100, error=0.8)
-    assert value("driftd_decay_signal", {"signal": "ewma"}) == 1.0  # fired, waiting for "confidence"
-    assert value("driftd_live_accuracy", {"window": "window"}) == pytest.approx(monitor.window_accuracy)
+    assert (
+        value("driftd_decay_signal", {"signal": "ewma"}) == 1.0
+    )  # fired, waiting for "confidence"
+    assert value("driftd_live_accuracy", {"window": "window"}) == pytest.approx(
+        monitor.window_accuracy
+    )
     traffic.run(100, error=0.8, confidence=0.3)
     assert value("driftd_decay_decisions_total") == 1.0
     assert value("driftd_decay_signal", {"signal": "ewma"}) == 0.0  # consumed by the decision

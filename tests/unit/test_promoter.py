@@ -29,8 +29,15 @@ def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def candidate() -> FineTuneResult:
-    return run_fine_tune(FineTuneJob(train=pairs(300, 0), holdout=pairs(60, 1), replay_eval=([], []),
-                                     incumbent_dir=None, settings=TrainSettings(epochs=2, batch_size=32)))
+    return run_fine_tune(
+        FineTuneJob(
+            train=pairs(300, 0),
+            holdout=pairs(60, 1),
+            replay_eval=([], []),
+            incumbent_dir=None,
+            settings=TrainSettings(epochs=2, batch_size=32),
+        )
+    )
 
 
 class Announced:
@@ -55,14 +62,28 @@ def server() -> Iterator[ModelServer]:
 
 
 def promoter(
-    server: ModelServer, registry: Registry, announce: Announced, metrics: CollectorRegistry | None = None,
+    server: ModelServer,
+    registry: Registry,
+    announce: Announced,
+    metrics: CollectorRegistry | None = None,
 ) -> Promoter:
     learning_metrics = LearningMetrics(metrics or CollectorRegistry())
-    return Promoter(server, registry, asyncio.Lock(), announce, "model-updates", learning_metrics, lambda: 1234.0)
+    return Promoter(
+        server,
+        registry,
+        asyncio.Lock(),
+        announce,
+        "model-updates",
+        learning_metrics,
+        lambda: 1234.0,
+    )
 
 
 def test_a_promotion_is_published_with_its_run_served_made_current_and_announced(
-    tmp_path: Path, candidate: FineTuneResult, server: ModelServer, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    candidate: FineTuneResult,
+    server: ModelServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = Registry(tmp_path / "registry")
     announced = Announced()
@@ -79,17 +100,37 @@ def test_a_promotion_is_published_with_its_run_served_made_current_and_announced
 
     version = asyncio.run(scenario())
     info = registry.verify(version).info
-    assert info["source"] == "fine-tune" and info["trigger"] == "decay" and info["data"] == {"recent": 360}
-    assert info["decay_evidence"] == {"ewma": 0.5} and info["gate"]["passed"] == candidate.verdict.passed
+    assert (
+        info["source"] == "fine-tune"
+        and info["trigger"] == "decay"
+        and info["data"] == {"recent": 360}
+    )
+    assert (
+        info["decay_evidence"] == {"ewma": 0.5}
+        and info["gate"]["passed"] == candidate.verdict.passed
+    )
     assert server.version == version and registry.current() == version
-    assert announced.records == [(b"driftd", {"event": "model_promoted", "version": version, "parent": None,
-                                              "trigger": "decay", "gate": json_safe(candidate.verdict.to_dict()),
-                                              "at": 1234.0})]
+    assert announced.records == [
+        (
+            b"driftd",
+            {
+                "event": "model_promoted",
+                "version": version,
+                "parent": None,
+                "trigger": "decay",
+                "gate": json_safe(candidate.verdict.to_dict()),
+                "at": 1234.0,
+            },
+        )
+    ]
     assert f"swapped to {version} (parent None, decay): " in caplog.text
 
 
 def test_a_failed_announcement_is_logged_and_the_swap_stands(
-    tmp_path: Path, candidate: FineTuneResult, server: ModelServer, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    candidate: FineTuneResult,
+    server: ModelServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = Registry(tmp_path / "registry")
     promotion = promoter(server, registry, Announced(fail=True))
@@ -106,7 +147,9 @@ def test_a_failed_announcement_is_logged_and_the_swap_stands(
     assert f"swapped to {version}" in caplog.text
 
 
-def test_a_swap_waits_for_the_swap_lock(tmp_path: Path, candidate: FineTuneResult, server: ModelServer) -> None:
+def test_a_swap_waits_for_the_swap_lock(
+    tmp_path: Path, candidate: FineTuneResult, server: ModelServer
+) -> None:
     registry = Registry(tmp_path / "registry")
     version = registry.publish(candidate.files, parent=None, info={}).version
 
@@ -123,7 +166,10 @@ def test_a_swap_waits_for_the_swap_lock(tmp_path: Path, candidate: FineTuneResul
 
 
 def test_a_rollback_restores_the_previous_version_and_one_that_cannot_load_changes_nothing(
-    tmp_path: Path, candidate: FineTuneResult, server: ModelServer, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    candidate: FineTuneResult,
+    server: ModelServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = Registry(tmp_path / "registry")
     v1 = registry.publish(candidate.files, parent=None, info={}).version
@@ -144,4 +190,6 @@ def test_a_rollback_restores_the_previous_version_and_one_that_cannot_load_chang
     asyncio.run(scenario())
     assert f"rollback to {v1} failed; {v3} keeps serving" in caplog.text
     assert metrics.get_sample_value("driftd_canary_rollbacks_total") == 1.0
-    assert metrics.get_sample_value("driftd_finetune_results_total", {"result": "rolled_back"}) == 1.0
+    assert (
+        metrics.get_sample_value("driftd_finetune_results_total", {"result": "rolled_back"}) == 1.0
+    )

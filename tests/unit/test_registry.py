@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from models.registry import CorruptVersion, Manifest, Registry
 from daemon.cli.models import models_cli
+from models.registry import CorruptVersion, Manifest, Registry
 
 REPO = Path(__file__).resolve().parents[2]
-FILES = {"model.onnx": b"\x08\x01onnx-bytes" * 100, "labels.json": b'["greet", "bye"]', "featurizer.json": b'{"ngrams": 2}'}
+FILES = {
+    "model.onnx": b"\x08\x01onnx-bytes" * 100,
+    "labels.json": b'["greet", "bye"]',
+    "featurizer.json": b'{"ngrams": 2}',
+}
 
 
 @pytest.fixture
@@ -89,7 +93,9 @@ def test_racing_publishers_get_distinct_versions(reg: Registry) -> None:
 
     def worker(i: int) -> None:
         barrier.wait()
-        results.append(reg.publish({"model.onnx": bytes([i]) * 1000}, parent=None, info={"i": i}).version)
+        results.append(
+            reg.publish({"model.onnx": bytes([i]) * 1000}, parent=None, info={"i": i}).version
+        )
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     for t in threads:
@@ -162,7 +168,11 @@ def test_garbage_manifest(reg: Registry) -> None:
 def test_manifest_of_wrong_shape(reg: Registry) -> None:
     v = publish(reg)
     raw = json.loads((reg.root / v / "manifest.json").read_text())
-    for broken in ([1, 2], {**raw, "files": {"model.onnx": {"sha256": "x", "bytes": 1}}}, {k: raw[k] for k in raw if k != "parent"}):
+    for broken in (
+        [1, 2],
+        {**raw, "files": {"model.onnx": {"sha256": "x", "bytes": 1}}},
+        {k: raw[k] for k in raw if k != "parent"},
+    ):
         (reg.root / v / "manifest.json").write_text(json.dumps(broken))
         assert "manifest.json has the wrong shape" in corruption(reg, v)
     (reg.root / v / "manifest.json").write_text(json.dumps({**raw, "version": "v000007"}))
@@ -211,10 +221,14 @@ def test_set_current_refuses_a_corrupt_version(reg: Registry) -> None:
     assert not [p for p in reg.root.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_set_current_after_a_load_checks_sizes_and_hashes_only_what_it_is_told(reg: Registry) -> None:
+def test_set_current_after_a_load_checks_sizes_and_hashes_only_what_it_is_told(
+    reg: Registry,
+) -> None:
     publish(reg)
     data = reg.path("v000001", "model.onnx").read_bytes()
-    reg.path("v000001", "model.onnx").write_bytes(data[::-1])  # same size, other bytes: only a hash sees it
+    reg.path("v000001", "model.onnx").write_bytes(
+        data[::-1]
+    )  # same size, other bytes: only a hash sees it
     reg.set_current("v000001", hash_only=())  # a hot swap: its load hashed the files it serves
     assert reg.current() == "v000001"
     with pytest.raises(CorruptVersion, match="model.onnx has sha256"):
@@ -278,7 +292,11 @@ def test_cli(reg: Registry) -> None:
     rows = [line.split() for line in listed.stdout.splitlines()[1:]]
     lines = {(row[1] if row[0] == "*" else row[0]): " ".join(row) for row in rows}
     assert "ok" in lines["v000001"] and lines["v000002"].startswith("*")
-    assert "CORRUPT" in lines["v000003"] and "labels.json" in lines["v000003"] and "v000002" in lines["v000003"]
+    assert (
+        "CORRUPT" in lines["v000003"]
+        and "labels.json" in lines["v000003"]
+        and "v000002" in lines["v000003"]
+    )
 
     shown = runner.invoke(models_cli, ["show", "v000002", "--registry", root])
     assert shown.exit_code == 0, shown.output
@@ -287,7 +305,11 @@ def test_cli(reg: Registry) -> None:
     back = runner.invoke(models_cli, ["rollback", "--registry", root])
     assert back.exit_code == 0 and back.stdout.strip() == "v000001" and reg.current() == "v000001"
     explicit = runner.invoke(models_cli, ["rollback", "v000002", "--registry", root])
-    assert explicit.exit_code == 0 and explicit.stdout.strip() == "v000002" and reg.current() == "v000002"
+    assert (
+        explicit.exit_code == 0
+        and explicit.stdout.strip() == "v000002"
+        and reg.current() == "v000002"
+    )
 
     bad = runner.invoke(models_cli, ["rollback", "v000003", "--registry", root])
     assert bad.exit_code == 1 and "v000003 is corrupt" in bad.stderr and "labels.json" in bad.stderr
@@ -326,7 +348,9 @@ def test_sigkilled_publisher_never_leaves_a_partial_version(tmp_path: Path) -> N
     (tmp_path / "labels.src").write_bytes(b'["a", "b"]' * 1000)
     reg, rng, leftovers, delays = Registry(root), random.Random(), 0, []
     for _ in range(6):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], cwd=REPO, stdout=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root)], cwd=REPO, stdout=subprocess.PIPE
+        )
         try:
             assert child.stdout is not None and child.stdout.readline() == b"ready\n"
             delays.append(round(rng.uniform(0.0, 0.4), 3))
@@ -334,7 +358,9 @@ def test_sigkilled_publisher_never_leaves_a_partial_version(tmp_path: Path) -> N
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait()
-        leftovers += sum(1 for p in root.iterdir() if p.name.startswith(".tmp-")) if root.exists() else 0
+        leftovers += (
+            sum(1 for p in root.iterdir() if p.name.startswith(".tmp-")) if root.exists() else 0
+        )
         for v in reg.versions():
             assert reg.verify(v).files["model.onnx"]["bytes"] == 50 << 20, f"delays {delays}"
     assert leftovers > 0, f"no kill landed mid-write (delays {delays}): the test proved nothing"

@@ -14,9 +14,19 @@ from tests.unit.test_monitor_policy import FAST, Clock, Traffic
 
 def test_diff_separates_run_time_settings_from_those_needing_a_restart():
     old = load_settings(None)
-    new = load_settings(None, monitor={"ewma_relative_drop": 0.2}, learning={"cooldown_s": 5.0}, daemon={"log_level": "DEBUG"}, kafka={"embedded_port": 29092})
+    new = load_settings(
+        None,
+        monitor={"ewma_relative_drop": 0.2},
+        learning={"cooldown_s": 5.0},
+        daemon={"log_level": "DEBUG"},
+        kafka={"embedded_port": 29092},
+    )
     diff = diff_settings(old, new)
-    assert diff.runtime == {"monitor.ewma_relative_drop": (0.1, 0.2), "learning.cooldown_s": (30.0, 5.0), "daemon.log_level": ("INFO", "DEBUG")}
+    assert diff.runtime == {
+        "monitor.ewma_relative_drop": (0.1, 0.2),
+        "learning.cooldown_s": (30.0, 5.0),
+        "daemon.log_level": ("INFO", "DEBUG"),
+    }
     assert diff.needs_restart == ["kafka.embedded_port"]
     assert "monitor.ewma_relative_drop 0.1 -> 0.2" in diff.describe()
     assert diff_settings(old, load_settings(None)).changed == {}
@@ -55,9 +65,16 @@ def test_a_lower_threshold_fires_on_the_state_kept_across_the_retune():
     restarted = monitor.reconfigure(dataclasses.replace(strict, ewma_relative_drop=0.10))
     assert restarted == []
     ewma = monitor.detectors["ewma"]
-    assert (ewma.reference, ewma.ewma, ewma.n_seen, ewma.relative_drop) == (reference, level, seen, 0.10)  # state kept, threshold new
+    assert (ewma.reference, ewma.ewma, ewma.n_seen, ewma.relative_drop) == (
+        reference,
+        level,
+        seen,
+        0.10,
+    )  # state kept, threshold new
     decisions = traffic.run(50, error=0.25)
-    assert len(decisions) == 1 and decisions[0][1].signals == ("ewma",)  # fires at once: no new warm-up
+    assert len(decisions) == 1 and decisions[0][1].signals == (
+        "ewma",
+    )  # fires at once: no new warm-up
 
 
 def test_changing_a_river_detector_parameter_restarts_only_that_detector():
@@ -65,7 +82,9 @@ def test_changing_a_river_detector_parameter_restarts_only_that_detector():
     monitor, _ = _drifted_monitor(clock)
     adwin_seen = monitor.detectors["adwin"].n_seen
     ph_seen = monitor.detectors["page_hinkley"].n_seen
-    restarted = monitor.reconfigure(dataclasses.replace(monitor.config, page_hinkley_threshold=80.0))
+    restarted = monitor.reconfigure(
+        dataclasses.replace(monitor.config, page_hinkley_threshold=80.0)
+    )
     assert restarted == ["page_hinkley"]
     assert monitor.detectors["page_hinkley"].n_seen == 0 and ph_seen == 300
     assert monitor.detectors["adwin"].n_seen == adwin_seen == 300
@@ -76,7 +95,11 @@ def test_a_smaller_window_keeps_the_newest_outcomes_and_policy_fields_apply():
     clock = Clock()
     monitor, _ = _drifted_monitor(clock)
     newest = [correct for _, correct in list(monitor.window._items)[-100:]]
-    monitor.reconfigure(dataclasses.replace(monitor.config, window_size=100, cooldown_s=5.0, signals=("ewma", "adwin")))
+    monitor.reconfigure(
+        dataclasses.replace(
+            monitor.config, window_size=100, cooldown_s=5.0, signals=("ewma", "adwin")
+        )
+    )
     assert monitor.window.count == 100
     assert monitor.window.accuracy == pytest.approx(sum(newest) / 100)
     assert monitor.config.cooldown_s == 5.0 and monitor.snapshot()["signals"] == ["ewma", "adwin"]
@@ -87,5 +110,7 @@ def test_an_invalid_new_value_is_refused_and_the_monitor_is_unchanged():
     monitor, _ = _drifted_monitor(clock)
     config, ewma = monitor.config, monitor.detectors["ewma"]
     with pytest.raises(ValueError):
-        monitor.reconfigure(dataclasses.replace(MonitorConfig(**FAST), ewma_alpha=0.05, min_samples=-1))
+        monitor.reconfigure(
+            dataclasses.replace(MonitorConfig(**FAST), ewma_alpha=0.05, min_samples=-1)
+        )
     assert monitor.config is config and monitor.detectors["ewma"] is ewma

@@ -28,9 +28,33 @@ LIMIT = 65536
 EVENT_TYPES = (UtteranceEvent, FeedbackEvent, LabelEvent)
 MODEL_FOR = {"utterance": UtteranceEvent, "feedback": FeedbackEvent, "label": LabelEvent}
 
-UTTERANCE: dict[str, Any] = {"type": "utterance", "event_id": "e1", "conversation_id": "c1", "turn": 0, "ts": 1_700_000_000.5, "text": "block my card"}
-FEEDBACK: dict[str, Any] = {"type": "feedback", "event_id": "e2", "conversation_id": "c1", "turn": 1, "ts": 1_700_000_001, "ref_event_id": "e1", "correct": False, "intent": "card_lost"}
-LABEL: dict[str, Any] = {"type": "label", "event_id": "e3", "conversation_id": "c1", "turn": 0, "ts": 1_700_000_002.0, "ref_event_id": "e1", "intent": "card_lost"}
+UTTERANCE: dict[str, Any] = {
+    "type": "utterance",
+    "event_id": "e1",
+    "conversation_id": "c1",
+    "turn": 0,
+    "ts": 1_700_000_000.5,
+    "text": "block my card",
+}
+FEEDBACK: dict[str, Any] = {
+    "type": "feedback",
+    "event_id": "e2",
+    "conversation_id": "c1",
+    "turn": 1,
+    "ts": 1_700_000_001,
+    "ref_event_id": "e1",
+    "correct": False,
+    "intent": "card_lost",
+}
+LABEL: dict[str, Any] = {
+    "type": "label",
+    "event_id": "e3",
+    "conversation_id": "c1",
+    "turn": 0,
+    "ts": 1_700_000_002.0,
+    "ref_event_id": "e1",
+    "intent": "card_lost",
+}
 
 
 def encode(obj: Any) -> bytes:
@@ -57,7 +81,9 @@ def padded_to(size: int) -> bytes:
 def test_committed_json_schema_matches_the_models() -> None:
     assert EVENT_SCHEMA_PATH == REPO / "streams" / "event.schema.json"
     committed = json.loads(EVENT_SCHEMA_PATH.read_text())
-    assert committed == event_json_schema(), "streams/event.schema.json is stale: run `driftd schema --write`"
+    assert committed == event_json_schema(), (
+        "streams/event.schema.json is stale: run `driftd schema --write`"
+    )
 
 
 def test_json_schema_covers_every_type() -> None:
@@ -75,15 +101,32 @@ def test_each_type_decodes(payload: dict[str, Any]) -> None:
     assert isinstance(event, MODEL_FOR[payload["type"]])
     for key, value in payload.items():
         assert getattr(event, key) == value
-    assert event.priority == "normal" and event.channel is None and event.user_id is None and event.meta is None
+    assert (
+        event.priority == "normal"
+        and event.channel is None
+        and event.user_id is None
+        and event.meta is None
+    )
 
 
 def test_optional_fields_decode() -> None:
-    event = decode_event(with_(UTTERANCE, channel="voice", user_id="u-1", priority="high", meta={"a": [1, {"b": None}]}), LIMIT)
+    event = decode_event(
+        with_(
+            UTTERANCE, channel="voice", user_id="u-1", priority="high", meta={"a": [1, {"b": None}]}
+        ),
+        LIMIT,
+    )
     assert isinstance(event, UtteranceEvent)
-    assert (event.channel, event.user_id, event.priority, event.meta) == ("voice", "u-1", "high", {"a": [1, {"b": None}]})
+    assert (event.channel, event.user_id, event.priority, event.meta) == (
+        "voice",
+        "u-1",
+        "high",
+        {"a": [1, {"b": None}]},
+    )
     feedback = decode_event(without(FEEDBACK, "correct", "intent"), LIMIT)
-    assert isinstance(feedback, FeedbackEvent) and feedback.correct is None and feedback.intent is None
+    assert (
+        isinstance(feedback, FeedbackEvent) and feedback.correct is None and feedback.intent is None
+    )
 
 
 @pytest.mark.parametrize("payload", [UTTERANCE, FEEDBACK, LABEL], ids=lambda p: p["type"])
@@ -120,7 +163,12 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("trailing garbage", encode(UTTERANCE) + b" x", LIMIT, "not_json"),
     ("truncated", encode(UTTERANCE)[:-1], LIMIT, "not_json"),
     ("lone surrogate escape", with_(UTTERANCE, text="\ud800"), LIMIT, "not_json"),
-    ("nesting too deep", encode({**UTTERANCE, "meta": {"a": json.loads("[" * 500 + "]" * 500)}}), LIMIT, "not_json"),
+    (
+        "nesting too deep",
+        encode({**UTTERANCE, "meta": {"a": json.loads("[" * 500 + "]" * 500)}}),
+        LIMIT,
+        "not_json",
+    ),
     # unknown_type
     ("unknown type", with_(UTTERANCE, type="shout"), LIMIT, "unknown_type"),
     ("type with wrong case", with_(LABEL, type="Label"), LIMIT, "unknown_type"),
@@ -132,7 +180,12 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
     ("missing text", without(UTTERANCE, "text"), LIMIT, "missing_field"),
     ("missing ref_event_id", without(FEEDBACK, "ref_event_id"), LIMIT, "missing_field"),
     ("label without intent", without(LABEL, "intent"), LIMIT, "missing_field"),
-    ("missing wins over wrong type", encode({**{k: v for k, v in UTTERANCE.items() if k != "text"}, "turn": "3"}), LIMIT, "missing_field"),
+    (
+        "missing wins over wrong type",
+        encode({**{k: v for k, v in UTTERANCE.items() if k != "text"}, "turn": "3"}),
+        LIMIT,
+        "missing_field",
+    ),
     # wrong_type
     ("string turn", with_(UTTERANCE, turn="3"), LIMIT, "wrong_type"),
     ("bool turn", with_(UTTERANCE, turn=True), LIMIT, "wrong_type"),
@@ -160,7 +213,9 @@ MALFORMED: list[tuple[str, bytes, int, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "max_bytes", "reason"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED])
+@pytest.mark.parametrize(
+    ("raw", "max_bytes", "reason"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
 def test_malformed_payload_reason(raw: bytes, max_bytes: int, reason: str) -> None:
     result = decode_event(raw, max_bytes)
     assert isinstance(result, Rejection), result
@@ -185,14 +240,44 @@ def test_rejection_detail_names_the_field() -> None:
 
 # --- (d) the decoder never raises -----------------------------------------------------------------
 
-JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text()
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5), max_leaves=30)
-FIELD_NAMES = ["type", "event_id", "conversation_id", "turn", "ts", "channel", "user_id", "priority", "meta", "text", "ref_event_id", "correct", "intent"]
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+FIELD_NAMES = [
+    "type",
+    "event_id",
+    "conversation_id",
+    "turn",
+    "ts",
+    "channel",
+    "user_id",
+    "priority",
+    "meta",
+    "text",
+    "ref_event_id",
+    "correct",
+    "intent",
+]
 # Objects that look like events, so the field validators are exercised and not only the tag check.
 EVENTISH = st.builds(
     lambda base, fields: {**base, **fields},
     st.sampled_from([UTTERANCE, FEEDBACK, LABEL]),
-    st.dictionaries(st.sampled_from(FIELD_NAMES + ["extra"]), JSON_VALUES | st.sampled_from(["utterance", "feedback", "label"]), max_size=4),
+    st.dictionaries(
+        st.sampled_from(FIELD_NAMES + ["extra"]),
+        JSON_VALUES | st.sampled_from(["utterance", "feedback", "label"]),
+        max_size=4,
+    ),
 )
 
 

@@ -26,18 +26,31 @@ from models.train import TrainSettings, train_classifier
 from tests.toy_intents import examples
 
 PROBE = [
-    "hello friend", "where is my parcel", "refund the phone please", "cancel my order", "", "upgrade the plan now",
-    "bye for now", "track the package", "i want my money back", "stop the order", "good morning", "see you later",
+    "hello friend",
+    "where is my parcel",
+    "refund the phone please",
+    "cancel my order",
+    "",
+    "upgrade the plan now",
+    "bye for now",
+    "track the package",
+    "i want my money back",
+    "stop the order",
+    "good morning",
+    "see you later",
 ]  # more than the 8 a load featurises: the rest are checked through their stored ids
 
 
 def version_files(intents: list[str], seed: int) -> dict[str, bytes]:
     texts, labels = examples(intents, 200, seed)
     result = train_classifier(
-        texts, labels,
+        texts,
+        labels,
         featurizer=HashingFeaturizer(buckets=4096),
         config=ClassifierConfig(buckets=4096, dim=16, hidden=32),
-        settings=TrainSettings(epochs=60, batch_size=64, seed=seed),  # token dropout: a toy needs more steps
+        settings=TrainSettings(
+            epochs=60, batch_size=64, seed=seed
+        ),  # token dropout: a toy needs more steps
     )
     files, _ = build_version_files(result.model, result.featurizer, result.labels, PROBE)
     return files
@@ -85,8 +98,20 @@ def rejected(reg: Registry, version: str, *needles: str) -> str:
 
 def test_predictions(reg: Registry) -> None:
     model = LoadedModel.load(reg, "v000001")
-    assert model.version == "v000001" and model.labels == ["bye", "cancel", "greet", "refund", "track"]
-    texts = ["hi there, good morning", "where is my laptop", "refund the shoes please", "cancel my book order", ""]
+    assert model.version == "v000001" and model.labels == [
+        "bye",
+        "cancel",
+        "greet",
+        "refund",
+        "track",
+    ]
+    texts = [
+        "hi there, good morning",
+        "where is my laptop",
+        "refund the shoes please",
+        "cancel my book order",
+        "",
+    ]
     batch = model.predict(texts, top_k=3)
     assert len(batch) == len(texts)
     for p in batch:
@@ -101,9 +126,13 @@ def test_predictions(reg: Registry) -> None:
     assert [p.intent for p in batch[:4]] == ["greet", "track", "refund", "cancel"]
     full = model.predict(texts[:1], top_k=99)[0]  # clamped to the label count: all probabilities
     assert len(full.top_k) == 5 and sum(c for _, c in full.top_k) == pytest.approx(1.0)
-    for text, p in zip(texts, batch):  # batch and single agree (INT8 activations are quantised per batch)
+    for text, p in zip(
+        texts, batch
+    ):  # batch and single agree (INT8 activations are quantised per batch)
         single = model.predict([text], top_k=3)[0]
-        assert single.intent == p.intent and single.confidence == pytest.approx(p.confidence, abs=0.05)
+        assert single.intent == p.intent and single.confidence == pytest.approx(
+            p.confidence, abs=0.05
+        )
     assert model.predict([]) == []
     with pytest.raises(ValueError):
         model.predict(texts, top_k=0)
@@ -111,15 +140,27 @@ def test_predictions(reg: Registry) -> None:
     assert model.closed and model.active_at_close == 0
 
 
-def test_a_batch_larger_than_one_session_call_is_predicted_in_order_call_by_call(reg: Registry) -> None:
-    texts, _ = examples(["greet", "bye", "refund", "track", "cancel"], 200, 7)  # several ONNX Runtime calls
-    texts = [f"{t} {'and more words ' * (i % 9)}" for i, t in enumerate(texts)]  # lengths differ between calls
+def test_a_batch_larger_than_one_session_call_is_predicted_in_order_call_by_call(
+    reg: Registry,
+) -> None:
+    texts, _ = examples(
+        ["greet", "bye", "refund", "track", "cancel"], 200, 7
+    )  # several ONNX Runtime calls
+    texts = [
+        f"{t} {'and more words ' * (i % 9)}" for i, t in enumerate(texts)
+    ]  # lengths differ between calls
     model = LoadedModel.load(reg, "v000001")
     try:
         batch = model.predict(texts)
         assert len(batch) == len(texts) > ROWS_PER_RUN
-        chunked = [p for i in range(0, len(texts), ROWS_PER_RUN) for p in model.predict(texts[i : i + ROWS_PER_RUN])]
-        assert [(p.intent, p.confidence) for p in batch] == [(p.intent, p.confidence) for p in chunked]
+        chunked = [
+            p
+            for i in range(0, len(texts), ROWS_PER_RUN)
+            for p in model.predict(texts[i : i + ROWS_PER_RUN])
+        ]
+        assert [(p.intent, p.confidence) for p in batch] == [
+            (p.intent, p.confidence) for p in chunked
+        ]
     finally:
         model.close()
 
@@ -145,7 +186,9 @@ def test_truncated_model_rejected(reg: Registry) -> None:
     data = reg.path("v000001", SERVED_MODEL).read_bytes()
     rewrite(reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=False)
     rejected(reg, "v000001", SERVED_MODEL, "bytes")
-    rewrite(reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=True)  # hashes agree: ORT must refuse it
+    rewrite(
+        reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=True
+    )  # hashes agree: ORT must refuse it
     rejected(reg, "v000001", SERVED_MODEL, "does not load")
 
 
@@ -153,21 +196,37 @@ def test_damaged_weights_rejected(reg: Registry) -> None:
     data = reg.path("v000001", SERVED_WEIGHTS).read_bytes()
     rewrite(reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=False)
     rejected(reg, "v000001", SERVED_WEIGHTS, "bytes")
-    rewrite(reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=True)  # hashes agree: the loader must see it is short
-    rejected(reg, "v000001", SERVED_MODEL, "does not load", "embedding.weight_quantized", "does not fit")
-    rewrite(reg, "v000002", SERVED_WEIGHTS, bytes(b ^ 0x55 for b in reg.path("v000002", SERVED_WEIGHTS).read_bytes()), fix_manifest=True)
+    rewrite(
+        reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=True
+    )  # hashes agree: the loader must see it is short
+    rejected(
+        reg, "v000001", SERVED_MODEL, "does not load", "embedding.weight_quantized", "does not fit"
+    )
+    rewrite(
+        reg,
+        "v000002",
+        SERVED_WEIGHTS,
+        bytes(b ^ 0x55 for b in reg.path("v000002", SERVED_WEIGHTS).read_bytes()),
+        fix_manifest=True,
+    )
     rejected(reg, "v000002", "probe parity failed")  # the right size, the wrong numbers
 
 
-def test_the_served_weights_are_mapped_from_the_registry_and_unmapped_when_retired(reg: Registry) -> None:
+def test_the_served_weights_are_mapped_from_the_registry_and_unmapped_when_retired(
+    reg: Registry,
+) -> None:
     weights = str(reg.path("v000001", SERVED_WEIGHTS))
     model = LoadedModel.load(reg, "v000001")
-    assert weights in Path("/proc/self/maps").read_text()  # ONNX Runtime maps the file: no copy in this process
+    assert (
+        weights in Path("/proc/self/maps").read_text()
+    )  # ONNX Runtime maps the file: no copy in this process
     model.close()
     assert weights not in Path("/proc/self/maps").read_text()
 
 
-def test_weights_replaced_between_hashing_and_mapping_are_refused(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_replaced_between_hashing_and_mapping_are_refused(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The loader hashes the weights file, then ONNX Runtime maps it by name: a writer in between is caught."""
     import models.serving as serving
 
@@ -184,19 +243,24 @@ def test_weights_replaced_between_hashing_and_mapping_are_refused(reg: Registry,
     rejected(reg, "v000001", SERVED_WEIGHTS, "changed while it was loading")
 
 
-def test_a_version_from_before_the_weights_split_still_loads(reg: Registry, builds: list[dict[str, bytes]], tmp_path: Path) -> None:
+def test_a_version_from_before_the_weights_split_still_loads(
+    reg: Registry, builds: list[dict[str, bytes]], tmp_path: Path
+) -> None:
     import onnx
 
     files = dict(builds[0])
     for name in (SERVED_MODEL, SERVED_WEIGHTS):
         (tmp_path / name).write_bytes(files[name])
-    files[SERVED_MODEL] = onnx.load(str(tmp_path / SERVED_MODEL)).SerializeToString()  # the weights read back in
+    files[SERVED_MODEL] = onnx.load(
+        str(tmp_path / SERVED_MODEL)
+    ).SerializeToString()  # the weights read back in
     del files[SERVED_WEIGHTS]
     old = reg.publish(files, parent=None, info={}).version
     assert SERVED_WEIGHTS not in reg.verify(old).files
     texts = ["where is my parcel", "refund the phone please", "bye now"]
     assert LoadedModel.load(reg, old).predict(texts) == [
-        Prediction(p.intent, p.confidence, p.top_k, old) for p in LoadedModel.load(reg, "v000001").predict(texts)
+        Prediction(p.intent, p.confidence, p.top_k, old)
+        for p in LoadedModel.load(reg, "v000001").predict(texts)
     ]
 
 
@@ -240,11 +304,19 @@ def test_probe_logits_are_exact_float32_and_the_list_format_still_loads(reg: Reg
     texts, logits, _ = decode_probe(reg.path("v000001", "probe.json").read_bytes())
     model = LoadedModel.load(reg, "v000001")
     try:
-        assert np.array_equal(model._logits(texts), logits.astype(np.float32))  # bit for bit: nothing rounded on the way
+        assert np.array_equal(
+            model._logits(texts), logits.astype(np.float32)
+        )  # bit for bit: nothing rounded on the way
     finally:
         model.close()
     # A version written before the binary format (logits as JSON numbers) still serves.
-    rewrite(reg, "v000001", "probe.json", json.dumps({"texts": texts, "logits": logits.tolist()}).encode(), fix_manifest=True)
+    rewrite(
+        reg,
+        "v000001",
+        "probe.json",
+        json.dumps({"texts": texts, "logits": logits.tolist()}).encode(),
+        fix_manifest=True,
+    )
     LoadedModel.load(reg, "v000001").close()
 
 
@@ -270,7 +342,9 @@ def test_malformed_probe_rejected_with_its_reason(reg: Registry, damage, reason:
 
 def test_label_count_mismatch_rejected(reg: Registry) -> None:
     labels = json.loads(reg.path("v000001", "labels.json").read_bytes())
-    rewrite(reg, "v000001", "labels.json", json.dumps([*labels, "extra"]).encode(), fix_manifest=True)
+    rewrite(
+        reg, "v000001", "labels.json", json.dumps([*labels, "extra"]).encode(), fix_manifest=True
+    )
     rejected(reg, "v000001", "shape", "6 labels")
     texts, logits, ids = decode_probe(reg.path("v000002", "probe.json").read_bytes())
     rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits[:, :-1]), fix_manifest=True)
@@ -299,7 +373,9 @@ def test_corrupt_version_keeps_previous_serving(reg: Registry) -> None:
         server.predict(["hello"])
 
 
-def test_on_retired_runs_once_per_replaced_model_after_it_is_closed_and_a_failing_one_changes_nothing(reg: Registry) -> None:
+def test_on_retired_runs_once_per_replaced_model_after_it_is_closed_and_a_failing_one_changes_nothing(
+    reg: Registry,
+) -> None:
     seen: list[tuple[str, bool]] = []
 
     def on_retired() -> None:
@@ -323,7 +399,9 @@ def test_on_retired_runs_once_per_replaced_model_after_it_is_closed_and_a_failin
 # --- hot swap under load ---------------------------------------------------------------------------
 
 
-def live_at_some_instant(history: list[tuple[float, str]], version: str, start: float, end: float) -> bool:
+def live_at_some_instant(
+    history: list[tuple[float, str]], version: str, start: float, end: float
+) -> bool:
     """Was ``version`` live at some instant of [start, end]? Entry i is live from its time to entry i+1's."""
     for i, (since, v) in enumerate(history):
         until = history[i + 1][0] if i + 1 < len(history) else float("inf")
@@ -339,7 +417,13 @@ def test_swaps_under_concurrent_load(reg: Registry) -> None:
     stop = threading.Event()
     records: list[list[tuple[float, float, list[str]]]] = [[] for _ in range(8)]
     errors: list[BaseException] = []
-    texts = ["hello there friend", "where is my phone", "refund the book please", "cancel my account order", "upgrade my plan"]
+    texts = [
+        "hello there friend",
+        "where is my phone",
+        "refund the book please",
+        "cancel my account order",
+        "upgrade my plan",
+    ]
 
     def load(slot: int) -> None:
         rng = random.Random(slot)
@@ -395,7 +479,12 @@ def test_predict_from_event_loop_during_swaps(reg: Registry) -> None:
 
     async def main() -> set[str]:
         answered: set[str] = set()
-        swaps = asyncio.gather(*(asyncio.to_thread(server.load_and_swap, reg, v) for v in ("v000002", "v000003", "v000002")))
+        swaps = asyncio.gather(
+            *(
+                asyncio.to_thread(server.load_and_swap, reg, v)
+                for v in ("v000002", "v000003", "v000002")
+            )
+        )
         while not swaps.done():
             answered |= {p.model_version for p in server.predict(["where is my parcel", "hi"])}
             await asyncio.sleep(0)
@@ -403,7 +492,11 @@ def test_predict_from_event_loop_during_swaps(reg: Registry) -> None:
         return answered
 
     answered = asyncio.run(main())
-    assert answered and answered <= {"v000001", "v000002", "v000003"} and server.version in {"v000002", "v000003"}
+    assert (
+        answered
+        and answered <= {"v000001", "v000002", "v000003"}
+        and server.version in {"v000002", "v000003"}
+    )
     assert server.drain(timeout=5) and len(server.history) == 4
 
 
@@ -419,8 +512,13 @@ def test_serving_collector_reports_only_the_live_version(reg: Registry) -> None:
     first, second = reg.versions()[:2]
     for version in (first, second):
         server.load_and_swap(reg, version)
-    info = [s for m in metrics.collect() for s in m.samples if s.name == "driftd_serving_model_info"]
+    info = [
+        s for m in metrics.collect() for s in m.samples if s.name == "driftd_serving_model_info"
+    ]
     assert [(s.labels, s.value) for s in info] == [({"version": second}, 1.0)]
-    assert metrics.get_sample_value("driftd_serving_model_created_timestamp_seconds") == reg.verify(second).created_at
+    assert (
+        metrics.get_sample_value("driftd_serving_model_created_timestamp_seconds")
+        == reg.verify(second).created_at
+    )
     assert metrics.get_sample_value("driftd_serving_model_switches_total") == 2
     server.close(timeout=10)

@@ -33,7 +33,11 @@ def test_messages_arrive_as_one_datagram_per_call(manager):
 def test_reloading_carries_the_monotonic_timestamp(manager):
     assert systemd.reloading()
     lines = manager().split("\n")
-    assert lines[0] == "RELOADING=1" and lines[1].startswith("MONOTONIC_USEC=") and int(lines[1].split("=")[1]) > 0
+    assert (
+        lines[0] == "RELOADING=1"
+        and lines[1].startswith("MONOTONIC_USEC=")
+        and int(lines[1].split("=")[1]) > 0
+    )
 
 
 def test_abstract_namespace_socket(monkeypatch):
@@ -46,7 +50,9 @@ def test_abstract_namespace_socket(monkeypatch):
         assert sock.recv(64) == b"READY=1"
 
 
-def test_outside_systemd_nothing_is_sent_and_a_dead_socket_is_not_fatal(monkeypatch, tmp_path, caplog):
+def test_outside_systemd_nothing_is_sent_and_a_dead_socket_is_not_fatal(
+    monkeypatch, tmp_path, caplog
+):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert systemd.notify("READY=1") is False
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
@@ -56,10 +62,22 @@ def test_outside_systemd_nothing_is_sent_and_a_dead_socket_is_not_fatal(monkeypa
 
 @pytest.mark.parametrize(
     ("usec", "pid", "expected"),
-    [("30000000", None, 15.0), ("1000000", "self", 0.5), ("1000000", "1", None), (None, None, None), ("0", None, None), ("soon", None, None)],
+    [
+        ("30000000", None, 15.0),
+        ("1000000", "self", 0.5),
+        ("1000000", "1", None),
+        (None, None, None),
+        ("0", None, None),
+        ("soon", None, None),
+    ],
 )
-def test_watchdog_interval_is_half_the_timeout_for_this_process_only(monkeypatch, usec, pid, expected):
-    for name, value in (("WATCHDOG_USEC", usec), ("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)):
+def test_watchdog_interval_is_half_the_timeout_for_this_process_only(
+    monkeypatch, usec, pid, expected
+):
+    for name, value in (
+        ("WATCHDOG_USEC", usec),
+        ("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid),
+    ):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:

@@ -23,25 +23,67 @@ class Clock:
         return self.now
 
 
-def event(offset: int, *, kind: str = "utterance", priority: str = "normal", at: float = 1_000_000.0, partition: int = 0, **fields) -> StoredEvent:
+def event(
+    offset: int,
+    *,
+    kind: str = "utterance",
+    priority: str = "normal",
+    at: float = 1_000_000.0,
+    partition: int = 0,
+    **fields,
+) -> StoredEvent:
     body = {"event_id": fields.pop("event_id", f"e{partition}-{offset}"), "type": kind}
     values = dict(
-        topic="conversations", partition=partition, offset=offset, event_id=body["event_id"], type=kind, ts=fields.pop("ts", at),
-        conversation_id=f"c{offset}", turn=0, priority=priority, channel=None, user_ref=None,
-        text=fields.pop("text", f"text {offset}" if kind == "utterance" else None), ref_event_id=fields.pop("ref_event_id", None),
-        intent=fields.pop("intent", None), correct=None, ref_text=None, payload=json.dumps(body).encode(), kafka_ts=at, ingested_at=at,
+        topic="conversations",
+        partition=partition,
+        offset=offset,
+        event_id=body["event_id"],
+        type=kind,
+        ts=fields.pop("ts", at),
+        conversation_id=f"c{offset}",
+        turn=0,
+        priority=priority,
+        channel=None,
+        user_ref=None,
+        text=fields.pop("text", f"text {offset}" if kind == "utterance" else None),
+        ref_event_id=fields.pop("ref_event_id", None),
+        intent=fields.pop("intent", None),
+        correct=None,
+        ref_text=None,
+        payload=json.dumps(body).encode(),
+        kafka_ts=at,
+        ingested_at=at,
     )
     values.update(fields)
     return StoredEvent(**values)
 
 
-def label(offset: int, ref: str, intent: str, at: float = 1_000_000.0, kind: str = "label", **fields) -> StoredEvent:
+def label(
+    offset: int, ref: str, intent: str, at: float = 1_000_000.0, kind: str = "label", **fields
+) -> StoredEvent:
     return event(offset, kind=kind, at=at, ref_event_id=ref, intent=intent, **fields)
 
 
-def make_store(tmp_path: Path, clock: Clock, *, hot_max_events: int = 1000, hot_age: float = 60.0, warm_age: float = HOUR, rules=None, cold_url: str | None = None, **kw) -> TieredStore:
+def make_store(
+    tmp_path: Path,
+    clock: Clock,
+    *,
+    hot_max_events: int = 1000,
+    hot_age: float = 60.0,
+    warm_age: float = HOUR,
+    rules=None,
+    cold_url: str | None = None,
+    **kw,
+) -> TieredStore:
     policy = TierPolicy(hot_age, warm_age, rules or {})
-    store = TieredStore(tmp_path / "warm.sqlite3", cold_url or str(tmp_path / "cold"), policy, hot_max_events, clock=clock, **kw)
+    store = TieredStore(
+        tmp_path / "warm.sqlite3",
+        cold_url or str(tmp_path / "cold"),
+        policy,
+        hot_max_events,
+        clock=clock,
+        **kw,
+    )
     asyncio.run(store.open())
     return store
 
@@ -126,7 +168,9 @@ def test_demotion_moves_aged_events_to_parquet_exactly_once(tmp_path):
 
 def test_high_priority_stays_warm_longer(tmp_path):
     clock = Clock()
-    store = make_store(tmp_path, clock, warm_age=HOUR, rules={"high": {"warm_retention_s": 10 * HOUR}})
+    store = make_store(
+        tmp_path, clock, warm_age=HOUR, rules={"high": {"warm_retention_s": 10 * HOUR}}
+    )
     run(store.write([event(1), event(2, priority="high")]))
     clock.now += 2 * HOUR
     run(store.maintain())
@@ -142,7 +186,7 @@ def test_cold_retention_deletes_expired_files(tmp_path):
     run(store.write([event(i) for i in range(10)]))
     clock.now += 2 * HOUR
     run(store.maintain())
-    (path, _, _), = store.warm.cold_files()
+    ((path, _, _),) = store.warm.cold_files()
     clock.now += 24 * HOUR
     assert run(store.maintain())["cold_deleted"] == 10
     assert store.sizes()["cold"] == 0 and not Path(path).exists()
@@ -157,10 +201,16 @@ def test_a_cold_file_written_before_a_crash_is_discarded_and_redone(tmp_path):
     store.close_now()
     clock.now += 2 * HOUR
     reopened = make_store(tmp_path, clock, warm_age=HOUR)
-    assert not Path(orphan).exists() and reopened.warm.cold_files() == []  # removed at open, rows still warm
+    assert (
+        not Path(orphan).exists() and reopened.warm.cold_files() == []
+    )  # removed at open, rows still warm
     assert reopened.warm.count == 20
     run(reopened.maintain())
-    keys = [tuple(r) for p, _, _ in reopened.warm.cold_files() for r in zip(*pq.read_table(p, columns=["partition", "offset"]).to_pydict().values())]
+    keys = [
+        tuple(r)
+        for p, _, _ in reopened.warm.cold_files()
+        for r in zip(*pq.read_table(p, columns=["partition", "offset"]).to_pydict().values())
+    ]
     assert sorted(keys) == [(0, i) for i in range(20)]
     assert reopened.sizes() == {"hot": 0, "warm": 0, "cold": 20}
 
@@ -173,16 +223,32 @@ def test_cold_tier_works_on_an_fsspec_url(tmp_path):
     run(store.maintain())
     assert store.sizes()["cold"] == 5
     assert all(p.startswith("/driftd-test-bucket/cold/") for p, _, _ in store.warm.cold_files())
-    assert ColdStore("memory://driftd-test-bucket/cold").read([p for p, _, _ in store.warm.cold_files()]).num_rows == 5
+    assert (
+        ColdStore("memory://driftd-test-bucket/cold")
+        .read([p for p, _, _ in store.warm.cold_files()])
+        .num_rows
+        == 5
+    )
 
 
 def test_labels_carry_their_utterance_text_from_hot_warm_or_the_same_batch(tmp_path):
     store = make_store(tmp_path, Clock(), hot_max_events=2)
     run(store.write([event(1, text="freeze my card")]))
     run(store.write([event(2), event(3)]))  # utterance 1 leaves hot, stays in warm
-    run(store.write([label(4, "e0-1", "freeze_account"), event(5, text="pay my bill"), label(6, "e0-5", "pay_bill")]))
+    run(
+        store.write(
+            [
+                label(4, "e0-1", "freeze_account"),
+                event(5, text="pay my bill"),
+                label(6, "e0-5", "pay_bill"),
+            ]
+        )
+    )
     examples = run(query_training_set(store, 0, 2e6)).recent
-    assert {(e.text, e.intent) for e in examples} == {("freeze my card", "freeze_account"), ("pay my bill", "pay_bill")}
+    assert {(e.text, e.intent) for e in examples} == {
+        ("freeze my card", "freeze_account"),
+        ("pay my bill", "pay_bill"),
+    }
 
 
 def test_a_label_that_arrives_before_its_utterance_is_joined_at_query_time(tmp_path):
@@ -196,11 +262,17 @@ def test_a_label_that_arrives_before_its_utterance_is_joined_at_query_time(tmp_p
 def test_training_window_and_latest_label_wins(tmp_path):
     store = make_store(tmp_path, Clock())
     run(store.write([event(1, text="a"), event(2, text="b"), event(3, text="c")]))
-    run(store.write([
-        label(10, "e0-1", "old", ts=100.0), label(11, "e0-1", "new", ts=200.0),
-        label(12, "e0-2", "x", ts=150.0), label(13, "e0-2", "y", ts=150.0, kind="feedback"),
-        label(14, "e0-3", "late", ts=900.0),
-    ]))
+    run(
+        store.write(
+            [
+                label(10, "e0-1", "old", ts=100.0),
+                label(11, "e0-1", "new", ts=200.0),
+                label(12, "e0-2", "x", ts=150.0),
+                label(13, "e0-2", "y", ts=150.0, kind="feedback"),
+                label(14, "e0-3", "late", ts=900.0),
+            ]
+        )
+    )
     recent = run(query_training_set(store, 50.0, 500.0)).recent
     assert [(e.text, e.intent) for e in recent] == [("b", "x"), ("a", "new")]
 
@@ -209,7 +281,9 @@ def test_replay_sample_is_stratified_deterministic_and_excludes_recent(tmp_path)
     clock = Clock()
     store = make_store(tmp_path, clock, warm_age=HOUR)
     intents = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
-    old = [event(i, text=f"old {i}") for i in range(100)] + [label(100 + i, f"e0-{i}", intent, ts=10.0) for i, intent in enumerate(intents)]
+    old = [event(i, text=f"old {i}") for i in range(100)] + [
+        label(100 + i, f"e0-{i}", intent, ts=10.0) for i, intent in enumerate(intents)
+    ]
     run(store.write(old))
     clock.now += 2 * HOUR
     run(store.maintain())  # all of it is cold now
@@ -222,7 +296,11 @@ def test_replay_sample_is_stratified_deterministic_and_excludes_recent(tmp_path)
     assert Counter(e.intent for e in first.replay) == {"a": 10, "b": 10, "c": 10}
     assert all(e.source == "cold" and e.text.startswith("old ") for e in first.replay)
     big = run(query_training_set(store, 0, 1, replay_size=70, seed=1)).replay
-    assert Counter(e.intent for e in big) == {"a": 30, "b": 30, "c": 10}  # c runs out, the rest is shared evenly
+    assert Counter(e.intent for e in big) == {
+        "a": 30,
+        "b": 30,
+        "c": 10,
+    }  # c runs out, the rest is shared evenly
 
 
 def test_stratified_sample_never_exceeds_the_size_or_repeats():
@@ -245,9 +323,13 @@ def test_a_redelivery_after_demotion_to_cold_stores_nothing_within_the_horizon(t
     assert store.sizes() == {"hot": 0, "warm": 0, "cold": 50}
     assert run(store.write([event(i) for i in range(40, 60)])) == 10  # only offsets 50..59 are new
     assert store.sizes()["warm"] == 10
-    assert sorted(e.offset for e in store.hot) == list(range(50, 60))  # hot caches only what is in warm
+    assert sorted(e.offset for e in store.hot) == list(
+        range(50, 60)
+    )  # hot caches only what is in warm
     clock.now += HOUR + 1
-    run(store.maintain())  # past the horizon the demotion records are dropped (an old group reset re-stores)
+    run(
+        store.maintain()
+    )  # past the horizon the demotion records are dropped (an old group reset re-stores)
     assert run(store.write([event(0)])) == 1
 
 
@@ -263,23 +345,39 @@ def test_after_a_restart_a_redelivery_of_demoted_records_still_stores_nothing(tm
     assert reopened.sizes() == {"hot": 5, "warm": 5, "cold": 30}
 
 
-def test_a_partition_whose_log_was_reset_is_retired_at_open_and_its_reused_offsets_store_as_new(tmp_path):
+def test_a_partition_whose_log_was_reset_is_retired_at_open_and_its_reused_offsets_store_as_new(
+    tmp_path,
+):
     clock = Clock()
     store = make_store(tmp_path, clock, warm_age=HOUR, demotion_batch=50)
     asyncio.run(store.write([event(i, partition=p) for p in (0, 1) for i in range(100)]))
     clock.now += 2 * HOUR
-    asyncio.run(store.maintain())  # offsets 0..99 of both partitions now cold, remembered as demoted
+    asyncio.run(
+        store.maintain()
+    )  # offsets 0..99 of both partitions now cold, remembered as demoted
     asyncio.run(store.write([event(i, partition=p) for p in (0, 1) for i in range(100, 120)]))
     store.close_now()
 
     # Partition 0's log now ends at 5 (reset, refilled a little); partition 1's at 120, past what is stored.
-    store = TieredStore(tmp_path / "warm.sqlite3", str(tmp_path / "cold"), TierPolicy(60.0, HOUR, {}), 1000, clock=clock)
-    asyncio.run(store.open({("conversations", 0): 5, ("conversations", 1): 120}, retired_suffix="@old"))
+    store = TieredStore(
+        tmp_path / "warm.sqlite3",
+        str(tmp_path / "cold"),
+        TierPolicy(60.0, HOUR, {}),
+        1000,
+        clock=clock,
+    )
+    asyncio.run(
+        store.open({("conversations", 0): 5, ("conversations", 1): 120}, retired_suffix="@old")
+    )
     assert store.retired == {("conversations", 0): (119, 5)}
     fresh = [event(i, partition=p, event_id=f"new-{p}-{i}") for p in (0, 1) for i in (3, 110)]
     inserted = asyncio.run(store.write(fresh))
-    assert inserted == 2  # partition 0: stored as new; partition 1: offsets 3 (demoted) and 110 (in warm) are redeliveries
-    topics = dict(store.warm._db.execute("SELECT topic, COUNT(*) FROM events GROUP BY topic").fetchall())
+    assert (
+        inserted == 2
+    )  # partition 0: stored as new; partition 1: offsets 3 (demoted) and 110 (in warm) are redeliveries
+    topics = dict(
+        store.warm._db.execute("SELECT topic, COUNT(*) FROM events GROUP BY topic").fetchall()
+    )
     assert topics == {"conversations@old": 20, "conversations": 22}
     store.close_now()
 
@@ -310,14 +408,22 @@ print(json.dumps({"growth_mb": written - start, "lookup_growth_mb": rss_mb() - w
 """
 
 
-def test_batches_and_lookups_of_ever_new_sizes_do_not_grow_memory_with_one_cached_statement_per_size(tmp_path):
+def test_batches_and_lookups_of_ever_new_sizes_do_not_grow_memory_with_one_cached_statement_per_size(
+    tmp_path,
+):
     # One INSERT shape per batch size filled sqlite3's 128-statement cache with ~1.2 MB statements (+236 MB
     # over these batches); power-of-two pieces keep the shapes to a dozen. The same for the IN lists of
     # utterance_texts (~0.1 MB a shape), padded to a power of two.
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", STATEMENT_CACHE_PROGRAM, str(tmp_path / "warm.sqlite3")], check=True, capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", STATEMENT_CACHE_PROGRAM, str(tmp_path / "warm.sqlite3")],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
     result = json.loads(out.stdout)
     assert result["stored"] == result["written"] and result["found_all"]
     assert result["growth_mb"] < 40 and result["lookup_growth_mb"] < 5, result

@@ -85,11 +85,23 @@ def test_default_at_event_and_unknown_kind() -> None:
     rec = TimelineRecorder(window=3)
     for c in (True, False, True, True):
         rec.add_outcome(c)
-    assert rec.series() == [(1, 1.0), (2, 0.5), (3, pytest.approx(2 / 3)), (4, pytest.approx(2 / 3))]
+    assert rec.series() == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, pytest.approx(2 / 3)),
+        (4, pytest.approx(2 / 3)),
+    ]
     assert rec.mark("swap").at_event == 4
     with pytest.raises(ValueError):
         rec.mark("explosion", 1, 0.0, "")
-    assert MARK_KINDS == {"drift_onset", "detection", "training_started", "swap", "rollback", "gate_rejected"}
+    assert {
+        "drift_onset",
+        "detection",
+        "training_started",
+        "swap",
+        "rollback",
+        "gate_rejected",
+    } == MARK_KINDS
 
 
 def test_json_round_trip_and_resume(tmp_path) -> None:
@@ -114,7 +126,9 @@ def test_render_png(tmp_path) -> None:
     rec.mark("gate_rejected", 2000, 3000.0, "")
     rec.mark("rollback", 2100, 3100.0, "")
     rec.mark("swap", 2200, 3200.0, "v2 -> v3")  # second swap: still one legend entry
-    out = render_png(rec, tmp_path / "plots" / "timeline.png", reference=0.95, figsize=(10, 4), dpi=100)
+    out = render_png(
+        rec, tmp_path / "plots" / "timeline.png", reference=0.95, figsize=(10, 4), dpi=100
+    )
 
     data = out.read_bytes()
     assert data[:8] == PNG_SIGNATURE
@@ -127,7 +141,10 @@ def test_render_png(tmp_path) -> None:
     # Rendering from the JSON dict gives the same picture.
     out2 = render_png(rec.to_json(), tmp_path / "from_json.png", reference=0.95)
     assert np.array_equal(imread(out2), img)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["from_json.png", "timeline.png"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "from_json.png",
+        "timeline.png",
+    ]
 
 
 def test_render_empty_recorder(tmp_path) -> None:

@@ -18,7 +18,14 @@ def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def job(**settings: object) -> FineTuneJob:
-    return FineTuneJob(train=pairs(300, 0), holdout=pairs(80, 1), replay_eval=([], []), incumbent_dir=None, settings=TrainSettings(**{"epochs": 5, "batch_size": 32, **settings}), gate=GateSettings(min_holdout=50))
+    return FineTuneJob(
+        train=pairs(300, 0),
+        holdout=pairs(80, 1),
+        replay_eval=([], []),
+        incumbent_dir=None,
+        settings=TrainSettings(**{"epochs": 5, "batch_size": 32, **settings}),
+        gate=GateSettings(min_holdout=50),
+    )
 
 
 def run(j: FineTuneJob, timeout_s: float = 120) -> tuple[object, list[dict]]:
@@ -33,7 +40,15 @@ def test_a_job_runs_in_a_child_and_returns_files_and_a_verdict() -> None:
     result, progress = run(job())
     assert result.verdict.passed, result.verdict.describe()
     assert result.verdict.candidate_holdout >= 0.95 and result.verdict.incumbent_holdout is None
-    assert {"model.int8.onnx", "model.int8.weights", "model.onnx", "labels.json", "model.pt", "probe.json", "featurizer.json"} <= set(result.files)
+    assert {
+        "model.int8.onnx",
+        "model.int8.weights",
+        "model.onnx",
+        "labels.json",
+        "model.pt",
+        "probe.json",
+        "featurizer.json",
+    } <= set(result.files)
     stages = [p["stage"] for p in progress]
     assert stages[0] == "training" and "epoch" in stages and stages[-1] == "verdict"
 
@@ -47,10 +62,16 @@ def test_with_an_output_dir_the_files_come_back_as_paths_and_publish_as_written(
     j = job()
     j.output_dir = str(tmp_path / "staging")
     result, _ = run(j)
-    assert result.files and all(isinstance(p, Path) and p.parent == tmp_path / "staging" and p.stat().st_size > 0 for p in result.files.values())
+    assert result.files and all(
+        isinstance(p, Path) and p.parent == tmp_path / "staging" and p.stat().st_size > 0
+        for p in result.files.values()
+    )
     registry = Registry(tmp_path / "registry")
     manifest = registry.publish(result.files, parent=None, info={})
-    assert registry.verify(manifest.version).files["model.int8.onnx"]["bytes"] == result.files["model.int8.onnx"].stat().st_size
+    assert (
+        registry.verify(manifest.version).files["model.int8.onnx"]["bytes"]
+        == result.files["model.int8.onnx"].stat().st_size
+    )
 
 
 def test_a_diverging_loss_is_reported_as_diverged() -> None:
@@ -88,9 +109,17 @@ def test_a_big_job_does_not_hold_the_event_loop_while_the_child_starts() -> None
     than a pipe's buffer, written from the event loop's thread, held the loop (and /metrics, ingest...)
     for all that time. A heartbeat every 10 ms must keep beating while the job goes over."""
     texts, intents = pairs(300, 0)
-    padding = " ".join(["filler"] * 4000)  # ~10 MB of training text in all, trimmed away by the fine-tune's hygiene
-    big = FineTuneJob(train=([t + " " + padding for t in texts] * 8, intents * 8), holdout=pairs(80, 1), replay_eval=([], []), incumbent_dir=None,
-                      settings=TrainSettings(epochs=1, batch_size=64), gate=GateSettings(min_holdout=50))
+    padding = " ".join(
+        ["filler"] * 4000
+    )  # ~10 MB of training text in all, trimmed away by the fine-tune's hygiene
+    big = FineTuneJob(
+        train=([t + " " + padding for t in texts] * 8, intents * 8),
+        holdout=pairs(80, 1),
+        replay_eval=([], []),
+        incumbent_dir=None,
+        settings=TrainSettings(epochs=1, batch_size=64),
+        gate=GateSettings(min_holdout=50),
+    )
     gaps: list[float] = []
 
     async def scenario() -> None:

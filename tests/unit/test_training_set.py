@@ -10,13 +10,22 @@ from collections import Counter
 import pytest
 
 from streams import training_set
-from streams.training_set import LabelledExample, _files_to_scan, query_recent, query_replay, query_training_set, stratified_sample
+from streams.training_set import (
+    LabelledExample,
+    _files_to_scan,
+    query_recent,
+    query_replay,
+    query_training_set,
+    stratified_sample,
+)
 from tests.unit.test_tiers import HOUR, Clock, event, label, make_store, run
 
 RANK = {"feedback": 0, "label": 1}
 
 
-def labelled_history(rng: random.Random, utterances: int, first_offset: int, t0: float) -> tuple[list, dict[str, str]]:
+def labelled_history(
+    rng: random.Random, utterances: int, first_offset: int, t0: float
+) -> tuple[list, dict[str, str]]:
     """Events of ``utterances`` utterances, most labelled once, some twice (a relabel, or a feedback tie),
     some labelled before they are stored, some never stored. Returns (events in write order, texts)."""
     events, texts, offset = [], {}, first_offset
@@ -49,9 +58,15 @@ def labelled_history(rng: random.Random, utterances: int, first_offset: int, t0:
 def oracle(events: list, texts: dict[str, str], source: str) -> list[LabelledExample]:
     best: dict[str, tuple] = {}
     for e in events:
-        if e.type in RANK and (e.ref_event_id not in best or (e.ts, RANK[e.type]) > best[e.ref_event_id][:2]):
+        if e.type in RANK and (
+            e.ref_event_id not in best or (e.ts, RANK[e.type]) > best[e.ref_event_id][:2]
+        ):
             best[e.ref_event_id] = (e.ts, RANK[e.type], e.intent)
-    examples = [LabelledExample(texts[ref], intent, ts, ref, source) for ref, (ts, _, intent) in best.items() if ref in texts]
+    examples = [
+        LabelledExample(texts[ref], intent, ts, ref, source)
+        for ref, (ts, _, intent) in best.items()
+        if ref in texts
+    ]
     return sorted(examples, key=lambda e: (e.ts, e.utterance_id))
 
 
@@ -61,9 +76,15 @@ def write_in_batches(store, events: list, size: int = 97) -> None:
 
 
 @pytest.mark.parametrize("limit", [None, 1, 57, 400])
-@pytest.mark.parametrize("arrival", ["in_time_order", "shuffled"])  # shuffled: hot may hold old labels
-def test_recent_query_returns_the_newest_examples_of_hot_and_warm_as_the_oracle_does(tmp_path, monkeypatch, limit, arrival):
-    monkeypatch.setattr(training_set, "_WARM_CHUNK", 50)  # so that the query stops early, as it does at scale
+@pytest.mark.parametrize(
+    "arrival", ["in_time_order", "shuffled"]
+)  # shuffled: hot may hold old labels
+def test_recent_query_returns_the_newest_examples_of_hot_and_warm_as_the_oracle_does(
+    tmp_path, monkeypatch, limit, arrival
+):
+    monkeypatch.setattr(
+        training_set, "_WARM_CHUNK", 50
+    )  # so that the query stops early, as it does at scale
     clock = Clock()
     store = make_store(tmp_path, clock, hot_max_events=150)  # most of it only in warm
     events, texts = labelled_history(random.Random(7), 600, 0, clock.now - 9000)
@@ -72,8 +93,12 @@ def test_recent_query_returns_the_newest_examples_of_hot_and_warm_as_the_oracle_
     write_in_batches(store, events)
     expected = oracle(events, texts, "")
     got = run(query_recent(store, 0, 2e6, limit))
-    assert [(e.text, e.intent, e.ts, e.utterance_id) for e in got] == [(e.text, e.intent, e.ts, e.utterance_id) for e in expected][-limit if limit else 0 :]
-    assert {e.source for e in got} <= {"hot", "warm"} and "from_feedback" not in {e.intent for e in got}
+    assert [(e.text, e.intent, e.ts, e.utterance_id) for e in got] == [
+        (e.text, e.intent, e.ts, e.utterance_id) for e in expected
+    ][-limit if limit else 0 :]
+    assert {e.source for e in got} <= {"hot", "warm"} and "from_feedback" not in {
+        e.intent for e in got
+    }
 
 
 def cold_store(tmp_path, utterances: int = 400, seed: int = 3):
@@ -102,7 +127,11 @@ def test_a_scan_budget_reads_whole_cold_files_chosen_by_the_seed(tmp_path):
     store, events, texts = cold_store(tmp_path)
     files = store.warm.cold_files()
     budget = sum(rows for _, rows, _ in files) // 2
-    assert _files_to_scan(files, None, 5) == _files_to_scan(files, 10**9, 5) == sorted(p for p, _, _ in files)
+    assert (
+        _files_to_scan(files, None, 5)
+        == _files_to_scan(files, 10**9, 5)
+        == sorted(p for p, _, _ in files)
+    )
     chosen = _files_to_scan(files, budget, 5)
     assert 0 < sum(rows for path, rows, _ in files if path in chosen) <= budget
     assert chosen == _files_to_scan(files, budget, 5) != _files_to_scan(files, budget, 6)
@@ -115,8 +144,15 @@ def test_a_scan_budget_reads_whole_cold_files_chosen_by_the_seed(tmp_path):
 
 def test_the_training_set_replay_never_repeats_a_recent_example(tmp_path):
     store, events, texts = cold_store(tmp_path, utterances=200)
-    relabels = [label(10_000 + i, e.utterance_id, "relabelled", ts=store.clock() + i, ref_text=e.text) for i, e in enumerate(oracle(events, texts, "cold")[:50])]
+    relabels = [
+        label(10_000 + i, e.utterance_id, "relabelled", ts=store.clock() + i, ref_text=e.text)
+        for i, e in enumerate(oracle(events, texts, "cold")[:50])
+    ]
     run(store.write(relabels))
-    training = run(query_training_set(store, store.clock() - 60, store.clock() + 3600, replay_size=10_000, seed=1))
+    training = run(
+        query_training_set(
+            store, store.clock() - 60, store.clock() + 3600, replay_size=10_000, seed=1
+        )
+    )
     assert Counter(e.intent for e in training.recent) == {"relabelled": 50}
     assert not {e.utterance_id for e in training.recent} & {e.utterance_id for e in training.replay}
