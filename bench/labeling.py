@@ -1,43 +1,48 @@
-"""Active labelling, measured: how many human labels uncertainty sampling needs against random sampling.
+"""Active labelling, measured: how many human labels
+uncertainty sampling needs against random sampling.
 
-The Banking77 half-then-all scenario, once per strategy, each on a fresh daemon (``python -m daemon run``)
-and topic on the embedded broker:
+The Banking77 half-then-all scenario, once per strategy, each on a fresh
+daemon (``python -m daemon run``) and topic on the embedded broker:
 
-  * The daemon serves a seed model trained on the train split of half the 77 intents (the fixed random half
-    of the learning-loop test) and has ``labeling.enabled`` with the strategy under test: ``margin`` (or
-    ``--strategy``) and ``random``, its baseline (a hash of the event id, through the same percentile,
-    diversity guard and budget). ``labeling.percentile`` is ``--percentile`` (default 40), so the daemon
-    requests more (about 60% of the predictions) than the annotator labels. Its automatic learning is off:
-    this bench retrains by hand, so both strategies get the same number of fine-tunes at the same label
-    counts.
-  * The stream: ``--utterances`` train-split utterances, the seed intents until ``--onset``, then all 77,
-    unlabelled, sent in rounds of ``--round`` utterances (default 500). The default, 30,000, is three passes
-    over the split (``plan_events`` starts its shuffled order over once every example was sent): real
-    traffic repeats itself, and one pass (10,003) gives the default budget of 20% only 2,000 labels, fewer
-    than random sampling needs to come within 3 points (5,000 or more). After each round a simulated
-    annotator reads the round's requests from ``labeling-requests``, works them most uncertain first (the
-    order of ``driftd labels export``) and answers the first ``--budget`` x round of them with the true
-    intent (``label`` events on the input topic, through the broker), passing over any text it has
-    labelled before: a person does not label the same utterance twice, and a second label would add
-    nothing to train on. Then ``POST /admin/v1/retrain``: the real fine-tune, gate and hot swap, with
-    ``learning.holdout_fraction`` ``--holdout``, ``learning.holdout_span`` ``--holdout-span`` (default 4:
-    1 in 4 of the newest labels kept out, not the newest block; see models/withhold.py) and
-    ``learning.gate_margin`` ``--gate-margin`` (default -0.02, the non-inferiority margin follow-ups use:
-    retraining after every round of a hundred labels, a required gain on a holdout of 50-300 turns noise
-    into rejections for both strategies). The served model is scored on the Banking77 test split through
-    ``POST /v1/predict``.
-  * The bound: the default model trained offline on the seed data plus every distinct streamed text with
-    its true intent. "Labels needed" = human labels given when test accuracy first came within 3 points of it;
-    the table also shows how many of them came after the onset (those before it are the same for both).
-    A strategy's stream stops at that point (``--full-curves``: it goes on to the end): the figure needed is
-    known, and the rest would only add minutes.
+  * The daemon serves a seed model trained on the train
+    split of half the 77 intents (the fixed random half
+    of the learning-loop test) and has ``labeling.enabled`` with the strategy under test:
+    ``margin`` (or ``--strategy``) and ``random``, its baseline (a hash of the event id,
+    through the same percentile, diversity guard and budget). ``labeling.percentile`` is
+    ``--percentile`` (default 40), so the daemon requests more (about 60% of the predictions)
+    than the annotator labels. Its automatic learning is off: this bench retrains by hand, so
+    both strategies get the same number of fine-tunes at the same label counts.
+  * The stream: ``--utterances`` train-split utterances,
+    the seed intents until ``--onset``, then all 77,
+    unlabelled, sent in rounds of ``--round`` utterances (default 500). The default, 30,000,
+    is three passes over the split (``plan_events`` starts its shuffled order over once every
+    example was sent): real traffic repeats itself, and one pass (10,003) gives the default
+    budget of 20% only 2,000 labels, fewer than random sampling needs to come within 3 points
+    (5,000 or more). After each round a simulated annotator reads the round's requests from
+    ``labeling-requests``, works them most uncertain first (the order of ``driftd labels
+    export``) and answers the first ``--budget`` x round of them with the true intent
+    (``label`` events on the input topic, through the broker), passing over any text it has
+    labelled before: a person does not label the same utterance twice, and a second label
+    would add nothing to train on. Then ``POST /admin/v1/retrain``: the real fine-tune, gate
+    and hot swap, with ``learning.holdout_fraction`` ``--holdout``, ``learning.holdout_span``
+    ``--holdout-span`` (default 4: 1 in 4 of the newest labels kept out, not the newest block;
+    see models/withhold.py) and ``learning.gate_margin`` ``--gate-margin`` (default -0.02, the
+    non-inferiority margin follow-ups use: retraining after every round of a hundred labels, a
+    required gain on a holdout of 50-300 turns noise into rejections for both strategies). The
+    served model is scored on the Banking77 test split through ``POST /v1/predict``.
+  * The bound: the default model trained offline on
+    the seed data plus every distinct streamed text with
+    its true intent. "Labels needed" = human labels given when test accuracy first came within
+    3 points of it; the table also shows how many of them came after the onset (those before
+    it are the same for both). A strategy's stream stops at that point (``--full-curves``: it
+    goes on to the end): the figure needed is known, and the rest would only add minutes.
 
-Prints a table (labels needed, the ratio uncertainty / random, the goal <= 0.6), the labels each strategy
-needed to reach the accuracy random sampling ended at, and the curve of each strategy, and draws them into
-a PNG (``--png``). A budget above the share requested (1 - percentile / 100) binds nowhere. The lower
-the budget share, the more the annotator can pick from: at 40% of 250-utterance rounds margin needed
-0.68x the labels of random sampling, at the default 20% of 500 less than 0.48x. About 25 minutes on
-2 cores with the defaults, most of it random sampling streaming to the end.
+Prints a table (labels needed, the ratio uncertainty / random, the goal <= 0.6), the labels each
+strategy needed to reach the accuracy random sampling ended at, and the curve of each strategy, and
+draws them into a PNG (``--png``). A budget above the share requested (1 - percentile / 100) binds
+nowhere. The lower the budget share, the more the annotator can pick from: at 40% of 250-utterance
+rounds margin needed 0.68x the labels of random sampling, at the default 20% of 500 less than 0.48x.
+About 25 minutes on 2 cores with the defaults, most of it random sampling streaming to the end.
 """
 
 from __future__ import annotations
@@ -118,19 +123,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--gate-margin",
         type=float,
         default=-0.02,
-        help="learning.gate_margin of the daemon (default -0.02: a candidate may trail by 2 points on the holdout, as follow-ups may)",
+        help="learning.gate_margin of the daemon (default -0.02: a candidate may trail "
+        "by 2 points on the holdout, as follow-ups may)",
     )
     parser.add_argument(
         "--holdout-span",
         type=positive_int,
         default=4,
-        help="learning.holdout_span of the daemon (default 4: fresh labels mostly trained on at once)",
+        help="learning.holdout_span of the daemon (default 4: fresh labels mostly "
+        "trained on at once)",
     )
     parser.add_argument(
         "--batch-size",
         type=positive_int,
         default=64,
-        help="learning.batch_size of the daemon (default 64: a few thousand labels still get hundreds of steps)",
+        help="learning.batch_size of the daemon (default 64: a few thousand labels "
+        "still get hundreds of steps)",
     )
     parser.add_argument(
         "--full-curves",
@@ -153,11 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--percentile must be in [0, 100), got {args.percentile}")
     exit_on_sigterm()
     print(
-        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}"
+        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
+        f"{cpu_model()}, Python {platform.python_version()}"
     )
     print(
-        f"settings: {args.utterances} utterances in rounds of {args.round}, onset at {args.onset}, budget {args.budget:g}, labeling.percentile {args.percentile:g}, "
-        f"learning.holdout_fraction {args.holdout:g}, holdout_span {args.holdout_span}, gate_margin {args.gate_margin:g}, batch_size {args.batch_size}"
+        f"settings: {args.utterances} utterances in rounds of {args.round}, onset "
+        f"at {args.onset}, budget {args.budget:g}, labeling.percentile "
+        f"{args.percentile:g}, "
+        f"learning.holdout_fraction {args.holdout:g}, holdout_span "
+        f"{args.holdout_span}, gate_margin {args.gate_margin:g}, batch_size "
+        f"{args.batch_size}"
     )
 
     from daemon.broker import EmbeddedBroker, free_port
@@ -198,9 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [e.intent for e in seed_examples],
         settings=TrainSettings(batch_size=256),
     )
-    seen = {
-        u["text"]: truth[u["event_id"]] for u in utterances
-    }  # a later pass repeats texts: each counts once
+    # a later pass repeats texts: each counts once
+    seen = {u["text"]: truth[u["event_id"]] for u in utterances}
     offline = train_classifier(
         [e.text for e in seed_examples] + list(seen),
         [e.intent for e in seed_examples] + list(seen.values()),
@@ -213,11 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         [e.text for e in test],
         [e.intent for e in test],
     )
-    target = (
-        bound - WITHIN
-    )  # where a strategy stops streaming and the table counts its labels: one level for both
+    # where a strategy stops streaming and the table counts its labels: one level for both
+    target = bound - WITHIN
     print(
-        f"offline bound (seed data + the {len(seen)} distinct texts of the {len(utterances)} streamed utterances, labelled): {bound:.4f}; "
+        f"offline bound (seed data + the {len(seen)} distinct texts of the "
+        f"{len(utterances)} streamed utterances, labelled): {bound:.4f}; "
         f"target {target:.4f}  ({time.perf_counter() - started:.0f}s)"
     )
 
@@ -253,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for strategy, curve in curves.items():
         reached = next((point for point in curve if point["accuracy"] >= target), None)
         needed[strategy] = None if reached is None else reached["labels"]
-        # Labels given before the drift are the same for both strategies whatever they pick: shown apart.
+        # Labels given before the drift are the same for
+        # both strategies whatever they pick: shown apart.
         before_onset = max((p["labels"] for p in curve if p["utterances"] <= args.onset), default=0)
         rows.append(
             {
@@ -275,19 +288,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if uncertain is not None and baseline is not None:
         ratio = uncertain / baseline
         print(
-            f"\nratio {args.strategy} / random: {ratio:.2f} (goal <= {GOAL_RATIO}): {'PASS' if ratio <= GOAL_RATIO else 'FAIL'}"
+            f"\nratio {args.strategy} / random: {ratio:.2f} (goal <= {GOAL_RATIO}): "
+            f"{'PASS' if ratio <= GOAL_RATIO else 'FAIL'}"
         )
     elif uncertain is not None:
         ratio = uncertain / curves["random"][-1]["labels"]
         print(
-            f"\nrandom never came within {WITHIN * 100:.0f} points with {curves['random'][-1]['labels']} labels: ratio < {ratio:.2f} (goal <= {GOAL_RATIO}): {'PASS' if ratio <= GOAL_RATIO else 'UNDECIDED'}"
+            f"\nrandom never came within {WITHIN * 100:.0f} points with "
+            f"{curves['random'][-1]['labels']} labels: ratio < {ratio:.2f} (goal <= "
+            f"{GOAL_RATIO}): {'PASS' if ratio <= GOAL_RATIO else 'UNDECIDED'}"
         )
     else:
         print(
-            f"\n{args.strategy} never came within {WITHIN * 100:.0f} points: no ratio (goal <= {GOAL_RATIO}): FAIL"
+            f"\n{args.strategy} never came within {WITHIN * 100:.0f} points: no "
+            f"ratio (goal <= {GOAL_RATIO}): FAIL"
         )
-    # Where neither reaches the bound's neighbourhood, the same question at a level both reach: the labels each
-    # needed for the accuracy random sampling ended at.
+    # Where neither reaches the bound's neighbourhood, the same question at a level
+    # both reach: the labels each needed for the accuracy random sampling ended at.
     level = curves["random"][-1]["accuracy"]
     at_level = {
         s: next((p["labels"] for p in curve if p["accuracy"] >= level), None)
@@ -295,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if at_level[args.strategy] is not None and at_level["random"]:
         print(
-            f"labels to reach random's final accuracy {level:.4f}: {args.strategy} {at_level[args.strategy]}, random {at_level['random']} "
+            f"labels to reach random's final accuracy {level:.4f}: {args.strategy} "
+            f"{at_level[args.strategy]}, random {at_level['random']} "
             f"(ratio {at_level[args.strategy] / at_level['random']:.2f})"
         )
     print("\ncurves (labels given: test accuracy of the served version):")
@@ -334,9 +352,8 @@ def run_strategy(
             "DRIFTD_LABELING__STRATEGY": strategy,
             "DRIFTD_LABELING__MIN_SCORE": "0",
             "DRIFTD_LABELING__PERCENTILE": str(args.percentile),
-            "DRIFTD_LABELING__BUDGET_PER_HOUR": str(
-                10**9
-            ),  # the annotator's budget is the one that binds
+            # the annotator's budget is the one that binds
+            "DRIFTD_LABELING__BUDGET_PER_HOUR": str(10**9),
             "DRIFTD_LEARNING__ENABLED": "false",
             "DRIFTD_LEARNING__FOLLOWUP_LABELS": "0",
             "DRIFTD_LEARNING__MIN_LABELLED": "50",
@@ -360,7 +377,9 @@ def run_strategy(
             )
             stored += len(chunk)
             daemon.wait_until(
-                lambda: daemon.metric("driftd_labeling_offers_total") >= start + len(chunk),
+                lambda start=start, chunk=chunk: (
+                    daemon.metric("driftd_labeling_offers_total") >= start + len(chunk)
+                ),
                 120,
                 "every prediction offered for labelling",
             )
@@ -405,7 +424,9 @@ def run_strategy(
             }
             curve.append(point)
             print(
-                f"  {strategy}: {point['utterances']} utterances, {labels_given} labels ({len(fresh)} requests this round), fine-tune {result}, test accuracy {point['accuracy']:.4f}",
+                f"  {strategy}: {point['utterances']} utterances, {labels_given} "
+                f"labels ({len(fresh)} requests this round), fine-tune {result}, "
+                f"test accuracy {point['accuracy']:.4f}",
                 flush=True,
             )
             if point["accuracy"] >= target and not args.full_curves:
@@ -446,7 +467,7 @@ def served_accuracy(daemon: Any, test: list[Any]) -> float:
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             predictions = json.load(response)["predictions"]
-        right += sum(p["intent"] == e.intent for p, e in zip(predictions, batch))
+        right += sum(p["intent"] == e.intent for p, e in zip(predictions, batch, strict=False))
     return right / len(test)
 
 
@@ -478,7 +499,8 @@ def draw(
     ax.set_xlabel("human labels given")
     ax.set_ylabel("Banking77 test accuracy of the served model")
     ax.set_title(
-        f"Banking77, half then all intents: labelling {args.budget:.0%} of each {args.round}-utterance round"
+        f"Banking77, half then all intents: labelling {args.budget:.0%} of each "
+        f"{args.round}-utterance round"
     )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -1,55 +1,66 @@
-"""The learning loop, measured: how fast decay is detected on real intent data, and how rarely it cries wolf.
+"""The learning loop, measured: how fast decay is detected
+on real intent data, and how rarely it cries wolf.
 
 Sections (``--sections``, comma separated; each prints its own table):
 
   detection  Trains the default classifier (``train_classifier``, ``--epochs``) on
              (1) CLINC150: the train split of the daemon's 5 ``bootstrap_groups`` domains;
              (2) BANKING77: the train split of half its classes (a fixed random half).
-             Every utterance is predicted once; the streams are then orders of those predictions, every
-             event labelled:
-               drift   CLINC150: 3,000 test+val utterances of the 5 trained domains, then test+val utterances
-                       of all 10 domains (half of them intents the model never saw). BANKING77: the test
-                       utterances of the trained classes, then those of all 77.
-               stable  --stable-events events drawn from the trained classes' test(+val) utterances only
-                       (the pool is smaller than the stream, so it is re-shuffled and reused: no drift).
-             Each event goes through a ``DecayMonitor`` (``observe_prediction`` then ``observe_outcome``)
-             with the ``MonitorConfig`` defaults, every signal listed, mode "any" and no cooldown, so every
-             fire of every signal becomes a decision and is counted. Per signal, that is the same as a
-             policy listing that signal alone (decisions clear all latches; the detectors are independent).
-             delay = labelled events from the onset to the first decision naming the signal (max over
-             seeds; "miss" when none before the stream ends); false alarms = decisions before the onset
-             plus decisions on the stable stream, summed over seeds; no-drift peak = how close a signal came
-             to firing on drift-free traffic (max over seeds; 0 at its reference, 1 on its firing line; ADWIN
-             has no such scale). A peak well below 1 is the false-alarm margin.
-             Goals: delay <= 300 labelled events after an abrupt drift, 0 false alarms; PASS/FAIL per row.
-             The default policy is the "ewma" row.
+             Every utterance is predicted once; the streams are then
+             orders of those predictions, every event labelled:
+               drift   CLINC150: 3,000 test+val utterances of
+               the 5 trained domains, then test+val utterances
+                       of all 10 domains (half of them intents the model never saw). BANKING77:
+                       the test utterances of the trained classes, then those of all 77.
+               stable  --stable-events events drawn from the
+               trained classes' test(+val) utterances only
+                       (the pool is smaller than the stream, so
+                       it is re-shuffled and reused: no drift).
+             Each event goes through a ``DecayMonitor`` (``observe_prediction`` then
+             ``observe_outcome``) with the ``MonitorConfig`` defaults, every signal listed,
+             mode "any" and no cooldown, so every fire of every signal becomes a decision and
+             is counted. Per signal, that is the same as a policy listing that signal alone
+             (decisions clear all latches; the detectors are independent). delay = labelled
+             events from the onset to the first decision naming the signal (max over seeds;
+             "miss" when none before the stream ends); false alarms = decisions before the
+             onset plus decisions on the stable stream, summed over seeds; no-drift peak =
+             how close a signal came to firing on drift-free traffic (max over seeds; 0 at
+             its reference, 1 on its firing line; ADWIN has no such scale). A peak well below
+             1 is the false-alarm margin. Goals: delay <= 300 labelled events after an abrupt
+             drift, 0 false alarms; PASS/FAIL per row. The default policy is the "ewma" row.
 
-  recovery   The real thing: embedded broker + ``python -m daemon run`` serving a seed model (the 5 domains' train
-             split, from scratch), then a stream of CLINC150 train and validation utterances (18,000, each once) at
-             --recovery-rate events/s, every utterance labelled 20 utterances later: the 5 domains until
-             --recovery-onset, all 10 after. At the defaults the stream runs 64 s past the onset, longer than the
-             goal, so a recovery inside the goal is always seen (a shorter stream is flagged: a run that had not
-             recovered when it ended would read as a failure it may not be). This process reads the
-             ``predictions`` topic as it goes and tracks the accuracy of the last 500 predicted utterances.
-             Reported: labelled post-onset events sent before the daemon's decision; seconds from the onset to
-             the first swap; events and seconds from the onset until that window (entirely post-onset, some of
-             it answered by a fine-tuned version) reaches the target = the test-split accuracy of an offline model
-             trained from scratch on everything the stream labels (plus the seed data), minus 3 points.
-             Old-domain utterances are in the seed model's training data, so the window flatters every version
-             alike; the target comes from the held-out test split. Goal: recovered within 60 s.
-             ``--architecture encoder``: the seed model, the daemon (models.architecture) and the offline reference
-             are the pretrained encoder (``--encoder``, MiniLM by default) with its CPU default, a head trained on
-             the frozen encoder's cached sentence embeddings. It streams at 150 events/s
-             (the encoder's fine-tunes on CPU take a minute or more); the 60 s goal is the default model's.
-             Throughout, a client asks /v1/predict for one test text every 20 ms: none may fail, and the
-             versions that answered are listed.
+  recovery   The real thing: embedded broker + ``python -m
+  daemon run`` serving a seed model (the 5 domains' train
+             split, from scratch), then a stream of CLINC150 train
+             and validation utterances (18,000, each once) at
+             --recovery-rate events/s, every utterance
+             labelled 20 utterances later: the 5 domains until
+             --recovery-onset, all 10 after. At the defaults the stream runs 64 s past the onset,
+             longer than the goal, so a recovery inside the goal is always seen (a shorter stream
+             is flagged: a run that had not recovered when it ended would read as a failure it
+             may not be). This process reads the ``predictions`` topic as it goes and tracks the
+             accuracy of the last 500 predicted utterances. Reported: labelled post-onset events
+             sent before the daemon's decision; seconds from the onset to the first swap; events
+             and seconds from the onset until that window (entirely post-onset, some of it
+             answered by a fine-tuned version) reaches the target = the test-split accuracy of an
+             offline model trained from scratch on everything the stream labels (plus the seed
+             data), minus 3 points. Old-domain utterances are in the seed model's training data,
+             so the window flatters every version alike; the target comes from the held-out test
+             split. Goal: recovered within 60 s. ``--architecture encoder``: the seed model, the
+             daemon (models.architecture) and the offline reference are the pretrained encoder
+             (``--encoder``, MiniLM by default) with its CPU default, a head trained on the
+             frozen encoder's cached sentence embeddings. It streams at 150 events/s (the
+             encoder's fine-tunes on CPU take a minute or more); the 60 s goal is the default
+             model's. Throughout, a client asks /v1/predict for one test text every 20 ms: none
+             may fail, and the versions that answered are listed.
 
-    .venv/bin/python bench/loop.py [--sections detection,recovery] [--seeds N] [--epochs E] [--stable-events N]
+    .venv/bin/python bench/loop.py [--sections detection,recovery]
+    [--seeds N] [--epochs E] [--stable-events N]
                                    [--architecture bag_of_ngrams|encoder] [--encoder minilm|PATH]
 
-Fewer training epochs than the architecture's default keep the run short; a less accurate model makes
-the stable stream noisier, so the false-alarm figures are, if anything, pessimistic. The exit code is 0
-whether goals pass or fail (non-zero only when the benchmark itself fails).
+Fewer training epochs than the architecture's default keep the run short; a less accurate model
+makes the stable stream noisier, so the false-alarm figures are, if anything, pessimistic. The
+exit code is 0 whether goals pass or fail (non-zero only when the benchmark itself fails).
 """
 
 from __future__ import annotations
@@ -73,32 +84,30 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, exit_on_sigterm, positive_int  # noqa: E402 - after the path set-up above
-from streams.monitor import SIGNALS, DecayMonitor, MonitorConfig, Outcome  # noqa: E402
+from bench.common import cpu_model, exit_on_sigterm, positive_int
+from streams.monitor import SIGNALS, DecayMonitor, MonitorConfig, Outcome
 
 GOAL_DELAY = 300  # labelled events from an abrupt drift's onset to the first decision
 GOAL_FALSE_ALARMS = 0
 RECOVERY_GOAL_S = 60.0  # wall seconds from the onset to recovered accuracy, on CPU, default model
-# Events/s of the recovery stream. The encoder predicts an utterance in about 4 ms on a core, and a CPU fine-tune
-# embeds its new labels on one thread and exports a 90 MB ONNX graph (a minute or more): at 500 events/s the stream
-# is over before its first fine-tune is, and nothing after the swap is predicted.
+# Events/s of the recovery stream. The encoder predicts an utterance in about
+# 4 ms on a core, and a CPU fine-tune embeds its new labels on one thread and
+# exports a 90 MB ONNX graph (a minute or more): at 500 events/s the stream is
+# over before its first fine-tune is, and nothing after the swap is predicted.
 RECOVERY_RATE = {"bag_of_ngrams": 500.0, "encoder": 150.0}
-CLINC_BOOTSTRAP = (
-    "banking",
-    "credit_cards",
-    "kitchen_and_dining",
-    "home",
-    "auto_and_commute",
-)  # config.toml models.bootstrap_groups
+# config.toml models.bootstrap_groups
+CLINC_BOOTSTRAP = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")
 CLINC_PRE_EVENTS = 3000
 
 
-# -- data and model ---------------------------------------------------------------------------------
+# -- data and model
+# ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Scenario:
-    """One trained model and its predictions on the pre-drift (trained classes) and post-drift pools."""
+    """One trained model and its predictions on the
+    pre-drift (trained classes) and post-drift pools."""
 
     name: str
     labels: list[str]
@@ -149,9 +158,8 @@ def clinc_scenario(epochs: int) -> Scenario:
 
     domains = groups("clinc150")
     trained = {i for d in CLINC_BOOTSTRAP for i in domains[d]}
-    everything = {
-        i for intents in domains.values() for i in intents
-    }  # the 10 domains: 5 trained + travel, utility, work, small_talk, meta
+    # the 10 domains: 5 trained + travel, utility, work, small_talk, meta
+    everything = {i for intents in domains.values() for i in intents}
     train = [e for e in load_examples("clinc150", "train") if e.intent in trained]
     held_out = load_examples("clinc150", "test") + load_examples("clinc150", "val")
     started = time.perf_counter()
@@ -190,7 +198,8 @@ def banking_scenario(epochs: int) -> Scenario:
     )
 
 
-# -- streams and the monitor --------------------------------------------------------------------------
+# -- streams and the monitor
+# --------------------------------------------------------------------------
 
 
 def _draw(pool: Sequence[Outcome], n: int, rng: random.Random) -> list[Outcome]:
@@ -204,7 +213,8 @@ def _draw(pool: Sequence[Outcome], n: int, rng: random.Random) -> list[Outcome]:
 
 
 def _closeness(monitor: DecayMonitor) -> dict[str, float]:
-    """How far each signal has gone towards its firing line: 0 at its reference, 1 on the line (nan: no such scale)."""
+    """How far each signal has gone towards its firing line: 0
+    at its reference, 1 on the line (nan: no such scale)."""
     c = monitor.config
     ewma = monitor.detectors["ewma"].evidence()
     ph = monitor.detectors["page_hinkley"].evidence()
@@ -226,8 +236,8 @@ def _closeness(monitor: DecayMonitor) -> dict[str, float]:
 def _fires(
     events: Sequence[Outcome], config: MonitorConfig, until: int | None = None
 ) -> tuple[dict[str, list[int]], dict[str, float]]:
-    """Signal -> indices of the events whose decision named it; and each signal's peak closeness to its
-    firing line over the first ``until`` events (the drift-free part)."""
+    """Signal -> indices of the events whose decision named it; and each signal's peak
+    closeness to its firing line over the first ``until`` events (the drift-free part)."""
     tick = iter(range(1 << 62))
     monitor = DecayMonitor(config, clock=lambda: float(next(tick)))
     fires: dict[str, list[int]] = {s: [] for s in config.signals}
@@ -254,12 +264,11 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     import torch
 
-    logging.getLogger("driftd.monitor").setLevel(
-        logging.ERROR
-    )  # every decision would log a warning
-    torch.set_num_threads(
-        1
-    )  # the embedding update is memory-bound: a second thread only contends (4x slower measured on 2 busy cores)
+    # every decision would log a warning
+    logging.getLogger("driftd.monitor").setLevel(logging.ERROR)
+    # the embedding update is memory-bound: a second thread
+    # only contends (4x slower measured on 2 busy cores)
+    torch.set_num_threads(1)
     config = replace(MonitorConfig(), signals=SIGNALS, mode="any", cooldown_s=0.0)
     rows: list[dict[str, Any]] = []
     for build in (clinc_scenario, banking_scenario):
@@ -267,9 +276,12 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
         pre_acc = float(np.mean([o.correct for o in scenario.pre]))
         post_acc = float(np.mean([o.correct for o in scenario.post]))
         print(
-            f"{scenario.name}: trained {len(scenario.labels)} intents in {scenario.train_seconds:.1f}s; "
+            f"{scenario.name}: trained {len(scenario.labels)} intents in "
+            f"{scenario.train_seconds:.1f}s; "
             f"accuracy {pre_acc:.3f} before the drift, {post_acc:.3f} after; "
-            f"mean confidence {np.mean([o.confidence for o in scenario.pre]):.3f} -> {np.mean([o.confidence for o in scenario.post]):.3f}; "
+            "mean confidence "
+            f"{np.mean([o.confidence for o in scenario.pre]):.3f} -> "
+            f"{np.mean([o.confidence for o in scenario.post]):.3f}; "
             f"onset after {scenario.pre_events} events"
         )
         delays: dict[str, list[int | None]] = {s: [] for s in SIGNALS}
@@ -307,7 +319,9 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "max delay": max(found) if found else "-",
                     "mean delay": f"{np.mean(found):.0f}" if found else "-",
                     "missed": f"{missed}/{args.seeds}",
-                    "false alarms (pre-onset + stable)": f"{false_alarms} ({early[signal]} + {stable[signal]})",
+                    "false alarms (pre-onset + stable)": (
+                        f"{false_alarms} ({early[signal]} + {stable[signal]})"
+                    ),
                     "no-drift peak": f"{peak[signal]:.2f}" if math.isfinite(peak[signal]) else "-",
                     "result": ("PASS" if ok else "FAIL")
                     if applicable
@@ -321,7 +335,8 @@ def detection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Onset -> detection -> fine-tune -> gate -> swap -> recovered accuracy, on a real daemon and broker."""
+    """Onset -> detection -> fine-tune -> gate -> swap ->
+    recovered accuracy, on a real daemon and broker."""
     import asyncio
     import shutil
     import tempfile
@@ -343,13 +358,13 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     all_intents = {i for ints in domains.values() for i in ints}
     train = [e for e in load_examples("clinc150", "train") if e.intent in all_intents]
     seed_examples = [e for e in train if e.intent in seed_intents]
-    streamed = train + [
-        e for e in load_examples("clinc150", "val") if e.intent in all_intents
-    ]  # the seed never saw the validation split
+    # the seed never saw the validation split
+    streamed = train + [e for e in load_examples("clinc150", "val") if e.intent in all_intents]
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-loop-"))
     rows: list[dict[str, Any]] = []
-    # The architecture of the seed model, of the daemon's models trained from scratch and of the offline reference;
-    # the encoder's frozen embeddings are cached once for the seed and the reference (the daemon keeps its own).
+    # The architecture of the seed model, of the daemon's models trained from
+    # scratch and of the offline reference; the encoder's frozen embeddings are
+    # cached once for the seed and the reference (the daemon keeps its own).
     model_kwargs: dict[str, Any] = {
         "architecture": args.architecture,
         "config": new_model_config(args.architecture, EncoderSource(args.encoder)),
@@ -421,9 +436,12 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
             post_onset_s = (len(events) - onset_position) / args.recovery_rate
             if post_onset_s < RECOVERY_GOAL_S:
                 print(
-                    f"note: the stream ends {post_onset_s:.0f} s after the onset, before the {RECOVERY_GOAL_S:.0f} s goal: a recovery later than that cannot be seen"
+                    f"note: the stream ends {post_onset_s:.0f} s after the onset, "
+                    f"before the {RECOVERY_GOAL_S:.0f} s goal: a recovery later "
+                    "than that cannot be seen"
                 )
-            # The offline reference: from scratch on everything the daemon will have seen, judged on the test split.
+            # The offline reference: from scratch on everything
+            # the daemon will have seen, judged on the test split.
             seen_text = {e["event_id"]: e["text"] for e in events if e["type"] == "utterance"}
             offline = train_classifier(
                 [e.text for e in seed_examples]
@@ -470,7 +488,8 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             rows.append(
                 {
-                    "stream": f"CLINC150 5 -> 10 domains, {total} utterances at {args.recovery_rate:.0f} events/s, {args.architecture}",
+                    "stream": f"CLINC150 5 -> 10 domains, {total} utterances at "
+                    f"{args.recovery_rate:.0f} events/s, {args.architecture}",
                     "detected after (labelled events)": result["detect_labels"],
                     "first swap after (s)": _fmt(result["first_swap_s"]),
                     "recovered after (utterances)": result["recover_events"],
@@ -478,7 +497,10 @@ def recovery_section(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "target (offline - 3 pts)": f"{target:.3f}",
                     "final window accuracy": _fmt(result["final_window"]),
                     "fine-tunes": ", ".join(f"{k} {v}" for k, v in runs.items() if v),
-                    "/v1/predict requests": f"{result['requests']} ({len(result['failures'])} failed; versions {' '.join(result['versions'])})",
+                    "/v1/predict requests": (
+                        f"{result['requests']} ({len(result['failures'])} failed; "
+                        f"versions {' '.join(result['versions'])})"
+                    ),
                     "goal <= 60 s": (
                         "PASS"
                         if result["recover_s"] is not None
@@ -517,9 +539,10 @@ async def _drive_recovery(
     produce: Any,
     hammer: Callable[[asyncio.Event], Any],
 ) -> dict[str, Any]:
-    """Produce at ``rate`` while reading ``predictions``: windowed accuracy (last 500 utterances in stream order)
-    over time, the onset's wall time, the decision and the swaps from /metrics. ``hammer(done)`` is a client's
-    /v1/predict requests from start to end: (requests, failures, versions that answered)."""
+    """Produce at ``rate`` while reading ``predictions``: windowed accuracy (last 500
+    utterances in stream order) over time, the onset's wall time, the decision and
+    the swaps from /metrics. ``hammer(done)`` is a client's /v1/predict requests
+    from start to end: (requests, failures, versions that answered)."""
     import json
 
     loop = asyncio.get_running_loop()
@@ -533,9 +556,8 @@ async def _drive_recovery(
         )
     )
     started = time.monotonic()
-    onset_at = (
-        started + onset_position / rate
-    )  # the producer keeps to ``rate``: the onset utterance goes out this late
+    # the producer keeps to ``rate``: the onset utterance goes out this late
+    onset_at = started + onset_position / rate
     consumer = consumer_cls(
         f"{topic}.predictions",
         bootstrap_servers=bootstrap,
@@ -597,7 +619,8 @@ async def _drive_recovery(
         requests, failures, versions = await hammering
         await consumer.stop()
     done = sorted(correct)
-    # Labelled events about post-onset utterances sent before the decision (the producer keeps to ``rate``).
+    # Labelled events about post-onset utterances sent
+    # before the decision (the producer keeps to ``rate``).
     sent = None if detect_at is None else int((detect_at - started) * rate)
     detect_labels = (
         None
@@ -618,7 +641,8 @@ async def _drive_recovery(
     }
 
 
-# -- driver -----------------------------------------------------------------------------------------
+# -- driver
+# -----------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[dict[str, Any]]]] = {
     "detection": detection_section,
@@ -671,7 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--recovery-utterances",
         type=positive_int,
         default=18000,
-        help="utterances of the recovery stream (default 18000: every in-scope train and validation utterance once)",
+        help="utterances of the recovery stream (default 18000: every in-scope train "
+        "and validation utterance once)",
     )
     parser.add_argument(
         "--recovery-onset",
@@ -683,7 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--recovery-rate",
         type=float,
         default=None,
-        help=f"events/s of the recovery stream, utterances and labels (default {RECOVERY_RATE['bag_of_ngrams']:.0f}: 64 s past the onset; {RECOVERY_RATE['encoder']:.0f} with --architecture encoder)",
+        help="events/s of the recovery stream, utterances and labels (default "
+        f"{RECOVERY_RATE['bag_of_ngrams']:.0f}: 64 s past the onset; "
+        f"{RECOVERY_RATE['encoder']:.0f} with --architecture encoder)",
     )
     parser.add_argument(
         "--architecture",
@@ -709,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     exit_on_sigterm()
     print(
-        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, Python {platform.python_version()}"
+        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
+        f"{cpu_model()}, Python {platform.python_version()}"
     )
     for name in sections:
         started = time.perf_counter()
@@ -719,13 +747,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(rows)
         if name == "recovery":
             print(
-                "\ngoal: recovery within 60 s of wall time on CPU, default model; recovered = the windowed accuracy of the last 500 predicted\n"
-                "utterances (all after the onset, some answered by a fine-tuned version) reaches an offline model's test accuracy - 3 points;\n"
-                "a client asks /v1/predict for one test text every 20 ms throughout: none may fail"
+                "\ngoal: recovery within 60 s of wall time on CPU, default model; "
+                "recovered = the windowed accuracy of the last 500 predicted\n"
+                "utterances (all after the onset, some answered by a "
+                "fine-tuned version) reaches an offline model's test "
+                "accuracy - 3 points;\n"
+                "a client asks /v1/predict for one test text every 20 ms "
+                "throughout: none may fail"
             )
         if name == "detection":
             print(
-                f"\ngoals: detection within {GOAL_DELAY} labelled events of an abrupt drift (max over {args.seeds} seeds); {GOAL_FALSE_ALARMS} false alarms"
+                f"\ngoals: detection within {GOAL_DELAY} labelled events of an "
+                f"abrupt drift (max over {args.seeds} seeds); {GOAL_FALSE_ALARMS} "
+                "false alarms"
             )
         print(f"({name}: {time.perf_counter() - started:.1f}s)")
     return 0

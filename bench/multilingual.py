@@ -1,24 +1,31 @@
-"""Accuracy in four languages' scripts: the default model against a TF-IDF + linear SVM baseline, side by side.
+"""Accuracy in four languages' scripts: the default model
+against a TF-IDF + linear SVM baseline, side by side.
 
-For each dataset, in one run on the same machine, both are fitted on its train split and scored on its test split:
+For each dataset, in one run on the same machine, both are
+fitted on its train split and scored on its test split:
 
-  driftd   the default architecture as the daemon trains it from scratch (``train_classifier`` with its default
-           settings, featuriser and config; early stopping on the validation split where the dataset has one:
-           CLINC150 val, massive_ru and crosswoz_intents dev; Banking77 has none and runs every epoch)
-  svm      scikit-learn: sublinear TF-IDF of character 1-4-grams and of word 1-2-grams (two vectorisers, their
+  driftd   the default architecture as the daemon trains
+  it from scratch (``train_classifier`` with its default
+           settings, featuriser and config; early stopping on the validation
+           split where the dataset has one: CLINC150 val, massive_ru and
+           crosswoz_intents dev; Banking77 has none and runs every epoch)
+  svm      scikit-learn: sublinear TF-IDF of character
+  1-4-grams and of word 1-2-grams (two vectorisers, their
            features side by side), then ``LinearSVC(C=0.5)``; fitted on the train split only
 
-Datasets (shipped in data/, credited in the output's header): CLINC150 (in-scope test, 150 intents), Banking77
-(77), MASSIVE 1.1 ru-RU (Russian, 60) and CrossWOZ user-turn intents (Chinese, 29). The goal: driftd's accuracy at
-least the baseline's on each (PASS/FAIL per dataset). ``train s`` is the wall time of each fit (featurisation
+Datasets (shipped in data/, credited in the output's header): CLINC150 (in-scope test,
+150 intents), Banking77 (77), MASSIVE 1.1 ru-RU (Russian, 60) and CrossWOZ user-turn
+intents (Chinese, 29). The goal: driftd's accuracy at least the baseline's on each
+(PASS/FAIL per dataset). ``train s`` is the wall time of each fit (featurisation
 included), on the torch threads as they are (reported) and one thread for the SVM.
 
-    .venv/bin/python bench/multilingual.py [--datasets clinc150,banking77,massive_ru,crosswoz_intents] [--seed S]
+    .venv/bin/python bench/multilingual.py [--datasets
+    clinc150,banking77,massive_ru,crosswoz_intents] [--seed S]
                                            [--quick]
 
-``--quick``: at most 2,000 training examples per dataset and 2 epochs (a smoke run; the goal does not apply).
-The exit code is 0 either way (non-zero only when the benchmark itself fails). Needs the ``bench`` extra
-(scikit-learn; scripts/venv.sh installs it).
+``--quick``: at most 2,000 training examples per dataset and 2 epochs (a smoke run; the
+goal does not apply). The exit code is 0 either way (non-zero only when the benchmark
+itself fails). Needs the ``bench`` extra (scikit-learn; scripts/venv.sh installs it).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, exit_on_sigterm  # noqa: E402 - after the path set-up above
+from bench.common import cpu_model, exit_on_sigterm
 
 DATASETS = ("clinc150", "banking77", "massive_ru", "crosswoz_intents")
 VALIDATION = {"clinc150": "val", "banking77": None, "massive_ru": "dev", "crosswoz_intents": "dev"}
@@ -104,7 +111,9 @@ def fit_svm(train: tuple[list[str], list[str]], test: tuple[list[str], list[str]
     model.fit(*train)
     seconds = time.perf_counter() - started
     predicted = model.predict(test[0])
-    return Score(sum(p == t for p, t in zip(predicted, test[1])) / len(test[1]), seconds)
+    return Score(
+        sum(p == t for p, t in zip(predicted, test[1], strict=False)) / len(test[1]), seconds
+    )
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -119,20 +128,30 @@ def bench(args: argparse.Namespace) -> int:
     config = arch.config()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
-        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python {platform.python_version()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), scikit-learn {sklearn.__version__}; "
-        f"{'--quick' if args.quick else 'full'} run, seed {args.seed}; 1-min load average {_load()} at start"
+        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python "
+        f"{platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} intra-op "
+        f"threads), scikit-learn {sklearn.__version__}; "
+        f"{'--quick' if args.quick else 'full'} run, seed {args.seed}; 1-min "
+        f"load average {_load()} at start"
     )
     print(
-        f"driftd: {DEFAULT_ARCHITECTURE} {config.to_dict()}, featuriser {arch.new_featurizer(config).to_json()}, "
-        f"lr {arch.lr:g}, epochs {QUICK_EPOCHS if args.quick else arch.epochs}, batch {arch.batch_size}, "
+        f"driftd: {DEFAULT_ARCHITECTURE} {config.to_dict()}, featuriser "
+        f"{arch.new_featurizer(config).to_json()}, "
+        f"lr {arch.lr:g}, epochs {QUICK_EPOCHS if args.quick else arch.epochs}, "
+        f"batch {arch.batch_size}, "
         f"early-stopping patience {TrainSettings.patience}"
         + (f" (max {QUICK_TRAIN:,} training examples)" if args.quick else "")
     )
     print(f"svm: sublinear TF-IDF char 1-4 + word 1-2, LinearSVC(C={SVM_C:g})")
-    print("data: " + "; ".join(c for c, name in zip(CREDITS, DATASETS) if name in args.datasets))
     print(
-        f"\n{'dataset':<18}{'train':>7}{'test':>6}{'intents':>8}  {'driftd acc':>10}{'svm acc':>9}{'diff':>8}  {'driftd s':>9}{'svm s':>7}  verdict"
+        "data: "
+        + "; ".join(c for c, name in zip(CREDITS, DATASETS, strict=False) if name in args.datasets)
+    )
+    print(
+        f"\n{'dataset':<18}{'train':>7}{'test':>6}{'intents':>8}  "
+        f"{'driftd acc':>10}{'svm acc':>9}{'diff':>8}  {'driftd s':>9}{'svm s':>7}  "
+        "verdict"
     )
     verdicts = []
     for name in args.datasets:
@@ -147,8 +166,10 @@ def bench(args: argparse.Namespace) -> int:
         )
         verdicts.append(verdict)
         print(
-            f"{name:<18}{len(train[0]):>7,}{len(test[0]):>6,}{len(set(train[1])):>8}  {ours.accuracy:>10.4f}{svm.accuracy:>9.4f}"
-            f"{ours.accuracy - svm.accuracy:>+8.4f}  {ours.seconds:>9.1f}{svm.seconds:>7.1f}  {verdict} ({epochs})",
+            f"{name:<18}{len(train[0]):>7,}{len(test[0]):>6,}{len(set(train[1])):>8} "
+            f" {ours.accuracy:>10.4f}{svm.accuracy:>9.4f}"
+            f"{ours.accuracy - svm.accuracy:>+8.4f}  "
+            f"{ours.seconds:>9.1f}{svm.seconds:>7.1f}  {verdict} ({epochs})",
             flush=True,
         )
     print(
@@ -165,7 +186,8 @@ def datasets(text: str) -> list[str]:
     unknown = [n for n in names if n not in DATASETS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(DATASETS)}"
+            f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; known: "
+            f"{', '.join(DATASETS)}"
         )
     return names
 

@@ -1,6 +1,6 @@
-"""The daemon as the benchmarks start it: kept apart from ``bench.common`` so that a benchmark that only trains
-(``bench/train.py``) imports torch and numpy, not the Kafka client, the store and the daemon (the GPU machines
-carry torch but not the daemon's dependencies)."""
+"""The daemon as the benchmarks start it: kept apart from ``bench.common`` so that a benchmark
+that only trains (``bench/train.py``) imports torch and numpy, not the Kafka client, the
+store and the daemon (the GPU machines carry torch but not the daemon's dependencies)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ __all__ = ["BenchDaemon"]
 
 
 class BenchDaemon(DaemonProcess):
-    """The test harness's daemon, started so that it dies with the bench even if the bench is SIGKILLed."""
+    """The test harness's daemon, started so that it dies
+    with the bench even if the bench is SIGKILLed."""
 
     def start(self) -> BenchDaemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)

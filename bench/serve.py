@@ -1,31 +1,36 @@
-"""Serving latency and throughput: the INT8 ONNX model in process against FP32 ONNX and torch eager, then the
-real daemon's POST /v1/predict, steady and while versions are hot-swapped.
+"""Serving latency and throughput: the INT8 ONNX model in process against FP32 ONNX and torch
+eager, then the real daemon's POST /v1/predict, steady and while versions are hot-swapped.
 
-One run. Each architecture (the default bag of n-grams, then the transformer option) is trained once on the
-CLINC150 train split (``train_classifier`` with its defaults, ~1.5 and ~3 min on 2 cores; ``--quick``: 5 domains,
-3 epochs) and exported with ``build_version_files`` (FP32 ONNX, INT8 ONNX = the served
-model). Then:
+One run. Each architecture (the default bag of n-grams, then the transformer option)
+is trained once on the CLINC150 train split (``train_classifier`` with its defaults,
+~1.5 and ~3 min on 2 cores; ``--quick``: 5 domains, 3 epochs) and exported with
+``build_version_files`` (FP32 ONNX, INT8 ONNX = the served model). Then:
 
-  (a) in process, for each architecture, on the CLINC150 test texts, one thread everywhere: featurisation (``HashingFeaturizer.batch``)
-      timed once on its own; the model call alone, on pre-featurised ids, for INT8 ONNX (``cpu_session``, 1
-      thread), FP32 ONNX and torch eager FP32 (``set_num_threads(1)``, ``no_grad``, ``eval``) at batch 1 and 64;
-      and end to end (featurise + INT8) at batch 1. Per-call p50/p99, and texts/s = texts / summed call time.
-  (b) over HTTP against a real daemon (embedded broker + ``python -m daemon run``, a registry of 3 versions,
-      admin token set, no bootstrap training): one sequential keep-alive client; then C keep-alive client
-      threads for S seconds, steady; then the same load while the main thread activates the versions
-      round-robin every --swap-every seconds through POST /admin/v1/models/{version}/activate, one phase
-      per value: 0.2 s, the stress case, and 1 s, still well above the learning loop's rate (its
-      fine-tunes are at least learning.cooldown_s apart, 30 s by default, and each takes seconds). A
-      swap streams the new version's weights (4 MB) through the cores' shared cache while the clients
-      saturate the daemon; what that costs the p99 grows with the swap rate (docs/architecture.md).
+  (a) in process, for each architecture, on the CLINC150 test texts,
+      one thread everywhere: featurisation (``HashingFeaturizer.batch``)
+      timed once on its own; the model call alone, on pre-featurised ids, for INT8 ONNX
+      (``cpu_session``, 1 thread), FP32 ONNX and torch eager FP32 (``set_num_threads(1)``,
+      ``no_grad``, ``eval``) at batch 1 and 64; and end to end (featurise + INT8) at batch
+      1. Per-call p50/p99, and texts/s = texts / summed call time.
+  (b) over HTTP against a real daemon (embedded broker
+      + ``python -m daemon run``, a registry of 3 versions,
+      admin token set, no bootstrap training): one sequential keep-alive client; then C
+      keep-alive client threads for S seconds, steady; then the same load while the main
+      thread activates the versions round-robin every --swap-every seconds through POST
+      /admin/v1/models/{version}/activate, one phase per value: 0.2 s, the stress case, and 1
+      s, still well above the learning loop's rate (its fine-tunes are at least
+      learning.cooldown_s apart, 30 s by default, and each takes seconds). A swap streams the
+      new version's weights (4 MB) through the cores' shared cache while the clients saturate
+      the daemon; what that costs the p99 grows with the swap rate (docs/architecture.md).
 
-    .venv/bin/python bench/serve.py [--quick] [--requests N] [--clients C] [--seconds S] [--swap-every T [T ...]] [--keep]
+    .venv/bin/python bench/serve.py [--quick] [--requests N]
+    [--clients C] [--seconds S] [--swap-every T [T ...]] [--keep]
 
-The goals (INT8 ONNX >= 2x torch eager at batch 1; endpoint p99 < 5 ms; p99 during swaps <= 1.5x steady) are
-printed as PASS/FAIL; the exit code is 0 either way (non-zero only when the benchmark itself fails). The HTTP
-clients run in this process and share the machine's cores with the daemon (and the broker), so on a small VM
-the endpoint figures include client CPU contention and move by 10-20% from run to run. --keep leaves the temp
-dir (daemon and broker logs, registry) behind.
+The goals (INT8 ONNX >= 2x torch eager at batch 1; endpoint p99 < 5 ms; p99 during swaps <= 1.5x
+steady) are printed as PASS/FAIL; the exit code is 0 either way (non-zero only when the benchmark
+itself fails). The HTTP clients run in this process and share the machine's cores with the daemon
+(and the broker), so on a small VM the endpoint figures include client CPU contention and move by
+10-20% from run to run. --keep leaves the temp dir (daemon and broker logs, registry) behind.
 """
 
 from __future__ import annotations
@@ -52,23 +57,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int  # noqa: E402
-from bench.processes import BenchDaemon  # noqa: E402
-from bench.wrk import wrk_available, wrk_load  # noqa: E402
-from daemon.broker import EmbeddedBroker  # noqa: E402 - after the path set-up above
-from daemon.metrics_scrape import scrape  # noqa: E402
-from tests.integration.harness import free_port, unique  # noqa: E402
+from bench.common import cpu_model, cpu_seconds, exit_on_sigterm, positive_int
+from bench.processes import BenchDaemon
+from bench.wrk import wrk_available, wrk_load
+from daemon.broker import EmbeddedBroker
+from daemon.metrics_scrape import scrape
+from tests.integration.harness import free_port, unique
 
 GOAL_SPEEDUP = 2.0  # INT8 ONNX >= 2x torch eager texts/s at batch 1
 GOAL_P99_MS = 5.0  # endpoint p99 < 5 ms, one sequential client
 GOAL_SWAP_RATIO = 1.5  # p99 during swaps <= 1.5x steady p99
-QUICK_DOMAINS = (
-    "banking",
-    "credit_cards",
-    "kitchen_and_dining",
-    "home",
-    "auto_and_commute",
-)  # the daemon's bootstrap_groups
+# the daemon's bootstrap_groups
+QUICK_DOMAINS = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")
 TOKEN = "bench-serve-admin-token-0123456789"
 BATCHES = (1, 64)
 
@@ -92,7 +92,8 @@ def _mb(n: int) -> str:
 
 
 def train_models(quick: bool) -> dict[str, Any]:
-    """The benchmarked model (and its version files), a second, different model for the registry, and the test texts."""
+    """The benchmarked model (and its version files), a second,
+    different model for the registry, and the test texts."""
     import torch
 
     from models.export import build_version_files
@@ -119,9 +120,8 @@ def train_models(quick: bool) -> dict[str, Any]:
     def files_of(
         result: Any, examples: list[Any], calibrate: bool
     ) -> tuple[dict[str, bytes], dict[str, Any]]:
-        probe = [e.text for e in examples[:: max(1, len(examples) // 64)]][
-            :64
-        ]  # as the daemon's bootstrap does
+        # as the daemon's bootstrap does
+        probe = [e.text for e in examples[:: max(1, len(examples) // 64)]][:64]
         calibration = (
             [e.text for e in examples[:: max(1, len(examples) // 512)]][:512] if calibrate else ()
         )
@@ -166,7 +166,8 @@ def train_models(quick: bool) -> dict[str, Any]:
 def time_calls(
     call: Callable[[Any], Any], inputs: Sequence[Any], passes: int, warmup: int = 200
 ) -> np.ndarray:
-    """Seconds of each call of ``call`` over ``inputs``, ``passes`` times (after a short warm-up)."""
+    """Seconds of each call of ``call`` over ``inputs``,
+    ``passes`` times (after a short warm-up)."""
     for x in inputs[:warmup]:
         call(x)
     out = np.empty(len(inputs) * passes)
@@ -199,14 +200,20 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
     n_params = sum(p.numel() for p in model.parameters())
     served_bytes = len(files[SERVED_MODEL]) + len(files[SERVED_WEIGHTS])
     print(
-        f"\nmodel: {type(model).__name__} ({model.architecture}) {model.config.to_dict()}, {len(labels)} labels, {n_params:,} parameters; "
-        f"trained on {len(trained['examples']):,} CLINC150 train examples, {main.epochs_run} epochs in {main.seconds:.1f}s "
+        f"\nmodel: {type(model).__name__} ({model.architecture}) "
+        f"{model.config.to_dict()}, {len(labels)} labels, {n_params:,} "
+        "parameters; "
+        f"trained on {len(trained['examples']):,} CLINC150 train examples, "
+        f"{main.epochs_run} epochs in {main.seconds:.1f}s "
         f"(torch {torch.__version__}, {trained['torch_threads']} threads for training)"
     )
     print(
-        f"files: model.onnx (FP32) {_mb(len(files['model.onnx']))}, {SERVED_MODEL} + {SERVED_WEIGHTS} {_mb(served_bytes)} "
-        f"({len(files['model.onnx']) / served_bytes:.1f}x smaller; quantisation {export_report['quantization']['method']}, "
-        f"FP32 parity {export_report['fp32_parity_max_abs']:.1e}); onnxruntime {ort.__version__}, opset {export_report['opset']}"
+        f"files: model.onnx (FP32) {_mb(len(files['model.onnx']))}, "
+        f"{SERVED_MODEL} + {SERVED_WEIGHTS} {_mb(served_bytes)} "
+        f"({len(files['model.onnx']) / served_bytes:.1f}x smaller; quantisation "
+        f"{export_report['quantization']['method']}, "
+        f"FP32 parity {export_report['fp32_parity_max_abs']:.1e}); onnxruntime "
+        f"{ort.__version__}, opset {export_report['opset']}"
     )
 
     threads_before = torch.get_num_threads()
@@ -225,15 +232,15 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
         "FP32 ONNX": lambda ids: fp32.run(None, {name: ids}),
         "torch eager FP32": run_torch,
     }
-    chunks = {
-        b: [texts[i : i + b] for i in range(0, len(texts) - b + 1, b)] for b in BATCHES
-    }  # full batches only
+    # full batches only
+    chunks = {b: [texts[i : i + b] for i in range(0, len(texts) - b + 1, b)] for b in BATCHES}
     ids = {b: [featurizer.batch(c) for c in chunks[b]] for b in BATCHES}
     tensors = {b: [torch.from_numpy(x) for x in ids[b]] for b in BATCHES}
     passes = {1: 1, 64: 2 if quick else 5}
 
     print(
-        f"(a) in process, {len(texts):,} CLINC150 test texts, 1 thread; per call p50/p99 in ms, texts/s = texts / summed call time"
+        f"(a) in process, {len(texts):,} CLINC150 test texts, 1 thread; per call "
+        "p50/p99 in ms, texts/s = texts / summed call time"
     )
     print(f"    {'':<38}{'batch':>5}  {'p50 ms':>8}  {'p99 ms':>8}  {'texts/s':>10}")
     rates: dict[tuple[str, int], float] = {}
@@ -262,7 +269,8 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
         time_calls(lambda c: int8.run(None, {name: featurizer.batch(c)}), chunks[1], 1),
     )
 
-    # Accuracy of each runtime on the test texts the model has labels for (all of them unless --quick).
+    # Accuracy of each runtime on the test texts the
+    # model has labels for (all of them unless --quick).
     known = [(e.text, e.intent) for e in trained["test"] if e.intent in set(labels)]
     acc_ids = [
         featurizer.batch([t for t, _ in known[i : i + 256]]) for i in range(0, len(known), 256)
@@ -285,12 +293,17 @@ def measure_in_process(entry: dict[str, Any], trained: dict[str, Any], quick: bo
     t = "torch eager FP32"
     r1 = rates[("INT8 ONNX (served)", 1)] / rates[(t, 1)]
     print(
-        f"ratio INT8/torch texts/s: batch 1 {r1:.2f}x, batch 64 {rates[('INT8 ONNX (served)', 64)] / rates[(t, 64)]:.2f}x   "
-        f"FP32 ONNX/torch: batch 1 {rates[('FP32 ONNX', 1)] / rates[(t, 1)]:.2f}x, batch 64 {rates[('FP32 ONNX', 64)] / rates[(t, 64)]:.2f}x   "
-        f"featurize share of end to end at batch 1: {rates[('e2e', 1)] / rates[('featurize', 1)]:.0%}"
+        f"ratio INT8/torch texts/s: batch 1 {r1:.2f}x, batch 64 "
+        f"{rates[('INT8 ONNX (served)', 64)] / rates[(t, 64)]:.2f}x   "
+        "FP32 ONNX/torch: batch 1 "
+        f"{rates[('FP32 ONNX', 1)] / rates[(t, 1)]:.2f}x, batch 64 "
+        f"{rates[('FP32 ONNX', 64)] / rates[(t, 64)]:.2f}x   "
+        "featurize share of end to end at batch 1: "
+        f"{rates[('e2e', 1)] / rates[('featurize', 1)]:.0%}"
     )
     print(
-        f"{'PASS' if r1 >= GOAL_SPEEDUP else 'FAIL'}: {model.architecture}: INT8 ONNX >= {GOAL_SPEEDUP:g}x torch eager at batch 1 ({r1:.2f}x)"
+        f"{'PASS' if r1 >= GOAL_SPEEDUP else 'FAIL'}: {model.architecture}: INT8 "
+        f"ONNX >= {GOAL_SPEEDUP:g}x torch eager at batch 1 ({r1:.2f}x)"
     )
     torch.set_num_threads(threads_before)
 
@@ -342,8 +355,9 @@ def under_load(
     seconds: float,
     driver: Callable[[float], Any] | None = None,
 ) -> dict[str, Any]:
-    """``clients`` keep-alive threads POSTing single texts for ``seconds``; ``driver(deadline)`` (if given) runs in
-    this thread meanwhile (the swapper). Latencies of 200s, failures (non-200 or exceptions), served versions."""
+    """``clients`` keep-alive threads POSTing single texts for ``seconds``;
+    ``driver(deadline)`` (if given) runs in this thread meanwhile (the swapper).
+    Latencies of 200s, failures (non-200 or exceptions), served versions."""
     stop = threading.Event()
     gate = threading.Barrier(clients + 1)
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -411,7 +425,8 @@ def under_load(
 def swapper(
     port: int, versions: list[str], period: float
 ) -> Callable[[float], list[tuple[str, int, float]]]:
-    """Activate ``versions`` round-robin (starting after the first, which is live) every ``period`` s until the deadline."""
+    """Activate ``versions`` round-robin (starting after the first,
+    which is live) every ``period`` s until the deadline."""
 
     def drive(deadline: float) -> list[tuple[str, int, float]]:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -431,9 +446,8 @@ def swapper(
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 done.append((version, status, time.perf_counter() - t0))
-                due = max(
-                    due + period, time.perf_counter() - period
-                )  # a slow activation does not cause a burst later
+                # a slow activation does not cause a burst later
+                due = max(due + period, time.perf_counter() - period)
                 time.sleep(max(0.0, min(due, deadline) - time.perf_counter()))
         finally:
             conn.close()
@@ -485,12 +499,17 @@ def over_http(
     daemon.wait_ready(timeout_s=90, model=True)
     port, pid = daemon.web_port, daemon.proc.pid if daemon.proc else None
     print(
-        f"(b) over HTTP: daemon pid {pid} ready in {time.perf_counter() - started:.1f}s (embedded broker {broker.bootstrap}); "
-        f"registry {', '.join(versions)} (~{_mb(per_version)} of files each), serving {versions[0]}; "
+        f"(b) over HTTP: daemon pid {pid} ready in "
+        f"{time.perf_counter() - started:.1f}s (embedded broker "
+        f"{broker.bootstrap}); "
+        f"registry {', '.join(versions)} (~{_mb(per_version)} of files each), "
+        f"serving {versions[0]}; "
         f'client: POST /v1/predict {{"text": ...}} over keep-alive http.client, CLINC150 test texts'
     )
     print(
-        f"    the clients run in this process and share the {len(os.sched_getaffinity(0))} cores with the daemon and the broker: figures include that contention"
+        "    the clients run in this process and share the "
+        f"{len(os.sched_getaffinity(0))} cores with the daemon and the broker: "
+        "figures include that contention"
     )
     bodies = [json.dumps({"text": e.text}).encode() for e in trained["test"]]
 
@@ -501,8 +520,10 @@ def over_http(
     p50, p99 = _pcts(seq)
     server_mean = (s1 - s0) / (c1 - c0) * 1e3 if c1 > c0 else float("nan")
     print(
-        f"    sequential, 1 client, {args.requests:,} requests: p50 {p50:.3f} ms, p99 {p99:.3f} ms, mean {seq.mean() * 1e3:.3f} ms, "
-        f"{len(seq) / seq.sum():,.0f} requests/s, failed {seq_failed}  (daemon's own mean in its handler {server_mean:.3f} ms)"
+        f"    sequential, 1 client, {args.requests:,} requests: p50 {p50:.3f} "
+        f"ms, p99 {p99:.3f} ms, mean {seq.mean() * 1e3:.3f} ms, "
+        f"{len(seq) / seq.sum():,.0f} requests/s, failed {seq_failed}  "
+        f"(daemon's own mean in its handler {server_mean:.3f} ms)"
     )
 
     cpu0 = cpu_seconds(pid)
@@ -510,12 +531,14 @@ def over_http(
     steady_cpu = (cpu_seconds(pid) - cpu0) / steady["seconds"]
     s50, s99 = _pcts(steady["latencies"])
     print(
-        f"    steady, {args.clients} clients, {steady['seconds']:.1f}s: {steady['rps']:,.0f} requests/s, p50 {s50:.3f} ms, p99 {s99:.3f} ms, "
+        f"    steady, {args.clients} clients, {steady['seconds']:.1f}s: "
+        f"{steady['rps']:,.0f} requests/s, p50 {s50:.3f} ms, p99 {s99:.3f} ms, "
         f"failed {steady['failed']}, daemon CPU {steady_cpu:.2f} cores{_failure_note(steady)}"
     )
 
     print(
-        f"{'PASS' if p99 < GOAL_P99_MS else 'FAIL'}: endpoint p99 < {GOAL_P99_MS:g} ms (sequential client: {p99:.3f} ms)"
+        f"{'PASS' if p99 < GOAL_P99_MS else 'FAIL'}: endpoint p99 < {GOAL_P99_MS:g} "
+        f"ms (sequential client: {p99:.3f} ms)"
     )
     for period in args.swap_every:
         cpu0 = cpu_seconds(pid)
@@ -529,19 +552,27 @@ def over_http(
         act_p50, _ = _pcts([s[2] for s in ok])
         served = ", ".join(f"{v} {n:,}" for v, n in sorted(swapped["versions"].items()))
         print(
-            f"    during swaps every {period:g}s, {args.clients} clients, {swapped['seconds']:.1f}s: {swapped['rps']:,.0f} requests/s, p50 {w50:.3f} ms, "
-            f"p99 {w99:.3f} ms, failed {swapped['failed']}, daemon CPU {swap_cpu:.2f} cores{_failure_note(swapped)}"
+            f"    during swaps every {period:g}s, {args.clients} clients, "
+            f"{swapped['seconds']:.1f}s: {swapped['rps']:,.0f} requests/s, p50 "
+            f"{w50:.3f} ms, "
+            f"p99 {w99:.3f} ms, failed {swapped['failed']}, daemon CPU "
+            f"{swap_cpu:.2f} cores{_failure_note(swapped)}"
         )
         print(
-            f"    swaps: {len(ok)} done ({len(swaps) - len(ok)} refused or failed), one every {swapped['seconds'] / max(1, len(swaps)):.2f}s "
-            f"(asked {period:g}s); activation p50 {act_p50:.0f} ms, max {max((s[2] for s in swaps), default=float('nan')) * 1e3:.0f} ms; answered by: {served}"
+            f"    swaps: {len(ok)} done ({len(swaps) - len(ok)} refused or "
+            f"failed), one every {swapped['seconds'] / max(1, len(swaps)):.2f}s "
+            f"(asked {period:g}s); activation p50 {act_p50:.0f} ms, max "
+            f"{max((s[2] for s in swaps), default=float('nan')) * 1e3:.0f} ms; "
+            f"answered by: {served}"
         )
         ratio = w99 / s99
         print(
-            f"ratio p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x"
+            f"ratio p99 during swaps every {period:g}s / steady = {ratio:.2f}x   "
+            f"rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x"
         )
         print(
-            f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
+            f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: p99 during swaps "
+            f"every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
             f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})"
         )
 
@@ -551,17 +582,20 @@ def over_http(
 
 
 def with_wrk(port: int, bodies: list[bytes], versions: list[str], args: argparse.Namespace) -> None:
-    """(c) The steady and swap phases again with wrk, a C client in its own process: the same goal, measured
-    without the Python client threads' GIL queueing in the figures."""
+    """(c) The steady and swap phases again with wrk, a C client in its own process: the
+    same goal, measured without the Python client threads' GIL queueing in the figures."""
     if not wrk_available():
         print("(c) wrk is not installed (bash scripts/debian-packages.sh wrk:wrk): skipped")
         return
     print(
-        f"(c) the same load from wrk (1 thread, {args.clients} keep-alive connections, its own process), steady then during swaps"
+        f"(c) the same load from wrk (1 thread, {args.clients} keep-alive "
+        "connections, its own process), steady then during swaps"
     )
     steady = wrk_load(port, bodies, args.clients, args.seconds)
     print(
-        f"    steady, {args.seconds:g}s: {steady['rps']:,.0f} requests/s, p50 {steady['p50']:.3f} ms, p99 {steady['p99']:.3f} ms, failed {steady['failed']}"
+        f"    steady, {args.seconds:g}s: {steady['rps']:,.0f} requests/s, p50 "
+        f"{steady['p50']:.3f} ms, p99 {steady['p99']:.3f} ms, failed "
+        f"{steady['failed']}"
     )
     for period in args.swap_every:
         swapped = wrk_load(
@@ -569,15 +603,21 @@ def with_wrk(port: int, bodies: list[bytes], versions: list[str], args: argparse
         )
         ok = sum(1 for s in swapped["driven"] if s[1] == 200)
         print(
-            f"    during swaps every {period:g}s, {args.seconds:g}s: {swapped['rps']:,.0f} requests/s, p50 {swapped['p50']:.3f} ms, p99 {swapped['p99']:.3f} ms, "
-            f"failed {swapped['failed']}; {ok} swaps done ({len(swapped['driven']) - ok} refused or failed)"
+            f"    during swaps every {period:g}s, {args.seconds:g}s: "
+            f"{swapped['rps']:,.0f} requests/s, p50 {swapped['p50']:.3f} ms, "
+            f"p99 {swapped['p99']:.3f} ms, "
+            f"failed {swapped['failed']}; {ok} swaps done "
+            f"({len(swapped['driven']) - ok} refused or failed)"
         )
         ratio = swapped["p99"] / steady["p99"]
         print(
-            f"ratio (wrk) p99 during swaps every {period:g}s / steady = {ratio:.2f}x   rps during swaps / steady = {swapped['rps'] / steady['rps']:.2f}x"
+            f"ratio (wrk) p99 during swaps every {period:g}s / steady = "
+            f"{ratio:.2f}x   rps during swaps / steady = "
+            f"{swapped['rps'] / steady['rps']:.2f}x"
         )
         print(
-            f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
+            f"{'PASS' if ratio <= GOAL_SWAP_RATIO else 'FAIL'}: (wrk) p99 during "
+            f"swaps every {period:g}s <= {GOAL_SWAP_RATIO:g}x steady "
             f"({ratio:.2f}x; failed requests during swaps: {swapped['failed']})"
         )
 
@@ -590,13 +630,13 @@ def _failure_note(result: dict[str, Any]) -> str:
 
 
 def bench(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.ERROR
-    )  # onnxruntime.quantization's advice to pre-process, once per export
+    # onnxruntime.quantization's advice to pre-process, once per export
+    logging.basicConfig(level=logging.ERROR)
     started = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
     print(
-        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python {platform.python_version()}, {'--quick' if args.quick else 'full'} run"
+        f"machine: nproc {cores} ({os.cpu_count()} CPUs), {cpu_model()}, Python "
+        f"{platform.python_version()}, {'--quick' if args.quick else 'full'} run"
     )
     work = Path(tempfile.mkdtemp(prefix="driftd-bench-serve-"))
     cleanup: list[Callable[[], None]] = []

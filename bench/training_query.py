@@ -1,19 +1,21 @@
 """Memory and time of the training-set queries a fine-tune runs in the daemon's own process, bounded
 against unbounded, side by side on the same stores.
 
-Two real stores are built first (SQLite warm, Parquet cold), with N labelled utterances each (2N events):
-one where everything is still warm (the default 7-day retention: a busy day's labels), one where
-everything was demoted to cold (Parquet files of 50,000 rows, the default demotion batch). Then each query
-runs in a fresh child process, three times in a row, and the child reports:
+Two real stores are built first (SQLite warm, Parquet cold), with N labelled utterances each (2N
+events): one where everything is still warm (the default 7-day retention: a busy day's labels), one
+where everything was demoted to cold (Parquet files of 50,000 rows, the default demotion batch).
+Then each query runs in a fresh child process, three times in a row, and the child reports:
 
   s          seconds per query (the median of the three)
   peak +MB   the child's peak resident set (VmHWM) minus its resident set after opening the store
-  after +MB  the resident set after the third query and ``gc.collect()``, minus the same baseline: what the
+  after +MB  the resident set after the third query and
+  ``gc.collect()``, minus the same baseline: what the
              daemon keeps after its fine-tunes
 
 Rows: *recent, whole window* (every label of the window into Python: the query's shape before it was
-bounded) against *recent, newest 30,000* (``learning.max_examples``: warm read newest first, lazily);
-*replay, all cold* against *replay, scan budget* (``learning.replay_scan_rows``, here N/2 rows).
+bounded) against *recent, newest 30,000* (``learning.max_examples``:
+warm read newest first, lazily); *replay, all cold* against *replay,
+scan budget* (``learning.replay_scan_rows``, here N/2 rows).
 
     .venv/bin/python bench/training_query.py [--utterances N]      # default 500,000 (1M events)
 """
@@ -200,7 +202,8 @@ def main() -> None:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
     print(
-        f"training-set queries: {args.utterances:,} labelled utterances ({2 * args.utterances:,} events) per store; {cpu_model()}"
+        f"training-set queries: {args.utterances:,} labelled utterances "
+        f"({2 * args.utterances:,} events) per store; {cpu_model()}"
     )
     with tempfile.TemporaryDirectory(prefix="driftd-bench-query-") as tmp:
         warm, cold = Path(tmp, "warm"), Path(tmp, "cold")
@@ -229,7 +232,8 @@ def main() -> None:
     ):
         b, u = rows[bounded], rows[unbounded]
         print(
-            f"\n{what}: bounded/unbounded peak memory {b['peak'] / max(u['peak'], 1e-9):.2f}x, time {b['s'] / u['s']:.2f}x",
+            f"\n{what}: bounded/unbounded peak memory "
+            f"{b['peak'] / max(u['peak'], 1e-9):.2f}x, time {b['s'] / u['s']:.2f}x",
             end="",
         )
     print()

@@ -1,10 +1,11 @@
-"""wrk as a load generator: a C client in its own process, so that the figures are the server's latency and
-not the Python client threads' own GIL queueing (on 2 cores, 8 Python client threads take a core).
+"""wrk as a load generator: a C client in its own process, so that the
+figures are the server's latency and not the Python client threads'
+own GIL queueing (on 2 cores, 8 Python client threads take a core).
 
-``wrk_load(port, bodies, connections, seconds, driver)`` runs wrk with a Lua script that POSTs the bodies
-round-robin to /v1/predict over keep-alive connections, while ``driver(deadline)`` (the swapper) runs in
-the calling thread, and returns p50/p99, requests/s and errors parsed from wrk's --latency report.
-wrk comes from Debian (`bash scripts/debian-packages.sh wrk:wrk`).
+``wrk_load(port, bodies, connections, seconds, driver)`` runs wrk with a Lua script that POSTs
+the bodies round-robin to /v1/predict over keep-alive connections, while ``driver(deadline)``
+(the swapper) runs in the calling thread, and returns p50/p99, requests/s and errors parsed
+from wrk's --latency report. wrk comes from Debian (`bash scripts/debian-packages.sh wrk:wrk`).
 """
 
 from __future__ import annotations

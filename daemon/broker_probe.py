@@ -1,14 +1,16 @@
-"""Is the Kafka cluster reachable? A metadata request every ``kafka.probe_interval_s``, on a client of its own.
+"""Is the Kafka cluster reachable? A metadata request every
+``kafka.probe_interval_s``, on a client of its own.
 
-faust and aiokafka reconnect by themselves after an outage; what an operator lacks is seeing the outage.
-This service turns it into metrics (``driftd_broker_up``, outages and their seconds), one log line when
-the cluster goes away and one when it is back, and a line in ``driftd status``. It never gates readiness:
-the HTTP endpoint serves predictions without a broker.
+faust and aiokafka reconnect by themselves after an outage; what an operator lacks is seeing the
+outage. This service turns it into metrics (``driftd_broker_up``, outages and their seconds),
+one log line when the cluster goes away and one when it is back, and a line in ``driftd
+status``. It never gates readiness: the HTTP endpoint serves predictions without a broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -97,10 +99,8 @@ class BrokerProbe(mode.Service):
     async def _close_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail too
                 await client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection may fail too
-                pass
 
     def _mark_down(self, now: float) -> None:
         if self.up is not False:

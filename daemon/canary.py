@@ -1,8 +1,10 @@
-"""The canary: a promoted version's first ``learning.canary_labels`` outcomes against its predecessor's last ones.
+"""The canary: a promoted version's first ``learning.canary_labels``
+outcomes against its predecessor's last ones.
 
-It keeps the serving version's most recent outcomes (the baseline a promotion takes before its swap) and, once
-a promotion starts a watch, counts the new version's outcomes. When the watch is full and the new version's
-accuracy is more than ``learning.canary_margin`` below the baseline, the watch comes back: the caller rolls back.
+It keeps the serving version's most recent outcomes (the baseline a promotion takes before
+its swap) and, once a promotion starts a watch, counts the new version's outcomes. When
+the watch is full and the new version's accuracy is more than ``learning.canary_margin``
+below the baseline, the watch comes back: the caller rolls back.
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ class Canary:
         self.recent_correct.clear()
 
     def start(self, version: str, previous: str | None, baseline: float | None) -> None:
-        """Watch ``version``, just promoted over ``previous`` (which had ``baseline``), if there is one to beat."""
+        """Watch ``version``, just promoted over ``previous``
+        (which had ``baseline``), if there is one to beat."""
         if self.settings.canary_labels > 0 and previous is not None and baseline is not None:
             self.watch = CanaryWatch(version, previous, baseline)
 
     def observe(self, outcome: Outcome) -> CanaryWatch | None:
-        """One outcome of the serving version; returns the watch when it ended in failure (roll back)."""
+        """One outcome of the serving version; returns the
+        watch when it ended in failure (roll back)."""
         self.recent_correct.append(outcome.correct)
         watch = self.watch
         if watch is None or outcome.model_version != watch.version:

@@ -1,24 +1,32 @@
-"""Replicas of one consumer group working as one: a single trainer, and every replica on the same model.
+"""Replicas of one consumer group working as one: a
+single trainer, and every replica on the same model.
 
-Kafka's group protocol already splits the input partitions among the replicas (faust's consumer), and each
-replica stores and serves what it consumes. What they must share beyond that travels on two topics:
+Kafka's group protocol already splits the input partitions among the
+replicas (faust's consumer), and each replica stores and serves what
+it consumes. What they must share beyond that travels on two topics:
 
-- ``topics.quality``: a replica that does not train forwards its decay decisions and the labelled examples
-  of its partitions; the trainer acts on those decisions as on its own and trains on those examples too.
-- ``topics.model_updates``: the trainer announces each promoted version (``daemon.learning``). A record
-  there makes every replica swap to the registry's CURRENT (verified on load: checksums, parity probe).
-  CURRENT is also checked every ``models.sync_interval_s``, so a missed record, or a replica that was down
-  or started late, still catches up. The registry must be shared storage for this (docs/scaling.md).
+- ``topics.quality``: a replica that does not train
+  forwards its decay decisions and the labelled examples
+  of its partitions; the trainer acts on those decisions
+  as on its own and trains on those examples too.
+- ``topics.model_updates``: the trainer announces
+  each promoted version (``daemon.learning``). A record
+  there makes every replica swap to the registry's CURRENT (verified on load:
+  checksums, parity probe). CURRENT is also checked every ``models.sync_interval_s``,
+  so a missed record, or a replica that was down or started late, still catches up.
+  The registry must be shared storage for this (docs/scaling.md).
 
 The trainer is the replica with ``learning.role = "trainer"``, or under ``"auto"`` whichever owns
-partition 0 of the input topic, so the role moves with that partition on failover (and a lone replica
-always trains). A new trainer reads the quality topic from its start to rebuild the other partitions'
-examples (bounded by ``learning.max_examples``; set the topic's retention to ``learning.window_s``).
+partition 0 of the input topic, so the role moves with that partition on
+failover (and a lone replica always trains). A new trainer reads the quality
+topic from its start to rebuild the other partitions' examples (bounded by
+``learning.max_examples``; set the topic's retention to ``learning.window_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +40,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from daemon.background import BackgroundTasks
 from models.registry import Registry
 from models.serving import ModelServer
 from streams.jsonsafe import json_safe
@@ -46,13 +55,15 @@ __all__ = ["DECISION_MAX_AGE_S", "ReplicaLink", "replica_id"]
 
 log = logging.getLogger("driftd.cluster")
 
-DECISION_MAX_AGE_S = 300.0  # a forwarded decision older than this (a new trainer rereading the topic) is history, not a trigger
+# a forwarded decision older than this (a new trainer rereading the topic) is history, not a trigger
+DECISION_MAX_AGE_S = 300.0
 _EXAMPLES_PER_RECORD = 500  # keeps a record far below Kafka's 1 MB default
 
 
 def replica_id() -> str:
-    """Names this process in forwarded records and logs: host, pid and a random tag (containers are often
-    all pid 1, and a restarted replica must not take its predecessor's records for its own)."""
+    """Names this process in forwarded records and logs: host, pid and
+    a random tag (containers are often all pid 1, and a restarted
+    replica must not take its predecessor's records for its own)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -65,7 +76,8 @@ class ReplicaMetrics:
         )
         self.forwarded = Counter(
             "driftd_replica_forwarded_total",
-            "Records this replica forwarded to the trainer on topics.quality, by kind (decision, examples).",
+            "Records this replica forwarded to the trainer on topics.quality, by "
+            "kind (decision, examples).",
             ["kind"],
             registry=registry,
         )
@@ -77,18 +89,21 @@ class ReplicaMetrics:
         )
         self.syncs = Counter(
             "driftd_model_syncs_total",
-            "Swaps to the registry's CURRENT made by another replica (model-updates or the periodic check).",
+            "Swaps to the registry's CURRENT made by another replica "
+            "(model-updates or the periodic check).",
             registry=registry,
         )
         self.sync_failures = Counter(
             "driftd_model_sync_failures_total",
-            "CURRENT versions this replica could not load (corrupt or unreadable); it kept serving its version.",
+            "CURRENT versions this replica could not load (corrupt or unreadable); "
+            "it kept serving its version.",
             registry=registry,
         )
 
 
 class ReplicaLink(mode.Service):
-    """Forwards to the trainer, feeds the trainer, and keeps this replica on the registry's CURRENT."""
+    """Forwards to the trainer, feeds the trainer, and
+    keeps this replica on the registry's CURRENT."""
 
     def __init__(
         self,
@@ -113,21 +128,21 @@ class ReplicaLink(mode.Service):
             swap_lock,
         )
         self._send, self._assignment = send, assignment
+        self._background = BackgroundTasks()  # the quality records being published
         self.metrics = ReplicaMetrics(metrics_registry)
         self.id = replica_id()
         self._quality = TopicPartition(settings.topics.quality, 0)
         self._updates = TopicPartition(settings.topics.model_updates, 0)
         self._consumer: AIOKafkaConsumer | None = None
         self._was_trainer: bool | None = None
-        self._refused: str | None = (
-            None  # a CURRENT that failed to load: not retried until CURRENT changes
-        )
-        self.registry_current: str | None = (
-            None  # CURRENT as last read by the sync (for the status route)
-        )
+        # a CURRENT that failed to load: not retried until CURRENT changes
+        self._refused: str | None = None
+        # CURRENT as last read by the sync (for the status route)
+        self.registry_current: str | None = None
         self._sync_now = asyncio.Event()
 
-    # -- role ----------------------------------------------------------------------------------------
+    # -- role
+    # ----------------------------------------------------------------------------------------
 
     def is_trainer(self) -> bool:
         role = self.learning.learning.role  # read live: [learning] changes on SIGHUP
@@ -150,10 +165,12 @@ class ReplicaLink(mode.Service):
             "input_partitions": partitions,
         }
 
-    # -- follower -> trainer --------------------------------------------------------------------------
+    # -- follower -> trainer
+    # --------------------------------------------------------------------------
 
     def forward(self, kind: str, payload: Any) -> None:
-        """Called in the event loop by the learning loop; the send runs as a task (a lost record is logged)."""
+        """Called in the event loop by the learning loop; the
+        send runs as a task (a lost record is logged)."""
         if kind == "decision":
             decision: Decision = payload
             records = [
@@ -180,7 +197,7 @@ class ReplicaLink(mode.Service):
                 for i in range(0, len(examples), _EXAMPLES_PER_RECORD)
             ]
         for record in records:
-            asyncio.ensure_future(self._publish(kind, json.dumps(record).encode()))
+            self._background.spawn(self._publish(kind, json.dumps(record).encode()))
 
     async def _publish(self, kind: str, value: bytes) -> None:
         try:
@@ -195,7 +212,8 @@ class ReplicaLink(mode.Service):
         try:
             record = json.loads(value)
             if record.get("replica") == self.id:
-                return  # our own, from before we trained: already in our store or already decided here
+                # our own, from before we trained: already in our store or already decided here
+                return
             if record["kind"] == "examples":
                 examples = [
                     LabelledExample(str(text), str(intent), float(ts), str(ref), "replica")
@@ -220,18 +238,18 @@ class ReplicaLink(mode.Service):
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the link
             log.error("ignored a malformed record on %s: %s", self.settings.topics.quality, exc)
 
-    # -- model sync ------------------------------------------------------------------------------------
+    # -- model sync
+    # ------------------------------------------------------------------------------------
 
     async def sync_current(self) -> str | None:
-        """Swap to the registry's CURRENT if it is not what serves; returns the version swapped to."""
+        """Swap to the registry's CURRENT if it is not
+        what serves; returns the version swapped to."""
         if self.server.version is None:
-            return (
-                None  # the model service's first load (or bootstrap) is still running: it owns that
-            )
+            # the model service's first load (or bootstrap) is still running: it owns that
+            return None
         loop = asyncio.get_running_loop()
-        async with (
-            self.swap_lock
-        ):  # CURRENT read under the lock: never undoes a promotion in progress here
+        # CURRENT read under the lock: never undoes a promotion in progress here
+        async with self.swap_lock:
             current = self.registry_current = await loop.run_in_executor(
                 None, self.registry.current
             )
@@ -256,7 +274,8 @@ class ReplicaLink(mode.Service):
         log.warning("now serving %s, the registry's CURRENT (set by another replica)", current)
         return current
 
-    # -- the service ---------------------------------------------------------------------------------
+    # -- the service
+    # ---------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
         self.add_future(self._consume())
@@ -279,12 +298,11 @@ class ReplicaLink(mode.Service):
             try:
                 await consumer.start()
                 consumer.assign([self._quality, self._updates])
-                await consumer.seek_to_end(
-                    self._quality, self._updates
-                )  # the quality history is read only by a trainer (below)
+                # the quality history is read only by a trainer (below)
+                await consumer.seek_to_end(self._quality, self._updates)
                 consumer.pause(self._quality)
                 return consumer
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - logged; the sync retries on its next turn
                 await consumer.stop()
                 log.warning("replica link: cannot reach the broker (%s); retrying in 2 s", exc)
                 await asyncio.sleep(2)
@@ -323,7 +341,8 @@ class ReplicaLink(mode.Service):
             self._consumer.resume(self._quality)
         else:
             log.info(
-                "this replica is not the trainer: it forwards decisions and labelled examples on %s",
+                "this replica is not the trainer: it forwards decisions and "
+                "labelled examples on %s",
                 self.settings.topics.quality,
             )
             self._consumer.pause(self._quality)
@@ -331,12 +350,10 @@ class ReplicaLink(mode.Service):
     async def _sync_periodically(self) -> None:
         interval = self.settings.models.sync_interval_s
         while not self.should_stop:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._sync_now.wait(), timeout=interval if interval > 0 else None
                 )
-            except TimeoutError:
-                pass
             self._sync_now.clear()
             try:
                 await self.sync_current()

@@ -1,4 +1,5 @@
-"""Typed settings: config.toml, overridden by DRIFTD_* environment variables, validated in one place.
+"""Typed settings: config.toml, overridden by DRIFTD_*
+environment variables, validated in one place.
 
 Every setting has a type, a default and a description (config.toml repeats them for operators).
 Environment names are ``DRIFTD_<SECTION>__<KEY>``, e.g. ``DRIFTD_KAFKA__BOOTSTRAP``.
@@ -53,14 +54,16 @@ class _Section(BaseModel):
 class DaemonSettings(_Section):
     data_dir: Path = Field(
         Path("var"),
-        description="Root of all local state (warm store, cold files, faust data). Relative paths are taken from the working directory.",
+        description="Root of all local state (warm store, cold files, faust data). Relative "
+        "paths are taken from the working directory.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level (changes on SIGHUP)."
     )
     log_format: Literal["text", "json"] = Field(
         "text",
-        description='"json": one JSON object per line (timestamp, level, logger, message), for log shippers (changes on SIGHUP).',
+        description='"json": one JSON object per line (timestamp, level, logger, message), for '
+        "log shippers (changes on SIGHUP).",
     )
     stats_interval_s: float = Field(
         10.0, gt=0, description="How often the daemon logs its ingest and tier counts."
@@ -68,7 +71,9 @@ class DaemonSettings(_Section):
     trim_interval_s: float = Field(
         10.0,
         ge=0,
-        description="How often freed heap memory is handed back to the OS (glibc malloc_trim); without it RSS stays at the high-water mark of every fine-tune and swap. 0 turns it off.",
+        description="How often freed heap memory is handed back to the OS (glibc malloc_trim); "
+        "without it RSS stays at the high-water mark of every fine-tune and swap. "
+        "0 turns it off.",
     )
 
 
@@ -76,13 +81,17 @@ class KafkaSettings(_Section):
     bootstrap: str = Field(
         "embedded",
         min_length=1,
-        description='"embedded" starts the bundled Tansu broker on 127.0.0.1; anything else is a host:port[,host:port] list of a real cluster.',
+        description='"embedded" starts the bundled Tansu broker on 127.0.0.1; anything else is '
+        "a host:port[,host:port] list of a real cluster.",
     )
     embedded_port: int = Field(19092, ge=1, le=65535, description="Port of the embedded broker.")
     embedded_storage: str = Field(
         "memory://tansu/",
         pattern=r"^(memory|s3)://[^/\s]+/?$",
-        description='Storage engine of the embedded broker: "memory://tansu/" keeps nothing across its restart; "s3://BUCKET/" keeps records and committed offsets in S3 or MinIO (AWS_ENDPOINT, AWS_ALLOW_HTTP and credentials from the environment).',
+        description='Storage engine of the embedded broker: "memory://tansu/" keeps '
+        'nothing across its restart; "s3://BUCKET/" keeps records and '
+        "committed offsets in S3 or MinIO (AWS_ENDPOINT, AWS_ALLOW_HTTP and "
+        "credentials from the environment).",
     )
     group_id: str = Field(
         "driftd",
@@ -106,7 +115,8 @@ class KafkaSettings(_Section):
     rebalance_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="Consumer group rebalance timeout. Group joins take about half of it on the embedded broker.",
+        description="Consumer group rebalance timeout. Group joins take about half of it on "
+        "the embedded broker.",
     )
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
     commit_interval_s: float = Field(
@@ -115,7 +125,8 @@ class KafkaSettings(_Section):
     probe_interval_s: float = Field(
         2.0,
         gt=0,
-        description="How often a metadata request checks that the cluster is reachable (driftd_broker_up).",
+        description="How often a metadata request checks that the cluster is reachable "
+        "(driftd_broker_up).",
     )
 
     @property
@@ -128,7 +139,8 @@ class KafkaSettings(_Section):
             self.sasl_username and self.sasl_password
         ):
             raise ValueError(
-                f"kafka.security_protocol = {self.security_protocol!r} needs kafka.sasl_username and kafka.sasl_password"
+                f"kafka.security_protocol = {self.security_protocol!r} needs "
+                "kafka.sasl_username and kafka.sasl_password"
             )
         return self
 
@@ -153,12 +165,14 @@ class TopicSettings(_Section):
     quality: str = Field(
         "quality",
         min_length=1,
-        description="Topic the replicas that do not train forward their decay decisions and labelled examples on, for the trainer (docs/scaling.md).",
+        description="Topic the replicas that do not train forward their decay decisions and "
+        "labelled examples on, for the trainer (docs/scaling.md).",
     )
     labeling_requests: str = Field(
         "labeling-requests",
         min_length=1,
-        description="Topic the labelling requests (the predictions most worth a human label) are published on; `driftd labels export` reads it.",
+        description="Topic the labelling requests (the predictions most worth a human label) "
+        "are published on; `driftd labels export` reads it.",
     )
     partitions: int = Field(
         4,
@@ -190,7 +204,8 @@ class IngestSettings(_Section):
     )
     null_key: Literal["dlq", "accept"] = Field(
         "dlq",
-        description='A valid event in a record with no key (producers key by conversation_id): "dlq" dead-letters it as missing_key, "accept" stores it.',
+        description="A valid event in a record with no key (producers key by conversation_id): "
+        '"dlq" dead-letters it as missing_key, "accept" stores it.',
     )
 
 
@@ -203,7 +218,9 @@ class RedactPattern(_Section):
     )
     regex: str = Field(
         min_length=1,
-        description="Python regular expression. All patterns run as one alternation: use scoped flags such as (?i:...) and named back-references, not global flags or \\1.",
+        description="Python regular expression. All patterns run as one alternation: use "
+        "scoped flags such as (?i:...) and named back-references, not global flags "
+        "or \\1.",
     )
     replacement: str = Field(
         description="Text put in place of each match, as is (no group references)."
@@ -224,15 +241,17 @@ class PrivacySettings(_Section):
         default_factory=lambda: [
             RedactPattern(name=n, regex=r, replacement=t) for n, r, t in DEFAULT_PATTERNS
         ],
-        description="Replaced in utterance text, meta and unknown fields' strings before an event is stored, published or logged (the model sees the redacted text); the DLQ keeps malformed records' original bytes. Empty turns redaction off.",
+        description="Replaced in utterance text, meta and unknown fields' strings before "
+        "an event is stored, published or logged (the model sees the redacted "
+        "text); the DLQ keeps malformed records' original bytes. Empty turns "
+        "redaction off.",
     )
 
     @field_validator("redact_patterns")
     @classmethod
     def _patterns_combine(cls, patterns: list[RedactPattern]) -> list[RedactPattern]:
-        Redactor(
-            (p.name, p.regex, p.replacement) for p in patterns
-        )  # unique names, one combined regex
+        # unique names, one combined regex
+        Redactor((p.name, p.regex, p.replacement) for p in patterns)
         return patterns
 
     def redactor(self) -> Redactor:
@@ -270,19 +289,25 @@ class TierSettings(_Section):
     redelivery_horizon_s: float = Field(
         86400.0,
         gt=0,
-        description="How long the keys of events demoted to cold are remembered, so a Kafka redelivery of them stores nothing; a consumer-group reset further back than this stores them again.",
+        description="How long the keys of events demoted to cold are remembered, so a Kafka "
+        "redelivery of them stores nothing; a consumer-group reset further back "
+        "than this stores them again.",
     )
     cold_url: str = Field(
         "",
-        description="Where Parquet files go: a path, file:// or s3:// URL (through fsspec). Empty means <data_dir>/cold.",
+        description="Where Parquet files go: a path, file:// or s3:// URL (through fsspec). "
+        "Empty means <data_dir>/cold.",
     )
     cold_storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description='Passed to the fsspec filesystem of cold_url, e.g. {endpoint_url = "http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment variables.',
+        description="Passed to the fsspec filesystem of cold_url, e.g. {endpoint_url = "
+        '"http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment '
+        "variables.",
     )
     warm_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",
-        description="SQLite synchronous mode: FULL survives power loss, NORMAL only process crashes.",
+        description="SQLite synchronous mode: FULL survives power loss, NORMAL only process "
+        "crashes.",
     )
     maintenance_interval_s: float = Field(
         5.0, gt=0, description="How often hot eviction and warm->cold demotion run."
@@ -320,18 +345,21 @@ class TierSettings(_Section):
 class WebSettings(_Section):
     host: str = Field(
         "127.0.0.1",
-        description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback unless you mean it.",
+        description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback "
+        "unless you mean it.",
     )
     port: int = Field(
         8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one."
     )
     admin_token: SecretStr | None = Field(
         None,
-        description="Bearer token of the admin routes (/admin/v1/...); unset disables them. Prefer the env variable.",
+        description="Bearer token of the admin routes (/admin/v1/...); unset disables them. "
+        "Prefer the env variable.",
     )
     tls_certfile: Path | None = Field(
         None,
-        description="PEM certificate (chain) of the HTTP endpoint; set with tls_keyfile to serve https only. Unset: plain http.",
+        description="PEM certificate (chain) of the HTTP endpoint; set with tls_keyfile to "
+        "serve https only. Unset: plain http.",
     )
     tls_keyfile: Path | None = Field(
         None, description="PEM private key of tls_certfile (unencrypted; keep it mode 0600)."
@@ -341,26 +369,31 @@ class WebSettings(_Section):
     )
     tls_cafile: Path | None = Field(
         None,
-        description="CA bundle the driftd CLI (status, learning) verifies the endpoint with, host name included; unset: it trusts tls_certfile itself (pinned).",
+        description="CA bundle the driftd CLI (status, learning) verifies the endpoint with, "
+        "host name included; unset: it trusts tls_certfile itself (pinned).",
     )
     feedback_horizon_s: float = Field(
         3600.0,
         gt=0,
-        description="How long a /v1/predict answer takes feedback (POST /v1/feedback with its prediction_id); later: 410.",
+        description="How long a /v1/predict answer takes feedback (POST /v1/feedback with its "
+        "prediction_id); later: 410.",
     )
     feedback_max_pending: int = Field(
         50_000,
         ge=1,
-        description="Most served predictions kept in memory for feedback; beyond, the oldest go (their feedback: 410).",
+        description="Most served predictions kept in memory for feedback; beyond, the oldest "
+        "go (their feedback: 410).",
     )
     feedback_publish_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="Longest wait for the broker to acknowledge a feedback's events; then 503 (nothing acknowledged, retry).",
+        description="Longest wait for the broker to acknowledge a feedback's events; then 503 "
+        "(nothing acknowledged, retry).",
     )
     monitor_http_predictions: bool = Field(
         True,
-        description="Predictions served over HTTP and reported on count in live accuracy and decay detection; off: their feedback is training data only.",
+        description="Predictions served over HTTP and reported on count in live accuracy and "
+        "decay detection; off: their feedback is training data only.",
     )
 
     @property
@@ -402,28 +435,40 @@ def _check_fsspec_protocol(url: str) -> None:
 class ModelSettings(_Section):
     registry_dir: Path | None = Field(
         None,
-        description="Model registry root (versioned, checksummed). Unset: <daemon.data_dir>/registry.",
+        description="Model registry root (versioned, checksummed). Unset: "
+        "<daemon.data_dir>/registry.",
     )
     registry_url: str = Field(
         "",
         pattern=r"^$|^[a-z][a-z0-9+.-]*://\S+$",
-        description="Shared registry for replicas on several hosts: an s3:// (or other fsspec) URL holding the versions and CURRENT; registry_dir is then the local working copy. Empty: registry_dir alone.",
+        description="Shared registry for replicas on several hosts: an s3:// (or other "
+        "fsspec) URL holding the versions and CURRENT; registry_dir is then "
+        "the local working copy. Empty: registry_dir alone.",
     )
     registry_storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description='Passed to the fsspec filesystem of registry_url, e.g. {endpoint_url = "http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment variables.',
+        description="Passed to the fsspec filesystem of registry_url, e.g. {endpoint_url = "
+        '"http://minio:9000"} for s3://. Credentials: prefer the AWS_* environment '
+        "variables.",
     )
     bootstrap: bool = Field(
         True,
-        description="Train a first model from bootstrap_source when the registry is empty; off: serve nothing until a version is activated.",
+        description="Train a first model from bootstrap_source when the registry is empty; "
+        "off: serve nothing until a version is activated.",
     )
     bootstrap_source: str = Field(
         "",
-        description='What the first model is trained on when the registry is empty: a shipped dataset name (see bootstrap_dataset; bootstrap_groups applies), or a labelled .csv, .jsonl or .parquet file, as a path or an s3:// (fsspec) URL. Empty: bootstrap_dataset when kafka.bootstrap is "embedded" (the demo), nothing against another broker.',
+        description="What the first model is trained on when the registry is empty: a "
+        "shipped dataset name (see bootstrap_dataset; bootstrap_groups "
+        "applies), or a labelled .csv, .jsonl or .parquet file, as a path or "
+        "an s3:// (fsspec) URL. Empty: bootstrap_dataset when kafka.bootstrap "
+        'is "embedded" (the demo), nothing against another broker.',
     )
     bootstrap_dataset: str = Field(
         "clinc150",
-        description="Shipped dataset the empty bootstrap_source trains on with the embedded broker: clinc150, banking77, snips, or another name in streams.datasets.DATASETS.",
+        description="Shipped dataset the empty bootstrap_source trains on with the embedded "
+        "broker: clinc150, banking77, snips, or another name in "
+        "streams.datasets.DATASETS.",
     )
     bootstrap_groups: list[str] = Field(
         default_factory=lambda: [
@@ -433,7 +478,8 @@ class ModelSettings(_Section):
             "home",
             "auto_and_commute",
         ],
-        description="Domains (or intents) of the shipped dataset to train on; empty means all. Not applied to a file.",
+        description="Domains (or intents) of the shipped dataset to train on; empty means all. "
+        "Not applied to a file.",
     )
     bootstrap_text_column: str = Field(
         "text", min_length=1, description="Column of the texts in a bootstrap_source file."
@@ -443,7 +489,9 @@ class ModelSettings(_Section):
     )
     bootstrap_storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description='Passed to the fsspec filesystem of an s3:// (or other URL) bootstrap_source, e.g. {endpoint_url = "http://minio:9000"}. Credentials: prefer the AWS_* environment variables.',
+        description="Passed to the fsspec filesystem of an s3:// (or other URL) "
+        'bootstrap_source, e.g. {endpoint_url = "http://minio:9000"}. Credentials: '
+        "prefer the AWS_* environment variables.",
     )
     top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")
     max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
@@ -451,33 +499,47 @@ class ModelSettings(_Section):
     sync_interval_s: float = Field(
         10.0,
         ge=0,
-        description="How often a replica checks the registry's CURRENT and swaps to it if another replica changed it (a missed model-updates record, a replica that was down); 0: only on model-updates records.",
+        description="How often a replica checks the registry's CURRENT and swaps to it if "
+        "another replica changed it (a missed model-updates record, a replica that "
+        "was down); 0: only on model-updates records.",
     )
     architecture: Literal["bag_of_ngrams", "transformer", "encoder"] = Field(
         "bag_of_ngrams",
-        description='Architecture of a model trained from scratch: the CPU-fast bag of n-grams, the small transformer meant for a GPU, or "encoder", a pretrained sentence encoder (models.encoder) with a classification head. Fine-tunes keep the incumbent\'s.',
+        description="Architecture of a model trained from scratch: the CPU-fast bag of "
+        'n-grams, the small transformer meant for a GPU, or "encoder", a '
+        "pretrained sentence encoder (models.encoder) with a classification "
+        "head. Fine-tunes keep the incumbent's.",
     )
     encoder: str = Field(
         "",
-        description='The pretrained checkpoint of architecture "encoder": "minilm" (all-MiniLM-L6-v2, English, installed by scripts/venv.sh) or the path of a local Hugging Face checkpoint directory (config.json, tokenizer.json or vocab.txt, model.safetensors; the sentence-transformers layout too), e.g. a multilingual one. Read offline, never downloaded.',
+        description='The pretrained checkpoint of architecture "encoder": "minilm" '
+        "(all-MiniLM-L6-v2, English, installed by scripts/venv.sh) or the path "
+        "of a local Hugging Face checkpoint directory (config.json, "
+        "tokenizer.json or vocab.txt, model.safetensors; the "
+        "sentence-transformers layout too), e.g. a multilingual one. Read "
+        "offline, never downloaded.",
     )
     encoder_sha256: str = Field(
         "",
         pattern=r"^$|^[0-9a-fA-F]{64}$",
-        description="sha256 of a local checkpoint's model.safetensors: loading refuses other weights. Empty: not checked (every version's manifest records it either way); \"minilm\" is always checked against its pinned hash.",
+        description="sha256 of a local checkpoint's model.safetensors: loading refuses other "
+        "weights. Empty: not checked (every version's manifest records it either "
+        'way); "minilm" is always checked against its pinned hash.',
     )
     encoder_max_len: int = Field(
         64,
         ge=8,
         le=512,
-        description="Most tokens per text (the special tokens included) that the encoder reads; the rest is cut.",
+        description="Most tokens per text (the special tokens included) that the encoder "
+        "reads; the rest is cut.",
     )
 
     @model_validator(mode="after")
     def _encoder_named(self) -> ModelSettings:
         if self.architecture == "encoder" and not self.encoder:
             raise ValueError(
-                'models.architecture = "encoder" needs models.encoder: "minilm" or the path of a checkpoint directory'
+                'models.architecture = "encoder" needs models.encoder: "minilm" or '
+                "the path of a checkpoint directory"
             )
         if (
             self.encoder
@@ -485,7 +547,9 @@ class ModelSettings(_Section):
             and not Path(self.encoder).expanduser().is_dir()
         ):
             raise ValueError(
-                f"models.encoder = {self.encoder!r}: expected {', '.join(map(repr, KNOWN_CHECKPOINTS))} or an existing checkpoint directory"
+                f"models.encoder = {self.encoder!r}: expected "
+                f"{', '.join(map(repr, KNOWN_CHECKPOINTS))} or an existing "
+                "checkpoint directory"
             )
         return self
 
@@ -504,16 +568,16 @@ class ModelSettings(_Section):
         except LabelledFileError:
             names = ", ".join(DATASETS)
             raise ValueError(
-                f"expected a shipped dataset name ({names}), the path or URL of a .csv, .jsonl or .parquet file, or empty"
+                f"expected a shipped dataset name ({names}), the path or URL of a "
+                ".csv, .jsonl or .parquet file, or empty"
             ) from None
         if is_url(source):
             _check_fsspec_protocol(source)
         return source
 
 
-_MONITOR = (
-    MonitorConfig()
-)  # the decay policy's defaults live beside its code (measured by bench/loop.py)
+# the decay policy's defaults live beside its code (measured by bench/loop.py)
+_MONITOR = MonitorConfig()
 Signal = Literal["ewma", "adwin", "page_hinkley", "confidence", "low_confidence_share", "oos_share"]
 
 
@@ -521,7 +585,9 @@ class MonitorSettings(_Section):
     signals: list[Signal] = Field(
         list(_MONITOR.signals),
         min_length=1,
-        description="Signals that count toward a decay decision: ewma (accuracy EWMA vs reference), adwin, page_hinkley (river, on the error stream), confidence, low_confidence_share, oos_share (label-free).",
+        description="Signals that count toward a decay decision: ewma (accuracy EWMA vs "
+        "reference), adwin, page_hinkley (river, on the error stream), confidence, "
+        "low_confidence_share, oos_share (label-free).",
     )
     mode: Literal["any", "all"] = Field(
         _MONITOR.mode,
@@ -538,7 +604,8 @@ class MonitorSettings(_Section):
     label_horizon_s: float = Field(
         3600.0,
         gt=0,
-        description="How long a prediction waits for its label (and a label for its prediction) before it is dropped.",
+        description="How long a prediction waits for its label (and a label for its "
+        "prediction) before it is dropped.",
     )
     ewma_alpha: float = Field(
         _MONITOR.ewma_alpha,
@@ -604,12 +671,17 @@ class MonitorSettings(_Section):
         _MONITOR.min_accuracy,
         ge=0,
         le=1,
-        description="Poor-quality trigger, decided whatever signals and mode say: a window accuracy below this floor (after min_samples labelled outcomes) starts a fine-tune even though accuracy never dropped (a model wrong from the start). 0 turns it off.",
+        description="Poor-quality trigger, decided whatever signals and mode say: a window "
+        "accuracy below this floor (after min_samples labelled outcomes) "
+        "starts a fine-tune even though accuracy never dropped (a model wrong "
+        "from the start). 0 turns it off.",
     )
     unknown_intent_min: int = Field(
         _MONITOR.unknown_intent_min,
         ge=0,
-        description="Poor-quality trigger: this many labelled outcomes (since the model started serving) whose true intent the model has no output for start a fine-tune (a new intent, a new taxonomy). 0 turns it off.",
+        description="Poor-quality trigger: this many labelled outcomes (since the model "
+        "started serving) whose true intent the model has no output for start "
+        "a fine-tune (a new intent, a new taxonomy). 0 turns it off.",
     )
 
     def to_config(self) -> MonitorConfig:
@@ -619,39 +691,55 @@ class MonitorSettings(_Section):
 class LearningSettings(_Section):
     enabled: bool = Field(
         True,
-        description="Fine-tune when decay is confirmed (or on a manual trigger); off: detect and report only.",
+        description="Fine-tune when decay is confirmed (or on a manual trigger); off: detect "
+        "and report only.",
     )
     role: Literal["auto", "trainer", "follower"] = Field(
         "auto",
-        description='Which replica of the consumer group fine-tunes: "auto" is the one that owns partition 0 of the input topic (it moves on failover; a single replica always owns it), "trainer" always, "follower" never. A replica that is not the trainer forwards its decay decisions and labelled examples on topics.quality.',
+        description='Which replica of the consumer group fine-tunes: "auto" is the one '
+        "that owns partition 0 of the input topic (it moves on failover; a "
+        'single replica always owns it), "trainer" always, "follower" never. A '
+        "replica that is not the trainer forwards its decay decisions and "
+        "labelled examples on topics.quality.",
     )
     window_s: float = Field(
         86400.0,
         gt=0,
-        description="Recent labelled events (hot + warm) of this many seconds, by event time, make the training data.",
+        description="Recent labelled events (hot + warm) of this many seconds, by event time, "
+        "make the training data.",
     )
     replay_ratio: float = Field(
         0.3,
         ge=0,
         le=10,
-        description="Replay examples sampled from cold per recent example (guards against forgetting).",
+        description="Replay examples sampled from cold per recent example (guards against "
+        "forgetting).",
     )
     holdout_fraction: float = Field(
         0.1,
         gt=0,
         lt=0.5,
-        description="Share of the recent labelled events kept out of training to judge the candidate (see holdout_span).",
+        description="Share of the recent labelled events kept out of training to judge the "
+        "candidate (see holdout_span).",
     )
     holdout_span: int = Field(
         1,
         ge=1,
         le=20,
-        description="1 keeps the newest labelled events out as one block (holdout, and the validation split of the newest training examples). Above 1, each is drawn 1 in this many (by a hash of the event id) from the newest share x this, so the labels that arrived since the last fine-tune are mostly trained on at once (bench/labeling.py uses 4); worse for recovery from an abrupt drift (bench/loop.py), where the newest block is what the gate should judge.",
+        description="1 keeps the newest labelled events out as one block (holdout, and the "
+        "validation split of the newest training examples). Above 1, each is "
+        "drawn 1 in this many (by a hash of the event id) from the newest "
+        "share x this, so the labels that arrived since the last fine-tune are "
+        "mostly trained on at once (bench/labeling.py uses 4); worse for "
+        "recovery from an abrupt drift (bench/loop.py), where the newest block "
+        "is what the gate should judge.",
     )
     replay_scan_rows: int = Field(
         2_000_000,
         ge=1000,
-        description="Most cold rows read to draw the replay sample. When cold holds more, whole files are chosen at random under the fine-tune's seed, so the parent's memory stays bounded as history grows.",
+        description="Most cold rows read to draw the replay sample. When cold holds more, "
+        "whole files are chosen at random under the fine-tune's seed, so the "
+        "parent's memory stays bounded as history grows.",
     )
     replay_eval_fraction: float = Field(
         0.2,
@@ -662,25 +750,37 @@ class LearningSettings(_Section):
     replay_class_cap: float = Field(
         2.0,
         ge=1,
-        description="No intent keeps more than this many times its fair share (size / intents) of the replay sample; the rest is dropped before training (a few frequent intents would otherwise fill the sample when the others are rare in cold).",
+        description="No intent keeps more than this many times its fair share (size / intents) "
+        "of the replay sample; the rest is dropped before training (a few frequent "
+        "intents would otherwise fill the sample when the others are rare in cold).",
     )
     hygiene: bool = Field(
         True,
-        description="Clean the training examples before every fine-tune (models/hygiene.py): normalise text, drop empties, holdout leaks, exact and near duplicates, resolve label conflicts; the manifest records what was removed and why.",
+        description="Clean the training examples before every fine-tune (models/hygiene.py): "
+        "normalise text, drop empties, holdout leaks, exact and near duplicates, "
+        "resolve label conflicts; the manifest records what was removed and why.",
     )
     near_duplicate_threshold: float = Field(
         0.9,
         ge=0,
         le=1,
-        description="Estimated Jaccard similarity of word 3-shingles above which two examples with the same intent are near duplicates (the newest is kept); 0 or 1 turns near-duplicate removal off.",
+        description="Estimated Jaccard similarity of word 3-shingles above which two examples "
+        "with the same intent are near duplicates (the newest is kept); 0 or 1 "
+        "turns near-duplicate removal off.",
     )
     label_conflicts: Literal["majority", "drop"] = Field(
         "majority",
-        description='A text labelled with different intents: "majority" keeps the majority intent (a tie drops the text), "drop" drops every example of it.',
+        description='A text labelled with different intents: "majority" keeps the majority '
+        'intent (a tie drops the text), "drop" drops every example of it.',
     )
     pseudo_labels: bool = Field(
         False,
-        description="Also train on confident predictions of recent unlabelled utterances, at pseudo_label_weight (models/pseudo.py). The confidence threshold is measured on the fine-tune's validation split (human labels), and the candidate trained with them replaces the one trained without only if its validation loss is no higher. They are never events: never evaluated, gated on or used for decay detection.",
+        description="Also train on confident predictions of recent unlabelled utterances, at "
+        "pseudo_label_weight (models/pseudo.py). The confidence threshold is "
+        "measured on the fine-tune's validation split (human labels), and the "
+        "candidate trained with them replaces the one trained without only if its "
+        "validation loss is no higher. They are never events: never evaluated, "
+        "gated on or used for decay detection.",
     )
     pseudo_label_weight: float = Field(
         0.3,
@@ -692,7 +792,8 @@ class LearningSettings(_Section):
         0.95,
         gt=0,
         le=1,
-        description="The threshold is the lowest confidence at which the candidate's predictions on its validation split were right at least this often.",
+        description="The threshold is the lowest confidence at which the candidate's "
+        "predictions on its validation split were right at least this often.",
     )
     pseudo_label_ratio: float = Field(
         1.0, ge=0, le=10, description="Most pseudo-labels per human-labelled training example."
@@ -700,7 +801,8 @@ class LearningSettings(_Section):
     min_labelled: int = Field(
         300,
         ge=10,
-        description="Fewest labelled examples a fine-tune starts with; against an incumbent also enough for the gate's holdout of 50 at holdout_fraction (500 at 0.1).",
+        description="Fewest labelled examples a fine-tune starts with; against an incumbent "
+        "also enough for the gate's holdout of 50 at holdout_fraction (500 at 0.1).",
     )
     max_examples: int = Field(
         30000, ge=100, description="Most recent labelled examples used (the newest are kept)."
@@ -708,12 +810,14 @@ class LearningSettings(_Section):
     cooldown_s: float = Field(
         30.0,
         ge=0,
-        description="Least time between the end of one fine-tune that trained (not a skipped one) and the start of the next automatic one.",
+        description="Least time between the end of one fine-tune that trained (not a skipped "
+        "one) and the start of the next automatic one.",
     )
     timeout_s: float = Field(
         600.0,
         gt=0,
-        description="A fine-tune still running after this long is killed (no swap, a failure metric).",
+        description="A fine-tune still running after this long is killed (no swap, a failure "
+        "metric).",
     )
     threads: int = Field(
         1,
@@ -725,28 +829,34 @@ class LearningSettings(_Section):
         1,
         ge=1,
         le=64,
-        description="Fine-tune under torchrun with this many DDP workers (each with `threads` torch threads); 1 trains in one child process. The same gate and registry steps follow; rank 0 judges.",
+        description="Fine-tune under torchrun with this many DDP workers (each with `threads` "
+        "torch threads); 1 trains in one child process. The same gate and registry "
+        "steps follow; rank 0 judges.",
     )
     distributed_backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto",
-        description='torch.distributed backend of the workers: "auto" is NCCL when CUDA is present, else gloo.',
+        description='torch.distributed backend of the workers: "auto" is NCCL when CUDA is '
+        "present, else gloo.",
     )
     epochs: int = Field(
         10,
         ge=1,
         le=200,
-        description="Most epochs per fine-tune (early stopping on a validation split may stop sooner).",
+        description="Most epochs per fine-tune (early stopping on a validation split may stop "
+        "sooner).",
     )
     lr: float | None = Field(
         None,
         gt=0,
-        description="Peak learning rate (AdamW); unset: the architecture's default scaled by sqrt(examples per step / 64).",
+        description="Peak learning rate (AdamW); unset: the architecture's default scaled by "
+        "sqrt(examples per step / 64).",
     )
     batch_size: int = Field(
         256,
         ge=1,
         le=65536,
-        description="Examples per micro-batch (large batches: far fewer optimiser steps over the embedding table, so much faster on CPU).",
+        description="Examples per micro-batch (large batches: far fewer optimiser steps over "
+        "the embedding table, so much faster on CPU).",
     )
     accumulation_steps: int = Field(
         1, ge=1, le=1024, description="Micro-batches per optimiser step (gradient accumulation)."
@@ -760,13 +870,15 @@ class LearningSettings(_Section):
     )
     curriculum: bool = Field(
         False,
-        description="The first epoch of a fine-tune goes easy to hard, by the incumbent's loss on each example (later epochs are shuffled).",
+        description="The first epoch of a fine-tune goes easy to hard, by the incumbent's loss "
+        "on each example (later epochs are shuffled).",
     )
     validation_fraction: float = Field(
         0.03,
         ge=0,
         lt=0.5,
-        description="Share of the training examples (the newest, spread as holdout_span says) kept out for early stopping; 0 trains every epoch and keeps the last.",
+        description="Share of the training examples (the newest, spread as holdout_span says) "
+        "kept out for early stopping; 0 trains every epoch and keeps the last.",
     )
     patience: int = Field(
         3, ge=1, description="Epochs without a lower validation loss before early stopping."
@@ -778,30 +890,45 @@ class LearningSettings(_Section):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 on CPU.',
+        description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 '
+        "on CPU.",
     )
     encoder_trainable_layers: int | None = Field(
         None,
         ge=-1,
-        description='Architecture "encoder": the top encoder layers a fine-tune trains (the lower ones and the embeddings stay frozen); 0 trains the head alone on sentence embeddings cached under <data_dir>/embeddings (seconds on a CPU); -1 trains every layer. Unset: every layer on CUDA, 0 on CPU.',
+        description='Architecture "encoder": the top encoder layers a fine-tune trains '
+        "(the lower ones and the embeddings stay frozen); 0 trains the head "
+        "alone on sentence embeddings cached under <data_dir>/embeddings "
+        "(seconds on a CPU); -1 trains every layer. Unset: every layer on "
+        "CUDA, 0 on CPU.",
     )
     encoder_head_epochs: int = Field(
         40,
         ge=1,
         le=1000,
-        description="Epochs of a fine-tune that trains an encoder's head alone (learning.encoder_trainable_layers = 0): each is a pass over cached sentence embeddings, milliseconds for a few thousand labels, and the head needs more of them than a network does (learning.epochs).",
+        description="Epochs of a fine-tune that trains an encoder's head alone "
+        "(learning.encoder_trainable_layers = 0): each is a pass over cached "
+        "sentence embeddings, milliseconds for a few thousand labels, and the "
+        "head needs more of them than a network does (learning.epochs).",
     )
     gate_margin: float = Field(
         0.005,
         ge=-0.1,
         le=1,
-        description="Holdout accuracy the candidate must gain over the incumbent (absolute); a negative value is the most it may trail (a non-inferiority gate, for retraining often on a few new labels each time, where a required gain on a holdout of a few hundred turns noise into rejections).",
+        description="Holdout accuracy the candidate must gain over the incumbent "
+        "(absolute); a negative value is the most it may trail (a "
+        "non-inferiority gate, for retraining often on a few new labels each "
+        "time, where a required gain on a holdout of a few hundred turns noise "
+        "into rejections).",
     )
     followup_gate_margin: float = Field(
         -0.01,
         ge=-0.1,
         le=1,
-        description="The same for follow-ups. Their incumbent is the previous candidate of the episode, trained on a subset of the same data; a negative value lets one through that trails it by at most that much (noise on a holdout of a few hundred labels).",
+        description="The same for follow-ups. Their incumbent is the previous candidate of "
+        "the episode, trained on a subset of the same data; a negative value "
+        "lets one through that trails it by at most that much (noise on a "
+        "holdout of a few hundred labels).",
     )
     forgetting_epsilon: float = Field(
         0.02,
@@ -815,23 +942,30 @@ class LearningSettings(_Section):
     latency_budget_ms: float | None = Field(
         None,
         gt=0,
-        description="...or under this absolute p99 budget; unset: the architecture's (5 ms for the bag of n-grams and the transformer, 25 ms for the encoder).",
+        description="...or under this absolute p99 budget; unset: the architecture's (5 ms for "
+        "the bag of n-grams and the transformer, 25 ms for the encoder).",
     )
     followup_labels: int = Field(
         1500,
         ge=0,
-        description="After a decay, retrain each time this many new labels arrived since the last fine-tune ended, until followup_patience rejections in a row or max_followups (recovery); 0 turns follow-ups off.",
+        description="After a decay, retrain each time this many new labels arrived since the "
+        "last fine-tune ended, until followup_patience rejections in a row or "
+        "max_followups (recovery); 0 turns follow-ups off.",
     )
     max_followups: int = Field(6, ge=0, description="Most follow-up retrains after one decay.")
     followup_patience: int = Field(
         2,
         ge=1,
-        description="Follow-ups stop after this many consecutive gate rejections (nothing left to gain).",
+        description="Follow-ups stop after this many consecutive gate rejections (nothing left "
+        "to gain).",
     )
     followup_quiet_s: float = Field(
         60.0,
         ge=0,
-        description="After a decay, when labels stop arriving for this long and at least a quarter of followup_labels came since the last fine-tune took its data, retrain once more so the episode's last labels are learned; 0 turns it off.",
+        description="After a decay, when labels stop arriving for this long and at least a "
+        "quarter of followup_labels came since the last fine-tune took its "
+        "data, retrain once more so the episode's last labels are learned; 0 "
+        "turns it off.",
     )
     canary_labels: int = Field(
         300, ge=0, description="Labelled outcomes watched after a swap; 0 turns the canary off."
@@ -840,53 +974,67 @@ class LearningSettings(_Section):
         0.05,
         ge=0,
         le=1,
-        description="Roll back when the new model's canary accuracy is this much below the previous model's last accuracy.",
+        description="Roll back when the new model's canary accuracy is this much below the "
+        "previous model's last accuracy.",
     )
 
 
 class LabelingSettings(_Section):
     enabled: bool = Field(
         False,
-        description="Publish labelling requests for the most uncertain predictions on topics.labeling_requests (`driftd labels export | import` take them to Label Studio and back).",
+        description="Publish labelling requests for the most uncertain predictions on "
+        "topics.labeling_requests (`driftd labels export | import` take them to "
+        "Label Studio and back).",
     )
     strategy: Literal["least_confidence", "margin", "entropy", "random"] = Field(
         "margin",
-        description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - (p1 - p2)) or entropy (normalised, over the top-k); random (a hash of the event id) is the baseline they are measured against.",
+        description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - "
+        "(p1 - p2)) or entropy (normalised, over the top-k); random (a hash of the "
+        "event id) is the baseline they are measured against.",
     )
     budget_per_hour: int = Field(
         100,
         ge=0,
-        description="Most labelling requests an hour (a token bucket holding a sixth of it, so the hour cannot go at once); 0 requests nothing.",
+        description="Most labelling requests an hour (a token bucket holding a sixth of it, so "
+        "the hour cannot go at once); 0 requests nothing.",
     )
     min_score: float = Field(
         0.3,
         ge=0,
         le=1,
-        description="A prediction is requested only with at least this uncertainty score, and at least the `percentile` of the last `window` scores.",
+        description="A prediction is requested only with at least this uncertainty score, and "
+        "at least the `percentile` of the last `window` scores.",
     )
     percentile: float = Field(
         80.0,
         ge=0,
         lt=100,
-        description="Running percentile of the last `window` scores a prediction must reach to be requested: 80 requests about a fifth of the predictions. Lower it to request more than annotators label, so they work the queue most uncertain first (`driftd labels export` orders it so).",
+        description="Running percentile of the last `window` scores a prediction must "
+        "reach to be requested: 80 requests about a fifth of the predictions. "
+        "Lower it to request more than annotators label, so they work the "
+        "queue most uncertain first (`driftd labels export` orders it so).",
     )
     diversity_threshold: float = Field(
         0.8,
         ge=0,
         le=1,
-        description="Estimated Jaccard similarity of word 3-shingles (MinHash) with one of the last `window` requested texts at or above which a text is a near duplicate and not requested; 0 turns the guard off.",
+        description="Estimated Jaccard similarity of word 3-shingles (MinHash) with one of the "
+        "last `window` requested texts at or above which a text is a near "
+        "duplicate and not requested; 0 turns the guard off.",
     )
     window: int = Field(
         500,
         ge=1,
-        description="Recent scores the percentile is taken over, and recent requested texts the diversity guard compares with.",
+        description="Recent scores the percentile is taken over, and recent requested texts "
+        "the diversity guard compares with.",
     )
 
 
 class ReplaySettings(_Section):
     dataset: str = Field(
         "clinc150",
-        description="Shipped dataset the demo (and driftd replay without --file) replays: clinc150, banking77, snips, or another name in streams.datasets.DATASETS.",
+        description="Shipped dataset the demo (and driftd replay without --file) replays: "
+        "clinc150, banking77, snips, or another name in streams.datasets.DATASETS.",
     )
     data_dir: Path | None = Field(
         None, description="Where the datasets are; unset uses the copy shipped in data/."
@@ -901,7 +1049,8 @@ class ReplaySettings(_Section):
     )
     schedule: str = Field(
         "0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;3000=*",
-        description="Drift schedule: <utterance index>=<domains or intents, comma separated, * for all>;...",
+        description="Drift schedule: <utterance index>=<domains or intents, comma separated, * "
+        "for all>;...",
     )
     seed: int = Field(7, description="Seed of the replay order.")
 
@@ -940,9 +1089,8 @@ class Settings(BaseSettings):
 
     @property
     def embedding_cache_dir(self) -> Path:
-        return (
-            self.daemon.data_dir / "embeddings"
-        )  # a frozen encoder's sentence embeddings (models/embedding_cache.py)
+        # a frozen encoder's sentence embeddings (models/embedding_cache.py)
+        return self.daemon.data_dir / "embeddings"
 
     @property
     def registry_dir(self) -> Path:
@@ -963,21 +1111,23 @@ def _format_errors(exc: ValidationError) -> str:
         elif "password" in key or "token" in key or "salt" in key:
             value = "<secret>"
         if error["type"] == "extra_forbidden":
-            lines.append(
-                f"{key}: unknown setting; see config.toml for the valid keys"
-            )  # its value may be a misplaced secret
+            # its value may be a misplaced secret
+            lines.append(f"{key}: unknown setting; see config.toml for the valid keys")
             continue
         env = ENV_PREFIX + ENV_NESTED_DELIMITER.join(
             str(p).upper() for p in error["loc"] if not isinstance(p, int)
         )
         lines.append(
-            f"{key} = {value!r} is invalid: {error['msg'][0].lower()}{error['msg'][1:]} (config.toml key {key}, env {env})"
+            f"{key} = {value!r} is invalid: "
+            f"{error['msg'][0].lower()}{error['msg'][1:]} (config.toml key {key}, "
+            f"env {env})"
         )
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from ``path`` (TOML; optional), then environment variables, then ``overrides`` (highest)."""
+    """Settings from ``path`` (TOML; optional), then
+    environment variables, then ``overrides`` (highest)."""
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
 
@@ -1000,9 +1150,8 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         loaded = _FromFile(**overrides)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    except (
-        SettingsError
-    ) as exc:  # an environment variable that is not valid JSON for a table/list setting
+    # an environment variable that is not valid JSON for a table/list setting
+    except SettingsError as exc:
         raise ConfigError(f"invalid environment variable: {exc}") from None
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None

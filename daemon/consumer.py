@@ -1,22 +1,25 @@
-"""faust's Kafka consumer, made to stall one partition on a record batch it cannot read instead of dying.
+"""faust's Kafka consumer, made to stall one partition
+on a record batch it cannot read instead of dying.
 
 aiokafka decompresses and parses a partition's records only when faust drains them
-(``Fetcher.fetched_records``). A batch it cannot read (an unknown codec, a codec whose library is missing,
-a compressed payload that does not decompress, a bad CRC or record structure) raises there, out of the
-whole fetch: faust's consumer thread crashes the worker ("We experienced a crash!"), and retrying only
-raises again, since the same bytes come back. Records already drained from other partitions in that call
-would be lost from the return while their positions had moved on.
+(``Fetcher.fetched_records``). A batch it cannot read (an unknown codec, a codec whose library is
+missing, a compressed payload that does not decompress, a bad CRC or record structure) raises there,
+out of the whole fetch: faust's consumer thread crashes the worker ("We experienced a crash!"), and
+retrying only raises again, since the same bytes come back. Records already drained from other
+partitions in that call would be lost from the return while their positions had moved on.
 
 Here each partition is drained on its own. The records before an unreadable batch are returned; the
-partition is paused in aiokafka at the batch (faust never resumes an aiokafka pause; a rebalance starts
-it afresh), so nothing at or after it is consumed or committed and nothing is lost: the log still has it.
-The other partitions go on. ``driftd_partition_stalled`` and an error log line name the partition and
-offset (alert DriftdPartitionStalled); docs/metrics.md says what an operator can do.
+partition is paused in aiokafka at the batch (faust never resumes an aiokafka
+pause; a rebalance starts it afresh), so nothing at or after it is consumed or
+committed and nothing is lost: the log still has it. The other partitions go on.
+``driftd_partition_stalled`` and an error log line name the partition and offset
+(alert DriftdPartitionStalled); docs/metrics.md says what an operator can do.
 
-faust lets an app bring its own transport: ``app.transport = StallingTransport(...)`` (daemon/app.py)
-gives it this consumer. The one narrow override is ``_fetch_records`` of faust's aiokafka consumer thread,
-whose drain loop (``fetched_records`` below) follows aiokafka 0.14.0's ``Fetcher.fetched_records`` (pinned
-in pyproject.toml) with one change: a partition that raises is stalled, not the whole fetch.
+faust lets an app bring its own transport: ``app.transport = StallingTransport(...)``
+(daemon/app.py) gives it this consumer. The one narrow override is ``_fetch_records``
+of faust's aiokafka consumer thread, whose drain loop (``fetched_records`` below)
+follows aiokafka 0.14.0's ``Fetcher.fetched_records`` (pinned in pyproject.toml) with
+one change: a partition that raises is stalled, not the whole fetch.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ __all__ = ["PartitionStalls", "Stall", "StallingTransport", "drain_partition", "
 
 log = logging.getLogger("driftd.consumer")
 
-# (topic, partition, offset of the first record not read, the error): called in the consumer's thread
+# (topic, partition, offset of the first record not
+# read, the error): called in the consumer's thread
 OnUnreadable = Callable[[Any, int, BaseException], None]
 
 
@@ -52,13 +56,14 @@ class Stall:
 
 
 class PartitionStalls:
-    """Which partitions stand still at an unreadable batch: metrics, log lines and ``driftd status``.
-    Written from faust's consumer thread, read from the event loop."""
+    """Which partitions stand still at an unreadable batch: metrics, log lines and
+    ``driftd status``. Written from faust's consumer thread, read from the event loop."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.stalled_gauge = Gauge(
             "driftd_partition_stalled",
-            "1 while consumption of a partition stands still at a record batch the consumer cannot read "
+            "1 while consumption of a partition stands still at a record batch "
+            "the consumer cannot read "
             "(codec, corrupt data).",
             ["topic", "partition"],
             registry=registry,
@@ -81,8 +86,10 @@ class PartitionStalls:
         self.stalled_gauge.labels(topic, str(partition)).set(1)
         self.stalls_total.labels(topic, str(partition)).inc()
         log.error(
-            "partition stalled: topic %s partition %d offset %d: a record batch there cannot be read (%s). "
-            "Consumption of this partition stops here and nothing at or after offset %d is committed; the other "
+            "partition stalled: topic %s partition %d offset %d: a record "
+            "batch there cannot be read (%s). "
+            "Consumption of this partition stops here and nothing at or after "
+            "offset %d is committed; the other "
             "partitions go on. See DriftdPartitionStalled in docs/metrics.md.",
             topic,
             partition,
@@ -116,8 +123,9 @@ class PartitionStalls:
 def drain_partition(
     result: FetchResult, max_records: int | None
 ) -> tuple[list[Any], BaseException | None]:
-    """Up to ``max_records`` records of one partition's fetch result, one at a time so that the position moves
-    past each record returned and no further: on an unreadable batch, the records before it and the error."""
+    """Up to ``max_records`` records of one partition's fetch result, one at
+    a time so that the position moves past each record returned and no
+    further: on an unreadable batch, the records before it and the error."""
     records: list[Any] = []
     try:
         while max_records is None or len(records) < max_records:
@@ -137,10 +145,10 @@ async def fetched_records(
     max_records: int | None = None,
     on_unreadable: OnUnreadable | None = None,
 ) -> dict[Any, list[Any]]:
-    """aiokafka 0.14.0's ``Fetcher.fetched_records``, each partition drained on its own: one that raises is
-    handed to ``on_unreadable`` (which pauses it) with the records before the bad batch returned, instead
-    of the error leaving the whole call. Fetch errors (``FetchError``: offsets out of range, authorisation)
-    still raise, as in aiokafka."""
+    """aiokafka 0.14.0's ``Fetcher.fetched_records``, each partition drained on its own: one
+    that raises is handed to ``on_unreadable`` (which pauses it) with the records before
+    the bad batch returned, instead of the error leaving the whole call. Fetch errors
+    (``FetchError``: offsets out of range, authorisation) still raise, as in aiokafka."""
     partitions = set(partitions or ())
     while True:
         if fetcher._subscriptions.reassignment_in_progress:
@@ -159,7 +167,8 @@ async def fetched_records(
                     del fetcher._records[tp]
                     fetcher._notify(fetcher._wait_consume_future)
                 if error is not None and on_unreadable is not None:
-                    # The position stands after the last record returned: the start of what could not be read.
+                    # The position stands after the last record
+                    # returned: the start of what could not be read.
                     position = fetcher._subscriptions.subscription.assignment.state_value(
                         tp
                     ).position
@@ -212,9 +221,8 @@ class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         stalls: PartitionStalls = self.consumer.transport.stalls
         if stalls.keys():
             paused = {(tp.topic, tp.partition) for tp in consumer.paused()}
-            for topic, partition in (
-                stalls.keys() - paused
-            ):  # a rebalance assigned it afresh (or to another replica)
+            # a rebalance assigned it afresh (or to another replica)
+            for topic, partition in stalls.keys() - paused:
                 stalls.clear(
                     topic,
                     partition,
@@ -222,9 +230,8 @@ class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 )
 
         def on_unreadable(tp: Any, offset: int, error: BaseException) -> None:
-            consumer.pause(
-                tp
-            )  # aiokafka fetches it no more; faust never resumes it (a rebalance does)
+            # aiokafka fetches it no more; faust never resumes it (a rebalance does)
+            consumer.pause(tp)
             stalls.stall(tp.topic, tp.partition, offset, error)
 
         with fetcher._subscriptions.fetch_context():
@@ -243,7 +250,8 @@ class StallingConsumer(faust_aiokafka.Consumer):
 
 
 class StallingTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport with ``StallingConsumer``; ``stalls`` records what stands still."""
+    """faust's aiokafka transport with ``StallingConsumer``;
+    ``stalls`` records what stands still."""
 
     Consumer = StallingConsumer
 

@@ -1,10 +1,12 @@
-"""The README's main command: embedded broker, the real daemon as a child process, a CLINC150 replay with drift.
+"""The README's main command: embedded broker, the real
+daemon as a child process, a CLINC150 replay with drift.
 
-The daemon bootstraps a model on 5 CLINC150 domains; the replay then moves to all 10 with delayed labels.
-Its log (on this terminal) shows the decay being detected, the fine-tune's epochs, the gate verdict and
-the swap as they happen, plus the tier counts. This driver waits until every event is stored and has
-aged into cold, prints a summary from /metrics, and writes ``timeline.png``: windowed accuracy with the
-drift onset, the detection and every swap marked. Tier ages are shortened so all three tiers fill.
+The daemon bootstraps a model on 5 CLINC150 domains; the replay then moves to all 10
+with delayed labels. Its log (on this terminal) shows the decay being detected, the
+fine-tune's epochs, the gate verdict and the swap as they happen, plus the tier counts.
+This driver waits until every event is stored and has aged into cold, prints a summary
+from /metrics, and writes ``timeline.png``: windowed accuracy with the drift onset, the
+detection and every swap marked. Tier ages are shortened so all three tiers fill.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ async def _send_malformed(bootstrap: str, topic: str, count: int) -> None:
 
 
 def _show_predictions(url: str) -> None:
-    """Ask the live model about one seen domain and two it was not bootstrapped on (travel, utility)."""
+    """Ask the live model about one seen domain and two
+    it was not bootstrapped on (travel, utility)."""
     texts = [
         "what is my checking account balance",
         "book me a flight to lisbon",
@@ -76,12 +79,13 @@ def _show_predictions(url: str) -> None:
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = json.load(response)
     print(f"driftd demo: POST /v1/predict answered by model {answer['model_version']}:")
-    for text, p in zip(texts, answer["predictions"]):
+    for text, p in zip(texts, answer["predictions"], strict=True):
         print(f"  {text!r:45s} -> {p['intent']} ({p['confidence']:.2f})")
 
 
 def onset_outcome(settings: Settings) -> int | None:
-    """How many labelled outcomes precede the first one about a post-onset utterance (the plan is deterministic)."""
+    """How many labelled outcomes precede the first one about
+    a post-onset utterance (the plan is deterministic)."""
     from streams.datasets import groups, load_examples
     from streams.replay import DriftSchedule, plan_events
 
@@ -139,7 +143,9 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
         f"driftd demo: embedded broker on {bootstrap}, data in {data_dir}, metrics at {metrics_url}"
     )
     print(
-        f"driftd demo: a first model is trained on 5 CLINC150 domains; the replay drifts ({settings.replay.schedule}); watch the daemon detect it, fine-tune, gate and swap."
+        "driftd demo: a first model is trained on 5 CLINC150 domains; the replay "
+        f"drifts ({settings.replay.schedule}); watch the daemon detect it, "
+        "fine-tune, gate and swap."
     )
 
     with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
@@ -149,7 +155,8 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
             **DEMO_TIER_ENV,
             "DRIFTD_KAFKA__BOOTSTRAP": bootstrap,
             "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
-            # named explicitly: the child sees a host:port broker, and only "embedded" implies the demo dataset
+            # named explicitly: the child sees a host:port broker,
+            # and only "embedded" implies the demo dataset
             "DRIFTD_MODELS__BOOTSTRAP_SOURCE": settings.models.bootstrap_source
             or settings.models.bootstrap_dataset,
         }
@@ -167,7 +174,9 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
             asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
             sent = stats.sent
             print(
-                f"driftd demo: sent {stats.utterances} utterances + {stats.labels} labels of {settings.replay.dataset} and {malformed} malformed payloads"
+                f"driftd demo: sent {stats.utterances} utterances + {stats.labels} "
+                f"labels of {settings.replay.dataset} and {malformed} malformed "
+                "payloads"
             )
 
             def all_stored() -> bool:
@@ -179,7 +188,8 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
 
             wait_for(all_stored, 120, "every event to be stored", daemon)
             print(
-                "driftd demo: every event is stored; waiting for them to age from hot through warm into cold ..."
+                "driftd demo: every event is stored; waiting for them to age from "
+                "hot through warm into cold ..."
             )
             wait_for(
                 lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent,
@@ -223,7 +233,8 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     png = write_timeline_png(settings, data_dir)
     if png is not None:
         print(
-            f"driftd demo: timeline of windowed accuracy (drift onset, detection, swaps) written to {png}"
+            "driftd demo: timeline of windowed accuracy (drift onset, detection, "
+            f"swaps) written to {png}"
         )
     if not keep:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,16 +1,17 @@
 """Feedback on HTTP predictions: the answers that wait for it, and the events it becomes.
 
-``/v1/predict`` remembers each answer (the redacted text and the prediction) under a random ``prediction_id``
-in :class:`PendingPredictions`, bounded in count (``web.feedback_max_pending``) and age
-(``web.feedback_horizon_s``). ``POST /v1/feedback`` turns a report into events on the input topic, keyed by
-the prediction id so that both land on one partition, in order: first (once per id) an ``utterance`` with
-``event_id = prediction_id`` that carries the served prediction (``streams.ingest.SERVED_PREDICTION_FIELD``),
-then the ``label`` (an intent) or ``feedback`` (correct or not) that names it. From there they are stored,
-joined and trained on exactly like events a Kafka producer sent, by whichever replica consumes the partition.
+``/v1/predict`` remembers each answer (the redacted text and the prediction) under a random
+``prediction_id`` in :class:`PendingPredictions`, bounded in count (``web.feedback_max_pending``)
+and age (``web.feedback_horizon_s``). ``POST /v1/feedback`` turns a report into events on the
+input topic, keyed by the prediction id so that both land on one partition, in order: first (once
+per id) an ``utterance`` with ``event_id = prediction_id`` that carries the served prediction
+(``streams.ingest.SERVED_PREDICTION_FIELD``), then the ``label`` (an intent) or ``feedback``
+(correct or not) that names it. From there they are stored, joined and trained on exactly like
+events a Kafka producer sent, by whichever replica consumes the partition.
 
 The request is answered only once the broker acknowledged every event (503 otherwise: nothing is
-acknowledged that could be lost). The pending answers live in this process's memory: feedback must reach
-the replica that served the prediction, before it restarts.
+acknowledged that could be lost). The pending answers live in this process's memory:
+feedback must reach the replica that served the prediction, before it restarts.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
 MAX_INTENT_CHARS = 128  # streams.schema's limit on an intent
 SOURCE_META = {"source": "http"}
 
-Send = Callable[
-    [str, bytes, bytes], Awaitable[Awaitable[Any]]
-]  # (topic, key, value) -> awaitable of the broker's ack
+# (topic, key, value) -> awaitable of the broker's ack
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
 class FeedbackRefused(Exception):
@@ -64,13 +64,13 @@ class ServedPrediction:
     confidence: float
     model_version: str
     served_at: float
-    published: bool = (
-        False  # its utterance event is on the input topic: a second report sends only the label
-    )
+    # its utterance event is on the input topic: a second report sends only the label
+    published: bool = False
 
 
 class PendingPredictions:
-    """Served predictions by id, oldest first; the oldest go past ``max_pending`` or ``horizon_s``."""
+    """Served predictions by id, oldest first; the
+    oldest go past ``max_pending`` or ``horizon_s``."""
 
     def __init__(
         self, horizon_s: float, max_pending: int, clock: Callable[[], float] = time.time
@@ -84,9 +84,8 @@ class PendingPredictions:
         self._clock = clock
         self._entries: OrderedDict[str, ServedPrediction] = OrderedDict()
         self._started_ms = int(clock() * 1000)
-        self._evicted_until_ms = (
-            -1
-        )  # issue time of the newest id dropped for room: older ids were ours, and are gone
+        # issue time of the newest id dropped for room: older ids were ours, and are gone
+        self._evicted_until_ms = -1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -104,7 +103,8 @@ class PendingPredictions:
         return prediction_id
 
     def get(self, prediction_id: Any) -> ServedPrediction:
-        """The served prediction, or FeedbackRefused: 422 malformed, 410 expired or evicted, 404 unknown."""
+        """The served prediction, or FeedbackRefused: 422
+        malformed, 410 expired or evicted, 404 unknown."""
         if not isinstance(prediction_id, str) or not PREDICTION_ID.fullmatch(prediction_id):
             raise FeedbackRefused(
                 422, '"prediction_id" must be the 32 hex digits a /v1/predict answer carries'
@@ -119,18 +119,23 @@ class PendingPredictions:
             raise FeedbackRefused(
                 410,
                 f"prediction {prediction_id} expired: served {age_s:.0f} s ago, "
-                f"feedback is taken for {self.horizon_s:g} s (web.feedback_horizon_s)",
+                "feedback is taken for "
+                f"{self.horizon_s:g} s "
+                "(web.feedback_horizon_s)",
             )
         if _issued_ms(prediction_id) < self._started_ms:
             raise FeedbackRefused(
                 404,
-                f"unknown prediction {prediction_id}: served before this daemon started "
-                "(answers waiting for feedback live in memory) or never served",
+                f"unknown prediction {prediction_id}: served before this daemon "
+                "started "
+                "(answers waiting for feedback live in "
+                "memory) or never served",
             )
         if _issued_ms(prediction_id) <= self._evicted_until_ms:
             raise FeedbackRefused(
                 410,
-                f"prediction {prediction_id} expired: more than {self.max_pending} predictions "
+                f"prediction {prediction_id} expired: more than {self.max_pending} "
+                "predictions "
                 "were served after it (web.feedback_max_pending)",
             )
         raise FeedbackRefused(
@@ -153,7 +158,8 @@ def _issued_ms(prediction_id: str) -> int:
 
 
 def parse_feedback(payload: Any) -> tuple[str, bool | None, str | None]:
-    """(prediction_id, correct, intent) of a request body; exactly one of correct and intent is set."""
+    """(prediction_id, correct, intent) of a request
+    body; exactly one of correct and intent is set."""
     if not isinstance(payload, dict):
         raise FeedbackRefused(
             422,
@@ -193,10 +199,12 @@ def feedback_events(
     intent: str | None,
     now: float,
 ) -> list[dict[str, Any]]:
-    """The events a report becomes: the utterance (unless published already), then its label or feedback.
+    """The events a report becomes: the utterance (unless
+    published already), then its label or feedback.
 
-    An intent is a ``label``. ``correct`` is ``feedback``; when true it also carries the served intent, so the
-    utterance is training data as well (streams.training_set learns from label and feedback events with an intent).
+    An intent is a ``label``. ``correct`` is ``feedback``; when true it also
+    carries the served intent, so the utterance is training data as well
+    (streams.training_set learns from label and feedback events with an intent).
     """
     common = {"conversation_id": prediction_id, "turn": 0, "meta": SOURCE_META}
     events: list[dict[str, Any]] = []
@@ -224,17 +232,17 @@ def feedback_events(
     if intent is not None:
         events.append({**report, "type": "label", "intent": intent})
     else:
-        right = (
-            {"intent": served.intent} if correct else {}
-        )  # "wrong" alone does not say what was right
+        # "wrong" alone does not say what was right
+        right = {"intent": served.intent} if correct else {}
         events.append({**report, "type": "feedback", "correct": correct, **right})
     return events
 
 
 def encode_events(events: list[dict[str, Any]], max_event_bytes: int) -> list[bytes]:
-    """Encoded events, each validated as ingest will: a refusal there would dead-letter what we acknowledged."""
+    """Encoded events, each validated as ingest will: a
+    refusal there would dead-letter what we acknowledged."""
     encoded = [json.dumps(event).encode() for event in events]
-    for event, raw in zip(events, encoded):
+    for event, raw in zip(events, encoded, strict=True):
         decoded = decode_event(raw, max_event_bytes)
         if isinstance(decoded, Rejection):
             raise FeedbackRefused(
@@ -254,12 +262,13 @@ async def publish_feedback(
     encoded: list[bytes],
     timeout_s: float,
 ) -> None:
-    """Publish in order, each acknowledged before the next (the utterance must be stored before its label
-    names it: ingest fills the label's text from it); FeedbackRefused(503) when the broker does not ack."""
+    """Publish in order, each acknowledged before the next (the utterance
+    must be stored before its label names it: ingest fills the label's
+    text from it); FeedbackRefused(503) when the broker does not ack."""
     key = prediction_id.encode()
     try:
         async with asyncio.timeout(timeout_s):
-            for event, raw in zip(events, encoded):
+            for event, raw in zip(events, encoded, strict=True):
                 await (await send(topic, key, raw))
                 if event["type"] == "utterance":
                     served.published = True
@@ -272,6 +281,7 @@ async def publish_feedback(
     except Exception as exc:  # noqa: BLE001 - any producer failure means: not acknowledged
         raise FeedbackRefused(
             503,
-            f"the broker did not acknowledge the feedback ({type(exc).__name__}: {exc}); "
+            f"the broker did not acknowledge the feedback ({type(exc).__name__}: "
+            f"{exc}); "
             "retry (a repeated report is harmless)",
         ) from None

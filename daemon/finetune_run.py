@@ -1,6 +1,7 @@
-"""One fine-tune from start to verdict: verify the incumbent, build the job, train and gate it in the child
-(``TrainerProcess``), and hand a candidate that passed to the promotion. Every step's outcome goes in the run's
-record (the status route's ``last_run``) and the metrics; any failure leaves the serving model as it was."""
+"""One fine-tune from start to verdict: verify the incumbent, build the job, train
+and gate it in the child (``TrainerProcess``), and hand a candidate that passed to
+the promotion. Every step's outcome goes in the run's record (the status route's
+``last_run``) and the metrics; any failure leaves the serving model as it was."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ log = logging.getLogger("driftd.learning")
 
 
 class Promote(Protocol):
-    """Publishes, swaps in and announces a candidate that passed the gate; returns its registry version."""
+    """Publishes, swaps in and announces a candidate that
+    passed the gate; returns its registry version."""
 
     async def __call__(
         self,
@@ -60,9 +62,8 @@ class FineTuneRunner:
         self.server = server
         self.registry = registry
         self.jobs = jobs
-        self.followups = (
-            followups  # told what a run found: too little data, the gate's verdict, its end
-        )
+        # told what a run found: too little data, the gate's verdict, its end
+        self.followups = followups
         self.metrics = metrics
         self.clock = clock
         self.mark = mark
@@ -71,9 +72,8 @@ class FineTuneRunner:
             settings.threads, settings.distributed_processes, settings.distributed_backend
         )
         self.last_run: dict[str, Any] | None = None
-        self.history: list[
-            dict[str, Any]
-        ] = []  # one entry per fine-tune, for the status route and tests
+        # one entry per fine-tune, for the status route and tests
+        self.history: list[dict[str, Any]] = []
 
     def reconfigure(self, settings: LearningSettings) -> None:
         """New [learning] settings for the next run; a running one keeps its child's."""
@@ -112,16 +112,16 @@ class FineTuneRunner:
 
     async def _steps(self, trigger: str, run: dict[str, Any]) -> None:
         incumbent = self.server.version
-        if (
-            incumbent is not None
-        ):  # all its files: the swap hashed only what it serves, the warm start reads the rest
+        # all its files: the swap hashed only what it serves, the warm start reads the rest
+        if incumbent is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.registry.verify, incumbent)
         job, counts = await self.jobs.build(incumbent, trigger)
         run["data"] = counts
         if job is None:
             needed = self.jobs.min_examples(incumbent)
             log.warning(
-                "fine-tune (%s) skipped: %d labelled examples, fewer than the %d it needs (%s); "
+                "fine-tune (%s) skipped: %d labelled examples, fewer than the %d "
+                "it needs (%s); "
                 "it starts once %d more labels arrived",
                 trigger,
                 counts["recent"],
@@ -134,7 +134,8 @@ class FineTuneRunner:
             self.followups.skipped(trigger, needed - counts["recent"])
             return
         log.warning(
-            "fine-tune (%s) started: %d training examples (%d recent + %d replay), holdout %d, "
+            "fine-tune (%s) started: %d training examples (%d recent + %d replay), "
+            "holdout %d, "
             "replay check %d; incumbent %s",
             trigger,
             counts["train"],
@@ -144,8 +145,9 @@ class FineTuneRunner:
             counts["replay_eval"],
             incumbent,
         )
-        # The child writes the candidate's files here (next to the registry, swept if we crash): only
-        # their paths come back, and publishing streams them, so the model bytes never enter this heap.
+        # The child writes the candidate's files here (next to the registry,
+        # swept if we crash): only their paths come back, and publishing
+        # streams them, so the model bytes never enter this heap.
         job.output_dir = str(self.registry.staging_dir())
         try:
             await self._train_judge_promote(job, incumbent, trigger, run)
@@ -191,7 +193,10 @@ class FineTuneRunner:
             self.metrics.progress.set(update["epoch"] / max(1, update["epochs"]))
             extra = ""
             if "val_loss" in update:
-                extra = f", validation loss {update['val_loss']:.4f}, accuracy {update['val_accuracy']:.4f}"
+                extra = (
+                    f", validation loss {update['val_loss']:.4f}, accuracy "
+                    f"{update['val_accuracy']:.4f}"
+                )
             log.info(
                 "fine-tune epoch %d/%d: loss %.4f, %.0f samples/s%s",
                 update["epoch"],

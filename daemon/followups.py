@@ -1,10 +1,12 @@
-"""When a fine-tune starts on its own: after a decay decision, its follow-ups as labels accumulate, the first
-model once enough labels arrived, and a run that was skipped for too little data once its shortfall arrived.
+"""When a fine-tune starts on its own: after a decay decision, its follow-ups
+as labels accumulate, the first model once enough labels arrived, and a
+run that was skipped for too little data once its shortfall arrived.
 
-The policy only decides and counts; the learning loop starts the runs it allows. One decay episode allows
-``learning.max_followups`` follow-ups, each once ``followup_labels`` labels came after the last fine-tune took its
-data (or, with ``followup_quiet_s``, once the stream fell quiet), until ``followup_patience`` consecutive gate
-rejections or a failed canary end it. ``learning.cooldown_s`` spaces automatic runs after one that trained.
+The policy only decides and counts; the learning loop starts the runs it allows. One decay
+episode allows ``learning.max_followups`` follow-ups, each once ``followup_labels`` labels
+came after the last fine-tune took its data (or, with ``followup_quiet_s``, once the
+stream fell quiet), until ``followup_patience`` consecutive gate rejections or a failed
+canary end it. ``learning.cooldown_s`` spaces automatic runs after one that trained.
 """
 
 from __future__ import annotations
@@ -35,20 +37,18 @@ class FollowUpPolicy:
         self.settings = settings
         self.clock = clock
         self.state = FineTuneState.IDLE
-        self.finished_at = (
-            0.0  # when the last fine-tune that trained ended (a skipped one does not count)
-        )
+        # when the last fine-tune that trained ended (a skipped one does not count)
+        self.finished_at = 0.0
         self.followups_left = 0
         self.rejections = 0  # consecutive gate rejections of the episode's follow-ups
-        self.labels_since_start = (
-            0  # labelled outcomes and examples since the last fine-tune took its data
-        )
-        self.labels_without_model = (
-            0  # labelled examples stored while no model served, since the last start
-        )
+        # labelled outcomes and examples since the last fine-tune took its data
+        self.labels_since_start = 0
+        # labelled examples stored while no model served, since the last start
+        self.labels_without_model = 0
         self.last_label_at = 0.0
-        # A fine-tune that needs more labels first: (trigger, labels since the last start it waits for).
-        # Set for the first model (no model serves) and after a run skipped for too little data.
+        # A fine-tune that needs more labels first: (trigger, labels
+        # since the last start it waits for). Set for the first model
+        # (no model serves) and after a run skipped for too little data.
         self.awaiting: tuple[str, int] | None = (
             None if serving else ("cold_start", settings.min_labelled)
         )
@@ -56,10 +56,12 @@ class FollowUpPolicy:
     def reconfigure(self, settings: LearningSettings) -> None:
         self.settings = settings
 
-    # -- what it counts ------------------------------------------------------------------------------
+    # -- what it counts
+    # ------------------------------------------------------------------------------
 
     def count_labels(self, n: int = 1, *, without_model: bool = False) -> None:
-        """``n`` new labels (training data, whichever version they judged); ``without_model``: none serves."""
+        """``n`` new labels (training data, whichever version
+        they judged); ``without_model``: none serves."""
         self.labels_since_start += n
         if without_model:
             self.labels_without_model += n
@@ -71,17 +73,20 @@ class FollowUpPolicy:
         elif self.awaiting is not None and self.awaiting[0] == "cold_start":
             self.awaiting = None  # a model serves now (activated, synced or trained)
 
-    # -- what it allows: each True (or trigger) means the caller starts that fine-tune now -------------
+    # -- what it allows: each True (or trigger) means
+    # the caller starts that fine-tune now -------------
 
     def decay_confirmed(self) -> bool:
-        """A decay decision on the trainer: starts a new episode unless a run is on or the cooldown lasts."""
+        """A decay decision on the trainer: starts a new
+        episode unless a run is on or the cooldown lasts."""
         since = self.clock() - self.finished_at
         if self.state != FineTuneState.IDLE:
             log.info("decay confirmed while a fine-tune runs; it will be judged on newer data")
             return False
         if since < self.settings.cooldown_s:
             log.info(
-                "decay confirmed %.0fs after the last fine-tune, inside learning.cooldown_s=%.0f: "
+                "decay confirmed %.0fs after the last fine-tune, inside "
+                "learning.cooldown_s=%.0f: "
                 "not retraining yet",
                 since,
                 self.settings.cooldown_s,
@@ -91,7 +96,8 @@ class FollowUpPolicy:
         return True
 
     def take_followup(self, is_trainer: Callable[[], bool]) -> bool:
-        """Retrain once ``followup_labels`` labels arrived after the last fine-tune took its data."""
+        """Retrain once ``followup_labels`` labels arrived
+        after the last fine-tune took its data."""
         enough = self.labels_since_start >= self.settings.followup_labels
         if self.followups_left > 0 and enough and self.state == FineTuneState.IDLE and is_trainer():
             self.followups_left -= 1
@@ -118,8 +124,9 @@ class FollowUpPolicy:
         return False
 
     def take_awaited(self, is_trainer: Callable[[], bool]) -> str | None:
-        """The trigger of the fine-tune that waited for labels (the first model, or one skipped for too little
-        data) once they arrived, learning is on, this replica trains and the cooldown is over; else None."""
+        """The trigger of the fine-tune that waited for labels (the first model,
+        or one skipped for too little data) once they arrived, learning is
+        on, this replica trains and the cooldown is over; else None."""
         if self.awaiting is None:
             return None
         trigger, needed = self.awaiting
@@ -135,7 +142,8 @@ class FollowUpPolicy:
             return None
         if trigger == "cold_start":
             log.warning(
-                "no model serves and %d labels arrived (learning.min_labelled = %d): training the first model",
+                "no model serves and %d labels arrived (learning.min_labelled = "
+                "%d): training the first model",
                 have,
                 self.settings.min_labelled,
             )
@@ -149,7 +157,8 @@ class FollowUpPolicy:
         )
         self.rejections = 0
 
-    # -- what a run tells it ---------------------------------------------------------------------------
+    # -- what a run tells it
+    # ---------------------------------------------------------------------------
 
     def started(self) -> None:
         self.state = FineTuneState.TRAINING
@@ -162,7 +171,8 @@ class FollowUpPolicy:
         self.state = FineTuneState.IDLE
 
     def skipped(self, trigger: str, shortfall: int) -> None:
-        """Too little data: an automatic run waits for ``shortfall`` more labels (a manual one is not retried)."""
+        """Too little data: an automatic run waits for
+        ``shortfall`` more labels (a manual one is not retried)."""
         if trigger != "manual":
             self.awaiting = (trigger, shortfall)
 
@@ -179,21 +189,23 @@ class FollowUpPolicy:
         """No more follow-ups (a failed canary: the episode's latest model was rolled back)."""
         self.followups_left = 0
 
-    # -- what it reports -------------------------------------------------------------------------------
+    # -- what it reports
+    # -------------------------------------------------------------------------------
 
     def awaited_labels(self, trigger: str) -> int:
         return self.labels_without_model if trigger == "cold_start" else self.labels_since_start
 
     def labels_waiting(self) -> int:
-        """The awaited run's shortfall (the ``driftd_finetune_labels_waiting`` gauge); 0 when none waits."""
+        """The awaited run's shortfall (the
+        ``driftd_finetune_labels_waiting`` gauge); 0 when none waits."""
         if self.awaiting is None:
             return 0
         trigger, needed = self.awaiting
         return max(0, needed - self.awaited_labels(trigger))
 
     def episode_labels_waiting(self) -> bool:
-        """A decay episode still has follow-ups, and enough labels (a quarter of ``followup_labels``) came since the
-        last one for a quiet-stream retrain."""
+        """A decay episode still has follow-ups, and enough labels (a quarter of
+        ``followup_labels``) came since the last one for a quiet-stream retrain."""
         enough = self.labels_since_start >= max(1, self.settings.followup_labels // 4)
         return self.settings.followup_quiet_s > 0 and self.followups_left > 0 and enough
 

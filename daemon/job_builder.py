@@ -1,5 +1,6 @@
-"""The training set of one fine-tune: recent labelled events (and the other replicas'), a holdout of the newest,
-a capped replay sample from cold and, with pseudo-labels on, unlabelled candidates; packed as a ``FineTuneJob``."""
+"""The training set of one fine-tune: recent labelled events (and the other
+replicas'), a holdout of the newest, a capped replay sample from cold and,
+with pseudo-labels on, unlabelled candidates; packed as a ``FineTuneJob``."""
 
 from __future__ import annotations
 
@@ -30,9 +31,8 @@ from .model_service import encoder_source
 __all__ = ["GATE_MIN_HOLDOUT", "JobBuilder", "cap_replay"]
 
 GATE_MIN_HOLDOUT = GateSettings().min_holdout
-_FUTURE_S = (
-    366 * 86400
-)  # event times up to a year ahead still count as recent (clock skew of producers)
+# event times up to a year ahead still count as recent (clock skew of producers)
+_FUTURE_S = 366 * 86400
 
 
 @dataclass
@@ -46,7 +46,8 @@ class _Split:
 
 
 class JobBuilder:
-    """Queries the store for a fine-tune's data and builds its job; keeps the examples other replicas sent."""
+    """Queries the store for a fine-tune's data and builds
+    its job; keeps the examples other replicas sent."""
 
     def __init__(
         self, settings: Settings, store: TieredStore, registry: Registry, clock: Callable[[], float]
@@ -66,8 +67,9 @@ class JobBuilder:
             self.peer_examples = deque(self.peer_examples, maxlen=settings.learning.max_examples)
 
     def min_examples(self, incumbent: str | None) -> int:
-        """Labelled examples a fine-tune starts with: learning.min_labelled, and against an incumbent enough
-        for a holdout the gate accepts (a run that cannot pass the gate is not worth its CPU)."""
+        """Labelled examples a fine-tune starts with: learning.min_labelled,
+        and against an incumbent enough for a holdout the gate accepts (a
+        run that cannot pass the gate is not worth its CPU)."""
         cfg = self.settings.learning
         if incumbent is None:
             return cfg.min_labelled
@@ -84,7 +86,8 @@ class JobBuilder:
     async def build(
         self, incumbent: str | None, trigger: str
     ) -> tuple[FineTuneJob | None, dict[str, int]]:
-        """The job, or None when there are fewer labelled examples than ``min_examples``; and the data counts."""
+        """The job, or None when there are fewer labelled
+        examples than ``min_examples``; and the data counts."""
         cfg = self.settings.learning
         now = self.clock()
         recent = await query_recent(
@@ -106,7 +109,8 @@ class JobBuilder:
     async def _split(
         self, recent: list[LabelledExample], now: float, counts: dict[str, int]
     ) -> _Split:
-        """Holdout, training examples (replay first), replay check, pseudo-label candidates; sizes into ``counts``."""
+        """Holdout, training examples (replay first), replay
+        check, pseudo-label candidates; sizes into ``counts``."""
         cfg = self.settings.learning
         ids = {e.utterance_id for e in recent}
         held = newest_spread(  # ascending
@@ -127,9 +131,8 @@ class JobBuilder:
         replay_train, counts["replay_capped"] = cap_replay(replay_train, cfg.replay_class_cap)
         train = replay_train + train_recent  # oldest first: the fine-tune validates on the newest
         unlabelled: list[str] = []
-        if (
-            cfg.pseudo_labels
-        ):  # candidates only: the child keeps those its calibrated threshold allows
+        # candidates only: the child keeps those its calibrated threshold allows
+        if cfg.pseudo_labels:
             candidates = int(len(train_recent) * cfg.pseudo_label_ratio)
             unlabelled = await query_unlabelled(
                 self.store, now - cfg.window_s, now + _FUTURE_S, candidates, ids
@@ -162,9 +165,10 @@ class JobBuilder:
             trainable_layers=cfg.encoder_trainable_layers,
             cache_dir=str(self.settings.embedding_cache_dir),
         )
-        # A follow-up's incumbent is the previous candidate of the same episode, trained on a subset of this
-        # one's data: the candidate need only not be worse beyond holdout noise (a tie or a few examples'
-        # deficit on a few hundred labels would otherwise leave the episode's last labels unlearned).
+        # A follow-up's incumbent is the previous candidate of the same episode,
+        # trained on a subset of this one's data: the candidate need only not be
+        # worse beyond holdout noise (a tie or a few examples' deficit on a few
+        # hundred labels would otherwise leave the episode's last labels unlearned).
         margin = cfg.followup_gate_margin if trigger == "followup" else cfg.gate_margin
         # With no incumbent any model beats none: the holdout is reported, not required to be large.
         min_holdout = GATE_MIN_HOLDOUT if incumbent else 1
@@ -206,7 +210,8 @@ def _columns(examples: list[LabelledExample]) -> tuple[list[str], list[str]]:
 
 
 def cap_replay(replay: list[LabelledExample], cap: float) -> tuple[list[LabelledExample], int]:
-    """At most ``cap`` times the fair share per intent in the replay sample (oldest-first order kept)."""
+    """At most ``cap`` times the fair share per intent
+    in the replay sample (oldest-first order kept)."""
     intents = {e.intent for e in replay}
     if not replay or len(intents) < 2:
         return replay, 0

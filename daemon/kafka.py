@@ -1,4 +1,5 @@
-"""Kafka connection details from settings: the bootstrap address and SASL/SSL, for faust and aiokafka alike."""
+"""Kafka connection details from settings: the bootstrap
+address and SASL/SSL, for faust and aiokafka alike."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Label Studio both ways (`driftd labels export | import`): labelling requests to tasks, annotations back as labels.
+"""Label Studio both ways (`driftd labels export | import`):
+labelling requests to tasks, annotations back as labels.
 
-The daemon publishes the predictions most worth a human label on ``topics.labeling_requests``. ``export``
-reads that topic from its start to its end (a group-less consumer: it moves no committed offset, so it can
-run any number of times) and writes Label Studio import tasks; ``import`` turns a Label Studio JSON export
-into ``label`` events on the input topic, where they join their predictions like any other label.
-The conversion itself is pure logic in :mod:`streams.labeling`.
+The daemon publishes the predictions most worth a human label on ``topics.labeling_requests``.
+``export`` reads that topic from its start to its end (a group-less consumer: it moves no committed
+offset, so it can run any number of times) and writes Label Studio import tasks; ``import`` turns a
+Label Studio JSON export into ``label`` events on the input topic, where they join their
+predictions like any other label. The conversion itself is pure logic in :mod:`streams.labeling`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 
 from .config import Settings
 
-# Kafka clients, faust (daemon.kafka) and datasketch (streams.labeling) are imported where used: every
-# `driftd` command loads this module, and most of them need none of those.
+# Kafka clients, faust (daemon.kafka) and datasketch (streams.labeling) are imported where
+# used: every `driftd` command loads this module, and most of them need none of those.
 
 __all__ = [
     "ExportResult",
@@ -36,7 +37,8 @@ __all__ = [
 
 
 class LabelsError(Exception):
-    """What went wrong, for the operator; ``exit_code`` 2 for bad input files, 1 for Kafka and the rest."""
+    """What went wrong, for the operator; ``exit_code``
+    2 for bad input files, 1 for Kafka and the rest."""
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
@@ -59,7 +61,8 @@ class ImportResult:
 
 
 def bootstrap_of(settings: Settings) -> str:
-    """The brokers as the daemon reaches them (daemon/app.py): the embedded one on loopback, else the list."""
+    """The brokers as the daemon reaches them (daemon/app.py):
+    the embedded one on loopback, else the list."""
     return (
         f"127.0.0.1:{settings.kafka.embedded_port}"
         if settings.kafka.embedded
@@ -70,9 +73,9 @@ def bootstrap_of(settings: Settings) -> str:
 async def read_requests(
     bootstrap: str, topic: str, client_options: dict[str, Any], timeout_s: float = 60.0
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every labelling request on ``topic`` from its start to its end now (first of each event_id kept),
-    and a reason per record that is not one. Raises LabelsError when the topic does not exist or the end
-    is not reached within ``timeout_s``."""
+    """Every labelling request on ``topic`` from its start to its end now (first of
+    each event_id kept), and a reason per record that is not one. Raises LabelsError
+    when the topic does not exist or the end is not reached within ``timeout_s``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
@@ -82,15 +85,16 @@ async def read_requests(
         await consumer.start()
         if topic not in await consumer.topics():  # listing all topics does not auto-create this one
             raise LabelsError(
-                f"topic {topic} does not exist on {bootstrap} (labeling.enabled off, or nothing requested yet?)"
+                f"topic {topic} does not exist on {bootstrap} (labeling.enabled "
+                "off, or nothing requested yet?)"
             )
         partitions = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        # Each partition's end is the high watermark of the first fetch response for it, not ListOffsets:
-        # Tansu (the embedded broker) answers that with the start of the last batch.
+        # Each partition's end is the high watermark of the first fetch response for it, not
+        # ListOffsets: Tansu (the embedded broker) answers that with the start of the last batch.
         ends: dict[TopicPartition, int] = {}
         records = []
         deadline = time.monotonic() + timeout_s
@@ -99,7 +103,8 @@ async def read_requests(
         ]:
             if time.monotonic() > deadline:
                 raise LabelsError(
-                    f"read {len(records)} records of {topic} but did not reach its end within {timeout_s:.0f}s"
+                    f"read {len(records)} records of {topic} but did not reach its "
+                    f"end within {timeout_s:.0f}s"
                 )
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for tp in partitions:
@@ -130,18 +135,19 @@ async def read_requests(
             )
         ):
             skipped.append(
-                f"{where}: not a labelling request (event_id, conversation_id and text are required)"
+                f"{where}: not a labelling request (event_id, conversation_id and "
+                "text are required)"
             )
             continue
-        requests.setdefault(
-            value["event_id"], value
-        )  # a redelivered prediction requests the same event again
+        # a redelivered prediction requests the same event again
+        requests.setdefault(value["event_id"], value)
     return list(requests.values()), skipped
 
 
 def most_uncertain_first(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The requests by uncertainty score, highest first (a labeller works the queue from the top); ties and
-    requests without a numeric score keep their topic order, the latter at the end."""
+    """The requests by uncertainty score, highest first (a labeller
+    works the queue from the top); ties and requests without a
+    numeric score keep their topic order, the latter at the end."""
 
     def key(request: dict[str, Any]) -> float:
         value = request.get("score")
@@ -157,7 +163,8 @@ def most_uncertain_first(requests: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def _registry_intents(settings: Settings) -> tuple[list[str], str] | None:
-    """The intents of the registry's CURRENT version (its labels.json), when there is one to read."""
+    """The intents of the registry's CURRENT version
+    (its labels.json), when there is one to read."""
     from models.registry import Registry
 
     registry = Registry(settings.registry_dir)
@@ -192,7 +199,8 @@ def export_requests(
     topic: str | None = None,
     timeout_s: float = 60.0,
 ) -> ExportResult:
-    """Read the requests topic and write Label Studio tasks to ``output`` (and the labelling config to ``config_xml``)."""
+    """Read the requests topic and write Label Studio tasks to
+    ``output`` (and the labelling config to ``config_xml``)."""
     from aiokafka.errors import KafkaError
 
     from streams.labeling import label_studio_config, to_label_studio_tasks
@@ -221,7 +229,8 @@ def export_requests(
     if config_xml is not None:
         if not choices:
             raise LabelsError(
-                f"no intents for {config_xml}: the registry has no current version with labels.json and no request names one"
+                f"no intents for {config_xml}: the registry has no current version "
+                "with labels.json and no request names one"
             )
         _write_atomically(config_xml, label_studio_config(choices))
     _write_atomically(output, json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
@@ -255,7 +264,8 @@ def import_labels(
     now: float | None = None,
     dry_run: bool = False,
 ) -> ImportResult:
-    """Produce the label events of a Label Studio JSON export to the input topic, keyed by conversation_id."""
+    """Produce the label events of a Label Studio JSON
+    export to the input topic, keyed by conversation_id."""
     from aiokafka.errors import KafkaError
 
     from streams.labeling import label_events_from_label_studio

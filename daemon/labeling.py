@@ -1,13 +1,13 @@
 """Publishes labelling requests: the predictions most worth a human label (streams.labeling), on
 ``topics.labeling_requests``, for ``driftd labels export`` to hand to Label Studio.
 
-Runs in the ingest hook (the event loop): one ``offer`` per predicted utterance, which is cheap unless it
-picks (then a MinHash and one send, as a task). Off unless ``labeling.enabled``; its metrics exist either way.
+Runs in the ingest hook (the event loop): one ``offer`` per predicted
+utterance, which is cheap unless it picks (then a MinHash and one send, as
+a task). Off unless ``labeling.enabled``; its metrics exist either way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from daemon.background import BackgroundTasks
 from streams.labeling import SKIP_REASONS, LabelingSampler
 from streams.tiers import StoredEvent
 
@@ -35,6 +36,7 @@ class LabelingRequests:
         cfg = settings.labeling
         self.topic = settings.topics.labeling_requests
         self._send = send
+        self._background = BackgroundTasks()  # the requests being published
         self.sampler = (
             LabelingSampler(
                 cfg.strategy,
@@ -49,7 +51,8 @@ class LabelingRequests:
         )
         self.offers = Counter(
             "driftd_labeling_offers_total",
-            "Predictions considered for a labelling request, by result: picked, or the reason it was skipped.",
+            "Predictions considered for a labelling request, by result: "
+            "picked, or the reason it was skipped.",
             ["result"],
             registry=registry,
         )
@@ -82,7 +85,7 @@ class LabelingRequests:
                 if self.sampler.counts[result] != before.get(result, 0):
                     self.offers.labels(result).inc()
             if request is not None:
-                asyncio.ensure_future(
+                self._background.spawn(
                     self._publish(event.conversation_id.encode(), json.dumps(request).encode())
                 )
 

@@ -1,18 +1,19 @@
-"""The learning loop: outcomes -> decay decision -> fine-tune (child) -> gate -> register -> announce -> swap -> canary.
+"""The learning loop: outcomes -> decay decision -> fine-tune
+(child) -> gate -> register -> announce -> swap -> canary.
 
 ``LearningLoop.observe_batch`` is called by ingest after each stored batch, with the predictions it
 made. It joins labels and feedback to the predictions they refer to and feeds the decay monitor
-(``OutcomeFeed``); when the policy confirms decay (or an operator asks) it starts at most one fine-tune
-(``FineTuneRunner``: a child process, ``TrainerProcess``), on the recent labelled events plus a replay
-sample from cold (``JobBuilder``).
+(``OutcomeFeed``); when the policy confirms decay (or an operator asks) it starts
+at most one fine-tune (``FineTuneRunner``: a child process, ``TrainerProcess``),
+on the recent labelled events plus a replay sample from cold (``JobBuilder``).
 
 A candidate that passes the gate is published to the registry, announced on ``model-updates``,
-and hot-swapped (``Promoter``); the detectors then restart on the new model. After a decay, follow-up
-retrains run each time ``followup_labels`` new labels have arrived, while each one passes the gate
-(``FollowUpPolicy``): the first fine-tune sees few examples of what changed, the follow-ups catch up as
-labels accumulate. A ``Canary`` watches the first ``canary_labels`` outcomes of a new version and rolls
-back to the previous one if it does worse than that one did. Any failure (diverged loss, crash,
-timeout, rejection) leaves the serving model as it was.
+and hot-swapped (``Promoter``); the detectors then restart on the new model. After a decay,
+follow-up retrains run each time ``followup_labels`` new labels have arrived, while each one
+passes the gate (``FollowUpPolicy``): the first fine-tune sees few examples of what changed,
+the follow-ups catch up as labels accumulate. A ``Canary`` watches the first ``canary_labels``
+outcomes of a new version and rolls back to the previous one if it does worse than that one
+did. Any failure (diverged loss, crash, timeout, rejection) leaves the serving model as it was.
 
 This class only composes those parts: it builds them from its arguments and passes what one part
 decides to the part that acts on it.
@@ -21,6 +22,7 @@ decides to the part that acts on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -53,13 +55,15 @@ log = logging.getLogger("driftd.learning")
 
 
 class Forward(Protocol):
-    """A follower's way to the trainer replica: ("decision", Decision) or ("examples", list[LabelledExample])."""
+    """A follower's way to the trainer replica: ("decision",
+    Decision) or ("examples", list[LabelledExample])."""
 
     def __call__(self, kind: str, payload: Any) -> None: ...
 
 
 class _PartAttribute:
-    """One part's attribute under the name the loop had for it before the split (callers and tests use them)."""
+    """One part's attribute under the name the loop had for
+    it before the split (callers and tests use them)."""
 
     def __init__(self, part: str, name: str, convert: Callable[[Any], Any] | None = None) -> None:
         self.part, self.name, self.convert = part, name, convert
@@ -97,8 +101,9 @@ class LearningLoop:
         is_trainer: Callable[[], bool] = lambda: True,
         forward: Forward | None = None,
     ) -> None:
-        """``is_trainer`` and ``forward``: replicas (daemon.cluster), whether this one trains and how a follower
-        forwards its decisions and labelled examples to the trainer; a lone daemon trains and forwards nothing."""
+        """``is_trainer`` and ``forward``: replicas (daemon.cluster), whether
+        this one trains and how a follower forwards its decisions and labelled
+        examples to the trainer; a lone daemon trains and forwards nothing."""
         self.settings = settings
         self.learning = settings.learning
         self.server = server
@@ -148,17 +153,20 @@ class LearningLoop:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    # -- the ingest hook and the replicas ------------------------------------------------------------
+    # -- the ingest hook and the replicas
+    # ------------------------------------------------------------
 
     def observe_batch(
         self,
         events: Sequence[StoredEvent],
         predicted: Sequence[tuple[StoredEvent, dict[str, Any]]],
     ) -> None:
-        """Called once per stored batch, in the event loop: cheap dictionary and detector updates only."""
+        """Called once per stored batch, in the event loop:
+        cheap dictionary and detector updates only."""
         self._follow_serving_version()
         if self.server.version is None and (examples := labelled_examples(events)):
-            # No model, so no outcome: count the labels themselves, for the first model and its follow-ups.
+            # No model, so no outcome: count the labels
+            # themselves, for the first model and its follow-ups.
             self.followups.count_labels(len(examples), without_model=True)
         self.feed.observe(events, predicted)
         if (
@@ -170,7 +178,8 @@ class LearningLoop:
         self._maybe_start_awaited()
 
     def add_peer_examples(self, examples: Sequence[LabelledExample]) -> None:
-        """Labelled examples another replica stored (the trainer only): training data, and follow-up progress."""
+        """Labelled examples another replica stored (the trainer
+        only): training data, and follow-up progress."""
         self.jobs.add_peer_examples(examples)
         self.followups.count_labels(len(examples), without_model=self.server.version is None)
         self._maybe_followup()
@@ -181,7 +190,8 @@ class LearningLoop:
         self._on_decision(decision)
 
     def _follow_serving_version(self) -> None:
-        """A version swapped in by anyone (admin API, rollback, this loop) restarts the detectors."""
+        """A version swapped in by anyone (admin API,
+        rollback, this loop) restarts the detectors."""
         version = self.server.version
         if version == self.feed.version:
             return
@@ -227,8 +237,9 @@ class LearningLoop:
             self._start(trigger, None)
 
     def settle(self) -> None:
-        """Timer hook: when the labels stop, learn the episode's last ones instead of leaving them unlearned, and
-        start a waiting run whose labels came during the cooldown (no new label would start it otherwise)."""
+        """Timer hook: when the labels stop, learn the episode's last ones instead
+        of leaving them unlearned, and start a waiting run whose labels came
+        during the cooldown (no new label would start it otherwise)."""
         self._maybe_start_awaited()
         if self.followups.take_quiet_followup(self.is_trainer):
             self._start("followup", None)
@@ -239,9 +250,8 @@ class LearningLoop:
             return False, f"a fine-tune is already running (pid {self.trainer.pid})"
         if not self.is_trainer():
             role = self.learning.role
-            return (
-                False,
-                f"this replica is not the trainer (learning.role = {role}): ask the trainer replica",
+            return False, (
+                f"this replica is not the trainer (learning.role = {role}): ask the trainer replica"
             )
         self._start(trigger, None)
         return True, "fine-tune started"
@@ -260,22 +270,23 @@ class LearningLoop:
             await self.runner.run(trigger, decision)
         finally:
             if trigger != "manual" and not self._stopping:
-                self._maybe_followup()  # labels that arrived while it trained may already warrant the next one
+                # labels that arrived while it trained may already warrant the next one
+                self._maybe_followup()
 
     async def _build_job(
         self, incumbent: str | None, trigger: str
     ) -> tuple[FineTuneJob | None, dict[str, int]]:
         return await self.jobs.build(incumbent, trigger)
 
-    # -- promotion, canary, rollback -----------------------------------------------------------------
+    # -- promotion, canary, rollback
+    # -----------------------------------------------------------------
 
     async def _promote(
         self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]
     ) -> str:
         version = await self.promoter.publish(result, incumbent, trigger, run)
-        baseline = (
-            self.canary.baseline()
-        )  # the incumbent's last outcomes, before the swap restarts the count
+        # the incumbent's last outcomes, before the swap restarts the count
+        baseline = self.canary.baseline()
         await self.promoter.swap(version)
         self.feed.swapped()
         self._follow_serving_version()
@@ -289,11 +300,13 @@ class LearningLoop:
             self.feed.mark("rollback", self.clock(), previous)
             self._follow_serving_version()
 
-    # -- settings and status ---------------------------------------------------------------------------
+    # -- settings and status
+    # ---------------------------------------------------------------------------
 
     def reconfigure(self, settings: Settings) -> list[str]:
-        """Take new [monitor] and [learning] settings at run time (SIGHUP); a running fine-tune keeps the
-        settings it started with. Returns the detectors that had to restart (see DecayMonitor.reconfigure)."""
+        """Take new [monitor] and [learning] settings at run time (SIGHUP);
+        a running fine-tune keeps the settings it started with. Returns
+        the detectors that had to restart (see DecayMonitor.reconfigure)."""
         restarted = self.feed.reconfigure(settings.monitor)  # raises before changing anything
         self.settings = settings
         self.learning = settings.learning
@@ -333,14 +346,13 @@ class LearningLoop:
         )
 
     def save_timeline(self, path: Path) -> None:
-        """The outcome timeline as JSON (``daemon.timeline.render_png`` draws it; the demo adds the drift onset)."""
+        """The outcome timeline as JSON (``daemon.timeline.render_png``
+        draws it; the demo adds the drift onset)."""
         self.timeline.save_json(path)
 
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass

@@ -1,4 +1,5 @@
-"""The learning loop's Prometheus metrics: fine-tune runs, their outcomes and failures, progress, gate and canary."""
+"""The learning loop's Prometheus metrics: fine-tune runs,
+their outcomes and failures, progress, gate and canary."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ from .trainer import FAILURE_REASONS
 __all__ = ["FINETUNE_RESULTS", "TRIGGERS", "LearningMetrics"]
 
 FINETUNE_RESULTS = ("swapped", "gate_rejected", "failed", "skipped", "rolled_back")
-TRIGGERS = (
-    "decay",
-    "followup",
-    "manual",
-    "cold_start",
-)  # cold_start: no model serves and enough labels arrived
+# cold_start: no model serves and enough labels arrived
+TRIGGERS = ("decay", "followup", "manual", "cold_start")
 
 
 class LearningMetrics:
@@ -33,7 +30,8 @@ class LearningMetrics:
         )
         self.failures = Counter(
             "driftd_finetune_failures_total",
-            "Failed fine-tunes by reason (diverged, crashed, timeout, error); the incumbent kept serving.",
+            "Failed fine-tunes by reason (diverged, crashed, timeout, error); "
+            "the incumbent kept serving.",
             ["reason"],
             registry=registry,
         )
@@ -69,7 +67,8 @@ class LearningMetrics:
         )
         self.labels_waiting = Gauge(
             "driftd_finetune_labels_waiting",
-            "Labels a fine-tune is waiting for: the first model's (no model serves) or the shortfall of one skipped"
+            "Labels a fine-tune is waiting for: the first model's (no model "
+            "serves) or the shortfall of one skipped"
             " for too little data; 0 when none waits.",
             registry=registry,
         )

@@ -11,17 +11,19 @@ from pythonjsonlogger.json import JsonFormatter
 __all__ = ["RepeatFilter", "setup_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-# faust, mode and aiokafka narrate every rebalance at INFO; they speak at WARNING unless DEBUG is asked.
+# faust, mode and aiokafka narrate every rebalance at
+# INFO; they speak at WARNING unless DEBUG is asked.
 CHATTY = ("faust", "mode", "aiokafka")
 
 
 class RepeatFilter(logging.Filter):
     """Lets each message template through once per ``every_s`` seconds, with the count of the copies
     dropped since. Only templates that start with ``prefix`` and come from ``loggers`` (and their
-    children; empty: any logger) are limited. asyncio logs "socket.accept() out of system resource" on
-    every accept attempt while file descriptors are exhausted, and aiokafka logs each failed connect,
-    metadata update and fetch about ten times a second while the cluster is unreachable: enough to fill
-    a disk during an outage, and to bury the one line that says what is wrong."""
+    children; empty: any logger) are limited. asyncio logs "socket.accept() out
+    of system resource" on every accept attempt while file descriptors are
+    exhausted, and aiokafka logs each failed connect, metadata update and fetch
+    about ten times a second while the cluster is unreachable: enough to fill a
+    disk during an outage, and to bury the one line that says what is wrong."""
 
     def __init__(
         self,
@@ -32,9 +34,8 @@ class RepeatFilter(logging.Filter):
     ) -> None:
         super().__init__()
         self.prefix, self.every_s, self.clock, self.loggers = prefix, every_s, clock, loggers
-        self._seen: dict[
-            tuple[str, str], tuple[float, int]
-        ] = {}  # (logger, template) -> (last let through, dropped since)
+        # (logger, template) -> (last let through, dropped since)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         template = str(record.msg)
@@ -70,9 +71,8 @@ def setup_logging(level: str, log_format: str = "text") -> None:
         )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(
-        _KAFKA_CLIENT_REPEATS
-    )  # on the handler: logger filters do not see children's records
+    # on the handler: logger filters do not see children's records
+    handler.addFilter(_KAFKA_CLIENT_REPEATS)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)

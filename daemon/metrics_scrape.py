@@ -1,4 +1,5 @@
-"""Reading a running daemon's /metrics from outside it: the demo's driver, the integration tests and the benches."""
+"""Reading a running daemon's /metrics from outside it: the
+demo's driver, the integration tests and the benches."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def family_total(samples: dict[str, float], name: str) -> float:
 def wait_for(
     predicate: Callable[[], object], timeout_s: float, what: str, proc: subprocess.Popen[bytes]
 ) -> None:
-    """Poll ``predicate`` until it holds; fail if ``proc`` exits first. HTTP errors count as 'not yet'."""
+    """Poll ``predicate`` until it holds; fail if ``proc``
+    exits first. HTTP errors count as 'not yet'."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

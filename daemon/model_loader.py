@@ -1,11 +1,13 @@
-"""The thread that loads model versions for hot swaps, at a lower CPU priority than the request path.
+"""The thread that loads model versions for hot swaps,
+at a lower CPU priority than the request path.
 
-A load (hashing, session build, parity probe) is about 7 ms of CPU (20 ms when this was measured). When
-the cores are busy, for instance with clients on the same machine, that work competes with the event
-loop that answers requests, and each swap shows up in the latency tail. On Linux a thread has its own nice value, so the
-loading thread runs at +10: the scheduler then prefers the event loop, and a load takes a little longer
-in wall time. Measured with alternating steady and swap phases under bench/serve.py's load (5 swaps/s,
-8 clients, 2 cores): median p99 ratio during swaps / steady 1.55 at the same priority, 1.42 at +10.
+A load (hashing, session build, parity probe) is about 7 ms of CPU (20 ms when this was
+measured). When the cores are busy, for instance with clients on the same machine, that work
+competes with the event loop that answers requests, and each swap shows up in the latency
+tail. On Linux a thread has its own nice value, so the loading thread runs at +10: the
+scheduler then prefers the event loop, and a load takes a little longer in wall time. Measured
+with alternating steady and swap phases under bench/serve.py's load (5 swaps/s, 8 clients, 2
+cores): median p99 ratio during swaps / steady 1.55 at the same priority, 1.42 at +10.
 
 One thread: swaps are serialised by the daemon's swap lock anyway, and loads stay out of the default
 executor that the store and the registry use.
@@ -30,9 +32,8 @@ _executor: ThreadPoolExecutor | None = None
 
 
 def _lower_priority() -> None:
-    if (
-        sys.platform != "linux"
-    ):  # elsewhere setpriority(PRIO_PROCESS, ...) would take the whole process
+    # elsewhere setpriority(PRIO_PROCESS, ...) would take the whole process
+    if sys.platform != "linux":
         return
     tid = threading.get_native_id()
     try:

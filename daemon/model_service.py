@@ -4,11 +4,11 @@ Runs beside ingest, never in front of it: loading and bootstrap training run in 
 the daemon reports ready only once a model serves. A current version that fails verification is
 skipped for the newest older version that passes, so a corrupt file never takes serving down.
 
-The first model trains on ``models.bootstrap_source``: a shipped dataset or the operator's labelled file.
-Left empty, the shipped demo dataset is used only with the embedded broker; against a real cluster the
-daemon starts with no model and waits for a version to become CURRENT (``driftd train --from FILE``, an
-admin activation), checking every ``models.sync_interval_s``. :func:`train_version` is also what
-``driftd train`` runs.
+The first model trains on ``models.bootstrap_source``: a shipped dataset or the operator's
+labelled file. Left empty, the shipped demo dataset is used only with the embedded broker;
+against a real cluster the daemon starts with no model and waits for a version to become
+CURRENT (``driftd train --from FILE``, an admin activation), checking every
+``models.sync_interval_s``. :func:`train_version` is also what ``driftd train`` runs.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ __all__ = [
 
 log = logging.getLogger("driftd.models")
 
-NO_SOURCE_WAIT_S = (
-    10.0  # how often an empty registry is checked for a CURRENT when models.sync_interval_s is 0
-)
+# how often an empty registry is checked for a CURRENT when models.sync_interval_s is 0
+NO_SOURCE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
 class TrainedVersion:
-    """A published (not yet current) version and how its served model did on the held-out examples."""
+    """A published (not yet current) version and how
+    its served model did on the held-out examples."""
 
     manifest: Manifest
     train_examples: int
@@ -62,8 +62,9 @@ class TrainedVersion:
 
 
 def bootstrap_source(settings: Settings) -> str | None:
-    """What the first model trains on: the configured source; unset, the demo dataset with the embedded
-    broker only (a real cluster carries real traffic, which a demo model would mislabel). None: nothing."""
+    """What the first model trains on: the configured source; unset, the
+    demo dataset with the embedded broker only (a real cluster carries
+    real traffic, which a demo model would mislabel). None: nothing."""
     m = settings.models
     if not m.bootstrap:
         return None
@@ -75,7 +76,8 @@ def bootstrap_source(settings: Settings) -> str | None:
 def stratified_holdout(
     intents: Sequence[str], fraction: float, seed: int = 0
 ) -> tuple[list[int], list[int]]:
-    """(train, holdout) indices: about ``fraction`` of each intent held out, at least one of each kept for training."""
+    """(train, holdout) indices: about ``fraction`` of each
+    intent held out, at least one of each kept for training."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout fraction must be in [0, 1), got {fraction!r}")
     by_intent: dict[str, list[int]] = defaultdict(list)
@@ -107,14 +109,16 @@ def train_version(
     trainable_layers: int | None = None,
     cache_dir: str | None = None,
 ) -> TrainedVersion:
-    """Train a model from scratch on (texts, intents) less a stratified holdout, score it on the holdout loaded as
-    it will serve (INT8 ONNX), then publish it (CURRENT does not move). ``encoder``: the checkpoint of an
-    "encoder" model; ``trainable_layers`` and ``cache_dir`` as in ``TrainSettings``."""
+    """Train a model from scratch on (texts, intents) less a stratified holdout,
+    score it on the holdout loaded as it will serve (INT8 ONNX), then publish
+    it (CURRENT does not move). ``encoder``: the checkpoint of an "encoder"
+    model; ``trainable_layers`` and ``cache_dir`` as in ``TrainSettings``."""
     started = time.time()
     train_idx, hold_idx = stratified_holdout(intents, holdout_fraction, seed)
     train_texts, train_intents = [texts[i] for i in train_idx], [intents[i] for i in train_idx]
-    # 256 per step: a few times faster on CPU than 64 for a fraction of a point (the first model is soon
-    # fine-tuned anyway). On 225 Banking77 examples of 5 intents: 0.935 test accuracy at 256, 0.96 at 64.
+    # 256 per step: a few times faster on CPU than 64 for a fraction of a
+    # point (the first model is soon fine-tuned anyway). On 225 Banking77
+    # examples of 5 intents: 0.935 test accuracy at 256, 0.96 at 64.
     settings = TrainSettings(
         batch_size=256, seed=seed, trainable_layers=trainable_layers, cache_dir=cache_dir
     )
@@ -156,22 +160,22 @@ def train_version(
 def _served_accuracy(
     registry: Registry, files: dict[str, bytes], texts: list[str], intents: list[str]
 ) -> float:
-    """Accuracy of ``files`` loaded as the daemon loads a version (checksums, parity probe, INT8 session), from a
-    scratch registry in the staging area, so that a version that cannot serve is never published."""
+    """Accuracy of ``files`` loaded as the daemon loads a version (checksums,
+    parity probe, INT8 session), from a scratch registry in the staging
+    area, so that a version that cannot serve is never published."""
     scratch = Registry(registry.staging_dir())
     try:
         version = scratch.publish(files, parent=None, info={}).version
         model = LoadedModel.load(scratch, version)
         try:
-            batches = (
-                texts[start : start + 64] for start in range(0, len(texts), 64)
-            )  # the daemon's call size
+            # the daemon's call size
+            batches = (texts[start : start + 64] for start in range(0, len(texts), 64))
             predicted = [p.intent for batch in batches for p in model.predict(batch, top_k=1)]
         finally:
             model.close()
     finally:
         shutil.rmtree(scratch.root, ignore_errors=True)
-    return sum(p == t for p, t in zip(predicted, intents)) / len(intents)
+    return sum(p == t for p, t in zip(predicted, intents, strict=True)) / len(intents)
 
 
 def encoder_source(settings: Settings) -> EncoderSource | None:
@@ -189,7 +193,8 @@ def new_model_options(settings: Settings) -> dict[str, Any]:
 
 
 def bootstrap_model(settings: Settings, registry: Registry, source: str) -> str:
-    """Train the first model from ``source`` (a shipped dataset or a labelled file) and make it current."""
+    """Train the first model from ``source`` (a shipped
+    dataset or a labelled file) and make it current."""
     m = settings.models
     started = time.time()
     if source in DATASETS:
@@ -267,13 +272,13 @@ class ModelService(mode.Service):
         loop = asyncio.get_running_loop()
         try:
             served = await loop.run_in_executor(None, self._load_initial)
-            # Nothing to load or train: wait for a first version made CURRENT by `driftd train` or another replica.
-            # Once one serves, daemon/cluster.py follows CURRENT (it leaves the first load to this service).
+            # Nothing to load or train: wait for a first version made CURRENT by
+            # `driftd train` or another replica. Once one serves, daemon/cluster.py
+            # follows CURRENT (it leaves the first load to this service).
             while not served and not self.should_stop:
                 await self.sleep(self.settings.models.sync_interval_s or NO_SOURCE_WAIT_S)
-                if (
-                    self.server.version is not None
-                ):  # activated through the admin API (or the learning loop) meanwhile
+                # activated through the admin API (or the learning loop) meanwhile
+                if self.server.version is not None:
                     return
                 try:
                     if await loop.run_in_executor(None, self.registry.current) is not None:
@@ -286,7 +291,8 @@ class ModelService(mode.Service):
             )
 
     def _load_initial(self) -> bool:
-        """Serve the registry's CURRENT, or train the first model; False when there is nothing to serve yet."""
+        """Serve the registry's CURRENT, or train the first
+        model; False when there is nothing to serve yet."""
         self.registry.remove_stale_temp()
         if self.registry.current() is None:
             source = bootstrap_source(self.settings)
@@ -297,7 +303,8 @@ class ModelService(mode.Service):
                 bootstrap_model(self.settings, self.registry, source)
             except LabelledFileError as exc:
                 log.error(
-                    "models.bootstrap_source: %s; no model serves until a version becomes CURRENT "
+                    "models.bootstrap_source: %s; no model serves until a version "
+                    "becomes CURRENT "
                     "(driftd train --from FILE)",
                     exc,
                 )
@@ -317,7 +324,8 @@ class ModelService(mode.Service):
         return (
             f"{why}: no model serves (/readyz not ready) until a version becomes CURRENT; "
             f"run `driftd train --from FILE`, "
-            f"or set models.bootstrap_source to a labelled file or a dataset name; checking every {every:g}s"
+            "or set models.bootstrap_source to a labelled file or a dataset "
+            f"name; checking every {every:g}s"
         )
 
     def _load_from_registry(self) -> bool:

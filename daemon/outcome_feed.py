@@ -1,8 +1,10 @@
-"""Feeds the decay monitor: each prediction, and each outcome (a label or feedback joined to the prediction it
-judges, ``OutcomeJoiner``) of the serving version; every outcome also goes on the timeline.
+"""Feeds the decay monitor: each prediction, and each outcome (a label
+or feedback joined to the prediction it judges, ``OutcomeJoiner``)
+of the serving version; every outcome also goes on the timeline.
 
-Outcomes of a replaced version still count as labels (training data) but say nothing about the version that
-serves now, so the detectors see only the serving version's, and restart when another version serves.
+Outcomes of a replaced version still count as labels (training data)
+but say nothing about the version that serves now, so the detectors see
+only the serving version's, and restart when another version serves.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class OutcomeFeed:
         on_labelled: Callable[[], None],
         on_serving_outcome: Callable[[Outcome], None],
     ) -> None:
-        """``on_decision``: the monitor confirmed decay. ``on_labelled``: an outcome was joined, before the monitor
-        sees it. ``on_serving_outcome``: an outcome of the serving version, after the monitor saw it."""
+        """``on_decision``: the monitor confirmed decay. ``on_labelled``: an
+        outcome was joined, before the monitor sees it. ``on_serving_outcome``:
+        an outcome of the serving version, after the monitor saw it."""
         self.metrics = metrics
         self.monitor = DecayMonitor(settings.to_config(), metrics, clock=clock)
         self.joiner = OutcomeJoiner(horizon_s=settings.label_horizon_s, clock=clock)
@@ -43,7 +46,8 @@ class OutcomeFeed:
         self.labels_since_swap = 0  # outcomes of the serving version since it started serving
 
     def reconfigure(self, settings: MonitorSettings) -> list[str]:
-        """New [monitor] settings; the detectors that had to restart (raises before changing anything)."""
+        """New [monitor] settings; the detectors that had
+        to restart (raises before changing anything)."""
         restarted = self.monitor.reconfigure(settings.to_config())
         self.joiner.horizon_s = settings.label_horizon_s
         return restarted
@@ -102,5 +106,6 @@ class OutcomeFeed:
         self._on_serving_outcome(outcome)
 
     def mark(self, kind: str, at: float, label: str) -> None:
-        """A timeline mark (detection, training_started, swap, rollback, gate_rejected) at the current outcome."""
+        """A timeline mark (detection, training_started, swap,
+        rollback, gate_rejected) at the current outcome."""
         self.timeline.mark(kind, self.outcomes, at, label)

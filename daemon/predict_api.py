@@ -1,9 +1,11 @@
-"""HTTP routes of the model: POST /v1/predict, POST /v1/feedback, and the token-protected admin routes.
+"""HTTP routes of the model: POST /v1/predict, POST
+/v1/feedback, and the token-protected admin routes.
 
 Every malformed or oversized request gets a 4xx with a message saying what was wrong; a well-formed
-request before any model is loaded gets 503. Admin routes need ``Authorization: Bearer <web.admin_token>``
-(compared in constant time); with no token configured they do not exist (404).
-Every prediction carries a ``prediction_id``; feedback on it becomes events on the input topic (daemon.feedback).
+request before any model is loaded gets 503. Admin routes need ``Authorization:
+Bearer <web.admin_token>`` (compared in constant time); with no token configured
+they do not exist (404). Every prediction carries a ``prediction_id``; feedback
+on it becomes events on the input topic (daemon.feedback).
 """
 
 from __future__ import annotations
@@ -64,12 +66,10 @@ class PredictApi:
         self.registry = registry
         token = settings.web.admin_token
         self._token = token.get_secret_value().encode() if token else None
-        self._redact = (
-            settings.privacy.redactor().text
-        )  # the model sees what ingest would store, as it was trained on
-        self._swap_lock = (
-            swap_lock or asyncio.Lock()
-        )  # one activation at a time (shared with the learning loop)
+        # the model sees what ingest would store, as it was trained on
+        self._redact = settings.privacy.redactor().text
+        # one activation at a time (shared with the learning loop)
+        self._swap_lock = swap_lock or asyncio.Lock()
         self.learning: Any = None  # daemon.learning.LearningLoop, when the daemon runs one
         self.daemon_status: Callable[[], dict[str, Any]] | None = None  # daemon.app.Daemon.status
         self.requests = Counter(
@@ -98,7 +98,8 @@ class PredictApi:
         )
         pending = Gauge(
             "driftd_feedback_pending_predictions",
-            "Predictions served over HTTP that feedback may still name (web.feedback_horizon_s, web.feedback_max_pending).",
+            "Predictions served over HTTP that feedback may still name "
+            "(web.feedback_horizon_s, web.feedback_max_pending).",
             registry=metrics,
         )
         pending.set_function(lambda: len(self.pending))
@@ -129,10 +130,8 @@ class PredictApi:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over {request.app._client_max_size} bytes")
-        except (
-            web.RequestPayloadError,
-            HttpProcessingError,
-        ) as exc:  # e.g. a body that does not decode per its Content-Encoding
+        # e.g. a body that does not decode per its Content-Encoding
+        except (web.RequestPayloadError, HttpProcessingError) as exc:
             return _error(
                 400, f"the request body cannot be read: {str(exc).strip() or type(exc).__name__}"
             )
@@ -187,7 +186,7 @@ class PredictApi:
                 **p.to_dict(),
                 "prediction_id": self.pending.add(text, p.intent, p.confidence, p.model_version),
             }
-            for text, p in zip(redacted, predictions)
+            for text, p in zip(redacted, predictions, strict=True)
         ]
         if single:
             return web.json_response(answers[0])
@@ -198,7 +197,8 @@ class PredictApi:
     # -- feedback --------------------------------------------------------------------------------
 
     async def feedback(self, request: web.Request) -> web.Response:
-        """A report on a served prediction: 202 with the event ids once the broker acknowledged them."""
+        """A report on a served prediction: 202 with the
+        event ids once the broker acknowledged them."""
         payload = await self._read_json(request)
         if isinstance(payload, web.Response):
             self.feedback_requests.labels(str(payload.status)).inc()
@@ -256,7 +256,8 @@ class PredictApi:
     async def list_models(self, request: web.Request) -> web.Response:
         if (denied := self._authorised(request)) is not None:
             return denied
-        # In a worker thread: on a shared registry (models.registry_url) both are object-store requests.
+        # In a worker thread: on a shared registry
+        # (models.registry_url) both are object-store requests.
         entries, current = await asyncio.get_running_loop().run_in_executor(
             None, lambda: (self.registry.entries(), self.registry.current())
         )
@@ -346,9 +347,10 @@ class PredictApi:
                     self.server.version,
                 )
                 return _error(409, f"{version} refused: {exc}; {self.server.version} keeps serving")
+            # the load hashed what it serves
             await loop.run_in_executor(
                 None, lambda: self.registry.set_current(version, hash_only=())
-            )  # the load hashed what it serves
+            )
         self.swaps.labels("ok").inc()
         log.info("activated model %s (was %s)", version, previous)
         return web.json_response({"version": version, "previous": previous})

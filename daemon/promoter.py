@@ -1,5 +1,5 @@
-"""Promotion: publish a candidate to the registry, swap it in (load, hot swap, CURRENT), announce it on
-``topics.model_updates``; and rollback, the same swap back to a previous version."""
+"""Promotion: publish a candidate to the registry, swap it in (load, hot swap, CURRENT), announce
+it on ``topics.model_updates``; and rollback, the same swap back to a previous version."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from .model_loader import model_loader
 __all__ = ["Announce", "Promoter"]
 
 log = logging.getLogger("driftd.learning")
-# Sends (key, value) on topics.model_updates; the awaitable it returns resolves once the broker has the record.
+# Sends (key, value) on topics.model_updates; the awaitable
+# it returns resolves once the broker has the record.
 Announce = Callable[[bytes, bytes], Awaitable[Any]]
 
 
@@ -48,7 +49,8 @@ class Promoter:
     async def publish(
         self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]
     ) -> str:
-        """A registry version of the candidate, the incumbent its parent, the run's data, gate and training its info."""
+        """A registry version of the candidate, the incumbent its
+        parent, the run's data, gate and training its info."""
         info = {
             "source": "fine-tune",
             "trigger": trigger,
@@ -64,7 +66,8 @@ class Promoter:
         return manifest.version
 
     async def swap(self, version: str) -> None:
-        """Serve ``version`` and make it CURRENT; raises (and the old one keeps serving) when it does not load."""
+        """Serve ``version`` and make it CURRENT; raises (and
+        the old one keeps serving) when it does not load."""
         loop = asyncio.get_running_loop()
         async with self.swap_lock:
             await loop.run_in_executor(
@@ -96,7 +99,8 @@ class Promoter:
         )
 
     async def rollback(self, previous: str, failed: str) -> bool:
-        """Swap ``previous`` back in after ``failed``'s canary; False (logged) when that swap fails."""
+        """Swap ``previous`` back in after ``failed``'s
+        canary; False (logged) when that swap fails."""
         try:
             await self.swap(previous)
         except Exception:

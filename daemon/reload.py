@@ -1,4 +1,5 @@
-"""What SIGHUP may change: the settings that take effect without a restart, and the diff that says so.
+"""What SIGHUP may change: the settings that take
+effect without a restart, and the diff that says so.
 
 Thresholds and the learning loop's knobs ([monitor], [learning]) and logging are read where they are
 used, so a new value applies from the next event. Everything else (broker, topics, ports, paths,
@@ -30,7 +31,8 @@ class SettingsDiff:
         return sorted(k for k in self.changed if not _is_runtime(k))
 
     def describe(self) -> str:
-        """One line for the log: runtime keys with old -> new values; others by name only (may be secrets)."""
+        """One line for the log: runtime keys with old ->
+        new values; others by name only (may be secrets)."""
         parts = [f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(self.runtime.items())]
         return ", ".join(parts) or "no run-time setting changed"
 

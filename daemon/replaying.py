@@ -1,5 +1,6 @@
-"""What `driftd replay` and the demo send: a shipped dataset's or a labelled file's events, planned as
-configured (drift schedule, label share and delay, seed), produced at a rate to the input topic."""
+"""What `driftd replay` and the demo send: a shipped dataset's or a
+labelled file's events, planned as configured (drift schedule, label
+share and delay, seed), produced at a rate to the input topic."""
 
 from __future__ import annotations
 
@@ -90,5 +91,6 @@ def send_events(
 def replay_dataset(
     settings: Settings, r: ReplaySettings, split: str, target: str, progress: bool
 ) -> ReplayStats:
-    """Send ``r.dataset`` to the input topic on ``target`` as configured by ``r`` (the demo's replay)."""
+    """Send ``r.dataset`` to the input topic on ``target``
+    as configured by ``r`` (the demo's replay)."""
     return send_events(settings, replay_plan(settings, r, split), r.rate, target, progress)

@@ -30,7 +30,8 @@ class ServingCollector(Collector):
         )
         created = GaugeMetricFamily(
             "driftd_serving_model_created_timestamp_seconds",
-            "Unix time the serving version was published to the registry (0 before the first model loads).",
+            "Unix time the serving version was published to the registry (0 before "
+            "the first model loads).",
         )
         if model is not None:
             info.add_metric([model.version], 1)

@@ -26,11 +26,22 @@ def _detector(name: str, evidence: dict[str, Any]) -> str:
         state = "armed" if evidence.get("armed") else "fired, re-arms on recovery"
         if not evidence.get("warmed_up"):
             state = f"warming up ({evidence.get('n', 0):.0f} outcomes)"
-        return f"ewma {_num(evidence.get('ewma'))} vs line {_num(evidence.get('threshold'))} ({state}, {evidence.get('fires', 0):.0f} fires)"
+        return (
+            f"ewma {_num(evidence.get('ewma'))} vs line "
+            f"{_num(evidence.get('threshold'))} ({state}, "
+            f"{evidence.get('fires', 0):.0f} fires)"
+        )
     if name == "adwin":
-        return f"adwin error {_num(evidence.get('window_error_rate'))} over {evidence.get('window', 0):.0f} ({evidence.get('fires', 0):.0f} fires)"
+        return (
+            f"adwin error {_num(evidence.get('window_error_rate'))} over "
+            f"{evidence.get('window', 0):.0f} ({evidence.get('fires', 0):.0f} fires)"
+        )
     if name == "page_hinkley":
-        return f"page_hinkley {_num(evidence.get('statistic'), 1)}/{_num(evidence.get('threshold'), 0)} ({evidence.get('fires', 0):.0f} fires)"
+        return (
+            "page_hinkley "
+            f"{_num(evidence.get('statistic'), 1)}/{_num(evidence.get('threshold'), 0)} "
+            f"({evidence.get('fires', 0):.0f} fires)"
+        )
     return f"{name} {evidence}"
 
 
@@ -40,15 +51,17 @@ def _triggers(triggers: dict[str, Any]) -> str:
     if unknown.get("min_outcomes"):
         top = ", ".join(f"{k} {v}" for k, v in (unknown.get("top_unknown") or {}).items())
         parts.append(
-            f"unknown intents {unknown.get('unknown_outcomes', 0)}/{unknown['min_outcomes']} outcomes"
-            + (f" ({unknown.get('unknown_intents', 0)} intents: {top})" if top else "")
+            "unknown intents "
+            f"{unknown.get('unknown_outcomes', 0)}/{unknown['min_outcomes']} "
+            "outcomes" + (f" ({unknown.get('unknown_intents', 0)} intents: {top})" if top else "")
         )
     else:
         parts.append("unknown intents off")
     if floor.get("min_accuracy"):
         state = "BELOW" if floor.get("below") else "above"
         parts.append(
-            f"floor {state} {_num(floor['min_accuracy'], 2)} (window {_num(floor.get('window_accuracy'))}, {floor.get('fires', 0)} fires)"
+            f"floor {state} {_num(floor['min_accuracy'], 2)} (window "
+            f"{_num(floor.get('window_accuracy'))}, {floor.get('fires', 0)} fires)"
         )
     else:
         parts.append("floor off")
@@ -68,7 +81,7 @@ def _training(training: dict[str, Any]) -> list[str]:
         lines.append(f"waiting    {what}: {awaiting['labels']}/{awaiting['needed']} labels{off}")
     run = training.get("last_run")
     if not run:
-        return lines + ["last run   none yet"]
+        return [*lines, "last run   none yet"]
     when = (
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started_at"]))
         if run.get("started_at")
@@ -85,7 +98,8 @@ def _training(training: dict[str, Any]) -> list[str]:
     if gate:
         verdict = "passed" if gate["passed"] else "rejected: " + "; ".join(gate["reasons"])
         lines.append(
-            f"gate       {verdict}; holdout {_num(gate['candidate_holdout'])} vs incumbent {_num(gate['incumbent_holdout'])} (n={gate['holdout_n']})"
+            f"gate       {verdict}; holdout {_num(gate['candidate_holdout'])} vs "
+            f"incumbent {_num(gate['incumbent_holdout'])} (n={gate['holdout_n']})"
         )
     return lines
 
@@ -97,12 +111,16 @@ def render_status(status: dict[str, Any], where: str) -> str:
         lines.append("model      none loaded yet")
     else:
         lines.append(
-            f"model      {model['version']} ({model['intents']} intents), published {_age(model['age_s'])} ago; registry current {model['registry_current']}"
+            f"model      {model['version']} ({model['intents']} intents), published "
+            f"{_age(model['age_s'])} ago; registry current "
+            f"{model['registry_current']}"
         )
     q = status["quality"]
     samples = q["samples"]
     lines.append(
-        f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference {_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} ({samples['labelled']} labelled outcomes)"
+        f"accuracy   EWMA {_num(q['ewma_accuracy'])}, reference "
+        f"{_num(q['reference_accuracy'])}, last-window {_num(q['window_accuracy'])} "
+        f"({samples['labelled']} labelled outcomes)"
     )
     lines.append(
         "detectors  " + " | ".join(_detector(name, ev) for name, ev in q["detectors"].items())
@@ -111,7 +129,9 @@ def render_status(status: dict[str, Any], where: str) -> str:
         lines.append(_triggers(q["triggers"]))
     fired = [name for name, on in q["fired"].items() if on]
     lines.append(
-        f"policy     signals {', '.join(q['signals'])}; fired: {', '.join(fired) or 'none'}; decisions {q['decisions']}; cooldown {q['cooldown_remaining_s']:.0f} s left"
+        f"policy     signals {', '.join(q['signals'])}; fired: "
+        f"{', '.join(fired) or 'none'}; decisions {q['decisions']}; cooldown "
+        f"{q['cooldown_remaining_s']:.0f} s left"
     )
     tiers = status.get("tiers")
     lines.append(
@@ -122,16 +142,19 @@ def render_status(status: dict[str, Any], where: str) -> str:
     blocked = ingest.get("blocked_on") or []
     paused = f"; PAUSED, waiting for {', '.join(blocked)} (see the log)" if blocked else ""
     lines.append(
-        f"ingest     {ingest['events']:.0f} events stored, {ingest['dead_lettered']:.0f} dead-lettered{paused}"
+        f"ingest     {ingest['events']:.0f} events stored, "
+        f"{ingest['dead_lettered']:.0f} dead-lettered{paused}"
     )
     broker = status.get("broker") or {}
     if broker.get("up") is False:
         lines.append(
-            f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: {broker['last_error']} ({broker['outages']} outages so far)"
+            f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: "
+            f"{broker['last_error']} ({broker['outages']} outages so far)"
         )
     else:
         lines.append(
-            f"broker     {'reachable' if broker.get('up') else 'not probed yet'} ({broker.get('outages', 0)} outages so far)"
+            f"broker     {'reachable' if broker.get('up') else 'not probed yet'} "
+            f"({broker.get('outages', 0)} outages so far)"
         )
     lag = status.get("consumer_lag") or {}
     lines.append(

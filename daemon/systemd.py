@@ -1,9 +1,9 @@
 """The sd_notify protocol: READY, WATCHDOG, RELOADING and STOPPING messages to the service manager.
 
 Eight lines of socket code rather than a dependency: the protocol is one datagram per message on the
-AF_UNIX socket named by $NOTIFY_SOCKET (a leading "@" means the abstract namespace), and the packages
-that wrap it are either unmaintained (sdnotify) or need libsystemd headers to build (systemd-python).
-Outside systemd (no $NOTIFY_SOCKET) every call is a no-op.
+AF_UNIX socket named by $NOTIFY_SOCKET (a leading "@" means the abstract namespace), and
+the packages that wrap it are either unmaintained (sdnotify) or need libsystemd headers
+to build (systemd-python). Outside systemd (no $NOTIFY_SOCKET) every call is a no-op.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def notify(*states: str) -> bool:
-    """Send ``states`` (e.g. ``"READY=1"``, ``"STATUS=..."``) in one datagram; False when not under systemd."""
+    """Send ``states`` (e.g. ``"READY=1"``, ``"STATUS=..."``)
+    in one datagram; False when not under systemd."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -30,9 +31,8 @@ def notify(*states: str) -> bool:
             sock.connect(address)
             sock.sendall("\n".join(states).encode())
         return True
-    except (
-        OSError
-    ) as exc:  # the manager went away or the socket is wrong: keep running, say so once per call
+    # the manager went away or the socket is wrong: keep running, say so once per call
+    except OSError as exc:
         log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), exc)
         return False
 
@@ -45,7 +45,8 @@ def reloading() -> bool:
 
 
 def watchdog_interval_s() -> float | None:
-    """How often to send WATCHDOG=1: half of $WATCHDOG_USEC, as sd_watchdog_enabled(3) advises; None when off."""
+    """How often to send WATCHDOG=1: half of $WATCHDOG_USEC,
+    as sd_watchdog_enabled(3) advises; None when off."""
     usec = os.environ.get("WATCHDOG_USEC")
     pid = os.environ.get("WATCHDOG_PID")
     if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):

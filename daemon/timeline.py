@@ -10,6 +10,7 @@ so no global backend state and no display needed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -61,8 +62,9 @@ class TimelineRecorder:
     max_points: int = 2000
     points: list[tuple[int, float]] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
-    # (first at_event, model_version) each time a version answers for the first time. Labels arrive late, so
-    # outcomes of the previous version still trickle in after a swap; they do not start a segment again.
+    # (first at_event, model_version) each time a version answers for the
+    # first time. Labels arrive late, so outcomes of the previous version
+    # still trickle in after a swap; they do not start a segment again.
     segments: list[tuple[int, str]] = field(default_factory=list)
     n_outcomes: int = 0
     stride: int = 1
@@ -200,10 +202,8 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
@@ -217,7 +217,8 @@ def render_png(
     figsize: tuple[float, float] = (10.0, 4.0),
     dpi: int = 100,
 ) -> Path:
-    """Draw the timeline to a PNG of ``figsize * dpi`` pixels, written atomically; returns the path."""
+    """Draw the timeline to a PNG of ``figsize * dpi``
+    pixels, written atomically; returns the path."""
     # Figure + Agg canvas directly: no pyplot, so no global backend or figure registry.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -243,7 +244,7 @@ def render_png(
     # Shade each model-version segment, labelled at the top of the axes.
     if len(rec.segments) > 1 or (rec.segments and rec.segments[0][1]):
         bounds = [x for x, _ in rec.segments[1:]] + [x_hi]
-        for i, ((start, version), end) in enumerate(zip(rec.segments, bounds)):
+        for i, ((start, version), end) in enumerate(zip(rec.segments, bounds, strict=True)):
             ax.axvspan(
                 start, end, color=_SEGMENT_SHADES[i % len(_SEGMENT_SHADES)], alpha=0.08, lw=0
             )

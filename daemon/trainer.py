@@ -1,4 +1,5 @@
-"""Runs a fine-tune job in a child process, so the event loop never blocks and ingest goes on meanwhile.
+"""Runs a fine-tune job in a child process, so the event
+loop never blocks and ingest goes on meanwhile.
 
 The child is a fresh interpreter (multiprocessing "spawn": the daemon's threads, event loop and
 sockets are not inherited), dies with the daemon (``PR_SET_PDEATHSIG``), uses ``threads`` torch
@@ -6,9 +7,9 @@ threads (one by default: the other core keeps ingesting), and reports through a 
 progress dicts as they come, then the result or the error. A timeout kills it. Whatever happens to
 the child, the parent gets a ``FineTuneResult`` or a ``TrainingFailed`` saying why, never a hang.
 
-With ``processes`` > 1 the child is torchrun instead (``torch.distributed.run --standalone``), running
-``models/distributed.py`` in that many workers (DDP; gloo on CPU, NCCL on GPUs). The job and the
-answers travel through files in a private temporary directory; the contract is the same.
+With ``processes`` > 1 the child is torchrun instead (``torch.distributed.run --standalone``),
+running ``models/distributed.py`` in that many workers (DDP; gloo on CPU, NCCL on GPUs). The job
+and the answers travel through files in a private temporary directory; the contract is the same.
 """
 
 from __future__ import annotations
@@ -89,12 +90,9 @@ class _ProgressTail:
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(
-            process.pid, signal.SIGKILL
-        )  # torchrun; its workers follow (PR_SET_PDEATHSIG, models/distributed.py)
-    except ProcessLookupError:
-        pass
+    with contextlib.suppress(ProcessLookupError):
+        # torchrun; its workers follow (PR_SET_PDEATHSIG, models/distributed.py)
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 class TrainerProcess:
@@ -119,7 +117,7 @@ class TrainerProcess:
     ) -> FineTuneResult:
         loop = asyncio.get_running_loop()
         # The collectors read progress in a worker thread; the callback belongs to the event loop.
-        progress = lambda update: loop.call_soon_threadsafe(on_progress, update)  # noqa: E731
+        progress = lambda update: loop.call_soon_threadsafe(on_progress, update)  # noqa: E731 - a one-line adapter
         if self.processes > 1:
             return await self._run_torchrun(job, timeout_s, progress)
         ctx = multiprocessing.get_context("spawn")
@@ -137,9 +135,10 @@ class TrainerProcess:
         self.pid, self.started_at = process.pid, time.time()
         deadline = time.monotonic() + timeout_s
         try:
-            # Not as a Process argument: spawn writes those into a pipe from this thread, and the child reads
-            # them while it imports the target's module (daemon.trainer, so torch: seconds on a busy machine),
-            # so a job bigger than the pipe's buffer would hold the event loop until then.
+            # Not as a Process argument: spawn writes those into a pipe from this
+            # thread, and the child reads them while it imports the target's module
+            # (daemon.trainer, so torch: seconds on a busy machine), so a job
+            # bigger than the pipe's buffer would hold the event loop until then.
             sending = loop.run_in_executor(None, self._send_job, job_send, job, process)
             try:
                 await asyncio.wait_for(asyncio.shield(sending), timeout_s)
@@ -210,9 +209,8 @@ class TrainerProcess:
         self, job: FineTuneJob, timeout_s: float, progress: Callable[[dict[str, Any]], None]
     ) -> FineTuneResult:
         loop = asyncio.get_running_loop()
-        workdir = Path(
-            tempfile.mkdtemp(prefix="driftd-ddp-")
-        )  # mode 0700: nobody else can swap the pickles
+        # mode 0700: nobody else can swap the pickles
+        workdir = Path(tempfile.mkdtemp(prefix="driftd-ddp-"))
         try:
             (workdir / "job.pkl").write_bytes(pickle.dumps(job))
             cmd = [
@@ -231,9 +229,8 @@ class TrainerProcess:
                 **os.environ,
                 "OMP_NUM_THREADS": str(self.threads),
                 BACKEND_ENV: self.backend,
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in sys.path if p
-                ),  # the workers import what we import, as spawn's children do
+                # the workers import what we import, as spawn's children do
+                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             }
             with open(workdir / "output.log", "wb") as output:
                 process = subprocess.Popen(
@@ -242,8 +239,9 @@ class TrainerProcess:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    # SIGTERM: torchrun stops its workers on it
                     start_new_session=True,
-                    preexec_fn=die_with_parent,  # SIGTERM: torchrun stops its workers on it
+                    preexec_fn=die_with_parent,
                 )
             self.pid, self.started_at = process.pid, time.time()
             deadline = time.monotonic() + timeout_s
@@ -280,8 +278,9 @@ class TrainerProcess:
             time.sleep(0.2)
         for update in progress.read():
             on_progress(update)
-        # Rank 0's result if it wrote one; else the first failure written: the cause, where the later
-        # ones are other ranks losing their peer (a failing rank may even have been the only one to write).
+        # Rank 0's result if it wrote one; else the first failure written:
+        # the cause, where the later ones are other ranks losing their
+        # peer (a failing rank may even have been the only one to write).
         records = sorted(workdir.glob("result.pkl*"), key=lambda p: p.stat().st_mtime_ns)
         for kind, payload in sorted(
             (pickle.loads(p.read_bytes()) for p in records), key=lambda r: r[0] != "result"
@@ -293,5 +292,6 @@ class TrainerProcess:
         tail = (workdir / "output.log").read_bytes()[-2000:].decode(errors="replace")
         raise TrainingFailed(
             "crashed",
-            f"torchrun exited with code {process.returncode} before reporting a result; its output ends:\n{tail}",
+            f"torchrun exited with code {process.returncode} before reporting a "
+            f"result; its output ends:\n{tail}",
         )

@@ -1,7 +1,8 @@
-"""The daemon's HTTP surface: /metrics, /healthz, /readyz, plus the routes the daemon adds (predict, admin).
+"""The daemon's HTTP surface: /metrics, /healthz, /readyz,
+plus the routes the daemon adds (predict, admin).
 
-Runs on aiohttp inside the daemon's event loop, bound to 127.0.0.1 unless configured otherwise; https only
-(TLS 1.2 at least) when web.tls_certfile and web.tls_keyfile are set.
+Runs on aiohttp inside the daemon's event loop, bound to 127.0.0.1 unless configured
+otherwise; https only (TLS 1.2 at least) when web.tls_certfile and web.tls_keyfile are set.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Everything that builds, saves or reloads a model goes through here, so training,
 registry's ``model.pt`` work the same for every architecture. ``model.pt`` names its architecture;
 files written before the transformer existed have none and are the default model.
 
-The bag of n-grams and the transformer start from random weights; the encoder starts from a pretrained
-checkpoint (``EncoderConfig``, from ``encoder_config(models.encoder)``) and its featuriser is that
-checkpoint's tokenizer.
+The bag of n-grams and the transformer start from random weights; the encoder starts
+from a pretrained checkpoint (``EncoderConfig``, from
+``encoder_config(models.encoder)``) and its featuriser is that checkpoint's tokenizer.
 """
 
 from __future__ import annotations
@@ -50,15 +50,12 @@ class Architecture:
     batch_size: int = 64  # examples per micro-batch when TrainSettings leaves it open
     head_lr: float | None = None  # the same for the head alone, on a frozen encoder's embeddings
     head_epochs: int | None = None  # and its epochs (each a few matrix products: cheap)
-    pretrained: bool = (
-        False  # a new model loads its checkpoint (its config says which): no config, no model
-    )
-    latency_budget_ms: float = (
-        DEFAULT_LATENCY_BUDGET_MS  # the gate's p99 budget at batch 1 (INT8, one thread)
-    )
-    bucket_by_length: bool = (
-        False  # batches of texts of similar lengths (less padding through attention)
-    )
+    # a new model loads its checkpoint (its config says which): no config, no model
+    pretrained: bool = False
+    # the gate's p99 budget at batch 1 (INT8, one thread)
+    latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
+    # batches of texts of similar lengths (less padding through attention)
+    bucket_by_length: bool = False
 
     def new_model(self, config: Any, num_labels: int) -> IntentClassifier:
         if self.pretrained:
@@ -103,8 +100,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         lr=1e-3,
         epochs=12,
     ),
-    # lr: 1e-4 at its batch of 32 (x sqrt(32/64)). Fine-tuning MiniLM from its head for 3 epochs on CLINC150 in
-    # scope, 3.5e-5 gave 96.44% and 1e-4 96.73% (bench/encoder.py).
+    # lr: 1e-4 at its batch of 32 (x sqrt(32/64)). Fine-tuning MiniLM from its head for 3
+    # epochs on CLINC150 in scope, 3.5e-5 gave 96.44% and 1e-4 96.73% (bench/encoder.py).
     "encoder": Architecture(
         "encoder",
         EncoderClassifier,
@@ -124,12 +121,12 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 @dataclass(frozen=True)
 class EncoderSource:
-    """Which pretrained checkpoint a new "encoder" model starts from (``models.encoder`` and its companions)."""
+    """Which pretrained checkpoint a new "encoder" model
+    starts from (``models.encoder`` and its companions)."""
 
     checkpoint: str
-    sha256: str = (
-        ""  # required weights hash of a checkpoint given by path; empty: recorded, not checked
-    )
+    # required weights hash of a checkpoint given by path; empty: recorded, not checked
+    sha256: str = ""
     max_len: int = 64
 
     def config(self) -> EncoderConfig:
@@ -137,7 +134,8 @@ class EncoderSource:
 
 
 def new_model_config(architecture: str, encoder: EncoderSource | None = None) -> Any:
-    """The config of a new model of ``architecture``: its default (None), or for the encoder its checkpoint's."""
+    """The config of a new model of ``architecture``: its
+    default (None), or for the encoder its checkpoint's."""
     if not get_architecture(architecture).pretrained:
         return None
     if encoder is None:
@@ -162,7 +160,8 @@ def save_weights(model: IntentClassifier) -> bytes:
 
 
 def load_weights(data: bytes) -> IntentClassifier:
-    """A model from ``model.pt`` bytes (weights only: ``weights_only=True`` never runs pickled code)."""
+    """A model from ``model.pt`` bytes (weights only:
+    ``weights_only=True`` never runs pickled code)."""
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     arch = get_architecture(saved.get("architecture", DEFAULT_ARCHITECTURE))
     config = saved["config"]

@@ -27,15 +27,17 @@ class IntentClassifier(nn.Module):
         return self.output.out_features
 
     def pretrained_from(self) -> dict[str, str] | None:
-        """The checkpoint it was fine-tuned from (name, weights sha256), for the manifest; None from scratch."""
+        """The checkpoint it was fine-tuned from (name, weights
+        sha256), for the manifest; None from scratch."""
         return None
 
     def freeze(self, trainable_layers: int) -> None:
-        """Freeze all but the top ``trainable_layers`` of a pretrained part (negative: none frozen). An
-        architecture trained from scratch has no such part: everything trains."""
+        """Freeze all but the top ``trainable_layers`` of a pretrained part (negative: none
+        frozen). An architecture trained from scratch has no such part: everything trains."""
 
     def encoder_frozen(self) -> bool:
-        """Whether only the head trains, on inputs (sentence embeddings) that ``embed_texts`` computes once."""
+        """Whether only the head trains, on inputs (sentence
+        embeddings) that ``embed_texts`` computes once."""
         return False
 
     def head_module(self) -> nn.Module:
@@ -49,7 +51,8 @@ class IntentClassifier(nn.Module):
 
     @torch.no_grad()
     def grow(self, num_labels: int) -> None:
-        """Add output rows for new labels; the existing rows, and so existing predictions, are kept."""
+        """Add output rows for new labels; the existing
+        rows, and so existing predictions, are kept."""
         if num_labels < self.num_labels:
             raise ValueError(f"cannot shrink the label set from {self.num_labels} to {num_labels}")
         if num_labels == self.num_labels:
@@ -58,6 +61,7 @@ class IntentClassifier(nn.Module):
         new = nn.Linear(old.in_features, num_labels).to(old.weight.device, old.weight.dtype)
         new.weight[: old.out_features] = old.weight
         new.bias[: old.out_features] = old.bias
-        # New labels start below every learned one, so they only win once training gives them weight.
+        # New labels start below every learned one, so
+        # they only win once training gives them weight.
         new.bias[old.out_features :] = old.bias.min() - 1.0
         self.output = new

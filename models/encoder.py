@@ -1,17 +1,21 @@
-"""The encoder option: a pretrained BERT-family sentence encoder, mean pooling, and a head that grows.
+"""The encoder option: a pretrained BERT-family sentence
+encoder, mean pooling, and a head that grows.
 
-The head is dropout, a hidden GELU layer (``head_hidden``) and the output layer, whose rows grow with the intents.
+The head is dropout, a hidden GELU layer (``head_hidden``)
+and the output layer, whose rows grow with the intents.
 
-Built from a local Hugging Face checkpoint (``models/checkpoints.py``) with ``transformers`` and nothing from
-the network: the network is built from the checkpoint's ``config.json`` (kept in ``EncoderConfig.network``, so
-``model.pt`` reloads without the checkpoint directory) and its ``model.safetensors`` loaded into it. Input ids
-are the tokenizer's shifted up by one (``models/pretrained_tokenizer.py``): 0 is padding, as for every
-architecture. Attention runs in transformers' eager implementation: its graph exports to ONNX opset 17
-with the padding mask traced as data, never as a branch taken for the example input.
+Built from a local Hugging Face checkpoint (``models/checkpoints.py``) with ``transformers``
+and nothing from the network: the network is built from the checkpoint's ``config.json``
+(kept in ``EncoderConfig.network``, so ``model.pt`` reloads without the checkpoint directory)
+and its ``model.safetensors`` loaded into it. Input ids are the tokenizer's shifted up by one
+(``models/pretrained_tokenizer.py``): 0 is padding, as for every architecture. Attention runs
+in transformers' eager implementation: its graph exports to ONNX opset 17 with the padding
+mask traced as data, never as a branch taken for the example input.
 
-``trainable_layers`` freezes the embeddings and all but the top encoder layers for a fine-tune (0: the head
-alone). A frozen encoder gives every text the same sentence embedding on every run, so a head-only fine-tune
-trains on cached embeddings (``embed_texts``; ``models/embedding_cache.py`` keeps them between runs).
+``trainable_layers`` freezes the embeddings and all but the top encoder layers for a
+fine-tune (0: the head alone). A frozen encoder gives every text the same sentence
+embedding on every run, so a head-only fine-tune trains on cached embeddings
+(``embed_texts``; ``models/embedding_cache.py`` keeps them between runs).
 """
 
 from __future__ import annotations
@@ -32,10 +36,8 @@ from .pretrained_tokenizer import PretrainedTokenizer
 
 __all__ = ["EncoderClassifier", "EncoderConfig", "encoder_config"]
 
-_IGNORED_WEIGHTS = (
-    "pooler.",
-    "embeddings.position_ids",
-)  # unused by mean pooling / a buffer rebuilt on load
+# unused by mean pooling / a buffer rebuilt on load
+_IGNORED_WEIGHTS = ("pooler.", "embeddings.position_ids")
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class EncoderConfig:
     weights_sha256: str = ""  # of the checkpoint's model.safetensors
     max_len: int = 64  # most tokens per text, special tokens included
     dropout: float = 0.1  # before each layer of the head
-    # The head's hidden layer (GELU) before the output; 0: the output layer alone. On frozen MiniLM embeddings of
-    # CLINC150, 512 scored 95.8% in scope against 95.2% for a linear head (same epochs, cached embeddings).
+    # The head's hidden layer (GELU) before the output; 0: the output layer
+    # alone. On frozen MiniLM embeddings of CLINC150, 512 scored 95.8% in
+    # scope against 95.2% for a linear head (same epochs, cached embeddings).
     head_hidden: int = 512
 
     @property
@@ -55,9 +58,8 @@ class EncoderConfig:
 
     @property
     def hidden(self) -> int:
-        return int(
-            self.network.get("hidden_size") or self.network["dim"]
-        )  # BERT / DistilBERT naming
+        # BERT / DistilBERT naming
+        return int(self.network.get("hidden_size") or self.network["dim"])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,8 +73,9 @@ def encoder_config(
 
 
 def _network(config: EncoderConfig) -> nn.Module:
-    # Imported here, not at the top: transformers takes ~4 s to import on these machines, and every process that
-    # imports models/ (the daemon, each CLI call) would pay it without ever building an encoder.
+    # Imported here, not at the top: transformers takes ~4 s to import on
+    # these machines, and every process that imports models/ (the daemon,
+    # each CLI call) would pay it without ever building an encoder.
     from transformers import AutoConfig, AutoModel
 
     network_config = dict(config.network)
@@ -82,9 +85,8 @@ def _network(config: EncoderConfig) -> nn.Module:
     hf_config = AutoConfig.for_model(model_type, **network_config)
     network = AutoModel.from_config(hf_config, attn_implementation="eager")
     if getattr(network, "pooler", None) is not None:
-        network.pooler = (
-            None  # mean pooling instead; an unused layer would also stall DistributedDataParallel
-        )
+        # mean pooling instead; an unused layer would also stall DistributedDataParallel
+        network.pooler = None
     return network
 
 
@@ -94,9 +96,8 @@ class EncoderClassifier(IntentClassifier):
     def __init__(self, config: EncoderConfig, num_labels: int) -> None:
         super().__init__()
         self.config = config
-        self.encoder = _network(
-            config
-        )  # randomly initialised: weights come from a checkpoint or a model.pt
+        # randomly initialised: weights come from a checkpoint or a model.pt
+        self.encoder = _network(config)
         self.pad_id = int(config.network.get("pad_token_id") or 0)
         self.dropout = nn.Dropout(config.dropout)
         width = config.head_hidden or config.hidden
@@ -127,7 +128,8 @@ class EncoderClassifier(IntentClassifier):
         missing = [k for k in missing if not k.startswith(_IGNORED_WEIGHTS)]
         if missing:
             raise CheckpointError(
-                f"checkpoint {checkpoint.name!r} lacks {len(missing)} weights of its network, e.g. {missing[:3]}"
+                f"checkpoint {checkpoint.name!r} lacks {len(missing)} weights of "
+                f"its network, e.g. {missing[:3]}"
             )
         return model
 
@@ -144,7 +146,8 @@ class EncoderClassifier(IntentClassifier):
         return nn.Sequential(self.dropout, self.hidden, self.output)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: int64 [batch, length], 0 = padding -> mean-pooled sentence embeddings [batch, hidden]."""
+        """ids: int64 [batch, length], 0 = padding ->
+        mean-pooled sentence embeddings [batch, hidden]."""
         ids = ids[:, : self.config.max_len]
         keep = ids != 0
         tokens = torch.where(keep, ids - 1, torch.full_like(ids, self.pad_id))
@@ -167,12 +170,14 @@ class EncoderClassifier(IntentClassifier):
         ]
         if not lists:
             raise CheckpointError(
-                f"cannot find the {depth} encoder layers of this {self.config.network.get('model_type')} network"
+                f"cannot find the {depth} encoder layers of this "
+                f"{self.config.network.get('model_type')} network"
             )
         return lists[0]
 
     def freeze(self, trainable_layers: int) -> None:
-        """Train only the top ``trainable_layers`` encoder layers and the head; a negative number trains all."""
+        """Train only the top ``trainable_layers`` encoder
+        layers and the head; a negative number trains all."""
         layers = self._layers()
         keep = len(layers) if trainable_layers < 0 else min(trainable_layers, len(layers))
         trainable = (
@@ -200,7 +205,8 @@ class EncoderClassifier(IntentClassifier):
     def embed_texts(
         self, featurizer: Any, texts: Sequence[str], batch_size: int = 128
     ) -> np.ndarray:
-        """float32 [len(texts), hidden] sentence embeddings in eval mode, texts batched by length (less padding)."""
+        """float32 [len(texts), hidden] sentence embeddings in
+        eval mode, texts batched by length (less padding)."""
         self.eval()
         device = next(self.parameters()).device
         out = np.zeros((len(texts), self.config.hidden), dtype=np.float32)

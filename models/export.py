@@ -4,12 +4,13 @@ Dynamic quantisation is the default. With calibration texts (recent events), sta
 is tried as well and kept only if it agrees better with FP32 on them. Every version carries a probe:
 texts and the served model's logits at export time, which a loader re-checks before serving.
 
-The served model is optimised once, here, and stored as two files: the graph (``model.int8.onnx``) and
-its large initializers (``model.int8.weights``, ONNX external data: the pair loads as one model from its
-directory). Both serve hot swaps: a swap builds a session in the serving process, and ONNX Runtime holds
-the GIL for the whole build (upstream: microsoft/onnxruntime#27063), so every request waits for it.
-Parsing a 4 MB graph was half of that build and graph optimisation a quarter: the weights now arrive as
-OrtValues, never parsed through protobuf, and the graph is loaded with its optimisations already applied.
+The served model is optimised once, here, and stored as two files: the graph
+(``model.int8.onnx``) and its large initializers (``model.int8.weights``, ONNX external data:
+the pair loads as one model from its directory). Both serve hot swaps: a swap builds a
+session in the serving process, and ONNX Runtime holds the GIL for the whole build (upstream:
+microsoft/onnxruntime#27063), so every request waits for it. Parsing a 4 MB graph was half of
+that build and graph optimisation a quarter: the weights now arrive as OrtValues, never
+parsed through protobuf, and the graph is loaded with its optimisations already applied.
 """
 
 from __future__ import annotations
@@ -57,14 +58,15 @@ OPSET = 17
 PARITY_ATOL = 1e-4  # FP32 ONNX vs torch, max abs logit difference
 SERVED_MODEL = "model.int8.onnx"
 SERVED_WEIGHTS = "model.int8.weights"  # the served graph's large initializers (ONNX external data)
-_EXTERNAL_MIN_BYTES = (
-    1 << 16
-)  # initializers this large leave the graph; the small ones cost nothing to parse
-# Offsets in the weights file: page-aligned, so that ONNX Runtime maps each tensor from the file instead of
-# copying it (it maps only page-aligned external data), which also aligns every view for its dtype.
+# initializers this large leave the graph; the small ones cost nothing to parse
+_EXTERNAL_MIN_BYTES = 1 << 16
+# Offsets in the weights file: page-aligned, so that ONNX Runtime maps
+# each tensor from the file instead of copying it (it maps only
+# page-aligned external data), which also aligns every view for its dtype.
 _EXTERNAL_ALIGN = 4096
-# Graph metadata saying ONNX Runtime's EXTENDED optimisations were applied at export: such a graph loads
-# with optimisations off. EXTENDED fusions run on any CPU; ALL adds layouts for the exporting machine's.
+# Graph metadata saying ONNX Runtime's EXTENDED optimisations were
+# applied at export: such a graph loads with optimisations off. EXTENDED
+# fusions run on any CPU; ALL adds layouts for the exporting machine's.
 _OPTIMIZED_KEY, _OPTIMIZED_LEVEL = "driftd.graph_optimization", "extended"
 
 
@@ -75,17 +77,17 @@ class ExportError(RuntimeError):
 def cpu_session(
     model: bytes | str | Path, threads: int = 1, weights: bytes | Path | None = None
 ) -> ort.InferenceSession:
-    """A CPU session for ``model``: a path (external data resolved from its directory) or the bytes of a
-    graph, with ``weights`` its external data file when it has one (``externalize_weights``): the file's
-    bytes, or its path (named ``SERVED_WEIGHTS``), which ONNX Runtime maps rather than copies. ValueError when
-    ``weights`` does not hold what the graph says it does.
+    """A CPU session for ``model``: a path (external data resolved from its
+    directory) or the bytes of a graph, with ``weights`` its external data file
+    when it has one (``externalize_weights``): the file's bytes, or its path
+    (named ``SERVED_WEIGHTS``), which ONNX Runtime maps rather than copies.
+    ValueError when ``weights`` does not hold what the graph says it does.
 
-    A mapped file must not change while the session lives (a registry never writes a version's files in
-    place; deleting them is harmless, the mapping keeps the data)."""
+    A mapped file must not change while the session lives (a registry never writes a
+    version's files in place; deleting them is harmless, the mapping keeps the data)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = (
-        threads  # one thread: lowest latency for the small batches served here
-    )
+    # one thread: lowest latency for the small batches served here
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if weights is not None:
@@ -112,7 +114,8 @@ def cpu_session(
 
 
 def optimize_offline(model: bytes) -> bytes:
-    """``model`` with ONNX Runtime's EXTENDED graph optimisations applied (fusions that run on any CPU)."""
+    """``model`` with ONNX Runtime's EXTENDED graph
+    optimisations applied (fusions that run on any CPU)."""
     with tempfile.TemporaryDirectory(prefix="driftd-optimize-") as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -124,9 +127,10 @@ def optimize_offline(model: bytes) -> bytes:
 def externalize_weights(
     model: bytes, min_bytes: int = _EXTERNAL_MIN_BYTES, *, optimized: bool = False
 ) -> tuple[bytes, bytes]:
-    """(graph, weights): ``model`` with every initializer of ``min_bytes`` or more moved to external data
-    in a file named ``SERVED_WEIGHTS``, and that file's bytes. ``optimized``: ``model`` comes from
-    ``optimize_offline``, so the graph is marked to load with optimisations off."""
+    """(graph, weights): ``model`` with every initializer of ``min_bytes`` or
+    more moved to external data in a file named ``SERVED_WEIGHTS``, and that
+    file's bytes. ``optimized``: ``model`` comes from ``optimize_offline``,
+    so the graph is marked to load with optimisations off."""
     proto = onnx.load_from_string(model)
     if optimized:
         onnx.helper.set_model_props(
@@ -140,9 +144,8 @@ def externalize_weights(
         blob += bytes(-len(blob) % _EXTERNAL_ALIGN)
         offset, data = len(blob), tensor.raw_data
         blob += data
-        set_external_data(
-            tensor, location=SERVED_WEIGHTS, offset=offset, length=len(data)
-        )  # sets data_location too
+        # sets data_location too
+        set_external_data(tensor, location=SERVED_WEIGHTS, offset=offset, length=len(data))
         tensor.ClearField("raw_data")
     return proto.SerializeToString(), bytes(blob)
 
@@ -155,8 +158,8 @@ class _ExternalTensor(NamedTuple):
 
 
 def _external_tensors(graph: bytes, size: int) -> tuple[list[_ExternalTensor], bool]:
-    """Where the graph's external initializers lie in a weights file of ``size`` bytes, checked (ValueError),
-    and whether the graph was optimised at export."""
+    """Where the graph's external initializers lie in a weights file of ``size``
+    bytes, checked (ValueError), and whether the graph was optimised at export."""
     proto = onnx.load_from_string(graph)  # small: the large tensors are not in it
     tensors = []
     for tensor in proto.graph.initializer:
@@ -165,14 +168,16 @@ def _external_tensors(graph: bytes, size: int) -> tuple[list[_ExternalTensor], b
         info = {entry.key: entry.value for entry in tensor.external_data}
         if info.get("location") != SERVED_WEIGHTS:
             raise ValueError(
-                f"initializer {tensor.name} is stored in {info.get('location')!r}, not {SERVED_WEIGHTS}"
+                f"initializer {tensor.name} is stored in {info.get('location')!r}, "
+                f"not {SERVED_WEIGHTS}"
             )
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         count = int(np.prod(tensor.dims, dtype=np.int64))
         offset, length = int(info.get("offset", 0)), int(info.get("length", count * dtype.itemsize))
         if length != count * dtype.itemsize or offset < 0 or offset + length > size:
             raise ValueError(
-                f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {size}"
+                f"initializer {tensor.name} ({list(tensor.dims)} {dtype}) does not "
+                f"fit {SERVED_WEIGHTS}: bytes {offset}..{offset + length} of {size}"
             )
         tensors.append(_ExternalTensor(tensor.name, dtype, tuple(tensor.dims), offset))
     optimized = any(
@@ -185,8 +190,8 @@ def _external_initializers(
     graph: bytes, weights: bytes
 ) -> tuple[list[str], list[ort.OrtValue], bool]:
     """The graph's external initializers as OrtValues viewing ``weights``, and whether the graph was
-    optimised at export. ONNX Runtime copies them into the session (zeroing ``weights`` afterwards leaves its
-    outputs as they were), so nothing needs to keep them alive."""
+    optimised at export. ONNX Runtime copies them into the session (zeroing ``weights``
+    afterwards leaves its outputs as they were), so nothing needs to keep them alive."""
     tensors, optimized = _external_tensors(graph, len(weights))
     values = [
         ort.OrtValue.ortvalue_from_numpy(
@@ -201,7 +206,8 @@ def _external_initializers(
 
 def export_onnx(model: IntentClassifier) -> bytes:
     model.eval()
-    # One padded row: a graph traced on inputs without padding could leave out the branch that masks it.
+    # One padded row: a graph traced on inputs without
+    # padding could leave out the branch that masks it.
     example = torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9], [2, 3, 4, 0, 0, 0, 0, 0]], dtype=torch.long)
     buffer = io.BytesIO()
     torch.onnx.export(
@@ -212,7 +218,8 @@ def export_onnx(model: IntentClassifier) -> bytes:
         output_names=["logits"],
         dynamic_axes={"ids": {0: "batch", 1: "length"}, "logits": {0: "batch"}},
         opset_version=OPSET,
-        dynamo=False,  # the TorchScript exporter: no onnxscript dependency, and a plain graph for this model
+        # the TorchScript exporter: no onnxscript dependency, and a plain graph for this model
+        dynamo=False,
     )
     return buffer.getvalue()
 
@@ -241,8 +248,9 @@ def quantize_int8(
             Path(tmp, "static.onnx"),
         )
         source.write_bytes(fp32)
-        # Per-channel weight scales: on MiniLM (bench/encoder.py) per-tensor ones agreed with FP32 on 98.0% of
-        # CLINC150 test texts, below the 99% the parity probe asks for; per channel, 99.0%, at the same latency.
+        # Per-channel weight scales: on MiniLM (bench/encoder.py) per-tensor
+        # ones agreed with FP32 on 98.0% of CLINC150 test texts, below the 99%
+        # the parity probe asks for; per channel, 99.0%, at the same latency.
         quantize_dynamic(source, dynamic_path, weight_type=QuantType.QInt8, per_channel=True)
         chosen, report = dynamic_path, {"method": "dynamic"}
         if len(calibration_ids) >= 2:  # calibrate on all but the last batch, judge on that one
@@ -289,9 +297,8 @@ def build_version_files(
     ]
     int8, quant_report = quantize_int8(fp32, calibration)
     graph, weights = externalize_weights(optimize_offline(int8), optimized=True)
-    served_logits = cpu_session(graph, weights=weights).run(None, {"ids": probe_ids})[
-        0
-    ]  # as a loader will build it
+    # as a loader will build it
+    served_logits = cpu_session(graph, weights=weights).run(None, {"ids": probe_ids})[0]
     files = {
         "model.onnx": fp32,
         SERVED_MODEL: graph,

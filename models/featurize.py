@@ -1,26 +1,30 @@
 """Text -> hashed ids: the featurisers shared by training (torch) and serving (ONNX Runtime).
 
-``HashingFeaturizer`` (the default model's) gives an unordered bag of n-gram ids; ``HashingTokenizer``
-(the transformer's) gives the ordered word tokens, ``PretrainedTokenizer`` (models/pretrained_tokenizer.py)
-a pretrained encoder's vocabulary ids. Both are saved as JSON with a ``kind`` that
-``featurizer_from_json`` dispatches on.
+``HashingFeaturizer`` (the default model's) gives an unordered bag of n-gram ids;
+``HashingTokenizer`` (the transformer's) gives the ordered word tokens,
+``PretrainedTokenizer`` (models/pretrained_tokenizer.py) a pretrained encoder's vocabulary
+ids. Both are saved as JSON with a ``kind`` that ``featurizer_from_json`` dispatches on.
 
 Word unigrams and bigrams plus character n-grams of each word (with boundary marks) are hashed
-with CRC32 into ``buckets - 1`` slots; id 0 is padding. Hashing lives outside the model graph, so the
-ONNX graph is only Gather + mean + MLP, and a new word never needs a vocabulary change.
+with CRC32 into ``buckets - 1`` slots; id 0 is padding. Hashing lives outside the model graph,
+so the ONNX graph is only Gather + mean + MLP, and a new word never needs a vocabulary change.
 
 How text becomes tokens is versioned (``version`` in the JSON; a file without it is version 1):
 
-1. lowercase, then ASCII words ``[a-z0-9']+``: any other script gives no features. Kept as it was, so
+1. lowercase, then ASCII words ``[a-z0-9']+``: any
+   other script gives no features. Kept as it was, so
    registry versions trained with it predict exactly as before.
-2. (new featurisers) NFKC + casefold (fullwidth "ＡＢＣ" is "abc", "Straße" is "strasse"), then every script:
-   words of scripts written with spaces (letters, digits and combining marks, so Devanagari vowel signs
-   stay in their word; an inner apostrophe too), character n-grams over runs of scripts written without
-   them (Chinese, Japanese, Thai, Lao, Khmer, Myanmar, Tibetan), and each emoji or other symbol as a token.
+2. (new featurisers) NFKC + casefold (fullwidth "ＡＢＣ"
+   is "abc", "Straße" is "strasse"), then every script:
+   words of scripts written with spaces (letters, digits and combining marks, so
+   Devanagari vowel signs stay in their word; an inner apostrophe too), character
+   n-grams over runs of scripts written without them (Chinese, Japanese, Thai,
+   Lao, Khmer, Myanmar, Tibetan), and each emoji or other symbol as a token.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import unicodedata
@@ -48,8 +52,9 @@ _WORD = re.compile(r"[a-z0-9']+")  # version 1
 
 
 def _mark_ranges() -> str:
-    """A regex class body of the combining marks (Unicode M*) below U+20000, which Python's ``\\w`` leaves out:
-    without them a Hindi word breaks at every vowel sign. Variation selectors stay out (they dress an emoji)."""
+    """A regex class body of the combining marks (Unicode M*) below U+20000,
+    which Python's ``\\w`` leaves out: without them a Hindi word breaks at
+    every vowel sign. Variation selectors stay out (they dress an emoji)."""
     ranges: list[list[int]] = []
     for code in range(0x20000):
         if unicodedata.category(chr(code))[0] == "M" and not (0xFE00 <= code <= 0xFE0F):
@@ -62,23 +67,24 @@ def _mark_ranges() -> str:
     ) + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges if b >= 0x10000)
 
 
-# Scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer, CJK radicals and ideographs
-# (with 々 〇 and the Hangzhou numerals), kana, and the supplementary ideograph planes.
+# Scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer, CJK radicals and
+# ideographs (with 々 〇 and the Hangzhou numerals), kana, and the supplementary ideograph planes.
 _UNSPACED = (
     "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029"
     "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
 )
 _LETTER = f"(?:(?![{_UNSPACED}])[^\\W_]|[{_mark_ranges()}])"
-# Version 2 tokens, in text order: a run of an unspaced script | a word (inner apostrophes kept) | anything else
-# that is not a space (punctuation is dropped below, symbols and emoji kept).
+# Version 2 tokens, in text order: a run of an unspaced script | a word (inner apostrophes kept)
+# | anything else that is not a space (punctuation is dropped below, symbols and emoji kept).
 _TOKEN = re.compile(f"([{_UNSPACED}]+)|({_LETTER}+(?:['\u2019]{_LETTER}+)*)|(\\S)")
-# The same on ASCII text (NFKC leaves it as it is, casefold is lower), without the per-character look-ahead:
-# half the time on the English texts most traffic is.
+# The same on ASCII text (NFKC leaves it as it is, casefold is lower), without the
+# per-character look-ahead: half the time on the English texts most traffic is.
 _ASCII_TOKEN = re.compile(r"(\b\B)|([a-z0-9]+(?:'[a-z0-9]+)*)|(\S)")
 
 
 def tokenize(text: str) -> list[tuple[str, str]]:
-    """Version 2 tokens of ``text`` as (kind, token): "w" a word, "u" a run of an unspaced script, "s" a symbol."""
+    """Version 2 tokens of ``text`` as (kind, token): "w" a
+    word, "u" a run of an unspaced script, "s" a symbol."""
     tokens: list[tuple[str, str]] = []
     found = (
         _ASCII_TOKEN.findall(text.lower())
@@ -97,9 +103,8 @@ def tokenize(text: str) -> list[tuple[str, str]]:
 
 @lru_cache(maxsize=4096)
 def _is_symbol(char: str) -> bool:
-    return (
-        unicodedata.category(char)[0] == "S"
-    )  # currency, maths, emoji, other symbols; not punctuation or controls
+    # currency, maths, emoji, other symbols; not punctuation or controls
+    return unicodedata.category(char)[0] == "S"
 
 
 def _hash(gram: str, buckets: int) -> int:
@@ -108,7 +113,8 @@ def _hash(gram: str, buckets: int) -> int:
 
 @lru_cache(maxsize=8)
 def _word_id_cache(buckets: int, char_ngrams: tuple[int, ...]) -> Callable[[str], tuple[int, ...]]:
-    """The memo of a word's ids (version 1), one per hashing configuration and shared by every featuriser that has it.
+    """The memo of a word's ids (version 1), one per hashing
+    configuration and shared by every featuriser that has it.
 
     A word's ids never change and word frequencies are skewed, so most words of a text are already
     cached: this is most of the featuriser's cost on the stream-prediction path. Sharing it across
@@ -145,7 +151,8 @@ def _token_id_cache(
                 for n in char_ngrams
                 for i in range(max(1, len(marked) - n + 1))
             ]
-        else:  # a run of an unspaced script: its characters and the n-grams across them, edges marked
+        # a run of an unspaced script: its characters and the n-grams across them, edges marked
+        else:
             grams = [f"u:{token}"] + [f"u:{ch}" for ch in token] * (1 in run_ngrams)
             grams += [
                 f"u:{marked[i : i + n]}"
@@ -160,36 +167,27 @@ def _token_id_cache(
 
 @dataclass(frozen=True)
 class HashingFeaturizer:
-    """Defaults are version 2's, tuned with bench/multilingual.py; a version 1 file names every one of its settings."""
+    """Defaults are version 2's, tuned with bench/multilingual.py;
+    a version 1 file names every one of its settings."""
 
     buckets: int = 1 << 16
-    char_ngrams: tuple[int, ...] = (
-        2,
-        3,
-        4,
-        5,
-    )  # of each word, with boundary marks (2-grams: +0.4 on massive_ru)
+    # of each word, with boundary marks (2-grams: +0.4 on massive_ru)
+    char_ngrams: tuple[int, ...] = (2, 3, 4, 5)
     word_bigrams: bool = True
-    max_features: int = (
-        512  # version 1 models: 256, which cut 9% of Banking77's texts (and Chinese gets more ids)
-    )
-    version: int = FEATURIZER_VERSION  # the tokenisation (module docstring); from_json reads a file without it as 1
-    run_ngrams: tuple[int, ...] = (
-        1,
-        2,
-        3,
-    )  # version 2: character n-grams over a run of an unspaced script
-    kind = (
-        "hashing_ngrams"  # a class attribute, not a field: the JSON tag featurizer_from_json reads
-    )
+    # version 1 models: 256, which cut 9% of Banking77's texts (and Chinese gets more ids)
+    max_features: int = 512
+    # the tokenisation (module docstring); from_json reads a file without it as 1
+    version: int = FEATURIZER_VERSION
+    # version 2: character n-grams over a run of an unspaced script
+    run_ngrams: tuple[int, ...] = (1, 2, 3)
+    # a class attribute, not a field: the JSON tag featurizer_from_json reads
+    kind = "hashing_ngrams"
 
     def __post_init__(self) -> None:
         if self.version not in (1, 2):
             raise ValueError(f"unknown featurizer version {self.version!r}; known: 1, 2")
-        for name in (
-            "char_ngrams",
-            "run_ngrams",
-        ):  # hashable (the memo's key) and equal to the JSON round trip's
+        # hashable (the memo's key) and equal to the JSON round trip's
+        for name in ("char_ngrams", "run_ngrams"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         memo = (
             _word_id_cache(self.buckets, self.char_ngrams)
@@ -213,7 +211,8 @@ class HashingFeaturizer:
         return _hash(gram, self.buckets)
 
     def features(self, text: str) -> list[int]:
-        """Per token: its own id and its char n-grams; then the token bigrams. At most max_features ids."""
+        """Per token: its own id and its char n-grams; then
+        the token bigrams. At most max_features ids."""
         if self.version == 1:
             return self._features_v1(text)
         tokens = tokenize(text)
@@ -222,7 +221,7 @@ class HashingFeaturizer:
         for kind, token in tokens:
             ids.extend(token_ids(kind, token))
         if self.word_bigrams:
-            ids.extend(self._hash(f"b:{a} {b}") for (_, a), (_, b) in zip(tokens, tokens[1:]))
+            ids.extend(self._hash(f"b:{a} {b}") for (_, a), (_, b) in itertools.pairwise(tokens))
         return ids[: self.max_features]
 
     def _features_v1(self, text: str) -> list[int]:
@@ -232,7 +231,7 @@ class HashingFeaturizer:
         for word in words:
             ids.extend(word_ids(word))
         if self.word_bigrams:
-            ids.extend(self._hash(f"b:{a} {b}") for a, b in zip(words, words[1:]))
+            ids.extend(self._hash(f"b:{a} {b}") for a, b in itertools.pairwise(words))
         return ids[: self.max_features]
 
     def batch(self, texts: Sequence[str]) -> np.ndarray:
@@ -249,9 +248,8 @@ class HashingFeaturizer:
     def from_json(cls, text: str) -> HashingFeaturizer:
         fields = json.loads(text)
         fields.pop("kind", None)
-        if (
-            "version" not in fields
-        ):  # written before tokenisation had versions: version 1, at its defaults of then
+        # written before tokenisation had versions: version 1, at its defaults of then
+        if "version" not in fields:
             fields = {**_V1_DEFAULTS, **fields, "version": 1}
         return cls(**fields)
 
@@ -271,8 +269,9 @@ class HashingTokenizer:
     Nothing to fit and no vocabulary file: a word's id is its CRC32, so a new word never needs a
     vocabulary change, and collisions are rare at 32k buckets for intent-sized vocabularies. A word
     longer than 12 characters adds its 6-character prefix as a second token, which gives inflections
-    ("transferring", "transferred") a shared token. Version 2 (see the module docstring) tokenises every script:
-    a run of an unspaced script gives one token per character, a symbol or emoji one token.
+    ("transferring", "transferred") a shared token. Version 2 (see the
+    module docstring) tokenises every script: a run of an unspaced
+    script gives one token per character, a symbol or emoji one token.
     """
 
     buckets: int = 1 << 15
@@ -326,7 +325,8 @@ _KINDS: dict[str, type] = {
 
 
 def featurizer_from_json(text: str) -> Featurizer:
-    """The featuriser a registry version was trained with; files without a ``kind`` predate it (n-grams)."""
+    """The featuriser a registry version was trained with;
+    files without a ``kind`` predate it (n-grams)."""
     fields = json.loads(text)
     kind = fields.get("kind", HashingFeaturizer.kind) if isinstance(fields, dict) else None
     if kind not in _KINDS:

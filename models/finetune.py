@@ -1,12 +1,13 @@
-"""One fine-tune job, start to verdict: warm-start, train, export, quantise, and judge against the incumbent.
+"""One fine-tune job, start to verdict: warm-start, train,
+export, quantise, and judge against the incumbent.
 
-``run_fine_tune`` is what the daemon's child process runs (``daemon/trainer.py``); it takes plain data
-(``FineTuneJob``: texts, intents, a path to the incumbent's registry directory) and returns the
-candidate's version files and a report with the gate verdict. It never touches the registry or the
-live server: promotion is the parent's decision, so a crash here can only lose the candidate.
+``run_fine_tune`` is what the daemon's child process runs (``daemon/trainer.py``); it takes plain
+data (``FineTuneJob``: texts, intents, a path to the incumbent's registry directory) and returns
+the candidate's version files and a report with the gate verdict. It never touches the registry or
+the live server: promotion is the parent's decision, so a crash here can only lose the candidate.
 
-It is two stages, ``train_candidate`` then ``judge_candidate`` (export, quantise, gate): under torchrun
-(``models/distributed.py``) every rank trains and only rank 0 judges.
+It is two stages, ``train_candidate`` then ``judge_candidate`` (export, quantise, gate):
+under torchrun (``models/distributed.py``) every rank trains and only rank 0 judges.
 """
 
 from __future__ import annotations
@@ -50,29 +51,33 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass
 class FineTuneJob:
-    train: tuple[
-        list[str], list[str]
-    ]  # replay sample, then recent labelled oldest first: (texts, intents)
+    # replay sample, then recent labelled oldest first: (texts, intents)
+    train: tuple[list[str], list[str]]
     holdout: tuple[list[str], list[str]]  # recent labelled events kept out of training
-    replay_eval: tuple[
-        list[str], list[str]
-    ]  # replay examples kept out of training (forgetting check)
+    # replay examples kept out of training (forgetting check)
+    replay_eval: tuple[list[str], list[str]]
     incumbent_dir: str | None  # registry directory of the serving version; None trains from scratch
     settings: TrainSettings = field(default_factory=TrainSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     architecture: str = DEFAULT_ARCHITECTURE  # used only without an incumbent
-    encoder: EncoderSource | None = (
-        None  # the checkpoint of a new "encoder" model (without an incumbent)
-    )
-    val_fraction: float = 0.03  # of the training examples (the newest on a warm start), for early stopping (small: every example withheld is one the candidate never learns)
-    withhold_span: int = 1  # the warm-start validation split is spread over the newest val_fraction x this (models/withhold.py); 1: the newest block
+    # the checkpoint of a new "encoder" model (without an incumbent)
+    encoder: EncoderSource | None = None
+    # of the training examples (the newest on a warm start), for early stopping
+    # (small: every example withheld is one the candidate never learns)
+    val_fraction: float = 0.03
+    # the warm-start validation split is spread over the newest
+    # val_fraction x this (models/withhold.py); 1: the newest block
+    withhold_span: int = 1
     seed: int = 0
-    # Cleaning before training (models/hygiene.py; the daemon sets it from [learning]); None trains on the examples as given.
+    # Cleaning before training (models/hygiene.py; the daemon sets
+    # it from [learning]); None trains on the examples as given.
     hygiene: HygieneSettings | None = None
-    # Set by the daemon: the candidate's files are written here and the result carries their paths, so
-    # tens of MB of model bytes never cross the pipe into the long-lived parent (whose heap keeps them).
+    # Set by the daemon: the candidate's files are written here and the
+    # result carries their paths, so tens of MB of model bytes never
+    # cross the pipe into the long-lived parent (whose heap keeps them).
     output_dir: str | None = None
-    # Recent utterances nobody labelled, and how to pseudo-label them (models/pseudo.py); None: human labels only.
+    # Recent utterances nobody labelled, and how to pseudo-label
+    # them (models/pseudo.py); None: human labels only.
     unlabelled: list[str] = field(default_factory=list)
     pseudo: PseudoLabelSettings | None = None
 
@@ -93,23 +98,21 @@ class TrainedCandidate:
     validation_examples: int
     incumbent_labels: list[str] | None
     started: float  # time.time() when the job started
-    hygiene: dict[str, Any] | None = (
-        None  # what the cleaning removed and why (HygieneReport.to_dict)
-    )
-    pseudo_labels: dict[str, Any] | None = (
-        None  # how many were found, at which threshold, and whether they were kept
-    )
+    # what the cleaning removed and why (HygieneReport.to_dict)
+    hygiene: dict[str, Any] | None = None
+    # how many were found, at which threshold, and whether they were kept
+    pseudo_labels: dict[str, Any] | None = None
 
 
 class _Served:
-    """A version's served INT8 model, as the endpoint runs it (featuriser + one-thread ONNX session)."""
+    """A version's served INT8 model, as the endpoint
+    runs it (featuriser + one-thread ONNX session)."""
 
     def __init__(
         self, model: bytes | Path, labels: list[str], featurizer: Any, weights: bytes | None = None
     ) -> None:
-        self.session = cpu_session(
-            model, weights=weights
-        )  # a path finds its weights file beside it
+        # a path finds its weights file beside it
+        self.session = cpu_session(model, weights=weights)
         self.input = self.session.get_inputs()[0].name
         self.labels = labels
         self.featurizer = featurizer
@@ -132,10 +135,10 @@ def _split_validation(
 ) -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]] | None]:
     """Keep ``fraction`` of the training examples out for early stopping.
 
-    A warm start validates on the newest examples (``newest``; the list is oldest first), spread over the
-    newest ``fraction x span`` (models/withhold.py): most of the older ones trained the incumbent already,
-    so a random split scores near its ceiling from the first epoch and early stopping would keep a
-    checkpoint that has hardly learnt what is new.
+    A warm start validates on the newest examples (``newest``; the list is oldest first),
+    spread over the newest ``fraction x span`` (models/withhold.py): most of the older ones
+    trained the incumbent already, so a random split scores near its ceiling from the first
+    epoch and early stopping would keep a checkpoint that has hardly learnt what is new.
     """
     if fraction <= 0 or len(texts) < 50:
         return (texts, intents), None
@@ -203,13 +206,14 @@ def train_candidate(job: FineTuneJob, progress: Progress | None = None) -> Train
 
 
 def _new_model_config(job: FineTuneJob, init: Any) -> Any:
-    """The config of a model trained from scratch (None: the architecture's default); a warm start has its own."""
+    """The config of a model trained from scratch (None: the
+    architecture's default); a warm start has its own."""
     return None if init is not None else new_model_config(job.architecture, job.encoder)
 
 
 def _incumbent(job: FineTuneJob) -> tuple[list[str] | None, Any, Any]:
-    """(labels, featuriser, weights) of the job's incumbent, freshly loaded (training changes the weights in
-    place); all None when the job trains from scratch."""
+    """(labels, featuriser, weights) of the job's incumbent, freshly loaded (training
+    changes the weights in place); all None when the job trains from scratch."""
     if job.incumbent_dir is None:
         return None, None, None
     root = Path(job.incumbent_dir)
@@ -229,10 +233,10 @@ def _retrain_with_pseudo_labels(
     report: Callable[..., None],
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Label the recent unlabelled utterances with the candidate just trained, at the confidence its
-    validation split (human labels it did not train on) vouches for, and train again from the same start
-    with them at a lower weight. The second candidate replaces the first only if its validation loss is no
-    higher, so pseudo-labels can add to a candidate but not cost it. The validation split, the holdout and
-    the replay check stay human-labelled."""
+    validation split (human labels it did not train on) vouches for, and train again from
+    the same start with them at a lower weight. The second candidate replaces the first only
+    if its validation loss is no higher, so pseudo-labels can add to a candidate but not
+    cost it. The validation split, the holdout and the replay check stay human-labelled."""
     settings = job.pseudo
     assert settings is not None
     if val is None:
@@ -251,7 +255,8 @@ def _retrain_with_pseudo_labels(
         limit=int(len(texts) * settings.max_ratio),
     )
     info = found.report
-    # Cleaned like the human labels; a text that is labelled anywhere in the job is not pseudo-labelled too.
+    # Cleaned like the human labels; a text that is labelled
+    # anywhere in the job is not pseudo-labelled too.
     pseudo_texts, pseudo_intents, cleaned = clean_training_examples(
         found.texts,
         found.intents,
@@ -363,8 +368,8 @@ def judge_candidate(
 
 
 def _finite(value: float | None) -> float | None:
-    """A score for the manifest (JSON): rounded, and None where it is missing or infinite (a validation split
-    of intents the model has no output for has no loss)."""
+    """A score for the manifest (JSON): rounded, and None where it is missing or
+    infinite (a validation split of intents the model has no output for has no loss)."""
     return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
@@ -372,13 +377,13 @@ def _write_out(files: dict[str, bytes], directory: Path) -> dict[str, bytes | Pa
     directory.mkdir(parents=True, exist_ok=True)
     paths: dict[str, bytes | Path] = {}
     for name, data in files.items():
-        (directory / name).write_bytes(
-            data
-        )  # the registry checksums and fsyncs its own copy on publish
+        # the registry checksums and fsyncs its own copy on publish
+        (directory / name).write_bytes(data)
         paths[name] = directory / name
     return paths
 
 
 def run_fine_tune(job: FineTuneJob, progress: Progress | None = None) -> FineTuneResult:
-    """Train a candidate and judge it. Raises on failure (``TrainingDiverged``, ``ExportError``...)."""
+    """Train a candidate and judge it. Raises on failure
+    (``TrainingDiverged``, ``ExportError``...)."""
     return judge_candidate(job, train_candidate(job, progress), progress)

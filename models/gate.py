@@ -2,11 +2,14 @@
 
 Three checks, all recorded (the verdict goes into the candidate's manifest):
   - improvement: accuracy on a recent holdout (labelled events not used for training) must beat the
-    incumbent's by ``margin`` (a negative margin is a non-inferiority bound: the candidate may trail by
-    at most that much, for a retrain on a superset of the incumbent's data);
-  - forgetting: on the replay set (older labelled events from cold) it may lose at most ``forgetting_epsilon``;
-  - latency: its served INT8 model's p99 at batch 1 may be at most ``latency_ratio`` x the incumbent's
-    (or under ``latency_budget_ms`` when there is no incumbent). FP32/torch parity is checked at export.
+    incumbent's by ``margin`` (a negative margin is a non-inferiority bound: the candidate
+    may trail by at most that much, for a retrain on a superset of the incumbent's data);
+  - forgetting: on the replay set (older labelled events
+    from cold) it may lose at most ``forgetting_epsilon``;
+  - latency: its served INT8 model's p99 at batch 1
+    may be at most ``latency_ratio`` x the incumbent's
+    (or under ``latency_budget_ms`` when there is no
+    incumbent). FP32/torch parity is checked at export.
 Pure functions over predictions and timings: the caller runs the models.
 """
 
@@ -29,19 +32,18 @@ __all__ = [
     "p99_latency_ms",
 ]
 
-DEFAULT_LATENCY_BUDGET_MS = (
-    5.0  # a model trained from scratch (models/architectures.py sets each architecture's)
-)
+# a model trained from scratch (models/architectures.py sets each architecture's)
+DEFAULT_LATENCY_BUDGET_MS = 5.0
 
 
 @dataclass(frozen=True)
 class GateSettings:
-    margin: float = 0.005  # holdout accuracy gain over the incumbent required (absolute; negative: largest loss allowed)
+    # holdout accuracy gain over the incumbent required (absolute; negative: largest loss allowed)
+    margin: float = 0.005
     forgetting_epsilon: float = 0.02  # largest replay accuracy loss allowed (absolute)
     latency_ratio: float = 1.5  # candidate p99 / incumbent p99 at batch 1
-    latency_budget_ms: float | None = (
-        None  # absolute p99 ceiling, also used when there is no incumbent; None: the architecture's
-    )
+    # absolute p99 ceiling, also used when there is no incumbent; None: the architecture's
+    latency_budget_ms: float | None = None
     min_holdout: int = 50  # fewer holdout examples than this: the improvement check cannot pass
 
 
@@ -66,7 +68,10 @@ class GateVerdict:
         inc = "n/a" if self.incumbent_holdout is None else f"{self.incumbent_holdout:.4f}"
         head = f"holdout {self.candidate_holdout:.4f} vs incumbent {inc} (n={self.holdout_n})"
         if self.candidate_replay is not None:
-            head += f", replay {self.candidate_replay:.4f} vs {self.incumbent_replay:.4f} (n={self.replay_n})"
+            head += (
+                f", replay {self.candidate_replay:.4f} vs "
+                f"{self.incumbent_replay:.4f} (n={self.replay_n})"
+            )
         head += f", p99 {self.candidate_p99_ms:.3f} ms" + (
             "" if self.incumbent_p99_ms is None else f" vs {self.incumbent_p99_ms:.3f} ms"
         )
@@ -78,7 +83,11 @@ class GateVerdict:
 
 
 def accuracy_of(predicted: Sequence[str], truth: Sequence[str]) -> float:
-    return float(np.mean([p == t for p, t in zip(predicted, truth)])) if truth else float("nan")
+    return (
+        float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+        if truth
+        else float("nan")
+    )
 
 
 def p99_latency_ms(
@@ -87,11 +96,12 @@ def p99_latency_ms(
     repeats: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """p99 at batch 1 (what the endpoint serves) of each call, measured side by side, after a warm-up pass.
+    """p99 at batch 1 (what the endpoint serves) of each
+    call, measured side by side, after a warm-up pass.
 
-    The calls take turns on every text, so a busy spell on a shared machine slows them alike, and each text
-    counts its fastest of ``repeats`` runs: preemption only ever adds time, so the minimum is the text's cost,
-    and the p99 across texts still catches slow (long) texts.
+    The calls take turns on every text, so a busy spell on a shared machine slows them alike,
+    and each text counts its fastest of ``repeats`` runs: preemption only ever adds time, so
+    the minimum is the text's cost, and the p99 across texts still catches slow (long) texts.
     """
     for call in calls:
         for text in texts[:20]:
@@ -122,16 +132,19 @@ def decide(
     inc_h = None if incumbent_holdout is None else accuracy_of(incumbent_holdout, holdout_truth)
     if len(holdout_truth) < settings.min_holdout:
         reasons.append(
-            f"holdout has {len(holdout_truth)} examples, fewer than min_holdout {settings.min_holdout}"
+            f"holdout has {len(holdout_truth)} examples, fewer than min_holdout "
+            f"{settings.min_holdout}"
         )
     elif inc_h is not None and not cand_h >= inc_h + settings.margin:
         if settings.margin >= 0:
             reasons.append(
-                f"holdout accuracy {cand_h:.4f} does not beat the incumbent's {inc_h:.4f} by {settings.margin}"
+                f"holdout accuracy {cand_h:.4f} does not beat the incumbent's "
+                f"{inc_h:.4f} by {settings.margin}"
             )
         else:
             reasons.append(
-                f"holdout accuracy {cand_h:.4f} trails the incumbent's {inc_h:.4f} by more than {-settings.margin}"
+                f"holdout accuracy {cand_h:.4f} trails the incumbent's {inc_h:.4f} "
+                f"by more than {-settings.margin}"
             )
     cand_r = inc_r = None
     if replay_truth:
@@ -140,7 +153,9 @@ def decide(
             inc_r = accuracy_of(incumbent_replay, replay_truth)
             if not cand_r >= inc_r - settings.forgetting_epsilon:
                 reasons.append(
-                    f"replay accuracy {cand_r:.4f} lost more than {settings.forgetting_epsilon} against the incumbent's {inc_r:.4f} (forgetting)"
+                    f"replay accuracy {cand_r:.4f} lost more than "
+                    f"{settings.forgetting_epsilon} against the incumbent's "
+                    f"{inc_r:.4f} (forgetting)"
                 )
     budget = (
         DEFAULT_LATENCY_BUDGET_MS

@@ -9,7 +9,8 @@ training set plus a :class:`HygieneReport` for the run's manifest.
 It is pure data (no torch, nothing from ``daemon/`` or ``streams/``) because it runs inside the
 spawned training child. The steps, in order:
 
-1. normalise (NFC, control characters out, whitespace collapsed), cut to ``max_chars``, drop empties;
+1. normalise (NFC, control characters out, whitespace
+   collapsed), cut to ``max_chars``, drop empties;
 2. drop examples whose text is also a holdout text;
 3. resolve texts labelled with more than one intent (majority wins, or drop them all);
 4. drop exact duplicates (same text and intent), keeping the newest copy;
@@ -56,11 +57,12 @@ _WORD = re.compile(r"\w+")
 class HygieneSettings:
     max_chars: int = 2000  # longer texts are cut to this (after normalisation)
     min_chars: int = 1  # shorter (after normalisation) are dropped as "empty"
-    # Estimated Jaccard of word 3-shingles (MinHash LSH); 0 or >= 1 turns near-duplicate removal off.
+    # Estimated Jaccard of word 3-shingles (MinHash
+    # LSH); 0 or >= 1 turns near-duplicate removal off.
     near_duplicate_threshold: float = 0.9
     num_perm: int = 64
-    # "majority": a text's majority intent wins and its other labels are dropped; a tie drops the text.
-    # "drop": every example of a text with conflicting intents is dropped.
+    # "majority": a text's majority intent wins and its other labels are dropped; a tie
+    # drops the text. "drop": every example of a text with conflicting intents is dropped.
     conflicts: str = "majority"
 
 
@@ -95,15 +97,18 @@ def clean_training_examples(
     texts: Sequence[str],
     intents: Sequence[str],
     *,
-    settings: HygieneSettings = HygieneSettings(),
+    settings: HygieneSettings | None = None,
     holdout_texts: Sequence[str] = (),
 ) -> tuple[list[str], list[str], HygieneReport]:
-    """Normalise and de-junk parallel ``texts``/``intents`` (oldest first); returns kept texts, intents, report.
+    """Normalise and de-junk parallel ``texts``/``intents``
+    (oldest first); returns kept texts, intents, report.
 
     Kept texts are the normalised ones, in input order. See the module docstring for the steps.
     """
     if len(texts) != len(intents):
         raise ValueError(f"texts and intents differ in length: {len(texts)} != {len(intents)}")
+    if settings is None:
+        settings = HygieneSettings()
     _check_settings(settings)
     tally = _Tally()
 
@@ -300,7 +305,7 @@ def _drop_near_duplicates(
     index = _lsh_index(threshold, settings.num_perm)
     kept_sketches: dict[int, MinHash] = {}
     dropped: set[int] = set()
-    for i, sketch in zip(newest_first, sketches):
+    for i, sketch in zip(newest_first, sketches, strict=True):
         if any(
             intents[other] == intents[i] and sketch.jaccard(kept_sketches[other]) >= threshold
             for other in index.query(sketch)
@@ -314,7 +319,8 @@ def _drop_near_duplicates(
 
 
 def _shingles(folded_text: str) -> list[bytes]:
-    """Word 3-shingles; shorter texts use their words plus the whole word sequence, so they still hash."""
+    """Word 3-shingles; shorter texts use their words
+    plus the whole word sequence, so they still hash."""
     words = _WORD.findall(folded_text)
     if len(words) >= 3:
         grams = {" ".join(words[k : k + 3]) for k in range(len(words) - 2)}
@@ -329,5 +335,6 @@ def _lsh_index(threshold: float, num_perm: int) -> MinHashLSH:
         return MinHashLSH(threshold=threshold, num_perm=num_perm, weights=_LSH_WEIGHTS)
     except ValueError:
         # Very high thresholds with few permutations make datasketch pick a single band, which it
-        # refuses; two wide bands still catch near-identical pairs (candidates are confirmed anyway).
+        # refuses; two wide bands still catch near-identical
+        # pairs (candidates are confirmed anyway).
         return MinHashLSH(threshold=threshold, num_perm=num_perm, params=(2, num_perm // 2))

@@ -1,4 +1,5 @@
-"""Rows of ids to one zero-padded int64 array: what every featuriser hands the model and ONNX Runtime."""
+"""Rows of ids to one zero-padded int64 array: what
+every featuriser hands the model and ONNX Runtime."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """A pretrained encoder's own tokenizer as a featuriser: the encoder architecture's input.
 
-The ``tokenizers`` library (the Rust implementation behind Hugging Face's fast tokenizers) turns text into the
-checkpoint's vocabulary ids, with its special tokens, truncated to ``max_features``. Every id is shifted up
-by one so that 0 stays padding, as the other featurisers and the ONNX graphs expect; the model shifts back.
-Batches are encoded in one call and padded to their longest text, not to a fixed length.
+The ``tokenizers`` library (the Rust implementation behind Hugging Face's fast
+tokenizers) turns text into the checkpoint's vocabulary ids, with its special tokens,
+truncated to ``max_features``. Every id is shifted up by one so that 0 stays padding,
+as the other featurisers and the ONNX graphs expect; the model shifts back. Batches
+are encoded in one call and padded to their longest text, not to a fixed length.
 
-The whole tokenizer (its ``tokenizer.json``) is saved inside ``featurizer.json``, so a registry version
-carries it, checksummed by the manifest, and serves without the checkpoint's directory.
+The whole tokenizer (its ``tokenizer.json``) is saved inside ``featurizer.json``, so a registry
+version carries it, checksummed by the manifest, and serves without the checkpoint's directory.
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ class PretrainedTokenizer:
             raise ValueError(
                 f"max_features must be at least 2 (the special tokens), got {max_features}"
             )
-        self.tokenizer_json = json.dumps(
-            json.loads(tokenizer_json), sort_keys=True
-        )  # one spelling per tokenizer
+        # one spelling per tokenizer
+        self.tokenizer_json = json.dumps(json.loads(tokenizer_json), sort_keys=True)
         self.max_features = max_features
 
     @classmethod
     def from_checkpoint(
         cls, tokenizer_file: Path, *, lowercase: bool = True, max_features: int = 64
     ) -> PretrainedTokenizer:
-        """From a checkpoint's ``tokenizer.json``, or a WordPiece ``vocab.txt`` (BERT's tokenizer around it)."""
+        """From a checkpoint's ``tokenizer.json``, or a
+        WordPiece ``vocab.txt`` (BERT's tokenizer around it)."""
         if tokenizer_file.name == "vocab.txt":
             from tokenizers.implementations import BertWordPieceTokenizer
 
@@ -87,9 +88,8 @@ class PretrainedTokenizer:
         fields = json.loads(text)
         return cls(json.dumps(fields["tokenizer"]), int(fields["max_features"]))
 
-    def __reduce__(
-        self,
-    ) -> tuple:  # pickled into the fine-tune child without the compiled tokenizer
+    # pickled into the fine-tune child without the compiled tokenizer
+    def __reduce__(self) -> tuple:
         return (PretrainedTokenizer, (self.tokenizer_json, self.max_features))
 
     def __eq__(self, other: object) -> bool:

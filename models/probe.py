@@ -1,13 +1,13 @@
-"""The parity probe of a registry version (``probe.json``): texts, their featurised ids, and the served
-model's logits on them.
+"""The parity probe of a registry version (``probe.json``): texts,
+their featurised ids, and the served model's logits on them.
 
-The logits are stored as base64 of little-endian float32 with their shape, not as JSON numbers. A load
-parses this file on every hot swap, in a thread beside the request path, and ``json.loads`` of a
-64 x 150 matrix of numbers is one C call that holds the GIL for 4-8 ms: every request waiting for the
-GIL waits that long. A base64 string parses in microseconds, and float32 is what ONNX Runtime returns, so
-nothing is rounded. The ids (int32, the same way) spare a load featurising all 64 texts, about 1.5 ms of
-Python holding that same GIL; it featurises a few to check the featuriser still gives them. Versions
-written before either (``"logits"`` as nested lists, no ``"ids"``) still read.
+The logits are stored as base64 of little-endian float32 with their shape, not as JSON numbers. A
+load parses this file on every hot swap, in a thread beside the request path, and ``json.loads`` of
+a 64 x 150 matrix of numbers is one C call that holds the GIL for 4-8 ms: every request waiting for
+the GIL waits that long. A base64 string parses in microseconds, and float32 is what ONNX Runtime
+returns, so nothing is rounded. The ids (int32, the same way) spare a load featurising all 64 texts,
+about 1.5 ms of Python holding that same GIL; it featurises a few to check the featuriser still
+gives them. Versions written before either (``"logits"`` as nested lists, no ``"ids"``) still read.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ _MATRICES = {"float32-le": np.dtype("<f4"), "int32-le": np.dtype("<i4")}
 class Probe(NamedTuple):
     texts: list[str]
     logits: np.ndarray  # float64, one row per text
-    ids: (
-        np.ndarray | None
-    )  # int64 featurised texts, one row per text; None in probes written before them
+    # int64 featurised texts, one row per text; None in probes written before them
+    ids: np.ndarray | None
 
 
 def encode_probe(texts: Sequence[str], logits: np.ndarray, ids: np.ndarray | None = None) -> bytes:
@@ -85,7 +84,9 @@ def _encode_matrix(what: str, values: np.ndarray, kind: str, rows: int) -> dict:
 def _decode_matrix(what: str, stored: object, kind: str) -> np.ndarray:
     if not isinstance(stored, dict) or stored.get("dtype") != kind:
         raise ValueError(
-            f"{what} dtype {stored.get('dtype') if isinstance(stored, dict) else stored!r} is not {kind!r}"
+            f"{what} dtype "
+            f"{stored.get('dtype') if isinstance(stored, dict) else stored!r} is "
+            f"not {kind!r}"
         )
     shape = stored.get("shape")
     if not (
@@ -101,6 +102,7 @@ def _decode_matrix(what: str, stored: object, kind: str) -> np.ndarray:
     dtype = _MATRICES[kind]
     if len(raw) != shape[0] * shape[1] * dtype.itemsize:
         raise ValueError(
-            f"{what} hold {len(raw)} bytes, not the {shape[0]} x {shape[1]} {dtype.name} values of their shape"
+            f"{what} hold {len(raw)} bytes, not the {shape[0]} x {shape[1]} "
+            f"{dtype.name} values of their shape"
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)

@@ -1,11 +1,11 @@
-"""Pseudo-labels: confident predictions of recent unlabelled utterances, added to a fine-tune's training data
-at a lower weight.
+"""Pseudo-labels: confident predictions of recent unlabelled
+utterances, added to a fine-tune's training data at a lower weight.
 
-How confident is confident enough is measured, not assumed: ``calibrate_threshold`` takes the model's
-predictions on labelled examples it did not train on and returns the lowest confidence at which they were
-right at least ``precision`` of the time. Pseudo-labels exist only inside a fine-tune's training set: they
-are never events, so they never reach the online evaluation, the gate's holdout, the validation split or
-decay detection.
+How confident is confident enough is measured, not assumed: ``calibrate_threshold`` takes
+the model's predictions on labelled examples it did not train on and returns the lowest
+confidence at which they were right at least ``precision`` of the time. Pseudo-labels
+exist only inside a fine-tune's training set: they are never events, so they never reach
+the online evaluation, the gate's holdout, the validation split or decay detection.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ class PseudoLabelSettings:
     weight: float = 0.3  # loss weight of a pseudo-labelled example (a human label weighs 1)
     precision: float = 0.95  # the threshold's precision on labelled data the model did not train on
     max_ratio: float = 1.0  # most pseudo-labels per human-labelled training example
-    min_support: int = (
-        30  # fewest labelled predictions at or above the threshold that may vouch for it
-    )
+    # fewest labelled predictions at or above the threshold that may vouch for it
+    min_support: int = 30
 
     def __post_init__(self) -> None:
         if (
@@ -77,12 +76,14 @@ def calibrate_threshold(
     confidences: Sequence[float], correct: Sequence[bool], precision: float, min_support: int
 ) -> float | None:
     """The lowest confidence ``t`` such that the predictions with confidence >= ``t`` (at least
-    ``min_support`` of them) were right at least ``precision`` of the time; None when no ``t`` qualifies."""
+    ``min_support`` of them) were right at least
+    ``precision`` of the time; None when no ``t`` qualifies."""
     conf = np.asarray(confidences, dtype=float)
     order = np.argsort(-conf, kind="stable")
     hits = np.cumsum(np.asarray(correct, dtype=float)[order])
     counts = np.arange(1, len(order) + 1)
-    # A threshold can only sit at a confidence value: a prefix may end inside a run of equal ones only where the run ends.
+    # A threshold can only sit at a confidence value: a prefix
+    # may end inside a run of equal ones only where the run ends.
     ends = np.append(conf[order][1:] != conf[order][:-1], True)
     good = np.flatnonzero(ends & (counts >= min_support) & (hits >= precision * counts))
     return None if len(good) == 0 else float(conf[order][good[-1]])
@@ -97,12 +98,12 @@ def pseudo_label(
     settings: PseudoLabelSettings,
     limit: int,
 ) -> PseudoLabels:
-    """Label the most confident of ``unlabelled`` (at most ``limit``) with ``model``, at the threshold that
-    ``calibration`` (labelled texts ``model`` did not train on) supports."""
+    """Label the most confident of ``unlabelled`` (at most ``limit``) with ``model``, at the
+    threshold that ``calibration`` (labelled texts ``model`` did not train on) supports."""
     predicted, conf = confident_predictions(model, featurizer, labels, calibration[0])
     threshold = calibrate_threshold(
         conf,
-        [p == truth for p, truth in zip(predicted, calibration[1])],
+        [p == truth for p, truth in zip(predicted, calibration[1], strict=True)],
         settings.precision,
         settings.min_support,
     )
@@ -118,7 +119,10 @@ def pseudo_label(
     above = conf >= threshold
     report["calibration_support"] = int(above.sum())
     report["calibration_precision"] = round(
-        float(np.mean([p == t for p, t, a in zip(predicted, calibration[1], above) if a])), 4
+        float(
+            np.mean([p == t for p, t, a in zip(predicted, calibration[1], above, strict=True) if a])
+        ),
+        4,
     )
     intents, confidences = confident_predictions(model, featurizer, labels, unlabelled)
     chosen = [

@@ -1,4 +1,5 @@
-"""Versioned model registry on a local filesystem: immutable version directories plus a ``CURRENT`` pointer.
+"""Versioned model registry on a local filesystem: immutable
+version directories plus a ``CURRENT`` pointer.
 
 Layout::
 
@@ -15,6 +16,7 @@ Version numbers are never reused: the next one is 1 + the highest directory pres
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -50,8 +52,9 @@ CODE_VERSION = _driftd_version()
 
 
 class CorruptVersion(Exception):
-    """A version directory that does not match its manifest. ``problems`` lists every mismatch found;
-    ``manifest`` is the manifest as read, when it could be read (so a listing can still show its dates)."""
+    """A version directory that does not match its manifest. ``problems``
+    lists every mismatch found; ``manifest`` is the manifest as read,
+    when it could be read (so a listing can still show its dates)."""
 
     def __init__(self, version: str, problems: list[str], manifest: Manifest | None = None) -> None:
         super().__init__(f"{version} is corrupt: {'; '.join(problems)}")
@@ -62,8 +65,8 @@ class CorruptVersion(Exception):
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a version holds and where it came from. ``files`` maps a file name to its sha256 and byte count;
-    ``info`` is free-form (training window, data counts, metrics, gate verdict)."""
+    """What a version holds and where it came from. ``files`` maps a file name to its sha256 and
+    byte count; ``info`` is free-form (training window, data counts, metrics, gate verdict)."""
 
     version: str
     parent: str | None
@@ -77,7 +80,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        """Parse and check the shape strictly; raises ``ValueError`` (``json.JSONDecodeError`` is one) saying what is off."""
+        """Parse and check the shape strictly; raises ``ValueError``
+        (``json.JSONDecodeError`` is one) saying what is off."""
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError(f"expected an object, got {type(raw).__name__}")
@@ -130,7 +134,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_file(path: Path, source: bytes | Path) -> dict[str, Any]:
-    """Write ``source`` to ``path`` (streamed when it is a file), fsync, and return its manifest entry."""
+    """Write ``source`` to ``path`` (streamed when it is
+    a file), fsync, and return its manifest entry."""
     digest, size = hashlib.sha256(), 0
     with open(path, "xb") as out:
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -166,7 +171,8 @@ def _check_name(name: str) -> None:
 
 
 class Registry:
-    """The versions under ``root``. Safe for several publishers and readers at once on one local filesystem."""
+    """The versions under ``root``. Safe for several
+    publishers and readers at once on one local filesystem."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -188,9 +194,9 @@ class Registry:
 
     def verify(self, version: str, hash_only: Collection[str] | None = None) -> Manifest:
         """Check the version against its manifest; raises ``CorruptVersion`` listing every mismatch,
-        ``ValueError`` when there is no such version. Every file's presence and size are checked; its
-        sha256 is recomputed unless ``hash_only`` names the files to hash (a loader that hashes what it
-        reads passes ``()`` rather than hashing the large files it never uses)."""
+        ``ValueError`` when there is no such version. Every file's presence and size are checked;
+        its sha256 is recomputed unless ``hash_only`` names the files to hash (a loader that
+        hashes what it reads passes ``()`` rather than hashing the large files it never uses)."""
         self._check_version(version)
         vdir = self.root / version
         if not vdir.is_dir():
@@ -220,8 +226,8 @@ class Registry:
         return manifest
 
     def entries(self) -> list[tuple[str, Manifest | CorruptVersion]]:
-        """Every version with its verified manifest or the reason it is corrupt; never raises on a bad one.
-        Re-hashes everything, so it costs a read of the whole registry."""
+        """Every version with its verified manifest or the reason it is corrupt; never raises
+        on a bad one. Re-hashes everything, so it costs a read of the whole registry."""
         out: list[tuple[str, Manifest | CorruptVersion]] = []
         for version in self.versions():
             try:
@@ -250,9 +256,9 @@ class Registry:
     ) -> Manifest:
         """Write ``files`` as a new version and return its manifest. Does not make it current.
 
-        Everything is written and fsynced in a temp directory, ``manifest.json`` last, then the directory is
-        renamed into place: a version is visible complete or not at all. A publisher that loses the race for
-        a number (the rename finds the target taken) takes the next one.
+        Everything is written and fsynced in a temp directory, ``manifest.json`` last, then the
+        directory is renamed into place: a version is visible complete or not at all. A publisher
+        that loses the race for a number (the rename finds the target taken) takes the next one.
         """
         for name in files:
             _check_name(name)
@@ -271,15 +277,15 @@ class Registry:
             while True:
                 version = f"v{number:06d}"
                 manifest = Manifest(version, parent, created_at, code_version, entries, dict(info))
-                with open(
-                    tmp / MANIFEST, "w", encoding="utf-8"
-                ) as f:  # rewritten with the new number on a retry
+                # rewritten with the new number on a retry
+                with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                     f.write(manifest.to_json())
                     f.flush()
                     os.fsync(f.fileno())
                 _fsync_dir(tmp)
                 target = self.root / version
-                # rename(2) would silently replace an *empty* directory; ours never are, but a hand-made one might be.
+                # rename(2) would silently replace an *empty* directory;
+                # ours never are, but a hand-made one might be.
                 if not target.exists():
                     try:
                         os.rename(tmp, target)
@@ -295,10 +301,11 @@ class Registry:
             raise
 
     def set_current(self, version: str, hash_only: Collection[str] | None = None) -> None:
-        """Make ``version`` live. Verifies it first (``hash_only`` as for ``verify``): a corrupt one raises
-        ``CorruptVersion`` and CURRENT stays. A hot swap passes ``()``: its load has just hashed the files it
-        serves, and hashing the training files (~35 MB) again on every swap took CPU the request path needs;
-        a fine-tune verifies those before it warm-starts from them."""
+        """Make ``version`` live. Verifies it first (``hash_only`` as for ``verify``):
+        a corrupt one raises ``CorruptVersion`` and CURRENT stays. A hot swap
+        passes ``()``: its load has just hashed the files it serves, and hashing
+        the training files (~35 MB) again on every swap took CPU the request path
+        needs; a fine-tune verifies those before it warm-starts from them."""
         self.verify(version, hash_only)
         tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}.{CURRENT}"
         try:
@@ -313,10 +320,11 @@ class Registry:
         _fsync_dir(self.root)
 
     def rollback(self, to: str | None = None) -> str:
-        """Make ``to`` live, or the current version's parent when ``to`` is None; returns the new current.
+        """Make ``to`` live, or the current version's parent
+        when ``to`` is None; returns the new current.
 
-        The parent is read from the current manifest without re-hashing, so a rollback away from a corrupt
-        current version still works; the target is always verified.
+        The parent is read from the current manifest without re-hashing, so a rollback
+        away from a corrupt current version still works; the target is always verified.
         """
         if to is None:
             cur = self.current()
@@ -333,18 +341,21 @@ class Registry:
         return to
 
     def staging_dir(self) -> Path:
-        """A new empty directory inside the registry root for files about to be published (same filesystem;
-        a leftover is swept by ``remove_stale_temp`` like any ``.tmp-*``). The caller removes it."""
+        """A new empty directory inside the registry root for files about to
+        be published (same filesystem; a leftover is swept by
+        ``remove_stale_temp`` like any ``.tmp-*``). The caller removes it."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}.staging"
         path.mkdir()
         return path
 
     def remove_stale_temp(self, older_than_s: float = 3600) -> list[str]:
-        """Delete ``.tmp-*`` leftovers of crashed publishers untouched for ``older_than_s``; returns their names.
+        """Delete ``.tmp-*`` leftovers of crashed publishers
+        untouched for ``older_than_s``; returns their names.
 
-        A leftover is first renamed aside, so a live (merely slow) publisher either wins its own rename, and
-        the leftover is skipped, or fails its rename loudly, never publishing a directory being deleted.
+        A leftover is first renamed aside, so a live (merely slow) publisher
+        either wins its own rename, and the leftover is skipped, or fails
+        its rename loudly, never publishing a directory being deleted.
         """
         try:
             names = [n for n in os.listdir(self.root) if n.startswith(TMP_PREFIX)]
@@ -393,12 +404,11 @@ class Registry:
 
 
 def _last_touched(path: Path) -> float:
-    """Newest mtime of ``path`` and its direct entries: a publisher streaming one big file keeps it fresh."""
+    """Newest mtime of ``path`` and its direct entries: a
+    publisher streaming one big file keeps it fresh."""
     latest = path.lstat().st_mtime
     if path.is_dir() and not path.is_symlink():
         for entry in os.scandir(path):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 latest = max(latest, entry.stat(follow_symlinks=False).st_mtime)
-            except FileNotFoundError:
-                pass
     return latest

@@ -1,17 +1,19 @@
-"""The registry on shared object storage (``s3://`` or any fsspec URL), for replicas on several hosts.
+"""The registry on shared object storage (``s3://``
+or any fsspec URL), for replicas on several hosts.
 
-``MirroredRegistry`` is a ``Registry`` whose local directory is a working copy (ONNX Runtime loads files
-from it) and whose truth is remote::
+``MirroredRegistry`` is a ``Registry`` whose local directory is a working
+copy (ONNX Runtime loads files from it) and whose truth is remote::
 
     <url>/v000001/{model.onnx, ..., manifest.json}
     <url>/CURRENT
 
-Object stores have no rename, so completeness is marked by order: a version's files are uploaded first and
-its ``manifest.json`` last; a version without a manifest is invisible. ``CURRENT`` is one object, replaced
-whole by a PUT. Publishing writes the local version (atomic, as ever), then uploads it; ``set_current``
-writes the remote ``CURRENT``, then the local one. Reading a version present only remotely downloads it
-into a staging directory, checks every file against the manifest, and renames it into the local root: a
-corrupt or partial download is refused (``CorruptVersion``) and never lands in the working copy.
+Object stores have no rename, so completeness is marked by order: a version's files are
+uploaded first and its ``manifest.json`` last; a version without a manifest is invisible.
+``CURRENT`` is one object, replaced whole by a PUT. Publishing writes the local version
+(atomic, as ever), then uploads it; ``set_current`` writes the remote ``CURRENT``, then the
+local one. Reading a version present only remotely downloads it into a staging directory,
+checks every file against the manifest, and renames it into the local root: a corrupt or
+partial download is refused (``CorruptVersion``) and never lands in the working copy.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def open_registry(
 
 
 class MirroredRegistry(Registry):
-    """A local working copy of the versions under ``url`` (read through fsspec with ``storage_options``)."""
+    """A local working copy of the versions under ``url``
+    (read through fsspec with ``storage_options``)."""
 
     def __init__(
         self, root: Path | str, url: str, storage_options: dict[str, Any] | None = None
@@ -56,16 +59,16 @@ class MirroredRegistry(Registry):
         self.fs, self._base = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self._base = self._base.rstrip("/")
 
-    # --- the remote side ---------------------------------------------------------------------------
+    # --- the remote side
+    # ---------------------------------------------------------------------------
 
     def _remote(self, *parts: str) -> str:
         return "/".join((self._base, *parts))
 
     def remote_versions(self) -> list[str]:
         """Complete remote versions (their manifest uploaded), oldest first."""
-        self.fs.invalidate_cache(
-            self._base
-        )  # listings are cached per filesystem; another host publishes
+        # listings are cached per filesystem; another host publishes
+        self.fs.invalidate_cache(self._base)
         try:
             manifests = self.fs.glob(self._remote("v*", MANIFEST))
         except FileNotFoundError:
@@ -75,14 +78,16 @@ class MirroredRegistry(Registry):
 
     def fetch(self, version: str) -> bool:
         """Make ``version`` local if only the remote has it; returns whether it downloaded. Raises
-        ``CorruptVersion`` when the remote copy does not match its manifest (nothing lands locally)."""
+        ``CorruptVersion`` when the remote copy does
+        not match its manifest (nothing lands locally)."""
         self._check_version(version)
         if (self.root / version).is_dir():
             return False
         try:
             manifest_bytes = self.fs.cat_file(self._remote(version, MANIFEST))
         except FileNotFoundError:
-            return False  # not published (or not complete) remotely either: the caller reports "no version"
+            # not published (or not complete) remotely either: the caller reports "no version"
+            return False
         try:
             manifest = Manifest.from_json(manifest_bytes)
         except ValueError as exc:
@@ -100,7 +105,8 @@ class MirroredRegistry(Registry):
                 sha, size = _hash_file(target)
                 if (sha, size) != (entry["sha256"], entry["bytes"]):
                     problems.append(
-                        f"remote {name} has sha256 {sha} ({size} bytes), {MANIFEST} says {entry['sha256']} ({entry['bytes']} bytes)"
+                        f"remote {name} has sha256 {sha} ({size} bytes), {MANIFEST} "
+                        f"says {entry['sha256']} ({entry['bytes']} bytes)"
                     )
             if problems:
                 raise CorruptVersion(version, problems, manifest)
@@ -125,11 +131,11 @@ class MirroredRegistry(Registry):
             remote_manifest = None
         if remote_manifest == local_manifest:
             return  # already there
-        if (
-            remote_manifest is not None
-        ):  # two publishers took one number: never overwrite what others may serve
+        # two publishers took one number: never overwrite what others may serve
+        if remote_manifest is not None:
             raise FileExistsError(
-                f"{version} is already published at {self.url} with other contents; is a second replica training?"
+                f"{version} is already published at {self.url} with other contents; "
+                "is a second replica training?"
             )
         for name in sorted(manifest.files):
             self.fs.put_file(str(self.path(version, name)), self._remote(version, name))

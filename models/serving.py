@@ -38,18 +38,18 @@ log = logging.getLogger(__name__)
 
 LABELS = "labels.json"
 FEATURIZER = "featurizer.json"
-# Most texts in one ONNX Runtime call. A session's memory arena grows to the largest call it has served
-# and keeps that memory until the session closes: one call on a 1,000-utterance ingest batch added about
-# 150 MB of resident memory (the gathered embeddings of every n-gram, padded to the longest text), and
-# each swap started that over, so RSS swung by hundreds of MB in a soak. Calls of 64 keep the arena small;
-# per text they are also faster (less padding to the longest text).
+# Most texts in one ONNX Runtime call. A session's memory arena grows to the largest call it has
+# served and keeps that memory until the session closes: one call on a 1,000-utterance ingest batch
+# added about 150 MB of resident memory (the gathered embeddings of every n-gram, padded to the
+# longest text), and each swap started that over, so RSS swung by hundreds of MB in a soak. Calls
+# of 64 keep the arena small; per text they are also faster (less padding to the longest text).
 _ROWS_PER_RUN = 64
-# No warm-up runs beyond the parity probe, which is a new session's first run: measured on the default
-# model, a session's first run at each traffic shape (1 or 64 texts, 16 to 256 ids) costs at most 0.07 ms
-# more than its second, while warming up each of those shapes would cost ~3 ms of CPU and ten GIL
-# hand-offs per swap, beside the request path.
-# Probe texts a load featurises to check the featuriser still gives the ids stored at export (the rest of
-# the probe runs on the stored ids): every text featurised is Python holding the GIL the request path needs.
+# No warm-up runs beyond the parity probe, which is a new session's first run: measured on the
+# default model, a session's first run at each traffic shape (1 or 64 texts, 16 to 256 ids) costs
+# at most 0.07 ms more than its second, while warming up each of those shapes would cost ~3 ms of
+# CPU and ten GIL hand-offs per swap, beside the request path. Probe texts a load featurises to
+# check the featuriser still gives the ids stored at export (the rest of the probe runs on the
+# stored ids): every text featurised is Python holding the GIL the request path needs.
 _FEATURIZER_CHECK = 8
 
 
@@ -72,8 +72,9 @@ class ModelClosed(RuntimeError):
 
 @dataclass(frozen=True)
 class Prediction:
-    """One text's answer. ``confidence`` and ``top_k`` are softmax probabilities, ``top_k`` highest first;
-    ``model_version`` says which version answered, so a swap is visible in the output stream."""
+    """One text's answer. ``confidence`` and ``top_k`` are softmax
+    probabilities, ``top_k`` highest first; ``model_version`` says
+    which version answered, so a swap is visible in the output stream."""
 
     intent: str
     confidence: float
@@ -99,11 +100,13 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class LoadedModel:
-    """One verified, probed version: an ONNX Runtime session plus the labels and featurizer it was trained with.
+    """One verified, probed version: an ONNX Runtime session
+    plus the labels and featurizer it was trained with.
 
-    Built by ``load``; thread-safe (ONNX Runtime sessions allow concurrent ``run``). ``close`` releases the
-    session; a later ``predict`` raises ``ModelClosed``. ``active_at_close`` records how many ``predict``
-    calls were running at that moment, which must be 0 when a server retires it (tests check this).
+    Built by ``load``; thread-safe (ONNX Runtime sessions allow concurrent ``run``).
+    ``close`` releases the session; a later ``predict`` raises ``ModelClosed``.
+    ``active_at_close`` records how many ``predict`` calls were running at that
+    moment, which must be 0 when a server retires it (tests check this).
     """
 
     def __init__(
@@ -115,9 +118,8 @@ class LoadedModel:
         created_at: float | None = None,
     ) -> None:
         self.version = version
-        self.created_at = (
-            created_at  # the manifest's publication time (Unix s): how old the served model is
-        )
+        # the manifest's publication time (Unix s): how old the served model is
+        self.created_at = created_at
         self.labels = labels
         self.featurizer = featurizer
         self._session: ort.InferenceSession | None = session
@@ -126,9 +128,8 @@ class LoadedModel:
         self._active = 0
         self.closed = False
         self.active_at_close: int | None = None
-        self.in_flight = (
-            0  # requests holding this model through a ModelServer; guarded by that server's lock
-        )
+        # requests holding this model through a ModelServer; guarded by that server's lock
+        self.in_flight = 0
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -136,18 +137,20 @@ class LoadedModel:
     def load(
         cls, registry: Registry, version: str, *, threads: int = 1, probe_atol: float = 1e-4
     ) -> LoadedModel:
-        """Verify, load and parity-check ``version``; raises ``ModelRejected`` saying why it cannot serve.
+        """Verify, load and parity-check ``version``; raises
+        ``ModelRejected`` saying why it cannot serve.
 
-        Blocking (hashing, session build, probe run): run it off the request path. ``verify`` checks the
-        manifest and every file's size; the files served are hashed once, as they are read, so a file
-        changed after the manifest was written is caught. The training-only files (model.pt, the FP32
-        model) are left to whoever uses them: hashing them on every swap would double its cost.
+        Blocking (hashing, session build, probe run): run it off the request path.
+        ``verify`` checks the manifest and every file's size; the files served are
+        hashed once, as they are read, so a file changed after the manifest was
+        written is caught. The training-only files (model.pt, the FP32 model) are
+        left to whoever uses them: hashing them on every swap would double its cost.
 
-        The weights file is hashed in chunks and then mapped by ONNX Runtime, not read into this process:
-        copying 4 MB twice (into a bytes object, then into the session) on every swap showed in the request
-        path's tail (docs/architecture.md, "Hot swaps under load"). A file replaced or rewritten between
-        the hash and the mapping is caught by comparing its identity (device, inode, size, mtime) before
-        and after.
+        The weights file is hashed in chunks and then mapped by ONNX Runtime, not read
+        into this process: copying 4 MB twice (into a bytes object, then into the session)
+        on every swap showed in the request path's tail (docs/architecture.md, "Hot swaps
+        under load"). A file replaced or rewritten between the hash and the mapping is
+        caught by comparing its identity (device, inode, size, mtime) before and after.
         """
         try:
             manifest = registry.verify(version, hash_only=())
@@ -185,18 +188,16 @@ class LoadedModel:
             session = cpu_session(graph, threads=threads, weights=weights)
         except ModelRejected:
             raise
-        except (
-            Exception
-        ) as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
+        # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
+        except Exception as exc:
             raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
         if weights is not None and _identity(weights) != hashed:
             raise ModelRejected(version, f"{SERVED_WEIGHTS} changed while it was loading")
         model = cls(version, labels, featurizer, session, created_at=manifest.created_at)
         try:
             probe_ids = _probe_ids(version, featurizer, probe)
-            model._check_probe(
-                probe_ids, probe.logits, probe_atol
-            )  # also the session's warm-up (see above)
+            # also the session's warm-up (see above)
+            model._check_probe(probe_ids, probe.logits, probe_atol)
         except ModelRejected:
             model.close()
             raise
@@ -210,13 +211,15 @@ class LoadedModel:
         if expected.shape != want:
             raise ModelRejected(
                 self.version,
-                f"{PROBE} logits have shape {expected.shape}, expected {want} ({len(self.labels)} labels)",
+                f"{PROBE} logits have shape {expected.shape}, expected {want} "
+                f"({len(self.labels)} labels)",
             )
         got = self._run(probe_ids)
         if got.shape != want:
             raise ModelRejected(
                 self.version,
-                f"{SERVED_MODEL} gives logits of shape {got.shape}, expected {want} ({len(self.labels)} labels)",
+                f"{SERVED_MODEL} gives logits of shape {got.shape}, expected {want} "
+                f"({len(self.labels)} labels)",
             )
         diff = float(np.abs(got.astype(np.float64) - expected).max())
         if not diff <= atol:  # written this way so that NaN fails
@@ -257,13 +260,14 @@ class LoadedModel:
         k = min(top_k, len(self.labels))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         out: list[Prediction] = []
-        for row, idx in zip(probs, order):
+        for row, idx in zip(probs, order, strict=True):
             ranked = [(self.labels[i], float(row[i])) for i in idx]
             out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.version))
         return out
 
     def close(self) -> None:
-        """Release the session (idempotent). Only the retiring server should call it, after its requests drain."""
+        """Release the session (idempotent). Only the retiring
+        server should call it, after its requests drain."""
         with self._lock:
             if self.closed:
                 return
@@ -272,11 +276,15 @@ class LoadedModel:
             self._session = None
 
     def __repr__(self) -> str:
-        return f"LoadedModel({self.version!r}, {len(self.labels)} labels{', closed' if self.closed else ''})"
+        return (
+            f"LoadedModel({self.version!r}, {len(self.labels)} "
+            f"labels{', closed' if self.closed else ''})"
+        )
 
 
 def _hash_file(version: str, path: Path, sha256: str) -> tuple[int, ...]:
-    """Check ``path`` against ``sha256`` without holding its bytes; returns its identity as hashed."""
+    """Check ``path`` against ``sha256`` without holding
+    its bytes; returns its identity as hashed."""
     try:
         with path.open("rb") as file:
             identity = _identity(file.fileno())
@@ -328,23 +336,25 @@ def _probe_ids(version: str, featurizer: Featurizer, probe: Probe) -> np.ndarray
     ):
         raise ModelRejected(
             version,
-            f"the featuriser does not give the ids stored in {PROBE} for its first {len(fresh)} texts",
+            f"the featuriser does not give the ids stored in {PROBE} for its first "
+            f"{len(fresh)} texts",
         )
     return probe.ids
 
 
 class ModelServer:
-    """The live model, swapped atomically. ``predict`` is safe from any thread, the event loop included
-    (the lock is held only to take or return a reference, never during inference or loading)."""
+    """The live model, swapped atomically. ``predict`` is safe from
+    any thread, the event loop included (the lock is held only to
+    take or return a reference, never during inference or loading)."""
 
     def __init__(self, on_retired: Callable[[], object] | None = None) -> None:
-        self._on_retired = on_retired  # called after a replaced model is closed (the daemon hands freed heap back to the OS)
+        # called after a replaced model is closed (the daemon hands freed heap back to the OS)
+        self._on_retired = on_retired
         self._cond = threading.Condition()
         self._current: LoadedModel | None = None
         self._retiring: list[LoadedModel] = []
-        self.history: list[
-            tuple[float, str]
-        ] = []  # (time.monotonic() of the switch, version switched to)
+        # (time.monotonic() of the switch, version switched to)
+        self.history: list[tuple[float, str]] = []
 
     @property
     def version(self) -> str | None:
@@ -357,11 +367,13 @@ class ModelServer:
 
     @property
     def model(self) -> LoadedModel | None:
-        """The live model (for its labels and featurizer); predict through the server, not on this."""
+        """The live model (for its labels and featurizer);
+        predict through the server, not on this."""
         return self._current
 
     def predict(self, texts: Sequence[str], top_k: int = 3) -> list[Prediction]:
-        """Predict with the model live when the call starts; a swap meanwhile does not affect this call."""
+        """Predict with the model live when the call starts;
+        a swap meanwhile does not affect this call."""
         with self._cond:
             model = self._current
             if model is None:
@@ -376,8 +388,8 @@ class ModelServer:
                     self._cond.notify_all()  # a retiring model may now be closed
 
     def swap(self, new: LoadedModel) -> str | None:
-        """Make ``new`` live at once and return the previous version; the previous model is closed in the
-        background when its last in-flight request returns."""
+        """Make ``new`` live at once and return the previous version; the previous
+        model is closed in the background when its last in-flight request returns."""
         if new.closed:
             raise ValueError(f"cannot serve {new!r}")
         with self._cond:
@@ -400,8 +412,8 @@ class ModelServer:
         return old.version
 
     def load_and_swap(self, registry: Registry, version: str, **load_kwargs: Any) -> str | None:
-        """Load (verify, probe) then swap; blocking, so callers run it in a thread. A ``ModelRejected``
-        propagates and the current model keeps serving."""
+        """Load (verify, probe) then swap; blocking, so callers run it in a thread.
+        A ``ModelRejected`` propagates and the current model keeps serving."""
         new = LoadedModel.load(registry, version, **load_kwargs)
         try:
             return self.swap(new)
@@ -410,12 +422,14 @@ class ModelServer:
             raise
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every replaced model is closed; False if some still have requests after ``timeout`` s."""
+        """Wait until every replaced model is closed; False
+        if some still have requests after ``timeout`` s."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._retiring, timeout)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Stop serving (later ``predict`` calls raise ``NoModel``) and wait for the last model to be closed."""
+        """Stop serving (later ``predict`` calls raise
+        ``NoModel``) and wait for the last model to be closed."""
         with self._cond:
             old, self._current = self._current, None
             if old is not None:

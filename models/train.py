@@ -1,15 +1,17 @@
-"""Training an intent model from labelled texts: from scratch (bootstrap) or warm-started (fine-tune).
+"""Training an intent model from labelled texts: from
+scratch (bootstrap) or warm-started (fine-tune).
 
 Plain data in, a trained model out: the orchestrator hands (text, intent) pairs, nothing here reads
 Kafka or the tiers. One loop serves every architecture: AdamW, linear warm-up then cosine decay,
-gradient accumulation, gradient clipping, early stopping on a validation split's loss, and mixed precision
-on CUDA (bf16 where the GPU has it, else fp16 with a GradScaler). A non-finite loss stops training
-with ``TrainingDiverged``: a diverged model must never reach the export step.
+gradient accumulation, gradient clipping, early stopping on a validation split's loss, and mixed
+precision on CUDA (bf16 where the GPU has it, else fp16 with a GradScaler). A non-finite loss
+stops training with ``TrainingDiverged``: a diverged model must never reach the export step.
 
-Under an initialised ``torch.distributed`` process group (``models/distributed.py``, run by torchrun)
-the same loop trains data-parallel: the model is wrapped in ``DistributedDataParallel``, every rank
-draws the same shuffled batch order and takes its own share of it, and the ranks agree once per step
-(loss, deadline) and once per epoch (rank 0's validation score), so they stop together.
+Under an initialised ``torch.distributed`` process group (``models/distributed.py``,
+run by torchrun) the same loop trains data-parallel: the model is wrapped in
+``DistributedDataParallel``, every rank draws the same shuffled batch order and
+takes its own share of it, and the ranks agree once per step (loss, deadline) and
+once per epoch (rank 0's validation score), so they stop together.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# On CUDA one process reads the loss back every this many micro-batches, not after each: every read waits for the
-# GPU, and a wait per step leaves a small model's GPU idle while Python queues the next step. A NaN or inf loss
-# survives the sum, so it is still caught; the steps taken after it are thrown away with the model.
+# On CUDA one process reads the loss back every this many micro-batches, not after
+# each: every read waits for the GPU, and a wait per step leaves a small model's
+# GPU idle while Python queues the next step. A NaN or inf loss survives the sum,
+# so it is still caught; the steps taken after it are thrown away with the model.
 CUDA_LOSS_CHECK_EVERY = 32
 Progress = Callable[[dict[str, Any]], None]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -62,38 +65,37 @@ class TrainingDiverged(RuntimeError):
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int | None = None  # None: the architecture's default
-    head_epochs: int | None = (
-        None  # epochs when only a frozen encoder's head trains; None: as ``epochs`` says
-    )
+    # epochs when only a frozen encoder's head trains; None: as ``epochs`` says
+    head_epochs: int | None = None
     batch_size: int | None = None  # None: the architecture's default
-    lr: float | None = (
-        None  # None: the architecture's default (tuned at 64 examples per step), x sqrt(examples per optimiser step over all ranks / 64)
-    )
+    # None: the architecture's default (tuned at 64 examples per
+    # step), x sqrt(examples per optimiser step over all ranks / 64)
+    lr: float | None = None
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     seed: int = 0
-    # Epochs without a lower validation loss before stopping (when a validation set is given). 3 stopped from-scratch
-    # runs of the default model at epoch 10 of 20 on some seeds, 1.2 points short on CLINC150.
+    # Epochs without a lower validation loss before stopping (when a
+    # validation set is given). 3 stopped from-scratch runs of the default
+    # model at epoch 10 of 20 on some seeds, 1.2 points short on CLINC150.
     patience: int = 5
     warmup_ratio: float = 0.06  # share of optimiser steps with a linear learning-rate ramp
     min_lr_ratio: float = 0.05  # the cosine decays to lr * this
     accumulation_steps: int = 1  # micro-batches per optimiser step
     clip_norm: float = 1.0  # max gradient norm; 0 turns clipping off
     device: str = "auto"  # "auto": CUDA when present, else CPU
-    precision: str = (
-        "auto"  # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
-    )
+    # "auto": bf16/fp16 AMP on CUDA, fp32 on CPU; or force "fp32", "bf16", "fp16"
+    precision: str = "auto"
     deadline: float | None = None  # time.monotonic() after which training stops at the next step
-    curriculum: bool = False  # a warm start's first epoch goes easy to hard, by the incumbent's loss on each example
-    loss_check_every: int | None = (
-        None  # micro-batches per loss read-back and NaN check; None: CUDA_LOSS_CHECK_EVERY on CUDA, 1 on CPU
-    )
-    # A pretrained encoder's top layers that train (the rest and its embeddings are frozen); 0: the head alone, on
-    # sentence embeddings computed once; negative: every layer. None: every layer on CUDA, 0 on CPU. Others ignore it.
+    # a warm start's first epoch goes easy to hard, by the incumbent's loss on each example
+    curriculum: bool = False
+    # micro-batches per loss read-back and NaN check; None: CUDA_LOSS_CHECK_EVERY on CUDA, 1 on CPU
+    loss_check_every: int | None = None
+    # A pretrained encoder's top layers that train (the rest and its embeddings are
+    # frozen); 0: the head alone, on sentence embeddings computed once; negative:
+    # every layer. None: every layer on CUDA, 0 on CPU. Others ignore it.
     trainable_layers: int | None = None
-    cache_dir: str | None = (
-        None  # where a frozen encoder's sentence embeddings are kept between runs (models/embedding_cache.py)
-    )
+    # where a frozen encoder's sentence embeddings are kept between runs (models/embedding_cache.py)
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -123,13 +125,11 @@ class TrainResult:
     device: str = "cpu"
     peak_memory_bytes: int | None = None  # CUDA only
     stopped_by_deadline: bool = False
-    val_loss: float | None = (
-        None  # of the kept checkpoint (the one with the lowest validation loss)
-    )
+    # of the kept checkpoint (the one with the lowest validation loss)
+    val_loss: float | None = None
     world_size: int = 1  # processes that trained it (torch.distributed)
-    backend: str | None = (
-        None  # their process group's backend ("gloo", "nccl"); None in one process
-    )
+    # their process group's backend ("gloo", "nccl"); None in one process
+    backend: str | None = None
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -154,6 +154,16 @@ def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _summed_losses(pending: torch.Tensor, first: int, upto: int, epoch: int) -> float:
+    """The summed losses of batches ``first``..``upto``, read back (a GPU wait); raises on NaN or
+    inf."""
+    value = pending.item()
+    if not math.isfinite(value):
+        where = f"batch {upto}" if first == upto else f"batches {first}-{upto}"
+        raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, {where}")
+    return value
+
+
 def train_classifier(
     texts: Sequence[str],
     intents: Sequence[str],
@@ -170,7 +180,8 @@ def train_classifier(
 ) -> TrainResult:
     """Fit on (texts, intents). ``labels`` fixes the label order (new intents are appended to it);
     ``init`` warm-starts from an existing model (its architecture wins), grown to the new label set;
-    ``weights`` scales each example's loss (a batch's loss is their weighted mean), 1 for all when None."""
+    ``weights`` scales each example's loss (a batch's
+    loss is their weighted mean), 1 for all when None."""
     started = time.perf_counter()
     rank, world = _world()
     distributed = world > 1
@@ -197,9 +208,8 @@ def train_classifier(
         else ("cpu" if settings.device == "auto" else settings.device)
     )
     if distributed and device.type == "cuda" and device.index is None:
-        device = torch.device(
-            "cuda", torch.cuda.current_device()
-        )  # this rank's GPU (the entry point set it from LOCAL_RANK)
+        # this rank's GPU (the entry point set it from LOCAL_RANK)
+        device = torch.device("cuda", torch.cuda.current_device())
     precision = resolve_precision(settings.precision, device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     autocast = (
@@ -211,28 +221,30 @@ def train_classifier(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pin = device.type == "cuda"
+    # on CPU a read-back costs nothing
     check_every = settings.loss_check_every or (
         CUDA_LOSS_CHECK_EVERY if device.type == "cuda" else 1
-    )  # on CPU a read-back costs nothing
+    )
     model.to(device)
     model.freeze(
         settings.trainable_layers
         if settings.trainable_layers is not None
         else (-1 if device.type == "cuda" else 0)
     )
-    # A frozen encoder: every text's sentence embedding is computed once (or read from the cache) and the
-    # head alone trains on them, so an epoch costs a few matrix products instead of a pass through the encoder.
+    # A frozen encoder: every text's sentence embedding is computed once (or
+    # read from the cache) and the head alone trains on them, so an epoch
+    # costs a few matrix products instead of a pass through the encoder.
     head_only = model.encoder_frozen()
     trained: nn.Module = model.head_module() if head_only else model
     net: nn.Module = trained
     if distributed:
-        # DDP averages gradients over the ranks in backward; constructing it broadcasts rank 0's weights.
+        # DDP averages gradients over the ranks in backward;
+        # constructing it broadcasts rank 0's weights.
         net = nn.parallel.DistributedDataParallel(
             trained, device_ids=[device.index] if device.type == "cuda" else None
         )
-        torch.manual_seed(
-            settings.seed + rank
-        )  # independent dropout noise per rank (the batch order stays on the shared ``rng``)
+        # independent dropout noise per rank (the batch order stays on the shared ``rng``)
+        torch.manual_seed(settings.seed + rank)
 
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
     val_table = None
@@ -243,9 +255,10 @@ def train_classifier(
         val_table = None if val is None else torch.from_numpy(embed(list(val[0]))).to(device)
     else:
         features = [featurizer.features(t) for t in texts]
-        # Padded once, not per batch: a batch is its rows cut to its longest text (the same ids a per-batch pad
-        # gives), taken by one index op. On CUDA the table lives on the GPU, so a step copies only its row indices.
-        # int32 halves the table (the default model keeps up to 256 ids per text); a batch is widened to int64.
+        # Padded once, not per batch: a batch is its rows cut to its longest text (the
+        # same ids a per-batch pad gives), taken by one index op. On CUDA the table lives
+        # on the GPU, so a step copies only its row indices. int32 halves the table (the
+        # default model keeps up to 256 ids per text); a batch is widened to int64.
         widths = np.fromiter(
             (max(1, len(f)) for f in features), dtype=np.int64, count=len(features)
         )
@@ -280,9 +293,8 @@ def train_classifier(
         lr=lr,
         weight_decay=settings.weight_decay,
     )
-    micro_batches = math.ceil(
-        math.ceil(len(texts) / batch_size) / world
-    )  # per rank: the schedule counts global steps
+    # per rank: the schedule counts global steps
+    micro_batches = math.ceil(math.ceil(len(texts) / batch_size) / world)
     total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))
     warmup = max(1, int(total_steps * settings.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -312,9 +324,8 @@ def train_classifier(
         epoch_started = time.perf_counter()
         order = rng.permutation(len(texts))
         if epoch == 0 and first_epoch_order is not None:
-            rng.permutation(
-                len(texts)
-            )  # drawn anyway, so later epochs shuffle as they would without a curriculum
+            # drawn anyway, so later epochs shuffle as they would without a curriculum
+            rng.permutation(len(texts))
             order = first_epoch_order
         if (
             arch.bucket_by_length
@@ -325,21 +336,11 @@ def train_classifier(
         else:
             batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         if distributed:
-            # The same order on every rank (same seed); rank r takes batches r, r + world, ..., wrapped
-            # round so that every rank runs the same number of steps: one short of a step would leave
-            # the others waiting in a collective.
+            # The same order on every rank (same seed); rank r takes batches r, r +
+            # world, ..., wrapped round so that every rank runs the same number of
+            # steps: one short of a step would leave the others waiting in a collective.
             batches = [batches[(rank + k * world) % len(batches)] for k in range(micro_batches)]
         loss_sum, pending, pending_from = 0.0, None, 1
-
-        def check_losses(upto: int) -> float:
-            """The summed losses of batches pending_from..upto, read back (a GPU wait); raises on NaN or inf."""
-            value = pending.item()
-            if not math.isfinite(value):
-                where = (
-                    f"batch {upto}" if pending_from == upto else f"batches {pending_from}-{upto}"
-                )
-                raise TrainingDiverged(f"loss is {value} at epoch {epoch + 1}, {where}")
-            return value
 
         for i, batch in enumerate(batches):
             rows = torch.from_numpy(batch)
@@ -347,10 +348,8 @@ def train_classifier(
                 rows = rows.pin_memory().to(device, non_blocking=True)
             batch_inputs, batch_targets = inputs(rows, batch), targets_on_device[rows]
             step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
-            with (
-                autocast(),
-                net.no_sync() if distributed and not step_now else nullcontext(),
-            ):  # accumulate locally, all-reduce once per optimiser step
+            # accumulate locally, all-reduce once per optimiser step
+            with autocast(), net.no_sync() if distributed and not step_now else nullcontext():
                 logits = net(batch_inputs).float()
                 if example_weights is None:
                     loss = nn.functional.cross_entropy(
@@ -366,8 +365,8 @@ def train_classifier(
                     )
                     loss = (per_example * weight).sum() / weight.sum().clamp_min(1e-12)
             if distributed:
-                # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any rank, or
-                # the deadline passing on any, stops every rank at the same step.
+                # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any
+                # rank, or the deadline passing on any, stops every rank at the same step.
                 late = settings.deadline is not None and time.monotonic() > settings.deadline
                 agreed = torch.stack(
                     [
@@ -384,7 +383,8 @@ def train_classifier(
                 )
                 if not math.isfinite(mean_loss):
                     raise TrainingDiverged(
-                        f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} (mean over {world} ranks)"
+                        f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} "
+                        f"(mean over {world} ranks)"
                     )
                 loss_sum += mean_loss
             else:
@@ -392,7 +392,7 @@ def train_classifier(
                     loss.detach().float() if pending is None else pending + loss.detach().float()
                 )
                 if (i + 1) % check_every == 0 or i + 1 == len(batches):
-                    loss_sum += check_losses(i + 1)
+                    loss_sum += _summed_losses(pending, pending_from, i + 1, epoch)
                     pending, pending_from = None, i + 2
             scaled = loss / settings.accumulation_steps
             (scaler.scale(scaled) if scaler else scaled).backward()
@@ -416,7 +416,7 @@ def train_classifier(
             if late:
                 stopped = True
                 if pending is not None:
-                    loss_sum += check_losses(i + 1)
+                    loss_sum += _summed_losses(pending, pending_from, i + 1, epoch)
                 break
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -431,7 +431,8 @@ def train_classifier(
         }
         if val is not None:
             if distributed:
-                # Rank 0 scores and every rank takes its numbers, so the keep/stop decisions below match.
+                # Rank 0 scores and every rank takes its numbers,
+                # so the keep/stop decisions below match.
                 scores = torch.tensor(
                     score_validation(*val) if rank == 0 else (0.0, 0.0),
                     dtype=torch.float64,
@@ -442,9 +443,10 @@ def train_classifier(
             else:
                 val_loss, acc = score_validation(*val)
             report.update(val_loss=val_loss, val_accuracy=acc)
-            # Judged on the loss, not the accuracy: on a validation split of a few hundred examples the
-            # accuracy moves in steps and ties, so it stopped fine-tunes mid-schedule and kept checkpoints
-            # that scored a point or two lower on fresh data. A tie keeps the later epoch but is no gain.
+            # Judged on the loss, not the accuracy: on a validation split of a few
+            # hundred examples the accuracy moves in steps and ties, so it stopped
+            # fine-tunes mid-schedule and kept checkpoints that scored a point or
+            # two lower on fresh data. A tie keeps the later epoch but is no gain.
             stale = 0 if val_loss < best_loss else stale + 1
             if val_loss <= best_loss:
                 best_loss, best_acc = val_loss, acc
@@ -462,9 +464,8 @@ def train_classifier(
     if best_state is not None:
         model.load_state_dict(best_state)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    model.freeze(
-        -1
-    )  # the returned model is whole again (a later fine-tune chooses its own frozen layers)
+    # the returned model is whole again (a later fine-tune chooses its own frozen layers)
+    model.freeze(-1)
     model.to("cpu").eval()
     return TrainResult(
         model,
@@ -487,7 +488,8 @@ def train_classifier(
 def batched_logits(
     model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start index, float32 logits) of ``texts`` in batches, in eval mode and without gradients, on the model's device."""
+    """(start index, float32 logits) of ``texts`` in batches, in
+    eval mode and without gradients, on the model's device."""
     model.eval()
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
@@ -516,8 +518,9 @@ def curriculum_order(
     targets: torch.Tensor,
     batch_size: int = 512,
 ) -> np.ndarray:
-    """Example indices from the lowest loss under ``model`` to the highest (easy to hard); ties keep their order.
-    An intent the model has just grown an output for scores with that output's fresh weights: hard."""
+    """Example indices from the lowest loss under ``model`` to the highest
+    (easy to hard); ties keep their order. An intent the model has just
+    grown an output for scores with that output's fresh weights: hard."""
     model.eval()
     device = next(model.parameters()).device
 
@@ -553,7 +556,8 @@ def _easy_to_hard(logits: Iterable[tuple[int, torch.Tensor]], targets: torch.Ten
 def _head_logits(
     head: nn.Module, embeddings: torch.Tensor, batch_size: int = 4096
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float32 logits) of a head on precomputed sentence embeddings, in eval mode, without gradients."""
+    """(start, float32 logits) of a head on precomputed
+    sentence embeddings, in eval mode, without gradients."""
     head.eval()
     for start in range(0, len(embeddings), batch_size):
         with torch.no_grad():
@@ -564,7 +568,8 @@ def _head_logits(
 def _embedder(
     model: IntentClassifier, featurizer: Featurizer, cache_dir: str | None
 ) -> Callable[[list[str]], np.ndarray]:
-    """texts -> the frozen encoder's sentence embeddings, through the cache of ``cache_dir`` when one is set."""
+    """texts -> the frozen encoder's sentence embeddings,
+    through the cache of ``cache_dir`` when one is set."""
 
     def compute(texts: list[str]) -> np.ndarray:
         return model.embed_texts(featurizer, texts)
@@ -578,8 +583,9 @@ def _embedder(
 def _length_bucketed(
     order: np.ndarray, widths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50
 ) -> list[np.ndarray]:
-    """``order`` cut into batches of similar lengths, in random order. Each run of ``pool`` batches is sorted by
-    length before it is cut, so a batch pads to little more than its own texts' lengths (attention's cost
+    """``order`` cut into batches of similar lengths, in random order. Each
+    run of ``pool`` batches is sorted by length before it is cut, so a
+    batch pads to little more than its own texts' lengths (attention's cost
     grows with the padded length) while the mix of batches stays random."""
     batches: list[np.ndarray] = []
     for start in range(0, len(order), batch_size * pool):
@@ -598,22 +604,23 @@ def validation_scores(
     batch_size: int = 512,
     logits: Iterable[tuple[int, torch.Tensor]] | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a validation split. An intent the model has no output for counts
-    as wrong in the accuracy and is left out of the loss (it has no logit to score); with none known the
-    loss is infinite, so such a split never looks like progress. ``logits``: (start, logits) batches of the
-    texts already computed (a head on cached embeddings); by default the model runs on them."""
+    """(mean cross-entropy, accuracy) on a validation split. An intent the model has no
+    output for counts as wrong in the accuracy and is left out of the loss (it has
+    no logit to score); with none known the loss is infinite, so such a split never
+    looks like progress. ``logits``: (start, logits) batches of the texts already
+    computed (a head on cached embeddings); by default the model runs on them."""
     index = {label: i for i, label in enumerate(labels)}
     loss_sum, scored, correct = 0.0, 0, 0
-    for start, logits in (
+    for start, batch_logits in (
         logits if logits is not None else batched_logits(model, featurizer, texts, batch_size)
     ):
-        truth = [index.get(intent, -1) for intent in intents[start : start + len(logits)]]
-        target = torch.tensor(truth, dtype=torch.long, device=logits.device)
-        correct += int((logits.argmax(1) == target).sum())
+        truth = [index.get(intent, -1) for intent in intents[start : start + len(batch_logits)]]
+        target = torch.tensor(truth, dtype=torch.long, device=batch_logits.device)
+        correct += int((batch_logits.argmax(1) == target).sum())
         known = target >= 0
         if bool(known.any()):
             loss_sum += float(
-                nn.functional.cross_entropy(logits[known], target[known], reduction="sum")
+                nn.functional.cross_entropy(batch_logits[known], target[known], reduction="sum")
             )
             scored += int(known.sum())
     return (loss_sum / scored if scored else math.inf), correct / max(1, len(texts))
@@ -629,4 +636,4 @@ def accuracy(
     if not texts:
         return float("nan")
     predicted = predict_indices(model, featurizer, texts)
-    return float(np.mean([labels[p] == truth for p, truth in zip(predicted, intents)]))
+    return float(np.mean([labels[p] == truth for p, truth in zip(predicted, intents, strict=True)]))

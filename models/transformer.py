@@ -18,7 +18,8 @@ from .base import IntentClassifier
 
 __all__ = ["TransformerClassifier", "TransformerConfig"]
 
-_MASKED = -1e4  # finite: -inf rows give NaN after softmax when a text is all padding, and fp16 overflows past 65504
+# finite: -inf rows give NaN after softmax when a text is all padding, and fp16 overflows past 65504
+_MASKED = -1e4
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,8 @@ class _EncoderLayer(nn.Module):
         super().__init__()
         self.heads = config.heads
         self.head_dim = config.dim // config.heads
-        self.scale = 1.0 / math.sqrt(
-            self.head_dim
-        )  # Python constants: traced shapes would warn in the ONNX export
+        # Python constants: traced shapes would warn in the ONNX export
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.norm1 = nn.LayerNorm(config.dim)
         self.qkv = nn.Linear(config.dim, 3 * config.dim)
         self.proj = nn.Linear(config.dim, config.dim)
@@ -57,7 +57,8 @@ class _EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x [batch, length, dim]; bias [batch, 1, 1, length], 0 for tokens and _MASKED for padding."""
+        """x [batch, length, dim]; bias [batch, 1, 1,
+        length], 0 for tokens and _MASKED for padding."""
         b, n, d = x.shape
         q, k, v = (
             self.qkv(self.norm1(x))

@@ -1,1 +1,2 @@
-"""Everything that touches events: schema, ingest and dead-lettering, tiers, training-set queries, replay."""
+"""Everything that touches events: schema, ingest and
+dead-lettering, tiers, training-set queries, replay."""

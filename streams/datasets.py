@@ -1,8 +1,9 @@
-"""Intent datasets: CLINC150, BANKING77 and SNIPS (the demo replays them), MASSIVE ru-RU and CrossWOZ user-turn
-intents (Russian and Chinese, for the multilingual tests and bench), read into one :class:`Example` shape.
+"""Intent datasets: CLINC150, BANKING77 and SNIPS (the demo replays them),
+MASSIVE ru-RU and CrossWOZ user-turn intents (Russian and Chinese, for
+the multilingual tests and bench), read into one :class:`Example` shape.
 
-The repository ships gzip copies under ``data/``; every loader reads ``<file>.gz`` when it exists and the
-plain file otherwise, so a directory of uncompressed originals works as ``data_dir`` too.
+The repository ships gzip copies under ``data/``; every loader reads ``<file>.gz`` when it exists
+and the plain file otherwise, so a directory of uncompressed originals works as ``data_dir`` too.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ OOS = "oos"
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled utterance. ``domain`` is the intent's group (CLINC150 only), ``"oos"`` for out-of-scope."""
+    """One labelled utterance. ``domain`` is the intent's
+    group (CLINC150 only), ``"oos"`` for out-of-scope."""
 
     text: str
     intent: str

@@ -1,20 +1,23 @@
-"""Ingest: decode and validate each record, dead-letter the malformed ones, store the rest in the tiers.
+"""Ingest: decode and validate each record, dead-letter
+the malformed ones, store the rest in the tiers.
 
 The faust agent takes records in batches. A batch is acknowledged (so its offsets may be committed)
 only after faust's ``take_events`` regains control, and this module makes sure that happens only
 once every valid record is durable in warm and every malformed one is delivered to the DLQ:
 storage failures are retried (consumption pauses meanwhile: backpressure), and a cancellation at
 shutdown waits for the batch in flight before it lets go. One bad record never stops the daemon: a
-tombstone (no value) and, under ingest.null_key = "dlq", a valid event without a record key go to the DLQ too.
+tombstone (no value) and, under ingest.null_key = "dlq",
+a valid event without a record key go to the DLQ too.
 
-Personal data is handled before a valid event goes anywhere: the configured patterns (streams.redact)
-are replaced in its text, meta and unknown fields, and user_id is pseudonymised (UserIdPolicy), so the
-tiers, the predictions topic, the observe hook and the model only ever see the redacted event. The DLQ
-gets the original bytes of a malformed record (it may not even decode), for operators to inspect.
+Personal data is handled before a valid event goes anywhere: the configured patterns
+(streams.redact) are replaced in its text, meta and unknown fields, and user_id is
+pseudonymised (UserIdPolicy), so the tiers, the predictions topic, the observe hook
+and the model only ever see the redacted event. The DLQ gets the original bytes of a
+malformed record (it may not even decode), for operators to inspect.
 
-An utterance that carries ``served_prediction`` (an HTTP prediction its client reported on, daemon/feedback)
-is stored but not predicted again: the observe hook gets the served prediction, so its outcome judges
-exactly what the client was told.
+An utterance that carries ``served_prediction`` (an HTTP prediction its client
+reported on, daemon/feedback) is stored but not predicted again: the observe hook
+gets the served prediction, so its outcome judges exactly what the client was told.
 """
 
 from __future__ import annotations
@@ -54,15 +57,18 @@ T = TypeVar("T")
 REASON_HEADER = "driftd-reason"
 DETAIL_HEADER = "driftd-detail"
 SOURCE_HEADER = "driftd-source"
-# Record-level rejections (streams.schema.RECORD_REJECTION_REASONS): the value's own problem, if any, is named first.
+# Record-level rejections (streams.schema.RECORD_REJECTION_REASONS):
+# the value's own problem, if any, is named first.
 TOMBSTONE = Rejection(
     "tombstone", "record has no value (a tombstone): driftd events are never deleted by key"
 )
 MISSING_KEY = Rejection(
     "missing_key",
-    'record has no key: producers key each event by its conversation_id (ingest.null_key = "accept" stores it)',
+    "record has no key: producers key each event by its conversation_id "
+    '(ingest.null_key = "accept" stores it)',
 )
-# An utterance answered over HTTP and reported back (daemon/feedback) carries the prediction its client was told.
+# An utterance answered over HTTP and reported back
+# (daemon/feedback) carries the prediction its client was told.
 SERVED_PREDICTION_FIELD = "served_prediction"
 
 
@@ -90,9 +96,8 @@ class RawRecord:
         )
 
 
-Predictor = Callable[
-    [list[str]], "list[dict[str, Any]] | None"
-]  # texts -> prediction dicts, None: no model yet
+# texts -> prediction dicts, None: no model yet
+Predictor = Callable[[list[str]], "list[dict[str, Any]] | None"]
 # After each stored batch: its valid events, and the (utterance, prediction) pairs made for it.
 BatchObserver = Callable[
     [Sequence["StoredEvent"], Sequence[tuple["StoredEvent", dict[str, Any]]]], None
@@ -133,7 +138,8 @@ def to_stored(
     # __getattr__ (extra="allow"), which costs more than the whole rest of this function.
     fields = event.__dict__
     user_ref = users.apply(event.user_id)
-    # Redacted text, meta and unknown fields: what is stored (row and payload), predicted and published.
+    # Redacted text, meta and unknown fields: what is
+    # stored (row and payload), predicted and published.
     update = (
         redactor.event_updates(fields, event.__pydantic_extra__) if redactor is not None else {}
     )
@@ -166,8 +172,9 @@ def to_stored(
 
 
 def served_prediction(event: Event) -> dict[str, Any] | None:
-    """The prediction an utterance was already answered with (``SERVED_PREDICTION_FIELD``), as a prediction
-    dict with ``source="http"``; None when it carries none or one of the wrong shape (it is then predicted)."""
+    """The prediction an utterance was already answered with
+    (``SERVED_PREDICTION_FIELD``), as a prediction dict with ``source="http"``;
+    None when it carries none or one of the wrong shape (it is then predicted)."""
     served = (event.__pydantic_extra__ or {}).get(SERVED_PREDICTION_FIELD)
     if not isinstance(served, dict):
         return None
@@ -190,19 +197,19 @@ class IngestAgent:
     metrics: StreamMetrics
     max_event_bytes: int = 65536
     users: UserIdPolicy = field(default_factory=UserIdPolicy)
-    redactor: Redactor | None = (
-        None  # privacy.redact_patterns, applied before anything is stored or published
-    )
+    # privacy.redact_patterns, applied before anything is stored or published
+    redactor: Redactor | None = None
     clock: Callable[[], float] = time.time
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     predict: Predictor | None = None
     publish_prediction: PredictionSink | None = None
     observe: BatchObserver | None = None  # the learning loop's hook (outcome join, decay monitor)
-    null_key: str = "dlq"  # ingest.null_key: a valid event without a record key is dead-lettered ("dlq") or stored ("accept")
-    observe_served: bool = (
-        True  # pass served HTTP predictions to ``observe`` (web.monitor_http_predictions)
-    )
+    # ingest.null_key: a valid event without a record
+    # key is dead-lettered ("dlq") or stored ("accept")
+    null_key: str = "dlq"
+    # pass served HTTP predictions to ``observe`` (web.monitor_http_predictions)
+    observe_served: bool = True
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
 
     async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
@@ -223,9 +230,8 @@ class IngestAgent:
         now = self.clock()
         valid: list[StoredEvent] = []
         rejected: list[tuple[RawRecord, Rejection]] = []
-        served: list[
-            tuple[StoredEvent, dict[str, Any]]
-        ] = []  # answered over HTTP already: never predicted again
+        # answered over HTTP already: never predicted again
+        served: list[tuple[StoredEvent, dict[str, Any]]] = []
         for record in records:
             decoded = (
                 TOMBSTONE
@@ -255,9 +261,8 @@ class IngestAgent:
                 [e for e in valid if e.type == "utterance" and id(e) not in served_ids]
             ),
         )
-        if (
-            served and self.observe_served
-        ):  # the outcome judges exactly what the HTTP client was told
+        # the outcome judges exactly what the HTTP client was told
+        if served and self.observe_served:
             predicted = [*predicted, *served]
 
         stored_at = self.clock()
@@ -283,7 +288,8 @@ class IngestAgent:
     async def _predict_and_publish(
         self, utterances: list[StoredEvent]
     ) -> list[tuple[StoredEvent, dict[str, Any]]]:
-        """One model call for the batch's utterances (in a worker thread), then one record each on `predictions`."""
+        """One model call for the batch's utterances (in a worker
+        thread), then one record each on `predictions`."""
         if not utterances or self.predict is None or self.publish_prediction is None:
             return []
         predictions = await asyncio.get_running_loop().run_in_executor(
@@ -299,20 +305,21 @@ class IngestAgent:
                     {"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}
                 ).encode(),
             )
-            for e, p in zip(utterances, predictions)
+            for e, p in zip(utterances, predictions, strict=True)
         ]
         publish = self.publish_prediction
         await self._retry(
             "predictions", self._delivery_attempt(records, lambda kv: publish(*kv), "prediction(s)")
         )
         self.metrics.predictions.inc(len(records))
-        return list(zip(utterances, predictions))
+        return list(zip(utterances, predictions, strict=True))
 
     @staticmethod
     def _delivery_attempt(
         items: list[T], send: Callable[[T], Awaitable[Awaitable[Any]]], what: str
     ) -> Callable[[], Awaitable[None]]:
-        """One attempt sends every item not yet delivered; a retry resends only those that failed."""
+        """One attempt sends every item not yet delivered;
+        a retry resends only those that failed."""
         pending = list(items)
 
         async def attempt() -> None:
@@ -321,7 +328,9 @@ class IngestAgent:
                 *[await send(item) for item in pending], return_exceptions=True
             )
             failed = [
-                (item, res) for item, res in zip(pending, results) if isinstance(res, BaseException)
+                (item, res)
+                for item, res in zip(pending, results, strict=True)
+                if isinstance(res, BaseException)
             ]
             pending = [item for item, _ in failed]
             if failed:
@@ -330,8 +339,8 @@ class IngestAgent:
         return attempt
 
     async def _retry(self, sink: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
-        """Retry until it works: losing a record is worse than pausing consumption (backpressure: the
-        agent takes no new batch and commits nothing until this one is stored)."""
+        """Retry until it works: losing a record is worse than pausing consumption (backpressure:
+        the agent takes no new batch and commits nothing until this one is stored)."""
         delay = self.retry_initial_s
         failures, since = 0, time.monotonic()
         while True:
@@ -356,7 +365,8 @@ class IngestAgent:
             if failures:
                 self.metrics.ingest_blocked.labels(sink).set(0)
                 log.warning(
-                    "writing to %s works again after %d failed attempts (%.1f s paused); consumption resumes",
+                    "writing to %s works again after %d failed attempts (%.1f s "
+                    "paused); consumption resumes",
                     sink,
                     failures,
                     time.monotonic() - since,

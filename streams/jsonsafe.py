@@ -1,4 +1,5 @@
-"""Values JSON can carry: NaN and infinities become null, numpy scalars plain numbers, tuples lists."""
+"""Values JSON can carry: NaN and infinities become
+null, numpy scalars plain numbers, tuples lists."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """An operator's own labelled data: (text, intent) pairs from a CSV, JSON Lines or Parquet file.
 
-A path or any fsspec URL (``s3://bucket/key.parquet``); ``.csv.gz`` and ``.jsonl.gz`` are read through gzip.
-Every problem an operator can fix raises :class:`LabelledFileError` with one line saying what is wrong:
-a missing file, an unknown extension, an empty file, text that is not UTF-8, a missing column, a malformed
-row, or fewer than two intents. Rows whose text or intent is empty (or null) are skipped and counted, not
-rejected: a spreadsheet export often has a few, and the caller reports the count.
+A path or any fsspec URL (``s3://bucket/key.parquet``); ``.csv.gz`` and ``.jsonl.gz`` are
+read through gzip. Every problem an operator can fix raises :class:`LabelledFileError`
+with one line saying what is wrong: a missing file, an unknown extension, an empty file,
+text that is not UTF-8, a missing column, a malformed row, or fewer than two intents.
+Rows whose text or intent is empty (or null) are skipped and counted, not rejected: a
+spreadsheet export often has a few, and the caller reports the count.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ FORMATS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
-EXPECTED = "expected .csv, .jsonl (JSON Lines; .ndjson) or .parquet (.csv and .jsonl may be .gz-compressed)"
+EXPECTED = (
+    "expected .csv, .jsonl (JSON Lines; .ndjson) or .parquet (.csv and .jsonl may "
+    "be .gz-compressed)"
+)
 _UTF8_BOM = b"\xef\xbb\xbf"
 _SHOWN_COLUMNS = 12
 
@@ -60,7 +64,10 @@ class LabelledData:
         return Counter(self.intents)
 
     def examples(self) -> list[Example]:
-        return [Example(text, intent, None) for text, intent in zip(self.texts, self.intents)]
+        return [
+            Example(text, intent, None)
+            for text, intent in zip(self.texts, self.intents, strict=True)
+        ]
 
 
 def is_url(source: str) -> bool:
@@ -87,7 +94,8 @@ def read_labelled(
     *,
     storage_options: dict[str, Any] | None = None,
 ) -> LabelledData:
-    """The (text, intent) rows of ``source``; raises LabelledFileError for anything an operator must fix."""
+    """The (text, intent) rows of ``source``; raises
+    LabelledFileError for anything an operator must fix."""
     fmt = file_format(source)
     raw = _read_bytes(source, storage_options)
     if not raw or raw.isspace():  # no copy of a large file, unlike strip()
@@ -104,7 +112,8 @@ def read_labelled(
     return _usable(source, texts, intents, text_column, intent_column)
 
 
-# --- reading ---------------------------------------------------------------------------------------
+# --- reading
+# ---------------------------------------------------------------------------------------
 
 
 def _read_bytes(source: str, storage_options: dict[str, Any] | None) -> bytes:
@@ -118,11 +127,8 @@ def _read_bytes(source: str, storage_options: dict[str, Any] | None) -> bytes:
             return fh.read()
     except FileNotFoundError:
         raise LabelledFileError(f"{source} does not exist") from None
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-    ) as exc:  # unreadable, truncated gzip, bad URL, storage refused
+    # unreadable, truncated gzip, bad URL, storage refused
+    except (OSError, EOFError, ValueError) as exc:
         raise LabelledFileError(f"cannot read {source}: {exc}") from None
 
 
@@ -132,7 +138,8 @@ def _check_utf8(source: str, raw: bytes) -> None:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise LabelledFileError(
-            f"{source} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} cannot be decoded; "
+            f"{source} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line "
+            f"{line} cannot be decoded; "
             "save the file as UTF-8"
         ) from None
 
@@ -167,7 +174,8 @@ def _jsonl_columns(
     source: str, raw: bytes, text_column: str, intent_column: str
 ) -> tuple[list[Any], list[Any]]:
     # Python's json rather than pyarrow's reader: that one refuses a number among string intents
-    # ("changed from string to number") and names no line; here a bad line is named and a numeric label is text.
+    # ("changed from string to number") and names no line;
+    # here a bad line is named and a numeric label is text.
     texts: list[Any] = []
     intents: list[Any] = []
     keys: set[str] = set()
@@ -256,7 +264,8 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-# --- checking --------------------------------------------------------------------------------------
+# --- checking
+# --------------------------------------------------------------------------------------
 
 
 def _usable(
@@ -266,7 +275,7 @@ def _usable(
         raise LabelledFileError(f"{source} has no rows")
     kept_texts: list[str] = []
     kept_intents: list[str] = []
-    for text, intent in zip(texts, intents):
+    for text, intent in zip(texts, intents, strict=True):
         text = "" if text is None else str(text).strip()
         intent = "" if intent is None else str(intent).strip()
         if text and intent:
@@ -275,7 +284,8 @@ def _usable(
     skipped = len(texts) - len(kept_texts)
     if not kept_texts:
         raise LabelledFileError(
-            f"{source}: none of its {len(texts)} rows has both a {text_column!r} and an {intent_column!r}"
+            f"{source}: none of its {len(texts)} rows has both a "
+            f"{text_column!r} and an {intent_column!r}"
         )
     distinct = set(kept_intents)
     if len(distinct) < 2:

@@ -11,18 +11,16 @@ from .schema import RECORD_REJECTION_REASONS, REJECTION_REASONS
 
 __all__ = ["INGEST_SINKS", "StreamMetrics"]
 
-INGEST_SINKS = (
-    "warm",
-    "dlq",
-    "predictions",
-)  # where a batch must land before its offsets may be committed
+# where a batch must land before its offsets may be committed
+INGEST_SINKS = ("warm", "dlq", "predictions")
 
 
 class StreamMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "driftd_events_total",
-            "Valid events received and stored, by event type (a redelivery counts again; see driftd_events_redelivered_total).",
+            "Valid events received and stored, by event type (a redelivery counts "
+            "again; see driftd_events_redelivered_total).",
             ["type"],
             registry=registry,
         )
@@ -59,13 +57,16 @@ class StreamMetrics:
         )
         self.store_errors = Counter(
             "driftd_store_errors_total",
-            "Failed writes to warm, the DLQ or the predictions topic (retried; consumption pauses meanwhile), and failed demotions to cold (retried at the next maintenance; the events stay in warm).",
+            "Failed writes to warm, the DLQ or the predictions topic (retried; "
+            "consumption pauses meanwhile), and failed demotions to cold "
+            "(retried at the next maintenance; the events stay in warm).",
             ["sink"],
             registry=registry,
         )
         self.ingest_blocked = Gauge(
             "driftd_ingest_blocked",
-            "1 while ingest waits for a failing sink (full or unwritable store, unreachable broker): nothing is consumed or committed.",
+            "1 while ingest waits for a failing sink (full or unwritable store, "
+            "unreachable broker): nothing is consumed or committed.",
             ["sink"],
             registry=registry,
         )

@@ -1,11 +1,11 @@
 """Redaction of personal data in event text before anything is stored, published or logged.
 
 Operators configure a list of (name, regex, replacement) patterns (``privacy.redact_patterns``); the
-defaults replace e-mail addresses with ``<email>`` and phone numbers with ``<phone>``. All patterns are
-compiled into one alternation, so an utterance is scanned once whatever the number of patterns, and
-the replacement is inserted literally (no ``\\1`` templates). Ingest applies it to an utterance's
-``text``, to every string inside ``meta`` and to every string in unknown (producer-added) fields; the
-model therefore sees, predicts on and is trained on the redacted text.
+defaults replace e-mail addresses with ``<email>`` and phone numbers with ``<phone>``. All patterns
+are compiled into one alternation, so an utterance is scanned once whatever the number of patterns,
+and the replacement is inserted literally (no ``\\1`` templates). Ingest applies it to an
+utterance's ``text``, to every string inside ``meta`` and to every string in unknown
+(producer-added) fields; the model therefore sees, predicts on and is trained on the redacted text.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ EMAIL_REGEX = (
 
 # Phone numbers in the common national and international notations, verbose so it can be read in
 # config.toml. A match needs at least 7 digits; plain numbers (order ids, amounts, years, versions)
-# and dates are left alone: a digit run without separators is a phone number only with 10 or 11 digits
-# (or after + or 00), two runs only after a 0 trunk prefix, and shapes like 2024-01-15, 15.01.2024 or
-# 1.250.000 are refused by the look-aheads. Possessive quantifiers (++, {m,n}+) keep it linear: a
-# failed candidate is never re-split into other groupings of its digits.
+# and dates are left alone: a digit run without separators is a phone number only with 10 or 11
+# digits (or after + or 00), two runs only after a 0 trunk prefix, and shapes like 2024-01-15,
+# 15.01.2024 or 1.250.000 are refused by the look-aheads. Possessive quantifiers (++, {m,n}+)
+# keep it linear: a failed candidate is never re-split into other groupings of its digits.
 PHONE_REGEX = r"""(?x:
   (?<![\w+.,/\-])                                # not inside a word, number, date or path
   (?=[+(]?(?:[ .\-()/]{0,3}\d){7})               # at least 7 digits ahead
   (?!\d{1,4}[.\-/]\d{1,2}[.\-/]\d{2,4}(?!\d))    # not a date: 2024-01-15, 15.01.2024, 1/2/2024
-  (?!\d{1,3}(?:[.,]\d{3})++(?![.,]?\d))          # not an amount with thousands separators: 1.250.000
+  (?!\d{1,3}(?:[.,]\d{3})++(?![.,]?\d))          # not an amount with separators: 1.250.000
   (?:
-      (?:\+|00)\d++                              # international: +44 20 7946 0958, +44 (0)20 7946 0958
+      (?:\+|00)\d++                              # intl: +44 20 7946 0958, +44 (0)20 7946 0958
       (?:(?:[ .\-/]|[ .\-]?\(\d{1,4}\)[ .\-]?)\d++){0,6}+
     | \(\d{2,5}\)[ .\-]?\d++(?:[ .\-]\d++){0,3}+ # (555) 123-4567, (020) 7946 0958
     | \d{2,5}+(?:[ .\-]\d{2,5}+){2,5}+           # 555-123-4567, 020 7946 0958, 01 23 45 67 89
@@ -54,10 +54,12 @@ _NUMBERED_BACKREF = re.compile(r"(?<!\\)(?:\\\\)*\\[1-9]")
 
 
 def check_pattern(regex: str) -> re.Pattern[str]:
-    """Compile one configured pattern as it will run inside the combined one; ValueError says why not."""
+    """Compile one configured pattern as it will run
+    inside the combined one; ValueError says why not."""
     if _NUMBERED_BACKREF.search(regex):
         raise ValueError(
-            r"uses a numbered back-reference (\1 ...); the patterns are combined into one regex, so use a named group and (?P=name)"
+            r"uses a numbered back-reference (\1 ...); the patterns are combined "
+            r"into one regex, so use a named group and (?P=name)"
         )
     try:
         compiled = re.compile(f"({regex})")
@@ -74,7 +76,8 @@ def check_pattern(regex: str) -> re.Pattern[str]:
 
 
 class Redactor:
-    """Replaces every match of the configured patterns; returns its input object itself when nothing matched."""
+    """Replaces every match of the configured patterns;
+    returns its input object itself when nothing matched."""
 
     def __init__(self, patterns: Iterable[tuple[str, str, str]]) -> None:
         self.names: list[str] = []
@@ -98,7 +101,8 @@ class Redactor:
             self._pattern = re.compile("|".join(parts)) if parts else None
         except re.error as exc:  # e.g. two patterns use the same group name
             raise ValueError(
-                f"the patterns {', '.join(map(repr, self.names))} do not combine into one regex: {exc}"
+                f"the patterns {', '.join(map(repr, self.names))} do not combine "
+                f"into one regex: {exc}"
             ) from None
 
     def _replace(self, match: re.Match[str]) -> str:
@@ -118,13 +122,14 @@ class Redactor:
             return changed if any(changed[k] is not v for k, v in value.items()) else value
         if isinstance(value, list):
             items = [self.value(v) for v in value]
-            return items if any(a is not b for a, b in zip(items, value)) else value
+            return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
         return value
 
     def event_updates(
         self, fields: Mapping[str, Any], extra: Mapping[str, Any] | None
     ) -> dict[str, Any]:
-        """The redacted free-text fields of one event (``text``, ``meta``, unknown fields) that changed."""
+        """The redacted free-text fields of one event
+        (``text``, ``meta``, unknown fields) that changed."""
         if self._pattern is None:
             return {}
         updates: dict[str, Any] = {}

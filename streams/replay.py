@@ -3,9 +3,9 @@
 The examples come from a shipped dataset (:mod:`streams.datasets`) or an operator's labelled file
 (:mod:`streams.labelled_files`; ``driftd replay --file``), whose intents the schedule then names.
 
-:func:`plan_events` turns examples into a deterministic stream of utterance and label event dicts (the
-:mod:`streams.schema` contract); a :class:`DriftSchedule` decides which intents may appear when, so the
-daemon sees the traffic mix change. :func:`replay` produces any such stream to a topic.
+:func:`plan_events` turns examples into a deterministic stream of utterance and label event dicts
+(the :mod:`streams.schema` contract); a :class:`DriftSchedule` decides which intents may appear
+when, so the daemon sees the traffic mix change. :func:`replay` produces any such stream to a topic.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import difflib
+import itertools
 import json
 import random
 import re
@@ -36,7 +37,8 @@ _START = re.compile(r"\d+", re.ASCII)
 
 @dataclass(frozen=True)
 class Phase:
-    """From utterance ``start`` on, only ``intents`` may appear (``None``: any). ``names`` is what was written."""
+    """From utterance ``start`` on, only ``intents`` may
+    appear (``None``: any). ``names`` is what was written."""
 
     start: int
     names: tuple[str, ...]
@@ -51,7 +53,7 @@ class DriftSchedule:
 
     def __post_init__(self) -> None:
         starts = [p.start for p in self.phases]
-        if not starts or starts[0] != 0 or any(a >= b for a, b in zip(starts, starts[1:])):
+        if not starts or starts[0] != 0 or any(a >= b for a, b in itertools.pairwise(starts)):
             raise ValueError(f"phase starts must begin at 0 and strictly increase, got {starts}")
 
     @classmethod
@@ -66,11 +68,15 @@ class DriftSchedule:
         known_domains: Mapping[str, Sequence[str]],
         known_intents: set[str] | frozenset[str],
     ) -> DriftSchedule:
-        """Parse ``"<start>=<name>,<name>;<start>=..."``; a name is a domain, an intent or ``*`` (all).
+        """Parse ``"<start>=<name>,<name>;<start>=..."``;
+        a name is a domain, an intent or ``*`` (all).
 
         Example: ``"0=banking,credit_cards;8000=*"``. Raises ValueError naming what is wrong.
         """
-        hint = "expected '<utterance index>=<domains or intents, comma separated, * for all>;...', e.g. '0=banking,credit_cards;8000=*'"
+        hint = (
+            "expected '<utterance index>=<domains or intents, comma separated, * "
+            "for all>;...', e.g. '0=banking,credit_cards;8000=*'"
+        )
         body = text.strip().rstrip(";")
         if not body:
             raise ValueError(f"empty drift schedule; {hint}")
@@ -80,21 +86,25 @@ class DriftSchedule:
             start_text = start_text.strip()
             if not sep or not _START.fullmatch(start_text):
                 raise ValueError(
-                    f"phase {number} {part.strip()!r} of drift schedule {text!r} is malformed; {hint}"
+                    f"phase {number} {part.strip()!r} of drift schedule {text!r} is "
+                    f"malformed; {hint}"
                 )
             start = int(start_text)
             if not phases and start != 0:
                 raise ValueError(
-                    f"drift schedule {text!r} must start at utterance 0, its first phase starts at {start}"
+                    f"drift schedule {text!r} must start at utterance 0, its first "
+                    f"phase starts at {start}"
                 )
             if phases and start <= phases[-1].start:
                 raise ValueError(
-                    f"drift schedule {text!r}: phase starts must strictly increase, but {start} follows {phases[-1].start}"
+                    f"drift schedule {text!r}: phase starts must strictly increase, "
+                    f"but {start} follows {phases[-1].start}"
                 )
             names = tuple(name.strip() for name in names_text.split(","))
             if not all(names):
                 raise ValueError(
-                    f"phase {number} {part.strip()!r} of drift schedule {text!r} has an empty name; {hint}"
+                    f"phase {number} {part.strip()!r} of drift schedule {text!r} "
+                    f"has an empty name; {hint}"
                 )
             phases.append(Phase(start, names, _resolve(names, known_domains, known_intents)))
         return cls(tuple(phases))
@@ -149,20 +159,19 @@ def _unknown_name_message(
 class _Pools:
     """Draws examples in one shuffled order, restricted to the intents the current phase allows.
 
-    A single "used" set spans the phases, so when a phase widens (say to ``*``) the stream goes on with
-    examples not sent yet instead of starting the shuffled order over. A phase takes up the shuffled order
-    where the stream is, not at its start: starting at the top would send every example the previous phase
-    skipped first (every new-domain one, after a widening to ``*``), so the traffic after a drift would be
-    all new intents for a while instead of the mix the phase names. A phase that has used up its allowed
-    examples starts a new cycle over them.
+    A single "used" set spans the phases, so when a phase widens (say to ``*``) the stream goes
+    on with examples not sent yet instead of starting the shuffled order over. A phase takes up
+    the shuffled order where the stream is, not at its start: starting at the top would send
+    every example the previous phase skipped first (every new-domain one, after a widening to
+    ``*``), so the traffic after a drift would be all new intents for a while instead of the mix
+    the phase names. A phase that has used up its allowed examples starts a new cycle over them.
     """
 
     def __init__(self, examples: list[Example], order: list[int]) -> None:
         self._examples = examples
         self._order = order
-        self._place = {
-            j: p for p, j in enumerate(order)
-        }  # example -> its place in the shuffled order
+        # example -> its place in the shuffled order
+        self._place = {j: p for p, j in enumerate(order)}
         self._pools: dict[int, list[int]] = {}
         self._places: dict[int, list[int]] = {}
         self._cursor: dict[int, int] = {}
@@ -215,11 +224,12 @@ def plan_events(
 ) -> Iterator[dict[str, Any]]:
     """The events of one replay, in send order; the same arguments always give the same events.
 
-    Utterance ``i`` (0 <= i < limit; ``limit`` 0 means one per example) is the next example, in an order
-    shuffled once under ``seed``, whose intent the schedule allows at ``i``. With probability
-    ``label_fraction`` it gets a label event, sent right after utterance ``i + label_delay`` (or at the
-    end, for labels still pending then). ``ts`` is ``start_ts + i * ts_step`` (labels take the ts of the
-    utterance they follow); ``start_ts`` defaults to now. Arguments are checked here, before the first event.
+    Utterance ``i`` (0 <= i < limit; ``limit`` 0 means one per example) is the next
+    example, in an order shuffled once under ``seed``, whose intent the schedule allows
+    at ``i``. With probability ``label_fraction`` it gets a label event, sent right after
+    utterance ``i + label_delay`` (or at the end, for labels still pending then). ``ts``
+    is ``start_ts + i * ts_step`` (labels take the ts of the utterance they follow);
+    ``start_ts`` defaults to now. Arguments are checked here, before the first event.
     """
     pool_source = [ex for ex in examples if ex.text]  # the schema refuses an empty utterance
     if not pool_source:
@@ -232,7 +242,8 @@ def plan_events(
         raise ValueError(f"label_delay must be >= 0, got {label_delay}")
     if (start_ts is not None and start_ts < 0) or ts_step < 0:
         raise ValueError(
-            f"start_ts and ts_step must be >= 0 (event times are epoch seconds), got {start_ts} and {ts_step}"
+            "start_ts and ts_step must be >= 0 (event times are epoch seconds), "
+            f"got {start_ts} and {ts_step}"
         )
     count = limit or len(pool_source)
 
@@ -245,7 +256,8 @@ def plan_events(
             break  # never reached: an empty pool there is no error
         if not pools.add(k, phase.intents):
             raise ValueError(
-                f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches no example of this split"
+                f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches "
+                "no example of this split"
             )
 
     t0 = time.time() if start_ts is None else float(start_ts)
@@ -277,9 +289,8 @@ def _generate(
     priority_of: Callable[[Example], str] | None,
     dataset: str | None,
 ) -> Iterator[dict[str, Any]]:
-    pending: deque[tuple[int, dict[str, Any]]] = (
-        deque()
-    )  # (index of the utterance it follows, label); due order
+    # (index of the utterance it follows, label); due order
+    pending: deque[tuple[int, dict[str, Any]]] = deque()
     ts = t0
     for i in range(count):
         k = schedule.phase_at(i)
@@ -322,7 +333,8 @@ def _generate(
 
 @dataclass
 class ReplayStats:
-    """What one :func:`replay` delivered; ``seconds`` runs from the first send to the last acknowledgement."""
+    """What one :func:`replay` delivered; ``seconds`` runs
+    from the first send to the last acknowledgement."""
 
     utterances: int
     labels: int
@@ -335,7 +347,8 @@ class ReplayStats:
 
 
 # With a rate limit, events go out in chunks of about this many seconds' worth, then the loop sleeps
-# until the chunk's due time: one sleep per event would cost more than the sends at thousands per second.
+# until the chunk's due time: one sleep per event would
+# cost more than the sends at thousands per second.
 _CHUNK_SECONDS = 0.05
 _UNLIMITED_CHUNK = 500
 
@@ -347,7 +360,8 @@ def _chunk_size(rate: float) -> int:
 def _pace_delay(started: float, sent: int, rate: float, now: float) -> float:
     """Seconds to sleep so ``sent`` events took at least ``sent / rate`` seconds since ``started``.
 
-    Measured against the start, not the previous chunk, so oversleeping or slow sends never add up to drift.
+    Measured against the start, not the previous chunk,
+    so oversleeping or slow sends never add up to drift.
     """
     if rate <= 0:
         return 0.0
@@ -375,7 +389,8 @@ async def replay(
     client_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> ReplayStats:
-    """Produce ``events`` to ``topic``, keyed by conversation, at most ``rate`` events/s (0: unlimited).
+    """Produce ``events`` to ``topic``, keyed by conversation,
+    at most ``rate`` events/s (0: unlimited).
 
     Returns once every event is acknowledged by the broker (acks=all); a failed delivery raises.
     ``total`` only sizes the progress bar. ``client_options`` are extra AIOKafkaProducer arguments
@@ -401,7 +416,7 @@ async def replay(
             started = time.perf_counter()
             pending: list[asyncio.Future[Any]] = []
             sent = in_chunk = 0
-            for event in events:
+            for sent, event in enumerate(events, start=1):
                 value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
                 key = str(event["conversation_id"]).encode("utf-8")
                 pending.append(await producer.send(topic, value=value, key=key))
@@ -410,13 +425,13 @@ async def replay(
                     counts[kind] += 1
                 else:
                     other += 1
-                sent += 1
                 in_chunk += 1
                 if in_chunk == chunk:
                     bar.update(in_chunk)
                     in_chunk = 0
                     pending = _reap(pending)
-                    # sleep(0) still yields when unlimited, so the sender task ships batches as we go.
+                    # sleep(0) still yields when unlimited, so
+                    # the sender task ships batches as we go.
                     await asyncio.sleep(_pace_delay(started, sent, rate, time.perf_counter()))
             bar.update(in_chunk)
             await asyncio.gather(*pending)

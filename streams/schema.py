@@ -1,8 +1,8 @@
 """The conversation event contract: pydantic models, the JSON Schema they generate, and the decoder.
 
 One decoder call turns the raw bytes of a Kafka record into either an :class:`Event` or a
-:class:`Rejection` whose ``reason`` is one of :data:`REJECTION_REASONS`. It never raises on bad input:
-the ingest path sends every rejection to the dead-letter topic with that reason.
+:class:`Rejection` whose ``reason`` is one of :data:`REJECTION_REASONS`. It never raises on
+bad input: the ingest path sends every rejection to the dead-letter topic with that reason.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ __all__ = [
 EVENT_SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 
 # Ordered from most to least fundamental: when a payload has several problems, the first one that
-# applies names it (a record with no "type" is "missing_field" even if its other fields are wrong too).
+# applies names it (a record with no "type" is
+# "missing_field" even if its other fields are wrong too).
 REJECTION_REASONS = (
     "too_large",
     "not_json",
@@ -41,9 +42,9 @@ REJECTION_REASONS = (
     "wrong_type",
     "invalid_value",
 )
-# About the Kafka record rather than its value, decided by ingest (streams/ingest): a record with no value
-# (a tombstone; decode_event alone calls it not_json), and a valid event in a record with no key under
-# ingest.null_key = "dlq" (a value's own problem is named first).
+# About the Kafka record rather than its value, decided by ingest (streams/ingest): a record
+# with no value (a tombstone; decode_event alone calls it not_json), and a valid event in a
+# record with no key under ingest.null_key = "dlq" (a value's own problem is named first).
 RECORD_REJECTION_REASONS = ("tombstone", "missing_key")
 
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
@@ -61,8 +62,8 @@ def _finite(value: Any) -> bool:
 
 
 class _EventBase(BaseModel):
-    # strict: "3" is not a turn number and 1 is not a channel name. Unknown fields are kept, not fatal,
-    # so producers can add context without a schema release.
+    # strict: "3" is not a turn number and 1 is not a channel name. Unknown fields
+    # are kept, not fatal, so producers can add context without a schema release.
     model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
 
     event_id: Identifier = Field(
@@ -95,8 +96,8 @@ class _EventBase(BaseModel):
 
     @model_validator(mode="after")
     def _free_form_values_are_json(self) -> _EventBase:
-        # The JSON parser takes NaN and Infinity literals, which RFC 8259 JSON has not; typed fields refuse
-        # them (allow_inf_nan=False), free-form ones (meta, unknown fields) are checked here.
+        # The JSON parser takes NaN and Infinity literals, which RFC 8259 JSON has not; typed fields
+        # refuse them (allow_inf_nan=False), free-form ones (meta, unknown fields) are checked here.
         if not (_finite(self.meta) and _finite(self.model_extra)):
             raise PydanticCustomError(
                 "json_invalid", "NaN and Infinity are not JSON values (in meta or an unknown field)"
@@ -112,7 +113,8 @@ class UtteranceEvent(_EventBase):
 
 
 class FeedbackEvent(_EventBase):
-    """A signal about an earlier prediction: whether it was right, and optionally the right intent."""
+    """A signal about an earlier prediction: whether
+    it was right, and optionally the right intent."""
 
     type: Literal["feedback"]
     ref_event_id: Identifier = Field(
@@ -130,7 +132,8 @@ class FeedbackEvent(_EventBase):
 
 
 class LabelEvent(_EventBase):
-    """A ground-truth intent for an earlier utterance, typically from a human labeller and often late."""
+    """A ground-truth intent for an earlier utterance,
+    typically from a human labeller and often late."""
 
     type: Literal["label"]
     ref_event_id: Identifier = Field(description="event_id of the utterance this label is for.")
@@ -145,13 +148,15 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a payload was refused: ``reason`` is a stable label (metrics, DLQ header), ``detail`` is for humans."""
+    """Why a payload was refused: ``reason`` is a stable
+    label (metrics, DLQ header), ``detail`` is for humans."""
 
     reason: str
     detail: str
 
 
-# pydantic error types -> our stable reasons. Anything not listed is a value outside its allowed range.
+# pydantic error types -> our stable reasons. Anything
+# not listed is a value outside its allowed range.
 _ERROR_REASON = {
     "json_invalid": "not_json",
     "json_type": "not_json",

@@ -1,4 +1,5 @@
-"""The training-set query: labelled examples of a time window (hot + warm) plus a replay sample (cold).
+"""The training-set query: labelled examples of a time
+window (hot + warm) plus a replay sample (cold).
 
 A labelled example is an utterance's text with the intent a ``label`` (or a ``feedback`` naming the
 intent) gave it. When an utterance was labelled more than once, the latest label wins. The replay
@@ -54,21 +55,22 @@ _LABEL_RANK = {"feedback": 0, "label": 1}  # on a tie in time, a label beats fee
 _LABEL_COLUMNS = ["ts", "type", "ref_event_id", "intent", "ref_text"]
 _WARM_CHUNK = 5000  # warm label rows read at a time, newest first
 
-# (ts, type, ref_event_id, intent, text, source): one label of an utterance, before the latest is chosen.
+# (ts, type, ref_event_id, intent, text, source): one
+# label of an utterance, before the latest is chosen.
 Candidate = tuple[float, str, str, str, "str | None", str]
 
 
 def _keep_latest(best: dict[str, Candidate], item: Candidate) -> None:
-    """Fold ``item`` into ``best`` (latest label per utterance). The text belongs to the utterance, not
-    to the label, so a winner that lacks it takes it from the label it beat."""
+    """Fold ``item`` into ``best`` (latest label per utterance). The text belongs to the
+    utterance, not to the label, so a winner that lacks it takes it from the label it beat."""
     ref = item[2]
     current = best.get(ref)
     if current is None:
         best[ref] = item
     elif (item[0], _LABEL_RANK[item[1]]) > (current[0], _LABEL_RANK[current[1]]):
-        best[ref] = item if item[4] or not current[4] else item[:4] + (current[4],) + item[5:]
+        best[ref] = item if item[4] or not current[4] else (*item[:4], current[4], *item[5:])
     elif not current[4] and item[4]:
-        best[ref] = current[:4] + (item[4],) + current[5:]
+        best[ref] = (*current[:4], item[4], *current[5:])
 
 
 def _to_examples(best: dict[str, Candidate]) -> list[LabelledExample]:
@@ -81,11 +83,16 @@ def _to_examples(best: dict[str, Candidate]) -> list[LabelledExample]:
 
 
 def _round_robin(group_sizes: list[int], size: int, seed: int) -> list[int]:
-    """Positions, in the concatenation of the groups, of up to ``size`` items spread as evenly as possible
-    over the groups: each round takes one random item from every group that still has some."""
+    """Positions, in the concatenation of the groups, of up to ``size``
+    items spread as evenly as possible over the groups: each round
+    takes one random item from every group that still has some."""
     rng = np.random.default_rng(seed)
     offsets = np.concatenate(([0], np.cumsum(group_sizes)[:-1])).astype(int) if group_sizes else []
-    pools = [list(offset + rng.permutation(n)) for offset, n in zip(offsets, group_sizes) if n]
+    pools = [
+        list(offset + rng.permutation(n))
+        for offset, n in zip(offsets, group_sizes, strict=True)
+        if n
+    ]
     picked: list[int] = []
     while len(picked) < size and pools:
         for pool in list(pools):
@@ -116,8 +123,8 @@ async def query_training_set(
     seed: int = 0,
     limit: int | None = None,
 ) -> TrainingSet:
-    """Labelled examples with label time in [start_ts, end_ts) from hot + warm (the newest ``limit``), plus a
-    cold replay sample of ``replay_size`` that excludes them."""
+    """Labelled examples with label time in [start_ts, end_ts) from hot + warm (the newest
+    ``limit``), plus a cold replay sample of ``replay_size`` that excludes them."""
     recent = await query_recent(store, start_ts, end_ts, limit)
     replay = (
         await query_replay(store, replay_size, seed, {e.utterance_id for e in recent})
@@ -130,8 +137,9 @@ async def query_training_set(
 async def query_recent(
     store: TieredStore, start_ts: float, end_ts: float, limit: int | None = None
 ) -> list[LabelledExample]:
-    """The newest ``limit`` (all when None) labelled examples with label time in [start_ts, end_ts), oldest
-    first. Warm is read newest first and only as far as needed, so memory follows ``limit``, not the window."""
+    """The newest ``limit`` (all when None) labelled examples with label time
+    in [start_ts, end_ts), oldest first. Warm is read newest first and
+    only as far as needed, so memory follows ``limit``, not the window."""
     hot = [
         (e.ts, e.type, e.ref_event_id, e.intent, e.ref_text, "hot")
         for e in store.hot
@@ -147,10 +155,11 @@ async def query_replay(
     exclude: Collection[str] = (),
     scan_rows: int | None = None,
 ) -> list[LabelledExample]:
-    """A replay sample from cold: up to ``size`` labelled utterances (not in ``exclude``), stratified by
-    intent and deterministic under ``seed``. Chosen in Arrow; only the sample becomes Python objects.
-    With ``scan_rows``, at most that many cold rows are read (whole files, picked at random under ``seed``),
-    so memory stays bounded however long the history; a label superseded in an unread file may then win."""
+    """A replay sample from cold: up to ``size`` labelled utterances (not in ``exclude``),
+    stratified by intent and deterministic under ``seed``. Chosen in Arrow; only the
+    sample becomes Python objects. With ``scan_rows``, at most that many cold rows are
+    read (whole files, picked at random under ``seed``), so memory stays bounded
+    however long the history; a label superseded in an unread file may then win."""
     if size <= 0:
         return []
     return await store.run(_replay_from_cold, store, size, seed, exclude, scan_rows)
@@ -159,8 +168,9 @@ async def query_replay(
 async def query_unlabelled(
     store: TieredStore, start_ts: float, end_ts: float, limit: int, labelled: Collection[str]
 ) -> list[str]:
-    """Texts of the newest ``limit`` utterances with event time in [start_ts, end_ts) whose id is not in
-    ``labelled`` (the candidates for pseudo-labels). Every stored event is in warm until it is demoted, so
+    """Texts of the newest ``limit`` utterances with event time in [start_ts,
+    end_ts) whose id is not in ``labelled`` (the candidates for
+    pseudo-labels). Every stored event is in warm until it is demoted, so
     warm alone answers; at most ``limit + len(labelled)`` rows are read."""
     if limit <= 0:
         return []
@@ -175,7 +185,8 @@ def _labelled(event: StoredEvent) -> bool:
 
 
 def labelled_examples(events: Sequence[StoredEvent]) -> list[LabelledExample]:
-    """The labelled examples in a batch of just-stored events (those whose utterance text is known)."""
+    """The labelled examples in a batch of just-stored
+    events (those whose utterance text is known)."""
     return [
         LabelledExample(e.ref_text, e.intent, e.ts, e.ref_event_id, "hot")
         for e in events
@@ -190,8 +201,9 @@ def merge_recent(
     end_ts: float,
     limit: int | None = None,
 ) -> list[LabelledExample]:
-    """``own`` (a ``query_recent`` answer) with examples from elsewhere (other replicas' partitions) in the
-    same window: the latest label per utterance, oldest first, the newest ``limit``."""
+    """``own`` (a ``query_recent`` answer) with examples from
+    elsewhere (other replicas' partitions) in the same window: the
+    latest label per utterance, oldest first, the newest ``limit``."""
     latest: dict[str, LabelledExample] = {}
     for example in (*own, *others):
         if start_ts <= example.ts < end_ts and (
@@ -232,7 +244,7 @@ def _join_warm_texts(store: TieredStore, best: dict[str, Candidate], refs: list[
         texts = store.warm.utterance_texts(missing)
         for ref in missing:
             if ref in texts:
-                best[ref] = best[ref][:4] + (texts[ref],) + best[ref][5:]
+                best[ref] = (*best[ref][:4], texts[ref], *best[ref][5:])
 
 
 def _replay_from_cold(
@@ -243,7 +255,8 @@ def _replay_from_cold(
             store, _files_to_scan(store.warm.cold_files(), scan_rows, seed), size, seed, exclude
         )
     finally:
-        pa.default_memory_pool().release_unused()  # the scan's buffers: give them back, a daemon lives long
+        # the scan's buffers: give them back, a daemon lives long
+        pa.default_memory_pool().release_unused()
 
 
 def _files_to_scan(
@@ -272,8 +285,8 @@ def _sample_cold(
     labels = store.cold.read(paths, _LABEL_COLUMNS, where=is_label)
     if labels.num_rows == 0:
         return []
-    # The latest label per utterance: sorted by utterance, newest (then label over feedback) first, the
-    # first row of each utterance wins.
+    # The latest label per utterance: sorted by utterance, newest (then
+    # label over feedback) first, the first row of each utterance wins.
     labels = labels.append_column("rank", pc.equal(labels["type"], "label"))
     labels = labels.take(
         pc.sort_indices(
@@ -300,12 +313,15 @@ def _sample_cold(
     codes = pc.dictionary_encode(latest["intent"]).combine_chunks().indices.to_numpy()
     bounds = np.concatenate(([0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]))
     picked = latest.take(pa.array(_round_robin(np.diff(bounds).tolist(), size, seed), pa.int64()))
-    rows = zip(*(picked[c].to_pylist() for c in ("ref_text", "intent", "ts", "ref_event_id")))
+    rows = zip(
+        *(picked[c].to_pylist() for c in ("ref_text", "intent", "ts", "ref_event_id")), strict=True
+    )
     return [LabelledExample(text, intent, ts, ref, "cold") for text, intent, ts, ref in rows]
 
 
 def _fill_cold_texts(store: TieredStore, labels: pa.Table, paths: list[str]) -> pa.Table:
-    """Labels stored without their utterance's text take it from the utterance in cold, read for them only."""
+    """Labels stored without their utterance's text take
+    it from the utterance in cold, read for them only."""
     missing = labels.filter(pc.is_null(labels["ref_text"]))["ref_event_id"]
     if len(missing) == 0:
         return labels

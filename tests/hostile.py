@@ -1,16 +1,21 @@
-"""Hostile input, shared by the fast tests (tests/unit/test_decoder_fuzz.py, tests/integration/test_hostile_*.py)
-and the long harness (tests/stress/test_hostile_input.py), so that nothing is generated in two ways.
+"""Hostile input, shared by the fast tests (tests/unit/test_decoder_fuzz.py,
+tests/integration/test_hostile_*.py) and the long harness
+(tests/stress/test_hostile_input.py), so that nothing is generated in two ways.
 
 Three families:
 
-- **Event payloads** for the decoder and the broker: :func:`malformed` draws payloads that are wrong in a
-  known way (round-robin over :data:`MALFORMED_KINDS`), each with the set of reasons the producer contract
-  (docs/events.md, streams/schema.py) allows for it; :func:`controls` draws valid but unusual events that
-  must be accepted. Both are deterministic for a seed.
-- **HTTP requests** for ``/v1/predict`` and the admin routes: :func:`http_cases` (hand-written, with the
-  expected status) and :func:`random_predict_bodies`; :func:`raw_http` sends any bytes on a socket and reads
-  the answer with a deadline, so malformed HTTP (bad chunking, bad encodings, slow bodies) can be sent too.
-- **Broker helpers**: :func:`produce_positions` (produce and return each record's partition/offset) and
+- **Event payloads** for the decoder and the broker:
+  :func:`malformed` draws payloads that are wrong in a
+  known way (round-robin over :data:`MALFORMED_KINDS`), each with the set of reasons the
+  producer contract (docs/events.md, streams/schema.py) allows for it; :func:`controls`
+  draws valid but unusual events that must be accepted. Both are deterministic for a seed.
+- **HTTP requests** for ``/v1/predict`` and the admin
+  routes: :func:`http_cases` (hand-written, with the
+  expected status) and :func:`random_predict_bodies`; :func:`raw_http` sends
+  any bytes on a socket and reads the answer with a deadline, so malformed
+  HTTP (bad chunking, bad encodings, slow bodies) can be sent too.
+- **Broker helpers**: :func:`produce_positions`
+  (produce and return each record's partition/offset) and
   :func:`reconcile` (expected vs seen positions: lost and duplicated counts).
 """
 
@@ -62,7 +67,8 @@ INTENTS = (
     "weather",
     "pay_bill",
 )
-# Text that is valid but unusual: right-to-left, zero-width, combining marks, astral plane, NUL (escaped), CJK.
+# Text that is valid but unusual: right-to-left, zero-width,
+# combining marks, astral plane, NUL (escaped), CJK.
 ODD_TEXTS = (
     "مرحبا، أين بطاقتي؟",
     "שלום \u202eevil\u202c",
@@ -81,7 +87,8 @@ ODD_TEXTS = (
     "x" * 1000,
 )
 
-# JSON values of each wrong type, per expected field type (see the decoder's strict mode in docs/events.md).
+# JSON values of each wrong type, per expected field type
+# (see the decoder's strict mode in docs/events.md).
 _ANY_VALUES: dict[str, list[Any]] = {
     "int": [5, 0, -3, 2**40],
     "float": [1.5, 0.25, -2.5],
@@ -186,7 +193,8 @@ _LIT = "__hostile_literal__"
 def with_literal(
     e: dict[str, Any], name: str, literal: str | bytes, rng: random.Random | None = None
 ) -> bytes:
-    """The event encoded with ``name`` set to raw JSON text that json.dumps cannot write (NaN, 1e999, 01...)."""
+    """The event encoded with ``name`` set to raw JSON text
+    that json.dumps cannot write (NaN, 1e999, 01...)."""
     literal = literal.encode() if isinstance(literal, str) else literal
     return dumps({**e, name: _LIT}, rng).replace(f'"{_LIT}"'.encode(), literal, 1)
 
@@ -218,7 +226,8 @@ def padded(e: dict[str, Any], size: int) -> bytes:
     return json.dumps({**e, "pad": "p" * max(0, size - len(base))}).encode()
 
 
-# --- malformed kinds: each returns (raw, allowed reasons) -----------------------------------------------------
+# --- malformed kinds: each returns (raw, allowed reasons)
+# -----------------------------------------------------
 
 Gen = Callable[[random.Random, int, int], "tuple[bytes | None, frozenset[str]]"]
 _R = frozenset
@@ -355,9 +364,8 @@ def _sprinkle_wrong_type(rng: random.Random, e: dict[str, Any], avoid: str) -> N
 def _missing_field(rng: random.Random, i: int, max_bytes: int):
     e = event(rng, i, optional=0.5)
     gone = rng.sample(REQUIRED[e["type"]], rng.randint(1, 3))
-    if (
-        rng.random() < 0.3 and "type" not in gone
-    ):  # a wrong type elsewhere does not change the verdict
+    # a wrong type elsewhere does not change the verdict
+    if rng.random() < 0.3 and "type" not in gone:
         _sprinkle_wrong_type(rng, e, avoid=gone[0])
     if rng.random() < 0.05:
         return b"{}", _R({"missing_field"})
@@ -378,7 +386,7 @@ def _wrong_type(rng: random.Random, i: int, max_bytes: int):
 def _invalid_value(rng: random.Random, i: int, max_bytes: int):
     e = event(rng, i, optional=0.5)
     budget = _budget(max_bytes)
-    long = lambda lo: "x" * rng.randint(lo, max(lo, min(budget - 250, lo * 4)))  # noqa: E731
+    long = lambda lo: "x" * rng.randint(lo, max(lo, min(budget - 250, lo * 4)))  # noqa: E731 - a one-line helper
     choices: list[tuple[str, Any]] = [
         ("turn", -rng.randint(1, 2**63)),
         ("turn", rng.randint(2**31, 10**30)),
@@ -419,7 +427,8 @@ _NAN = ["NaN", "Infinity", "-Infinity"]
 
 
 def _nan_infinity(rng: random.Random, i: int, max_bytes: int):
-    """NaN/Infinity literals in fields that are validated (accepted in meta/unknown fields: see the xfail test)."""
+    """NaN/Infinity literals in fields that are validated
+    (accepted in meta/unknown fields: see the xfail test)."""
     e = event(rng, i, optional=0.5)
     lit = rng.choice(_NAN)
     target = rng.choice(
@@ -458,8 +467,9 @@ def _huge_number(rng: random.Random, i: int, max_bytes: int):
     budget = _budget(max_bytes)
     field_name = rng.choice(["turn", "ts"])
     sign = rng.choice(["", "-"])
-    # pydantic's parser reads integers of up to 4300 digits (Python's int limit); beyond that it refuses the
-    # JSON itself ("number out of range"): not_json. Within it, the value is out of range: invalid_value.
+    # pydantic's parser reads integers of up to 4300 digits (Python's int
+    # limit); beyond that it refuses the JSON itself ("number out of range"):
+    # not_json. Within it, the value is out of range: invalid_value.
     lowest = 11 if field_name == "turn" else 310  # past int32 / past the largest float
     digits = (
         rng.randint(lowest, min(4300, budget - 200))
@@ -556,9 +566,8 @@ def _unknown_type(rng: random.Random, i: int, max_bytes: int):
         e["type"] = rng.choice(
             [5, 0, 1.5, True, False, None, [], ["utterance"], {}, {"type": "utterance"}]
         )
-    elif (
-        roll < 0.9
-    ):  # long, multi-byte: its echo in driftd-detail must be cut at 1024 bytes on a character boundary
+    # long, multi-byte: its echo in driftd-detail must be cut at 1024 bytes on a character boundary
+    elif roll < 0.9:
         e["type"] = rng.choice(["é", "€", "😀", "a", "é€"]) * rng.randint(
             100, min(3000, _budget(max_bytes) // 8)
         )
@@ -649,9 +658,8 @@ def _wrong_encoding(rng: random.Random, i: int, max_bytes: int):
 
 
 def _tombstone(rng: random.Random, i: int, max_bytes: int):
-    return None, _R(
-        {"not_json", "tombstone"}
-    )  # decode_event alone: not_json; through ingest: tombstone
+    # decode_event alone: not_json; through ingest: tombstone
+    return None, _R({"not_json", "tombstone"})
 
 
 MALFORMED_KINDS: dict[str, Gen] = {
@@ -699,7 +707,8 @@ def malformed(
     return out
 
 
-# --- valid but unusual (the control group) ------------------------------------------------------------------
+# --- valid but unusual (the control group)
+# ------------------------------------------------------------------
 
 
 def _c_plain(rng, e, max_bytes):
@@ -727,7 +736,8 @@ def _c_whitespace(rng, e, max_bytes):
 
 
 def _c_duplicate_keys(rng, e, max_bytes):
-    """A wrong value first, the valid one last: the parser keeps the last (as Python's json does)."""
+    """A wrong value first, the valid one last: the
+    parser keeps the last (as Python's json does)."""
     name, first = rng.choice(
         [
             ("turn", '"3"'),
@@ -784,9 +794,8 @@ def _c_limits(rng, e, max_bytes):
         e["intent"] = "n" * 128
     if e["type"] == "utterance":
         e["text"] = "t"
-        room = (
-            max_bytes - len(json.dumps(e).encode()) - 1
-        )  # the longest text that still fits, ASCII-escaped
+        # the longest text that still fits, ASCII-escaped
+        room = max_bytes - len(json.dumps(e).encode()) - 1
         e["text"] = "t" * rng.randint(1, max(1, min(5000, room)))
     return dumps(e, rng)
 
@@ -861,7 +870,8 @@ class Tally:
 
 
 def check_decoder(cases: Iterable[Case], max_bytes: int, tally: Tally | None = None) -> Tally:
-    """Run every case through the real decoder: nothing may raise, each verdict must be the allowed one."""
+    """Run every case through the real decoder: nothing
+    may raise, each verdict must be the allowed one."""
     from streams.schema import Rejection, decode_event
 
     tally = tally or Tally()
@@ -909,7 +919,8 @@ async def produce_positions(
     values: Sequence[bytes | None],
     keys: Sequence[bytes | None] | None = None,
 ) -> list[tuple[int, int]]:
-    """Produce every value (None: a tombstone), wait for every acknowledgement, return (partition, offset) of each."""
+    """Produce every value (None: a tombstone), wait for every
+    acknowledgement, return (partition, offset) of each."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
@@ -930,7 +941,8 @@ async def produce_positions(
 def reconcile(
     expected: Iterable[tuple[int, int]], seen: Counter[tuple[int, int]]
 ) -> tuple[int, int, int]:
-    """(lost, duplicated, unexpected): expected positions never seen, extra copies, positions not expected."""
+    """(lost, duplicated, unexpected): expected positions
+    never seen, extra copies, positions not expected."""
     wanted = set(expected)
     lost = sum(1 for p in wanted if seen[p] == 0)
     duplicated = sum(n - 1 for p, n in seen.items() if p in wanted and n > 1)
@@ -955,7 +967,8 @@ def random_keys(rng: random.Random, n: int) -> list[bytes | None]:
 
 
 def build_small_registry(root: Path) -> Path:
-    """One small real version (two CLINC150 domains) as the registry's CURRENT, so a daemon serves at once."""
+    """One small real version (two CLINC150 domains) as
+    the registry's CURRENT, so a daemon serves at once."""
     from models.classifier import ClassifierConfig
     from models.export import build_version_files
     from models.featurize import HashingFeaturizer
@@ -1050,10 +1063,12 @@ def _complete(data: bytes) -> bool:
 
 
 def raw_http(port: int, chunks: bytes | Sequence[bytes | float], timeout: float = 10.0) -> Answer:
-    """Send raw bytes (a float in ``chunks`` sleeps that long) and read one response, within ``timeout``.
+    """Send raw bytes (a float in ``chunks`` sleeps that
+    long) and read one response, within ``timeout``.
 
-    Sending stops at the first error (the server may answer 413 and close before the body is sent); the
-    answer is then read. ``status`` None means no HTTP response came back before the connection closed.
+    Sending stops at the first error (the server may answer 413 and
+    close before the body is sent); the answer is then read. ``status``
+    None means no HTTP response came back before the connection closed.
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -1129,8 +1144,9 @@ def chunked(body: bytes, sizes: Iterable[int]) -> bytes:
 
 @dataclass(frozen=True)
 class HttpCase:
-    """One request and what may come back: ``statuses`` allowed; ``json_error``: a 4xx must carry a JSON
-    ``error`` message (our handlers); otherwise any non-empty body (aiohttp's own 400/404/405 are text)."""
+    """One request and what may come back: ``statuses`` allowed; ``json_error``:
+    a 4xx must carry a JSON ``error`` message (our handlers); otherwise any
+    non-empty body (aiohttp's own 400/404/405 are text)."""
 
     name: str
     request: bytes | tuple[bytes | float, ...]
@@ -1168,8 +1184,8 @@ def http_cases(
 def _http_cases(
     token: str, *, model: bool = True, large: bool = True, give_up_s: float = 3.0
 ) -> list[HttpCase]:
-    """Hand-written hostile requests. ``model``: a model serves (valid predictions are 200, else 503);
-    ``large``: include the multi-MiB bodies."""
+    """Hand-written hostile requests. ``model``: a model serves (valid
+    predictions are 200, else 503); ``large``: include the multi-MiB bodies."""
     ok = frozenset({200}) if model else frozenset({503})
     s = frozenset
     cases: list[HttpCase] = []
@@ -1347,7 +1363,8 @@ def _http_cases(
     ]:
         add(HttpCase(f"unicode: {name}", _post(f'{{"text": {text}}}'), ok))
         add(HttpCase(f"unicode in a batch: {name}", _post(f'{{"texts": ["ok", {text}]}}'), ok))
-    # Python's json decodes bytes with "surrogatepass": a CESU-encoded surrogate becomes a lone surrogate, which predicts fine.
+    # Python's json decodes bytes with "surrogatepass": a CESU-encoded
+    # surrogate becomes a lone surrogate, which predicts fine.
     add(
         HttpCase(
             "unicode: lone surrogate as raw (CESU) bytes",
@@ -1365,9 +1382,12 @@ def _http_cases(
 
     # -- body sizes around client_max_size (1 MiB)
     section = "bodies around/over 1 MiB"
-    pad = lambda size: (
-        '{"text": "hi", "pad": "' + "p" * (size - len('{"text": "hi", "pad": ""}')) + '"}'
-    ).encode()
+
+    def pad(size):
+        return (
+            '{"text": "hi", "pad": "' + "p" * (size - len('{"text": "hi", "pad": ""}')) + '"}'
+        ).encode()
+
     add(HttpCase("body 1 MiB - 1 (valid, an unknown field pads it)", _post(pad(MIB - 1)), ok))
     add(HttpCase("body exactly 1 MiB", _post(pad(MIB)), s({413}) | ok))
     add(HttpCase("body 1 MiB + 1", _post(pad(MIB + 1)), s({413})))
@@ -1434,7 +1454,10 @@ def _http_cases(
         )
     )
     boundary = "XyZ"
-    multipart = f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\nhi\r\n--{boundary}--\r\n'.encode()
+    multipart = (
+        f"--{boundary}\r\nContent-Disposition: form-data; "
+        f'name="text"\r\n\r\nhi\r\n--{boundary}--\r\n'
+    ).encode()
     add(
         HttpCase(
             "multipart body",
@@ -1755,10 +1778,8 @@ def _http_cases(
             allowed = s({401})
             json_needed = True
             if name == "NUL after token":
-                allowed, json_needed = (
-                    s({400, 401}),
-                    False,
-                )  # aiohttp refuses NUL in a header value before our handler
+                # aiohttp refuses NUL in a header value before our handler
+                allowed, json_needed = s({400, 401}), False
             if name == "8 KiB token":
                 allowed = s({400, 401, 431})
                 json_needed = False
@@ -1852,18 +1873,23 @@ def check_answer(case: HttpCase, answer: Answer) -> str | None:
     """None when the answer is acceptable, else what is wrong with it."""
     if answer.status is not None and answer.status >= 500 and answer.status not in case.statuses:
         return f"{answer.status} (a 5xx): {answer.body[:300]!r}"
-    if (
-        not case.statuses
-    ):  # the client gave up mid-request: no answer is owed, but the server must not have failed
+    # the client gave up mid-request: no answer is owed, but the server must not have failed
+    if not case.statuses:
         return (
             None
             if answer.status is None or answer.status < 500
             else f"{answer.status}: {answer.body[:200]!r}"
         )
     if answer.status is None:
-        return f"no response within {case.timeout}s (timed out: {answer.timed_out}); got {answer.body[:200]!r}"
+        return (
+            f"no response within {case.timeout}s (timed out: {answer.timed_out}); "
+            f"got {answer.body[:200]!r}"
+        )
     if answer.status not in case.statuses:
-        return f"status {answer.status}, expected one of {sorted(case.statuses)}: {answer.body[:300]!r}"
+        return (
+            f"status {answer.status}, expected one of {sorted(case.statuses)}: "
+            f"{answer.body[:300]!r}"
+        )
     if 400 <= answer.status < 500 or answer.status == 503:
         if case.json_error and answer.message() is None:
             return f"{answer.status} without a JSON error message: {answer.body[:300]!r}"
@@ -1880,7 +1906,8 @@ def check_answer(case: HttpCase, answer: Answer) -> str | None:
 
 
 def random_predict_bodies(count: int, seed: int = 3) -> list[tuple[str, bytes]]:
-    """Structured-random request bodies: right keys with random values, random keys, truncations and flips."""
+    """Structured-random request bodies: right keys with
+    random values, random keys, truncations and flips."""
     rng = random.Random(seed)
     scalars: list[Callable[[], Any]] = [
         lambda: rng.choice(TEXTS),
@@ -1943,7 +1970,8 @@ def random_predict_bodies(count: int, seed: int = 3) -> list[tuple[str, bytes]]:
 
 
 async def read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[Any]:
-    """Every record of ``topic`` from the beginning up to its end offsets at the time of the call."""
+    """Every record of ``topic`` from the beginning
+    up to its end offsets at the time of the call."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
@@ -1965,14 +1993,15 @@ async def read_all(bootstrap: str, topic: str, timeout_s: float = 60) -> list[An
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             positions = [await consumer.position(tp) for tp in partitions]
-            if all(at >= ends[tp] for at, tp in zip(positions, partitions)):
+            if all(at >= ends[tp] for at, tp in zip(positions, partitions, strict=False)):
                 break
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for part in batch.values():
                 records.extend(part)
         else:
             raise TimeoutError(
-                f"{topic}: read {len(records)} records in {timeout_s}s without reaching the end offsets {ends}"
+                f"{topic}: read {len(records)} records in {timeout_s}s without "
+                f"reaching the end offsets {ends}"
             )
     finally:
         await consumer.stop()
@@ -2017,10 +2046,15 @@ class BrokerReport:
             else f"; utterances without a prediction {self.predictions_missing}"
         )
         return (
-            f"sent {self.malformed} malformed, {self.valid} valid; DLQ {self.dlq_records} (lost {self.dlq_lost}, duplicated "
-            f"{self.dlq_duplicated}, unexpected {self.dlq_unexpected}, wrong reason {self.wrong_reason}, altered bytes {self.wrong_bytes}, "
-            f"bad headers {self.bad_headers}); stored {self.stored} (lost {self.stored_lost}, duplicated {self.stored_duplicated}, "
-            f"unexpected {self.stored_unexpected}){predicted}; daemon alive {self.alive}, exit code {self.exit_code}"
+            f"sent {self.malformed} malformed, {self.valid} valid; DLQ "
+            f"{self.dlq_records} (lost {self.dlq_lost}, duplicated "
+            f"{self.dlq_duplicated}, unexpected {self.dlq_unexpected}, "
+            f"wrong reason {self.wrong_reason}, altered bytes "
+            f"{self.wrong_bytes}, "
+            f"bad headers {self.bad_headers}); stored {self.stored} (lost "
+            f"{self.stored_lost}, duplicated {self.stored_duplicated}, "
+            f"unexpected {self.stored_unexpected}){predicted}; daemon alive "
+            f"{self.alive}, exit code {self.exit_code}"
         )
 
     @property
@@ -2053,18 +2087,20 @@ def broker_scenario(
     timeout_s: float = 300,
     seed: int = 7,
 ) -> BrokerReport:
-    """Produce ``bad`` and ``good`` interleaved (hostile keys too) to a real daemon; reconcile its DLQ and stores by position."""
+    """Produce ``bad`` and ``good`` interleaved (hostile keys too)
+    to a real daemon; reconcile its DLQ and stores by position."""
     from tests.integration.harness import DaemonProcess, stored_keys, unique
 
     rng = random.Random(seed)
     mixed = interleave(bad, good, seed)
     keys = random_keys(rng, len(mixed))
+    # Kafka needs one of the two
     keys = [
         key if key is not None or case.raw is not None else b"tombstone"
-        for key, case in zip(keys, mixed)
-    ]  # Kafka needs one of the two
-    # The keys are hostile too, none included: valid events must be stored whatever their key (the null-key
-    # policy's own test is tests/integration/test_codecs.py).
+        for key, case in zip(keys, mixed, strict=False)
+    ]
+    # The keys are hostile too, none included: valid events must be stored whatever
+    # their key (the null-key policy's own test is tests/integration/test_codecs.py).
     env = {"DRIFTD_INGEST__MAX_EVENT_BYTES": str(max_bytes), "DRIFTD_INGEST__NULL_KEY": "accept"}
     if registry is not None:
         env["DRIFTD_MODELS__REGISTRY_DIR"] = str(registry)
@@ -2096,7 +2132,7 @@ def broker_scenario(
     finally:
         daemon.stop_quietly()
 
-    at = {pos: (case, keys[i]) for i, (case, pos) in enumerate(zip(mixed, positions))}
+    at = {pos: (case, keys[i]) for i, (case, pos) in enumerate(zip(mixed, positions, strict=False))}
     bad_positions = [pos for pos, (case, _) in at.items() if not case.valid]
     good_positions = [pos for pos, (case, _) in at.items() if case.valid]
     seen: Counter[tuple[int, int]] = Counter()
@@ -2125,7 +2161,8 @@ def broker_scenario(
             wrong_reason += 1
             if len(problems) < 30:
                 problems.append(
-                    f"{case.kind}: reason {reason}, expected {sorted(case.reasons)} for {case.raw and case.raw[:120]!r}"
+                    f"{case.kind}: reason {reason}, expected {sorted(case.reasons)} "
+                    f"for {case.raw and case.raw[:120]!r}"
                 )
         if (
             record.value != case.raw
@@ -2135,7 +2172,8 @@ def broker_scenario(
             wrong_bytes += 1
             if len(problems) < 30:
                 problems.append(
-                    f"{case.kind}: DLQ record differs from the original (value/key/partition) at {pos}"
+                    f"{case.kind}: DLQ record differs from the original "
+                    f"(value/key/partition) at {pos}"
                 )
         try:
             detail.decode("utf-8")
@@ -2144,7 +2182,8 @@ def broker_scenario(
             bad_headers += 1
             if len(problems) < 30:
                 problems.append(
-                    f"{case.kind}: driftd-detail is not 1-1024 bytes of UTF-8: {len(detail)} bytes, ends {detail[-8:]!r}"
+                    f"{case.kind}: driftd-detail is not 1-1024 bytes of UTF-8: "
+                    f"{len(detail)} bytes, ends {detail[-8:]!r}"
                 )
     dlq_lost, dlq_dup, dlq_unexpected = reconcile(bad_positions, seen)
     stored = stored_keys(data_dir)
@@ -2166,8 +2205,11 @@ def broker_scenario(
         metrics, "driftd_events_total"
     ) != len(good):
         problems.append(
-            f"metrics: driftd_dlq_total {family_total(metrics, 'driftd_dlq_total')} (sent {len(bad)} malformed), "
-            f"driftd_events_total {family_total(metrics, 'driftd_events_total')} (sent {len(good)} valid)"
+            f"metrics: driftd_dlq_total {family_total(metrics, 'driftd_dlq_total')} "
+            f"(sent {len(bad)} malformed), "
+            "driftd_events_total "
+            f"{family_total(metrics, 'driftd_events_total')} (sent "
+            f"{len(good)} valid)"
         )
     return BrokerReport(
         len(bad),
@@ -2220,7 +2262,8 @@ class HttpReport:
                 f"  {group.ljust(44)} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             )
         lines.append(
-            f"  slowest answer {self.slowest[0]:.2f} s ({self.slowest[1]}); failures {len(self.failures)}"
+            f"  slowest answer {self.slowest[0]:.2f} s ({self.slowest[1]}); "
+            f"failures {len(self.failures)}"
         )
         return "\n".join(lines)
 
@@ -2235,9 +2278,7 @@ def run_http_cases(
     from concurrent.futures import ThreadPoolExecutor
 
     def one(case: HttpCase) -> tuple[HttpCase, Answer]:
-        return case, raw_http(
-            port, case.request if isinstance(case.request, bytes) else case.request, case.timeout
-        )
+        return case, raw_http(port, case.request, case.timeout)
 
     with ThreadPoolExecutor(workers) as pool:
         for case, answer in pool.map(one, cases):
@@ -2247,7 +2288,8 @@ def run_http_cases(
 
 
 def predict_json_bodies(max_text: int, max_list: int, max_dict: int, max_leaves: int) -> Any:
-    """A hypothesis strategy of JSON values shaped like /v1/predict bodies (its keys, wrong types, nesting)."""
+    """A hypothesis strategy of JSON values shaped like
+    /v1/predict bodies (its keys, wrong types, nesting)."""
     from hypothesis import strategies as st
 
     scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=max_text)
@@ -2262,7 +2304,8 @@ def predict_json_bodies(max_text: int, max_list: int, max_dict: int, max_leaves:
 
 
 def post_json(port: int, body: Any, ascii_only: bool, report: HttpReport) -> Answer:
-    """``body`` serialised as JSON (lone surrogates passed through when not ASCII) and POSTed by ``post_body``."""
+    """``body`` serialised as JSON (lone surrogates passed
+    through when not ASCII) and POSTed by ``post_body``."""
     raw = json.dumps(body, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     return post_body(port, raw, report, "hypothesis JSON bodies", f"hypothesis {raw[:80]!r}")
 
@@ -2270,7 +2313,8 @@ def post_json(port: int, body: Any, ascii_only: bool, report: HttpReport) -> Ans
 def post_body(
     port: int, body: bytes, report: HttpReport, group: str, name: str, timeout: float = 10.0
 ) -> Answer:
-    """POST one body to /v1/predict; any 200/400/413/422 with JSON is fine, anything else is a failure."""
+    """POST one body to /v1/predict; any 200/400/413/422
+    with JSON is fine, anything else is a failure."""
     case = HttpCase(name, _post(body), frozenset({200, 400, 413, 422}), timeout=timeout)
     answer = raw_http(port, case.request, timeout)  # type: ignore[arg-type]
     report.record(group, name, answer, check_answer(case, answer))
@@ -2285,8 +2329,8 @@ def slowloris(
     duration_s: float = 4.0,
     probes: int = 10,
 ) -> float:
-    """Slow clients (headers and bodies trickled a byte at a time, then abandoned) while normal requests must
-    still be answered promptly; returns the slowest normal answer in seconds."""
+    """Slow clients (headers and bodies trickled a byte at a time, then abandoned) while normal
+    requests must still be answered promptly; returns the slowest normal answer in seconds."""
     import threading
 
     stop = threading.Event()
@@ -2294,9 +2338,8 @@ def slowloris(
 
     def trickle(i: int) -> None:
         request = _post(valid + b" " * 2000) if i % 2 else http_request("GET", "/healthz")
-        cut = (
-            len(request) - 1000 if i % 2 else len(request) - 2
-        )  # bodies: headers whole, body slowly; else headers slowly
+        # bodies: headers whole, body slowly; else headers slowly
+        cut = len(request) - 1000 if i % 2 else len(request) - 2
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=duration_s + 5)
         except OSError:
@@ -2346,7 +2389,8 @@ def serving_daemon(
     model: bool = True,
     extra_env: dict[str, str] | None = None,
 ):
-    """A real daemon with a small model (or none) and an admin token; yields it, then checks it is alive and stops cleanly."""
+    """A real daemon with a small model (or none) and an admin
+    token; yields it, then checks it is alive and stops cleanly."""
     from contextlib import contextmanager
 
     from tests.integration.harness import DaemonProcess, unique
@@ -2374,8 +2418,9 @@ def serving_daemon(
 
 
 def server_errors_logged(log_path: Path) -> list[str]:
-    """Unhandled exceptions in a request handler (each one a 500), from the daemon's log. aiohttp also logs its own
-    400s for broken HTTP and clients that hang up mid-body ("Connection lost") at ERROR: those are not counted."""
+    """Unhandled exceptions in a request handler (each one a 500), from the
+    daemon's log. aiohttp also logs its own 400s for broken HTTP and clients
+    that hang up mid-body ("Connection lost") at ERROR: those are not counted."""
     try:
         text = log_path.read_text(errors="replace")
     except FileNotFoundError:
@@ -2383,13 +2428,15 @@ def server_errors_logged(log_path: Path) -> list[str]:
     found = []
     blocks = text.split("aiohttp.server: Error handling request")[1:]
     for block in blocks:
-        lines = [l for l in block.splitlines()[1:] if l.strip()]
+        lines = [line for line in block.splitlines()[1:] if line.strip()]
+        # the next log record
         end = next(
-            (i for i, l in enumerate(lines) if l[:4].isdigit() and " " in l[:25]), len(lines)
-        )  # the next log record
+            (i for i, line in enumerate(lines) if line[:4].isdigit() and " " in line[:25]),
+            len(lines),
+        )
         trace = lines[:end]
         last = trace[-1].strip() if trace else ""
-        if any("in _handle_request" in l for l in trace) and "Connection lost" not in last:
+        if any("in _handle_request" in line for line in trace) and "Connection lost" not in last:
             found.append(last[:200])
     return found
 
@@ -2404,9 +2451,9 @@ def _probe(port: int, timeout: float = 5) -> int | str | None:
 def connection_flood(
     bootstrap: str, root: Path, *, nofile: int = 1024, connections: int = 1100, hold_s: float = 15.0
 ) -> dict[str, Any]:
-    """Idle TCP connections to the HTTP port, more than the daemon has file descriptors (``nofile``, as its hard
-    limit too, so that the daemon cannot raise it), held across the daemon's 10-second timers, then closed.
-    Returns what happened."""
+    """Idle TCP connections to the HTTP port, more than the daemon has file descriptors
+    (``nofile``, as its hard limit too, so that the daemon cannot raise it), held
+    across the daemon's 10-second timers, then closed. Returns what happened."""
     import resource
     import subprocess
     import sys
@@ -2466,7 +2513,9 @@ def connection_flood(
         log = daemon.log_path.read_text(errors="replace")
         result["log_lines"] = log.count("\n")
         crash = [
-            l for l in log.splitlines() if "Crashed reason=" in l or "We experienced a crash" in l
+            line
+            for line in log.splitlines()
+            if "Crashed reason=" in line or "We experienced a crash" in line
         ]
         result["crash"] = crash[0][:200] if crash else None
         if result["alive_after"]:

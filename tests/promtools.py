@@ -37,10 +37,14 @@ _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def require_binary(name: str) -> str:
-    """Path of ``name``. Missing: a failure under CI (it must have run scripts/debian-packages.sh), else a skip."""
+    """Path of ``name``. Missing: a failure under CI (it must
+    have run scripts/debian-packages.sh), else a skip."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed; `bash scripts/debian-packages.sh` installs it (Debian package prometheus)"
+        reason = (
+            f"{name} is not installed; `bash scripts/debian-packages.sh` installs "
+            "it (Debian package prometheus)"
+        )
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail(reason)
         pytest.skip(reason)
@@ -52,15 +56,13 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # string literals
     text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", " ", text)  # range windows, $__rate_interval included
-    text = re.sub(
-        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
-    )  # label lists
+    # label lists
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
     for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
         word = match.group()
-        if word.lower() in _KEYWORDS or text[match.end() :].lstrip().startswith(
-            "("
-        ):  # a function call
+        # a function call
+        if word.lower() in _KEYWORDS or text[match.end() :].lstrip().startswith("("):
             continue
         names.add(word)
     return names
@@ -75,7 +77,8 @@ def dashboard_exprs() -> list[str]:
 
 
 def grafana_to_promql(expr: str, rate_interval: str = "5m") -> str:
-    """A dashboard expression with Grafana's variables replaced, as Grafana would send it (all instances)."""
+    """A dashboard expression with Grafana's variables
+    replaced, as Grafana would send it (all instances)."""
     for var, value in {
         "$__rate_interval": rate_interval,
         "$__range": "1h",
@@ -106,7 +109,8 @@ def documented_alerts() -> set[str]:
 def unknown_metrics(
     expr: str, known: dict[str, tuple[str, set[str]]], extra: set[str] = frozenset()
 ) -> set[str]:
-    """Names in ``expr`` that are neither in ``known`` (histogram series suffixes resolved) nor in ``extra``."""
+    """Names in ``expr`` that are neither in ``known``
+    (histogram series suffixes resolved) nor in ``extra``."""
     unknown = set()
     for name in metric_names(expr) - set(extra):
         base = next((name[: -len(s)] for s in _HISTOGRAM_SUFFIXES if name.endswith(s)), None)

@@ -1,6 +1,7 @@
-"""A tiny, randomly initialised BERT checkpoint written to disk as Hugging Face lays one out: the encoder
-architecture's code paths run on it in seconds, with no download. Its WordPiece vocabulary covers the toy
-intents' words (tests/toy_intents.py) plus a few sub-words, so texts tokenise to real ids, not [UNK]."""
+"""A tiny, randomly initialised BERT checkpoint written to disk as Hugging Face lays one
+out: the encoder architecture's code paths run on it in seconds, with no download.
+Its WordPiece vocabulary covers the toy intents' words (tests/toy_intents.py) plus a
+few sub-words, so texts tokenise to real ids, not [UNK]."""
 
 from __future__ import annotations
 
@@ -25,9 +26,8 @@ TINY_BERT = {
     "max_position_embeddings": 64,
 }
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_WORD = re.compile(
-    r"[a-z0-9]+"
-)  # as BERT's pre-tokeniser splits lower-cased ASCII text (punctuation is added apart)
+# as BERT's pre-tokeniser splits lower-cased ASCII text (punctuation is added apart)
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 def _vocabulary(texts: Iterable[str]) -> list[str]:
@@ -45,18 +45,18 @@ def _vocabulary(texts: Iterable[str]) -> list[str]:
 def write_tiny_bert(
     root: Path, *, texts: Iterable[str] = (), sentence_transformers: bool = False, seed: int = 0
 ) -> Path:
-    """A checkpoint directory at ``root`` (config.json, vocab.txt, tokenizer_config.json, model.safetensors),
-    whose vocabulary also holds every word of ``texts``. ``sentence_transformers``: the same files in a
-    sentence-transformers layout (modules.json, a pooling config, the transformer in the root folder)."""
+    """A checkpoint directory at ``root`` (config.json, vocab.txt, tokenizer_config.json,
+    model.safetensors), whose vocabulary also holds every word of ``texts``.
+    ``sentence_transformers``: the same files in a sentence-transformers layout
+    (modules.json, a pooling config, the transformer in the root folder)."""
     root.mkdir(parents=True, exist_ok=True)
     vocab = _vocabulary(texts)
     (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
     (root / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
     config = BertConfig(vocab_size=len(vocab), pad_token_id=0, **TINY_BERT)
     torch.manual_seed(seed)
-    network = BertModel(
-        config, add_pooling_layer=True
-    )  # a pooler, as published checkpoints have: mean pooling ignores it
+    # a pooler, as published checkpoints have: mean pooling ignores it
+    network = BertModel(config, add_pooling_layer=True)
     save_file(
         {k: v.contiguous() for k, v in network.state_dict().items()},
         str(root / "model.safetensors"),

@@ -1,4 +1,5 @@
-"""Self-signed certificates for TLS tests: with the `cryptography` package when installed, else `openssl`."""
+"""Self-signed certificates for TLS tests: with the
+`cryptography` package when installed, else `openssl`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 def self_signed(
     directory: Path, name: str = "driftd", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
 ) -> tuple[Path, Path]:
-    """Write ``<name>.crt`` and ``<name>.key`` (PEM, unencrypted) for ``hosts``; returns their paths."""
+    """Write ``<name>.crt`` and ``<name>.key`` (PEM,
+    unencrypted) for ``hosts``; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     try:

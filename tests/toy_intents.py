@@ -27,7 +27,8 @@ FILLERS = ["parcel", "phone", "account", "laptop", "shoes", "team", "friend", "b
 
 
 def examples(intents: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
-    """n (text, intent) pairs over ``intents``, as (texts, intents); the same seed gives the same pairs."""
+    """n (text, intent) pairs over ``intents``, as (texts,
+    intents); the same seed gives the same pairs."""
     rng = random.Random(seed)
     pairs = [
         (rng.choice(TEMPLATES[i]).format(x=rng.choice(FILLERS)), i)

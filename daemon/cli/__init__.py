@@ -1,7 +1,7 @@
 """The ``driftd`` command line: one module per command or group, assembled here.
 
-``main`` runs it so that every usage error is one line on stderr with exit code 2 (a bad option, a missing
-argument, a bad configuration), never a traceback.
+``main`` runs it so that every usage error is one line on stderr with exit code
+2 (a bad option, a missing argument, a bad configuration), never a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 
-# typer 0.29 vendors its own click: its usage errors are these classes, not click's (typer is pinned in pyproject.toml).
+# typer 0.29 vendors its own click: its usage errors are these
+# classes, not click's (typer is pinned in pyproject.toml).
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from ..config import ConfigError

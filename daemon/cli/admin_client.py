@@ -1,4 +1,5 @@
-"""How a command reaches the running daemon this configuration describes: its URL, TLS, the admin token."""
+"""How a command reaches the running daemon this
+configuration describes: its URL, TLS, the admin token."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ __all__ = ["admin_call", "endpoint"]
 
 
 def endpoint(web: WebSettings) -> tuple[str, ssl.SSLContext | None]:
-    """The daemon's base URL, and the TLS context to reach it (https when the endpoint has a certificate)."""
+    """The daemon's base URL, and the TLS context to reach
+    it (https when the endpoint has a certificate)."""
     from ..tls import client_context
 
     host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host
@@ -30,7 +32,8 @@ def admin_call(settings: Settings, method: str, path: str) -> tuple[int, dict[st
     if token is None:
         fail(
             "",
-            "web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin API is disabled, so there is nothing to call",
+            "web.admin_token is not set (env DRIFTD_WEB__ADMIN_TOKEN): the admin "
+            "API is disabled, so there is nothing to call",
             2,
         )
     base, context = endpoint(settings.web)
@@ -42,9 +45,6 @@ def admin_call(settings: Settings, method: str, path: str) -> tuple[int, dict[st
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
-    except (
-        urllib.error.URLError,
-        OSError,
-        http.client.HTTPException,
-    ) as error:  # refused, TLS refused, http to https...
+    # refused, TLS refused, http to https...
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         fail("", f"no daemon answers on {base} ({getattr(error, 'reason', None) or repr(error)})")

@@ -1,4 +1,5 @@
-"""What every command shares: the --config option, the settings it names, command groups, one-line failures."""
+"""What every command shares: the --config option, the
+settings it names, command groups, one-line failures."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ ConfigOption = Annotated[
 
 
 def group(help_text: str) -> typer.Typer:
-    """A command group: its help when called without a command; help texts printed as written (rich markup
-    would swallow a `[monitor]`)."""
+    """A command group: its help when called without a command; help texts
+    printed as written (rich markup would swallow a `[monitor]`)."""
     return typer.Typer(
         add_completion=False, no_args_is_help=True, rich_markup_mode=None, help=help_text
     )
@@ -40,7 +41,8 @@ def config_path(config: Path | None) -> Path | None:
 
 
 def load(config: Path | None, **overrides: object) -> Settings:
-    """The settings of ``config`` (see ``config_path``); a bad configuration says what is wrong and exits 2."""
+    """The settings of ``config`` (see ``config_path``); a
+    bad configuration says what is wrong and exits 2."""
     try:
         return load_settings(config_path(config), **overrides)
     except ConfigError as exc:
@@ -48,6 +50,7 @@ def load(config: Path | None, **overrides: object) -> Settings:
 
 
 def fail(command: str, message: object, code: int = 1) -> NoReturn:
-    """``driftd COMMAND: message`` on stderr, then exit with ``code`` (2: bad input, 1: anything else)."""
+    """``driftd COMMAND: message`` on stderr, then exit
+    with ``code`` (2: bad input, 1: anything else)."""
     typer.echo(f"driftd{' ' + command if command else ''}: {message}", err=True)
     raise typer.Exit(code)

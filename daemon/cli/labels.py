@@ -1,4 +1,5 @@
-"""`driftd labels export | import`: labelling requests to Label Studio, and its annotations back as labels."""
+"""`driftd labels export | import`: labelling requests
+to Label Studio, and its annotations back as labels."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ labels_cli = group(
 BootstrapOption = Annotated[
     str | None,
     typer.Option(
-        help="Kafka bootstrap servers (default: the configured ones; the embedded broker's port when embedded)."
+        help="Kafka bootstrap servers (default: the configured ones; the embedded broker's "
+        "port when embedded)."
     ),
 ]
 
@@ -57,7 +59,8 @@ def export_command(
         typer.Option(help="Give up when the end of the topic is not reached within this long."),
     ] = 60.0,
 ) -> None:
-    """Write every labelling request on the requests topic as a Label Studio task, pre-annotated with the model's intent, most uncertain first."""
+    """Write every labelling request on the requests topic as a Label Studio
+    task, pre-annotated with the model's intent, most uncertain first."""
     settings = load(config)
     try:
         result = export_requests(
@@ -73,7 +76,8 @@ def export_command(
     typer.echo(f"wrote {len(result.tasks)} tasks to {output}")
     if config_xml is not None:
         typer.echo(
-            f"wrote the labelling config with {len(result.choices)} intents ({result.choices_from}) to {config_xml}"
+            f"wrote the labelling config with {len(result.choices)} intents "
+            f"({result.choices_from}) to {config_xml}"
         )
     _echo_skipped(result.skipped, "records that are not labelling requests")
 
@@ -92,7 +96,8 @@ def import_command(
         bool, typer.Option(help="Check the export and count what would be sent; send nothing.")
     ] = False,
 ) -> None:
-    """Send the last annotation of each task as a label event to the input topic (same export, same event ids)."""
+    """Send the last annotation of each task as a label event
+    to the input topic (same export, same event ids)."""
     settings = load(config)
     try:
         result = import_labels(settings, export, bootstrap=bootstrap, dry_run=dry_run)

@@ -1,7 +1,8 @@
-"""``driftd models list | show | rollback``: look at the configured registry and move CURRENT by hand.
+"""``driftd models list | show | rollback``: look at
+the configured registry and move CURRENT by hand.
 
-The registry is the daemon's (``-c``: ``daemon.data_dir``, ``models.registry_dir``, ``models.registry_url`` with
-s3:// mirroring), or the directory ``--registry`` names.
+The registry is the daemon's (``-c``: ``daemon.data_dir``, ``models.registry_dir``,
+``models.registry_url`` with s3:// mirroring), or the directory ``--registry`` names.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ RegistryOption = Annotated[
     Path | None,
     typer.Option(
         "--registry",
-        help="A registry directory (holds v000001/, ..., CURRENT) instead of the configured registry.",
+        help="A registry directory (holds v000001/, ..., CURRENT) instead of the "
+        "configured registry.",
     ),
 ]
 
@@ -70,14 +72,19 @@ def list_versions(config: ConfigOption = None, registry: RegistryOption = None) 
         return
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+        typer.echo(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=False))
+            + "  "
+            + row[4]
+        )
     if current is not None and current not in {row[1] for row in rows[1:]}:
         typer.echo(f"warning: CURRENT names {current}, which is not in the registry", err=True)
 
 
 @models_cli.command()
 def show(version: str, config: ConfigOption = None, registry: RegistryOption = None) -> None:
-    """Print a version's manifest as JSON (verified; a corrupt one's manifest is printed if readable, exit 1)."""
+    """Print a version's manifest as JSON (verified; a corrupt
+    one's manifest is printed if readable, exit 1)."""
     try:
         manifest = _open(config, registry)[0].verify(version)
     except CorruptVersion as exc:
@@ -98,7 +105,8 @@ def rollback(
     config: ConfigOption = None,
     registry: RegistryOption = None,
 ) -> None:
-    """Make VERSION (or the current version's parent) live, after verifying it; prints the new current."""
+    """Make VERSION (or the current version's parent)
+    live, after verifying it; prints the new current."""
     try:
         typer.echo(_open(config, registry)[0].rollback(version))
     except (CorruptVersion, ValueError) as exc:

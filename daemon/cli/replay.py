@@ -1,4 +1,5 @@
-"""`driftd replay`: a shipped dataset or your own labelled file, as conversation events with drift and labels."""
+"""`driftd replay`: a shipped dataset or your own labelled
+file, as conversation events with drift and labels."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ def replay(
     dataset: Annotated[
         str | None,
         typer.Option(
-            help="Shipped dataset: clinc150, banking77, snips, massive_ru, ... (default: replay.dataset)."
+            help="Shipped dataset: clinc150, banking77, snips, massive_ru, ... (default: "
+            "replay.dataset)."
         ),
     ] = None,
     file: Annotated[
         str | None,
         typer.Option(
             "--file",
-            help="Your own labelled .csv, .jsonl or .parquet file (path or s3:// URL) instead of a dataset.",
+            help="Your own labelled .csv, .jsonl or .parquet file (path or s3:// URL) "
+            "instead of a dataset.",
         ),
     ] = None,
     text_column: Annotated[
@@ -51,7 +54,8 @@ def replay(
     schedule: Annotated[
         str | None,
         typer.Option(
-            help='Drift schedule, e.g. "0=banking,travel;8000=*" (with --file: over its intents; default "0=*").'
+            help='Drift schedule, e.g. "0=banking,travel;8000=*" (with --file: over its '
+            'intents; default "0=*").'
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the replay order.")] = None,
@@ -60,7 +64,8 @@ def replay(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Produce conversation events from a dataset or your own file, with a drift schedule, labels and a rate limit."""
+    """Produce conversation events from a dataset or your own
+    file, with a drift schedule, labels and a rate limit."""
     if file is not None and dataset is not None:
         fail("replay", "give --dataset or --file, not both", 2)
     settings = load(config)
@@ -86,10 +91,8 @@ def replay(
         plan = replay_plan(
             settings, r, split, file=file, text_column=text_column, intent_column=intent_column
         )
-    except (
-        ValueError,
-        FileNotFoundError,
-    ) as exc:  # a bad file, dataset, split or schedule: nothing is sent
+    # a bad file, dataset, split or schedule: nothing is sent
+    except (ValueError, FileNotFoundError) as exc:
         fail("replay", exc, 2)
     if plan.skipped:
         typer.echo(

@@ -15,7 +15,8 @@ __all__ = ["healthcheck", "run"]
 
 
 def run(config: ConfigOption = None) -> None:
-    """Run the daemon until SIGTERM/SIGINT (starts the embedded broker when kafka.bootstrap = "embedded").
+    """Run the daemon until SIGTERM/SIGINT (starts the
+    embedded broker when kafka.bootstrap = "embedded").
 
     SIGHUP re-reads the configuration and applies [monitor], [learning] and the log settings."""
     path = config_path(config)
@@ -27,8 +28,8 @@ def run(config: ConfigOption = None) -> None:
 
 
 def healthcheck(config: ConfigOption = None) -> None:
-    """GET /healthz of the daemon this configuration describes (port, TLS): exit 0 when it answers 200.
-    The container's HEALTHCHECK; needs no admin token."""
+    """GET /healthz of the daemon this configuration describes (port, TLS): exit
+    0 when it answers 200. The container's HEALTHCHECK; needs no admin token."""
     base, context = endpoint(load(config).web)
     url = base + "/healthz"
     try:

@@ -1,4 +1,5 @@
-"""`driftd status` and `driftd learning retrain | status`: a running daemon's state, through its admin API."""
+"""`driftd status` and `driftd learning retrain | status`:
+a running daemon's state, through its admin API."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def status(
         bool, typer.Option("--json", help="Print the raw JSON instead of text.")
     ] = False,
 ) -> None:
-    """A running daemon at a glance: model version, accuracy EWMA and detectors, tiers, lag, last training."""
+    """A running daemon at a glance: model version, accuracy
+    EWMA and detectors, tiers, lag, last training."""
     from ..status_view import render_status
 
     settings = load(config)

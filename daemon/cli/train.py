@@ -1,4 +1,5 @@
-"""`driftd train`: a first model from your own labelled file, registered with its holdout accuracy."""
+"""`driftd train`: a first model from your own labelled
+file, registered with its holdout accuracy."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def train(
 ) -> None:
     """Train a model from your own labelled file, register it and print its holdout accuracy.
 
-    Rows with an empty text or intent are skipped (and counted). The new version becomes CURRENT with
+    Rows with an empty text or intent are skipped (and
+    counted). The new version becomes CURRENT with
     --activate, or when the registry has none; a running daemon swaps to a new CURRENT within
     models.sync_interval_s (one that serves nothing yet loads it in the same interval)."""
     from typing import get_args
@@ -66,9 +68,8 @@ def train(
 
     settings = load(config)
     m = settings.models
-    setup_logging(
-        "ERROR", settings.daemon.log_format
-    )  # the bar tells the epochs; the quantizer's advice is noise here
+    # the bar tells the epochs; the quantizer's advice is noise here
+    setup_logging("ERROR", settings.daemon.log_format)
     known = get_args(ModelSettings.model_fields["architecture"].annotation)
     if architecture is not None and architecture not in known:
         fail("train", f"--architecture {architecture!r} is not one of {', '.join(known)}", 2)
@@ -102,20 +103,24 @@ def train(
         )
     else:
         typer.echo(
-            f"holdout accuracy {trained.holdout_accuracy:.4f} on {trained.holdout_examples} examples "
-            f"({holdout:.0%} of each intent; the INT8 model as it serves), trained on {trained.train_examples}"
+            f"holdout accuracy {trained.holdout_accuracy:.4f} on "
+            f"{trained.holdout_examples} examples "
+            f"({holdout:.0%} of each intent; the INT8 model as it "
+            f"serves), trained on {trained.train_examples}"
         )
     version, current, where = trained.manifest.version, registry.current(), settings.registry_dir
     if activate or current is None:
         registry.set_current(version)
         typer.echo(
             f"registered {version} in {where}; it is CURRENT now "
-            f"(a running daemon on this registry swaps to it within models.sync_interval_s = {m.sync_interval_s:g}s)"
+            "(a running daemon on this registry swaps to it within "
+            f"models.sync_interval_s = {m.sync_interval_s:g}s)"
         )
     else:
         typer.echo(
             f"registered {version} in {where}; CURRENT stays {current} "
-            f"(to serve it: driftd models rollback --registry {where} {version}, or train with --activate)"
+            f"(to serve it: driftd models rollback --registry {where} "
+            f"{version}, or train with --activate)"
         )
 
 
@@ -130,10 +135,8 @@ def _train_with_bar(
 ) -> TrainedVersion:
     from tqdm import tqdm
 
-    from ..model_service import (
-        new_model_options,
-        train_version,
-    )  # torch: imported only once the file is known to be usable
+    # torch: imported only once the file is known to be usable
+    from ..model_service import new_model_options, train_version
 
     with tqdm(desc="train", unit="epoch", disable=not progress) as bar:
 

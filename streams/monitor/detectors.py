@@ -1,4 +1,5 @@
-"""Decay detectors on the error stream of labelled outcomes (1 = the prediction was wrong, 0 = right).
+"""Decay detectors on the error stream of labelled
+outcomes (1 = the prediction was wrong, 0 = right).
 
 Every detector answers one question per sample: has quality just become worse? Only a rise of the
 error rate counts; an improvement is no reason to retrain. ``reset()`` is called when a new model
@@ -43,10 +44,11 @@ def _check(name: str, value: float, ok: bool, expected: str) -> None:
 class EwmaDecayDetector(ErrorDetector):
     """EWMA of accuracy against the mean accuracy of the first ``warmup`` samples after a reset.
 
-    Fires once when the EWMA falls below ``reference * (1 - relative_drop)``, then stays quiet until it
-    has climbed back above ``reference * (1 - relative_drop * hysteresis)``: a model hovering around
-    the line would otherwise fire on every crossing. The defaults (MonitorConfig's, measured in
-    bench/loop.py) favour a long memory: at 90% accuracy a short EWMA crosses a 10% drop line by noise.
+    Fires once when the EWMA falls below ``reference * (1 - relative_drop)``, then
+    stays quiet until it has climbed back above ``reference * (1 - relative_drop *
+    hysteresis)``: a model hovering around the line would otherwise fire on every
+    crossing. The defaults (MonitorConfig's, measured in bench/loop.py) favour a
+    long memory: at 90% accuracy a short EWMA crosses a 10% drop line by noise.
     """
 
     name = "ewma"
@@ -96,7 +98,8 @@ class EwmaDecayDetector(ErrorDetector):
     def update(self, error: bool) -> bool:
         accuracy = 0.0 if error else 1.0
         self.n_seen += 1
-        # The exact running mean until 1/alpha samples, the EWMA after: no bias towards a start value.
+        # The exact running mean until 1/alpha samples,
+        # the EWMA after: no bias towards a start value.
         weight = max(self.alpha, 1.0 / self.n_seen)
         self._ewma = accuracy if self.n_seen == 1 else self._ewma + weight * (accuracy - self._ewma)
         if self._reference is None:
@@ -140,10 +143,10 @@ _RIVER_KINDS = ("adwin", "page_hinkley")
 class RiverDetector(ErrorDetector):
     """river's ADWIN or Page-Hinkley on the error stream, reporting only rises of the error rate.
 
-    ADWIN flags changes both ways: when it does, it has just dropped the older part of its window, so
-    its estimate rising across the update means the recent errors are the higher ones. Page-Hinkley
-    runs one-sided (``mode="up"``) where river supports it, else the same before/after comparison on
-    our own means. Both river detectors restart themselves after a detection.
+    ADWIN flags changes both ways: when it does, it has just dropped the older part of its window,
+    so its estimate rising across the update means the recent errors are the higher ones.
+    Page-Hinkley runs one-sided (``mode="up"``) where river supports it, else the same before/after
+    comparison on our own means. Both river detectors restart themselves after a detection.
     """
 
     def __init__(self, kind: str, min_samples: int = 100, **params: Any) -> None:
@@ -213,12 +216,10 @@ class RiverDetector(ErrorDetector):
         if self._one_sided:
             return True
         if self.name == "adwin":
-            return (
-                float(self._detector.estimation) > before
-            )  # the window now holds only the recent part
-        return (
-            self._recent > before
-        )  # recent error rate above the mean of the segment that just ended
+            # the window now holds only the recent part
+            return float(self._detector.estimation) > before
+        # recent error rate above the mean of the segment that just ended
+        return self._recent > before
 
     def evidence(self) -> dict[str, float]:
         out = {
@@ -231,7 +232,8 @@ class RiverDetector(ErrorDetector):
             out["window"] = float(self._detector.width)
             out["window_error_rate"] = float(self._detector.estimation)
         else:
-            # The one-sided statistic (cumulative deviation above its minimum) against its threshold.
+            # The one-sided statistic (cumulative deviation
+            # above its minimum) against its threshold.
             detector = self._detector
             statistic = float(
                 getattr(detector, "_sum_increase", 0.0) - getattr(detector, "_min_increase", 0.0)

@@ -35,13 +35,15 @@ class MonitorMetrics:
     ) -> None:
         self.outcomes = Counter(
             "driftd_outcomes_total",
-            "Labelled outcomes evaluated (a prediction joined with its label or feedback), by correctness.",
+            "Labelled outcomes evaluated (a prediction joined with its label or "
+            "feedback), by correctness.",
             ["correct"],
             registry=registry,
         )
         self.joins = Counter(
             "driftd_outcome_joins_total",
-            "Prediction/label joins, by result (a label for no known prediction expires as expired_label).",
+            "Prediction/label joins, by result (a label for no known prediction "
+            "expires as expired_label).",
             ["result"],
             registry=registry,
         )
@@ -59,7 +61,8 @@ class MonitorMetrics:
         )
         self.reference_accuracy = Gauge(
             "driftd_reference_accuracy",
-            "Accuracy of the serving model over its first labelled outcomes (the decay reference; 0 until known).",
+            "Accuracy of the serving model over its first labelled outcomes (the "
+            "decay reference; 0 until known).",
             registry=registry,
         )
         self.signal = Gauge(
@@ -75,7 +78,9 @@ class MonitorMetrics:
         )
         self.decision_signals = Counter(
             "driftd_decay_decision_signals_total",
-            "Signals behind the decay decisions, one count per fired signal per decision (unknown_intent and accuracy_floor: the model is poor, not only worse).",
+            "Signals behind the decay decisions, one count per fired signal "
+            "per decision (unknown_intent and accuracy_floor: the model is "
+            "poor, not only worse).",
             ["signal"],
             registry=registry,
         )

@@ -1,4 +1,5 @@
-"""Joining predictions with the labels and feedback that arrive later, and live accuracy over a window.
+"""Joining predictions with the labels and feedback
+that arrive later, and live accuracy over a window.
 
 A label can reach us before the prediction it refers to (different partitions, a prediction batch
 still in flight), so both sides wait for each other, bounded in time (``horizon_s``) and in memory
@@ -19,7 +20,8 @@ __all__ = ["AccuracyWindow", "Outcome", "OutcomeJoiner"]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One prediction with its ground truth. ``true_intent`` is None when only ``correct=False`` is known."""
+    """One prediction with its ground truth. ``true_intent``
+    is None when only ``correct=False`` is known."""
 
     event_id: str
     predicted: str
@@ -62,10 +64,12 @@ class OutcomeJoiner:
         self.horizon_s = float(horizon_s)
         self.max_pending = int(max_pending)
         self._clock = clock
-        # Insertion order is arrival order, so the oldest entry is always first: expiry pops from the front.
+        # Insertion order is arrival order, so the oldest
+        # entry is always first: expiry pops from the front.
         self._predictions: OrderedDict[str, _Prediction] = OrderedDict()
         self._labels: OrderedDict[str, _Label] = OrderedDict()
-        # Joined ids, remembered for the horizon so a second label (or a redelivered prediction) joins nothing.
+        # Joined ids, remembered for the horizon so a second
+        # label (or a redelivered prediction) joins nothing.
         self._joined: OrderedDict[str, float] = OrderedDict()
         self._counts = {
             "joined": 0,
@@ -117,8 +121,9 @@ class OutcomeJoiner:
     ) -> Outcome | None:
         """A label (``intent``) or feedback (``correct`` and/or ``intent``) for a prediction.
 
-        Returns the Outcome when the prediction is known; otherwise the label waits for it. A label that
-        says nothing (neither field) is ignored; a second label for the same event is a duplicate.
+        Returns the Outcome when the prediction is known; otherwise the
+        label waits for it. A label that says nothing (neither field)
+        is ignored; a second label for the same event is a duplicate.
         """
         now = self._clock()
         self.expire(now)
@@ -142,7 +147,8 @@ class OutcomeJoiner:
         return None
 
     def expire(self, now: float | None = None) -> int:
-        """Drop what waited longer than the horizon; returns how many predictions and labels were dropped."""
+        """Drop what waited longer than the horizon; returns
+        how many predictions and labels were dropped."""
         cutoff = (self._clock() if now is None else now) - self.horizon_s
         dropped = 0
         for pending, key in (
@@ -168,9 +174,8 @@ class OutcomeJoiner:
             true_intent: str | None = label.intent
         else:
             correct = bool(label.correct)
-            true_intent = (
-                prediction.predicted if correct else None
-            )  # "wrong" alone does not say what was right
+            # "wrong" alone does not say what was right
+            true_intent = prediction.predicted if correct else None
         self._joined[event_id] = now
         while len(self._joined) > self.max_pending:
             self._joined.popitem(last=False)
@@ -216,7 +221,8 @@ class AccuracyWindow:
             self._pop()
 
     def per_intent(self) -> dict[str, tuple[float, int]]:
-        """true intent -> (accuracy, n) over the window; outcomes with an unknown true intent are left out."""
+        """true intent -> (accuracy, n) over the window;
+        outcomes with an unknown true intent are left out."""
         return {intent: (c / n, n) for intent, (c, n) in self._per_intent.items()}
 
     def clear(self) -> None:
@@ -240,6 +246,5 @@ class AccuracyWindow:
             stats[0] -= correct
             stats[1] -= 1
             if stats[1] == 0:
-                del self._per_intent[
-                    intent
-                ]  # only intents present in the window, so the dict stays bounded
+                # only intents present in the window, so the dict stays bounded
+                del self._per_intent[intent]

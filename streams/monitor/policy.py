@@ -3,8 +3,9 @@
 ``DecayMonitor`` runs every detector on every outcome (so their evidence and metrics always exist)
 and the label-free signals on every prediction. A signal that fires is latched until the next
 decision or reset; the policy ("any" or "all" of ``config.signals``) is checked against the latches,
-after ``min_samples`` and outside the cooldown. A latch outlives the cooldown on purpose: the EWMA and
-label-free signals fire once per episode, so clearing them would hide a decay that is still there.
+after ``min_samples`` and outside the cooldown. A latch outlives the
+cooldown on purpose: the EWMA and label-free signals fire once per
+episode, so clearing them would hide a decay that is still there.
 
 Pure logic on the caller's thread: no I/O but logging and metrics, not thread-safe.
 """
@@ -37,19 +38,23 @@ MODES = ("any", "all")
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Every field of the decay policy. The EWMA defaults are measured with ``bench/loop.py --sections detection``.
+    """Every field of the decay policy. The EWMA defaults are
+    measured with ``bench/loop.py --sections detection``.
 
-    At ~0.88 accuracy an EWMA with alpha 0.02 (an effective window of ~100 outcomes) wanders below a 10%
-    drop line by noise alone (hundreds of false alarms over 20 seeds x 9,000 drift-free events); alpha
-    0.003 with a 500-outcome reference peaked at 0.60 of the way to the line there and still detected
-    the CLINC150/BANKING77 abrupt drifts within 127 labelled events. The label-free defaults trade speed
-    for quiet the same way: with alpha 0.01 and a 300-prediction reference the low-confidence share
-    (~25% of traffic for these models) crossed its line on drift-free traffic in 1 of 20 seeds.
+    At ~0.88 accuracy an EWMA with alpha 0.02 (an effective window of ~100 outcomes)
+    wanders below a 10% drop line by noise alone (hundreds of false alarms over 20 seeds
+    x 9,000 drift-free events); alpha 0.003 with a 500-outcome reference peaked at 0.60
+    of the way to the line there and still detected the CLINC150/BANKING77 abrupt drifts
+    within 127 labelled events. The label-free defaults trade speed for quiet the same
+    way: with alpha 0.01 and a 300-prediction reference the low-confidence share (~25% of
+    traffic for these models) crossed its line on drift-free traffic in 1 of 20 seeds.
     """
 
     signals: tuple[str, ...] = ("ewma",)
-    mode: str = "any"  # "any": one listed signal suffices; "all": each must have fired since the last reset/decision
-    # Samples since reset before any decision: labelled outcomes, or predictions when only label-free signals are listed.
+    # "any": one listed signal suffices; "all": each must have fired since the last reset/decision
+    mode: str = "any"
+    # Samples since reset before any decision: labelled outcomes,
+    # or predictions when only label-free signals are listed.
     min_samples: int = 200
     cooldown_s: float = 300.0  # no decision within this long of the previous one
     ewma_alpha: float = 0.003  # EWMA weight of the newest outcome (~1/alpha outcomes of memory)
@@ -65,7 +70,8 @@ class MonitorConfig:
     label_free_warmup: int = 500
     label_free_relative_change: float = 0.15
     window_size: int = 500  # outcomes in the live accuracy window
-    # Poor-quality triggers (streams/monitor/triggers.py), decided whatever `signals` and `mode` say; 0 turns one off.
+    # Poor-quality triggers (streams/monitor/triggers.py),
+    # decided whatever `signals` and `mode` say; 0 turns one off.
     min_accuracy: float = 0.5  # window accuracy below this (after min_samples outcomes) is poor
     unknown_intent_min: int = 30  # labelled outcomes of intents the model has no output for
 
@@ -81,7 +87,8 @@ class MonitorConfig:
         unknown = [s for s in self.signals if s not in SIGNALS]
         if unknown or len(set(self.signals)) != len(self.signals):
             raise ValueError(
-                f"signals must be distinct names among {', '.join(SIGNALS)}, got {list(self.signals)!r}"
+                f"signals must be distinct names among {', '.join(SIGNALS)}, got "
+                f"{list(self.signals)!r}"
             )
         checks: list[tuple[str, bool, str]] = [
             ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
@@ -183,15 +190,25 @@ class Decision:
         ewma = self.evidence.get("ewma", {})
         window = self.evidence.get("window_accuracy", math.nan)
         text = (
-            f"{'poor quality' if self.poor_quality else 'decay'}: {', '.join(self.signals)} fired after {self.labelled_samples} labelled outcomes; "
-            f"accuracy ewma {ewma.get('ewma', math.nan):.3f} vs reference {(ewma.get('reference') or math.nan):.3f}, "
+            f"{'poor quality' if self.poor_quality else 'decay'}: "
+            f"{', '.join(self.signals)} fired after {self.labelled_samples} "
+            "labelled outcomes; "
+            f"accuracy ewma {ewma.get('ewma', math.nan):.3f} vs reference "
+            f"{(ewma.get('reference') or math.nan):.3f}, "
             f"last {self.evidence.get('window_count', 0)} outcomes {window:.3f}"
         )
         unknown = self.evidence.get("unknown_intent", {})
         if "unknown_intent" in self.signals:
-            text += f"; {unknown.get('unknown_outcomes', 0)} outcomes of {unknown.get('unknown_intents', 0)} intents the model has no output for"
+            text += (
+                f"; {unknown.get('unknown_outcomes', 0)} outcomes of "
+                f"{unknown.get('unknown_intents', 0)} intents the model has no "
+                "output for"
+            )
         if "accuracy_floor" in self.signals:
-            text += f"; below the accuracy floor {self.evidence.get('accuracy_floor', {}).get('min_accuracy', math.nan)}"
+            text += (
+                "; below the accuracy floor "
+                f"{self.evidence.get('accuracy_floor', {}).get('min_accuracy', math.nan)}"
+            )
         return text
 
 
@@ -215,11 +232,11 @@ class DecayMonitor:
     def reconfigure(self, config: MonitorConfig) -> list[str]:
         """Apply new thresholds at run time (SIGHUP) without forgetting what was learned.
 
-        Each part is rebuilt from ``config`` (so the constructors validate it) and then takes over its
-        predecessor's state: the EWMA keeps its value and reference, the window its outcomes. A river
-        detector whose own parameters changed starts afresh instead, as its internal statistics
-        depend on them. Latches, the cooldown clock and the decision count are kept. Returns the names
-        of the parts that restarted.
+        Each part is rebuilt from ``config`` (so the constructors validate it) and then
+        takes over its predecessor's state: the EWMA keeps its value and reference, the
+        window its outcomes. A river detector whose own parameters changed starts afresh
+        instead, as its internal statistics depend on them. Latches, the cooldown clock
+        and the decision count are kept. Returns the names of the parts that restarted.
         """
         detectors, label_free, window, unknown_intents, floor = _build_parts(config)
         restarted = []
@@ -255,9 +272,10 @@ class DecayMonitor:
     ) -> None:
         """A new model serves: forget every reference. The cooldown clock is kept.
 
-        With ``model_version``, late outcomes of any other version are ignored (counted as ``stale``),
-        so the old model's errors do not become the new model's reference. ``labels`` are the new model's
-        outputs: a labelled outcome of any other intent counts toward the unknown-intent trigger.
+        With ``model_version``, late outcomes of any other version are ignored
+        (counted as ``stale``), so the old model's errors do not become the new
+        model's reference. ``labels`` are the new model's outputs: a labelled
+        outcome of any other intent counts toward the unknown-intent trigger.
         """
         for detector in self.detectors.values():
             detector.reset()
@@ -375,7 +393,8 @@ class DecayMonitor:
 
     def snapshot(self, worst_intents: int = 10) -> dict[str, Any]:
         """Current state for a status endpoint, JSON-safe (unknown numbers are None, not NaN).
-        Per-intent accuracy: the ``worst_intents`` weakest intents with 5+ outcomes in the window."""
+        Per-intent accuracy: the ``worst_intents``
+        weakest intents with 5+ outcomes in the window."""
         return json_safe(self._snapshot(worst_intents))
 
     def _snapshot(self, worst_intents: int) -> dict[str, Any]:
@@ -466,7 +485,8 @@ def _build_parts(
 
 
 def _carry_state(old: object, new: object) -> None:
-    """Copy every attribute of ``old`` that ``new`` did not get from its (new) constructor arguments."""
+    """Copy every attribute of ``old`` that ``new`` did
+    not get from its (new) constructor arguments."""
     parameters = set(inspect.signature(type(new)).parameters) | {
         "name",
         "params",

@@ -2,7 +2,8 @@
 
 Three EWMAs, each against the mean of its first ``warmup`` predictions after a reset:
 
-- ``confidence``: mean top-1 confidence; fires when it falls by ``relative_change`` of its reference.
+- ``confidence``: mean top-1 confidence; fires when
+  it falls by ``relative_change`` of its reference.
 - ``low_confidence_share``: share of predictions below ``low_confidence``; fires when it rises by
   ``relative_change`` in absolute share points (0.15: from 8% to 23% of traffic).
 - ``oos_share``: share of predictions in ``oos_intents``; same rule as the low-confidence share.
@@ -10,7 +11,8 @@ Three EWMAs, each against the mean of its first ``warmup`` predictions after a r
 The shares use an absolute rise because they usually start small: a relative rise of a 5% share is
 mostly noise (+15% of 5% is under one standard deviation of an EWMA with alpha 0.005), while 15 more
 points of uncertain or out-of-scope traffic is a change worth acting on. Like the EWMA detector, a
-signal fires once, then re-arms only after it has come back half way (``hysteresis``) to its reference.
+signal fires once, then re-arms only after it has
+come back half way (``hysteresis``) to its reference.
 """
 
 from __future__ import annotations
@@ -66,9 +68,8 @@ class LabelFreeSignals:
             "oos_share": 1.0 if predicted in self.oos_intents else 0.0,
         }
         self.n_seen += 1
-        weight = max(
-            self.alpha, 1.0 / self.n_seen
-        )  # exact mean first, EWMA after: no start-up bias
+        # exact mean first, EWMA after: no start-up bias
+        weight = max(self.alpha, 1.0 / self.n_seen)
         for name, x in sample.items():
             self._ewma[name] = (
                 x if self.n_seen == 1 else self._ewma[name] + weight * (x - self._ewma[name])

@@ -1,15 +1,19 @@
-"""Absolute quality triggers: the labels show that the serving model is poor, whether or not it got worse.
+"""Absolute quality triggers: the labels show that the
+serving model is poor, whether or not it got worse.
 
-The error-stream detectors compare a model with its own first outcomes, so a model that was wrong from
-the start (a taxonomy it never learned, a language it cannot read) never "drops" and never fires them.
-These two judge the outcomes alone:
+The error-stream detectors compare a model with its own first outcomes, so a model
+that was wrong from the start (a taxonomy it never learned, a language it cannot
+read) never "drops" and never fires them. These two judge the outcomes alone:
 
-- ``UnknownIntentTrigger``: labelled outcomes whose true intent the model has no output for. No model
-  can predict an intent it has no output for, so these need a fine-tune, however accurate it is otherwise.
+- ``UnknownIntentTrigger``: labelled outcomes whose
+  true intent the model has no output for. No model
+  can predict an intent it has no output for, so these
+  need a fine-tune, however accurate it is otherwise.
 - ``AccuracyFloor``: accuracy over the last-N window below an absolute floor.
 
-Both are always on (a threshold of 0 turns one off) and are decided on their own, whatever the policy's
-``signals`` and ``mode`` say: they answer "is it poor?", the listed signals "did it get worse?".
+Both are always on (a threshold of 0 turns one off) and are decided
+on their own, whatever the policy's ``signals`` and ``mode`` say:
+they answer "is it poor?", the listed signals "did it get worse?".
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ POOR_QUALITY_TRIGGERS = ("unknown_intent", "accuracy_floor")
 
 
 class UnknownIntentTrigger:
-    """Fires from the ``min_outcomes``-th labelled outcome (since the model started serving) whose true
-    intent is not among the model's outputs; 0 turns it off. Feedback that only says "wrong" has no true
-    intent and does not count."""
+    """Fires from the ``min_outcomes``-th labelled outcome (since the model started
+    serving) whose true intent is not among the model's outputs; 0 turns it off.
+    Feedback that only says "wrong" has no true intent and does not count."""
 
     name = "unknown_intent"
 
@@ -70,8 +74,8 @@ class UnknownIntentTrigger:
 
 
 class AccuracyFloor:
-    """Fires while the accuracy of the last ``window`` outcomes is below ``min_accuracy``, once the window
-    holds ``min_samples`` of them; a floor of 0 turns it off."""
+    """Fires while the accuracy of the last ``window`` outcomes is below ``min_accuracy``,
+    once the window holds ``min_samples`` of them; a floor of 0 turns it off."""
 
     name = "accuracy_floor"
 

@@ -1,4 +1,5 @@
-"""Hot (memory), warm (SQLite) and cold (Parquet) tiers, idempotent by (topic, partition, offset)."""
+"""Hot (memory), warm (SQLite) and cold (Parquet)
+tiers, idempotent by (topic, partition, offset)."""
 
 from .cold import ColdStore
 from .hot import HotTier

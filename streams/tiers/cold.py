@@ -2,8 +2,9 @@
 
 A file's name is derived from the keys it holds, and it only counts once the warm store's
 ``cold_files`` index lists it (recorded in the same transaction that deletes the rows from warm).
-A file written before a crash but never indexed is an orphan: ``remove_orphans`` deletes it at start,
-and the rows, still in warm, are demoted again. So every event is in exactly one of warm or cold.
+A file written before a crash but never indexed is an orphan:
+``remove_orphans`` deletes it at start, and the rows, still in warm,
+are demoted again. So every event is in exactly one of warm or cold.
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ class ColdStore:
         return f"{self.root}/date={day}/{digest.hexdigest()[:32]}.parquet"
 
     def write(self, events: Sequence[StoredEvent]) -> str:
-        """Write events to one Parquet file, atomically where the filesystem allows; returns its path."""
+        """Write events to one Parquet file, atomically
+        where the filesystem allows; returns its path."""
         path = self.path_for(events)
-        columns = list(zip(*(e.row() for e in events)))
+        columns = list(zip(*(e.row() for e in events), strict=True))
         table = pa.Table.from_arrays(
-            [pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA)],
+            [pa.array(col, type=f.type) for col, f in zip(columns, ARROW_SCHEMA, strict=True)],
             schema=ARROW_SCHEMA,
         )
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -108,8 +110,8 @@ class ColdStore:
         columns: Sequence[str] | None = None,
         where: pc.Expression | None = None,
     ) -> pa.Table:
-        """The rows of ``paths`` (only ``columns``; only those matching ``where``), file by file, so a
-        filtered read never holds more than one whole file's columns."""
+        """The rows of ``paths`` (only ``columns``; only those matching ``where``), file
+        by file, so a filtered read never holds more than one whole file's columns."""
         if not paths:
             return (
                 ARROW_SCHEMA.empty_table()

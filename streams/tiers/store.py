@@ -1,8 +1,8 @@
 """TieredStore: routes events into hot, warm and cold, and moves them down by age.
 
-Writes go to warm first (durable), then into hot; hot evicts by count and age; warm demotes to cold by
-age per priority rule; cold deletes after its retention. Every disk operation runs on one writer
-thread, so SQLite sees a single connection user and the event loop never blocks on I/O.
+Writes go to warm first (durable), then into hot; hot evicts by count and age; warm demotes to
+cold by age per priority rule; cold deletes after its retention. Every disk operation runs on one
+writer thread, so SQLite sees a single connection user and the event loop never blocks on I/O.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ class TieredStore:
         self.policy = policy
         self.hot = HotTier(hot_max_events, policy)
         self.metrics = metrics
-        self.retired: dict[
-            tuple[str, int], tuple[int, int]
-        ] = {}  # partitions retired at open (reset logs)
+        # partitions retired at open (reset logs)
+        self.retired: dict[tuple[str, int], tuple[int, int]] = {}
         self.clock = clock
         self.demotion_batch = demotion_batch
         self.cold_retention_s = cold_retention_s
@@ -69,9 +68,9 @@ class TieredStore:
     async def open(
         self, log_ends: dict[tuple[str, int], int] | None = None, retired_suffix: str = "@retired"
     ) -> TieredStore:
-        """Open warm and cold. With ``log_ends`` (where each partition's log ends on the broker now), first
-        retire the partitions whose log was reset (``retire_reset_logs``), in the same step, so that no
-        write can come in between."""
+        """Open warm and cold. With ``log_ends`` (where each partition's log ends on the
+        broker now), first retire the partitions whose log was reset
+        (``retire_reset_logs``), in the same step, so that no write can come in between."""
         self.retired = await self.run(self._open, log_ends or {}, retired_suffix)
         self._publish_sizes()
         return self
@@ -84,7 +83,8 @@ class TieredStore:
         orphans = self.cold.remove_orphans({path for path, _, _ in self.warm.cold_files()})
         if orphans:
             log.warning(
-                "removed %d cold file(s) written before a crash but never committed; their events are still in warm",
+                "removed %d cold file(s) written before a crash but never "
+                "committed; their events are still in warm",
                 len(orphans),
             )
         return self._retire_reset_logs(log_ends, retired_suffix)
@@ -92,11 +92,12 @@ class TieredStore:
     def _retire_reset_logs(
         self, log_ends: dict[tuple[str, int], int], retired_suffix: str
     ) -> dict[tuple[str, int], tuple[int, int]]:
-        """Compare what is stored with where each partition's log ends now. A log that ends at or below
-        an offset already stored was reset (an in-memory broker restarted, a topic deleted and created
-        again): new records will reuse those offsets, and keyed by (topic, partition, offset) they would
-        be dropped as redeliveries. Such a partition's stored rows are retired (``WarmStore.retire_partition``).
-        Returns {(topic, partition): (highest offset stored, log end)} for each retired partition."""
+        """Compare what is stored with where each partition's log ends now. A log that ends
+        at or below an offset already stored was reset (an in-memory broker restarted, a
+        topic deleted and created again): new records will reuse those offsets, and keyed
+        by (topic, partition, offset) they would be dropped as redeliveries. Such a
+        partition's stored rows are retired (``WarmStore.retire_partition``). Returns
+        {(topic, partition): (highest offset stored, log end)} for each retired partition."""
         retired = {}
         for topic in {topic for topic, _ in log_ends}:
             for partition, highest in self.warm.highest_offsets(topic).items():
@@ -107,14 +108,16 @@ class TieredStore:
         return retired
 
     def close_now(self) -> None:
-        """Close from outside the event loop (after the worker stopped), once the writes in flight finish."""
+        """Close from outside the event loop (after the
+        worker stopped), once the writes in flight finish."""
         self._executor.submit(self.warm.close).result()
         self._executor.shutdown(wait=True)
 
     # -- ingest ----------------------------------------------------------------------------------
 
     async def write(self, events: Sequence[StoredEvent]) -> int:
-        """Store a batch: durable in warm when this returns, then cached in hot. Returns new rows."""
+        """Store a batch: durable in warm when this
+        returns, then cached in hot. Returns new rows."""
         if not events:
             return 0
         self._fill_ref_text_from_memory(events)
@@ -149,7 +152,8 @@ class TieredStore:
             for event in unresolved:
                 event.ref_text = texts.get(event.ref_event_id or "")
         inserted = self.warm.write(events, demote_after)
-        # Only a redelivery stores fewer rows than it got; hot must not cache what already left warm.
+        # Only a redelivery stores fewer rows than it
+        # got; hot must not cache what already left warm.
         already_cold = self.warm.demoted_among(events) if inserted < len(events) else set()
         return inserted, already_cold
 
@@ -164,8 +168,9 @@ class TieredStore:
         try:
             moved["warm_to_cold"], moved["cold_deleted"] = await self.run(self._age_disk_tiers, now)
         except Exception:
-            # Cold unwritable or full: the events stay in warm (a demotion commits only after its file is
-            # written) and the next maintenance tries again. Counted here, logged by the caller.
+            # Cold unwritable or full: the events stay in warm (a demotion
+            # commits only after its file is written) and the next
+            # maintenance tries again. Counted here, logged by the caller.
             if self.metrics:
                 self.metrics.store_errors.labels("cold").inc()
             raise
@@ -186,9 +191,8 @@ class TieredStore:
         if self.cold_retention_s is not None:
             for path, rows, max_ingested_at in self.warm.cold_files():
                 if max_ingested_at <= now - self.cold_retention_s:
-                    self.warm.forget_cold_file(
-                        path, rows
-                    )  # unindex first: a crash leaves an orphan, never a dangling entry
+                    # unindex first: a crash leaves an orphan, never a dangling entry
+                    self.warm.forget_cold_file(path, rows)
                     self.cold.delete(path)
                     deleted += rows
         return demoted, deleted

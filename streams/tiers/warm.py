@@ -2,9 +2,10 @@
 
 Rows are keyed by (topic, partition, offset) and inserted with INSERT OR IGNORE, so a redelivered
 record is stored once; the keys of rows demoted to cold are remembered (for the redelivery horizon)
-so that a record redelivered after its demotion is not stored a second time. A batch is one transaction; when ``write`` returns, the batch is durable and
-its offsets may be committed. The cold tier's file index lives here too, so a demotion (delete rows +
-record the Parquet file) is one atomic transaction.
+so that a record redelivered after its demotion is not stored a second time.
+A batch is one transaction; when ``write`` returns, the batch is durable and
+its offsets may be committed. The cold tier's file index lives here too, so a
+demotion (delete rows + record the Parquet file) is one atomic transaction.
 
 Not thread-safe: the TieredStore runs every call on its single writer thread.
 """
@@ -30,9 +31,11 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_demote_after ON events (demote_after);
 CREATE INDEX IF NOT EXISTS events_event_id ON events (event_id);
--- Labels newest first, read lazily: a fine-tune takes the newest N without sorting the whole window.
+-- Labels newest first, read lazily: a fine-tune takes the newest N without sorting the
+-- whole window.
 DROP INDEX IF EXISTS events_labels;
-CREATE INDEX IF NOT EXISTS events_labels_by_time ON events (ts) WHERE type IN ('label', 'feedback') AND intent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_labels_by_time ON events (ts)
+    WHERE type IN ('label', 'feedback') AND intent IS NOT NULL;
 -- Keys of rows demoted to cold, so a redelivery after demotion is still recognised as one.
 CREATE TABLE IF NOT EXISTS demoted (
     topic TEXT NOT NULL,
@@ -51,14 +54,13 @@ CREATE TABLE IF NOT EXISTS cold_files (
 """
 # One multi-row INSERT per chunk rather than executemany: executemany releases and retakes the GIL
 # around every row's step, which under a busy event loop costs more than the insert itself.
-# A batch goes in as pieces of power-of-two sizes (1,000 rows: 512 + 256 + 128 + 64 + 32 + 8), so only
-# a dozen statement shapes exist. With one statement per batch size, sqlite3's cache of 128 prepared
-# statements filled up with a shape per size seen, about 1.2 MB each at 1,000 rows: resident memory
-# crept up by over 100 MB in a long run.
+# A batch goes in as pieces of power-of-two sizes (1,000 rows: 512 + 256 + 128 + 64 + 32
+# + 8), so only a dozen statement shapes exist. With one statement per batch size,
+# sqlite3's cache of 128 prepared statements filled up with a shape per size seen, about
+# 1.2 MB each at 1,000 rows: resident memory crept up by over 100 MB in a long run.
 _ROW_PARAMS = "(" + ", ".join("?" * (len(COLUMNS) + 1)) + ")"
-_ROWS_PER_INSERT = 1 << (
-    (32766 // (len(COLUMNS) + 1)).bit_length() - 1
-)  # under SQLite's bound-parameter limit
+# under SQLite's bound-parameter limit
+_ROWS_PER_INSERT = 1 << ((32766 // (len(COLUMNS) + 1)).bit_length() - 1)
 
 
 def _pieces(rows: int) -> list[int]:
@@ -76,8 +78,10 @@ def _insert_rows_sql(rows: int, check_demoted: bool) -> str:
         return f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) VALUES {values}"
     # column1..3 of the VALUES rows are topic, partition, offset (COLUMNS starts with them).
     return (
-        f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) SELECT * FROM (VALUES {values}) AS v "
-        "WHERE NOT EXISTS (SELECT 1 FROM demoted d WHERE d.topic = v.column1 AND d.partition = v.column2 AND d.offset = v.column3)"
+        f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}, demote_after) SELECT * "
+        f"FROM (VALUES {values}) AS v "
+        "WHERE NOT EXISTS (SELECT 1 FROM demoted d WHERE d.topic = v.column1 "
+        "AND d.partition = v.column2 AND d.offset = v.column3)"
     )
 
 
@@ -125,7 +129,7 @@ class WarmStore:
             for rows in _pieces(len(events)):
                 chunk = range(start, start + rows)
                 params = list(
-                    chain.from_iterable(events[i].row() + (demote_after[i],) for i in chunk)
+                    chain.from_iterable((*events[i].row(), demote_after[i]) for i in chunk)
                 )
                 self._db.execute(_insert_rows_sql(rows, check), params)
                 start += rows
@@ -138,11 +142,11 @@ class WarmStore:
         found: dict[str, str] = {}
         for start in range(0, len(ids), 512):
             chunk = ids[start : start + 512]
-            chunk += chunk[:1] * (
-                (1 << (len(chunk) - 1).bit_length()) - len(chunk)
-            )  # padded to a power of two: ten statement shapes
+            # padded to a power of two: ten statement shapes
+            chunk += chunk[:1] * ((1 << (len(chunk) - 1).bit_length()) - len(chunk))
             rows = self._db.execute(
-                f"SELECT event_id, text FROM events WHERE type = 'utterance' AND event_id IN ({','.join('?' * len(chunk))})",
+                "SELECT event_id, text FROM events WHERE type = 'utterance' "
+                f"AND event_id IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
             found.update(rows)
@@ -167,10 +171,11 @@ class WarmStore:
             )
             self._db.executemany(
                 "INSERT OR IGNORE INTO demoted VALUES (?, ?, ?, ?)",
-                (e.key + (created_at,) for e in events),
+                ((*e.key, created_at) for e in events),
             )
             self._db.execute(
-                "INSERT INTO cold_files (path, rows, max_ingested_at, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO cold_files (path, rows, max_ingested_at, "
+                "created_at) VALUES (?, ?, ?, ?)",
                 (cold_path, len(events), max(e.ingested_at for e in events), created_at),
             )
         for event in events:
@@ -202,18 +207,21 @@ class WarmStore:
         return forgotten
 
     def highest_offsets(self, topic: str) -> dict[int, int]:
-        """Per partition of ``topic``, the highest offset stored in warm or remembered as demoted."""
+        """Per partition of ``topic``, the highest offset
+        stored in warm or remembered as demoted."""
         rows = self._db.execute(
-            "SELECT partition, MAX(offset) FROM (SELECT partition, offset FROM events WHERE topic = ?1 UNION ALL "
+            "SELECT partition, MAX(offset) FROM (SELECT partition, offset FROM "
+            "events WHERE topic = ?1 UNION ALL "
             "SELECT partition, offset FROM demoted WHERE topic = ?1) GROUP BY partition",
             (topic,),
         )
         return dict(rows.fetchall())
 
     def retire_partition(self, topic: str, partition: int, retired_topic: str) -> int:
-        """The broker's log of (topic, partition) was reset: its offsets will be reused by new records.
-        The stored rows keep their data under ``retired_topic`` and the demotion keys are dropped, so that
-        no new record is taken for a redelivery of an old one. Returns how many warm rows were renamed."""
+        """The broker's log of (topic, partition) was reset: its offsets will be reused
+        by new records. The stored rows keep their data under ``retired_topic`` and
+        the demotion keys are dropped, so that no new record is taken for a
+        redelivery of an old one. Returns how many warm rows were renamed."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             renamed = self._db.execute(
@@ -229,11 +237,14 @@ class WarmStore:
     def labels_newest_first(
         self, start_ts: float, end_ts: float, chunk: int = 5000
     ) -> Iterator[list[tuple[float, str, str | None, str, str | None]]]:
-        """(ts, type, ref_event_id, intent, ref_text) of the label and feedback events with an intent whose
-        event time is in [start_ts, end_ts), newest first, in chunks: the caller stops when it has enough."""
+        """(ts, type, ref_event_id, intent, ref_text) of the label and feedback
+        events with an intent whose event time is in [start_ts, end_ts),
+        newest first, in chunks: the caller stops when it has enough."""
         cursor = self._db.execute(
-            "SELECT ts, type, ref_event_id, intent, ref_text FROM events INDEXED BY events_labels_by_time "
-            "WHERE type IN ('label', 'feedback') AND intent IS NOT NULL AND ts >= ? AND ts < ? ORDER BY ts DESC",
+            "SELECT ts, type, ref_event_id, intent, ref_text FROM events "
+            "INDEXED BY events_labels_by_time "
+            "WHERE type IN ('label', 'feedback') AND intent IS NOT NULL AND ts "
+            ">= ? AND ts < ? ORDER BY ts DESC",
             (start_ts, end_ts),
         )
         try:
@@ -245,11 +256,12 @@ class WarmStore:
     def utterances_newest_first(
         self, start_ts: float, end_ts: float, limit: int
     ) -> list[tuple[str, str]]:
-        """(event_id, text) of the newest ``limit`` utterances with event time in [start_ts, end_ts). No index
-        serves it (one on every utterance would cost each ingest write): a scan with a top-``limit`` sort,
-        run once per fine-tune that asks for pseudo-labels."""
+        """(event_id, text) of the newest ``limit`` utterances with event time in [start_ts,
+        end_ts). No index serves it (one on every utterance would cost each ingest write): a
+        scan with a top-``limit`` sort, run once per fine-tune that asks for pseudo-labels."""
         rows = self._db.execute(
-            "SELECT event_id, text FROM events WHERE type = 'utterance' AND text IS NOT NULL AND ts >= ? AND ts < ? ORDER BY ts DESC LIMIT ?",
+            "SELECT event_id, text FROM events WHERE type = 'utterance' AND "
+            "text IS NOT NULL AND ts >= ? AND ts < ? ORDER BY ts DESC LIMIT ?",
             (start_ts, end_ts, limit),
         )
         return rows.fetchall()

@@ -1,4 +1,5 @@
-"""Helpers for integration tests: a real daemon subprocess, a producer, a DLQ reader, store readers."""
+"""Helpers for integration tests: a real daemon
+subprocess, a producer, a DLQ reader, store readers."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ class DaemonProcess:
             "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
             "DRIFTD_DAEMON__STATS_INTERVAL_S": "2",
             "DRIFTD_WEB__PORT": str(self.web_port),
-            "DRIFTD_MODELS__BOOTSTRAP": "false",  # ingest tests: no background training competing for the CPU
+            # ingest tests: no background training competing for the CPU
+            "DRIFTD_MODELS__BOOTSTRAP": "false",
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -91,15 +93,14 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run"],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon", "run"],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     @property
@@ -162,8 +163,9 @@ class DaemonProcess:
 
 
 def _stored_rows(data_dir: Path, columns: tuple[str, ...]) -> list[tuple[Any, ...]]:
-    """``columns`` of every event held by warm and cold, with multiplicity (read straight from the files).
-    One snapshot: a demotion committing between the reads of warm and of the cold index would count its events twice."""
+    """``columns`` of every event held by warm and cold, with multiplicity (read
+    straight from the files). One snapshot: a demotion committing between the
+    reads of warm and of the cold index would count its events twice."""
     db = sqlite3.connect(data_dir / "warm.sqlite3", isolation_level=None)
     try:
         db.execute("BEGIN")
@@ -174,7 +176,7 @@ def _stored_rows(data_dir: Path, columns: tuple[str, ...]) -> list[tuple[Any, ..
         db.close()
     for path in cold_files:
         table = pq.read_table(path, columns=list(columns))
-        rows += zip(*(table[c].to_pylist() for c in columns))
+        rows += zip(*(table[c].to_pylist() for c in columns), strict=False)
     return rows
 
 
@@ -189,7 +191,8 @@ def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
 
 
 def stored_count(data_dir: Path) -> int:
-    """Events in warm + cold, duplicates included (one statement: one consistent snapshot while the daemon writes)."""
+    """Events in warm + cold, duplicates included (one statement:
+    one consistent snapshot while the daemon writes)."""
     db = sqlite3.connect(data_dir / "warm.sqlite3")
     try:
         return db.execute(
@@ -208,18 +211,13 @@ def cold_file_count(data_dir: Path) -> int:
 
 
 def conversation_key(payload: bytes | None) -> bytes | None:
-    """The key a producer gives an event: its conversation_id (None for a payload without one; a valid event
-    with no key goes to the DLQ as missing_key under the default ingest.null_key)."""
+    """The key a producer gives an event: its conversation_id (None for a payload without one; a
+    valid event with no key goes to the DLQ as missing_key under the default ingest.null_key)."""
     try:
         conversation = json.loads(payload)["conversation_id"]  # type: ignore[arg-type]
         return conversation.encode() if isinstance(conversation, str) else None
-    except (
-        TypeError,
-        ValueError,
-        KeyError,
-        IndexError,
-        RecursionError,
-    ):  # not an event (a lone surrogate: ValueError)
+    # not an event (a lone surrogate: ValueError)
+    except (TypeError, ValueError, KeyError, IndexError, RecursionError):
         return None
 
 
@@ -231,8 +229,8 @@ async def produce(
     rate: float = 0,
     keys: list[bytes | None] | None = None,
 ) -> None:
-    """Send every payload and wait for every acknowledgement; ``rate`` events/s, 0 = unlimited. Without ``keys``
-    each record is keyed by its conversation_id, as producers do."""
+    """Send every payload and wait for every acknowledgement; ``rate`` events/s, 0 = unlimited.
+    Without ``keys`` each record is keyed by its conversation_id, as producers do."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     try:
@@ -256,7 +254,8 @@ async def produce(
 async def hammer_predict(
     url: str, texts: list[str], done: asyncio.Event, pause_s: float = 0.005
 ) -> tuple[int, list[str], list[str]]:
-    """One /v1/predict request at a time until ``done``: (requests, failures, the versions that answered, in order)."""
+    """One /v1/predict request at a time until ``done``:
+    (requests, failures, the versions that answered, in order)."""
     sent, failures, versions = 0, [], []
     async with aiohttp.ClientSession() as session:
         while not done.is_set():

@@ -1,5 +1,5 @@
-"""A broker restart during ingest: the daemon reconnects by itself, the outage shows in its metrics, and
-every event the producer had acknowledged is stored exactly once.
+"""A broker restart during ingest: the daemon reconnects by itself, the outage shows in
+its metrics, and every event the producer had acknowledged is stored exactly once.
 
 The broker is the embedded Tansu on S3 storage (a moto server on loopback), so that, like a Kafka
 cluster, it keeps its records and the group's committed offsets across its own restart. It is killed
@@ -67,8 +67,9 @@ def s3_env() -> Any:
 
 
 class AcknowledgingProducer:
-    """Sends every event until the broker acknowledges it, resending after a failure (at-least-once):
-    an event resent after a lost acknowledgement may legitimately be in the log twice."""
+    """Sends every event until the broker acknowledges it, resending
+    after a failure (at-least-once): an event resent after a lost
+    acknowledgement may legitimately be in the log twice."""
 
     def __init__(
         self, bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float
@@ -186,16 +187,21 @@ def test_a_broker_killed_mid_stream_and_restarted_loses_nothing(
     lost = acked - set(stored)
     twice = {event_id for event_id, n in stored.items() if n > 1}
     print(
-        f"\n  broker killed after {stored_during} stored, down {OUTAGE_S:.0f} s; producer: {len(acked)} acknowledged, {producer.failures} failed rounds, "
-        f"{len(producer.resent)} resent; daemon: {sum(stored.values())} stored, lost {len(lost)}, stored twice {len(twice)} "
-        f"(all resent: {twice <= producer.resent}); outages {metrics['driftd_broker_outages_total']:.0f}, "
-        f"{metrics['driftd_broker_outage_seconds_total']:.1f} s down, store errors {metrics.get('driftd_store_errors_total{sink=predictions}', 0):.0f} (predictions)"
+        f"\n  broker killed after {stored_during} stored, down {OUTAGE_S:.0f} s; "
+        f"producer: {len(acked)} acknowledged, {producer.failures} failed rounds, "
+        f"{len(producer.resent)} resent; daemon: {sum(stored.values())} "
+        f"stored, lost {len(lost)}, stored twice {len(twice)} "
+        f"(all resent: {twice <= producer.resent}); outages "
+        f"{metrics['driftd_broker_outages_total']:.0f}, "
+        f"{metrics['driftd_broker_outage_seconds_total']:.1f} s down, store "
+        "errors "
+        f"{metrics.get('driftd_store_errors_total{sink=predictions}', 0):.0f} "
+        "(predictions)"
     )
     assert code == 0
     assert len(acked) == len(events) and not lost
-    assert (
-        twice <= producer.resent
-    )  # a record twice in the log is the producer's resend, never the daemon's
+    # a record twice in the log is the producer's resend, never the daemon's
+    assert twice <= producer.resent
     assert set(stored_keys(data_dir).values()) == {1}  # each (partition, offset) stored once
     assert (
         metrics["driftd_broker_outages_total"] == 1
@@ -207,9 +213,9 @@ def test_a_broker_killed_mid_stream_and_restarted_loses_nothing(
 def test_after_an_in_memory_broker_restart_records_that_reuse_old_offsets_are_stored_as_new(
     tmp_path: Path,
 ) -> None:
-    """The embedded broker's default storage is memory: a daemon restart starts an empty log whose offsets
-    collide with the stored (topic, partition, offset) keys. The daemon retires the old keys at start, so
-    the new records are not taken for redeliveries."""
+    """The embedded broker's default storage is memory: a daemon restart starts an empty log
+    whose offsets collide with the stored (topic, partition, offset) keys. The daemon
+    retires the old keys at start, so the new records are not taken for redeliveries."""
     port = free_port()
     data_dir = tmp_path / "state"
     topic = unique("reset")
@@ -237,12 +243,12 @@ def test_after_an_in_memory_broker_restart_records_that_reuse_old_offsets_are_st
     assert stored == expected, f"missing {len(expected - stored)}"
     log = daemon.log_path.read_text()
     assert re.search(
-        rf"the embedded broker keeps nothing across its restart .* its previous log of {topic} partition \d \(offsets up to \d+\)",
+        r"the embedded broker keeps nothing across its restart .* its previous log "
+        rf"of {topic} partition \d \(offsets up to \d+\)",
         log,
     )
-    with closing(
-        sqlite3.connect(data_dir / "warm.sqlite3")
-    ) as db:  # default tier ages: everything is still in warm
+    # default tier ages: everything is still in warm
+    with closing(sqlite3.connect(data_dir / "warm.sqlite3")) as db:
         topics = dict(db.execute("SELECT topic, COUNT(*) FROM events GROUP BY topic").fetchall())
     retired = {t: n for t, n in topics.items() if t.startswith(f"{topic}@retired-")}
     assert topics[topic] == 300 and list(retired.values()) == [300], topics

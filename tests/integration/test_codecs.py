@@ -1,11 +1,13 @@
-"""What producers send, as a librdkafka producer sends it, through the real broker into a real daemon.
+"""What producers send, as a librdkafka producer sends
+it, through the real broker into a real daemon.
 
-confluent-kafka (librdkafka) sends 1,000 events with each codec (none, gzip, snappy, lz4, zstd), tombstones
-and events without a key; then a record batch that cannot be read (lz4 attribute, garbage payload, valid
-CRC: written with the raw Kafka protocol, as no client would) lands in one partition, followed by more events
-everywhere. Every event before the bad batch and on the other partitions is stored exactly once, tombstones
-and keyless events are in the DLQ with their reasons, that one partition stalls (metric, log line, alert in
-promtool), its committed offset stops at the bad batch, and the daemon stays up and stops cleanly.
+confluent-kafka (librdkafka) sends 1,000 events with each codec (none, gzip, snappy, lz4,
+zstd), tombstones and events without a key; then a record batch that cannot be read (lz4
+attribute, garbage payload, valid CRC: written with the raw Kafka protocol, as no client
+would) lands in one partition, followed by more events everywhere. Every event before the bad
+batch and on the other partitions is stored exactly once, tombstones and keyless events are in
+the DLQ with their reasons, that one partition stalls (metric, log line, alert in promtool),
+its committed offset stops at the bad batch, and the daemon stays up and stops cleanly.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ CODEC_LZ4 = 3
 
 
 def unreadable_batch() -> bytes:
-    """One v2 record batch whose attributes say lz4 but whose records section is garbage, with a valid CRC,
-    so that brokers store it and only a consumer's decompression fails."""
+    """One v2 record batch whose attributes say lz4 but whose records section is garbage,
+    with a valid CRC, so that brokers store it and only a consumer's decompression fails."""
     builder = DefaultRecordBatchBuilder(
         magic=2,
         compression_type=0,
@@ -59,12 +61,10 @@ def unreadable_batch() -> bytes:
     batch = bytearray(builder.build())
     attributes = struct.unpack_from(">h", batch, 21)[0]
     struct.pack_into(">h", batch, 21, (attributes & ~0x07) | CODEC_LZ4)
-    batch[61:] = (
-        b"\x00not an lz4 frame" * 4
-    )  # the records section starts after the 61-byte batch header
-    struct.pack_into(
-        ">i", batch, 8, len(batch) - 12
-    )  # batch length: everything after the length field
+    # the records section starts after the 61-byte batch header
+    batch[61:] = b"\x00not an lz4 frame" * 4
+    # batch length: everything after the length field
+    struct.pack_into(">i", batch, 8, len(batch) - 12)
     struct.pack_into(">I", batch, 17, crc32c(bytes(batch[21:])))  # CRC-32C from the attributes on
     return bytes(batch)
 
@@ -96,7 +96,8 @@ def confluent_produce(
     records: list[tuple[bytes | None, bytes | None]],
     codec: str,
 ) -> list[tuple[int, int]]:
-    """Send (key, value) records with librdkafka and ``codec``; returns each record's (partition, offset)."""
+    """Send (key, value) records with librdkafka and
+    ``codec``; returns each record's (partition, offset)."""
     config = {
         "bootstrap.servers": bootstrap,
         "compression.type": codec,
@@ -146,7 +147,8 @@ def promtool_fires(series: str, tmp_path: Path) -> None:
         "annotations"
     ]["description"]
     summary = (
-        f"driftd daemon:8780 has stopped consuming {label_map['topic']} partition {label_map['partition']}: "
+        f"driftd daemon:8780 has stopped consuming {label_map['topic']} partition "
+        f"{label_map['partition']}: "
         "a record batch there cannot be read"
     )
     labels = {
@@ -204,7 +206,7 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
         for codec in CODECS:
             events = [valid_event(i, run=codec) for i in range(PER_CODEC)]
             positions = confluent_produce(broker.bootstrap, topic, keyed(events), codec)
-            sent.update((e["event_id"], pos) for e, pos in zip(events, positions))
+            sent.update((e["event_id"], pos) for e, pos in zip(events, positions, strict=False))
 
         tombstones = [(f"c{i}".encode(), None) for i in range(20)]
         keyless = [valid_event(i, run="keyless") for i in range(20)]
@@ -220,13 +222,15 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
         )
         after = [valid_event(i, run="after") for i in range(200)]
         after_positions = confluent_produce(broker.bootstrap, topic, keyed(after), "zstd")
-        behind = {e["event_id"] for e, (p, _) in zip(after, after_positions) if p == STALLED}
+        behind = {
+            e["event_id"] for e, (p, _) in zip(after, after_positions, strict=False) if p == STALLED
+        }
         assert behind and len(behind) < len(after), (
             "the keys should spread the later events over every partition"
         )
         sent.update(
             (e["event_id"], pos)
-            for e, pos in zip(after, after_positions)
+            for e, pos in zip(after, after_positions, strict=False)
             if e["event_id"] not in behind
         )
         assert all(offset < bad_offset for event_id, (p, offset) in sent.items() if p == STALLED)
@@ -245,7 +249,7 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
             lambda: daemon.metrics().get(stall_series) == 1, 30, "the stall on /metrics"
         )
         # Committed up to the bad batch on its partition, never past it.
-        committed = lambda: asyncio.run(committed_offset(broker.bootstrap, group, topic, STALLED))  # noqa: E731
+        committed = lambda: asyncio.run(committed_offset(broker.bootstrap, group, topic, STALLED))  # noqa: E731 - a one-line helper
         daemon.wait_until(lambda: committed() == bad_offset, 30, "the commit up to the bad batch")
 
         metrics = daemon.metrics()
@@ -265,18 +269,17 @@ def test_every_codec_is_stored_and_an_unreadable_batch_stalls_only_its_partition
         dead = asyncio.run(read_topic(broker.bootstrap, daemon.dlq, dead_count))
         reasons = Counter(dict(r.headers)["driftd-reason"].decode() for r in dead)
         assert reasons == {"tombstone": len(tombstones), "missing_key": len(keyless)}
+        # as sent
         assert sorted(r.value for r in dead if r.value is not None) == sorted(
             v for _, v in keyed(keyless)
-        )  # as sent
+        )
 
-        assert (
-            committed() == bad_offset
-        )  # the bad batch and what follows it stay in the log, unconsumed
+        # the bad batch and what follows it stay in the log, unconsumed
+        assert committed() == bad_offset
         promtool_fires(stall_series, data_dir)
         code, _ = daemon.terminate(timeout_s=30)
         assert code == 0
     finally:
         daemon.stop_quietly()
-    assert stored_event_ids(data_dir) == Counter(
-        sent.keys()
-    )  # each exactly once; none from behind the bad batch
+    # each exactly once; none from behind the bad batch
+    assert stored_event_ids(data_dir) == Counter(sent.keys())

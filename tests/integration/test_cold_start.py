@@ -1,11 +1,13 @@
-"""Cold start on a new taxonomy in another language, end to end: real embedded broker, real daemon process.
+"""Cold start on a new taxonomy in another language, end
+to end: real embedded broker, real daemon process.
 
 The daemon starts with a model of CLINC150's default 5 domains (or none at all) and receives another
 dataset's utterances: intents it never saw, in Russian (massive_ru, 60 intents) or Chinese
-(crosswoz_intents, 29), half of them labelled, each label 200 utterances after its utterance. The labels
-show the model is poor (every true intent unknown to it; accuracy under the floor), so the loop learns the
-new taxonomy. Served through /v1/predict on the dataset's test split, the daemon's model must end within
-3 points of an offline model of the same architecture trained on the labels the daemon received.
+(crosswoz_intents, 29), half of them labelled, each label 200 utterances after its
+utterance. The labels show the model is poor (every true intent unknown to it; accuracy
+under the floor), so the loop learns the new taxonomy. Served through /v1/predict on
+the dataset's test split, the daemon's model must end within 3 points of an offline
+model of the same architecture trained on the labels the daemon received.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def predict_all(daemon: DaemonProcess, texts: list[str]) -> list[dict[str, Any]]
 async def produce_timing_first_swap(
     broker: str, daemon: DaemonProcess, topic: str, events: list[dict[str, Any]], rate: float
 ) -> float | None:
-    """Produce the stream; returns when (monotonic) the first swap was seen on /metrics, if during the stream."""
+    """Produce the stream; returns when (monotonic) the first
+    swap was seen on /metrics, if during the stream."""
     sending = asyncio.ensure_future(
         produce(
             broker,
@@ -149,7 +152,9 @@ def run_cold_start(
 
         test = load_examples(dataset, "test")
         answers = predict_all(daemon, [e.text for e in test])
-        daemon_accuracy = float(np.mean([a["intent"] == e.intent for a, e in zip(answers, test)]))
+        daemon_accuracy = float(
+            np.mean([a["intent"] == e.intent for a, e in zip(answers, test, strict=False)])
+        )
         texts = {e["event_id"]: e["text"] for e in stream if e["type"] == "utterance"}
         received = [(texts[e["ref_event_id"]], e["intent"]) for e in stream if e["type"] == "label"]
         offline = train_classifier(
@@ -193,9 +198,12 @@ def check(result: dict[str, Any], dataset: str, *, seeded: bool) -> None:
         if k.startswith("driftd_finetune_results_total{")
     }
     print(
-        f"\n  {dataset} ({'CLINC150 seed model' if seeded else 'no model'} at the start): daemon {result['daemon_accuracy']:.4f} vs offline "
-        f"{result['offline_accuracy']:.4f} on {result['test_n']} test texts, trained on {result['labels']} labels; first label -> first swap "
-        f"{result['first_label_to_swap_s']:.1f} s; runs {runs}; results {results}; serving {status['serving']}"
+        f"\n  {dataset} ({'CLINC150 seed model' if seeded else 'no model'} at the "
+        f"start): daemon {result['daemon_accuracy']:.4f} vs offline "
+        f"{result['offline_accuracy']:.4f} on {result['test_n']} test texts, "
+        f"trained on {result['labels']} labels; first label -> first swap "
+        f"{result['first_label_to_swap_s']:.1f} s; runs {runs}; results "
+        f"{results}; serving {status['serving']}"
     )
     for line in result["log"].splitlines():  # the loop's decisions, for a failure's report
         if "driftd.learning" in line and (
@@ -206,9 +214,8 @@ def check(result: dict[str, Any], dataset: str, *, seeded: bool) -> None:
     assert (
         result["answered_by"] == {status["serving"]} and status["serving"] != result["seed_version"]
     )
-    if (
-        seeded
-    ):  # the seed model was poor from its first outcome: the absolute triggers decided, not a drop
+    # the seed model was poor from its first outcome: the absolute triggers decided, not a drop
+    if seeded:
         assert metrics["driftd_decay_decision_signals_total{signal=unknown_intent}"] >= 1
         assert "poor quality: " in result["log"] and "has no output for" in result["log"]
         assert runs["decay"] >= 1

@@ -1,8 +1,8 @@
 """Fine-tuning under torchrun (DDP, gloo, 2 CPU processes): real launcher, real workers, no mocks.
 
-A warm start on CLINC150 (an incumbent on two domains learns a third) runs once in one process and once
-in two; both candidates must pass the same gate and score alike on the holdout. Then each way a
-distributed run can end badly: a worker error, a diverging loss, a killed launcher, a timeout.
+A warm start on CLINC150 (an incumbent on two domains learns a third) runs once in one process and
+once in two; both candidates must pass the same gate and score alike on the holdout. Then each way
+a distributed run can end badly: a worker error, a diverging loss, a killed launcher, a timeout.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ def clinc_job(tmp_path_factory: pytest.TempPathFactory) -> FineTuneJob:
     fresh = [e for e in train if e.intent in new]
     rng.shuffle(fresh)
     return FineTuneJob(
-        train=pairs(
-            rng.sample(seed, 1200) + fresh
-        ),  # replay first, then what is new (oldest first)
+        # replay first, then what is new (oldest first)
+        train=pairs(rng.sample(seed, 1200) + fresh),
         holdout=pairs([e for e in test if e.intent in old | new]),
         replay_eval=pairs([e for e in val if e.intent in old]),
         incumbent_dir=str(registry.root / version),
@@ -104,7 +103,8 @@ async def run_watching_workers(
     timeout_s: float,
     kill_after_first_epoch: bool = False,
 ) -> tuple[set[int], BaseException | None]:
-    """Run, noting torchrun's workers as they appear; optionally SIGKILL torchrun once they train."""
+    """Run, noting torchrun's workers as they appear;
+    optionally SIGKILL torchrun once they train."""
     progress: list[dict] = []
     task = asyncio.ensure_future(trainer.run(job, timeout_s, progress.append))
     workers: set[int] = set()
@@ -135,7 +135,8 @@ def test_two_gloo_workers_pass_the_same_gate_as_one_process(clinc_job: FineTuneJ
     for name, result, seconds in (("1 process", single, single_s), ("2 gloo workers", ddp, ddp_s)):
         r = result.report
         print(
-            f"{name}: {result.verdict.describe()}; {r['epochs_run']} epochs, {r['samples_per_s']} samples/s, {seconds:.1f}s wall"
+            f"{name}: {result.verdict.describe()}; {r['epochs_run']} epochs, "
+            f"{r['samples_per_s']} samples/s, {seconds:.1f}s wall"
         )
     assert single.verdict.passed, single.verdict.describe()
     assert ddp.verdict.passed, ddp.verdict.describe()

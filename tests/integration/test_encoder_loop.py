@@ -1,7 +1,8 @@
-"""The encoder architecture end to end (issue 22, acceptance 3): a daemon serving an encoder model (a tiny,
-randomly initialised BERT written by the test; no download) detects a decay, fine-tunes it, gates the
-candidate and swaps it in, while a client predicting through /v1/predict the whole time sees no failed request.
-Real embedded broker, real daemon subprocess, real ONNX Runtime; the scenario is test_http_feedback's.
+"""The encoder architecture end to end (issue 22, acceptance 3): a daemon serving an
+encoder model (a tiny, randomly initialised BERT written by the test; no download)
+detects a decay, fine-tunes it, gates the candidate and swaps it in, while a client
+predicting through /v1/predict the whole time sees no failed request. Real embedded
+broker, real daemon subprocess, real ONNX Runtime; the scenario is test_http_feedback's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from tests.integration.test_learning_loop import learning_status
 from tests.tiny_bert import write_tiny_bert
 
 SEED_DOMAIN = "banking"
-# A random tiny encoder has nothing worth freezing: every layer trains, at a from-scratch learning rate.
+# A random tiny encoder has nothing worth freezing:
+# every layer trains, at a from-scratch learning rate.
 TINY_TRAINING = {"trainable_layers": -1, "lr": 3e-3, "epochs": 12, "batch_size": 64}
 
 
@@ -86,7 +88,7 @@ def test_an_encoder_model_is_fine_tuned_gated_and_swapped_with_no_failed_request
                 daemon.url,
                 [
                     {"prediction_id": a["prediction_id"], "correct": a["intent"] == e.intent}
-                    for a, e in zip(answers, known)
+                    for a, e in zip(answers, known, strict=False)
                 ],
             )
             await loop.run_in_executor(
@@ -102,7 +104,7 @@ def test_an_encoder_model_is_fine_tuned_gated_and_swapped_with_no_failed_request
                 daemon.url,
                 [
                     {"prediction_id": a["prediction_id"], "intent": e.intent}
-                    for a, e in zip(answers, unseen)
+                    for a, e in zip(answers, unseen, strict=False)
                 ],
             )
             swapped = "driftd_finetune_results_total{result=swapped}"
@@ -123,12 +125,17 @@ def test_an_encoder_model_is_fine_tuned_gated_and_swapped_with_no_failed_request
         (requests, failures, versions), fresh_answers = asyncio.run(scenario())
         status, metrics = learning_status(daemon), daemon.metrics()
         serving = status["serving"]
-        accuracy = sum(a["intent"] == e.intent for a, e in zip(fresh_answers, fresh)) / len(fresh)
+        accuracy = sum(
+            a["intent"] == e.intent for a, e in zip(fresh_answers, fresh, strict=False)
+        ) / len(fresh)
         manifest = registry.verify(serving)
         print(
-            f"\n  encoder loop: {requests} predictions while it ran, {len(failures)} failed; versions served {versions}; "
-            f"{NEW_DOMAIN} accuracy after the swap {accuracy:.3f}; first report to swap and beyond {time.monotonic() - started:.0f} s; "
-            f"gate {manifest.info['gate']['candidate_holdout']:.3f} vs {manifest.info['gate']['incumbent_holdout']:.3f}"
+            f"\n  encoder loop: {requests} predictions while it ran, "
+            f"{len(failures)} failed; versions served {versions}; "
+            f"{NEW_DOMAIN} accuracy after the swap {accuracy:.3f}; first "
+            f"report to swap and beyond {time.monotonic() - started:.0f} s; "
+            f"gate {manifest.info['gate']['candidate_holdout']:.3f} vs "
+            f"{manifest.info['gate']['incumbent_holdout']:.3f}"
         )
         assert failures == [] and requests > 100
         assert versions[0] == seed_version and versions[-1] == serving != seed_version

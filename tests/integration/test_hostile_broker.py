@@ -1,5 +1,6 @@
-"""Hostile payloads through the real broker into a real daemon (the fast variant of the stress harness):
-every malformed record in the DLQ exactly once with its reason, every valid one stored exactly once."""
+"""Hostile payloads through the real broker into a real daemon (the fast
+variant of the stress harness): every malformed record in the DLQ
+exactly once with its reason, every valid one stored exactly once."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Hostile HTTP against a real daemon's /v1/predict and admin routes (the fast variant; the stress harness
-in tests/stress/test_hostile_input.py sends more, larger and concurrent requests).
+"""Hostile HTTP against a real daemon's /v1/predict and admin routes (the fast variant; the stress
+harness in tests/stress/test_hostile_input.py sends more, larger and concurrent requests).
 
-Every answer must be a 4xx with a JSON ``error`` message (or 200 where the request is valid), never a 5xx,
-and must come within its timeout. aiohttp's own answers to broken HTTP (bad framing, unknown routes, wrong
-methods) are 4xx with a text message.
+Every answer must be a 4xx with a JSON ``error`` message (or 200 where the request is
+valid), never a 5xx, and must come within its timeout. aiohttp's own answers to
+broken HTTP (bad framing, unknown routes, wrong methods) are 4xx with a text message.
 """
 
 from __future__ import annotations

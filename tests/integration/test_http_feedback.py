@@ -1,9 +1,11 @@
-"""HTTP-only learning (issue 21, acceptance 5): a client that sends nothing on Kafka predicts through
-/v1/predict and reports through /v1/feedback, and that alone drives a decay, a fine-tune and a swap.
-Real embedded broker, real daemon subprocess. Also: a broker outage gets a 503, never a lost acknowledgement.
+"""HTTP-only learning (issue 21, acceptance 5): a client that sends nothing on
+Kafka predicts through /v1/predict and reports through /v1/feedback, and that
+alone drives a decay, a fine-tune and a swap. Real embedded broker, real daemon
+subprocess. Also: a broker outage gets a 503, never a lost acknowledgement.
 
-The seed model knows two CLINC150 domains. First the client reports on answers for texts of those domains
-(the accuracy reference), then it sends texts of a domain the model has never seen and reports their intents.
+The seed model knows two CLINC150 domains. First the client reports on
+answers for texts of those domains (the accuracy reference), then it sends
+texts of a domain the model has never seen and reports their intents.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ from tests.integration.test_learning_loop import learning_status, publish_seed_m
 
 SEED_DOMAINS = ("banking", "credit_cards")
 NEW_DOMAIN = "travel"
-HTTP_LOOP = {  # small, so that one decay and one fine-tune take seconds; the rest is the shipped default
+# small, so that one decay and one fine-tune take seconds; the rest is the shipped default
+HTTP_LOOP = {
     "DRIFTD_WEB__ADMIN_TOKEN": "learning-loop-test-token",  # learning_status reads the admin API
     "DRIFTD_MONITOR__MIN_SAMPLES": "100",
     "DRIFTD_MONITOR__EWMA_WARMUP": "100",
     "DRIFTD_MONITOR__EWMA_ALPHA": "0.05",
     "DRIFTD_MONITOR__COOLDOWN_S": "10",
     "DRIFTD_LEARNING__COOLDOWN_S": "0",
-    "DRIFTD_LEARNING__MIN_LABELLED": "700",  # most of the new domain's reports: skipped at the decision, started later
+    # most of the new domain's reports: skipped at the decision, started later
+    "DRIFTD_LEARNING__MIN_LABELLED": "700",
     "DRIFTD_LEARNING__FOLLOWUP_LABELS": "0",  # one fine-tune: the decay's
     "DRIFTD_LEARNING__CANARY_LABELS": "0",
 }
@@ -97,7 +101,7 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
             answers = await predict(session, daemon.url, [e.text for e in known])
             bodies = [
                 {"prediction_id": a["prediction_id"], "correct": a["intent"] == e.intent}
-                for a, e in zip(answers, known)
+                for a, e in zip(answers, known, strict=False)
             ]
             acks = await report(session, daemon.url, bodies)
             await asyncio.get_running_loop().run_in_executor(None, wait_for_outcomes, len(known))
@@ -107,7 +111,7 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
             assert not {a["intent"] for a in answers} & new_intents
             bodies = [
                 {"prediction_id": a["prediction_id"], "intent": e.intent}
-                for a, e in zip(answers, unseen)
+                for a, e in zip(answers, unseen, strict=False)
             ]
             acks += await report(session, daemon.url, bodies)
             return acks, answers
@@ -127,15 +131,18 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
                 return await predict(session, daemon.url, [e.text for e in fresh])
 
         fresh_answers = asyncio.run(after_swap())
-        fresh_accuracy = sum(a["intent"] == e.intent for a, e in zip(fresh_answers, fresh)) / len(
-            fresh
-        )
+        fresh_accuracy = sum(
+            a["intent"] == e.intent for a, e in zip(fresh_answers, fresh, strict=False)
+        ) / len(fresh)
         elapsed = time.monotonic() - started
         run = status["last_run"]
         print(
-            f"\n  {reported} HTTP reports; decisions {metrics['driftd_decay_decisions_total']:.0f}, "
-            f"last run {run.get('trigger')} on {run.get('data')}: {run.get('result')}; serving {serving} "
-            f"(seed {seed_version}); {NEW_DOMAIN} accuracy after the swap {fresh_accuracy:.3f}; {elapsed:.0f} s"
+            f"\n  {reported} HTTP reports; decisions "
+            f"{metrics['driftd_decay_decisions_total']:.0f}, "
+            f"last run {run.get('trigger')} on {run.get('data')}: "
+            f"{run.get('result')}; serving {serving} "
+            f"(seed {seed_version}); {NEW_DOMAIN} accuracy after the swap "
+            f"{fresh_accuracy:.3f}; {elapsed:.0f} s"
         )
 
         assert metrics["driftd_decay_decisions_total"] >= 1
@@ -144,11 +151,13 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
         assert fresh_accuracy >= 0.5, (
             "the swapped-in model did not learn the domain it got feedback on"
         )
-        # Every report joined exactly once, with the prediction its client was told, and none was predicted again.
+        # Every report joined exactly once, with the prediction
+        # its client was told, and none was predicted again.
         assert daemon.metric("driftd_outcomes_total") == reported
         assert daemon.metric("driftd_predictions_total") == 0
 
-        # Durable on Kafka: each prediction's utterance (with the served answer) and its report, on one partition.
+        # Durable on Kafka: each prediction's utterance (with
+        # the served answer) and its report, on one partition.
         records = asyncio.run(read_topic(broker.bootstrap, topic, 2 * reported, timeout_s=30))
         events = [(r.partition, json.loads(r.value)) for r in records]
         utterances = {e["event_id"]: (p, e) for p, e in events if e["type"] == "utterance"}
@@ -178,9 +187,8 @@ def test_http_predictions_and_feedback_alone_drive_a_decay_a_fine_tune_and_a_swa
 def test_feedback_during_a_broker_outage_is_a_503_and_never_acknowledged(tmp_path: Path) -> None:
     domains = groups("clinc150")
     intents = set(domains["banking"])
-    seed = [e for e in load_examples("clinc150", "train") if e.intent in intents][
-        ::4
-    ]  # its quality is not under test
+    # its quality is not under test
+    seed = [e for e in load_examples("clinc150", "train") if e.intent in intents][::4]
     publish_seed_model(tmp_path / "registry", seed)
     with EmbeddedBroker(free_port(), log_path=tmp_path / "tansu.log") as own_broker:
         daemon = DaemonProcess(
@@ -197,9 +205,10 @@ def test_feedback_during_a_broker_outage_is_a_503_and_never_acknowledged(tmp_pat
 
             async def client(phase: str) -> tuple[int, dict[str, Any], float]:
                 async with aiohttp.ClientSession() as session:
+                    # goes on
                     (answer,) = await predict(
                         session, daemon.url, [f"what is my account balance ({phase})"]
-                    )  # goes on
+                    )
                     sent = time.monotonic()
                     right = {"prediction_id": answer["prediction_id"], "correct": True}
                     async with session.post(daemon.url + "/v1/feedback", json=right) as response:

@@ -1,10 +1,12 @@
-"""SIGKILL in the learning loop, fast: one kill while a fine-tune child runs, one right at a hot swap (as the new
-version appears in the registry), each followed by a restart on the same data dir and registry while events keep
-arriving. After each kill, warm + cold hold no event twice; after each restart, every registry version verifies
-against its manifest and CURRENT names one, the daemon serves CURRENT, and the learning loop takes a new fine-tune
-through to a verdict. At the end, warm + cold hold exactly the acknowledged events: 0 lost, 0 duplicated.
+"""SIGKILL in the learning loop, fast: one kill while a fine-tune child runs, one right at a hot
+swap (as the new version appears in the registry), each followed by a restart on the same data
+dir and registry while events keep arriving. After each kill, warm + cold hold no event twice;
+after each restart, every registry version verifies against its manifest and CURRENT names
+one, the daemon serves CURRENT, and the learning loop takes a new fine-tune through to a
+verdict. At the end, warm + cold hold exactly the acknowledged events: 0 lost, 0 duplicated.
 
-``KillRig`` is shared with the long run (tests/stress/test_kill_points.py: 21 kills over ingest, fine-tunes and swaps).
+``KillRig`` is shared with the long run (tests/stress/test_kill_points.py:
+21 kills over ingest, fine-tunes and swaps).
 """
 
 from __future__ import annotations
@@ -28,47 +30,41 @@ from tests.integration.harness import DaemonProcess, produce, stored_count, stor
 from tests.integration.test_learning_failures import TOKEN, call
 from tests.integration.test_learning_loop import publish_seed_model
 
-MAX_EXAMPLES = 300  # a fine-tune learns from the newest 300 labels (the newest 60 judge it): seconds, not minutes
+# a fine-tune learns from the newest 300 labels (the newest 60 judge it): seconds, not minutes
+MAX_EXAMPLES = 300
 TUNED = {
     "DRIFTD_WEB__ADMIN_TOKEN": TOKEN,
-    "DRIFTD_LEARNING__ENABLED": "false",  # fine-tunes start when the rig asks (POST /admin/v1/retrain), never by themselves
+    # fine-tunes start when the rig asks (POST /admin/v1/retrain), never by themselves
+    "DRIFTD_LEARNING__ENABLED": "false",
     "DRIFTD_LEARNING__MAX_EXAMPLES": str(MAX_EXAMPLES),
     "DRIFTD_LEARNING__HOLDOUT_FRACTION": "0.2",
     "DRIFTD_LEARNING__REPLAY_RATIO": "0",
     "DRIFTD_LEARNING__CANARY_LABELS": "0",
-    "DRIFTD_LEARNING__LATENCY_BUDGET_MS": "1000",  # a busy 2-core machine must not fail the gate on latency
+    # a busy 2-core machine must not fail the gate on latency
+    "DRIFTD_LEARNING__LATENCY_BUDGET_MS": "1000",
     "DRIFTD_LEARNING__EPOCHS": "6",
     "DRIFTD_LEARNING__BATCH_SIZE": "32",
-    # Unlabelled utterances (priority low) go to cold within seconds, so kills land in demotions too; labelled
-    # ones stay in warm, where a fine-tune finds its data.
+    # Unlabelled utterances (priority low) go to cold within seconds, so kills land
+    # in demotions too; labelled ones stay in warm, where a fine-tune finds its data.
     "DRIFTD_TIERS__RULES": json.dumps(
         [{"priority": "low", "hot_max_age_s": 1, "warm_retention_s": 2}]
     ),
     "DRIFTD_TIERS__MAINTENANCE_INTERVAL_S": "0.5",
     "DRIFTD_INGEST__BATCH_SIZE": "200",
 }
-LONG_FINE_TUNE = {
-    "DRIFTD_LEARNING__EPOCHS": "200",
-    "DRIFTD_LEARNING__PATIENCE": "200",
-}  # minutes: a kill lands inside it
-SWAP_TARGETS = (
-    "gating",
-    "publishing",
-    "published",
-    "set_current",
-)  # where kill_at_swap aims, see there
-JITTER_S = {
-    "gating": 0.3,
-    "publishing": 0.01,
-    "published": 0.03,
-    "set_current": 0.1,
-}  # verdict to CURRENT moved: ~150 ms
+# minutes: a kill lands inside it
+LONG_FINE_TUNE = {"DRIFTD_LEARNING__EPOCHS": "200", "DRIFTD_LEARNING__PATIENCE": "200"}
+# where kill_at_swap aims, see there
+SWAP_TARGETS = ("gating", "publishing", "published", "set_current")
+# verdict to CURRENT moved: ~150 ms
+JITTER_S = {"gating": 0.3, "publishing": 0.01, "published": 0.03, "set_current": 0.1}
 
 
 class Stream:
-    """Utterances of one CLINC150 domain, 3 in 4 labelled, stamped with the time they are made. Labels name the
-    intents of the current ``phase`` (0: the seed model's names, k: ``<intent>@k``), so a new phase is data no
-    registered version has learnt: the next candidate beats the incumbent and goes on to the swap."""
+    """Utterances of one CLINC150 domain, 3 in 4 labelled, stamped with the time they
+    are made. Labels name the intents of the current ``phase`` (0: the seed model's
+    names, k: ``<intent>@k``), so a new phase is data no registered version has
+    learnt: the next candidate beats the incumbent and goes on to the swap."""
 
     def __init__(self, run: str, examples: list[Example]) -> None:
         self.run, self.examples = run, examples
@@ -111,7 +107,8 @@ class Stream:
 
 
 class Producer(threading.Thread):
-    """Sends the stream in small chunks at ``rate`` events/s until stopped; an event counts once the broker acknowledged its chunk."""
+    """Sends the stream in small chunks at ``rate`` events/s until
+    stopped; an event counts once the broker acknowledged its chunk."""
 
     def __init__(self, bootstrap: str, topic: str, stream: Stream, rate: float) -> None:
         super().__init__(daemon=True)
@@ -162,8 +159,9 @@ class Kill:
 
 
 class KillRig:
-    """One topic, data dir and registry, with a producer running throughout; daemons are started on them, killed
-    and restarted. Post-restart checks collect their findings in ``problems`` so that a run goes on to its summary."""
+    """One topic, data dir and registry, with a producer running throughout;
+    daemons are started on them, killed and restarted. Post-restart checks
+    collect their findings in ``problems`` so that a run goes on to its summary."""
 
     def __init__(self, bootstrap: str, tmp_path: Path, rate: float, seed: int) -> None:
         intents = set(groups("clinc150")["banking"])
@@ -172,9 +170,8 @@ class KillRig:
         self.bootstrap, self.rng = bootstrap, random.Random(seed)
         self.registry_dir, self.data_dir = tmp_path / "registry", tmp_path / "state"
         self.registry = Registry(self.registry_dir)
-        publish_seed_model(
-            self.registry_dir, examples[:300]
-        )  # a small seed: its quality is not under test
+        # a small seed: its quality is not under test
+        publish_seed_model(self.registry_dir, examples[:300])
         self.topic = unique("killrun")
         self.stream = Stream(self.topic, examples)
         self.producer = Producer(bootstrap, self.topic, self.stream, rate)
@@ -185,7 +182,8 @@ class KillRig:
         self.temp_left: set[str] = set()
         self.result: dict[str, int] = {}
 
-    # -- daemons ---------------------------------------------------------------------------------------
+    # -- daemons
+    # ---------------------------------------------------------------------------------------
 
     def start(self, long_fine_tune: bool = False) -> DaemonProcess:
         env = {
@@ -198,7 +196,8 @@ class KillRig:
         ).start()
         self.daemon.wait_ready(timeout_s=120, model=True)
         if not self.producer.is_alive() and not self.producer.stopping.is_set():
-            self.producer.start()  # after the first start: the daemon creates the topics with their partition counts
+            # after the first start: the daemon creates the topics with their partition counts
+            self.producer.start()
         return self.daemon
 
     def learning(self) -> dict[str, Any]:
@@ -213,9 +212,10 @@ class KillRig:
         assert status == 202, (status, body)
 
     def _kill(self, phase: str, moment: str) -> Kill:
-        """SIGKILL, then read the stores while nothing writes them (the harness's readers take no snapshot: a
-        demotion committed between their two queries would show its events twice): no event may be there twice.
-        What each restart did is read at the next kill, and at the end by ``finish``."""
+        """SIGKILL, then read the stores while nothing writes them (the harness's
+        readers take no snapshot: a demotion committed between their two queries
+        would show its events twice): no event may be there twice. What each
+        restart did is read at the next kill, and at the end by ``finish``."""
         assert self.daemon is not None
         self.daemon.kill()
         ids = stored_event_ids(self.data_dir)
@@ -227,7 +227,8 @@ class KillRig:
     def _temps(self) -> set[str]:
         return {n for n in os.listdir(self.registry_dir) if n.startswith(TMP_PREFIX)}
 
-    # -- the three kinds of kill -------------------------------------------------------------------------
+    # -- the three kinds of kill
+    # -------------------------------------------------------------------------
 
     def kill_mid_ingest(self) -> Kill:
         assert self.daemon is not None
@@ -239,7 +240,8 @@ class KillRig:
         return self._kill("ingest", f"{delay:.1f} s into ingest")
 
     def kill_in_fine_tune(self) -> Kill:
-        """The daemon must run with ``long_fine_tune``: the kill lands at a random moment of the child's run."""
+        """The daemon must run with ``long_fine_tune``: the
+        kill lands at a random moment of the child's run."""
         assert self.daemon is not None
         self.retrain()
         self.daemon.wait_until(lambda: self.learning()["pid"], 90, "the fine-tune child to start")
@@ -248,7 +250,8 @@ class KillRig:
         pid, progress = status["pid"], (status["last_run"] or {}).get("progress") or {}
         if not (pid and _running(pid)):
             self.problems.append(
-                f"kill {len(self.kills) + 1}: the fine-tune child was no longer running ({status['last_run']})"
+                f"kill {len(self.kills) + 1}: the fine-tune child was no longer "
+                f"running ({status['last_run']})"
             )
         stage = progress.get("stage")
         moment = {
@@ -265,11 +268,12 @@ class KillRig:
         return kill
 
     def kill_at_swap(self, target: str) -> Kill:
-        """Start a fine-tune on labels of a new phase (so it passes the gate) and kill when it reaches ``target``,
-        plus a random jitter: ``gating`` (the child judges the candidate; the kill lands before publication),
-        ``publishing`` (a temp dir appears in the registry), ``published`` (the version dir appears; the daemon then
-        loads it and only then moves CURRENT), ``set_current`` (CURRENT names the new version). What the kill
-        really hit is read from the registry afterwards."""
+        """Start a fine-tune on labels of a new phase (so it passes the gate) and kill
+        when it reaches ``target``, plus a random jitter: ``gating`` (the child judges
+        the candidate; the kill lands before publication), ``publishing`` (a temp dir
+        appears in the registry), ``published`` (the version dir appears; the daemon
+        then loads it and only then moves CURRENT), ``set_current`` (CURRENT names the
+        new version). What the kill really hit is read from the registry afterwards."""
         assert self.daemon is not None
         self.new_phase()
         before, current, temps = (
@@ -290,9 +294,8 @@ class KillRig:
         deadline, next_look = time.monotonic() + 240, time.monotonic() + 0.5
         ended = False
         while not reached():
-            if (
-                time.monotonic() > next_look
-            ):  # the fine-tune may end without a swap (a gate rejection)
+            # the fine-tune may end without a swap (a gate rejection)
+            if time.monotonic() > next_look:
                 next_look += 0.5
                 if self.learning()["state"] == "idle":
                     ended = True
@@ -337,7 +340,8 @@ class KillRig:
         return lines[-1].split("driftd.learning: ")[-1][:160] if lines else "no verdict logged"
 
     def new_phase(self) -> None:
-        """Labels with new names from now on; returns once MAX_EXAMPLES of them are stored (the newest a fine-tune takes)."""
+        """Labels with new names from now on; returns once MAX_EXAMPLES
+        of them are stored (the newest a fine-tune takes)."""
         assert self.daemon is not None
         self.stream.phase += 1
         phase = self.stream.phase
@@ -351,12 +355,14 @@ class KillRig:
             lambda: stored_count(self.data_dir) >= acked, 120, f"{acked} events stored"
         )
 
-    # -- after a kill ----------------------------------------------------------------------------------
+    # -- after a kill
+    # ----------------------------------------------------------------------------------
 
     def restart_and_check(
         self, *, long_fine_tune: bool = False, resume: bool = False
     ) -> DaemonProcess:
-        """Start a daemon on what the last kill left and check it; with ``resume``, a new fine-tune to its verdict."""
+        """Start a daemon on what the last kill left and check
+        it; with ``resume``, a new fine-tune to its verdict."""
         kill = self.kills[-1]
         daemon = self.start(long_fine_tune)
         for version, entry in self.registry.entries():
@@ -376,7 +382,8 @@ class KillRig:
         kill.serving_after = answer.get("model_version", f"HTTP {status}")
         if status != 200 or kill.serving_after != current:
             self.problems.append(
-                f"after kill {kill.n}: /v1/predict answered {status} by {kill.serving_after}, CURRENT is {current}"
+                f"after kill {kill.n}: /v1/predict answered {status} by "
+                f"{kill.serving_after}, CURRENT is {current}"
             )
         if resume:
             kill.resumed = self.fine_tune_to_verdict()
@@ -395,11 +402,13 @@ class KillRig:
         run = self.learning()["last_run"]
         if run["result"] not in ("swapped", "gate_rejected"):
             self.problems.append(
-                f"after kill {self.kills[-1].n}: the resumed fine-tune ended {run['result']}: {run.get('detail', '')[:300]}"
+                f"after kill {self.kills[-1].n}: the resumed fine-tune ended "
+                f"{run['result']}: {run.get('detail', '')[:300]}"
             )
         return run["result"] + (f" {run['version']}" if run.get("version") else "")
 
-    # -- the end ---------------------------------------------------------------------------------------
+    # -- the end
+    # ---------------------------------------------------------------------------------------
 
     def finish(self) -> None:
         """Stop producing, let the running daemon store the rest, stop it with SIGTERM and count."""
@@ -436,19 +445,27 @@ class KillRig:
 
     def summary(self) -> str:
         rows = [
-            f"{'#':>3}  {'phase':<9}  {'moment':<58}  {'stored before kill':>18}  {'serving after':<13}  resumed fine-tune"
+            f"{'#':>3}  {'phase':<9}  {'moment':<58}  {'stored before kill':>18}  "
+            f"{'serving after':<13}  resumed fine-tune"
         ]
         rows += [
-            f"{k.n:>3}  {k.phase:<9}  {k.moment[:58]:<58}  {k.stored_before:>18}  {k.serving_after:<13}  {k.resumed}"
+            f"{k.n:>3}  {k.phase:<9}  {k.moment[:58]:<58}  {k.stored_before:>18}  "
+            f"{k.serving_after:<13}  {k.resumed}"
             for k in self.kills
         ]
         phases = Counter(k.phase for k in self.kills)
         r = self.result
         rows.append(
-            f"{len(self.kills)} SIGKILLs ({', '.join(f'{n} {p}' for p, n in phases.items())}); acknowledged {r.get('acknowledged')}, "
-            f"stored {r.get('stored')}, lost {r.get('lost')}, duplicated {r.get('duplicated')}; registry: {len(self.registry.versions())} versions, "
-            f"partial versions found {len(self.partial)}, CURRENT {self.registry.current()}; "
-            f"temp dirs left by a kill mid-publish {len(self.temp_left)} (never listed as versions)"
+            f"{len(self.kills)} SIGKILLs "
+            f"({', '.join(f'{n} {p}' for p, n in phases.items())}); acknowledged "
+            f"{r.get('acknowledged')}, "
+            f"stored {r.get('stored')}, lost {r.get('lost')}, "
+            f"duplicated {r.get('duplicated')}; registry: "
+            f"{len(self.registry.versions())} versions, "
+            f"partial versions found {len(self.partial)}, CURRENT "
+            f"{self.registry.current()}; "
+            "temp dirs left by a kill mid-publish "
+            f"{len(self.temp_left)} (never listed as versions)"
         )
         rows += [f"PROBLEM: {p}" for p in self.problems]
         return "\n".join(rows)

@@ -1,6 +1,7 @@
-"""The Label Studio round trip through the real broker: sampled labelling requests on a topic, `labels export`
-to Label Studio tasks, a human's Label Studio export, `labels import` as label events on the input topic,
-and those labels joined with the original predictions by the real OutcomeJoiner."""
+"""The Label Studio round trip through the real broker: sampled labelling
+requests on a topic, `labels export` to Label Studio tasks, a human's Label
+Studio export, `labels import` as label events on the input topic, and those
+labels joined with the original predictions by the real OutcomeJoiner."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def utterances() -> list[dict]:
                 "conversation_id": f"c-{i % 7}",
                 "turn": i % 4,
                 "text": f"{VERBS[i % 5]} {SUBJECTS[i % 12]} number {i} today",
-                "topk": list(zip(top, [p1, p2, 1 - p1 - p2])),
+                "topk": list(zip(top, [p1, p2, 1 - p1 - p2], strict=False)),
                 "model_version": "v000002",
             }
         )
@@ -76,15 +77,14 @@ def settings_for(broker, tmp_path: Path, requests_topic: str, input_topic: str) 
 
 
 def human_export(tasks: list[dict]) -> tuple[list[dict], dict[str, str]]:
-    """What a labeller's Label Studio JSON export looks like: ids assigned, one or two annotations per task,
-    some skipped. Returns it and the intent each labelled utterance got."""
+    """What a labeller's Label Studio JSON export looks like: ids assigned, one or two
+    annotations per task, some skipped. Returns it and the intent each labelled utterance got."""
     export, chosen = [], {}
     for i, task in enumerate(tasks):
         predicted = task["predictions"][0]["result"][0]["value"]["choices"][0]
         event_id = task["data"]["event_id"]
-        intent = (
-            predicted if i % 2 == 0 else next(x for x in INTENTS if x != predicted)
-        )  # half confirmed, half corrected
+        # half confirmed, half corrected
+        intent = predicted if i % 2 == 0 else next(x for x in INTENTS if x != predicted)
         annotations = [
             {
                 "id": 5000 + i,
@@ -151,11 +151,12 @@ def test_requests_go_to_label_studio_and_come_back_as_joined_labels(broker, tmp_
         )
     ]
     assert 10 <= len(requests) < len(sent), sampler.counts  # the sure ones were not asked for
+    # a redelivery, junk
     payloads = [json.dumps(r).encode() for r in requests] + [
         json.dumps(requests[0]).encode(),
         b"not json",
         b'{"event_id": "x"}',
-    ]  # a redelivery, junk
+    ]
     asyncio.run(
         produce(
             broker.bootstrap,
@@ -168,7 +169,7 @@ def test_requests_go_to_label_studio_and_come_back_as_joined_labels(broker, tmp_
     # Export, with the registry's CURRENT intents in the labelling config.
     registry = Registry(settings.registry_dir)
     version = registry.publish(
-        {"labels.json": json.dumps(INTENTS + ["travel"]).encode()}, parent=None, info={}
+        {"labels.json": json.dumps([*INTENTS, "travel"]).encode()}, parent=None, info={}
     ).version
     registry.set_current(version)
     result = export_requests(
@@ -176,18 +177,19 @@ def test_requests_go_to_label_studio_and_come_back_as_joined_labels(broker, tmp_
     )
     tasks = json.loads((tmp_path / "tasks.json").read_text())
     assert tasks == result.tasks
-    assert sorted(t["data"]["event_id"] for t in tasks) == sorted(
-        r["event_id"] for r in requests
-    )  # every request once
+    # every request once
+    assert sorted(t["data"]["event_id"] for t in tasks) == sorted(r["event_id"] for r in requests)
     uncertainty = [t["data"]["uncertainty"] for t in tasks]
+    # a queue, most uncertain first
     assert uncertainty == sorted(uncertainty, reverse=True) and uncertainty != [
         r["score"] for r in requests
-    ]  # a queue, most uncertain first
+    ]
     assert len(result.skipped) == 2 and result.choices_from == f"registry {version}"
     choices = ET.fromstring((tmp_path / "config.xml").read_text()).find("Choices")
-    assert choices is not None and [
-        c.get("value") for c in choices.findall("Choice")
-    ] == INTENTS + ["travel"]
+    assert choices is not None and [c.get("value") for c in choices.findall("Choice")] == [
+        *INTENTS,
+        "travel",
+    ]
     by_event = {u["event_id"]: u for u in sent}
     for t in tasks:
         u = by_event[t["data"]["event_id"]]
@@ -240,7 +242,8 @@ def test_requests_go_to_label_studio_and_come_back_as_joined_labels(broker, tmp_
         )
     assert 0 < sum(o.correct for o in outcomes.values()) < len(outcomes)  # both kinds came through
 
-    # Importing the same export again repeats the event ids: downstream sees the same labels, joins nothing new.
+    # Importing the same export again repeats the event ids:
+    # downstream sees the same labels, joins nothing new.
     again = import_labels(settings, export_path)
     assert [e["event_id"] for e in again.events] == [e["event_id"] for e in imported.events]
     records = asyncio.run(read_topic(broker.bootstrap, input_topic, 2 * len(chosen), timeout_s=30))
@@ -287,9 +290,8 @@ def test_the_cli_round_trip_and_its_errors(broker, tmp_path: Path) -> None:
         env=env,
     )
     assert out.exit_code == 0, out.output
-    assert (
-        "wrote 1 tasks" in out.output and "3 intents (requests)" in out.output
-    )  # no registry: the intents the request names
+    # no registry: the intents the request names
+    assert "wrote 1 tasks" in out.output and "3 intents (requests)" in out.output
     (task,) = json.loads((tmp_path / "tasks.json").read_text())
     export = [
         {
@@ -348,8 +350,9 @@ def test_the_cli_round_trip_and_its_errors(broker, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_a_daemon_asks_for_labels_and_joins_the_answers(broker, tmp_path: Path) -> None:
-    """The whole loop with a real daemon: it publishes requests for its least sure CLINC150 predictions; they go
-    to Label Studio and back (the true intents as the labeller's answers); the daemon joins every answer."""
+    """The whole loop with a real daemon: it publishes requests for its least
+    sure CLINC150 predictions; they go to Label Studio and back (the true
+    intents as the labeller's answers); the daemon joins every answer."""
     from streams.datasets import groups, load_examples
     from tests.integration.harness import DaemonProcess
     from tests.integration.test_learning_loop import CLINC_SEED_DOMAINS, publish_seed_model
@@ -368,10 +371,10 @@ def test_a_daemon_asks_for_labels_and_joins_the_answers(broker, tmp_path: Path) 
     daemon = DaemonProcess(broker.bootstrap, tmp_path / "daemon", topic, extra_env=env).start()
     try:
         daemon.wait_ready(timeout_s=90, model=True)
-        test = load_examples("clinc150", "test")[
-            ::15
-        ]  # all 10 domains: half of them unknown to the model
+        # all 10 domains: half of them unknown to the model
+        test = load_examples("clinc150", "test")[::15]
         truth = {f"{topic}-u{i}": e.intent for i, e in enumerate(test)}
+        # the join horizon counts from now
         sent = [
             {
                 "event_id": f"{topic}-u{i}",
@@ -382,7 +385,7 @@ def test_a_daemon_asks_for_labels_and_joins_the_answers(broker, tmp_path: Path) 
                 "text": e.text,
             }
             for i, e in enumerate(test)
-        ]  # the join horizon counts from now
+        ]
         asyncio.run(
             produce(
                 broker.bootstrap,
@@ -409,7 +412,8 @@ def test_a_daemon_asks_for_labels_and_joins_the_answers(broker, tmp_path: Path) 
         )
         unknown = sum(truth[r["event_id"]] not in seed for r in requests) / len(requests)
         print(
-            f"\n  {len(sent)} predictions, {picked:.0f} labelling requests, {unknown:.0%} of them for intents the model never saw "
+            f"\n  {len(sent)} predictions, {picked:.0f} labelling requests, "
+            f"{unknown:.0%} of them for intents the model never saw "
             f"(the stream has {sum(i not in seed for i in truth.values()) / len(truth):.0%})"
         )
         assert unknown > 0.5  # the sampler asks where the model is lost

@@ -1,5 +1,6 @@
-"""A fine-tune forced to fail leaves the incumbent serving and raises the failure metric: a killed child
-(reported as crashed) and a diverging loss (NaN), each on a real daemon with a real broker."""
+"""A fine-tune forced to fail leaves the incumbent serving and raises
+the failure metric: a killed child (reported as crashed) and a
+diverging loss (NaN), each on a real daemon with a real broker."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def test_killed_child_and_nan_loss_leave_the_incumbent_serving(broker: Any, tmp_
     finally:
         daemon.stop_quietly()
 
-    # The same daemon again (same data dir), now with a learning rate that makes the loss overflow to NaN.
+    # The same daemon again (same data dir), now with a
+    # learning rate that makes the loss overflow to NaN.
     diverging = DaemonProcess(
         broker.bootstrap,
         tmp_path / "daemon",

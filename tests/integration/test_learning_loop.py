@@ -1,13 +1,16 @@
-"""The learning loop end to end, on real data through the real embedded broker and a real daemon process.
+"""The learning loop end to end, on real data through
+the real embedded broker and a real daemon process.
 
-(a) CLINC150: the serving model knows 5 domains; the stream moves to all 10 with labels. The daemon must
-    detect the decay, fine-tune, pass the gate and swap (announcing on model-updates), then keep retraining
-    as labels accumulate. Afterwards, on fresh utterances, its accuracy must be within 3 points of an offline
-    model trained from scratch on everything it has seen (seed data + every labelled event). Ingest must go
-    on while the fine-tune child runs.
-    When the stream stops, the labels since the last fine-tune get one more (quiet-stream) follow-up.
+(a) CLINC150: the serving model knows 5 domains; the
+    stream moves to all 10 with labels. The daemon must
+    detect the decay, fine-tune, pass the gate and swap (announcing on model-updates), then
+    keep retraining as labels accumulate. Afterwards, on fresh utterances, its accuracy must be
+    within 3 points of an offline model trained from scratch on everything it has seen (seed
+    data + every labelled event). Ingest must go on while the fine-tune child runs. When the
+    stream stops, the labels since the last fine-tune get one more (quiet-stream) follow-up.
 (b) Banking77: the same with half the classes first, then all of them.
-(c) Stable streams of 10,000 labelled events from the known intents (CLINC150, Banking77): no fine-tune starts.
+(c) Stable streams of 10,000 labelled events from the
+    known intents (CLINC150, Banking77): no fine-tune starts.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ AUTH = {"Authorization": "Bearer learning-loop-test-token"}
 
 
 def publish_seed_model(registry_dir: Path, examples: list[Example]) -> tuple[str, list[str]]:
-    """What the daemon's bootstrap does, with fewer epochs (the seed model's quality is not under test)."""
+    """What the daemon's bootstrap does, with fewer epochs
+    (the seed model's quality is not under test)."""
     result = train_classifier(
         [e.text for e in examples],
         [e.intent for e in examples],
         settings=TrainSettings(epochs=5, batch_size=256),
     )
-    files, report = build_version_files(
+    files, _report = build_version_files(
         result.model, result.featurizer, result.labels, [e.text for e in examples[::100]][:64]
     )
     registry = Registry(registry_dir)
@@ -98,7 +102,8 @@ def learning_status(daemon: DaemonProcess) -> dict[str, Any]:
 async def produce_watching(
     broker: str, daemon: DaemonProcess, topic: str, events: list[dict[str, Any]], rate: float
 ) -> list[tuple[float, float]]:
-    """Produce while sampling (stored events) whenever a fine-tune child is running: ingest must not stop."""
+    """Produce while sampling (stored events) whenever a
+    fine-tune child is running: ingest must not stop."""
     samples: list[tuple[float, float]] = []
     sending = asyncio.ensure_future(
         produce(
@@ -152,8 +157,8 @@ def run_drift_scenario(
         )
         during_training = asyncio.run(produce_watching(broker, daemon, topic, stream, rate))
         daemon.wait_stored(len(stream), timeout_s=120)
-        # Recovery: follow-up retrains run while labels keep arriving; once the stream stops, the last labels
-        # get one quiet-stream follow-up and the loop settles.
+        # Recovery: follow-up retrains run while labels keep arriving; once the stream
+        # stops, the last labels get one quiet-stream follow-up and the loop settles.
         daemon.wait_until(
             lambda: (lambda st: st["state"] == "idle" and not st["followup_pending"])(
                 learning_status(daemon)
@@ -187,9 +192,12 @@ def run_drift_scenario(
             )
         }
         answered = [predictions[e["event_id"]] for e in fresh]
-        daemon_accuracy = float(np.mean([p["intent"] == e.intent for p, e in zip(answered, test)]))
+        daemon_accuracy = float(
+            np.mean([p["intent"] == e.intent for p, e in zip(answered, test, strict=False)])
+        )
 
-        # The offline reference: from scratch on everything seen (seed data + every labelled utterance).
+        # The offline reference: from scratch on everything
+        # seen (seed data + every labelled utterance).
         seen_text = {e["event_id"]: e["text"] for e in stream if e["type"] == "utterance"}
         seen = [(seen_text[e["ref_event_id"]], e["intent"]) for e in stream if e["type"] == "label"]
         texts = [e.text for e in seed_examples] + [t for t, _ in seen]
@@ -232,10 +240,15 @@ def check_recovery(result: dict[str, Any], tolerance: float) -> None:
     runs = {k: v for k, v in metrics.items() if k.startswith("driftd_finetune_runs_total")}
     outcomes = {k: v for k, v in metrics.items() if k.startswith("driftd_finetune_results_total")}
     print(
-        f"\n  daemon {result['daemon_accuracy']:.4f} vs offline {result['offline_accuracy']:.4f} on {result['test_n']} fresh texts; "
-        f"serving {result['serving']} (seed {result['seed_version']}); runs {runs}; results {outcomes}; "
-        f"last run {status['last_run'].get('trigger')} on {status['last_run'].get('data')}: {status['last_run'].get('result')}; "
-        f"{status['labels_since_start']} labels since, {status['followups_left']} follow-ups left"
+        f"\n  daemon {result['daemon_accuracy']:.4f} vs offline "
+        f"{result['offline_accuracy']:.4f} on {result['test_n']} fresh texts; "
+        f"serving {result['serving']} (seed {result['seed_version']}); runs "
+        f"{runs}; results {outcomes}; "
+        f"last run {status['last_run'].get('trigger')} on "
+        f"{status['last_run'].get('data')}: "
+        f"{status['last_run'].get('result')}; "
+        f"{status['labels_since_start']} labels since, "
+        f"{status['followups_left']} follow-ups left"
     )
     assert metrics["driftd_decay_decisions_total"] >= 1, "the decay was never detected"
     assert metrics["driftd_finetune_runs_total{trigger=decay}"] >= 1
@@ -248,9 +261,8 @@ def check_recovery(result: dict[str, Any], tolerance: float) -> None:
     assert any(u["version"] == result["serving"] for u in result["updates"]), (
         "the promoted version was not announced on model-updates"
     )
-    hygiene = result["manifest"].info["train"][
-        "hygiene"
-    ]  # the daemon cleans before training and says what went
+    # the daemon cleans before training and says what went
+    hygiene = result["manifest"].info["train"]["hygiene"]
     assert hygiene["kept"] > 0 and set(hygiene["removed"]) >= {
         "exact_duplicate",
         "near_duplicate",
@@ -259,7 +271,8 @@ def check_recovery(result: dict[str, Any], tolerance: float) -> None:
         "empty",
     }
     print(
-        f"  hygiene of the serving version's data: kept {hygiene['kept']}, removed {hygiene['removed']}"
+        f"  hygiene of the serving version's data: kept {hygiene['kept']}, removed "
+        f"{hygiene['removed']}"
     )
     gate = result["manifest"].info["gate"]
     assert (
@@ -271,7 +284,8 @@ def check_recovery(result: dict[str, Any], tolerance: float) -> None:
         metrics["driftd_finetune_failures_total{reason=crashed}"] == 0
         and metrics["driftd_finetune_failures_total{reason=error}"] == 0
     )
-    # Ingest went on while a fine-tune child ran: the stored count grew between samples taken during training.
+    # Ingest went on while a fine-tune child ran: the stored
+    # count grew between samples taken during training.
     samples = result["during_training"]
     assert len(samples) >= 2 and samples[-1][1] > samples[0][1], (
         f"no ingest progress seen while training: {samples}"
@@ -323,8 +337,8 @@ STABLE_LABELS = 10_000  # issue 21's criterion 6: no decay decision over 10,000 
 
 @pytest.mark.parametrize("dataset", ["clinc150", "banking77"])
 def test_a_stable_stream_starts_no_fine_tune(broker: Any, tmp_path: Path, dataset: str) -> None:
-    """A known taxonomy, steady: neither the relative signals nor the poor-quality triggers (unknown intents,
-    the accuracy floor) make a decision."""
+    """A known taxonomy, steady: neither the relative signals nor the poor-quality
+    triggers (unknown intents, the accuracy floor) make a decision."""
     if dataset == "clinc150":
         domains = groups("clinc150")
         seed = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
@@ -335,9 +349,8 @@ def test_a_stable_stream_starts_no_fine_tune(broker: Any, tmp_path: Path, datase
     publish_seed_model(
         tmp_path / "registry", [e for e in load_examples(dataset, "train") if e.intent in seed]
     )
-    fresh = [
-        e for split in fresh_splits for e in load_examples(dataset, split) if e.intent in seed
-    ]  # never trained on
+    # never trained on
+    fresh = [e for split in fresh_splits for e in load_examples(dataset, split) if e.intent in seed]
     topic = unique(f"learn-stable-{dataset}")
     daemon = DaemonProcess(
         broker.bootstrap,
@@ -361,9 +374,13 @@ def test_a_stable_stream_starts_no_fine_tune(broker: Any, tmp_path: Path, datase
         status = learning_status(daemon)
         triggers = status["monitor"]["triggers"]
         print(
-            f"\n  stable {dataset} stream: {outcomes:.0f} outcomes, window accuracy {status['monitor']['window_accuracy']}, "
-            f"ewma {status['monitor']['ewma_accuracy']} vs reference {status['monitor']['reference_accuracy']}; "
-            f"unknown-intent outcomes {triggers['unknown_intent']['unknown_outcomes']}, floor fires {triggers['accuracy_floor']['fires']}"
+            f"\n  stable {dataset} stream: {outcomes:.0f} outcomes, window accuracy "
+            f"{status['monitor']['window_accuracy']}, "
+            f"ewma {status['monitor']['ewma_accuracy']} vs reference "
+            f"{status['monitor']['reference_accuracy']}; "
+            "unknown-intent outcomes "
+            f"{triggers['unknown_intent']['unknown_outcomes']}, floor fires "
+            f"{triggers['accuracy_floor']['fires']}"
         )
         assert decisions == 0, status["last_decision"]
         assert daemon.metric("driftd_finetune_runs_total") == 0

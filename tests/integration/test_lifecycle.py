@@ -1,4 +1,5 @@
-"""The daemon process as an operator meets it: SIGKILL and restart, SIGTERM, the embedded broker, the demo."""
+"""The daemon process as an operator meets it: SIGKILL
+and restart, SIGTERM, the embedded broker, the demo."""
 
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
     kills: list[tuple[str, int]] = []
     daemon = first
     try:
-        # Five kills at different moments: deep into ingest (three times, while demotion to cold runs
-        # every 0.3 s), before the restarted daemon has joined its group, and right at readiness.
+        # Five kills at different moments: deep into ingest (three
+        # times, while demotion to cold runs every 0.3 s), before the
+        # restarted daemon has joined its group, and right at readiness.
         for moment in ("mid-ingest", "during start-up", "just ready", "mid-ingest", "mid-ingest"):
             if daemon.proc is None:
                 daemon.start()
@@ -78,7 +80,9 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
                 daemon.wait_ready()
             if moment == "mid-ingest":
                 daemon.wait_until(
-                    lambda: daemon.metric("driftd_events_total") > 0, 30, "ingest under way"
+                    lambda daemon=daemon: daemon.metric("driftd_events_total") > 0,
+                    30,
+                    "ingest under way",
                 )
                 time.sleep(rng.uniform(0.5, 3.0))
             daemon.kill()
@@ -99,12 +103,12 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
     stored = stored_event_ids(data_dir)
     keys = stored_keys(data_dir)
     assert stored == expected_ids, (
-        f"kills at {kills}: missing {len(expected_ids - stored)}, duplicated {sum((stored - expected_ids).values())}"
+        f"kills at {kills}: missing {len(expected_ids - stored)}, duplicated "
+        f"{sum((stored - expected_ids).values())}"
     )
     assert set(keys.values()) == {1} and len(keys) == len(payloads)
-    assert [count for _, count in kills] == sorted(
-        count for _, count in kills
-    )  # progress survived every kill
+    # progress survived every kill
+    assert [count for _, count in kills] == sorted(count for _, count in kills)
     assert kills[0][1] > 0 and kills[-1][1] > kills[0][1]
     assert cold_file_count(data_dir) > 0  # kills landed while events were being demoted to cold
 
@@ -197,7 +201,8 @@ def test_embedded_broker_starts_creates_topics_and_stops_with_the_daemon(tmp_pat
 
 
 def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_every_tier(tmp_path):
-    """The README's main command, shortened: drift detected, fine-tuned, gated, swapped, timeline drawn; every tier filled."""
+    """The README's main command, shortened: drift detected,
+    fine-tuned, gated, swapped, timeline drawn; every tier filled."""
     env = {
         **os.environ,
         "DRIFTD_KAFKA__EMBEDDED_PORT": str(free_port()),
@@ -207,9 +212,11 @@ def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_ever
         "DRIFTD_REPLAY__RATE": "0",
         "DRIFTD_REPLAY__LABEL_FRACTION": "1.0",
         "DRIFTD_REPLAY__LABEL_DELAY": "20",
-        "DRIFTD_REPLAY__SCHEDULE": "0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;2000=*",
-        # As in the real demo: follow-ups learn what the first fine-tune, right after the onset, had too few
-        # examples of the new domains to learn (the gate may rightly refuse that one).
+        "DRIFTD_REPLAY__SCHEDULE": (
+            "0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;2000=*"
+        ),
+        # As in the real demo: follow-ups learn what the first fine-tune, right after the onset,
+        # had too few examples of the new domains to learn (the gate may rightly refuse that one).
         "DRIFTD_LEARNING__FOLLOWUP_LABELS": "600",
     }
     result = subprocess.run(
@@ -236,7 +243,8 @@ def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_ever
     assert summary["driftd_demotions_total{source=warm,target=cold}"] == total
     assert "ingest:" in out and "tiers: hot=" in out  # the daemon's own count lines
     assert summary["driftd_predictions_total"] == 5000  # every utterance predicted
-    # The learning loop, visible as it happens: the decision, the fine-tune's epochs, the gate verdict, the swap.
+    # The learning loop, visible as it happens: the decision,
+    # the fine-tune's epochs, the gate verdict, the swap.
     assert (
         summary["driftd_decay_decisions_total"] >= 1
         and summary["driftd_finetune_results_total{result=swapped}"] >= 1
@@ -248,7 +256,8 @@ def test_the_readme_demo_shows_the_learning_loop_and_events_flowing_through_ever
         "swapped to v000002",
     ):
         assert line in out, line
-    # The onset brings intents the model has no output for: the unknown-intent trigger may decide before the EWMA.
+    # The onset brings intents the model has no output for:
+    # the unknown-intent trigger may decide before the EWMA.
     assert re.search(r"(decay|poor quality): [a-z_, ]+ fired after \d+ labelled outcomes", out), (
         "no decision line"
     )

@@ -1,6 +1,6 @@
 """The daemon as a service manager meets it: sd_notify READY/WATCHDOG/RELOADING/STOPPING, SIGHUP
-reloading a threshold without a restart, `driftd status`, and JSON logs. A real daemon process on the
-real embedded broker; the notify socket is one this test binds, as systemd would."""
+reloading a threshold without a restart, `driftd status`, and JSON logs. A real daemon process
+on the real embedded broker; the notify socket is one this test binds, as systemd would."""
 
 from __future__ import annotations
 
@@ -115,9 +115,8 @@ def test_notify_watchdog_status_sighup_reload_and_json_logs(broker, tmp_path):
             30,
             "lag 0 once everything is consumed",
         )
-        assert (
-            status["model"] is None and status["training"]["state"] == "idle"
-        )  # no bootstrap in this test
+        # no bootstrap in this test
+        assert status["model"] is None and status["training"]["state"] == "idle"
         assert set(status["quality"]["detectors"]) == {"ewma", "adwin", "page_hinkley"}
         assert status["quality"]["config"]["ewma_relative_drop"] == 0.1
         text = _cli(daemon, "status")
@@ -136,10 +135,13 @@ def test_notify_watchdog_status_sighup_reload_and_json_logs(broker, tmp_path):
         )
         assert _cli(daemon, "status", "-c", str(config)).returncode == 0
 
-        # SIGHUP: a new threshold and log level, applied without a restart; a restart-only key is reported.
+        # SIGHUP: a new threshold and log level, applied
+        # without a restart; a restart-only key is reported.
         pid = daemon.proc.pid
         config.write_text(
-            '[daemon]\nlog_format = "json"\nlog_level = "DEBUG"\n\n[monitor]\newma_relative_drop = 0.25\n\n[kafka]\nembedded_port = 29999\n'
+            '[daemon]\nlog_format = "json"\nlog_level = '
+            '"DEBUG"\n\n[monitor]\newma_relative_drop = '
+            "0.25\n\n[kafka]\nembedded_port = 29999\n"
         )
         hup_at = time.monotonic()
         os.kill(pid, signal.SIGHUP)
@@ -162,18 +164,16 @@ def test_notify_watchdog_status_sighup_reload_and_json_logs(broker, tmp_path):
             20,
             "refused reload logged",
         )
-        assert (
-            _cli(daemon, "status").returncode == 2
-        )  # the CLI reads the same broken file and says so
+        # the CLI reads the same broken file and says so
+        assert _cli(daemon, "status").returncode == 2
         (tmp_path / "cli.toml").write_text("")
         after = json.loads(
             _cli(daemon, "status", "--json", "-c", str(tmp_path / "cli.toml")).stdout
         )
         assert after["quality"]["config"]["ewma_relative_drop"] == 0.25 and after["pid"] == pid
 
-        assert (
-            _cli(daemon, "healthcheck", "-c", str(tmp_path / "cli.toml")).returncode == 0
-        )  # the image's HEALTHCHECK
+        # the image's HEALTHCHECK
+        assert _cli(daemon, "healthcheck", "-c", str(tmp_path / "cli.toml")).returncode == 0
         code, seconds = daemon.terminate()
         assert code == 0 and seconds < 10
         assert notify.count("STOPPING=1") == 1

@@ -1,6 +1,7 @@
-"""Your own data, through the real CLI: `driftd train --from` on CSV, JSON Lines and Parquet files written from the
-shipped datasets (each version loaded as the daemon serves it), the bad files it refuses with exit code 2 and one
-line, and `driftd replay --file` into the real embedded broker."""
+"""Your own data, through the real CLI: `driftd train --from` on CSV, JSON
+Lines and Parquet files written from the shipped datasets (each version
+loaded as the daemon serves it), the bad files it refuses with exit code
+2 and one line, and `driftd replay --file` into the real embedded broker."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from streams.datasets import Example, load_examples
 from tests.integration.harness import REPO, DaemonProcess, read_topic, unique
 
 DRIFTD = str(REPO / ".venv" / "bin" / "driftd")
-PER_INTENT = 50  # of each intent in a written file: a usable model, and under 256 training examples (one step an epoch)
+# of each intent in a written file: a usable model,
+# and under 256 training examples (one step an epoch)
+PER_INTENT = 50
 
 
 def pick(
@@ -68,7 +71,7 @@ def served_accuracy(registry: Registry, version: str, test: list[Example]) -> fl
         predicted = [p.intent for p in model.predict([e.text for e in test], top_k=1)]
     finally:
         model.close()
-    return sum(p == e.intent for p, e in zip(predicted, test)) / len(test)
+    return sum(p == e.intent for p, e in zip(predicted, test, strict=False)) / len(test)
 
 
 def served_version(daemon: DaemonProcess) -> str | None:
@@ -116,8 +119,8 @@ def test_train_from_csv_jsonl_and_parquet_registers_versions_that_serve(
     config.write_text(f'[daemon]\ndata_dir = "{data_dir}"\n')
     registry = Registry(data_dir / "registry")
 
-    # A daemon on this registry and a broker that is not its embedded one, bootstrap on by default: no demo model,
-    # one log line saying so, and it serves whatever `driftd train` makes CURRENT.
+    # A daemon on this registry and a broker that is not its embedded one, bootstrap on by default:
+    # no demo model, one log line saying so, and it serves whatever `driftd train` makes CURRENT.
     daemon = DaemonProcess(
         broker.bootstrap,
         tmp_path / "daemon",
@@ -147,7 +150,8 @@ def test_train_from_csv_jsonl_and_parquet_registers_versions_that_serve(
     log = daemon.log_path.read_text()
     assert (
         log.count(
-            "kafka.bootstrap is not the embedded broker, so the demo dataset clinc150 is not trained on"
+            "kafka.bootstrap is not the embedded broker, so the demo dataset clinc150 "
+            "is not trained on"
         )
         == 1
     ), log
@@ -176,9 +180,9 @@ def _train_three_files(
     code, out, err = finish(driftd("train", "--from", str(csv_file), "-c", str(config), *columns))
     assert code == 0, err
     assert (
-        f"read {5 * PER_INTENT} examples of 5 intents from {csv_file}; skipped 1 rows with an empty text or intent"
-        in out
-    )
+        f"read {5 * PER_INTENT} examples of 5 intents from {csv_file}; skipped 1 "
+        "rows with an empty text or intent"
+    ) in out
     holdout = re.search(r"holdout accuracy (\d\.\d{4}) on (\d+) examples \(10% of each intent", out)
     held = round(PER_INTENT * 0.1)
     assert holdout and int(holdout.group(2)) == 5 * held, out
@@ -193,8 +197,9 @@ def _train_three_files(
     )
     assert daemon.readiness()["model_loaded"]
 
-    # Two more at once (a registry takes concurrent publishers), the registry location from the environment this
-    # time: the JSON Lines one without --activate leaves CURRENT alone, the Parquet one with it moves CURRENT.
+    # Two more at once (a registry takes concurrent publishers), the registry
+    # location from the environment this time: the JSON Lines one without
+    # --activate leaves CURRENT alone, the Parquet one with it moves CURRENT.
     env = {"DRIFTD_MODELS__REGISTRY_DIR": str(registry.root)}
     jsonl_run = driftd("train", "--from", str(jsonl_file), "--no-progress", env=env, cwd=tmp_path)
     parquet_run = driftd(
@@ -211,9 +216,8 @@ def _train_three_files(
     stayed = re.search(
         r"CURRENT stays (v\d{6}) \(to serve it: driftd models rollback --registry ", jsonl_out
     )
-    assert stayed and stayed.group(1) in ("v000001", parquet_version), (
-        jsonl_out
-    )  # whichever was CURRENT when it finished
+    # whichever was CURRENT when it finished
+    assert stayed and stayed.group(1) in ("v000001", parquet_version), jsonl_out
     assert "it is CURRENT now" in parquet_out and registry.current() == parquet_version
     assert served_accuracy(registry, jsonl_version, pick("clinc150", "test", clinc)) > 0.8
     assert served_accuracy(registry, parquet_version, pick("snips", "test", snips)) > 0.8
@@ -243,21 +247,27 @@ def test_bad_files_exit_2_with_one_line_that_says_what_is_wrong(
         tmp_path / "single.parquet",
     )
     expected = {
-        "missing_column.csv": "missing_column.csv has no text column 'text'; its columns: 'utterance', 'intent'",
+        "missing_column.csv": "missing_column.csv has no text column 'text'; its columns: "
+        "'utterance', 'intent'",
         "empty.jsonl": "empty.jsonl is empty",
-        "latin1.csv": "latin1.csv is not UTF-8 text: byte 0xe9 on line 3 cannot be decoded; save the file as UTF-8",
-        "single.parquet": "single.parquet has a single intent ('greet'); a classifier needs at least 2",
-        "notes.txt": "notes.txt: unknown file type (.txt); expected .csv, .jsonl (JSON Lines; .ndjson) or .parquet "
+        "latin1.csv": "latin1.csv is not UTF-8 text: byte 0xe9 on line 3 cannot be decoded; "
+        "save the file as UTF-8",
+        "single.parquet": "single.parquet has a single intent ('greet'); a classifier needs at "
+        "least 2",
+        "notes.txt": "notes.txt: unknown file type (.txt); expected .csv, .jsonl (JSON "
+        "Lines; .ndjson) or .parquet "
         "(.csv and .jsonl may be .gz-compressed)",
         "absent.csv": "absent.csv does not exist",
     }
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DRIFTD_DAEMON__DATA_DIR", str(tmp_path / "var"))
-    # main() configures the root logger (level ERROR for `train`): give it back as it was to the tests after this.
+    # main() configures the root logger (level ERROR for
+    # `train`): give it back as it was to the tests after this.
     monkeypatch.setattr(logging.root, "level", logging.root.level)
     monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
-    # Two through the installed command (a process of its own: exit status, nothing but the line on stderr);
-    # all of them through the same entry point in this process, which saves an interpreter start each.
+    # Two through the installed command (a process of its own: exit status,
+    # nothing but the line on stderr); all of them through the same entry
+    # point in this process, which saves an interpreter start each.
     running = {
         name: driftd("train", "--from", name, cwd=tmp_path) for name in ("latin1.csv", "absent.csv")
     }
@@ -320,12 +330,12 @@ def test_replay_file_streams_its_rows_on_the_schedule_into_the_broker(
     ]
     utterances = [e for e in records if e["type"] == "utterance"]
     labels = {e["ref_event_id"]: e["intent"] for e in records if e["type"] == "label"}
+    # every row once
     assert len(records) == 120 and sorted(e["text"] for e in utterances) == sorted(
         e.text for e in rows
-    )  # every row once
-    assert {labels[e["event_id"]] for e in utterances[:20]} == {
-        "card_arrival"
-    }  # the schedule, over the file's intents
+    )
+    # the schedule, over the file's intents
+    assert {labels[e["event_id"]] for e in utterances[:20]} == {"card_arrival"}
     assert Counter(labels.values()) == Counter(e.intent for e in rows)
 
     bad = [*args[:-3], "--schedule", "0=card_arival", "--no-progress"]

@@ -1,4 +1,5 @@
-"""A real Prometheus scraping a real daemon, with the shipped alert rules (only their durations shortened)."""
+"""A real Prometheus scraping a real daemon, with the
+shipped alert rules (only their durations shortened)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ from tests.promtools import (
     require_binary,
 )
 
-WINDOW = (
-    "30s"  # every range window of the rules: a few scrapes at 1 s, so rates react within seconds
-)
+# every range window of the rules: a few scrapes at 1 s, so rates react within seconds
+WINDOW = "30s"
 
 
 def fast_rules(path: Path) -> Path:
-    """alerts.yml with `for:` at 1s and range windows at WINDOW; the expressions are otherwise the shipped ones."""
+    """alerts.yml with `for:` at 1s and range windows at
+    WINDOW; the expressions are otherwise the shipped ones."""
     rules = yaml.safe_load(ALERTS.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
@@ -44,7 +45,8 @@ def fast_rules(path: Path) -> Path:
 
 
 def fast_config(path: Path, rules: Path, target: str) -> Path:
-    """The example prometheus.yml, pointed at ``target`` and the fast rules, scraping and evaluating every second."""
+    """The example prometheus.yml, pointed at ``target`` and
+    the fast rules, scraping and evaluating every second."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] = {
         "scrape_interval": "1s",
@@ -116,7 +118,8 @@ class Prometheus:
     def wait_for(
         self, predicate: Callable[[], Any], timeout_s: float, what: str, daemon: DaemonProcess
     ) -> Any:
-        """Poll until ``predicate`` returns something truthy (returned); fail with both logs on timeout."""
+        """Poll until ``predicate`` returns something truthy
+        (returned); fail with both logs on timeout."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -130,7 +133,8 @@ class Prometheus:
                 pass  # not listening yet
             time.sleep(0.5)
         pytest.fail(
-            f"timed out after {timeout_s:.0f}s waiting for {what}\nprometheus log:\n{self.log_tail()}\ndaemon log:\n{daemon.log_tail()}"
+            f"timed out after {timeout_s:.0f}s waiting for {what}\nprometheus "
+            f"log:\n{self.log_tail()}\ndaemon log:\n{daemon.log_tail()}"
         )
 
     def log_tail(self, lines: int = 30) -> str:
@@ -150,9 +154,8 @@ def test_prometheus_scrapes_the_daemon_and_the_dead_letter_alert_fires(broker, t
     topic = unique("prom")
     daemon = DaemonProcess(broker.bootstrap, tmp_path / "daemon", topic).start()
     target = f"127.0.0.1:{daemon.web_port}"
-    prometheus = Prometheus(
-        binary, tmp_path / "prometheus", target
-    ).start()  # starts while the daemon does
+    # starts while the daemon does
+    prometheus = Prometheus(binary, tmp_path / "prometheus", target).start()
     try:
         daemon.wait_ready()
         prometheus.wait_for(lambda: prometheus.get("/-/ready"), 30, "prometheus ready", daemon)
@@ -170,11 +173,11 @@ def test_prometheus_scrapes_the_daemon_and_the_dead_letter_alert_fires(broker, t
         assert sample["metric"]["instance"] == target
         assert float(sample["value"][1]) == len(good)
         assert prometheus.query('up{job="driftd"}')[0]["value"][1] == "1"
-        for (
-            expr
-        ) in dashboard_exprs():  # evaluation errors (e.g. vector matching) show only on real data
+        # evaluation errors (e.g. vector matching) show only on real data
+        for expr in dashboard_exprs():
             prometheus.query(grafana_to_promql(expr, rate_interval=WINDOW))
-        # A healthy daemon raises nothing (DriftdDown may be resolving from scrapes before the daemon listened).
+        # A healthy daemon raises nothing (DriftdDown may be
+        # resolving from scrapes before the daemon listened).
         prometheus.wait_for(
             lambda: not prometheus.alerts(), 15, "no alert on a healthy daemon", daemon
         )

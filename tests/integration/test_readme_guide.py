@@ -1,9 +1,11 @@
-"""README's "Your own intents": its commands, run as written in a fresh directory, against the embedded test
-broker (for "your cluster") and a free port (for 8780). Then what the guide says happens must happen: the
-Russian traffic's new intents start a fine-tune, a swap, and the served model answers Russian texts."""
+"""README's "Your own intents": its commands, run as written in a fresh directory,
+against the embedded test broker (for "your cluster") and a free port (for
+8780). Then what the guide says happens must happen: the Russian traffic's new
+intents start a fine-tune, a swap, and the served model answers Russian texts."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -53,13 +55,8 @@ def test_the_guide_runs_as_written_and_the_daemon_learns_the_new_language(
     script = commands.replace("localhost:9092", broker.bootstrap).replace(
         "localhost:8780", f"127.0.0.1:{port}"
     )
-    for name in (
-        ".venv",
-        "data",
-        "scripts",
-        "pyproject.toml",
-        "requirements-broker.txt",
-    ):  # what a clone has
+    # what a clone has
+    for name in (".venv", "data", "scripts", "pyproject.toml", "requirements-broker.txt"):
         (tmp_path / name).symlink_to(REPO / name)
     topic = unique("guide")
     env = {
@@ -96,7 +93,8 @@ def test_the_guide_runs_as_written_and_the_daemon_learns_the_new_language(
         assert answer["intent"] in banking and len(answer["prediction_id"]) == 32, answer
         assert "model      v000001" in out, "driftd status shows the served version"
 
-        # What the guide promises next: the new intents decide a fine-tune, which swaps in a model that reads Russian.
+        # What the guide promises next: the new intents decide a
+        # fine-tune, which swaps in a model that reads Russian.
         deadline_s = 420
         for _ in range(deadline_s):
             metrics = scrape(url + "/metrics")
@@ -105,23 +103,25 @@ def test_the_guide_runs_as_written_and_the_daemon_learns_the_new_language(
             time.sleep(1)
         else:
             raise AssertionError(
-                f"no swap within {deadline_s} s; daemon log:\n{(tmp_path / 'driftd.log').read_text()[-4000:]}"
+                f"no swap within {deadline_s} s; daemon "
+                f"log:\n{(tmp_path / 'driftd.log').read_text()[-4000:]}"
             )
         assert metrics["driftd_decay_decision_signals_total{signal=unknown_intent}"] >= 1
         test = load_examples("massive_ru", "dev")[::5]  # the guide streams the test split
         answers = predict(url, [e.text for e in test])
-        accuracy = sum(a["intent"] == e.intent for a, e in zip(answers, test)) / len(test)
-        print(
-            f"\n  guide: after the first swap ({answers[0]['model_version']}) the served model scores {accuracy:.3f} on {len(test)} massive_ru dev texts"
+        accuracy = sum(a["intent"] == e.intent for a, e in zip(answers, test, strict=False)) / len(
+            test
         )
-        # The first swap comes as soon as the skipped run's 500 labels are in (about 8 per intent; 0.31 to 0.33
-        # measured, 1/59 by chance); the follow-ups take it past 0.6, but the last waits for a quiet minute.
+        print(
+            f"\n  guide: after the first swap ({answers[0]['model_version']}) the "
+            f"served model scores {accuracy:.3f} on {len(test)} massive_ru dev texts"
+        )
+        # The first swap comes as soon as the skipped run's 500 labels are in
+        # (about 8 per intent; 0.31 to 0.33 measured, 1/59 by chance); the
+        # follow-ups take it past 0.6, but the last waits for a quiet minute.
         assert accuracy >= 0.2
     finally:
-        try:
-            os.killpg(
-                session.pid, signal.SIGTERM
-            )  # the guide's daemon runs in the background of its shell
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            # the guide's daemon runs in the background of its shell
+            os.killpg(session.pid, signal.SIGTERM)
         session.wait(timeout=30)

@@ -1,12 +1,14 @@
-"""Three daemon replicas in one consumer group on the real embedded broker (issue 7, docs/scaling.md).
+"""Three daemon replicas in one consumer group on the
+real embedded broker (issue 7, docs/scaling.md).
 
 The registry is shared, once as one directory (a filesystem every replica mounts) and once as an s3://
 bucket (moto on loopback) with a local working copy per replica; each replica has its own data dir.
-The replicas must split the input partitions; a CLINC150 drift (5 domains, then all 10, labelled) must
-start exactly one decay-triggered fine-tune (and that episode's follow-ups), all on the one trainer,
-which also learns the examples the other two forward; all three must end up serving the promoted
-version. Then the trainer is killed (SIGKILL) while events keep coming: its partitions, and the trainer
-role with partition 0, move to the two left, and every event produced is stored by some replica.
+The replicas must split the input partitions; a CLINC150 drift (5 domains, then all
+10, labelled) must start exactly one decay-triggered fine-tune (and that episode's
+follow-ups), all on the one trainer, which also learns the examples the other two
+forward; all three must end up serving the promoted version. Then the trainer is
+killed (SIGKILL) while events keep coming: its partitions, and the trainer role with
+partition 0, move to the two left, and every event produced is stored by some replica.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def wait_for_split(replicas: list[DaemonProcess], timeout_s: float) -> list[list
 def shared_registry(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, seed_examples: list[Any]
 ) -> tuple[str, Callable[[int], dict[str, str]], Callable[[str], dict[str, Any]]]:
-    """The seed version published to the shared registry; the env that points replica i at it; a reader of a version's manifest."""
+    """The seed version published to the shared registry; the env
+    that points replica i at it; a reader of a version's manifest."""
     seed_version, _ = publish_seed_model(tmp_path / "registry", seed_examples)
     if kind == "shared_dir":  # one directory every replica mounts
         return (
@@ -77,14 +80,12 @@ def shared_registry(
             lambda i: {"DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / "registry")},
             lambda v: Registry(tmp_path / "registry").verify(v).info,
         )
-    options = request.getfixturevalue(
-        "s3"
-    )  # replicas on separate hosts: a bucket, and a local working copy each
+    # replicas on separate hosts: a bucket, and a local working copy each
+    options = request.getfixturevalue("s3")
     s3fs.S3FileSystem(**options).mkdir("driftd-registry")
-    MirroredRegistry(tmp_path / "registry", S3_URL, options).set_current(
-        seed_version
-    )  # uploads the seed
-    env = lambda i: {  # noqa: E731
+    # uploads the seed
+    MirroredRegistry(tmp_path / "registry", S3_URL, options).set_current(seed_version)
+    env = lambda i: {  # noqa: E731 - a one-line helper
         "DRIFTD_MODELS__REGISTRY_DIR": str(tmp_path / f"replica{i}" / "registry"),
         "DRIFTD_MODELS__REGISTRY_URL": S3_URL,
         "DRIFTD_MODELS__REGISTRY_STORAGE_OPTIONS": json.dumps(options),
@@ -161,15 +162,15 @@ def test_three_replicas_split_the_partitions_train_once_serve_the_same_version_a
             420,
             "the episode to end with every replica serving the promoted version",
         )
-        time.sleep(
-            10
-        )  # late decisions (each replica's own detector) must not start another episode
+        # late decisions (each replica's own detector) must not start another episode
+        time.sleep(10)
         runs = [r.metrics() for r in replicas]
         decay_runs = [m["driftd_finetune_runs_total{trigger=decay}"] for m in runs]
         fine_tunes = [
             sum(v for k, v in m.items() if k.startswith("driftd_finetune_runs_total")) for m in runs
         ]
-        # One decay episode, on the trainer alone (its follow-ups learn the labels that keep coming).
+        # One decay episode, on the trainer alone (its
+        # follow-ups learn the labels that keep coming).
         assert decay_runs[trainers[0]] == 1 and sum(decay_runs) == 1, (
             f"decay-triggered fine-tunes per replica: {decay_runs}"
         )
@@ -181,10 +182,13 @@ def test_three_replicas_split_the_partitions_train_once_serve_the_same_version_a
         assert received > 0, "the trainer got no labelled examples from the other replicas"
         data = version_info(status(trainer)["model"]["version"])["data"]
         print(
-            f"\n  split {split}; trainer replica {trainers[0]}; fine-tunes {fine_tunes}; {received:.0f} examples forwarded to it; "
-            f"the fine-tune's recent examples: {data['recent']}, {data['from_replicas']} of them from the other replicas"
+            f"\n  split {split}; trainer replica {trainers[0]}; fine-tunes "
+            f"{fine_tunes}; {received:.0f} examples forwarded to it; "
+            f"the fine-tune's recent examples: {data['recent']}, "
+            f"{data['from_replicas']} of them from the other replicas"
         )
-        # The others own 2/3 of the partitions: their examples are most of what the trainer learnt from.
+        # The others own 2/3 of the partitions: their
+        # examples are most of what the trainer learnt from.
         assert data["from_replicas"] >= 0.4 * data["recent"], data
         followers_synced = [
             runs[i].get("driftd_model_syncs_total", 0) for i in range(3) if i != trainers[0]
@@ -212,7 +216,8 @@ def test_three_replicas_split_the_partitions_train_once_serve_the_same_version_a
 
         survivors[0].wait_until(all_stored, 180, f"all {len(wanted)} events stored by some replica")
         print(
-            f"  after the kill: split {split_after}; the trainer is now survivor {new_trainers[0]}; {len(wanted)} events, none lost"
+            f"  after the kill: split {split_after}; the trainer is now survivor "
+            f"{new_trainers[0]}; {len(wanted)} events, none lost"
         )
     finally:
         for replica in replicas:

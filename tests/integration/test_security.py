@@ -1,6 +1,7 @@
-"""Security of a real daemon on the real broker: https only on the HTTP endpoint (and `driftd status` over
-it), and personal data redacted before anything is stored (warm SQLite, cold Parquet), published
-(predictions) or logged, while the DLQ keeps malformed records byte for byte."""
+"""Security of a real daemon on the real broker: https only on the HTTP
+endpoint (and `driftd status` over it), and personal data redacted before
+anything is stored (warm SQLite, cold Parquet), published (predictions)
+or logged, while the DLQ keeps malformed records byte for byte."""
 
 from __future__ import annotations
 
@@ -39,9 +40,8 @@ class TlsDaemon(DaemonProcess):
 
     def __init__(self, *args: Any, cert: Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.context = ssl.create_default_context(
-            cafile=str(cert)
-        )  # chain and host name (127.0.0.1 is in the SAN)
+        # chain and host name (127.0.0.1 is in the SAN)
+        self.context = ssl.create_default_context(cafile=str(cert))
 
     @property
     def url(self) -> str:
@@ -135,23 +135,20 @@ def test_https_only_endpoint_and_the_cli_over_tls(daemon: TlsDaemon) -> None:
 
     with pytest.raises((urllib.error.URLError, OSError)):  # plain http on the same port: no answer
         urllib.request.urlopen(f"http://127.0.0.1:{daemon.web_port}/healthz", timeout=5)
-    with pytest.raises(
-        urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"
-    ):  # a client that does not trust the certificate
+    # a client that does not trust the certificate
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         urllib.request.urlopen(
             daemon.url + "/healthz", timeout=5, context=ssl.create_default_context()
         )
     assert f"HTTP endpoint on https://127.0.0.1:{daemon.web_port}" in daemon.log_path.read_text()
 
-    result = _cli(
-        daemon, "status", "--json"
-    )  # the CLI reads the same settings: https, the certificate pinned
+    # the CLI reads the same settings: https, the certificate pinned
+    result = _cli(daemon, "status", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["model"]["version"] == "v000001"
     plain = {k: v for k, v in daemon.env.items() if not k.startswith("DRIFTD_WEB__TLS_")}
-    result = _cli(
-        daemon, "status", env=plain
-    )  # a CLI configured for http gets a message, not a traceback
+    # a CLI configured for http gets a message, not a traceback
+    result = _cli(daemon, "status", env=plain)
     assert result.returncode == 1 and "no daemon answers on http://127.0.0.1" in result.stderr, (
         result.stderr
     )
@@ -190,7 +187,7 @@ def test_personal_data_is_redacted_before_storage_and_publication_and_the_dlq_ke
     clean = [_utterance(100 + i, f"refund the shoes please, order {10000 + i}") for i in range(10)]
     malformed = [
         f'{{"type": "utterance", "text": "call {p} or mail {e}"'.encode()
-        for e, p in zip(EMAILS * 2, PHONES)
+        for e, p in zip(EMAILS * 2, PHONES, strict=False)
     ]
     asyncio.run(
         produce(
@@ -213,7 +210,7 @@ def test_personal_data_is_redacted_before_storage_and_publication_and_the_dlq_ke
     db = sqlite3.connect(daemon.data_dir / "warm.sqlite3")
     try:
         rows = [
-            dict(zip(("event_id", "text", "payload", "user_ref"), r))
+            dict(zip(("event_id", "text", "payload", "user_ref"), r, strict=False))
             for r in db.execute("SELECT event_id, text, payload, user_ref FROM events")
         ]
         cold_files = [r[0] for r in db.execute("SELECT path FROM cold_files")]
@@ -228,9 +225,8 @@ def test_personal_data_is_redacted_before_storage_and_publication_and_the_dlq_ke
         original = originals[row["event_id"]]
         payload = json.loads(row["payload"])
         if original in clean:
-            assert (
-                row["text"] == original["text"] == payload["text"]
-            )  # nothing to redact: untouched
+            # nothing to redact: untouched
+            assert row["text"] == original["text"] == payload["text"]
             continue
         assert (
             row["text"]

@@ -1,4 +1,5 @@
-"""The inference endpoint of a real daemon: predictions, hostile requests, admin auth, hot swap under load."""
+"""The inference endpoint of a real daemon: predictions,
+hostile requests, admin auth, hot swap under load."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def registry_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def daemon(broker, tmp_path_factory, registry_dir):
-    """One daemon for the module: the swap test runs last and leaves v000001 current, as it found it."""
+    """One daemon for the module: the swap test runs
+    last and leaves v000001 current, as it found it."""
     tmp_path = tmp_path_factory.mktemp("serving")
     registry = tmp_path / "registry"
     shutil.copytree(registry_dir, registry)
@@ -127,14 +129,15 @@ def test_streamed_utterances_are_predicted_and_published_with_the_model_version(
     asyncio.run(produce(broker.bootstrap, daemon.topic, [json.dumps(e).encode() for e in events]))
     records = asyncio.run(read_topic(broker.bootstrap, f"{daemon.topic}.predictions", 300))
     predictions = [json.loads(r.value) for r in records]
-    assert sorted(p["event_id"] for p in predictions) == sorted(
-        f"stream-u{i}" for i in range(300)
-    )  # utterances only
+    # utterances only
+    assert sorted(p["event_id"] for p in predictions) == sorted(f"stream-u{i}" for i in range(300))
     assert all(
         p["model_version"] == "v000001" and p["intent"] == p["top_k"][0]["intent"]
         for p in predictions
     )
-    assert all(r.key == p["conversation_id"].encode() for r, p in zip(records, predictions))
+    assert all(
+        r.key == p["conversation_id"].encode() for r, p in zip(records, predictions, strict=False)
+    )
     assert daemon.metric("driftd_predictions_total") == 300
 
 
@@ -221,7 +224,8 @@ def test_fifty_swaps_under_load_fail_no_request_and_serve_only_live_versions(dae
             thread.join(30)
     assert not errors, errors[:3]
     assert len(responses) > 200 and {status for _, _, status, _ in responses} == {200}
-    # A version may be live from when its activation was sent until the next activation was answered.
+    # A version may be live from when its activation
+    # was sent until the next activation was answered.
     live = [
         (sent, switches[i + 1][1] if i + 1 < len(switches) else float("inf"), version)
         for i, (sent, _, version) in enumerate(switches)

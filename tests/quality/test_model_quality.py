@@ -1,6 +1,7 @@
 """The default model on real data: accuracy, ONNX parity, and what INT8 quantisation costs.
 
-One training run on the CLINC150 train split (about 30 s on one core), shared by the module's tests on every worker.
+One training run on the CLINC150 train split (about 30 s on
+one core), shared by the module's tests on every worker.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ def train_and_export() -> dict[str, Any]:
     with torch.no_grad():
         torch_logits = result.model(torch.from_numpy(ids)).numpy()
     fp32 = cpu_session(files["model.onnx"]).run(None, {"ids": ids})[0]
-    with (
-        tempfile.TemporaryDirectory() as served
-    ):  # the INT8 graph and its weights file, loaded as a registry stores them
+    # the INT8 graph and its weights file, loaded as a registry stores them
+    with tempfile.TemporaryDirectory() as served:
         for name in (SERVED_MODEL, SERVED_WEIGHTS):
             (Path(served) / name).write_bytes(files[name])
         int8 = cpu_session(Path(served) / SERVED_MODEL).run(None, {"ids": ids})[0]
@@ -71,7 +71,8 @@ def clinc(
 def test_default_model_reaches_90_percent_on_the_clinc150_in_scope_test_split(clinc):
     accuracy = float(np.mean(clinc["torch"].argmax(1) == clinc["truth"]))
     print(
-        f"CLINC150 in-scope test accuracy: {accuracy:.4f} ({clinc['result'].epochs_run} epochs, {clinc['result'].seconds:.1f}s)"
+        f"CLINC150 in-scope test accuracy: {accuracy:.4f} "
+        f"({clinc['result'].epochs_run} epochs, {clinc['result'].seconds:.1f}s)"
     )
     assert len(clinc["truth"]) == 4500
     assert accuracy >= 0.90
@@ -89,7 +90,8 @@ def test_int8_agrees_with_fp32_and_costs_under_one_point(clinc):
     fp32_acc = float(np.mean(clinc["fp32"].argmax(1) == clinc["truth"]))
     int8_acc = float(np.mean(clinc["int8"].argmax(1) == clinc["truth"]))
     print(
-        f"INT8 top-1 agreement with FP32: {agreement:.4f}; accuracy FP32 {fp32_acc:.4f}, INT8 {int8_acc:.4f} ({clinc['report']['quantization']})"
+        f"INT8 top-1 agreement with FP32: {agreement:.4f}; accuracy FP32 "
+        f"{fp32_acc:.4f}, INT8 {int8_acc:.4f} ({clinc['report']['quantization']})"
     )
     assert agreement >= 0.99
     assert abs(fp32_acc - int8_acc) <= 0.01

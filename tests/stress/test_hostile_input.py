@@ -1,11 +1,12 @@
-"""The "hostile input" harness: malformed payloads through the decoder (100,000+) and through the real broker
-into a real daemon (10,000+), and the HTTP endpoint fuzzed. Each test prints what it tried and the number of
-events lost or duplicated, which must be 0.
+"""The "hostile input" harness: malformed payloads through the decoder (100,000+) and
+through the real broker into a real daemon (10,000+), and the HTTP endpoint fuzzed. Each
+test prints what it tried and the number of events lost or duplicated, which must be 0.
 
     .venv/bin/python -m pytest -m stress tests/stress/test_hostile_input.py -s
 
 The generators are shared with the fast variants in the default suite (tests/hostile.py):
-tests/unit/test_decoder_fuzz.py, tests/integration/test_hostile_broker.py, tests/integration/test_hostile_http.py.
+tests/unit/test_decoder_fuzz.py, tests/integration/test_hostile_broker.py,
+tests/integration/test_hostile_http.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ LIMIT = hostile.MAX_EVENT_BYTES
 TOKEN = "stress-admin-token-0123456789abcdef"
 
 
-# --- (a) the decoder ------------------------------------------------------------------------------------------
+# --- (a) the decoder
+# ------------------------------------------------------------------------------------------
 
 
 def test_decoder_rejects_105000_malformed_payloads_with_their_reason_and_accepts_the_controls():
@@ -33,7 +35,8 @@ def test_decoder_rejects_105000_malformed_payloads_with_their_reason_and_accepts
     bad = hostile.malformed(per_kind * len(hostile.MALFORMED_KINDS), seed=101)
     good = hostile.controls(10_008, seed=102)
     tally = hostile.check_decoder(bad + good, LIMIT)
-    # Mutations of valid events: any verdict is fine, but nothing may raise and rejections name documented reasons.
+    # Mutations of valid events: any verdict is fine, but
+    # nothing may raise and rejections name documented reasons.
     rng = random.Random(103)
     valid = [c.raw for c in good[:2000]]
     for _ in range(50_000):
@@ -49,7 +52,7 @@ def test_decoder_rejects_105000_malformed_payloads_with_their_reason_and_accepts
                 del raw[at]
         try:
             result = decode_event(bytes(raw), LIMIT)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - reported as the case's outcome
             tally.add(
                 "mutated valid event (any verdict)",
                 f"RAISED {type(exc).__name__}",
@@ -67,13 +70,17 @@ def test_decoder_rejects_105000_malformed_payloads_with_their_reason_and_accepts
     print(
         "\n"
         + tally.table(
-            f"decoder fuzz: {len(bad)} malformed, {len(good)} valid controls, 50000 mutations "
+            f"decoder fuzz: {len(bad)} malformed, {len(good)} valid controls, 50000 "
+            "mutations "
             f"({time.monotonic() - started:.1f} s)"
         )
     )
     print(
-        f"decoder: {len(bad) + len(good) + 50_000} payloads; crashes {tally.wrong['crash']}, malformed accepted "
-        f"{tally.wrong['malformed accepted']}, wrong reason {tally.wrong['wrong reason']}, valid rejected {tally.wrong['valid rejected']}"
+        f"decoder: {len(bad) + len(good) + 50_000} payloads; crashes "
+        f"{tally.wrong['crash']}, malformed accepted "
+        f"{tally.wrong['malformed accepted']}, wrong reason "
+        f"{tally.wrong['wrong reason']}, valid rejected "
+        f"{tally.wrong['valid rejected']}"
     )
     assert len(bad) >= 100_000
     assert not tally.failures, "\n".join(tally.failures)
@@ -101,7 +108,8 @@ def test_decoder_refuses_absurd_nesting_quickly(depth):
         assert time.monotonic() - started < 1.0
 
 
-# --- (b) through the real broker --------------------------------------------------------------------------------
+# --- (b) through the real broker
+# --------------------------------------------------------------------------------
 
 BROKER_MAX_BYTES = 4096
 
@@ -113,8 +121,9 @@ def small_registry(tmp_path_factory):
 
 @pytest.mark.timeout(900)
 def test_10500_malformed_records_through_the_broker(broker, tmp_path_factory, small_registry):
-    """10,500 malformed records (500 of each kind, tombstones included, hostile keys) and 2,007 valid but unusual
-    events interleaved, into a daemon serving a model (valid utterances are predicted and published too)."""
+    """10,500 malformed records (500 of each kind, tombstones included, hostile
+    keys) and 2,007 valid but unusual events interleaved, into a daemon
+    serving a model (valid utterances are predicted and published too)."""
     started = time.monotonic()
     bad = hostile.malformed(
         500 * len(hostile.MALFORMED_KINDS), seed=201, max_bytes=BROKER_MAX_BYTES
@@ -139,7 +148,8 @@ def test_10500_malformed_records_through_the_broker(broker, tmp_path_factory, sm
     assert report.clean, report.line() + "\n" + "\n".join(report.problems)
 
 
-# --- (c) HTTP ---------------------------------------------------------------------------------------------------
+# --- (c) HTTP
+# --------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -159,9 +169,8 @@ def http_report():
 def test_http_hand_written_cases_serially_and_concurrently(served, http_report):
     cases = hostile.http_cases(TOKEN, large=True)
     hostile.run_http_cases(served.web_port, cases, http_report)
-    hostile.run_http_cases(
-        served.web_port, cases * 3, http_report, workers=16
-    )  # the same, 16 at a time
+    # the same, 16 at a time
+    hostile.run_http_cases(served.web_port, cases * 3, http_report, workers=16)
     assert not http_report.failures, "\n".join(http_report.failures)
 
 
@@ -203,7 +212,8 @@ def test_http_slowloris(served, http_report):
 
 
 def test_http_before_any_model(broker, tmp_path_factory):
-    """No model yet: valid requests are 503 with a message, malformed ones the same 4xx as with a model."""
+    """No model yet: valid requests are 503 with a message,
+    malformed ones the same 4xx as with a model."""
     report = hostile.HttpReport()
     with hostile.serving_daemon(
         broker.bootstrap, tmp_path_factory.mktemp("hostile-http-nomodel"), token=TOKEN, model=False
@@ -227,6 +237,5 @@ def test_http_connection_flood_does_not_crash_the_daemon(broker, tmp_path_factor
         and result["ingest_after"] == "ok"
         and result["exit_code"] == 0
     ), result
-    assert result["log_lines"] < 2000, (
-        result
-    )  # asyncio's accept error, once per 10 s (daemon.logs.RepeatFilter), not thousands a second
+    # asyncio's accept error, once per 10 s (daemon.logs.RepeatFilter), not thousands a second
+    assert result["log_lines"] < 2000, result

@@ -1,6 +1,6 @@
-"""Soak: 1,000,000 CLINC150 events through one daemon with a fine-tune every minute and a hot swap every
-10 s. After warm-up, RSS must stay within +10% of its level, and open files and threads must not grow.
-Every event must be stored exactly once. Prints the samples.
+"""Soak: 1,000,000 CLINC150 events through one daemon with a fine-tune every minute and a hot
+swap every 10 s. After warm-up, RSS must stay within +10% of its level, and open files and
+threads must not grow. Every event must be stored exactly once. Prints the samples.
 
 Warm-up is the first 450,000 events: by then every bounded cache is full (the hot tier holds 100,000
 events; the outcome joiner remembers 200,000 joined ids, and every other event here is a label). The
@@ -66,11 +66,11 @@ def process_sample(daemon: DaemonProcess) -> dict[str, float]:
         "rss_mb": metrics["process_resident_memory_bytes"] / 2**20,
         "fds": metrics["process_open_fds"],
         "threads": threads,
-        "swaps": metrics.get("driftd_serving_model_switches_total", 0)
-        - 1,  # the first load counts as a switch
+        # the first load counts as a switch
+        "swaps": metrics.get("driftd_serving_model_switches_total", 0) - 1,
         "finetunes": metrics.get("driftd_finetune_runs_total{trigger=manual}", 0),
-        "idle": admin(daemon, "GET", "/admin/v1/learning").get("state")
-        == "idle",  # no fine-tune child, pipes or waiting thread
+        # no fine-tune child, pipes or waiting thread
+        "idle": admin(daemon, "GET", "/admin/v1/learning").get("state") == "idle",
     }
 
 
@@ -114,8 +114,11 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
             sample = {**process_sample(daemon), "t": time.monotonic() - started}
             samples.append(sample)
             print(
-                f"  {time.monotonic() - started:6.0f} s  {sample['events']:9.0f} events  rss {sample['rss_mb']:6.1f} MB  fds {sample['fds']:4.0f}  "
-                f"threads {sample['threads']:3d}  swaps {sample['swaps']:3.0f}  fine-tunes {sample['finetunes']:2.0f}",
+                f"  {time.monotonic() - started:6.0f} s  {sample['events']:9.0f} "
+                f"events  rss {sample['rss_mb']:6.1f} MB  fds {sample['fds']:4.0f}  "
+                f"threads {sample['threads']:3d}  swaps "
+                f"{sample['swaps']:3.0f}  fine-tunes "
+                f"{sample['finetunes']:2.0f}",
                 flush=True,
             )
             if sample["events"] >= len(payloads):
@@ -137,9 +140,8 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
             assert daemon.proc.poll() is None, daemon.log_tail()
         producer.join(60)
         deadline = time.monotonic() + 300
-        while (
-            not (final := process_sample(daemon))["idle"] and time.monotonic() < deadline
-        ):  # compare like with like
+        # compare like with like
+        while not (final := process_sample(daemon))["idle"] and time.monotonic() < deadline:
             time.sleep(2)
         assert daemon.terminate(timeout_s=30)[0] == 0
     finally:
@@ -156,15 +158,19 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
     }
     peak = {k: max(s[k] for s in after) for k in ("rss_mb", "fds", "threads")}
     print(
-        f"\n  soak: {len(payloads)} events, {final['finetunes']:.0f} fine-tunes, {final['swaps']:.0f} swaps; after warm-up ({base['events']:.0f} events): "
-        f"rss level {base['rss_mb']:.1f} -> peak {peak['rss_mb']:.1f} MB (+{100 * (peak['rss_mb'] / base['rss_mb'] - 1):.1f}%), "
-        f"fds {base['fds']:.0f} -> peak {peak['fds']:.0f} (end {final['fds']:.0f}), threads {base['threads']} -> peak {peak['threads']} (end {final['threads']}; "
+        f"\n  soak: {len(payloads)} events, {final['finetunes']:.0f} fine-tunes, "
+        f"{final['swaps']:.0f} swaps; after warm-up ({base['events']:.0f} events): "
+        f"rss level {base['rss_mb']:.1f} -> peak {peak['rss_mb']:.1f} MB "
+        f"(+{100 * (peak['rss_mb'] / base['rss_mb'] - 1):.1f}%), "
+        f"fds {base['fds']:.0f} -> peak {peak['fds']:.0f} (end "
+        f"{final['fds']:.0f}), threads {base['threads']} -> peak "
+        f"{peak['threads']} (end {final['threads']}; "
         f"base and end with no fine-tune running); "
         f"lost {lost}, duplicated {duplicated}"
     )
     assert lost == 0 and duplicated == 0
     assert final["finetunes"] >= 2 and final["swaps"] >= 5
     assert peak["rss_mb"] <= base["rss_mb"] * 1.10
-    # Both taken with no fine-tune running (one in flight holds its pipes and a waiting thread); a pool
-    # thread started lazily after the base sample is allowed, not growth.
+    # Both taken with no fine-tune running (one in flight holds its pipes and a waiting
+    # thread); a pool thread started lazily after the base sample is allowed, not growth.
     assert final["idle"] and final["fds"] <= base["fds"] and final["threads"] <= base["threads"] + 1

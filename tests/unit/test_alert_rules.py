@@ -1,4 +1,5 @@
-"""Alert rules, their promtool tests, the dashboard and docs/metrics.md against the metrics the daemon registers."""
+"""Alert rules, their promtool tests, the dashboard and
+docs/metrics.md against the metrics the daemon registers."""
 
 from __future__ import annotations
 
@@ -43,28 +44,28 @@ def promtool(*args: str | Path) -> None:
         [require_binary("promtool"), *map(str, args)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, (
-        f"promtool {' '.join(map(str, args))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        f"promtool {' '.join(map(str, args))} exited "
+        f"{result.returncode}:\n{result.stdout}\n{result.stderr}"
     )
 
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, set[str]]]:
-    """{name as scraped: (type, label names)} of the registry a real ``Daemon`` builds (nothing is started)."""
+    """{name as scraped: (type, label names)} of the registry
+    a real ``Daemon`` builds (nothing is started)."""
     from daemon.app import Daemon
     from daemon.config import load_settings
 
-    saved = {
-        k: os.environ.pop(k) for k in list(os.environ) if k.startswith(ENV_PREFIX)
-    }  # the defaults, whatever the shell says
+    # the defaults, whatever the shell says
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith(ENV_PREFIX)}
     try:
         daemon = Daemon(load_settings(None, daemon={"data_dir": tmp_path_factory.mktemp("daemon")}))
     finally:
         os.environ.update(saved)
     families = {}
     for family in daemon.metrics_registry.collect():
-        name = (
-            family.name + "_total" if family.type == "counter" else family.name
-        )  # prometheus_client strips _total
+        # prometheus_client strips _total
+        name = family.name + "_total" if family.type == "counter" else family.name
         families[name] = (
             family.type,
             {label for sample in family.samples for label in sample.labels} - {"le"},
@@ -144,7 +145,11 @@ def test_docs_list_exactly_the_alerts() -> None:
 
 
 def test_metric_name_parser() -> None:
-    expr = 'histogram_quantile(0.99, sum by (instance, le) (rate(a_bucket{x="b_c"}[5m]))) > 0.05 and on (instance) b offset 5m or absent(up{job="d"}) * 1e3'
+    expr = (
+        "histogram_quantile(0.99, sum by (instance, le) "
+        '(rate(a_bucket{x="b_c"}[5m]))) > 0.05 and on (instance) b offset 5m or '
+        'absent(up{job="d"}) * 1e3'
+    )
     assert metric_names(expr) == {"a_bucket", "b", "up"}
 
 
@@ -161,9 +166,8 @@ def test_docs_document_exactly_the_registered_metrics(registered) -> None:
         assert documented[name][0] == kind, (
             f"{name}: documented as {documented[name][0]}, registered as {kind}"
         )
-        if (
-            labels
-        ):  # families with no series yet (labels known only once used) are checked by name and type
+        # families with no series yet (labels known only once used) are checked by name and type
+        if labels:
             assert documented[name][1] == labels, (
                 f"{name}: documented labels {documented[name][1]}, registered {labels}"
             )

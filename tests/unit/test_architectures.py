@@ -1,9 +1,11 @@
-"""Contract tests run on every registered architecture: it learns, exports with parity, serves through
-the registry, round-trips its weights, grows its label set, and fails loudly when training diverges.
-The encoder runs on a tiny random BERT (tests/tiny_bert.py), every layer trained."""
+"""Contract tests run on every registered architecture: it learns, exports
+with parity, serves through the registry, round-trips its weights, grows
+its label set, and fails loudly when training diverges. The encoder runs
+on a tiny random BERT (tests/tiny_bert.py), every layer trained."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -37,11 +39,11 @@ PROBE = [
 SMALL = {  # tiny configs: the contract, not the quality, is under test here
     "bag_of_ngrams": {"buckets": 4096, "dim": 16, "hidden": 32},
     "transformer": {"buckets": 4096, "max_len": 32, "dim": 32, "heads": 2, "layers": 1, "ffn": 64},
-    "encoder": TINY_BERT,  # the checkpoint's network; a pretrained architecture's config comes from its checkpoint
+    # the checkpoint's network; a pretrained architecture's config comes from its checkpoint
+    "encoder": TINY_BERT,
 }
-LR = {
-    "encoder": 3e-3
-}  # a random tiny BERT learns from scratch here, far above a pretrained encoder's fine-tuning rate
+# a random tiny BERT learns from scratch here, far above a pretrained encoder's fine-tuning rate
+LR = {"encoder": 3e-3}
 
 
 _CHECKPOINTS: dict[str, Path] = {}  # architecture -> its tiny checkpoint, written once per module
@@ -165,7 +167,8 @@ def test_a_diverging_loss_raises_instead_of_returning_a_model(name: str):
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_every_batch_is_its_texts_ids_padded_to_its_longest(name: str, monkeypatch):
-    """Batches are cut from one padded table: each must still be exactly its texts' ids, as wide as its longest."""
+    """Batches are cut from one padded table: each must still
+    be exactly its texts' ids, as wide as its longest."""
     arch = get_architecture(name)
     texts = [
         "hi",
@@ -197,9 +200,8 @@ def test_every_batch_is_its_texts_ids_padded_to_its_longest(name: str, monkeypat
     assert len(seen) == 2 * math.ceil(len(texts) / 4)
     for ids in seen:
         assert ids.dtype == torch.int64
-        rows = [
-            tuple(int(v) for v in row if v) for row in ids
-        ]  # hashed ids are never 0: 0 is padding
+        # hashed ids are never 0: 0 is padding
+        rows = [tuple(int(v) for v in row if v) for row in ids]
         assert all(row in known for row in rows)
         assert ids.shape[1] == max(len(row) for row in rows)
 
@@ -232,7 +234,8 @@ def test_a_loss_read_back_every_few_batches_reports_the_same_epoch_loss():
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_mixed_precision_path_trains_on_cpu(name: str):
-    """bf16 autocast is the CUDA path's code; on CPU it runs the same loop, so a CPU-only CI covers it."""
+    """bf16 autocast is the CUDA path's code; on CPU it
+    runs the same loop, so a CPU-only CI covers it."""
     result = train(
         name,
         ["greet", "refund", "track"],
@@ -243,9 +246,8 @@ def test_mixed_precision_path_trains_on_cpu(name: str):
     assert result.precision == "bf16"
     texts, labels = examples(["greet", "refund", "track"], 100, 5)
     assert accuracy(result.model, result.featurizer, result.labels, texts, labels) >= 0.9
-    assert all(
-        p.dtype == torch.float32 for p in result.model.parameters()
-    )  # AMP keeps fp32 master weights
+    # AMP keeps fp32 master weights
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
 
 
 def test_warmup_then_cosine_schedule():
@@ -253,6 +255,6 @@ def test_warmup_then_cosine_schedule():
 
     factors = [_lr_factor(s, 100, 10, 0.05) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))  # never rises after warm-up
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))  # never rises after warm-up
     assert factors[-1] == pytest.approx(0.05, abs=0.01) and not any(math.isnan(f) for f in factors)
     assert np.isclose(_lr_factor(55, 100, 10, 0.0), 0.5)

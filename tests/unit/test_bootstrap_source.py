@@ -1,5 +1,6 @@
-"""What the daemon's first model trains on (models.bootstrap_source), the stratified holdout of `driftd train`,
-and a daemon with an empty registry waiting for a CURRENT (daemon/model_service.py)."""
+"""What the daemon's first model trains on (models.bootstrap_source),
+the stratified holdout of `driftd train`, and a daemon with an
+empty registry waiting for a CURRENT (daemon/model_service.py)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def test_dataset_names_are_checked_against_the_shipped_list() -> None:
         )
         with pytest.raises(
             ConfigError,
-            match=rf"{key} = 'clinc' is invalid: value error, unknown dataset; expected one of clinc150",
+            match=rf"{key} = 'clinc' is invalid: value error, unknown dataset; expected "
+            r"one of clinc150",
         ):
             load_settings(None, **{section: {name: "clinc"}})
 
@@ -113,7 +115,8 @@ def run_service(
     until=lambda server: server.version is not None,
     timeout_s: float = 60,
 ) -> ModelServer:
-    """Start a ModelService, run ``during(registry)`` in a thread, wait for ``until(server)``, stop it."""
+    """Start a ModelService, run ``during(registry)`` in
+    a thread, wait for ``until(server)``, stop it."""
     server = ModelServer()
 
     async def scenario() -> None:
@@ -179,7 +182,9 @@ def test_a_bootstrap_source_file_trains_the_first_model_and_a_bad_one_says_why(
     texts, intents = examples(TOY_INTENTS, 300, seed=2)
     good = tmp_path / "mine.csv"
     with open(good, "w", encoding="utf-8", newline="") as fh:
-        csv.writer(fh).writerows([("utterance", "label"), *zip(texts, intents), ("", "greet")])
+        csv.writer(fh).writerows(
+            [("utterance", "label"), *zip(texts, intents, strict=False), ("", "greet")]
+        )
     settings = load_settings(
         None,
         kafka={"bootstrap": "kafka1:9092"},

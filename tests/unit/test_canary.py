@@ -1,4 +1,5 @@
-"""The canary on its own: the baseline it takes from the serving version, and its verdict on a promoted one."""
+"""The canary on its own: the baseline it takes from the
+serving version, and its verdict on a promoted one."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def canary(labels: int = 10, margin: float = 0.1) -> Canary:
 
 
 def outcomes(canary: Canary, version: str, right: int, wrong: int) -> list[CanaryWatch]:
-    """Feeds ``right`` correct then ``wrong`` incorrect outcomes of ``version``; the failed watches that came back."""
+    """Feeds ``right`` correct then ``wrong`` incorrect outcomes
+    of ``version``; the failed watches that came back."""
     verdicts = [
         canary.observe(Outcome(f"e{i}", "track", 0.9, None, i < right, version, float(i), float(i)))
         for i in range(right + wrong)
@@ -77,8 +79,7 @@ def test_a_version_that_does_worse_than_the_margin_allows_fails_once_the_watch_i
     assert failed == [CanaryWatch("v2", "v1", 0.9, correct=7, n=10)] and watcher.snapshot() is None
     assert (
         "canary failed: v2 at 0.7000 over 10 outcomes, previous v1 had 0.9000: rolling back"
-        in caplog.text
-    )
+    ) in caplog.text
     assert outcomes(watcher, "v2", right=0, wrong=20) == [], "one verdict per watch"
 
 

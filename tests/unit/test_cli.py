@@ -1,5 +1,6 @@
-"""The command line as a user meets it: a usage error is one line and exit code 2, ``--version`` answers, and
-the ``models`` commands read the configured registry (``-c``: data_dir, registry_dir, an s3:// registry_url)."""
+"""The command line as a user meets it: a usage error is one line and exit code
+2, ``--version`` answers, and the ``models`` commands read the configured
+registry (``-c``: data_dir, registry_dir, an s3:// registry_url)."""
 
 from __future__ import annotations
 
@@ -73,9 +74,8 @@ def test_help_texts_keep_their_square_brackets(capsys: pytest.CaptureFixture[str
 def test_models_commands_read_the_configured_registry(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    registry = Registry(
-        tmp_path / "data" / "registry"
-    )  # <daemon.data_dir>/registry, the default place
+    # <daemon.data_dir>/registry, the default place
+    registry = Registry(tmp_path / "data" / "registry")
     first = registry.publish(FILES, parent=None, info={}).version
     second = registry.publish(FILES, parent=first, info={}).version
     registry.set_current(second)
@@ -83,9 +83,10 @@ def test_models_commands_read_the_configured_registry(
     config.write_text(f'[daemon]\ndata_dir = "{tmp_path / "data"}"\n')
     code, out, _ = run_main(["models", "list", "-c", str(config)], capsys)
     rows = [line.split() for line in out.splitlines()[1:]]
+    # its parent
     assert (
         code == 0 and rows[0][0] == first and rows[1][:2] == ["*", second] and rows[1][3] == first
-    )  # its parent
+    )
     code, out, _ = run_main(["models", "rollback", "-c", str(config)], capsys)
     assert (code, out, registry.current()) == (0, f"{first}\n", first)
     code, _, err = run_main(["models", "list", "-c", str(tmp_path / "missing.toml")], capsys)
@@ -104,7 +105,8 @@ def test_models_list_reads_an_s3_registry(
     elsewhere.set_current(published)
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[daemon]\ndata_dir = "{tmp_path / "here"}"\n[models]\nregistry_url = "{url}"\n'
+        f'[daemon]\ndata_dir = "{tmp_path / "here"}"\n[models]\nregistry_url = '
+        f'"{url}"\n'
         f'registry_storage_options = {{endpoint_url = "{s3["endpoint_url"]}"}}\n'
     )
     code, out, _ = run_main(["models", "list", "-c", str(config)], capsys)

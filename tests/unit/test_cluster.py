@@ -1,5 +1,6 @@
-"""The replica link's decisions on real parts (learning loop, registry, ONNX Runtime sessions); what it puts on
-the quality topic is captured at the producer call. The broker round trip is tests/integration/test_replicas.py."""
+"""The replica link's decisions on real parts (learning loop, registry, ONNX
+Runtime sessions); what it puts on the quality topic is captured at the
+producer call. The broker round trip is tests/integration/test_replicas.py."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def stored(i: int, kind: str, **fields: Any) -> StoredEvent:
 
 
 class Replica:
-    """One replica's learning loop and link, with what it sends captured; ``owned`` are its input partitions."""
+    """One replica's learning loop and link, with what it
+    sends captured; ``owned`` are its input partitions."""
 
     def __init__(
         self,
@@ -127,9 +129,8 @@ def test_a_follower_forwards_decisions_and_labelled_examples_and_the_trainer_act
 
         events = [
             stored(1, "label", ref_event_id="u1", intent="refund", ref_text="i want my money back"),
-            stored(
-                2, "label", ref_event_id="u2", intent="track"
-            ),  # its text is unknown here: not an example
+            # its text is unknown here: not an example
+            stored(2, "label", ref_event_id="u2", intent="track"),
             stored(3, "utterance", text="where is it"),
         ]
         follower.loop.observe_batch(events, [])
@@ -173,11 +174,8 @@ def test_merge_recent_keeps_the_latest_label_per_utterance_in_the_window_oldest_
         LabelledExample("e", "x", 30.0, "u5", "replica"),
     ]
     merged = merge_recent(own, others, 8.0, 50.0)
-    assert [(e.utterance_id, e.intent) for e in merged] == [
-        ("u1", "z"),
-        ("u2", "y"),
-        ("u5", "x"),
-    ]  # u3 too old, u4 too new
+    # u3 too old, u4 too new
+    assert [(e.utterance_id, e.intent) for e in merged] == [("u1", "z"), ("u2", "y"), ("u5", "x")]
     assert [e.utterance_id for e in merge_recent(own, others, 8.0, 50.0, limit=2)] == ["u2", "u5"]
 
 
@@ -210,10 +208,11 @@ def test_a_replica_swaps_to_the_registrys_current_and_refuses_a_corrupt_one(tmp_
         (registry.root / v3 / "model.int8.onnx").write_bytes(b"corrupted")
         assert await replica.link.sync_current() is None and server.version == v2
         assert replica.link.metrics.sync_failures._value.get() == 1
+        # not retried
         assert (
             await replica.link.sync_current() is None
             and replica.link.metrics.sync_failures._value.get() == 1
-        )  # not retried
+        )
         assert replica.link.metrics.syncs._value.get() == 1
 
     try:

@@ -1,5 +1,6 @@
-"""The learning loop with no model serving: it counts the labelled examples that arrive and says how many it
-waits for (status, metric, `driftd status`), and a fine-tune skipped for too little data waits for the shortfall."""
+"""The learning loop with no model serving: it counts the labelled examples that
+arrive and says how many it waits for (status, metric, `driftd status`), and
+a fine-tune skipped for too little data waits for the shortfall."""
 
 from __future__ import annotations
 
@@ -70,9 +71,8 @@ def test_with_no_model_the_loop_counts_labels_toward_the_first_model(tmp_path: P
         swap_lock=None,
     )  # type: ignore[arg-type]
     loop.observe_batch(labels(0, 120), [])
-    loop.observe_batch(
-        labels(200, 50, with_text=False), []
-    )  # a label whose utterance was never stored teaches nothing
+    # a label whose utterance was never stored teaches nothing
+    loop.observe_batch(labels(200, 50, with_text=False), [])
     status = loop.status()
     assert status["awaiting"] == {
         "trigger": "cold_start",
@@ -137,9 +137,10 @@ def test_status_shows_the_wait_and_the_triggers(tmp_path: Path) -> None:
 def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_when_it_ends(
     tmp_path: Path,
 ) -> None:
-    """A skipped run trained nothing, so the run it waits for starts as soon as its labels are in; and a wait
-    whose labels came during a real run's cooldown starts when the cooldown ends, also if no label follows
-    (the README guide's stream sat a minute idle that way, until the quiet-stream follow-up)."""
+    """A skipped run trained nothing, so the run it waits for starts as soon as its
+    labels are in; and a wait whose labels came during a real run's cooldown
+    starts when the cooldown ends, also if no label follows (the README guide's
+    stream sat a minute idle that way, until the quiet-stream follow-up)."""
     settings = load_settings(
         daemon={"data_dir": str(tmp_path)}, learning={"cooldown_s": 300, "min_labelled": 300}
     )
@@ -167,9 +168,8 @@ def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_whe
     async def scenario() -> None:
         await store.open()
         try:
-            await loop._fine_tune(
-                "decay", None
-            )  # a real run against the real, empty store: skipped for want of labels
+            # a real run against the real, empty store: skipped for want of labels
+            await loop._fine_tune("decay", None)
             assert (
                 loop.last_run["result"] == "skipped"
                 and loop.status()["awaiting"]["trigger"] == "decay"
@@ -181,10 +181,8 @@ def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_whe
             assert started == ["decay"], "no cooldown after a run that trained nothing"
 
             started.clear()
-            loop._awaiting, loop._finished_at = (
-                ("followup", 300),
-                now[0],
-            )  # a skipped follow-up, 0 s after a real fine-tune ended
+            # a skipped follow-up, 0 s after a real fine-tune ended
+            loop._awaiting, loop._finished_at = ("followup", 300), now[0]
             loop.observe_batch(labels(1000, 300), [])
             assert not started and loop.status()["awaiting"] is not None, (
                 "inside learning.cooldown_s"

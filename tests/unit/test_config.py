@@ -1,4 +1,5 @@
-"""Settings: defaults, the documented config.toml, environment overrides and operator-facing errors."""
+"""Settings: defaults, the documented config.toml,
+environment overrides and operator-facing errors."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def _list_item_model(annotation: object) -> type[BaseModel] | None:
 
 
 def _documented_keys() -> list[tuple[str, str, type[BaseModel]]]:
-    """(table, key, model) for every setting, with list-of-table settings expanded to their fields."""
+    """(table, key, model) for every setting, with
+    list-of-table settings expanded to their fields."""
     keys = []
     for section, field in Settings.model_fields.items():
         model = field.annotation
@@ -125,7 +127,8 @@ def test_every_setting_has_a_description() -> None:
     assert missing == []
 
 
-# --- environment overrides --------------------------------------------------------------------------
+# --- environment overrides
+# --------------------------------------------------------------------------
 
 
 def test_env_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,9 +144,8 @@ def test_env_beats_the_file_and_merges_with_it(
     monkeypatch.setenv("DRIFTD_KAFKA__GROUP_ID", "from-env")
     settings = load_settings(path)
     assert settings.kafka.group_id == "from-env"
-    assert (
-        settings.kafka.embedded_port == 19999
-    )  # the rest of the file's [kafka] table still applies
+    # the rest of the file's [kafka] table still applies
+    assert settings.kafka.embedded_port == 19999
 
 
 def test_explicit_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,7 +154,8 @@ def test_explicit_overrides_beat_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(None, web={"port": 9001}).web.port == 9001
 
 
-# --- invalid values ---------------------------------------------------------------------------------
+# --- invalid values
+# ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -241,9 +244,8 @@ def test_env_value_that_is_not_json_for_a_table(monkeypatch: pytest.MonkeyPatch)
 def test_unknown_key(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[kafka]\nbootstrapp = "broker:9092"\n')
     assert "kafka.bootstrapp" in message and "unknown setting" in message
-    assert (
-        "broker:9092" not in message
-    )  # an unknown key's value may be a misplaced secret: never echoed
+    # an unknown key's value may be a misplaced secret: never echoed
+    assert "broker:9092" not in message
 
 
 def test_unknown_section(tmp_path: Path) -> None:
@@ -267,14 +269,17 @@ def test_missing_file(tmp_path: Path) -> None:
         load_settings(missing)
 
 
-# --- secrets never leak ------------------------------------------------------------------------------
+# --- secrets never leak
+# ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_password = "{SECRET}"\n',  # the model validator sees the whole table
-        f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_username = "u"\nsasl_password = "{SECRET}"\nembedded_port = -5\n',
+        # the model validator sees the whole table
+        f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_password = "{SECRET}"\n',
+        '[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_username = '
+        f'"u"\nsasl_password = "{SECRET}"\nembedded_port = -5\n',
         f'[kafak]\nsasl_password = "{SECRET}"\n',  # a typo in the section name
         f'[web]\nsasl_password = "{SECRET}"\n',  # the right key in the wrong table
         f'[ingest]\nuser_id_salt = "{SECRET}"\nbatch_size = 0\n',
@@ -307,7 +312,8 @@ def test_secret_from_env_never_in_error_message(monkeypatch: pytest.MonkeyPatch)
     assert SECRET not in repr(settings) and SECRET not in settings.model_dump_json()
 
 
-# --- the CLI: driftd config check ------------------------------------------------------------------------
+# --- the CLI: driftd config check
+# ------------------------------------------------------------------------
 
 
 def driftd_config_check(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -343,7 +349,8 @@ def test_config_check_accepts_the_shipped_file() -> None:
 def test_config_check_never_prints_the_password(tmp_path: Path) -> None:
     good = write(
         tmp_path,
-        f'[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_username = "driftd"\nsasl_password = "{SECRET}"\n',
+        '[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_username = '
+        f'"driftd"\nsasl_password = "{SECRET}"\n',
     )
     result = driftd_config_check(good)
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,7 @@
-"""daemon/consumer: real Kafka record batches (aiokafka's builder and parser, the codecs' libraries) drained the
-way the daemon's consumer drains them; an unreadable batch stops its partition only. The whole path, with a
-librdkafka producer, the broker and a daemon, is tests/integration/test_codecs.py."""
+"""daemon/consumer: real Kafka record batches (aiokafka's builder and parser,
+the codecs' libraries) drained the way the daemon's consumer drains them; an
+unreadable batch stops its partition only. The whole path, with a librdkafka
+producer, the broker and a daemon, is tests/integration/test_codecs.py."""
 
 from __future__ import annotations
 
@@ -48,9 +49,8 @@ def with_crc(data: bytearray) -> bytes:
 
 def unknown_codec(base_offset: int) -> bytes:
     data = bytearray(batch(base_offset, [b"x"]))
-    struct.pack_into(
-        ">h", data, 21, (struct.unpack_from(">h", data, 21)[0] & ~0x07) | 5
-    )  # codec 5: none such
+    # codec 5: none such
+    struct.pack_into(">h", data, 21, (struct.unpack_from(">h", data, 21)[0] & ~0x07) | 5)
     return with_crc(data)
 
 
@@ -78,16 +78,16 @@ def loop():
 
 
 class Fetcher:
-    """What ``fetched_records`` uses of aiokafka's Fetcher: real subscriptions and fetch results; no network."""
+    """What ``fetched_records`` uses of aiokafka's Fetcher:
+    real subscriptions and fetch results; no network."""
 
     def __init__(
         self, fetched: dict[TopicPartition, bytes], loop: asyncio.AbstractEventLoop
     ) -> None:
         loop.run_until_complete(self._subscribe(fetched))
 
-    async def _subscribe(
-        self, fetched: dict[TopicPartition, bytes]
-    ) -> None:  # aiokafka's state wants a running loop
+    # aiokafka's state wants a running loop
+    async def _subscribe(self, fetched: dict[TopicPartition, bytes]) -> None:
         self._subscriptions = SubscriptionState()
         self._subscriptions.assign_from_user(set(fetched))
         assignment = self._subscriptions.subscription.assignment
@@ -138,9 +138,8 @@ def test_a_partition_drains_up_to_the_unreadable_batch_and_its_position_stays_th
     records, error = drain_partition(fetcher._records[T0], None)
     assert [r.value for r in records] == [b"a", b"b", b"c"]
     assert isinstance(error, error_type), repr(error)
-    assert (
-        fetcher.position(T0) == 3
-    )  # the next fetch (after a rebalance, a restart) starts at the bad batch
+    # the next fetch (after a rebalance, a restart) starts at the bad batch
+    assert fetcher.position(T0) == 3
 
 
 def test_max_records_leaves_the_rest_for_the_next_call(loop) -> None:
@@ -159,7 +158,7 @@ def test_an_unreadable_batch_is_reported_for_its_partition_and_the_others_are_re
 ) -> None:
     fetcher = Fetcher({T0: batch(0, [b"a"]) + unknown_codec(1), T1: batch(0, [b"x", b"y"])}, loop)
     unreadable: list[tuple[TopicPartition, int, BaseException]] = []
-    on_unreadable = lambda tp, offset, exc: unreadable.append((tp, offset, exc))  # noqa: E731
+    on_unreadable = lambda tp, offset, exc: unreadable.append((tp, offset, exc))  # noqa: E731 - a one-line helper
     got = loop.run_until_complete(fetched_records(fetcher, {T0, T1}, on_unreadable=on_unreadable))
     assert {tp: [r.value for r in records] for tp, records in got.items()} == {
         T0: [b"a"],
@@ -167,9 +166,8 @@ def test_an_unreadable_batch_is_reported_for_its_partition_and_the_others_are_re
     }
     ((tp, offset, error),) = unreadable
     assert (tp, offset) == (T0, 1) and isinstance(error, UnsupportedCodecError)
-    assert (
-        T0 not in fetcher._records
-    )  # dropped; the caller pauses the partition so that it is not fetched again
+    # dropped; the caller pauses the partition so that it is not fetched again
+    assert T0 not in fetcher._records
 
 
 def test_without_a_handler_the_error_is_raised_as_aiokafka_would(loop) -> None:

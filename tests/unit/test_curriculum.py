@@ -1,5 +1,5 @@
-"""Curriculum ordering (issue 8, optional): a warm start's first epoch goes from the examples the incumbent
-finds easiest (lowest loss) to the hardest, new intents last."""
+"""Curriculum ordering (issue 8, optional): a warm start's first epoch goes from the
+examples the incumbent finds easiest (lowest loss) to the hardest, new intents last."""
 
 from __future__ import annotations
 
@@ -20,11 +20,10 @@ def test_the_order_runs_from_the_lowest_incumbent_loss_to_the_highest_with_new_i
     incumbent = train_classifier(
         old_texts, old_intents, settings=TrainSettings(epochs=4, batch_size=32, seed=0)
     )
-    texts, intents = examples(
-        ["greet", "bye", "refund", "track"], 200, seed=2
-    )  # "track" is new to it
+    # "track" is new to it
+    texts, intents = examples(["greet", "bye", "refund", "track"], 200, seed=2)
     model = copy.deepcopy(incumbent.model)
-    labels = incumbent.labels + ["track"]
+    labels = [*incumbent.labels, "track"]
     model.grow(len(labels))
     features = [incumbent.featurizer.features(t) for t in texts]
     targets = torch.tensor([labels.index(i) for i in intents])
@@ -62,8 +61,10 @@ def test_a_curriculum_warm_start_is_deterministic_differs_from_a_shuffled_one_an
         )
 
     first, again, shuffled = fine_tune(True), fine_tune(True), fine_tune(False)
-    weights = lambda result: list(result.model.state_dict().values())  # noqa: E731
-    assert all(torch.equal(a, b) for a, b in zip(weights(first), weights(again)))
-    assert not all(torch.equal(a, b) for a, b in zip(weights(first), weights(shuffled)))
+    weights = lambda result: list(result.model.state_dict().values())  # noqa: E731 - a one-line helper
+    assert all(torch.equal(a, b) for a, b in zip(weights(first), weights(again), strict=False))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(weights(first), weights(shuffled), strict=False)
+    )
     held_texts, held_intents = examples(["greet", "bye", "refund", "track"], 100, seed=4)
     assert accuracy(first.model, first.featurizer, first.labels, held_texts, held_intents) >= 0.95

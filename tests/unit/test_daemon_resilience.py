@@ -37,7 +37,8 @@ def test_open_file_limit_is_raised_towards_the_hard_limit():
 
 
 class _Timers:
-    """Records what ``app.timer`` would schedule; the guard around the body is what is under test."""
+    """Records what ``app.timer`` would schedule; the
+    guard around the body is what is under test."""
 
     def __init__(self) -> None:
         self.registered: dict[str, tuple[float, object]] = {}

@@ -1,4 +1,5 @@
-"""streams.datasets on the copies shipped in data/ (and the uncompressed originals when they are around)."""
+"""streams.datasets on the copies shipped in data/ (and
+the uncompressed originals when they are around)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def test_multilingual_datasets_keep_their_script_and_have_no_domains() -> None:
 
 def test_snips_test_is_held_out_from_train() -> None:
     train = {ex.text for ex in load_examples("snips", "train")}
-    # The benchmark itself repeats 4 short queries ("what is the weather here") in both; the rest is held out.
+    # The benchmark itself repeats 4 short queries ("what
+    # is the weather here") in both; the rest is held out.
     assert len(train & {ex.text for ex in load_examples("snips", "test")}) == 4
 
 

@@ -1,4 +1,5 @@
-"""Hostile input through the real decoder (the fast fuzz; tests/stress/test_hostile_input.py runs 100,000+).
+"""Hostile input through the real decoder (the fast fuzz;
+tests/stress/test_hostile_input.py runs 100,000+).
 
 The generators live in tests/hostile.py: each malformed payload carries the reason(s) docs/events.md
 allows for it, and a control group of valid but unusual events must all be accepted.
@@ -121,7 +122,7 @@ FIELDS = sorted(
 )
 @given(
     kind=st.sampled_from(hostile.TYPES),
-    changes=st.dictionaries(st.sampled_from(FIELDS + ["extra"]), JSON, max_size=4),
+    changes=st.dictionaries(st.sampled_from([*FIELDS, "extra"]), JSON, max_size=4),
     drop=st.sets(st.sampled_from(FIELDS), max_size=3),
 )
 def test_event_shaped_json_never_raises_and_rejections_name_a_documented_reason(
@@ -132,9 +133,8 @@ def test_event_shaped_json_never_raises_and_rejections_name_a_documented_reason(
         for k, v in {**hostile.event(random.Random(0), 0, kind=kind), **changes}.items()
         if k not in drop
     }
-    raw = json.dumps(
-        event
-    ).encode()  # json.dumps writes NaN/Infinity for non-finite floats: refused as not_json (below)
+    # json.dumps writes NaN/Infinity for non-finite floats: refused as not_json (below)
+    raw = json.dumps(event).encode()
     assert _verdict_ok(decode_event(raw, LIMIT))
 
 

@@ -29,16 +29,16 @@ def _unit(path: Path = UNIT) -> configparser.ConfigParser:
 )
 @pytest.mark.parametrize("source", [UNIT, TEMPLATE], ids=lambda p: p.name)
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path, source):
-    # verify checks that ExecStart exists: point the install prefix (/opt/driftd) at this checkout's venv.
+    # verify checks that ExecStart exists: point the
+    # install prefix (/opt/driftd) at this checkout's venv.
     unit = tmp_path / source.name
     unit.write_text(
         source.read_text().replace(
             "/opt/driftd/bin/driftd", str(Path(sys.executable).parent / "driftd")
         )
     )
-    instance = tmp_path / source.name.replace(
-        "@.", "@1."
-    )  # a template is verified through an instance
+    # a template is verified through an instance
+    instance = tmp_path / source.name.replace("@.", "@1.")
     result = subprocess.run(
         ["systemd-analyze", "verify", str(instance)],
         capture_output=True,
@@ -80,10 +80,8 @@ def test_the_replica_template_gives_each_instance_its_data_dir_and_port_and_shar
         and "EnvironmentFile=/etc/driftd/replica-%i.env" in text
     )
     assert "Environment=DRIFTD_MODELS__REGISTRY_DIR=/var/lib/driftd/registry" in text
-    assert service["StateDirectory"].split() == [
-        "driftd/%i",
-        "driftd/registry",
-    ]  # writable under ProtectSystem=strict
+    # writable under ProtectSystem=strict
+    assert service["StateDirectory"].split() == ["driftd/%i", "driftd/registry"]
     unit = _unit()["Service"]
     for key in (
         "Type",
@@ -114,14 +112,12 @@ def test_dockerfile_passes_hadolint():
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck_and_a_cuda_variant():
     text = DOCKERFILE.read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(froms) >= 2 and all(
-        ":" in image for image in froms
-    )  # multi-stage, tagged base images
+    # multi-stage, tagged base images
+    assert len(froms) >= 2 and all(":" in image for image in froms)
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert re.search(
-        r'^HEALTHCHECK [^\n]*\\\n\s+CMD \["driftd", "healthcheck"\]', text, re.M
-    )  # probes /healthz as configured
+    # probes /healthz as configured
+    assert re.search(r'^HEALTHCHECK [^\n]*\\\n\s+CMD \["driftd", "healthcheck"\]', text, re.M)
     assert re.search(r"^ARG VARIANT=cpu", text, re.M) and "cuda)" in text
     assert "DRIFTD_CONFIG=/etc/driftd/config.toml" in text  # where config.toml is mounted
 

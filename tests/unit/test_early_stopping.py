@@ -1,5 +1,6 @@
-"""Early stopping judges the validation split's loss: it keeps the checkpoint with the lowest loss and stops
-after ``patience`` epochs without a lower one. ``validation_scores`` is the number it judges by."""
+"""Early stopping judges the validation split's loss: it keeps the
+checkpoint with the lowest loss and stops after ``patience`` epochs
+without a lower one. ``validation_scores`` is the number it judges by."""
 
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ def trained():
 
 def test_validation_scores_are_the_mean_cross_entropy_and_the_accuracy(trained) -> None:
     texts, intents = examples(INTENTS, 60, seed=2)
-    intents[:5] = [
-        "bye" if i != "bye" else "greet" for i in intents[:5]
-    ]  # a few wrong ones, so the loss is not ~0
+    # a few wrong ones, so the loss is not ~0
+    intents[:5] = ["bye" if i != "bye" else "greet" for i in intents[:5]]
     loss, acc = validation_scores(
         trained.model, trained.featurizer, trained.labels, texts, intents, batch_size=7
     )
@@ -60,8 +60,8 @@ def test_an_intent_the_model_lacks_is_wrong_in_the_accuracy_and_left_out_of_the_
 
 def test_it_keeps_the_lowest_loss_checkpoint_and_stops_after_patience_epochs_without_one() -> None:
     texts, intents = examples(INTENTS, 300, seed=4)
-    # A validation split labelled at random: as the model grows confident on the real task, its loss here
-    # must rise after some epoch, so early stopping has to act.
+    # A validation split labelled at random: as the model grows confident on the real
+    # task, its loss here must rise after some epoch, so early stopping has to act.
     val_texts, _ = examples(INTENTS, 80, seed=5)
     rng = random.Random(6)
     val = (val_texts, [rng.choice(INTENTS) for _ in val_texts])
@@ -74,9 +74,8 @@ def test_it_keeps_the_lowest_loss_checkpoint_and_stops_after_patience_epochs_wit
         progress=reports.append,
     )
     losses = [r["val_loss"] for r in reports]
-    best = min(
-        range(len(losses)), key=lambda e: (losses[e], -e)
-    )  # the lowest; on a tie, the later epoch
+    # the lowest; on a tie, the later epoch
+    best = min(range(len(losses)), key=lambda e: (losses[e], -e))
     assert result.epochs_run < 40, "a rising validation loss must stop training"
     assert result.epochs_run == best + 1 + 3, (
         f"stopped at epoch {result.epochs_run}, the best was {best + 1}: {losses}"

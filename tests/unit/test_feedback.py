@@ -1,6 +1,7 @@
-"""Feedback on HTTP predictions: the pending store's answers (404, 410, 422), the events a report becomes, how
-ingest treats them (a real TieredStore, the real OutcomeJoiner and training-set query), and the routes on a
-real aiohttp server with a real model; the broker is an in-memory stand-in here (tests/integration has the real one)."""
+"""Feedback on HTTP predictions: the pending store's answers (404, 410, 422), the events
+a report becomes, how ingest treats them (a real TieredStore, the real OutcomeJoiner
+and training-set query), and the routes on a real aiohttp server with a real model;
+the broker is an in-memory stand-in here (tests/integration has the real one)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def test_malformed_unknown_and_evicted_ids_are_told_apart() -> None:
     clock = Clock()
     pending = PendingPredictions(horizon_s=600, max_pending=2, clock=clock)
     for bad in (None, 7, "", "xyz", "g" * 32, "A" * 32, "0" * 31):
-        refused(lambda: pending.get(bad), 422, "32 hex digits")
+        refused(lambda bad=bad: pending.get(bad), 422, "32 hex digits")
     first = pending.add("a", "greet", 0.5, "v1")
     clock.now += 1
     pending.add("b", "greet", 0.5, "v1")
@@ -131,11 +132,8 @@ def test_a_report_becomes_the_utterance_once_then_its_label_or_feedback() -> Non
     )
     served.published = True  # a second report (a correction) does not send the utterance again
     (right,) = feedback_events(pid, served, correct=True, intent=None, now=1_800_000_020.0)
-    assert (right["type"], right["correct"], right["intent"]) == (
-        "feedback",
-        True,
-        "refund",
-    )  # training data too
+    # training data too
+    assert (right["type"], right["correct"], right["intent"]) == ("feedback", True, "refund")
     (wrong,) = feedback_events(pid, served, correct=False, intent=None, now=1_800_000_020.0)
     assert (wrong["type"], wrong["correct"], "intent" in wrong) == ("feedback", False, False)
     assert len({label["event_id"], right["event_id"], wrong["event_id"]}) == 3
@@ -186,9 +184,8 @@ def ingest_reports(tmp_path: Path, *, observe_served: bool) -> Reports:
     predicted_texts: list[str] = []
     observed: list[tuple[Any, Any]] = []
 
-    def predict(
-        texts: list[str],
-    ) -> list[dict[str, Any]]:  # a newer model that would answer differently
+    # a newer model that would answer differently
+    def predict(texts: list[str]) -> list[dict[str, Any]]:
         predicted_texts.extend(texts)
         top = {"intent": "greet", "confidence": 0.99}
         return [{**top, "top_k": [top], "model_version": "v000009"} for _ in texts]
@@ -237,7 +234,8 @@ def test_ingest_keeps_the_served_prediction_joins_it_and_learns_the_text(tmp_pat
     }
     assert {p["model_version"] for p in served.values()} == {"v000001"}
 
-    # The learning loop's join (daemon/learning.observe_batch feeds it the same way): what the client was told.
+    # The learning loop's join (daemon/learning.observe_batch
+    # feeds it the same way): what the client was told.
     joiner = OutcomeJoiner(horizon_s=600)
     outcomes = [
         joiner.record_prediction(e.event_id, p["intent"], p["confidence"], p["model_version"], e.ts)
@@ -261,7 +259,7 @@ def test_ingest_keeps_the_served_prediction_joins_it_and_learns_the_text(tmp_pat
 def test_with_monitoring_off_http_predictions_are_not_observed_but_still_trained_on(
     tmp_path: Path,
 ) -> None:
-    observed, predicted_texts, store, _ = ingest_reports(tmp_path, observe_served=False)
+    observed, predicted_texts, _store, _ = ingest_reports(tmp_path, observe_served=False)
     ((valid, pairs),) = observed
     assert predicted_texts == ["hello there"] and [e.event_id for e, _ in pairs] == ["kafka-1"]
     assert len(labelled_examples(valid)) == 2

@@ -1,5 +1,6 @@
-"""One fine-tune run on real parts (SQLite store, the spawned training child, registry, model server): a run
-with too little data is skipped and waits, one that passes the gate is promoted, and one that fails it is not."""
+"""One fine-tune run on real parts (SQLite store, the spawned training child,
+registry, model server): a run with too little data is skipped and waits,
+one that passes the gate is promoted, and one that fails it is not."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ NOW = 1_000_000.0 + 5000
 
 
 class Parts:
-    """A runner wired as the learning loop wires it, with a real promotion (publish and swap) and the marks kept."""
+    """A runner wired as the learning loop wires it, with a
+    real promotion (publish and swap) and the marks kept."""
 
     def __init__(self, tmp_path: Path, store: TieredStore, settings: Settings) -> None:
         self.registry, self.server = Registry(tmp_path / "registry"), ModelServer()
@@ -81,7 +83,7 @@ def labelled_store(tmp_path: Path, n: int) -> TieredStore:
     store = make_store(tmp_path, Clock())
     texts, intents = examples(["refund", "track", "cancel"], n, seed=5)
     events = []
-    for i, (text, intent) in enumerate(zip(texts, intents)):
+    for i, (text, intent) in enumerate(zip(texts, intents, strict=False)):
         events += [
             event(2 * i, event_id=f"u{i}", text=f"{text} #{i}", ts=1_000_000.0 + i),
             label(2 * i + 1, f"u{i}", intent, ts=1_000_000.0 + i + 0.5),
@@ -125,7 +127,8 @@ def test_a_run_with_too_little_data_is_skipped_and_waits_for_the_shortfall_witho
     }
     assert run_record["seconds"] >= 0
     assert (
-        "fine-tune (decay) skipped: 120 labelled examples, fewer than the 300 it needs (learning.min_labelled); "
+        "fine-tune (decay) skipped: 120 labelled examples, fewer than the 300 it "
+        "needs (learning.min_labelled); "
         "it starts once 180 more labels arrived"
     ) in caplog.text
     assert (

@@ -1,4 +1,5 @@
-"""The follow-up policy on its own: which fine-tune may start when, as labels, decisions and run results arrive."""
+"""The follow-up policy on its own: which fine-tune may
+start when, as labels, decisions and run results arrive."""
 
 from __future__ import annotations
 
@@ -126,9 +127,8 @@ def test_with_no_model_the_first_one_waits_for_min_labelled_labels_stored_withou
         "needed": 300,
         "enabled": True,
     }
-    followups.count_labels(
-        250
-    )  # outcomes of a model served earlier: training data, but not toward the first model
+    # outcomes of a model served earlier: training data, but not toward the first model
+    followups.count_labels(250)
     followups.count_labels(299, without_model=True)
     assert followups.labels_waiting() == 1 and followups.take_awaited(trainer) is None
     followups.count_labels(1, without_model=True)
@@ -155,7 +155,7 @@ def test_the_first_model_waits_while_learning_is_off_and_a_served_model_ends_the
     assert followups.awaiting == ("cold_start", 300)
 
 
-def test_a_skipped_automatic_run_waits_for_its_shortfall_without_a_cooldown_and_a_manual_one_does_not() -> (
+def test_a_skipped_automatic_run_waits_for_its_shortfall_without_cooldown_a_manual_one_not() -> (
     None
 ):
     followups, clock = policy()

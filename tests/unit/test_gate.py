@@ -52,7 +52,8 @@ def test_a_positive_margin_requires_a_gain(candidate: int, incumbent: int, passe
     )
     if not passed:
         assert result.reasons == [
-            f"holdout accuracy {candidate / 200:.4f} does not beat the incumbent's {incumbent / 200:.4f} by 0.005"
+            f"holdout accuracy {candidate / 200:.4f} does not beat the incumbent's "
+            f"{incumbent / 200:.4f} by 0.005"
         ]
 
 
@@ -66,7 +67,8 @@ def test_a_negative_margin_is_a_non_inferiority_bound(
     assert result.passed is passed
     if not passed:
         assert result.reasons == [
-            f"holdout accuracy {candidate / 200:.4f} trails the incumbent's {incumbent / 200:.4f} by more than 0.01"
+            f"holdout accuracy {candidate / 200:.4f} trails the incumbent's "
+            f"{incumbent / 200:.4f} by more than 0.01"
         ]
 
 
@@ -125,7 +127,8 @@ def test_every_failed_check_is_reported_and_the_settings_are_recorded() -> None:
 
 
 class SharedMachine:
-    """A clock the calls advance: each text costs its own time, and a busy spell stalls whichever call runs."""
+    """A clock the calls advance: each text costs its own
+    time, and a busy spell stalls whichever call runs."""
 
     def __init__(self, stalls: set[int]) -> None:
         self.now, self.calls, self.stalls = 0.0, 0, stalls
@@ -146,7 +149,8 @@ class SharedMachine:
 def test_latency_is_timed_side_by_side_and_a_passing_stall_is_not_a_text_s_cost() -> None:
     texts = ["x" * 10] * 97 + ["x" * 100] * 3  # three long texts: the p99 must see them
     warm_up = 2 * 20
-    # Busy spells hit the candidate on 15 texts of the first timed pass and the incumbent on 10 of the second.
+    # Busy spells hit the candidate on 15 texts of the first
+    # timed pass and the incumbent on 10 of the second.
     stalls = {warm_up + 2 * t + 1 for t in range(15)} | {
         warm_up + 200 + 2 * t + 2 for t in range(10)
     }
@@ -155,13 +159,13 @@ def test_latency_is_timed_side_by_side_and_a_passing_stall_is_not_a_text_s_cost(
         [machine.model(0.02), machine.model(0.01)], texts, repeats=3, clock=machine.clock
     )
     assert machine.calls == warm_up + 3 * 2 * len(texts)
-    assert candidate == pytest.approx(2.0) and incumbent == pytest.approx(
-        1.0
-    )  # the long texts' cost, no stall
+    # the long texts' cost, no stall
+    assert candidate == pytest.approx(2.0) and incumbent == pytest.approx(1.0)
     assert verdict(
         GateSettings(latency_ratio=1.5, latency_budget_ms=1.5), 200, 100, p99=(candidate, incumbent)
     ).reasons == ["p99 latency 2.000 ms exceeds 1.500 ms"]
     (no_texts,) = p99_latency_ms([SharedMachine(set()).model(0.01)], [], clock=machine.clock)
+    # no figure: rejected
     assert (
         math.isnan(no_texts) and not verdict(GateSettings(), 200, None, p99=(no_texts, None)).passed
-    )  # no figure: rejected
+    )

@@ -17,9 +17,9 @@ from models.hygiene import (
 )
 from streams.datasets import Example, load_examples
 
-# Removal share measured on the clean sample below: 0.10% (2 near duplicates out of 2,000; other seeds
-# gave 0-0.2%, the whole 15,000-utterance train split 0.43%). The bound leaves room, yet a cleaner that
-# eats real data (e.g. near-duplicate matching across intents) blows through it.
+# Removal share measured on the clean sample below: 0.10% (2 near duplicates out of 2,000; other
+# seeds gave 0-0.2%, the whole 15,000-utterance train split 0.43%). The bound leaves room, yet a
+# cleaner that eats real data (e.g. near-duplicate matching across intents) blows through it.
 MAX_CLEAN_SHARE_REMOVED = 0.01
 
 
@@ -36,7 +36,8 @@ def base(clinc_train: list[Example]) -> list[Example]:
 
 @pytest.fixture(scope="module")
 def outside_base(clinc_train: list[Example], base: list[Example]) -> list[Example]:
-    """Real utterances that are not in ``base``, to inject, one per intent so they do not resemble each other."""
+    """Real utterances that are not in ``base``, to inject,
+    one per intent so they do not resemble each other."""
     taken = {example.text.casefold() for example in base}
     picked: dict[str, Example] = {}
     for example in clinc_train:
@@ -68,7 +69,8 @@ def test_clean_real_sample_loses_little(base: list[Example]) -> None:
     texts, intents, report = _run(_pairs(base))
     share = 1 - report.kept / len(base)
     print(
-        f"clean CLINC150 sample: {len(base)} in, {report.kept} kept, share removed {share:.2%}, {report.removed}"
+        f"clean CLINC150 sample: {len(base)} in, {report.kept} kept, share removed "
+        f"{share:.2%}, {report.removed}"
     )
     assert share <= MAX_CLEAN_SHARE_REMOVED
     assert len(texts) == len(intents) == report.kept
@@ -78,7 +80,7 @@ def test_clean_real_sample_loses_little(base: list[Example]) -> None:
     order = {
         (_norm(text), intent): position for position, (text, intent) in enumerate(_pairs(base))
     }
-    positions = [order[pair] for pair in zip(texts, intents)]
+    positions = [order[pair] for pair in zip(texts, intents, strict=False)]
     assert positions == sorted(positions)
     # Deterministic.
     assert _run(_pairs(base)) == (texts, intents, report)
@@ -91,7 +93,8 @@ def test_exact_duplicates_keep_the_newest_copy(
     injected: list[tuple[str, str]] = []
     for example in originals:
         text, intent = example.text, example.intent
-        # Case, whitespace and control-character variants of one utterance; the last one is the newest.
+        # Case, whitespace and control-character variants
+        # of one utterance; the last one is the newest.
         injected += [
             (text, intent),
             (f"  {text.replace(' ', chr(9) + ' ')}\n", intent),
@@ -99,7 +102,7 @@ def test_exact_duplicates_keep_the_newest_copy(
             (text.upper(), intent),
         ]
     before = _baseline(base)
-    texts, intents, report = _run(_pairs(base) + injected)
+    texts, _intents, report = _run(_pairs(base) + injected)
 
     assert report.removed["exact_duplicate"] - before.removed["exact_duplicate"] == 3 * 3
     for example in originals:
@@ -132,29 +135,27 @@ def test_near_duplicates_with_same_intent_go_with_other_intent_stay(
     # shared: 0.6-0.7 for these 14+ word utterances. The default 0.9 is far stricter (see below).
     settings = HygieneSettings(near_duplicate_threshold=0.5)
     long = _long_examples(outside_base, 10)
-    same_intent, other_intent = (
-        long[:5],
-        long[5:],
-    )  # one utterance per intent, so a rotation relabels them all
+    # one utterance per intent, so a rotation relabels them all
+    same_intent, other_intent = long[:5], long[5:]
     injected: list[tuple[str, str]] = []
     for example in same_intent:
         injected += [
             (example.text, example.intent),
             (_with_one_word_changed(example.text), example.intent),
         ]
-    for example, relabelled in zip(other_intent, other_intent[1:] + other_intent[:1]):
+    for example, relabelled in zip(other_intent, other_intent[1:] + other_intent[:1], strict=False):
         injected += [
             (example.text, example.intent),
             (_with_one_word_changed(example.text), relabelled.intent),
         ]
     before = _baseline(base, settings=settings)
     texts, intents, report = _run(_pairs(base) + injected, settings=settings)
-    kept = set(zip(texts, intents))
+    kept = set(zip(texts, intents, strict=False))
 
     for example in same_intent:
         assert (example.text, example.intent) not in kept  # the older copy goes
         assert (_with_one_word_changed(example.text), example.intent) in kept  # the newest stays
-    for example, relabelled in zip(other_intent, other_intent[1:] + other_intent[:1]):
+    for example, relabelled in zip(other_intent, other_intent[1:] + other_intent[:1], strict=False):
         assert (example.text, example.intent) in kept
         assert (_with_one_word_changed(example.text), relabelled.intent) in kept
     assert report.removed["near_duplicate"] - before.removed["near_duplicate"] == len(same_intent)
@@ -167,14 +168,12 @@ def test_default_threshold_catches_punctuation_variants_not_reworded_ones(
     punctuated, reworded = long
     injected = [
         (punctuated.text, punctuated.intent),
-        (
-            punctuated.text.replace(" ", ", ", 1) + "!",
-            punctuated.intent,
-        ),  # same words, so Jaccard 1.0
+        # same words, so Jaccard 1.0
+        (punctuated.text.replace(" ", ", ", 1) + "!", punctuated.intent),
         (reworded.text, reworded.intent),
         (_with_one_word_changed(reworded.text), reworded.intent),
     ]
-    texts, _, report = _run(_pairs(base) + injected)
+    texts, _, _report = _run(_pairs(base) + injected)
     assert _norm(punctuated.text) not in texts
     assert _norm(injected[1][0]) in texts
     # At 0.9 a one-word change in a 14+ word utterance is a different text.
@@ -225,7 +224,9 @@ def test_label_conflicts(
     before = _baseline(base, settings=settings)
     texts, intents, report = _run(_pairs(base) + injected, settings=settings)
 
-    survivors = [(t, i) for t, i in zip(texts, intents) if t.casefold() == text.casefold()]
+    survivors = [
+        (t, i) for t, i in zip(texts, intents, strict=False) if t.casefold() == text.casefold()
+    ]
     assert [intent for _, intent in survivors] == [intent_for[label] for label in expected]
     losers = sum(1 for label in labels if label not in expected)
     assert report.removed["conflict"] - before.removed["conflict"] == losers
@@ -280,7 +281,7 @@ def test_empty_texts_are_removed_and_text_is_normalised(base: list[Example]) -> 
 def test_long_texts_are_truncated(base: list[Example]) -> None:
     long_text = " ".join(example.text for example in base[:200])
     assert len(long_text) > 2000
-    texts, _, report = _run(_pairs(base[200:400]) + [(long_text, base[0].intent)])
+    texts, _, report = _run([*_pairs(base[200:400]), (long_text, base[0].intent)])
     assert report.truncated == 1
     assert texts[-1] == _norm(long_text)[:2000].rstrip()
 
@@ -324,15 +325,8 @@ def test_cap_per_class(clinc_train: list[Example]) -> None:
     ]
     intents = [e.intent for e in sample]
 
-    assert cap_per_class(intents, 0.3) == [
-        0,
-        1,
-        2,
-        3,
-        4,
-        6,
-        8,
-    ]  # the first three of each, in input order
+    # the first three of each, in input order
+    assert cap_per_class(intents, 0.3) == [0, 1, 2, 3, 4, 6, 8]
 
     assert len(cap_per_class(intents, 0.01)) == 3  # never below one per intent
     assert cap_per_class(intents, 1.0) == list(range(10))

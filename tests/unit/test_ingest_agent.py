@@ -1,4 +1,5 @@
-"""IngestAgent.handle against a real TieredStore: decoding, pseudonymisation, and retry instead of loss."""
+"""IngestAgent.handle against a real TieredStore:
+decoding, pseudonymisation, and retry instead of loss."""
 
 from __future__ import annotations
 
@@ -111,7 +112,6 @@ def test_user_ids_are_pseudonymised_before_storage(tmp_path):
     assert (
         b"alice" not in stored.payload and json.loads(stored.payload)["user_id"] == stored.user_ref
     )
-    assert (
-        UserIdPolicy("pseudonymised", b"salt").apply("alice@example.com") == stored.user_ref
-    )  # stable: joins still work
+    # stable: joins still work
+    assert UserIdPolicy("pseudonymised", b"salt").apply("alice@example.com") == stored.user_ref
     assert UserIdPolicy("drop").apply("alice@example.com") is None

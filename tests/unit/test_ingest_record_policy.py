@@ -1,4 +1,5 @@
-"""Records that carry no value or no key, through IngestAgent.handle into a real TieredStore and a DLQ sink."""
+"""Records that carry no value or no key, through
+IngestAgent.handle into a real TieredStore and a DLQ sink."""
 
 from __future__ import annotations
 

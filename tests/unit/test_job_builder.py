@@ -1,5 +1,5 @@
-"""The training-set builder on a real tiered store (SQLite warm tier): when there is enough data, what goes
-into a fine-tune's job, and the examples other replicas sent."""
+"""The training-set builder on a real tiered store (SQLite warm tier): when there is
+enough data, what goes into a fine-tune's job, and the examples other replicas sent."""
 
 from __future__ import annotations
 
@@ -48,9 +48,8 @@ def test_too_few_labelled_examples_build_no_job_and_an_incumbent_needs_enough_fo
             jobs.min_examples(None) == 100
             and jobs.min_examples_reason(None) == "learning.min_labelled"
         )
-        assert (
-            jobs.min_examples("v000001") == GATE_MIN_HOLDOUT * 10
-        )  # 50 held out at holdout_fraction 0.1
+        # 50 held out at holdout_fraction 0.1
+        assert jobs.min_examples("v000001") == GATE_MIN_HOLDOUT * 10
         reason = f"a holdout of {GATE_MIN_HOLDOUT} at learning.holdout_fraction = 0.1"
         assert jobs.min_examples_reason("v000001") == reason
         lenient = builder(tmp_path, store, min_labelled=600)

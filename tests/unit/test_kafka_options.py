@@ -111,15 +111,15 @@ def test_sasl_ssl_files_reach_the_ssl_context_and_aiokafka_accepts_the_options(t
     ).kafka
     options = aiokafka_options(kafka)
     context = options["ssl_context"]
+    # our CA
     assert [dict(c["subject"][0])["commonName"] for c in context.get_ca_certs()] == [
         "kafka-ca.example"
-    ]  # our CA
+    ]
     assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
     assert faust_credentials(kafka).ssl_context.get_ca_certs() == context.get_ca_certs()
 
-    async def build() -> (
-        None
-    ):  # aiokafka validates the combination (SASL_SSL needs a context, PLAIN a user and password)
+    # aiokafka validates the combination (SASL_SSL needs a context, PLAIN a user and password)
+    async def build() -> None:
         AIOKafkaProducer(bootstrap_servers="kafka1:9093", **options)
         AIOKafkaAdminClient(bootstrap_servers="kafka1:9093", **options)
 

@@ -1,5 +1,5 @@
-"""streams.labelled_files: an operator's own (text, intent) file in CSV, JSON Lines or Parquet, and every
-problem with it reported in one line that says what is wrong."""
+"""streams.labelled_files: an operator's own (text, intent) file in CSV, JSON Lines or
+Parquet, and every problem with it reported in one line that says what is wrong."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from streams.labelled_files import LabelledFileError, file_format, read_labelled
 
-# A comma, a quote, a newline inside a text, non-ASCII, and values that must stay text ("007", "12").
+# A comma, a quote, a newline inside a text, non-ASCII,
+# and values that must stay text ("007", "12").
 ROWS = [
     ("freeze my card, please", "card_freeze"),
     ('what does "pending" mean', "pending"),

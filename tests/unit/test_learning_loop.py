@@ -1,6 +1,6 @@
-"""The learning loop's promotion and canary on real parts (registry, ONNX Runtime sessions, a fine-tune run
-in process): a promoted version is published, announced and served; one that does worse than its
-predecessor over the canary window is rolled back automatically."""
+"""The learning loop's promotion and canary on real parts (registry, ONNX Runtime sessions,
+a fine-tune run in process): a promoted version is published, announced and served; one
+that does worse than its predecessor over the canary window is rolled back automatically."""
 
 from __future__ import annotations
 
@@ -104,9 +104,8 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
             announce=announce,
             swap_lock=asyncio.Lock(),
         )  # type: ignore[arg-type]
-        feed(
-            loop, 0, 200, v1, correct=True
-        )  # v1 was right on its last outcomes: the canary's baseline is 1.0
+        # v1 was right on its last outcomes: the canary's baseline is 1.0
+        feed(loop, 0, 200, v1, correct=True)
         candidate = run_fine_tune(
             FineTuneJob(
                 train=pairs(300, 2),
@@ -138,7 +137,8 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
 
 
 def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) -> None:
-    """Fewer than followup_labels after the last fine-tune, then silence: one more follow-up, only once quiet."""
+    """Fewer than followup_labels after the last fine-tune,
+    then silence: one more follow-up, only once quiet."""
     settings = load_settings(
         daemon={"data_dir": str(tmp_path)},
         learning={"followup_labels": 1000, "followup_quiet_s": 60, "canary_labels": 0},
@@ -176,7 +176,7 @@ def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) ->
     assert started == ["followup"] and loop._followups_left == 1
 
 
-def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and_recorded_in_the_manifest(
+def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and_recorded(
     tmp_path: Path,
 ) -> None:
     settings = load_settings(
@@ -184,17 +184,18 @@ def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and
     )
     registry = Registry(tmp_path / "registry")
     wanted = {"transfer", "balance", "bill_due"}
-    train = [
-        e for e in load_examples("clinc150", "train") if e.intent in wanted
-    ]  # real, distinct utterances
+    # real, distinct utterances
+    train = [e for e in load_examples("clinc150", "train") if e.intent in wanted]
     texts, intents = [e.text for e in train], [e.intent for e in train]
+    # 4 copies, 1 kept
     junk_texts = ["I want to TRANSFER 500 dollars to savings now"] * 3 + [
         "i want to transfer 500 dollars  to savings now\x00"
-    ]  # 4 copies, 1 kept
+    ]
     junk_intents = ["transfer"] * 4
+    # 3 x balance vs 1 x bill_due
     junk_texts += ["what is my balance and when is my bill due"] * 3 + [
         "What is my balance and when is my bill due"
-    ]  # 3 x balance vs 1 x bill_due
+    ]
     junk_intents += ["balance", "balance", "balance", "bill_due"]
     test = [e for e in load_examples("clinc150", "test") if e.intent in wanted]
     holdout = ([e.text for e in test], [e.intent for e in test])
@@ -203,10 +204,11 @@ def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and
         train=(texts + junk_texts + [leaked], intents + junk_intents + [holdout[1][0]]),
         holdout=holdout,
         replay_eval=([], []),
+        # what the daemon sets
         incumbent_dir=None,
         settings=TrainSettings(epochs=2, batch_size=32),
         hygiene=HygieneSettings(),
-    )  # what the daemon sets
+    )
     result = run_fine_tune(job)
 
     async def promote() -> str:
@@ -234,9 +236,8 @@ def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and
     assert removed["conflict"] == 1 and hygiene["samples"]["conflict"] == [
         "What is my balance and when is my bill due"
     ]
-    assert (
-        removed["exact_duplicate"] == 3 + 2
-    )  # the surplus transfer copies, and balance's after the conflict
+    # the surplus transfer copies, and balance's after the conflict
+    assert removed["exact_duplicate"] == 3 + 2
     assert removed["near_duplicate"] <= 2 and removed["empty"] == 0  # the real utterances are kept
     assert (
         hygiene["kept"]
@@ -261,7 +262,8 @@ def test_the_replay_sample_is_capped_per_intent() -> None:
 def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_files_changed(
     tmp_path: Path,
 ) -> None:
-    """A swap hashes only the files it serves; the fine-tune hashes the rest (model.pt) before reading them."""
+    """A swap hashes only the files it serves; the fine-tune
+    hashes the rest (model.pt) before reading them."""
     settings = load_settings(
         daemon={"data_dir": str(tmp_path)}, learning={"canary_labels": 0, "followup_labels": 0}
     )
@@ -293,9 +295,8 @@ def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_file
             announce=None,
             swap_lock=asyncio.Lock(),
         )  # type: ignore[arg-type]
-        await loop._fine_tune(
-            "manual", None
-        )  # store=None: reaching the data query would fail differently
+        # store=None: reaching the data query would fail differently
+        await loop._fine_tune("manual", None)
         run = loop.history[-1]
         assert run["result"] == "failed" and "model.pt has sha256" in run["detail"], run
         assert loop.metrics.failures.labels("error")._value.get() == 1

@@ -1,4 +1,5 @@
-"""Log formats: text for people, one JSON object per line for log shippers; switchable at run time."""
+"""Log formats: text for people, one JSON object per
+line for log shippers; switchable at run time."""
 
 from __future__ import annotations
 
@@ -79,9 +80,8 @@ def test_a_flood_of_one_asyncio_message_is_logged_once_per_interval_with_its_cou
 
 def test_kafka_client_errors_repeated_during_an_outage_are_logged_once_per_template(capsys):
     setup_logging("INFO", "text")
-    for attempt in range(
-        200
-    ):  # what aiokafka writes while the cluster is down: a few templates, new args each time
+    # what aiokafka writes while the cluster is down: a few templates, new args each time
+    for attempt in range(200):
         logging.getLogger("aiokafka.conn.unit-test").error(
             "Unable connect to node with id %s: %s", 111, f"attempt {attempt}"
         )
@@ -89,9 +89,8 @@ def test_kafka_client_errors_repeated_during_an_outage_are_logged_once_per_templ
             "Failed fetch messages from %s: %s", 111, f"attempt {attempt}"
         )
     logging.getLogger("driftd.unit-test").error("Kafka cluster %s unreachable", "127.0.0.1:9092")
-    logging.getLogger("driftd.unit-test").error(
-        "Kafka cluster %s unreachable", "127.0.0.1:9092"
-    )  # our own lines are never limited
+    # our own lines are never limited
+    logging.getLogger("driftd.unit-test").error("Kafka cluster %s unreachable", "127.0.0.1:9092")
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == [
         "Unable connect to node with id 111: attempt 0",

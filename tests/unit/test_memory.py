@@ -1,4 +1,5 @@
-"""trim_heap hands freed heap pages back to the OS (glibc), in a fresh interpreter so the heap is known."""
+"""trim_heap hands freed heap pages back to the OS
+(glibc), in a fresh interpreter so the heap is known."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ import json
 from daemon.memory import trim_heap
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-chunks = [bytearray(4000) for _ in range(50_000)]  # 200 MB in malloc'd blocks below the mmap threshold
+# 200 MB in malloc'd blocks below the mmap threshold
+chunks = [bytearray(4000) for _ in range(50_000)]
 pin = bytearray(4000)  # above them on the heap: the heap top cannot simply shrink past it
 before_free = rss_mb()
 del chunks
 freed = rss_mb()
 seconds = trim_heap()
-print(json.dumps({"before_free": before_free, "freed": freed, "trimmed": rss_mb(), "seconds": seconds}))
+report = {"before_free": before_free, "freed": freed, "trimmed": rss_mb(), "seconds": seconds}
+print(json.dumps(report))
 """
 
 
@@ -32,7 +35,6 @@ def test_freed_heap_stays_resident_until_trimmed_then_goes_back_to_the_os():
             [sys.executable, "-c", PROGRAM], check=True, capture_output=True, text=True
         ).stdout
     )
-    assert out["freed"] - out["trimmed"] >= 150, (
-        out
-    )  # most of the 200 MB freed comes back only with the trim
+    # most of the 200 MB freed comes back only with the trim
+    assert out["freed"] - out["trimmed"] >= 150, out
     assert out["seconds"] >= 0

@@ -24,9 +24,7 @@ def test_loads_run_on_one_thread_at_a_lower_priority_and_the_rest_of_the_process
     assert name.startswith("driftd-model-load")
     assert tid != main_tid
     assert nice == min(19, main_nice + LOADER_NICE)
-    assert (
-        os.getpriority(os.PRIO_PROCESS, main_tid) == main_nice
-    )  # the event loop's thread is untouched
-    assert (
-        model_loader().submit(_who_am_i).result(timeout=10)[1] == tid
-    )  # the same single thread every time
+    # the event loop's thread is untouched
+    assert os.getpriority(os.PRIO_PROCESS, main_tid) == main_nice
+    # the same single thread every time
+    assert model_loader().submit(_who_am_i).result(timeout=10)[1] == tid

@@ -20,7 +20,8 @@ SEEDS = range(5)
 
 
 def feed(detector: ErrorDetector, segments: list[tuple[float, int]], seed: int) -> list[int]:
-    """Feed Bernoulli errors, segment by segment (error probability, length); returns the indices that fired."""
+    """Feed Bernoulli errors, segment by segment (error
+    probability, length); returns the indices that fired."""
     rng = random.Random(seed)
     fired, i = [], 0
     for p, n in segments:
@@ -31,7 +32,8 @@ def feed(detector: ErrorDetector, segments: list[tuple[float, int]], seed: int) 
     return fired
 
 
-# -- the contract every registered detector meets ------------------------------------------------------
+# -- the contract every registered detector meets
+# ------------------------------------------------------
 
 
 @pytest.fixture(params=sorted(DETECTORS))
@@ -89,7 +91,8 @@ def test_names_and_factory() -> None:
         make_detector("cusum")
 
 
-# -- EWMA ----------------------------------------------------------------------------------------------
+# -- EWMA
+# ----------------------------------------------------------------------------------------------
 
 
 def feed_pattern(detector: EwmaDecayDetector, errors: list[bool]) -> list[int]:
@@ -111,7 +114,7 @@ def test_ewma_fires_when_crossing_the_line() -> None:
     detector = EwmaDecayDetector(alpha=0.05, relative_drop=0.2, warmup=100, min_samples=100)
     feed_pattern(detector, [i % 10 == 0 for i in range(100)])
     before = None
-    for i in range(200):
+    for _i in range(200):
         ewma_before = detector.ewma
         if detector.update(True):
             before = ewma_before
@@ -143,9 +146,8 @@ def test_ewma_hysteresis() -> None:
 def test_ewma_min_samples_holds_the_fire() -> None:
     detector = EwmaDecayDetector(alpha=0.1, warmup=50, min_samples=300)
     fired = feed_pattern(detector, [False] * 50 + [True] * 400)
-    assert fired == [
-        299
-    ]  # below the line since ~sample 52, but not allowed to decide before 300 samples
+    # below the line since ~sample 52, but not allowed to decide before 300 samples
+    assert fired == [299]
 
 
 @pytest.mark.parametrize(
@@ -165,7 +167,8 @@ def test_ewma_validates(kwargs: dict, match: str) -> None:
         EwmaDecayDetector(**kwargs)
 
 
-# -- river wrappers --------------------------------------------------------------------------------------
+# -- river wrappers
+# --------------------------------------------------------------------------------------
 
 
 def test_river_detector_validates() -> None:
@@ -180,12 +183,14 @@ def test_page_hinkley_runs_one_sided() -> None:
 
 
 def test_river_min_samples() -> None:
-    # Errors from the very first sample: ADWIN sees a change early, but may not report it before min_samples.
+    # Errors from the very first sample: ADWIN sees a change
+    # early, but may not report it before min_samples.
     fired = feed(RiverDetector("adwin", min_samples=500), [(0.0, 150), (1.0, 1000)], seed=0)
     assert all(i >= 499 for i in fired)
 
 
-# -- label-free signals ----------------------------------------------------------------------------------
+# -- label-free signals
+# ----------------------------------------------------------------------------------
 
 
 def feed_signals(
@@ -212,10 +217,8 @@ def test_confidence_drop_fires_confidence_and_low_confidence_share() -> None:
     assert feed_signals(signals, 1000, rng, 0.8, 0.15) == []
     fired = feed_signals(signals, 1000, rng, 0.5, 0.2)
     names = [name for _, name in fired]
-    assert sorted(names) == [
-        "confidence",
-        "low_confidence_share",
-    ]  # each once: not re-armed while still low
+    # each once: not re-armed while still low
+    assert sorted(names) == ["confidence", "low_confidence_share"]
     assert all(i < 300 for i, _ in fired)
     assert signals.values()["confidence"] < 0.8 * 0.85
 
@@ -225,9 +228,8 @@ def test_oos_share_rise_fires_and_rearms() -> None:
     signals = LabelFreeSignals(alpha=0.02)
     assert feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.02) == []
     assert [name for _, name in feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.4)] == ["oos_share"]
-    assert (
-        feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.02) == []
-    )  # recovery re-arms, fires nothing
+    # recovery re-arms, fires nothing
+    assert feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.02) == []
     assert signals.armed["oos_share"]
     assert [name for _, name in feed_signals(signals, 500, rng, 0.8, 0.1, oos=0.4)] == ["oos_share"]
 

@@ -44,9 +44,8 @@ def test_label_before_prediction() -> None:
         False,
         "v2",
     )
-    assert (
-        outcome.labelled_at == 1000.0 and outcome.predicted_at == 1005.0
-    )  # ts defaults to the clock
+    # ts defaults to the clock
+    assert outcome.labelled_at == 1000.0 and outcome.predicted_at == 1005.0
     assert joiner.counts["pending_labels"] == 0 and joiner.counts["joined"] == 1
 
 
@@ -54,13 +53,11 @@ def test_second_label_is_a_duplicate() -> None:
     joiner = OutcomeJoiner(clock=Clock())
     joiner.record_prediction("e1", "balance", 0.9, "v1")
     assert joiner.record_label("e1", intent="balance") is not None
-    assert (
-        joiner.record_label("e1", intent="transfer") is None
-    )  # joined at most once, first word wins
+    # joined at most once, first word wins
+    assert joiner.record_label("e1", intent="transfer") is None
     assert joiner.record_label("e1", correct=False) is None
-    assert (
-        joiner.record_prediction("e1", "balance", 0.9, "v1") is None
-    )  # a redelivered prediction joins nothing either
+    # a redelivered prediction joins nothing either
+    assert joiner.record_prediction("e1", "balance", 0.9, "v1") is None
     # Two labels that both arrive before the prediction: the second is the duplicate.
     joiner.record_label("e2", intent="a")
     joiner.record_label("e2", intent="b")
@@ -76,12 +73,10 @@ def test_feedback_with_correct_only() -> None:
     joiner.record_prediction("ko", "balance", 0.9, "v1")
     good = joiner.record_label("ok", correct=True)
     bad = joiner.record_label("ko", correct=False)
-    assert (
-        good is not None and good.correct and good.true_intent == "balance"
-    )  # right, so the truth is the prediction
-    assert (
-        bad is not None and not bad.correct and bad.true_intent is None
-    )  # wrong, but not what was right
+    # right, so the truth is the prediction
+    assert good is not None and good.correct and good.true_intent == "balance"
+    # wrong, but not what was right
+    assert bad is not None and not bad.correct and bad.true_intent is None
     # An intent wins over the flag: it says what was right.
     joiner.record_prediction("both", "balance", 0.9, "v1")
     both = joiner.record_label("both", intent="transfer", correct=True)
@@ -108,7 +103,8 @@ def test_expiry_by_horizon() -> None:
         counts["pending_predictions"],
         counts["pending_labels"],
     ) == (1, 1, 1, 0)
-    # The expired prediction is gone: its late label waits instead of joining; the young one still joins.
+    # The expired prediction is gone: its late label waits
+    # instead of joining; the young one still joins.
     assert joiner.record_label("old", intent="a") is None
     assert joiner.record_label("young", intent="a") is not None
     # Expiry also runs on each record; an explicit now is honoured.

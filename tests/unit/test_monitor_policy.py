@@ -22,7 +22,8 @@ from streams.monitor import (
 )
 
 # Short memories and warm-ups so the tests run in milliseconds; the shapes are the defaults'.
-# The accuracy floor is off: these tests are about the listed signals (test_monitor_triggers.py covers it).
+# The accuracy floor is off: these tests are about the
+# listed signals (test_monitor_triggers.py covers it).
 FAST = {
     "ewma_alpha": 0.05,
     "ewma_warmup": 50,
@@ -90,7 +91,7 @@ def setup(
 
 
 def test_any_decides_on_the_first_signal() -> None:
-    monitor, traffic, _ = setup(signals=("ewma", "confidence"), mode="any")
+    _monitor, traffic, _ = setup(signals=("ewma", "confidence"), mode="any")
     assert traffic.run(300, error=0.05) == []
     decisions = traffic.run(200, error=0.6)  # accuracy collapses, confidence stays put
     assert len(decisions) == 1
@@ -119,12 +120,11 @@ def test_only_listed_signals_count() -> None:
 
 
 def test_min_samples() -> None:
-    monitor, traffic, _ = setup(min_samples=400)
+    _monitor, traffic, _ = setup(min_samples=400)
     decisions = traffic.run(60, error=0.0) + traffic.run(500, error=0.7)
     assert len(decisions) == 1
-    assert (
-        decisions[0][1].labelled_samples == 400
-    )  # below the line long before, decided at the first allowed sample
+    # below the line long before, decided at the first allowed sample
+    assert decisions[0][1].labelled_samples == 400
 
 
 def test_label_free_only_counts_predictions() -> None:
@@ -220,9 +220,8 @@ def test_metrics_are_set() -> None:
 
     monitor.config = MonitorConfig(**{**FAST, "signals": ("ewma", "confidence"), "mode": "all"})
     traffic.run(100, error=0.8)
-    assert (
-        value("driftd_decay_signal", {"signal": "ewma"}) == 1.0
-    )  # fired, waiting for "confidence"
+    # fired, waiting for "confidence"
+    assert value("driftd_decay_signal", {"signal": "ewma"}) == 1.0
     assert value("driftd_live_accuracy", {"window": "window"}) == pytest.approx(
         monitor.window_accuracy
     )

@@ -1,5 +1,6 @@
-"""The poor-quality triggers: a model that was poor from its first outcome (a taxonomy or language it never
-learned) starts learning, not only one that got worse; stable good streams stay quiet."""
+"""The poor-quality triggers: a model that was poor from its first
+outcome (a taxonomy or language it never learned) starts learning,
+not only one that got worse; stable good streams stay quiet."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def outcomes(
     seed: int = 0,
     start: int = 0,
 ) -> list[int]:
-    """n outcomes of v1 whose true intent is drawn from ``truth``; returns the indices where a decision came."""
+    """n outcomes of v1 whose true intent is drawn from
+    ``truth``; returns the indices where a decision came."""
     rng = random.Random(seed)
     decided = []
     for i in range(start, start + n):
@@ -99,9 +101,8 @@ def test_a_few_outcomes_of_one_new_intent_are_enough() -> None:
     m, clock = monitor(min_accuracy=0.0, unknown_intent_min=30)
     assert outcomes(m, clock, 600, KNOWN, accuracy=0.95) == []
     decided = []
-    for i in range(
-        60
-    ):  # one new intent among known traffic: 29 of it say nothing, the 30th decides
+    # one new intent among known traffic: 29 of it say nothing, the 30th decides
+    for i in range(60):
         clock.now += 0.1
         truth = "card_arrival" if i % 2 == 0 else "balance"
         if (
@@ -142,9 +143,8 @@ def test_triggers_respect_the_cooldown_and_decide_again_after_it_while_the_model
     None
 ):
     m, clock = monitor(min_accuracy=0.5, cooldown_s=300.0)
-    first = outcomes(
-        m, clock, 1000, [f"x{k}" for k in range(10)], accuracy=0.0
-    )  # 100 s of outcomes
+    # 100 s of outcomes
+    first = outcomes(m, clock, 1000, [f"x{k}" for k in range(10)], accuracy=0.0)
     assert first == [199]
     clock.now += 300
     again = outcomes(m, clock, 10, [f"x{k}" for k in range(10)], accuracy=0.0, start=1000)
@@ -212,7 +212,8 @@ def test_invalid_trigger_settings_are_named(field: str, value: object) -> None:
 def test_stable_streams_of_a_known_taxonomy_raise_no_alarm_over_10000_outcomes(
     accuracy: float,
 ) -> None:
-    """The default policy with both triggers on: a model as good as CLINC150's (0.9) or a weaker one, steady."""
+    """The default policy with both triggers on: a model as
+    good as CLINC150's (0.9) or a weaker one, steady."""
     m, clock = monitor()
     for seed in range(3):
         assert (

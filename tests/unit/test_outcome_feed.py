@@ -1,5 +1,5 @@
-"""The outcome feed on the real joiner and decay monitor: what reaches the detectors, and in which order the
-loop hears of labels, decisions and the serving version's outcomes."""
+"""The outcome feed on the real joiner and decay monitor: what reaches the detectors, and
+in which order the loop hears of labels, decisions and the serving version's outcomes."""
 
 from __future__ import annotations
 
@@ -88,14 +88,11 @@ def predictions_and_labels(
     feed.observe(labels, [])
 
 
-def test_only_the_serving_versions_outcomes_reach_the_detectors_but_every_outcome_counts_as_a_label() -> (
-    None
-):
+def test_only_the_serving_versions_outcomes_reach_the_detectors_but_all_count_as_labels() -> None:
     outcomes, heard, registry = feed()
     outcomes.follow("v2", ["track", "refund"])
-    predictions_and_labels(
-        outcomes, 0, 30, "v1", correct=False
-    )  # a replaced version's: no decision however bad
+    # a replaced version's: no decision however bad
+    predictions_and_labels(outcomes, 0, 30, "v1", correct=False)
     assert heard.kinds() == ["labelled"] * 30 and outcomes.labels_since_swap == 0
     assert outcomes.outcomes == 30 and outcomes.monitor.snapshot()["samples"]["labelled"] == 0
     predictions_and_labels(outcomes, 100, 5, "v2", correct=True)
@@ -111,9 +108,8 @@ def test_a_decision_comes_between_the_label_count_and_the_serving_outcome_that_c
 ):
     outcomes, heard, _ = feed()
     outcomes.follow("v1", ["track", "refund"])
-    predictions_and_labels(
-        outcomes, 0, 20, "v1", correct=False
-    )  # under the 0.5 floor at min_samples
+    # under the 0.5 floor at min_samples
+    predictions_and_labels(outcomes, 0, 20, "v1", correct=False)
     decided = [i for i, (kind, _) in enumerate(heard.calls) if kind == "decision"]
     assert len(decided) == 1 and heard.kinds()[decided[0] - 1 : decided[0] + 2] == [
         "labelled",
@@ -126,7 +122,7 @@ def test_a_decision_comes_between_the_label_count_and_the_serving_outcome_that_c
 def test_following_another_version_restarts_the_detectors_and_marks_go_at_the_current_outcome() -> (
     None
 ):
-    outcomes, heard, _ = feed()
+    outcomes, _heard, _ = feed()
     outcomes.follow("v1", ["track", "refund"])
     predictions_and_labels(outcomes, 0, 10, "v1", correct=True)
     assert outcomes.monitor.snapshot()["samples"]["labelled"] == 10
@@ -146,9 +142,8 @@ def test_new_monitor_settings_change_the_label_horizon_and_bad_ones_change_nothi
         load_settings(monitor={"label_horizon_s": 60, "min_samples": 20}).monitor
     )
     assert outcomes.joiner.horizon_s == 60 and isinstance(restarted, list)
-    bad = load_settings().monitor.model_copy(
-        update={"ewma_alpha": 7.0}
-    )  # what validation would refuse
+    # what validation would refuse
+    bad = load_settings().monitor.model_copy(update={"ewma_alpha": 7.0})
     with pytest.raises(ValueError):
         outcomes.reconfigure(bad)
     assert outcomes.joiner.horizon_s == 60

@@ -1,5 +1,6 @@
-"""Promotion and rollback on real parts (registry, ONNX Runtime sessions behind the model server): what is
-published, served, made CURRENT and announced, and what a failed announcement or rollback leaves behind."""
+"""Promotion and rollback on real parts (registry, ONNX Runtime sessions
+behind the model server): what is published, served, made CURRENT and
+announced, and what a failed announcement or rollback leaves behind."""
 
 from __future__ import annotations
 

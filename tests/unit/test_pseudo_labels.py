@@ -1,5 +1,6 @@
-"""Pseudo-labels (issue 8): a threshold measured on human labels, weighted training, a CLINC150 fine-tune
-that is no worse on the holdout with them than without, and no pseudo-label in any evaluation set."""
+"""Pseudo-labels (issue 8): a threshold measured on human labels, weighted
+training, a CLINC150 fine-tune that is no worse on the holdout with
+them than without, and no pseudo-label in any evaluation set."""
 
 from __future__ import annotations
 
@@ -34,13 +35,8 @@ from tests.unit.test_tiers import Clock, event, label, make_store, run
 @pytest.mark.parametrize(
     ("confidences", "correct", "precision", "support", "expected"),
     [
-        (
-            [0.99, 0.98, 0.9, 0.8, 0.7, 0.6],
-            [1, 1, 1, 1, 0, 0],
-            0.75,
-            2,
-            0.7,
-        ),  # 4 of the top 5 are right
+        # 4 of the top 5 are right
+        ([0.99, 0.98, 0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1, 0, 0], 0.75, 2, 0.7),
         ([0.99, 0.98, 0.9, 0.8, 0.7, 0.6], [1, 1, 1, 1, 0, 0], 0.9, 2, 0.8),
         (
             [0.99, 0.98, 0.9, 0.8, 0.7, 0.6],
@@ -50,13 +46,8 @@ from tests.unit.test_tiers import Clock, event, label, make_store, run
             None,
         ),  # too few vouch for 0.8
         ([0.6, 0.99, 0.7, 0.98], [0, 1, 0, 1], 1.0, 2, 0.98),  # the input order does not matter
-        (
-            [0.9, 0.9, 0.9, 0.5],
-            [1, 1, 0, 1],
-            1.0,
-            1,
-            None,
-        ),  # a threshold cannot split equal confidences
+        # a threshold cannot split equal confidences
+        ([0.9, 0.9, 0.9, 0.5], [1, 1, 0, 1], 1.0, 1, None),
         ([], [], 0.9, 1, None),
     ],
 )
@@ -76,9 +67,8 @@ def toy():
 
 def test_only_predictions_at_or_above_the_calibrated_threshold_become_pseudo_labels(toy) -> None:
     calibration = examples(["greet", "bye", "refund", "track"], 80, seed=2)
-    unlabelled, _ = examples(
-        ["greet", "bye", "refund", "track", "cancel", "upgrade"], 200, seed=3
-    )  # with intents the model lacks
+    # with intents the model lacks
+    unlabelled, _ = examples(["greet", "bye", "refund", "track", "cancel", "upgrade"], 200, seed=3)
     found = pseudo_label(
         toy.model,
         toy.featurizer,
@@ -98,9 +88,8 @@ def test_only_predictions_at_or_above_the_calibrated_threshold_become_pseudo_lab
     intents, confidences = confident_predictions(toy.model, toy.featurizer, toy.labels, found.texts)
     assert intents == found.intents and min(confidences) >= threshold
     _, all_confidences = confident_predictions(toy.model, toy.featurizer, toy.labels, unlabelled)
-    assert (
-        min(confidences) >= sorted(all_confidences, reverse=True)[len(found.texts) - 1] - 1e-6
-    )  # the most confident were taken
+    # the most confident were taken
+    assert min(confidences) >= sorted(all_confidences, reverse=True)[len(found.texts) - 1] - 1e-6
 
     never = pseudo_label(
         toy.model,
@@ -111,9 +100,8 @@ def test_only_predictions_at_or_above_the_calibrated_threshold_become_pseudo_lab
         PseudoLabelSettings(precision=1.0, min_support=10_000),
         limit=50,
     )
-    assert (
-        never.texts == [] and never.report["threshold"] is None
-    )  # nothing vouches: nothing is pseudo-labelled
+    # nothing vouches: nothing is pseudo-labelled
+    assert never.texts == [] and never.report["threshold"] is None
 
 
 def test_a_weight_scales_an_examples_loss() -> None:
@@ -130,9 +118,12 @@ def test_a_weight_scales_an_examples_loss() -> None:
     )
     assert all(
         torch.equal(a, b)
-        for a, b in zip(plain.model.state_dict().values(), ones.model.state_dict().values())
+        for a, b in zip(
+            plain.model.state_dict().values(), ones.model.state_dict().values(), strict=False
+        )
     )
-    # The same texts again, labelled wrong: at weight 0 they teach nothing, at weight 1 they undo the task.
+    # The same texts again, labelled wrong: at weight 0
+    # they teach nothing, at weight 1 they undo the task.
     ignored = train_classifier(
         texts * 2,
         intents + flipped,
@@ -142,16 +133,17 @@ def test_a_weight_scales_an_examples_loss() -> None:
     confused = train_classifier(
         texts * 2, intents + flipped, settings=TrainSettings(epochs=3, batch_size=32, seed=0)
     )
-    right = lambda result: (
-        sum(
+
+    def right(result):
+        return sum(
             p == t
             for p, t in zip(
                 confident_predictions(result.model, result.featurizer, result.labels, texts)[0],
                 intents,
+                strict=False,
             )
-        )
-        / len(texts)
-    )
+        ) / len(texts)
+
     assert right(ignored) >= 0.95 > 0.75 > right(confused)
     with pytest.raises(ValueError, match="3 weights for 200 examples"):
         train_classifier(texts, intents, settings=TrainSettings(epochs=1), weights=[1.0] * 3)
@@ -160,10 +152,11 @@ def test_a_weight_scales_an_examples_loss() -> None:
 CLINC_SEED_DOMAINS = ("banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute")
 
 
-def test_on_clinc150_the_candidate_with_pseudo_labels_is_no_worse_on_the_holdout_and_evaluation_stays_human(
+def test_on_clinc150_pseudo_labels_leave_the_holdout_no_worse_and_evaluation_human(
     tmp_path: Path,
 ) -> None:
-    """Few labels after a drift to 10 domains, many unlabelled utterances: the same job with and without pseudo-labels."""
+    """Few labels after a drift to 10 domains, many unlabelled
+    utterances: the same job with and without pseudo-labels."""
     domains = groups("clinc150")
     seed_intents = {i for d in CLINC_SEED_DOMAINS for i in domains[d]}
     everything = {i for intents in domains.values() for i in intents}
@@ -182,9 +175,8 @@ def test_on_clinc150_the_candidate_with_pseudo_labels_is_no_worse_on_the_holdout
     registry = Registry(tmp_path / "registry")
     version = registry.publish(files, parent=None, info={}).version
     labelled, unlabelled = train[:2400], [e.text for e in train[2400:8400]]
-    holdout = [e for e in load_examples("clinc150", "val") if e.intent in everything][
-        ::2
-    ]  # human labels, never trained on
+    # human labels, never trained on
+    holdout = [e for e in load_examples("clinc150", "val") if e.intent in everything][::2]
 
     def job(pseudo: PseudoLabelSettings | None) -> FineTuneJob:
         return FineTuneJob(
@@ -205,18 +197,22 @@ def test_on_clinc150_the_candidate_with_pseudo_labels_is_no_worse_on_the_holdout
     with_pseudo = run_fine_tune(job(PseudoLabelSettings(weight=0.3, precision=0.95)))
     report = with_pseudo.report["pseudo_labels"]
     print(
-        f"\n  holdout without pseudo-labels {without.verdict.candidate_holdout:.4f}, with {with_pseudo.verdict.candidate_holdout:.4f} "
-        f"(incumbent {without.verdict.incumbent_holdout:.4f}, n={len(holdout)}); pseudo-labels {report}"
+        "\n  holdout without pseudo-labels "
+        f"{without.verdict.candidate_holdout:.4f}, with "
+        f"{with_pseudo.verdict.candidate_holdout:.4f} "
+        f"(incumbent {without.verdict.incumbent_holdout:.4f}, "
+        f"n={len(holdout)}); pseudo-labels {report}"
     )
     assert without.report["pseudo_labels"] is None
     assert report["used"] > 500 and report["calibration_precision"] >= 0.95, report
-    # The criterion: a gate-passing model is no worse on the holdout with pseudo-labels than without.
+    # The criterion: a gate-passing model is no worse
+    # on the holdout with pseudo-labels than without.
     assert (
         with_pseudo.verdict.passed
         and with_pseudo.verdict.candidate_holdout >= without.verdict.candidate_holdout
     )
-    # Evaluation stays human: the same validation split and holdout, and no holdout text was pseudo-labelled
-    # even though it was offered as unlabelled.
+    # Evaluation stays human: the same validation split and holdout, and no
+    # holdout text was pseudo-labelled even though it was offered as unlabelled.
     assert with_pseudo.report["validation_examples"] == without.report["validation_examples"]
     assert (
         with_pseudo.report["holdout_examples"] == without.report["holdout_examples"] == len(holdout)
@@ -227,12 +223,13 @@ def test_on_clinc150_the_candidate_with_pseudo_labels_is_no_worse_on_the_holdout
 def test_the_daemon_offers_only_unlabelled_utterances_and_evaluates_on_human_labels_only(
     tmp_path: Path,
 ) -> None:
-    """Pseudo-labels are never events, only part of one fine-tune's training data: the job's training set
-    and holdout come from label events, and the pseudo-label candidates are the utterances nobody labelled."""
+    """Pseudo-labels are never events, only part of one fine-tune's training
+    data: the job's training set and holdout come from label events, and
+    the pseudo-label candidates are the utterances nobody labelled."""
     store = make_store(tmp_path, Clock())
     texts, intents = examples(["refund", "track", "cancel"], 700, seed=9)
     events, offset = [], 0
-    for i, (text, intent) in enumerate(zip(texts, intents)):
+    for i, (text, intent) in enumerate(zip(texts, intents, strict=False)):
         events.append(event(offset, event_id=f"u{i}", text=f"{text} #{i}", ts=1_000_000.0 + i))
         offset += 1
         if i % 7 < 4:  # 4 in 7 get a human label

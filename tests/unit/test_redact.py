@@ -1,4 +1,5 @@
-"""Redaction of e-mail addresses, phone numbers and configured patterns before an event is stored."""
+"""Redaction of e-mail addresses, phone numbers and
+configured patterns before an event is stored."""
 
 from __future__ import annotations
 
@@ -170,11 +171,8 @@ def test_custom_patterns_with_groups_scoped_flags_and_literal_replacements() -> 
     redactor = Redactor(
         [
             ("iban", r"\b(?i:de)\d{2}(?:\s?\d{4}){4}\s?\d{2}\b", "<iban>"),
-            (
-                "ticket",
-                r"(?P<prefix>TCK)-(\d+)",
-                r"<ticket \1>",
-            ),  # replacement inserted as is, groups inside the pattern are fine
+            # replacement inserted as is, groups inside the pattern are fine
+            ("ticket", r"(?P<prefix>TCK)-(\d+)", r"<ticket \1>"),
             ("email", DEFAULT_PATTERNS[0][1], "<email>"),
         ]
     )
@@ -221,9 +219,11 @@ def test_config_error_names_the_key_and_the_pattern(tmp_path) -> None:
 def test_config_refuses_two_patterns_with_one_name(tmp_path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
-        '[[privacy.redact_patterns]]\nname = "a"\nregex = "x"\nreplacement = "1"\n[[privacy.redact_patterns]]\nname = "a"\nregex = "y"\nreplacement = "2"\n'
+        '[[privacy.redact_patterns]]\nname = "a"\nregex = "x"\nreplacement = '
+        '"1"\n[[privacy.redact_patterns]]\nname = "a"\nregex = "y"\nreplacement = '
+        '"2"\n'
     )
-    with pytest.raises(ConfigError, match="privacy.redact_patterns.*two patterns are named 'a'"):
+    with pytest.raises(ConfigError, match=r"privacy.redact_patterns.*two patterns are named 'a'"):
         load_settings(path)
 
 

@@ -1,4 +1,5 @@
-"""SIGHUP reload: which settings change at run time, and a monitor retuned without losing its state."""
+"""SIGHUP reload: which settings change at run time,
+and a monitor retuned without losing its state."""
 
 from __future__ import annotations
 
@@ -65,16 +66,16 @@ def test_a_lower_threshold_fires_on_the_state_kept_across_the_retune():
     restarted = monitor.reconfigure(dataclasses.replace(strict, ewma_relative_drop=0.10))
     assert restarted == []
     ewma = monitor.detectors["ewma"]
+    # state kept, threshold new
     assert (ewma.reference, ewma.ewma, ewma.n_seen, ewma.relative_drop) == (
         reference,
         level,
         seen,
         0.10,
-    )  # state kept, threshold new
+    )
     decisions = traffic.run(50, error=0.25)
-    assert len(decisions) == 1 and decisions[0][1].signals == (
-        "ewma",
-    )  # fires at once: no new warm-up
+    # fires at once: no new warm-up
+    assert len(decisions) == 1 and decisions[0][1].signals == ("ewma",)
 
 
 def test_changing_a_river_detector_parameter_restarts_only_that_detector():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 
@@ -50,7 +51,8 @@ def labels(events: list[dict]) -> list[dict]:
     return [e for e in events if e["type"] == "label"]
 
 
-# --- DriftSchedule ---------------------------------------------------------------------------------
+# --- DriftSchedule
+# ---------------------------------------------------------------------------------
 
 
 def test_parse_domains_intents_and_star(domains: dict[str, list[str]], intents: set[str]) -> None:
@@ -142,8 +144,8 @@ def test_widening_phase_continues_with_unsent_examples(
 def test_after_a_widening_the_traffic_is_the_mix_the_phase_names(
     clinc: list[Example], domains: dict[str, list[str]], intents: set[str]
 ) -> None:
-    """Not every example the first phase skipped first: right after 0=5 domains -> all 10, about half the
-    utterances are still of the 5 old domains (they hold half the intents)."""
+    """Not every example the first phase skipped first: right after 0=5 domains -> all 10,
+    about half the utterances are still of the 5 old domains (they hold half the intents)."""
     old_domains = ["banking", "credit_cards", "kitchen_and_dining", "home", "auto_and_commute"]
     schedule = DriftSchedule.parse(f"0={','.join(old_domains)};3000=*", domains, intents)
     events = plan(clinc, schedule, limit=4_000, label_fraction=1.0, label_delay=0)
@@ -258,7 +260,7 @@ def test_ids_and_timestamps(clinc: list[Example]) -> None:
     assert [e["event_id"] for e in events[:4]] == ["11-u0", "11-l0", "11-u1", "11-l1"]
     assert [e["conversation_id"] for e in events[:4]] == ["c0", "c0", "c1", "c1"]
     assert [e["ts"] for e in utterances(events)] == [START_TS + i * 0.001 for i in range(100)]
-    assert all(a["ts"] <= b["ts"] for a, b in zip(events, events[1:]))
+    assert all(a["ts"] <= b["ts"] for a, b in itertools.pairwise(events))
 
 
 def test_bad_arguments_fail_at_call_time(
@@ -301,15 +303,15 @@ def test_bad_arguments_fail_at_call_time(
         )
 
 
-# --- replay helpers (producing to Kafka needs a broker, so it is not unit-tested here) ----------------
+# --- replay helpers (producing to Kafka needs a broker,
+# so it is not unit-tested here) ----------------
 
 
 def test_rate_limit_sleeps_per_chunk_against_the_start() -> None:
     assert _chunk_size(0) == 500 and _chunk_size(2_000) == 100 and _chunk_size(3) == 1
     assert _pace_delay(started=10.0, sent=100, rate=2_000, now=10.01) == pytest.approx(0.04)
-    assert (
-        _pace_delay(started=10.0, sent=100, rate=2_000, now=10.2) == 0.0
-    )  # behind schedule: no sleep
+    # behind schedule: no sleep
+    assert _pace_delay(started=10.0, sent=100, rate=2_000, now=10.2) == 0.0
     assert _pace_delay(started=10.0, sent=100, rate=0, now=10.0) == 0.0
 
 

@@ -1,4 +1,5 @@
-"""The event contract: the committed JSON Schema, the decoder's verdicts, and the examples in docs/events.md."""
+"""The event contract: the committed JSON Schema, the
+decoder's verdicts, and the examples in docs/events.md."""
 
 from __future__ import annotations
 
@@ -274,7 +275,7 @@ EVENTISH = st.builds(
     lambda base, fields: {**base, **fields},
     st.sampled_from([UTTERANCE, FEEDBACK, LABEL]),
     st.dictionaries(
-        st.sampled_from(FIELD_NAMES + ["extra"]),
+        st.sampled_from([*FIELD_NAMES, "extra"]),
         JSON_VALUES | st.sampled_from(["utterance", "feedback", "label"]),
         max_size=4,
     ),
@@ -298,7 +299,8 @@ def test_decode_never_raises_on_arbitrary_bytes(raw: bytes, max_bytes: int) -> N
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=JSON_VALUES | EVENTISH, ascii_only=st.booleans())
 def test_decode_never_raises_on_arbitrary_json(value: Any, ascii_only: bool) -> None:
-    # ensure_ascii=False with surrogatepass also produces invalid UTF-8 when the text has lone surrogates.
+    # ensure_ascii=False with surrogatepass also produces
+    # invalid UTF-8 when the text has lone surrogates.
     raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     _assert_verdict(decode_event(raw, LIMIT))
 
@@ -312,7 +314,8 @@ def test_decode_valid_events_stay_valid_or_get_a_reason(fields: dict[str, Any]) 
         assert result.type == (fields.get("type") or "utterance")
 
 
-# --- (e) the documented examples are valid ---------------------------------------------------------
+# --- (e) the documented examples are valid
+# ---------------------------------------------------------
 
 
 def _doc_examples() -> list[str]:

@@ -1,5 +1,6 @@
-"""Serving against real ONNX Runtime sessions of real tiny models: predictions, every way a version is
-rejected, and hot swaps under concurrent load with no failed request and no model closed while in use."""
+"""Serving against real ONNX Runtime sessions of real tiny models:
+predictions, every way a version is rejected, and hot swaps under
+concurrent load with no failed request and no model closed while in use."""
 
 from __future__ import annotations
 
@@ -48,9 +49,8 @@ def version_files(intents: list[str], seed: int) -> dict[str, bytes]:
         labels,
         featurizer=HashingFeaturizer(buckets=4096),
         config=ClassifierConfig(buckets=4096, dim=16, hidden=32),
-        settings=TrainSettings(
-            epochs=60, batch_size=64, seed=seed
-        ),  # token dropout: a toy needs more steps
+        # token dropout: a toy needs more steps
+        settings=TrainSettings(epochs=60, batch_size=64, seed=seed),
     )
     files, _ = build_version_files(result.model, result.featurizer, result.labels, PROBE)
     return files
@@ -73,7 +73,8 @@ def reg(tmp_path: Path, builds: list[dict[str, bytes]]) -> Registry:
 
 
 def rewrite(reg: Registry, version: str, name: str, data: bytes, *, fix_manifest: bool) -> None:
-    """Replace a file; with ``fix_manifest`` also record its new hash, so only the loader's own checks can catch it."""
+    """Replace a file; with ``fix_manifest`` also record its
+    new hash, so only the loader's own checks can catch it."""
     reg.path(version, name).write_bytes(data)
     if fix_manifest:
         path = reg.root / version / "manifest.json"
@@ -126,9 +127,8 @@ def test_predictions(reg: Registry) -> None:
     assert [p.intent for p in batch[:4]] == ["greet", "track", "refund", "cancel"]
     full = model.predict(texts[:1], top_k=99)[0]  # clamped to the label count: all probabilities
     assert len(full.top_k) == 5 and sum(c for _, c in full.top_k) == pytest.approx(1.0)
-    for text, p in zip(
-        texts, batch
-    ):  # batch and single agree (INT8 activations are quantised per batch)
+    # batch and single agree (INT8 activations are quantised per batch)
+    for text, p in zip(texts, batch, strict=False):
         single = model.predict([text], top_k=3)[0]
         assert single.intent == p.intent and single.confidence == pytest.approx(
             p.confidence, abs=0.05
@@ -143,12 +143,10 @@ def test_predictions(reg: Registry) -> None:
 def test_a_batch_larger_than_one_session_call_is_predicted_in_order_call_by_call(
     reg: Registry,
 ) -> None:
-    texts, _ = examples(
-        ["greet", "bye", "refund", "track", "cancel"], 200, 7
-    )  # several ONNX Runtime calls
-    texts = [
-        f"{t} {'and more words ' * (i % 9)}" for i, t in enumerate(texts)
-    ]  # lengths differ between calls
+    # several ONNX Runtime calls
+    texts, _ = examples(["greet", "bye", "refund", "track", "cancel"], 200, 7)
+    # lengths differ between calls
+    texts = [f"{t} {'and more words ' * (i % 9)}" for i, t in enumerate(texts)]
     model = LoadedModel.load(reg, "v000001")
     try:
         batch = model.predict(texts)
@@ -186,9 +184,8 @@ def test_truncated_model_rejected(reg: Registry) -> None:
     data = reg.path("v000001", SERVED_MODEL).read_bytes()
     rewrite(reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=False)
     rejected(reg, "v000001", SERVED_MODEL, "bytes")
-    rewrite(
-        reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=True
-    )  # hashes agree: ORT must refuse it
+    # hashes agree: ORT must refuse it
+    rewrite(reg, "v000001", SERVED_MODEL, data[: len(data) // 2], fix_manifest=True)
     rejected(reg, "v000001", SERVED_MODEL, "does not load")
 
 
@@ -196,9 +193,8 @@ def test_damaged_weights_rejected(reg: Registry) -> None:
     data = reg.path("v000001", SERVED_WEIGHTS).read_bytes()
     rewrite(reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=False)
     rejected(reg, "v000001", SERVED_WEIGHTS, "bytes")
-    rewrite(
-        reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=True
-    )  # hashes agree: the loader must see it is short
+    # hashes agree: the loader must see it is short
+    rewrite(reg, "v000001", SERVED_WEIGHTS, data[:-64], fix_manifest=True)
     rejected(
         reg, "v000001", SERVED_MODEL, "does not load", "embedding.weight_quantized", "does not fit"
     )
@@ -217,9 +213,8 @@ def test_the_served_weights_are_mapped_from_the_registry_and_unmapped_when_retir
 ) -> None:
     weights = str(reg.path("v000001", SERVED_WEIGHTS))
     model = LoadedModel.load(reg, "v000001")
-    assert (
-        weights in Path("/proc/self/maps").read_text()
-    )  # ONNX Runtime maps the file: no copy in this process
+    # ONNX Runtime maps the file: no copy in this process
+    assert weights in Path("/proc/self/maps").read_text()
     model.close()
     assert weights not in Path("/proc/self/maps").read_text()
 
@@ -227,7 +222,8 @@ def test_the_served_weights_are_mapped_from_the_registry_and_unmapped_when_retir
 def test_weights_replaced_between_hashing_and_mapping_are_refused(
     reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The loader hashes the weights file, then ONNX Runtime maps it by name: a writer in between is caught."""
+    """The loader hashes the weights file, then ONNX Runtime
+    maps it by name: a writer in between is caught."""
     import models.serving as serving
 
     build = serving.cpu_session
@@ -251,9 +247,8 @@ def test_a_version_from_before_the_weights_split_still_loads(
     files = dict(builds[0])
     for name in (SERVED_MODEL, SERVED_WEIGHTS):
         (tmp_path / name).write_bytes(files[name])
-    files[SERVED_MODEL] = onnx.load(
-        str(tmp_path / SERVED_MODEL)
-    ).SerializeToString()  # the weights read back in
+    # the weights read back in
+    files[SERVED_MODEL] = onnx.load(str(tmp_path / SERVED_MODEL)).SerializeToString()
     del files[SERVED_WEIGHTS]
     old = reg.publish(files, parent=None, info={}).version
     assert SERVED_WEIGHTS not in reg.verify(old).files
@@ -304,9 +299,8 @@ def test_probe_logits_are_exact_float32_and_the_list_format_still_loads(reg: Reg
     texts, logits, _ = decode_probe(reg.path("v000001", "probe.json").read_bytes())
     model = LoadedModel.load(reg, "v000001")
     try:
-        assert np.array_equal(
-            model._logits(texts), logits.astype(np.float32)
-        )  # bit for bit: nothing rounded on the way
+        # bit for bit: nothing rounded on the way
+        assert np.array_equal(model._logits(texts), logits.astype(np.float32))
     finally:
         model.close()
     # A version written before the binary format (logits as JSON numbers) still serves.
@@ -346,7 +340,7 @@ def test_label_count_mismatch_rejected(reg: Registry) -> None:
         reg, "v000001", "labels.json", json.dumps([*labels, "extra"]).encode(), fix_manifest=True
     )
     rejected(reg, "v000001", "shape", "6 labels")
-    texts, logits, ids = decode_probe(reg.path("v000002", "probe.json").read_bytes())
+    texts, logits, _ids = decode_probe(reg.path("v000002", "probe.json").read_bytes())
     rewrite(reg, "v000002", "probe.json", encode_probe(texts, logits[:, :-1]), fix_manifest=True)
     rejected(reg, "v000002", "probe.json", "shape")
 
@@ -373,7 +367,7 @@ def test_corrupt_version_keeps_previous_serving(reg: Registry) -> None:
         server.predict(["hello"])
 
 
-def test_on_retired_runs_once_per_replaced_model_after_it_is_closed_and_a_failing_one_changes_nothing(
+def test_on_retired_runs_once_per_replaced_model_after_close_and_a_failing_one_changes_nothing(
     reg: Registry,
 ) -> None:
     seen: list[tuple[str, bool]] = []
@@ -396,13 +390,15 @@ def test_on_retired_runs_once_per_replaced_model_after_it_is_closed_and_a_failin
     server.close(timeout=5)
 
 
-# --- hot swap under load ---------------------------------------------------------------------------
+# --- hot swap under load
+# ---------------------------------------------------------------------------
 
 
 def live_at_some_instant(
     history: list[tuple[float, str]], version: str, start: float, end: float
 ) -> bool:
-    """Was ``version`` live at some instant of [start, end]? Entry i is live from its time to entry i+1's."""
+    """Was ``version`` live at some instant of [start,
+    end]? Entry i is live from its time to entry i+1's."""
     for i, (since, v) in enumerate(history):
         until = history[i + 1][0] if i + 1 < len(history) else float("inf")
         if v == version and since <= end and until >= start:

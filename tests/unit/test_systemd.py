@@ -1,4 +1,5 @@
-"""sd_notify over a real AF_UNIX datagram socket, as systemd provides it, and the watchdog interval."""
+"""sd_notify over a real AF_UNIX datagram socket, as
+systemd provides it, and the watchdog interval."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _correct(i: int) -> bool:
-    """Deterministic outcome for event i (1-based): 0.95, then 0.5 after 1000, then 0.93 after 1600."""
+    """Deterministic outcome for event i (1-based):
+    0.95, then 0.5 after 1000, then 0.93 after 1600."""
     if i <= 1000:
         return i % 20 != 0  # 19/20 right
     if i <= 1600:
@@ -61,7 +62,8 @@ def test_windowed_accuracy_values() -> None:
 
 
 def test_late_outcomes_of_the_previous_version_start_no_new_segment() -> None:
-    """After a swap, labels for predictions the old version made still arrive, interleaved with the new one's."""
+    """After a swap, labels for predictions the old version
+    made still arrive, interleaved with the new one's."""
     rec = TimelineRecorder(window=10)
     for i in range(1, 31):
         rec.add_outcome(True, model_version="v1" if i <= 10 or i % 2 else "v2")

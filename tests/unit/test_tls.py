@@ -1,5 +1,5 @@
-"""TLS for the HTTP endpoint: settings (both files or neither, files exist), the server and CLI contexts,
-and the real aiohttp service answering https only."""
+"""TLS for the HTTP endpoint: settings (both files or neither, files exist), the
+server and CLI contexts, and the real aiohttp service answering https only."""
 
 from __future__ import annotations
 
@@ -106,13 +106,11 @@ def test_web_service_answers_https_only(cert, tmp_path: Path) -> None:
     def checks(port: int, strict_port: int) -> None:
         base = f"127.0.0.1:{port}"
         assert get(f"https://{base}/healthz", client_context(web)) == {"status": "ok"}
-        trusting_localhost = ssl.create_default_context(
-            cafile=str(cert[0])
-        )  # chain and host name verified
+        # chain and host name verified
+        trusting_localhost = ssl.create_default_context(cafile=str(cert[0]))
         assert get(f"https://localhost:{port}/readyz", trusting_localhost)["ready"] is True
-        assert get(f"https://{base}/healthz", tls12_only()) == {
-            "status": "ok"
-        }  # TLS 1.2 is the default floor
+        # TLS 1.2 is the default floor
+        assert get(f"https://{base}/healthz", tls12_only()) == {"status": "ok"}
         with pytest.raises((urllib.error.URLError, OSError)):
             get(f"http://{base}/healthz", None)  # plain http on the TLS port
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -121,9 +119,8 @@ def test_web_service_answers_https_only(cert, tmp_path: Path) -> None:
             "status": "ok"
         }
         with pytest.raises((urllib.error.URLError, OSError)):
-            get(
-                f"https://127.0.0.1:{strict_port}/healthz", tls12_only()
-            )  # tls_min_version = "TLSv1.3"
+            # tls_min_version = "TLSv1.3"
+            get(f"https://127.0.0.1:{strict_port}/healthz", tls12_only())
 
     async def scenario() -> None:
         services = [

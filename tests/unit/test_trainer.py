@@ -1,4 +1,5 @@
-"""The fine-tune child process: a real spawned interpreter running a real job, and each way it can end."""
+"""The fine-tune child process: a real spawned interpreter
+running a real job, and each way it can end."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_a_job_runs_in_a_child_and_returns_files_and_a_verdict() -> None:
 
 
 def test_with_an_output_dir_the_files_come_back_as_paths_and_publish_as_written(tmp_path) -> None:
-    """The daemon's way: the model bytes stay in the child and on disk; the registry streams them in."""
+    """The daemon's way: the model bytes stay in the
+    child and on disk; the registry streams them in."""
     from pathlib import Path
 
     from models.registry import Registry
@@ -105,13 +107,13 @@ def test_a_child_that_dies_is_reported_as_crashed() -> None:
 
 
 def test_a_big_job_does_not_hold_the_event_loop_while_the_child_starts() -> None:
-    """The child reads its job only after its interpreter has started and imported torch; a job bigger
-    than a pipe's buffer, written from the event loop's thread, held the loop (and /metrics, ingest...)
-    for all that time. A heartbeat every 10 ms must keep beating while the job goes over."""
+    """The child reads its job only after its interpreter has started and
+    imported torch; a job bigger than a pipe's buffer, written from the event
+    loop's thread, held the loop (and /metrics, ingest...) for all that time.
+    A heartbeat every 10 ms must keep beating while the job goes over."""
     texts, intents = pairs(300, 0)
-    padding = " ".join(
-        ["filler"] * 4000
-    )  # ~10 MB of training text in all, trimmed away by the fine-tune's hygiene
+    # ~10 MB of training text in all, trimmed away by the fine-tune's hygiene
+    padding = " ".join(["filler"] * 4000)
     big = FineTuneJob(
         train=([t + " " + padding for t in texts] * 8, intents * 8),
         holdout=pairs(80, 1),
@@ -140,5 +142,6 @@ def test_a_big_job_does_not_hold_the_event_loop_while_the_child_starts() -> None
             beating.cancel()
 
     asyncio.run(scenario())
-    # A blocked loop misses beats for the child's whole start-up (seconds); a free one misses none for long.
+    # A blocked loop misses beats for the child's whole
+    # start-up (seconds); a free one misses none for long.
     assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.2f} s"

@@ -1,6 +1,6 @@
-"""The training-set queries against a real SQLite warm store and real Parquet cold files, checked against
-a plain-Python oracle: relabelled utterances, label/feedback ties, labels stored before their utterance,
-labels of utterances never stored, several cold files."""
+"""The training-set queries against a real SQLite warm store and real Parquet cold files,
+checked against a plain-Python oracle: relabelled utterances, label/feedback ties, labels
+stored before their utterance, labels of utterances never stored, several cold files."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ RANK = {"feedback": 0, "label": 1}
 def labelled_history(
     rng: random.Random, utterances: int, first_offset: int, t0: float
 ) -> tuple[list, dict[str, str]]:
-    """Events of ``utterances`` utterances, most labelled once, some twice (a relabel, or a feedback tie),
-    some labelled before they are stored, some never stored. Returns (events in write order, texts)."""
+    """Events of ``utterances`` utterances, most labelled once, some twice
+    (a relabel, or a feedback tie), some labelled before they are
+    stored, some never stored. Returns (events in write order, texts)."""
     events, texts, offset = [], {}, first_offset
     for i in range(utterances):
         ref = f"u{first_offset}-{i}"
@@ -49,9 +50,9 @@ def labelled_history(
         if not stored:
             events += labels
         elif rng.random() < 0.1:  # the label reaches driftd before its utterance
-            events += labels + [utterance]
+            events += [*labels, utterance]
         else:
-            events += [utterance] + labels
+            events += [utterance, *labels]
     return events, texts
 
 
@@ -76,15 +77,13 @@ def write_in_batches(store, events: list, size: int = 97) -> None:
 
 
 @pytest.mark.parametrize("limit", [None, 1, 57, 400])
-@pytest.mark.parametrize(
-    "arrival", ["in_time_order", "shuffled"]
-)  # shuffled: hot may hold old labels
+# shuffled: hot may hold old labels
+@pytest.mark.parametrize("arrival", ["in_time_order", "shuffled"])
 def test_recent_query_returns_the_newest_examples_of_hot_and_warm_as_the_oracle_does(
     tmp_path, monkeypatch, limit, arrival
 ):
-    monkeypatch.setattr(
-        training_set, "_WARM_CHUNK", 50
-    )  # so that the query stops early, as it does at scale
+    # so that the query stops early, as it does at scale
+    monkeypatch.setattr(training_set, "_WARM_CHUNK", 50)
     clock = Clock()
     store = make_store(tmp_path, clock, hot_max_events=150)  # most of it only in warm
     events, texts = labelled_history(random.Random(7), 600, 0, clock.now - 9000)

@@ -1,4 +1,5 @@
-"""The examples a fine-tune keeps out of training: spread over the newest stretch, stable as examples arrive."""
+"""The examples a fine-tune keeps out of training: spread
+over the newest stretch, stable as examples arrive."""
 
 from __future__ import annotations
 
@@ -30,9 +31,8 @@ def test_a_spread_share_has_about_the_size_and_stays_in_the_newest_stretch(span:
     assert picked == sorted(set(picked))
     assert abs(len(picked) - 400) < 60, len(picked)
     assert min(picked) >= 4000 - 400 * span  # recent: within the newest fraction x span
-    newest_round = range(
-        3750, 4000
-    )  # the last 250 arrivals: only about 1 in span of them is kept out
+    # the last 250 arrivals: only about 1 in span of them is kept out
+    newest_round = range(3750, 4000)
     assert abs(sum(i in newest_round for i in picked) / 250 - 1 / span) < 0.1
 
 
@@ -41,7 +41,8 @@ def test_an_example_trained_on_never_returns_to_a_later_holdout() -> None:
     trained = set(range(3000)) - earlier
     later = set(newest_spread(KEYS, 0.1, 4, salt="holdout"))
     assert later and not later & trained
-    # Held out then and still in the newest stretch now: still held out (membership is by key, not position).
+    # Held out then and still in the newest stretch now:
+    # still held out (membership is by key, not position).
     assert {i for i in earlier if i >= 4000 - 1600} <= later
 
 
@@ -66,9 +67,10 @@ def test_the_warm_start_validation_split_is_spread_over_the_newest_examples() ->
     assert val is not None and len(train) + len(val[0]) == 2000 and not set(train) & set(val[0])
     positions = [int(t.split()[1]) for t in val[0]]
     assert min(positions) >= 2000 - 400 and 60 < len(positions) < 140
+    # order kept
     assert train == [t for t in texts if t not in set(val[0])] and train_intents == [
         f"intent {int(t.split()[1]) % 7}" for t in train
-    ]  # order kept
+    ]
     (_, _), block = _split_validation(texts, intents, 0.05, seed=0, newest=True, span=1)
     assert block is not None and block[0] == texts[1900:]
 
