@@ -2,10 +2,11 @@
 
 Labels are the scarce input of the loop (decay detection and fine-tunes both wait for them), so a
 labelling budget is best spent where the model is least sure. :class:`LabelingSampler` turns each
-prediction into a labelling request or nothing: its uncertainty must clear a floor and a running
-percentile of recent uncertainties (the 80th by default), a token bucket caps the requests per hour,
-and a MinHash guard keeps near-duplicate texts from eating the budget. The rest converts requests into Label Studio
-import tasks and a Label Studio export back into ``label`` events (docs/events.md).
+prediction into a labelling request or nothing: its score, by one of the strategies in
+``SCORERS``, must clear a floor and a running percentile of recent scores (the 80th by default), a
+token bucket caps the requests per hour, and a MinHash guard keeps near-duplicate texts from eating
+the budget. The rest converts requests into Label Studio import tasks and a Label Studio export back
+into ``label`` events (docs/events.md).
 
 Pure logic: nothing here reads or writes Kafka.
 """
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -30,20 +32,19 @@ from datasketch import MinHash
 from streams.schema import Rejection, decode_event
 
 __all__ = [
+    "SCORERS",
     "SKIP_REASONS",
     "STRATEGIES",
     "UNCERTAINTY_STRATEGIES",
     "LabelingSampler",
+    "Scorer",
+    "get_scorer",
     "label_events_from_label_studio",
     "label_studio_config",
     "score",
     "to_label_studio_tasks",
 ]
 
-UNCERTAINTY_STRATEGIES = ("least_confidence", "margin", "entropy")
-# "random" scores every prediction by a hash of its event id: the baseline uncertainty sampling is measured
-# against (bench/labeling.py), through the same percentile, budget and diversity guard.
-STRATEGIES = (*UNCERTAINTY_STRATEGIES, "random")
 SKIP_REASONS = ("below_min_score", "below_percentile", "budget", "near_duplicate")
 WARMUP_SCORES = 50  # until this many scores were seen, the percentile of a handful means nothing
 FROM_NAME, TO_NAME = (
@@ -57,50 +58,97 @@ _WORD = re.compile(r"\w+")
 _REQUEST_NS = uuid.UUID("8f1c7f0e-52a4-4c1e-9d2b-6a7c0e3b9d41")
 
 
-def score(prediction_topk: Sequence[tuple[str, float]], strategy: str) -> float:
-    """Uncertainty of one prediction in [0, 1]; higher means more worth a label.
-
-    least_confidence: 1 - p1. margin: 1 - (p1 - p2) (p2 = 0 with one entry). entropy: entropy of the
-    top-k probabilities renormalised to sum 1, divided by log(k). Raises ValueError on an unknown
-    strategy, an empty top-k or a probability that is not a finite number in [0, 1].
-    """
-    if strategy not in UNCERTAINTY_STRATEGIES:
-        raise ValueError(
-            f"unknown strategy {strategy!r}; expected one of {', '.join(UNCERTAINTY_STRATEGIES)}"
-        )
+def _probabilities(prediction_topk: Sequence[tuple[str, float]]) -> list[float]:
+    """The top-k's probabilities, highest first; ValueError when empty or not all finite numbers in
+    [0, 1]."""
     if not prediction_topk:
         raise ValueError("prediction_topk is empty")
     probs = sorted((float(p) for _, p in prediction_topk), reverse=True)
     if not all(math.isfinite(p) and 0.0 <= p <= 1.0 + 1e-6 for p in probs):
         raise ValueError(f"probabilities must be finite and in [0, 1], got {probs}")
-    if strategy == "least_confidence":
-        value = 1.0 - probs[0]
-    elif strategy == "margin":
-        value = 1.0 - (probs[0] - (probs[1] if len(probs) > 1 else 0.0))
-    else:
-        total = sum(probs)
-        if len(probs) < 2:
-            return 0.0
-        if total <= 0.0:
-            return 1.0  # nothing known about any of them: as uncertain as it gets
-        entropy = -sum(p / total * math.log(p / total) for p in probs if p > 0.0)
-        value = entropy / math.log(len(probs))
-    return min(1.0, max(0.0, value))
+    return probs
 
 
-def _random_score(event_id: str) -> float:
+def _least_confidence(probs: list[float], event_id: str) -> float:
+    return 1.0 - probs[0]
+
+
+def _margin(probs: list[float], event_id: str) -> float:
+    return 1.0 - (probs[0] - (probs[1] if len(probs) > 1 else 0.0))
+
+
+def _entropy(probs: list[float], event_id: str) -> float:
+    total = sum(probs)
+    if len(probs) < 2:
+        return 0.0
+    if total <= 0.0:
+        return 1.0  # nothing known about any of them: as uncertain as it gets
+    entropy = -sum(p / total * math.log(p / total) for p in probs if p > 0.0)
+    return entropy / math.log(len(probs))
+
+
+def _random(probs: list[float], event_id: str) -> float:
     """Uniform in [0, 1), the same for the same event (a redelivered prediction scores alike)."""
-    return (
-        int.from_bytes(
-            hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-            "big",
+    digest = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A labelling strategy: how it scores a prediction in [0, 1], higher: more worth a label.
+
+    ``of`` gets the prediction's probabilities (highest first) and its event id. An uncertainty
+    strategy scores the probabilities, checked first; a baseline (``uncertainty=False``) ignores the
+    prediction and gets none, so any top-k, even an empty one, scores alike.
+    """
+
+    name: str
+    of: Callable[[list[float], str], float]
+    uncertainty: bool = True
+
+    def score(self, prediction_topk: Sequence[tuple[str, float]], event_id: str) -> float:
+        if not self.uncertainty:
+            return self.of([], event_id)
+        return min(1.0, max(0.0, self.of(_probabilities(prediction_topk), event_id)))
+
+
+SCORERS: dict[str, Scorer] = {
+    "least_confidence": Scorer("least_confidence", _least_confidence),  # 1 - p1
+    "margin": Scorer("margin", _margin),  # 1 - (p1 - p2), p2 = 0 with one entry
+    # Entropy of the top-k renormalised to sum 1, divided by log(k).
+    "entropy": Scorer("entropy", _entropy),
+    # A hash of the event id: the baseline uncertainty sampling is measured against
+    # (bench/labeling.py), through the same percentile, budget and diversity guard.
+    "random": Scorer("random", _random, uncertainty=False),
+}
+STRATEGIES = tuple(SCORERS)
+UNCERTAINTY_STRATEGIES = tuple(name for name, scorer in SCORERS.items() if scorer.uncertainty)
+
+
+def get_scorer(strategy: str) -> Scorer:
+    if strategy not in SCORERS:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    return SCORERS[strategy]
+
+
+def score(prediction_topk: Sequence[tuple[str, float]], strategy: str) -> float:
+    """Uncertainty of a prediction in [0, 1] by an uncertainty strategy; higher: more worth a label.
+
+    least_confidence: 1 - p1. margin: 1 - (p1 - p2) (p2 = 0 with one entry). entropy: entropy of the
+    top-k probabilities renormalised to sum 1, divided by log(k). Raises ValueError on an unknown
+    strategy (a baseline such as "random" scores no prediction), an empty top-k or a probability
+    that is not a finite number in [0, 1].
+    """
+    if strategy not in UNCERTAINTY_STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(UNCERTAINTY_STRATEGIES)}"
         )
-        / 2.0**64
-    )
+    return SCORERS[strategy].score(prediction_topk, "")
 
 
 def _shingles(text: str) -> list[bytes]:
-    """Case-folded word 3-shingles; shorter texts use their words and the whole sequence, so they still hash."""
+    """Case-folded word 3-shingles; shorter texts use their words and the whole sequence, so they
+    still hash."""
     words = _WORD.findall(text.casefold())
     if len(words) >= 3:
         grams = {" ".join(words[k : k + 3]) for k in range(len(words) - 2)}
@@ -118,8 +166,8 @@ def _sketch(text: str) -> np.ndarray:
 class LabelingSampler:
     """Decides, prediction by prediction, which ones become labelling requests.
 
-    Not thread-safe: one caller (the daemon's loop) offers predictions in order. ``clock`` is injected
-    for tests; ``requested_at`` and the token bucket use it.
+    Not thread-safe: one caller (the daemon's loop) offers predictions in order. ``clock`` is
+    injected for tests; ``requested_at`` and the token bucket use it.
     """
 
     def __init__(
@@ -133,21 +181,20 @@ class LabelingSampler:
         *,
         percentile: float = 80.0,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"
-            )
+        self._scorer = get_scorer(strategy)
         if budget_per_hour < 0:
             raise ValueError(f"budget_per_hour must be >= 0, got {budget_per_hour!r}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window!r}")
         if not 0.0 <= diversity_threshold <= 1.0:
             raise ValueError(
-                f"diversity_threshold must be in [0, 1] (0 turns the guard off), got {diversity_threshold!r}"
+                "diversity_threshold must be in [0, 1] (0 turns the guard off), "
+                f"got {diversity_threshold!r}"
             )
         if not 0.0 <= percentile < 100.0:
             raise ValueError(
-                f"percentile must be in [0, 100) (0 lets every score past the percentile gate), got {percentile!r}"
+                "percentile must be in [0, 100) (0 lets every score past the percentile gate), "
+                f"got {percentile!r}"
             )
         self.strategy = strategy
         self.budget_per_hour = int(budget_per_hour)
@@ -156,7 +203,8 @@ class LabelingSampler:
         self.window = int(window)
         self.at_percentile = float(percentile)
         self._clock = clock
-        # Token bucket: refills budget_per_hour an hour, holds a sixth of it so the hour cannot go at once.
+        # Token bucket: refills budget_per_hour an hour, holds a sixth of it so the hour cannot go
+        # at once.
         self.capacity = max(1, self.budget_per_hour // 6) if self.budget_per_hour else 0
         self._tokens = float(self.capacity)
         self._refilled_at = clock()
@@ -201,10 +249,11 @@ class LabelingSampler:
     ) -> dict[str, Any] | None:
         """A labelling request for this prediction, or None (the reason is counted in ``counts``).
 
-        ``topk`` is the prediction's (intent, probability) list; ``turn`` the utterance's turn, carried
-        through to the label event. Raises ValueError on a top-k that ``score`` refuses.
+        ``topk`` is the prediction's (intent, probability) list; ``turn`` the utterance's turn,
+        carried through to the label event. Raises ValueError on a top-k that an uncertainty
+        strategy refuses (``score``).
         """
-        value = _random_score(event_id) if self.strategy == "random" else score(topk, self.strategy)
+        value = self._scorer.score(topk, event_id)
         self._counts["offered"] += 1
         threshold = self.percentile()
         n_recent = len(self._scores)
@@ -224,9 +273,15 @@ class LabelingSampler:
         self._picked_n += 1
         self._counts["picked"] += 1
         if threshold is None:
-            reason = f"{self.strategy} {value:.2f} >= min_score {self.min_score:.2f} (warming up: {n_recent} scores seen)"
+            reason = (
+                f"{self.strategy} {value:.2f} >= min_score {self.min_score:.2f} "
+                f"(warming up: {n_recent} scores seen)"
+            )
         else:
-            reason = f"{self.strategy} {value:.2f} >= p{self.at_percentile:g} {threshold:.2f} of the last {n_recent}"
+            reason = (
+                f"{self.strategy} {value:.2f} >= p{self.at_percentile:g} {threshold:.2f} "
+                f"of the last {n_recent}"
+            )
         ranked = sorted(topk, key=lambda item: -float(item[1]))
         return {
             "request_id": uuid.uuid5(
@@ -274,11 +329,12 @@ class LabelingSampler:
         return bool(similarity.max() >= self.diversity_threshold)
 
 
-# --- Label Studio ------------------------------------------------------------------------------------
+# --- Label Studio ---------------------------------------------------------------------------------
 
 
 def label_studio_config(choices: Sequence[str]) -> str:
-    """The labelling interface: the text and one single-choice list of intents (names match the tasks)."""
+    """The labelling interface: the text and one single-choice list of intents (names match the
+    tasks)."""
     unique = list(dict.fromkeys(choices))
     if not unique:
         raise ValueError("no intents to choose from")
@@ -341,7 +397,8 @@ def to_label_studio_tasks(
 
 
 def _chosen_intent(annotation: Any) -> str | None:
-    """The single intent an annotation chose, or None (cancelled, empty, several choices, other controls)."""
+    """The single intent an annotation chose, or None (cancelled, empty, several choices, other
+    controls)."""
     if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
         return None
     for result in annotation.get("result") or []:

@@ -1,55 +1,23 @@
-"""The cold tier on s3:// through fsspec/s3fs, against a local S3-compatible server (moto) on loopback."""
+"""What only the cold tier on s3:// does, against a local S3-compatible server (moto) on loopback.
+What it does on every backend (demotion, orphans, retention, reads) is in
+test_cold_store_contract.py."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pyarrow.parquet as pq
-import pytest
+import s3fs
 
 from streams.tiers import ColdStore
-from tests.unit.test_tiers import HOUR, Clock, event, make_store
+from tests.unit.test_tiers import event
 
 
-@pytest.fixture(autouse=True)
-def cold_bucket(s3):
-    ColdStore("s3://driftd-cold/events", s3)  # creates the bucket
-
-
-def test_demotion_writes_parquet_objects_to_s3_exactly_once_and_cleans_orphans(tmp_path, s3):
-    clock = Clock()
-    store = make_store(
-        tmp_path,
-        clock,
-        warm_age=HOUR,
-        cold_url="s3://driftd-cold/events",
-        cold_storage_options=s3,
-        demotion_batch=120,
-    )
-    asyncio.run(store.write([event(i) for i in range(300)]))
-    orphan = store.cold.write(
-        [event(i) for i in range(1000, 1010)]
-    )  # a crash between upload and commit
-    store.close_now()
-
-    clock.now += 2 * HOUR
-    store = make_store(
-        tmp_path,
-        clock,
-        warm_age=HOUR,
-        cold_url="s3://driftd-cold/events",
-        cold_storage_options=s3,
-        demotion_batch=120,
-    )
-    remote = ColdStore("s3://driftd-cold/events", s3)
-    assert orphan not in remote.files()  # removed at open: it was never committed
-    assert asyncio.run(store.maintain())["warm_to_cold"] == 300
-    assert store.sizes() == {"hot": 0, "warm": 0, "cold": 300}
-
-    files = remote.files()
-    assert len(files) == 3 and all(f.startswith("driftd-cold/events/date=") for f in files)
-    offsets = []
-    for path in files:
-        with remote.fs.open(path, "rb") as src:
-            offsets += pq.read_table(src, columns=["offset"])["offset"].to_pylist()
-    assert sorted(offsets) == list(range(300))
+def test_a_missing_bucket_is_created_and_each_file_is_one_whole_object(s3: dict) -> None:
+    plain = s3fs.S3FileSystem(skip_instance_cache=True, **s3)  # no listing shared with the store's
+    assert not plain.exists("driftd-new-bucket")
+    cold = ColdStore("s3://driftd-new-bucket/cold/events", s3)
+    assert plain.exists("driftd-new-bucket")
+    path = cold.write([event(i) for i in range(10)])
+    # An object store publishes a whole object or nothing: no temp object beside it, none to rename.
+    assert plain.find("driftd-new-bucket") == [path]
+    with plain.open(path, "rb") as src:
+        assert pq.read_table(src, columns=["offset"])["offset"].to_pylist() == list(range(10))

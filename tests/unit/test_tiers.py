@@ -1,4 +1,7 @@
-"""Tiers against a real SQLite warm store and real Parquet cold files, with an injected clock."""
+"""Tiers against a real SQLite warm store and real Parquet cold files, with an injected clock.
+What the cold tier does on every backend (a path and s3) is in
+tests/integration/test_cold_store_contract.py; here, the rest, and what only a local path or a
+memory:// URL does."""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ import asyncio
 import json
 from collections import Counter
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from streams.tiers import ColdStore, StoredEvent, TieredStore, TierPolicy
 from streams.training_set import query_training_set, stratified_sample
@@ -147,25 +148,6 @@ def test_a_rule_can_keep_a_priority_out_of_hot(tmp_path):
     assert store.warm.count == 2
 
 
-def test_demotion_moves_aged_events_to_parquet_exactly_once(tmp_path):
-    clock = Clock()
-    store = make_store(tmp_path, clock, warm_age=HOUR, demotion_batch=300)
-    run(store.write([event(i) for i in range(1000)]))
-    clock.now += HOUR - 1
-    assert run(store.maintain())["warm_to_cold"] == 0
-    clock.now += 2
-    assert run(store.maintain())["warm_to_cold"] == 1000
-    assert store.sizes() == {"hot": 0, "warm": 0, "cold": 1000}
-    files = store.warm.cold_files()
-    assert len(files) == 4  # 300 + 300 + 300 + 100
-    offsets = Counter()
-    for path, rows, _ in files:
-        table = pq.read_table(path)
-        assert table.num_rows == rows
-        offsets.update(table["offset"].to_pylist())
-    assert sorted(offsets) == list(range(1000)) and set(offsets.values()) == {1}
-
-
 def test_high_priority_stays_warm_longer(tmp_path):
     clock = Clock()
     store = make_store(
@@ -178,41 +160,6 @@ def test_high_priority_stays_warm_longer(tmp_path):
     clock.now += 10 * HOUR
     run(store.maintain())
     assert store.sizes()["warm"] == 0 and store.sizes()["cold"] == 2
-
-
-def test_cold_retention_deletes_expired_files(tmp_path):
-    clock = Clock()
-    store = make_store(tmp_path, clock, warm_age=HOUR, cold_retention_s=24 * HOUR)
-    run(store.write([event(i) for i in range(10)]))
-    clock.now += 2 * HOUR
-    run(store.maintain())
-    ((path, _, _),) = store.warm.cold_files()
-    clock.now += 24 * HOUR
-    assert run(store.maintain())["cold_deleted"] == 10
-    assert store.sizes()["cold"] == 0 and not Path(path).exists()
-
-
-def test_a_cold_file_written_before_a_crash_is_discarded_and_redone(tmp_path):
-    clock = Clock()
-    store = make_store(tmp_path, clock, warm_age=HOUR)
-    events = [event(i) for i in range(20)]
-    run(store.write(events))
-    orphan = store.cold.write(events)  # the crash: file written, demotion never committed
-    store.close_now()
-    clock.now += 2 * HOUR
-    reopened = make_store(tmp_path, clock, warm_age=HOUR)
-    assert (
-        not Path(orphan).exists() and reopened.warm.cold_files() == []
-    )  # removed at open, rows still warm
-    assert reopened.warm.count == 20
-    run(reopened.maintain())
-    keys = [
-        tuple(r)
-        for p, _, _ in reopened.warm.cold_files()
-        for r in zip(*pq.read_table(p, columns=["partition", "offset"]).to_pydict().values())
-    ]
-    assert sorted(keys) == [(0, i) for i in range(20)]
-    assert reopened.sizes() == {"hot": 0, "warm": 0, "cold": 20}
 
 
 def test_cold_tier_works_on_an_fsspec_url(tmp_path):
@@ -229,6 +176,16 @@ def test_cold_tier_works_on_an_fsspec_url(tmp_path):
         .num_rows
         == 5
     )
+
+
+def test_a_local_cold_write_leaves_no_temp_file_and_a_leftover_one_is_an_orphan(tmp_path):
+    cold = ColdStore(str(tmp_path / "cold"))
+    path = Path(cold.write([event(i) for i in range(5)]))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # written aside, then renamed
+    leftover = path.with_name("0" * 32 + ".parquet.tmp")  # a crash before the rename
+    leftover.write_bytes(b"half a parquet file")
+    assert cold.files() == sorted([str(path), str(leftover)])
+    assert cold.remove_orphans({str(path)}) == [str(leftover)] and not leftover.exists()
 
 
 def test_labels_carry_their_utterance_text_from_hot_warm_or_the_same_batch(tmp_path):
@@ -358,7 +315,8 @@ def test_a_partition_whose_log_was_reset_is_retired_at_open_and_its_reused_offse
     asyncio.run(store.write([event(i, partition=p) for p in (0, 1) for i in range(100, 120)]))
     store.close_now()
 
-    # Partition 0's log now ends at 5 (reset, refilled a little); partition 1's at 120, past what is stored.
+    # Partition 0's log now ends at 5 (reset, refilled a little); partition 1's at 120, past what is
+    # stored.
     store = TieredStore(
         tmp_path / "warm.sqlite3",
         str(tmp_path / "cold"),
@@ -372,9 +330,9 @@ def test_a_partition_whose_log_was_reset_is_retired_at_open_and_its_reused_offse
     assert store.retired == {("conversations", 0): (119, 5)}
     fresh = [event(i, partition=p, event_id=f"new-{p}-{i}") for p in (0, 1) for i in (3, 110)]
     inserted = asyncio.run(store.write(fresh))
-    assert (
-        inserted == 2
-    )  # partition 0: stored as new; partition 1: offsets 3 (demoted) and 110 (in warm) are redeliveries
+    # Partition 0: stored as new; partition 1: offsets 3 (demoted) and 110 (in warm) are
+    # redeliveries.
+    assert inserted == 2
     topics = dict(
         store.warm._db.execute("SELECT topic, COUNT(*) FROM events GROUP BY topic").fetchall()
     )
@@ -402,18 +360,20 @@ start = rss_mb()
 for rows in range(997, 847, -1):  # 150 batch sizes never seen before
     write(rows)
 written = rss_mb()
-found = [len(store.utterance_texts(f"e0-{i}" for i in range(n))) for n in range(500, 350, -1)]  # 150 lookup sizes
-print(json.dumps({"growth_mb": written - start, "lookup_growth_mb": rss_mb() - written, "stored": store.count, "written": offset,
+# 150 lookup sizes
+found = [len(store.utterance_texts(f"e0-{i}" for i in range(n))) for n in range(500, 350, -1)]
+print(json.dumps({"growth_mb": written - start, "lookup_growth_mb": rss_mb() - written,
+                  "stored": store.count, "written": offset,
                   "found_all": found == list(range(500, 350, -1))}))
 """
 
 
-def test_batches_and_lookups_of_ever_new_sizes_do_not_grow_memory_with_one_cached_statement_per_size(
+def test_batches_and_lookups_of_ever_new_sizes_do_not_grow_memory_by_a_cached_statement_per_size(
     tmp_path,
 ):
-    # One INSERT shape per batch size filled sqlite3's 128-statement cache with ~1.2 MB statements (+236 MB
-    # over these batches); power-of-two pieces keep the shapes to a dozen. The same for the IN lists of
-    # utterance_texts (~0.1 MB a shape), padded to a power of two.
+    # One INSERT shape per batch size filled sqlite3's 128-statement cache with ~1.2 MB statements
+    # (+236 MB over these batches); power-of-two pieces keep the shapes to a dozen. The same for the
+    # IN lists of utterance_texts (~0.1 MB a shape), padded to a power of two.
     import subprocess
     import sys
 
