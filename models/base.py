@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoints import Checkpoint
+
 __all__ = ["IntentClassifier"]
 
 
@@ -21,6 +23,13 @@ class IntentClassifier(nn.Module):
     architecture: str  # the name it is registered under in models.architectures
     config: Any
     output: nn.Linear
+
+    @classmethod
+    def from_checkpoint(
+        cls, config: Any, checkpoint: Checkpoint, num_labels: int
+    ) -> IntentClassifier:
+        """A new model of a pretrained architecture, with its checkpoint's weights."""
+        raise NotImplementedError(f"{cls.architecture} does not start from a checkpoint")
 
     @property
     def num_labels(self) -> int:

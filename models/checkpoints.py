@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "KNOWN",
@@ -64,8 +65,9 @@ class Checkpoint:
     lowercase: bool  # only read for a vocab.txt tokenizer
     pooling: str  # "mean" or what a sentence-transformers pooling config asks for instead
 
-    def config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text())
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = json.loads((self.path / "config.json").read_text())
+        return config
 
 
 def sha256_file(path: Path) -> str:

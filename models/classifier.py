@@ -7,6 +7,7 @@ mean, MLP), and its label set can grow without losing what was learned (``grow``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ class ClassifierConfig:
     # A model.pt saved before it gets this default when fine-tuned.
     token_dropout: float = 0.35
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -51,4 +52,7 @@ class BagOfNgramsClassifier(IntentClassifier):
             kept = torch.rand(mask.shape, device=mask.device) >= self.config.token_dropout
             mask = mask * kept.to(mask.dtype)
         pooled = (self.embedding(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.output(self.dropout(torch.relu(self.hidden(self.dropout(pooled)))))
+        logits: torch.Tensor = self.output(
+            self.dropout(torch.relu(self.hidden(self.dropout(pooled))))
+        )
+        return logits

@@ -61,7 +61,7 @@ class EncoderConfig:
         # BERT / DistilBERT naming
         return int(self.network.get("hidden_size") or self.network["dim"])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -83,10 +83,13 @@ def _network(config: EncoderConfig) -> nn.Module:
     if not model_type:
         raise CheckpointError("the checkpoint's config.json has no model_type")
     hf_config = AutoConfig.for_model(model_type, **network_config)
-    network = AutoModel.from_config(hf_config, attn_implementation="eager")
+    # transformers leaves from_config unannotated
+    network: nn.Module = AutoModel.from_config(  # type: ignore[no-untyped-call]
+        hf_config, attn_implementation="eager"
+    )
     if getattr(network, "pooler", None) is not None:
         # mean pooling instead; an unused layer would also stall DistributedDataParallel
-        network.pooler = None
+        network.register_module("pooler", None)  # what ``network.pooler = None`` does
     return network
 
 
@@ -153,10 +156,12 @@ class EncoderClassifier(IntentClassifier):
         tokens = torch.where(keep, ids - 1, torch.full_like(ids, self.pad_id))
         hidden = self.encoder(input_ids=tokens, attention_mask=keep.long()).last_hidden_state
         mask = keep.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled: torch.Tensor = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return pooled
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.output(self.hidden(self.dropout(pooled)))
+        logits: torch.Tensor = self.output(self.hidden(self.dropout(pooled)))
+        return logits
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(ids))

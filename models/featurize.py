@@ -196,7 +196,11 @@ class HashingFeaturizer:
         )
         object.__setattr__(self, "_word_ids", memo)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[HashingFeaturizer], tuple[int, tuple[int, ...], bool, int, int, tuple[int, ...]]
+    ]:
         fields = (
             self.buckets,
             self.char_ngrams,
@@ -217,6 +221,7 @@ class HashingFeaturizer:
             return self._features_v1(text)
         tokens = tokenize(text)
         ids: list[int] = []
+        # the memo __post_init__ sets on this frozen dataclass (not a field: not compared or saved)
         token_ids = self._word_ids  # type: ignore[attr-defined]
         for kind, token in tokens:
             ids.extend(token_ids(kind, token))
@@ -227,7 +232,7 @@ class HashingFeaturizer:
     def _features_v1(self, text: str) -> list[int]:
         words = _WORD.findall(text.lower())
         ids: list[int] = []
-        word_ids = self._word_ids  # type: ignore[attr-defined]
+        word_ids = self._word_ids  # type: ignore[attr-defined]  # the memo set in __post_init__
         for word in words:
             ids.extend(word_ids(word))
         if self.word_bigrams:
@@ -319,8 +324,11 @@ class HashingTokenizer:
 
 
 Featurizer = HashingFeaturizer | HashingTokenizer | PretrainedTokenizer
-_KINDS: dict[str, type] = {
-    k.kind: k for k in (HashingFeaturizer, HashingTokenizer, PretrainedTokenizer)
+# kind -> the featuriser's from_json
+_KINDS: dict[str, Callable[[str], Featurizer]] = {
+    HashingFeaturizer.kind: HashingFeaturizer.from_json,
+    HashingTokenizer.kind: HashingTokenizer.from_json,
+    PretrainedTokenizer.kind: PretrainedTokenizer.from_json,
 }
 
 
@@ -331,4 +339,4 @@ def featurizer_from_json(text: str) -> Featurizer:
     kind = fields.get("kind", HashingFeaturizer.kind) if isinstance(fields, dict) else None
     if kind not in _KINDS:
         raise ValueError(f"unknown featurizer kind {kind!r}; known: {', '.join(sorted(_KINDS))}")
-    return _KINDS[kind].from_json(text)
+    return _KINDS[kind](text)

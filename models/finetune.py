@@ -237,14 +237,36 @@ def _retrain_with_pseudo_labels(
     the same start with them at a lower weight. The second candidate replaces the first only
     if its validation loss is no higher, so pseudo-labels can add to a candidate but not
     cost it. The validation split, the holdout and the replay check stay human-labelled."""
-    settings = job.pseudo
-    assert settings is not None
     if val is None:
         return first, {
             "used": 0,
             "kept": False,
             "skipped": "no validation split to calibrate the threshold on",
         }
+    pseudo_texts, pseudo_intents, info = _pseudo_labelled(job, first, texts, val)
+    report("pseudo_labels", **info)
+    if not pseudo_texts:
+        return first, info
+    second = _train_with_pseudo_labels(
+        job, first, (texts, intents), (pseudo_texts, pseudo_intents), val, report
+    )
+    info.update(
+        kept=second.val_loss is not None
+        and first.val_loss is not None
+        and second.val_loss <= first.val_loss,
+        val_loss_without=_finite(first.val_loss),
+        val_loss_with=_finite(second.val_loss),
+    )
+    return (second if info["kept"] else first), info
+
+
+def _pseudo_labelled(
+    job: FineTuneJob, first: TrainResult, texts: list[str], val: tuple[list[str], list[str]]
+) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(texts, intents, report) of the unlabelled utterances ``first`` labels confidently,
+    cleaned like the human labels."""
+    settings = job.pseudo
+    assert settings is not None
     found = pseudo_label(
         first.model,
         first.featurizer,
@@ -266,13 +288,24 @@ def _retrain_with_pseudo_labels(
     info.update(
         used=len(pseudo_texts), hygiene=cleaned.to_dict(), weight=settings.weight, kept=False
     )
-    report("pseudo_labels", **info)
-    if not pseudo_texts:
-        return first, info
+    return pseudo_texts, pseudo_intents, info
+
+
+def _train_with_pseudo_labels(
+    job: FineTuneJob,
+    first: TrainResult,
+    human: tuple[list[str], list[str]],
+    pseudo: tuple[list[str], list[str]],
+    val: tuple[list[str], list[str]],
+    report: Callable[..., None],
+) -> TrainResult:
+    """A second candidate from the same start as ``first``, on the human-labelled
+    examples and the pseudo-labelled ones at their lower weight."""
+    assert job.pseudo is not None
     _, _, init = _incumbent(job)
-    second = train_classifier(
-        texts + pseudo_texts,
-        intents + pseudo_intents,
+    return train_classifier(
+        human[0] + pseudo[0],
+        human[1] + pseudo[1],
         labels=first.labels,
         featurizer=first.featurizer,
         init=init,
@@ -281,16 +314,8 @@ def _retrain_with_pseudo_labels(
         architecture=job.architecture,
         config=_new_model_config(job, init),
         progress=lambda r: report("epoch", **r, with_pseudo_labels=True),
-        weights=[1.0] * len(texts) + [settings.weight] * len(pseudo_texts),
+        weights=[1.0] * len(human[0]) + [job.pseudo.weight] * len(pseudo[0]),
     )
-    info.update(
-        kept=second.val_loss is not None
-        and first.val_loss is not None
-        and second.val_loss <= first.val_loss,
-        val_loss_without=_finite(first.val_loss),
-        val_loss_with=_finite(second.val_loss),
-    )
-    return (second if info["kept"] else first), info
 
 
 def judge_candidate(
@@ -319,14 +344,27 @@ def judge_candidate(
     candidate = _Served(
         files[SERVED_MODEL], result.labels, result.featurizer, weights=files[SERVED_WEIGHTS]
     )
-    latency_texts = job.holdout[0][:200] or probe
+    verdict = _gate(job, result, candidate, incumbent, latency_texts=job.holdout[0][:200] or probe)
+    summary = _summary(job, trained, export_report)
+    report("verdict", passed=verdict.passed, describe=verdict.describe())
+    return FineTuneResult(_delivered(files, job.output_dir), verdict, summary)
+
+
+def _gate(
+    job: FineTuneJob,
+    result: TrainResult,
+    candidate: _Served,
+    incumbent: _Served | None,
+    latency_texts: list[str],
+) -> GateVerdict:
+    """The gate's verdict on the candidate's served model against the incumbent's."""
     gate = job.gate
     if gate.latency_budget_ms is None:
         gate = replace(
             gate, latency_budget_ms=get_architecture(result.model.architecture).latency_budget_ms
         )
     p99s = p99_latency_ms([candidate.one] + ([incumbent.one] if incumbent else []), latency_texts)
-    verdict = decide(
+    return decide(
         gate,
         job.holdout[1],
         candidate.predict(job.holdout[0]),
@@ -337,11 +375,18 @@ def judge_candidate(
         p99s[0],
         p99s[1] if incumbent else None,
     )
-    summary = {
+
+
+def _summary(
+    job: FineTuneJob, trained: TrainedCandidate, export_report: dict[str, Any]
+) -> dict[str, Any]:
+    """The fine-tune's report for the manifest: data, training and export."""
+    result = trained.result
+    return {
         "architecture": result.model.architecture,
         "labels": len(result.labels),
         "new_labels": sorted(set(result.labels) - set(trained.incumbent_labels or [])),
-        "train_examples": len(texts),
+        "train_examples": len(trained.texts),
         "hygiene": trained.hygiene,
         "pseudo_labels": trained.pseudo_labels,
         "validation_examples": trained.validation_examples,
@@ -359,12 +404,6 @@ def judge_candidate(
         "total_seconds": round(time.time() - trained.started, 2),
         "export": export_report,
     }
-    report("verdict", passed=verdict.passed, describe=verdict.describe())
-    return FineTuneResult(
-        files if job.output_dir is None else _write_out(files, Path(job.output_dir)),
-        verdict,
-        summary,
-    )
 
 
 def _finite(value: float | None) -> float | None:
@@ -373,7 +412,11 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
-def _write_out(files: dict[str, bytes], directory: Path) -> dict[str, bytes | Path]:
+def _delivered(files: dict[str, bytes], output_dir: str | None) -> dict[str, bytes | Path]:
+    """The version's files as bytes, or written under ``output_dir`` and given as paths."""
+    if output_dir is None:
+        return dict(files)
+    directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths: dict[str, bytes | Path] = {}
     for name, data in files.items():

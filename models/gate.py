@@ -127,48 +127,23 @@ def decide(
     candidate_p99_ms: float,
     incumbent_p99_ms: float | None,
 ) -> GateVerdict:
-    reasons: list[str] = []
     cand_h = accuracy_of(candidate_holdout, holdout_truth)
     inc_h = None if incumbent_holdout is None else accuracy_of(incumbent_holdout, holdout_truth)
-    if len(holdout_truth) < settings.min_holdout:
-        reasons.append(
-            f"holdout has {len(holdout_truth)} examples, fewer than min_holdout "
-            f"{settings.min_holdout}"
+    cand_r = None if not replay_truth else accuracy_of(candidate_replay, replay_truth)
+    inc_r = (
+        None
+        if not replay_truth or incumbent_replay is None
+        else accuracy_of(incumbent_replay, replay_truth)
+    )
+    reasons = [
+        reason
+        for reason in (
+            _holdout_failure(settings, len(holdout_truth), cand_h, inc_h),
+            _forgetting_failure(settings, cand_r, inc_r),
+            _latency_failure(settings, candidate_p99_ms, incumbent_p99_ms),
         )
-    elif inc_h is not None and not cand_h >= inc_h + settings.margin:
-        if settings.margin >= 0:
-            reasons.append(
-                f"holdout accuracy {cand_h:.4f} does not beat the incumbent's "
-                f"{inc_h:.4f} by {settings.margin}"
-            )
-        else:
-            reasons.append(
-                f"holdout accuracy {cand_h:.4f} trails the incumbent's {inc_h:.4f} "
-                f"by more than {-settings.margin}"
-            )
-    cand_r = inc_r = None
-    if replay_truth:
-        cand_r = accuracy_of(candidate_replay, replay_truth)
-        if incumbent_replay is not None:
-            inc_r = accuracy_of(incumbent_replay, replay_truth)
-            if not cand_r >= inc_r - settings.forgetting_epsilon:
-                reasons.append(
-                    f"replay accuracy {cand_r:.4f} lost more than "
-                    f"{settings.forgetting_epsilon} against the incumbent's "
-                    f"{inc_r:.4f} (forgetting)"
-                )
-    budget = (
-        DEFAULT_LATENCY_BUDGET_MS
-        if settings.latency_budget_ms is None
-        else settings.latency_budget_ms
-    )
-    limit = (
-        budget
-        if incumbent_p99_ms is None
-        else max(budget, incumbent_p99_ms * settings.latency_ratio)
-    )
-    if not math.isfinite(candidate_p99_ms) or candidate_p99_ms > limit:
-        reasons.append(f"p99 latency {candidate_p99_ms:.3f} ms exceeds {limit:.3f} ms")
+        if reason is not None
+    ]
     return GateVerdict(
         not reasons,
         reasons,
@@ -182,3 +157,59 @@ def decide(
         incumbent_p99_ms,
         asdict(settings),
     )
+
+
+def _holdout_failure(
+    settings: GateSettings, examples: int, candidate: float, incumbent: float | None
+) -> str | None:
+    """Why the holdout fails the candidate (too small, or no gain on the incumbent); None: it
+    passes."""
+    if examples < settings.min_holdout:
+        return f"holdout has {examples} examples, fewer than min_holdout {settings.min_holdout}"
+    if incumbent is None or candidate >= incumbent + settings.margin:
+        return None
+    if settings.margin >= 0:
+        return (
+            f"holdout accuracy {candidate:.4f} does not beat the incumbent's "
+            f"{incumbent:.4f} by {settings.margin}"
+        )
+    return (
+        f"holdout accuracy {candidate:.4f} trails the incumbent's {incumbent:.4f} "
+        f"by more than {-settings.margin}"
+    )
+
+
+def _forgetting_failure(
+    settings: GateSettings, candidate: float | None, incumbent: float | None
+) -> str | None:
+    """Why the replay accuracy fails the candidate (it forgot); None: it passes or there is
+    nothing to compare."""
+    if candidate is None or incumbent is None:
+        return None
+    if candidate >= incumbent - settings.forgetting_epsilon:
+        return None
+    return (
+        f"replay accuracy {candidate:.4f} lost more than "
+        f"{settings.forgetting_epsilon} against the incumbent's "
+        f"{incumbent:.4f} (forgetting)"
+    )
+
+
+def _latency_failure(
+    settings: GateSettings, candidate_p99_ms: float, incumbent_p99_ms: float | None
+) -> str | None:
+    """Why the candidate's p99 fails (over the budget, or over ``latency_ratio`` x the
+    incumbent's where that is higher); None: it passes."""
+    budget = (
+        DEFAULT_LATENCY_BUDGET_MS
+        if settings.latency_budget_ms is None
+        else settings.latency_budget_ms
+    )
+    limit = (
+        budget
+        if incumbent_p99_ms is None
+        else max(budget, incumbent_p99_ms * settings.latency_ratio)
+    )
+    if not math.isfinite(candidate_p99_ms) or candidate_p99_ms > limit:
+        return f"p99 latency {candidate_p99_ms:.3f} ms exceeds {limit:.3f} ms"
+    return None

@@ -62,7 +62,8 @@ class PretrainedTokenizer:
     @property
     def buckets(self) -> int:
         """Ids the model's input can hold: the vocabulary, shifted past the padding id 0."""
-        return self._tokenizer.get_vocab_size(with_added_tokens=True) + 1
+        vocabulary: int = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        return vocabulary + 1
 
     def features(self, text: str) -> list[int]:
         return [i + 1 for i in self._tokenizer.encode(text).ids]
@@ -89,7 +90,7 @@ class PretrainedTokenizer:
         return cls(json.dumps(fields["tokenizer"]), int(fields["max_features"]))
 
     # pickled into the fine-tune child without the compiled tokenizer
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[PretrainedTokenizer], tuple[str, int]]:
         return (PretrainedTokenizer, (self.tokenizer_json, self.max_features))
 
     def __eq__(self, other: object) -> bool:

@@ -68,7 +68,9 @@ def decode_probe(data: bytes) -> Probe:
         raise ValueError(f"logits are not a numeric matrix ({exc})") from exc
 
 
-def _encode_matrix(what: str, values: np.ndarray, kind: str, rows: int) -> dict:
+def _encode_matrix(
+    what: str, values: np.ndarray, kind: str, rows: int
+) -> dict[str, str | list[int]]:
     matrix = np.ascontiguousarray(values, dtype=_MATRICES[kind])
     if matrix.ndim != 2 or matrix.shape[0] != rows:
         raise ValueError(

@@ -19,7 +19,7 @@ import torch
 
 from .base import IntentClassifier
 from .featurize import Featurizer
-from .train import batched_logits
+from .scoring import batched_logits
 
 __all__ = [
     "PseudoLabelSettings",
@@ -73,7 +73,10 @@ def confident_predictions(
 
 
 def calibrate_threshold(
-    confidences: Sequence[float], correct: Sequence[bool], precision: float, min_support: int
+    confidences: Sequence[float] | np.ndarray,
+    correct: Sequence[bool],
+    precision: float,
+    min_support: int,
 ) -> float | None:
     """The lowest confidence ``t`` such that the predictions with confidence >= ``t`` (at least
     ``min_support`` of them) were right at least

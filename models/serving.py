@@ -30,7 +30,7 @@ import onnxruntime as ort
 from .export import SERVED_MODEL, SERVED_WEIGHTS, cpu_session
 from .featurize import Featurizer, featurizer_from_json
 from .probe import PROBE, Probe, decode_probe
-from .registry import CorruptVersion, Registry
+from .registry import CorruptVersion, Manifest, Registry
 
 __all__ = ["LoadedModel", "ModelClosed", "ModelRejected", "ModelServer", "NoModel", "Prediction"]
 
@@ -152,59 +152,30 @@ class LoadedModel:
         under load"). A file replaced or rewritten between the hash and the mapping is
         caught by comparing its identity (device, inode, size, mtime) before and after.
         """
-        try:
-            manifest = registry.verify(version, hash_only=())
-        except CorruptVersion as exc:
-            raise ModelRejected(version, "; ".join(exc.problems)) from exc
-        except ValueError as exc:  # no such version, or not a version name
-            raise ModelRejected(version, str(exc)) from exc
+        manifest = _verified_manifest(registry, version)
 
         def read(name: str) -> bytes:
-            entry = manifest.files.get(name)
-            if entry is None:
-                raise ModelRejected(version, f"{name} is not in the manifest")
-            try:
-                data = registry.path(version, name).read_bytes()
-            except OSError as exc:
-                raise ModelRejected(version, f"cannot read {name} ({exc})") from exc
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ModelRejected(
-                    version, f"{name} has a sha256 that does not match the manifest"
-                )
-            return data
+            return _read_hashed(registry, version, manifest, name)
 
         labels = _parse_labels(version, read(LABELS))
-        try:
-            featurizer = featurizer_from_json(read(FEATURIZER).decode("utf-8"))
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
-            raise ModelRejected(version, f"{FEATURIZER} is unusable ({exc})") from exc
+        featurizer = _parse_featurizer(version, read(FEATURIZER))
         probe = _parse_probe(version, read(PROBE))
-        graph = read(SERVED_MODEL)
-        weights, hashed = None, None  # no weights file: a version from before the split
-        if SERVED_WEIGHTS in manifest.files:
-            weights = registry.path(version, SERVED_WEIGHTS)
-            hashed = _hash_file(version, weights, manifest.files[SERVED_WEIGHTS]["sha256"])
-        try:
-            session = cpu_session(graph, threads=threads, weights=weights)
-        except ModelRejected:
-            raise
-        # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
-        except Exception as exc:
-            raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
-        if weights is not None and _identity(weights) != hashed:
-            raise ModelRejected(version, f"{SERVED_WEIGHTS} changed while it was loading")
+        session = _served_session(registry, version, manifest, read(SERVED_MODEL), threads)
         model = cls(version, labels, featurizer, session, created_at=manifest.created_at)
+        model._probe(probe, probe_atol)
+        return model
+
+    def _probe(self, probe: Probe, atol: float) -> None:
+        """The parity probe (also the session's warm-up, see above); a model that fails it is
+        closed."""
         try:
-            probe_ids = _probe_ids(version, featurizer, probe)
-            # also the session's warm-up (see above)
-            model._check_probe(probe_ids, probe.logits, probe_atol)
+            self._check_probe(_probe_ids(self.version, self.featurizer, probe), probe.logits, atol)
         except ModelRejected:
-            model.close()
+            self.close()
             raise
         except Exception as exc:
-            model.close()
-            raise ModelRejected(version, f"{SERVED_MODEL} fails to run ({exc})") from exc
-        return model
+            self.close()
+            raise ModelRejected(self.version, f"{SERVED_MODEL} fails to run ({exc})") from exc
 
     def _check_probe(self, probe_ids: np.ndarray, expected: np.ndarray, atol: float) -> None:
         want = (len(probe_ids), len(self.labels))
@@ -245,7 +216,8 @@ class LoadedModel:
                 raise ModelClosed(f"model {self.version} is closed")
             self._active += 1
         try:
-            return session.run(None, {self._input: ids})[0]
+            logits: np.ndarray = session.run(None, {self._input: ids})[0]
+            return logits
         finally:
             with self._lock:
                 self._active -= 1
@@ -280,6 +252,58 @@ class LoadedModel:
             f"LoadedModel({self.version!r}, {len(self.labels)} "
             f"labels{', closed' if self.closed else ''})"
         )
+
+
+def _verified_manifest(registry: Registry, version: str) -> Manifest:
+    """The version's manifest once every file it lists is there at its size."""
+    try:
+        return registry.verify(version, hash_only=())
+    except CorruptVersion as exc:
+        raise ModelRejected(version, "; ".join(exc.problems)) from exc
+    except ValueError as exc:  # no such version, or not a version name
+        raise ModelRejected(version, str(exc)) from exc
+
+
+def _read_hashed(registry: Registry, version: str, manifest: Manifest, name: str) -> bytes:
+    """A file of the version, read once and checked against the manifest's sha256."""
+    entry = manifest.files.get(name)
+    if entry is None:
+        raise ModelRejected(version, f"{name} is not in the manifest")
+    try:
+        data = registry.path(version, name).read_bytes()
+    except OSError as exc:
+        raise ModelRejected(version, f"cannot read {name} ({exc})") from exc
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise ModelRejected(version, f"{name} has a sha256 that does not match the manifest")
+    return data
+
+
+def _parse_featurizer(version: str, data: bytes) -> Featurizer:
+    try:
+        return featurizer_from_json(data.decode("utf-8"))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise ModelRejected(version, f"{FEATURIZER} is unusable ({exc})") from exc
+
+
+def _served_session(
+    registry: Registry, version: str, manifest: Manifest, graph: bytes, threads: int
+) -> ort.InferenceSession:
+    """The served graph's session, its weights file (when the version has one) hashed in
+    place and mapped by ONNX Runtime; refused if the file changed in between."""
+    weights, hashed = None, None  # no weights file: a version from before the split
+    if SERVED_WEIGHTS in manifest.files:
+        weights = registry.path(version, SERVED_WEIGHTS)
+        hashed = _hash_file(version, weights, manifest.files[SERVED_WEIGHTS]["sha256"])
+    try:
+        session = cpu_session(graph, threads=threads, weights=weights)
+    except ModelRejected:
+        raise
+    # onnxruntime raises its own types (InvalidProtobuf, Fail, ...), none exported
+    except Exception as exc:
+        raise ModelRejected(version, f"{SERVED_MODEL} does not load ({exc})") from exc
+    if weights is not None and _identity(weights) != hashed:
+        raise ModelRejected(version, f"{SERVED_WEIGHTS} changed while it was loading")
+    return session
 
 
 def _hash_file(version: str, path: Path, sha256: str) -> tuple[int, ...]:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .architectures import DEFAULT_ARCHITECTURE, get_architecture
+from .architectures import DEFAULT_ARCHITECTURE, Architecture, get_architecture
 from .base import IntentClassifier
 from .embedding_cache import EmbeddingCache
 from .featurize import Featurizer
+from .scoring import (
+    accuracy,
+    batched_logits,
+    curriculum_order,
+    easy_to_hard,
+    head_logits,
+    predict_indices,
+    validation_scores,
+)
 
 __all__ = [
     "TrainResult",
@@ -56,6 +65,7 @@ log = logging.getLogger(__name__)
 CUDA_LOSS_CHECK_EVERY = 32
 Progress = Callable[[dict[str, Any]], None]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingDiverged(RuntimeError):
@@ -184,24 +194,59 @@ def train_classifier(
     loss is their weighted mean), 1 for all when None."""
     started = time.perf_counter()
     rank, world = _world()
-    distributed = world > 1
     torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(settings.seed)  # the batch order: the same on every rank
     label_list = list(labels or [])
     label_list += sorted(set(intents) - set(label_list))
-    index = {label: i for i, label in enumerate(label_list)}
     arch = get_architecture(init.architecture if init is not None else architecture)
-    if init is not None:
-        model = init
-        model.grow(len(label_list))
-    else:
-        model = arch.new_model(config, len(label_list))
+    model = _starting_model(arch, config, init, len(label_list))
     featurizer = featurizer or arch.new_featurizer(model.config)
     if model.config.buckets != featurizer.buckets:
         raise ValueError(
             f"featurizer has {featurizer.buckets} buckets, the model {model.config.buckets}"
         )
+    placement = _placement(settings, distributed=world > 1)
+    trainee = _trainee(model, settings, placement.device, rank, world)
+    examples = _examples(
+        texts, intents, label_list, trainee, featurizer, settings.cache_dir, val, weights, placement
+    )
+    schedule = _schedule(arch, settings, trainee, len(texts), world)
+    run = _Run(
+        settings, arch, trainee, featurizer, label_list, examples, schedule, placement, rank, world
+    )
+    # Scored before the first step, so by the incumbent (every rank alike: same weights, same data).
+    first_order = run.curriculum_order() if settings.curriculum and init is not None else None
+    epochs = _train_epochs(run, rng, first_order, val, progress)
+    return _result(run, epochs, started)
 
+
+def _starting_model(
+    arch: Architecture, config: Any, init: IntentClassifier | None, num_labels: int
+) -> IntentClassifier:
+    """``init`` grown to ``num_labels`` outputs, else a new model of ``arch``."""
+    if init is None:
+        return arch.new_model(config, num_labels)
+    init.grow(num_labels)
+    return init
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where the steps run and in what precision."""
+
+    device: torch.device
+    precision: str  # resolved: "fp32", "bf16" or "fp16"
+    scaler: torch.amp.GradScaler | None  # fp16's loss scaling
+    loss_check_every: int  # micro-batches per loss read-back (one process)
+
+    def autocast(self) -> AbstractContextManager[object]:
+        amp_dtype = AMP_DTYPES.get(self.precision)
+        if amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=amp_dtype)
+
+
+def _placement(settings: TrainSettings, distributed: bool) -> _Placement:
     device = torch.device(
         "cuda"
         if settings.device == "auto" and torch.cuda.is_available()
@@ -211,20 +256,38 @@ def train_classifier(
         # this rank's GPU (the entry point set it from LOCAL_RANK)
         device = torch.device("cuda", torch.cuda.current_device())
     precision = resolve_precision(settings.precision, device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=amp_dtype))
-        if amp_dtype is not None
-        else nullcontext
-    )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    pin = device.type == "cuda"
     # on CPU a read-back costs nothing
     check_every = settings.loss_check_every or (
         CUDA_LOSS_CHECK_EVERY if device.type == "cuda" else 1
     )
+    return _Placement(device, precision, scaler, check_every)
+
+
+@dataclass(frozen=True)
+class _Trainee:
+    """The model on its device, and the part of it that trains."""
+
+    model: IntentClassifier
+    # what the optimiser updates: the head alone on a frozen encoder, else the model
+    trained: nn.Module
+    ddp: nn.parallel.DistributedDataParallel | None  # ``trained`` wrapped, when distributed
+
+    @property
+    def head_only(self) -> bool:
+        return self.trained is not self.model
+
+    @property
+    def net(self) -> nn.Module:
+        """What a step runs: the DDP wrapper when there is one."""
+        return self.trained if self.ddp is None else self.ddp
+
+
+def _trainee(
+    model: IntentClassifier, settings: TrainSettings, device: torch.device, rank: int, world: int
+) -> _Trainee:
     model.to(device)
     model.freeze(
         settings.trainable_layers
@@ -234,52 +297,97 @@ def train_classifier(
     # A frozen encoder: every text's sentence embedding is computed once (or
     # read from the cache) and the head alone trains on them, so an epoch
     # costs a few matrix products instead of a pass through the encoder.
-    head_only = model.encoder_frozen()
-    trained: nn.Module = model.head_module() if head_only else model
-    net: nn.Module = trained
-    if distributed:
-        # DDP averages gradients over the ranks in backward;
-        # constructing it broadcasts rank 0's weights.
-        net = nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        # independent dropout noise per rank (the batch order stays on the shared ``rng``)
-        torch.manual_seed(settings.seed + rank)
+    trained: nn.Module = model.head_module() if model.encoder_frozen() else model
+    if world == 1:
+        return _Trainee(model, trained, None)
+    # DDP averages gradients over the ranks in backward;
+    # constructing it broadcasts rank 0's weights.
+    ddp = nn.parallel.DistributedDataParallel(
+        trained, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    # independent dropout noise per rank (the batch order stays on the shared ``rng``)
+    torch.manual_seed(settings.seed + rank)
+    return _Trainee(model, trained, ddp)
 
+
+@dataclass(frozen=True)
+class _Examples:
+    """The training examples on the training device, a row each."""
+
+    table: torch.Tensor  # sentence embeddings (head only), else padded int32 ids
+    widths: np.ndarray | None  # ids per example; None for embeddings
+    features: list[list[int]]  # each example's ids (empty for embeddings)
+    targets: torch.Tensor  # label indices, on the CPU
+    targets_on_device: torch.Tensor
+    weights: torch.Tensor | None  # per-example loss weights; None: all 1
+    val_table: torch.Tensor | None  # the validation texts' embeddings (head only)
+
+    def inputs(self, rows: torch.Tensor, batch: np.ndarray) -> torch.Tensor:
+        if self.widths is None:
+            return self.table[rows]
+        return self.table[rows, : int(self.widths[batch].max())].long()
+
+
+def _examples(
+    texts: Sequence[str],
+    intents: Sequence[str],
+    labels: list[str],
+    trainee: _Trainee,
+    featurizer: Featurizer,
+    cache_dir: str | None,
+    val: tuple[Sequence[str], Sequence[str]] | None,
+    weights: Sequence[float] | None,
+    placement: _Placement,
+) -> _Examples:
+    device = placement.device
+    index = {label: i for i, label in enumerate(labels)}
     targets = torch.tensor([index[i] for i in intents], dtype=torch.long)
-    val_table = None
-    if head_only:
-        embed = _embedder(model, featurizer, settings.cache_dir)
+    features: list[list[int]] = []
+    widths, val_table = None, None
+    if trainee.head_only:
+        embed = _embedder(trainee.model, featurizer, cache_dir)
         table = torch.from_numpy(embed(list(texts))).to(device)
-        widths = None
         val_table = None if val is None else torch.from_numpy(embed(list(val[0]))).to(device)
     else:
         features = [featurizer.features(t) for t in texts]
-        # Padded once, not per batch: a batch is its rows cut to its longest text (the
-        # same ids a per-batch pad gives), taken by one index op. On CUDA the table lives
-        # on the GPU, so a step copies only its row indices. int32 halves the table (the
-        # default model keeps up to 256 ids per text); a batch is widened to int64.
-        widths = np.fromiter(
-            (max(1, len(f)) for f in features), dtype=np.int64, count=len(features)
-        )
-        table = torch.from_numpy(featurizer.pad(features).astype(np.int32)).to(device)
+        table, widths = _id_table(featurizer, features, device)
     targets_on_device = targets.to(device)
-
-    def inputs(rows: torch.Tensor, batch: np.ndarray) -> torch.Tensor:
-        return table[rows] if widths is None else table[rows, : int(widths[batch].max())].long()
-
-    def score_validation(texts: Sequence[str], intents: Sequence[str]) -> tuple[float, float]:
-        if val_table is None:
-            return validation_scores(model, featurizer, label_list, texts, intents)
-        return validation_scores(
-            model, featurizer, label_list, texts, intents, logits=_head_logits(trained, val_table)
-        )
-
     if weights is not None and len(weights) != len(texts):
         raise ValueError(f"{len(weights)} weights for {len(texts)} examples")
     example_weights = (
         None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device)
     )
+    return _Examples(
+        table, widths, features, targets, targets_on_device, example_weights, val_table
+    )
+
+
+def _id_table(
+    featurizer: Featurizer, features: list[list[int]], device: torch.device
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(the padded id table on ``device``, each row's width). Padded once, not per batch: a
+    batch is its rows cut to its longest text (the same ids a per-batch pad gives), taken by
+    one index op. On CUDA the table lives on the GPU, so a step copies only its row indices.
+    int32 halves the table (the default model keeps up to 256 ids per text); a batch is
+    widened to int64."""
+    widths = np.fromiter((max(1, len(f)) for f in features), dtype=np.int64, count=len(features))
+    return torch.from_numpy(featurizer.pad(features).astype(np.int32)).to(device), widths
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    epochs: int
+    batch_size: int  # per micro-batch
+    micro_batches: int  # per rank and epoch
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+def _schedule(
+    arch: Architecture, settings: TrainSettings, trainee: _Trainee, examples: int, world: int
+) -> _Schedule:
+    """AdamW with a linear warm-up then cosine decay, over the run's optimiser steps."""
+    head_only = trainee.head_only
     epochs = (
         (settings.head_epochs or settings.epochs or arch.head_epochs or arch.epochs)
         if head_only
@@ -289,280 +397,338 @@ def train_classifier(
     base_lr = arch.head_lr if head_only and arch.head_lr else arch.lr
     lr = settings.lr or base_lr * math.sqrt(batch_size * settings.accumulation_steps * world / 64)
     optimizer = torch.optim.AdamW(
-        [p for p in trained.parameters() if p.requires_grad],
+        [p for p in trainee.trained.parameters() if p.requires_grad],
         lr=lr,
         weight_decay=settings.weight_decay,
     )
     # per rank: the schedule counts global steps
-    micro_batches = math.ceil(math.ceil(len(texts) / batch_size) / world)
+    micro_batches = math.ceil(math.ceil(examples / batch_size) / world)
     total_steps = max(1, epochs * math.ceil(micro_batches / settings.accumulation_steps))
     warmup = max(1, int(total_steps * settings.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _lr_factor(s, total_steps, warmup, settings.min_lr_ratio)
     )
+    return _Schedule(epochs, batch_size, micro_batches, optimizer, scheduler)
 
-    # Scored before the first step, so by the incumbent (every rank alike: same weights, same data).
-    first_epoch_order = None
-    if settings.curriculum and init is not None:
-        first_epoch_order = (
-            _easy_to_hard(_head_logits(trained, table), targets)
-            if head_only
-            else curriculum_order(model, featurizer, features, targets)
-        )
-    best_state, best_loss, best_acc, stale, epochs_run, samples, train_seconds, stopped = (
-        None,
-        math.inf,
-        None,
-        0,
-        0,
-        0,
-        0.0,
-        False,
-    )
-    for epoch in range(epochs):
-        model.train()
-        epoch_started = time.perf_counter()
-        order = rng.permutation(len(texts))
-        if epoch == 0 and first_epoch_order is not None:
+
+@dataclass(frozen=True)
+class _Run:
+    """A prepared run: what every epoch's steps need."""
+
+    settings: TrainSettings
+    arch: Architecture
+    trainee: _Trainee
+    featurizer: Featurizer
+    labels: list[str]
+    examples: _Examples
+    schedule: _Schedule
+    placement: _Placement
+    rank: int
+    world: int
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def late(self) -> bool:
+        deadline = self.settings.deadline
+        return deadline is not None and time.monotonic() > deadline
+
+    def curriculum_order(self) -> np.ndarray:
+        """The examples easy to hard by the model's loss on them (before any step)."""
+        examples = self.examples
+        if self.trainee.head_only:
+            return easy_to_hard(head_logits(self.trainee.trained, examples.table), examples.targets)
+        model = self.trainee.model
+        return curriculum_order(model, self.featurizer, examples.features, examples.targets)
+
+    def epoch_batches(
+        self, epoch: int, rng: np.random.Generator, first_order: np.ndarray | None
+    ) -> list[np.ndarray]:
+        """This rank's micro-batches of the epoch, as example indices."""
+        count = len(self.examples.targets)
+        order: np.ndarray = rng.permutation(count)
+        curriculum = epoch == 0 and first_order is not None
+        if epoch == 0 and first_order is not None:
             # drawn anyway, so later epochs shuffle as they would without a curriculum
-            rng.permutation(len(texts))
-            order = first_epoch_order
-        if (
-            arch.bucket_by_length
-            and widths is not None
-            and not (epoch == 0 and first_epoch_order is not None)
-        ):
-            batches = _length_bucketed(order, widths, batch_size, rng)
+            rng.permutation(count)
+            order = first_order
+        widths, size = self.examples.widths, self.schedule.batch_size
+        if self.arch.bucket_by_length and widths is not None and not curriculum:
+            batches = _length_bucketed(order, widths, size, rng)
         else:
-            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-        if distributed:
+            batches = [order[s : s + size] for s in range(0, len(order), size)]
+        if self.distributed:
             # The same order on every rank (same seed); rank r takes batches r, r +
             # world, ..., wrapped round so that every rank runs the same number of
             # steps: one short of a step would leave the others waiting in a collective.
-            batches = [batches[(rank + k * world) % len(batches)] for k in range(micro_batches)]
-        loss_sum, pending, pending_from = 0.0, None, 1
+            world, rank = self.world, self.rank
+            batches = [
+                batches[(rank + k * world) % len(batches)]
+                for k in range(self.schedule.micro_batches)
+            ]
+        return batches
 
-        for i, batch in enumerate(batches):
-            rows = torch.from_numpy(batch)
-            if pin:  # page-locked, so the copy runs asynchronously instead of waiting on the GPU
-                rows = rows.pin_memory().to(device, non_blocking=True)
-            batch_inputs, batch_targets = inputs(rows, batch), targets_on_device[rows]
-            step_now = (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches)
-            # accumulate locally, all-reduce once per optimiser step
-            with autocast(), net.no_sync() if distributed and not step_now else nullcontext():
-                logits = net(batch_inputs).float()
-                if example_weights is None:
-                    loss = nn.functional.cross_entropy(
-                        logits, batch_targets, label_smoothing=settings.label_smoothing
-                    )
-                else:
-                    weight = example_weights[rows]
-                    per_example = nn.functional.cross_entropy(
-                        logits,
-                        batch_targets,
-                        label_smoothing=settings.label_smoothing,
-                        reduction="none",
-                    )
-                    loss = (per_example * weight).sum() / weight.sum().clamp_min(1e-12)
-            if distributed:
-                # One small all-reduce per step keeps the ranks in lockstep: a NaN loss on any
-                # rank, or the deadline passing on any, stops every rank at the same step.
-                late = settings.deadline is not None and time.monotonic() > settings.deadline
-                agreed = torch.stack(
-                    [
-                        loss.detach().float(),
-                        torch.tensor(float(late), device=device),
-                        torch.tensor(float(len(batch)), device=device),
-                    ]
-                )
-                dist.all_reduce(agreed)
-                mean_loss, late, step_samples = (
-                    agreed[0].item() / world,
-                    agreed[1].item() > 0,
-                    int(agreed[2].item()),
-                )
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"loss is {mean_loss} at epoch {epoch + 1}, batch {i + 1} "
-                        f"(mean over {world} ranks)"
-                    )
-                loss_sum += mean_loss
-            else:
-                pending = (
-                    loss.detach().float() if pending is None else pending + loss.detach().float()
-                )
-                if (i + 1) % check_every == 0 or i + 1 == len(batches):
-                    loss_sum += _summed_losses(pending, pending_from, i + 1, epoch)
-                    pending, pending_from = None, i + 2
-            scaled = loss / settings.accumulation_steps
-            (scaler.scale(scaled) if scaler else scaled).backward()
-            if step_now:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if settings.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(trained.parameters(), settings.clip_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            if distributed:
-                samples += step_samples  # every rank's: samples_per_s is the global rate
-            else:
-                samples += len(batch)
-                late = settings.deadline is not None and time.monotonic() > settings.deadline
-            if late:
-                stopped = True
-                if pending is not None:
-                    loss_sum += _summed_losses(pending, pending_from, i + 1, epoch)
-                break
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds += time.perf_counter() - epoch_started
-        epochs_run = epoch + 1
+    def rows(self, batch: np.ndarray) -> torch.Tensor:
+        rows = torch.from_numpy(batch)
+        if self.placement.device.type == "cuda":
+            # page-locked, so the copy runs asynchronously instead of waiting on the GPU
+            rows = rows.pin_memory().to(self.placement.device, non_blocking=True)
+        return rows
+
+    def batch_loss(self, rows: torch.Tensor, batch: np.ndarray, sync: bool) -> torch.Tensor:
+        """The micro-batch's (weighted) mean loss; ``sync``: DDP all-reduces its gradients
+        in backward (once per optimiser step), else they accumulate locally."""
+        examples = self.examples
+        inputs, targets = examples.inputs(rows, batch), examples.targets_on_device[rows]
+        ddp = self.trainee.ddp
+        with self.placement.autocast(), nullcontext() if ddp is None or sync else ddp.no_sync():
+            logits = self.trainee.net(inputs).float()
+            smoothing = self.settings.label_smoothing
+            if examples.weights is None:
+                return nn.functional.cross_entropy(logits, targets, label_smoothing=smoothing)
+            weight = examples.weights[rows]
+            per_example = nn.functional.cross_entropy(
+                logits, targets, label_smoothing=smoothing, reduction="none"
+            )
+            return (per_example * weight).sum() / weight.sum().clamp_min(1e-12)
+
+    def agree(
+        self, loss: torch.Tensor, samples: int, epoch: int, batch: int
+    ) -> tuple[float, bool, int]:
+        """(mean loss over the ranks, whether any is late, their samples) of a step. One small
+        all-reduce per step keeps the ranks in lockstep: a NaN loss on any rank, or the
+        deadline passing on any, stops every rank at the same step."""
+        device = self.placement.device
+        agreed = torch.stack(
+            [
+                loss.detach().float(),
+                torch.tensor(float(self.late()), device=device),
+                torch.tensor(float(samples), device=device),
+            ]
+        )
+        dist.all_reduce(agreed)
+        mean_loss = agreed[0].item() / self.world
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"loss is {mean_loss} at epoch {epoch + 1}, batch {batch} "
+                f"(mean over {self.world} ranks)"
+            )
+        return mean_loss, agreed[1].item() > 0, int(agreed[2].item())
+
+    def backward(self, loss: torch.Tensor, step_now: bool) -> None:
+        """Accumulates the micro-batch's gradients; ``step_now``: then takes an optimiser step."""
+        scaler = self.placement.scaler
+        scaled = loss / self.settings.accumulation_steps
+        torch.autograd.backward(scaler.scale(scaled) if scaler else scaled)
+        if not step_now:
+            return
+        optimizer = self.schedule.optimizer
+        if scaler:
+            scaler.unscale_(optimizer)
+        if self.settings.clip_norm > 0:
+            nn.utils.clip_grad_norm_(self.trainee.trained.parameters(), self.settings.clip_norm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.schedule.scheduler.step()
+
+    def validation_scores(self, val: tuple[Sequence[str], Sequence[str]]) -> tuple[float, float]:
+        """(loss, accuracy) on the validation split; under DDP rank 0 scores and every rank
+        takes its numbers, so the keep/stop decisions match."""
+        if not self.distributed:
+            return self._score(*val)
+        scores = torch.tensor(
+            self._score(*val) if self.rank == 0 else (0.0, 0.0),
+            dtype=torch.float64,
+            device=self.placement.device,
+        )
+        dist.broadcast(scores, 0)
+        val_loss, acc = scores.tolist()
+        return val_loss, acc
+
+    def _score(self, texts: Sequence[str], intents: Sequence[str]) -> tuple[float, float]:
+        model, val_table = self.trainee.model, self.examples.val_table
+        logits = None if val_table is None else head_logits(self.trainee.trained, val_table)
+        return validation_scores(model, self.featurizer, self.labels, texts, intents, logits=logits)
+
+
+class _LossTally:
+    """An epoch's summed batch losses. In one process the losses wait on the device and are
+    read back (a GPU wait) every ``loss_check_every`` batches and at the end, where a NaN or
+    inf raises; under DDP each step adds the agreed mean over the ranks."""
+
+    def __init__(self, epoch: int) -> None:
+        self.total = 0.0
+        self._epoch = epoch
+        self._pending: torch.Tensor | None = None
+        self._pending_from = 1  # the first batch (from 1) in ``_pending``
+
+    def add_agreed(self, mean_loss: float) -> None:
+        self.total += mean_loss
+
+    def add_pending(self, loss: torch.Tensor) -> None:
+        pending = self._pending
+        self._pending = (
+            loss.detach().float() if pending is None else pending + loss.detach().float()
+        )
+
+    def read_back(self, upto: int) -> None:
+        """Adds the pending losses of batches up to ``upto`` (from 1), if any."""
+        if self._pending is None:
+            return
+        self.total += _summed_losses(self._pending, self._pending_from, upto, self._epoch)
+        self._pending, self._pending_from = None, upto + 1
+
+
+@dataclass(frozen=True)
+class _EpochSteps:
+    loss_sum: float
+    samples: int  # over all ranks
+    late: bool  # the deadline passed: training stops
+
+
+def _train_epoch(run: _Run, batches: list[np.ndarray], epoch: int) -> _EpochSteps:
+    """One epoch's steps over ``batches``, or up to the deadline."""
+    tally, samples = _LossTally(epoch), 0
+    accumulation = run.settings.accumulation_steps
+    for i, batch in enumerate(batches):
+        last = i + 1 == len(batches)
+        step_now = (i + 1) % accumulation == 0 or last
+        rows = run.rows(batch)
+        loss = run.batch_loss(rows, batch, sync=step_now)
+        if run.distributed:
+            mean_loss, late, step_samples = run.agree(loss, len(batch), epoch, i + 1)
+            tally.add_agreed(mean_loss)
+        else:
+            tally.add_pending(loss)
+            if (i + 1) % run.placement.loss_check_every == 0 or last:
+                tally.read_back(i + 1)
+        run.backward(loss, step_now)
+        if run.distributed:
+            samples += step_samples  # every rank's: samples_per_s is the global rate
+        else:
+            samples += len(batch)
+            late = run.late()
+        if late:
+            tally.read_back(i + 1)
+            return _EpochSteps(tally.total, samples, late=True)
+    return _EpochSteps(tally.total, samples, late=False)
+
+
+class _BestCheckpoint:
+    """Early stopping's bookkeeping: the epoch with the lowest validation loss so far (its
+    weights, loss and accuracy) and the epochs since the loss last fell."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+        self.loss = math.inf
+        self.accuracy: float | None = None
+        self.stale = 0
+
+    def observe(self, val_loss: float, acc: float, model: nn.Module) -> None:
+        # Judged on the loss, not the accuracy: on a validation split of a few
+        # hundred examples the accuracy moves in steps and ties, so it stopped
+        # fine-tunes mid-schedule and kept checkpoints that scored a point or
+        # two lower on fresh data. A tie keeps the later epoch but is no gain.
+        self.stale = 0 if val_loss < self.loss else self.stale + 1
+        if val_loss <= self.loss:
+            self.loss, self.accuracy = val_loss, acc
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class _Epochs:
+    """What the epochs did, for the result."""
+
+    best: _BestCheckpoint
+    epochs_run: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    stopped_by_deadline: bool = False
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.train_seconds, 1e-9)
+
+
+def _train_epochs(
+    run: _Run,
+    rng: np.random.Generator,
+    first_order: np.ndarray | None,
+    val: tuple[Sequence[str], Sequence[str]] | None,
+    progress: Progress | None,
+) -> _Epochs:
+    """Epochs until the schedule ends, the validation loss stops falling or the deadline."""
+    done = _Epochs(_BestCheckpoint())
+    epochs = run.schedule.epochs
+    for epoch in range(epochs):
+        run.trainee.model.train()
+        epoch_started = time.perf_counter()
+        batches = run.epoch_batches(epoch, rng, first_order)
+        steps = _train_epoch(run, batches, epoch)
+        done.samples += steps.samples
+        done.stopped_by_deadline = steps.late
+        if run.placement.device.type == "cuda":
+            torch.cuda.synchronize(run.placement.device)
+        done.train_seconds += time.perf_counter() - epoch_started
+        done.epochs_run = epoch + 1
         report: dict[str, Any] = {
-            "epoch": epochs_run,
+            "epoch": done.epochs_run,
             "epochs": epochs,
-            "loss": loss_sum / max(1, len(batches)),
-            "samples_per_s": samples / max(train_seconds, 1e-9),
-            "lr": scheduler.get_last_lr()[0],
+            "loss": steps.loss_sum / max(1, len(batches)),
+            "samples_per_s": done.samples_per_s,
+            "lr": run.schedule.scheduler.get_last_lr()[0],
         }
         if val is not None:
-            if distributed:
-                # Rank 0 scores and every rank takes its numbers,
-                # so the keep/stop decisions below match.
-                scores = torch.tensor(
-                    score_validation(*val) if rank == 0 else (0.0, 0.0),
-                    dtype=torch.float64,
-                    device=device,
-                )
-                dist.broadcast(scores, 0)
-                val_loss, acc = scores.tolist()
-            else:
-                val_loss, acc = score_validation(*val)
+            val_loss, acc = run.validation_scores(val)
             report.update(val_loss=val_loss, val_accuracy=acc)
-            # Judged on the loss, not the accuracy: on a validation split of a few
-            # hundred examples the accuracy moves in steps and ties, so it stopped
-            # fine-tunes mid-schedule and kept checkpoints that scored a point or
-            # two lower on fresh data. A tie keeps the later epoch but is no gain.
-            stale = 0 if val_loss < best_loss else stale + 1
-            if val_loss <= best_loss:
-                best_loss, best_acc = val_loss, acc
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        log.info(
-            "epoch %d/%d: %s",
-            epochs_run,
-            epochs,
-            ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")),
-        )
-        if progress is not None:
-            progress(report)
-        if stopped or (val is not None and stale >= settings.patience):
+            done.best.observe(val_loss, acc, run.trainee.model)
+        _report(report, progress)
+        if steps.late or (val is not None and done.best.stale >= run.settings.patience):
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    return done
+
+
+def _report(report: dict[str, Any], progress: Progress | None) -> None:
+    log.info(
+        "epoch %d/%d: %s",
+        report["epoch"],
+        report["epochs"],
+        ", ".join(f"{k} {v:.4g}" for k, v in report.items() if k not in ("epoch", "epochs")),
+    )
+    if progress is not None:
+        progress(report)
+
+
+def _result(run: _Run, done: _Epochs, started: float) -> TrainResult:
+    """The kept checkpoint, whole again (a later fine-tune chooses its own frozen layers), on
+    the CPU in eval mode."""
+    model, device, best = run.trainee.model, run.placement.device, done.best
+    if best.state is not None:
+        model.load_state_dict(best.state)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    # the returned model is whole again (a later fine-tune chooses its own frozen layers)
     model.freeze(-1)
     model.to("cpu").eval()
     return TrainResult(
         model,
-        label_list,
-        featurizer,
-        epochs_run,
+        run.labels,
+        run.featurizer,
+        done.epochs_run,
         time.perf_counter() - started,
-        best_acc,
-        samples_per_s=samples / max(train_seconds, 1e-9),
-        precision=precision,
+        best.accuracy,
+        samples_per_s=done.samples_per_s,
+        precision=run.placement.precision,
         device=str(device),
         peak_memory_bytes=peak,
-        stopped_by_deadline=stopped,
-        world_size=world,
-        backend=dist.get_backend() if distributed else None,
-        val_loss=None if best_state is None else best_loss,
+        stopped_by_deadline=done.stopped_by_deadline,
+        world_size=run.world,
+        backend=dist.get_backend() if run.distributed else None,
+        val_loss=None if best.state is None else best.loss,
     )
-
-
-def batched_logits(
-    model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start index, float32 logits) of ``texts`` in batches, in
-    eval mode and without gradients, on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    for start in range(0, len(texts), batch_size):
-        with torch.no_grad():  # closed before the yield, so the caller's grad mode is never changed
-            logits = model(
-                torch.from_numpy(featurizer.batch(texts[start : start + batch_size])).to(device)
-            ).float()
-        yield start, logits
-
-
-def predict_indices(
-    model: IntentClassifier, featurizer: Featurizer, texts: Sequence[str], batch_size: int = 512
-) -> np.ndarray:
-    out = [
-        logits.argmax(1).cpu().numpy()
-        for _, logits in batched_logits(model, featurizer, texts, batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
-@torch.no_grad()
-def curriculum_order(
-    model: IntentClassifier,
-    featurizer: Featurizer,
-    features: Sequence[Any],
-    targets: torch.Tensor,
-    batch_size: int = 512,
-) -> np.ndarray:
-    """Example indices from the lowest loss under ``model`` to the highest
-    (easy to hard); ties keep their order. An intent the model has just
-    grown an output for scores with that output's fresh weights: hard."""
-    model.eval()
-    device = next(model.parameters()).device
-
-    def logits() -> Iterator[tuple[int, torch.Tensor]]:
-        for start in range(0, len(features), batch_size):
-            yield (
-                start,
-                model(
-                    torch.from_numpy(featurizer.pad(list(features[start : start + batch_size]))).to(
-                        device
-                    )
-                ).float(),
-            )
-
-    return _easy_to_hard(logits(), targets)
-
-
-@torch.no_grad()
-def _easy_to_hard(logits: Iterable[tuple[int, torch.Tensor]], targets: torch.Tensor) -> np.ndarray:
-    losses = [
-        nn.functional.cross_entropy(
-            batch, targets[start : start + len(batch)].to(batch.device), reduction="none"
-        ).cpu()
-        for start, batch in logits
-    ]
-    return (
-        np.argsort(torch.cat(losses).numpy(), kind="stable")
-        if losses
-        else np.zeros(0, dtype=np.int64)
-    )
-
-
-def _head_logits(
-    head: nn.Module, embeddings: torch.Tensor, batch_size: int = 4096
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, float32 logits) of a head on precomputed
-    sentence embeddings, in eval mode, without gradients."""
-    head.eval()
-    for start in range(0, len(embeddings), batch_size):
-        with torch.no_grad():
-            logits = head(embeddings[start : start + batch_size]).float()
-        yield start, logits
 
 
 def _embedder(
@@ -593,47 +759,3 @@ def _length_bucketed(
         run = run[np.argsort(widths[run], kind="stable")]
         batches += [run[s : s + batch_size] for s in range(0, len(run), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
-
-
-def validation_scores(
-    model: IntentClassifier,
-    featurizer: Featurizer,
-    labels: Sequence[str],
-    texts: Sequence[str],
-    intents: Sequence[str],
-    batch_size: int = 512,
-    logits: Iterable[tuple[int, torch.Tensor]] | None = None,
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a validation split. An intent the model has no
-    output for counts as wrong in the accuracy and is left out of the loss (it has
-    no logit to score); with none known the loss is infinite, so such a split never
-    looks like progress. ``logits``: (start, logits) batches of the texts already
-    computed (a head on cached embeddings); by default the model runs on them."""
-    index = {label: i for i, label in enumerate(labels)}
-    loss_sum, scored, correct = 0.0, 0, 0
-    for start, batch_logits in (
-        logits if logits is not None else batched_logits(model, featurizer, texts, batch_size)
-    ):
-        truth = [index.get(intent, -1) for intent in intents[start : start + len(batch_logits)]]
-        target = torch.tensor(truth, dtype=torch.long, device=batch_logits.device)
-        correct += int((batch_logits.argmax(1) == target).sum())
-        known = target >= 0
-        if bool(known.any()):
-            loss_sum += float(
-                nn.functional.cross_entropy(batch_logits[known], target[known], reduction="sum")
-            )
-            scored += int(known.sum())
-    return (loss_sum / scored if scored else math.inf), correct / max(1, len(texts))
-
-
-def accuracy(
-    model: IntentClassifier,
-    featurizer: Featurizer,
-    labels: Sequence[str],
-    texts: Sequence[str],
-    intents: Sequence[str],
-) -> float:
-    if not texts:
-        return float("nan")
-    predicted = predict_indices(model, featurizer, texts)
-    return float(np.mean([labels[p] == truth for p, truth in zip(predicted, intents, strict=True)]))

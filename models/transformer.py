@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ class TransformerConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be a multiple of heads ({self.heads})")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -69,7 +70,8 @@ class _EncoderLayer(nn.Module):
         scores = q @ k.transpose(-1, -2) * self.scale + bias
         attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
         x = x + self.dropout(self.proj(attended))
-        return x + self.dropout(self.ffn(self.norm2(x)))
+        out: torch.Tensor = x + self.dropout(self.ffn(self.norm2(x)))
+        return out
 
 
 class TransformerClassifier(IntentClassifier):
@@ -96,4 +98,5 @@ class TransformerClassifier(IntentClassifier):
             x = layer(x, bias)
         mask = keep.unsqueeze(-1)
         pooled = (self.norm(x) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.output(self.dropout(pooled))
+        logits: torch.Tensor = self.output(self.dropout(pooled))
+        return logits
