@@ -183,8 +183,9 @@ def served_prediction(event: Event) -> dict[str, Any] | None:
         served.get("confidence"),
         served.get("model_version"),
     )
-    number = isinstance(confidence, (int, float)) and not isinstance(confidence, bool)
-    if not (isinstance(intent, str) and isinstance(version, str) and number):
+    if not (isinstance(intent, str) and isinstance(version, str)):
+        return None
+    if not isinstance(confidence, (int, float)) or isinstance(confidence, bool):
         return None
     top = {"intent": intent, "confidence": float(confidence)}
     return {**top, "top_k": [top], "model_version": version, "source": "http"}

@@ -160,7 +160,7 @@ def _shingles(text: str) -> list[bytes]:
 def _sketch(text: str) -> np.ndarray:
     minhash = MinHash(num_perm=_NUM_PERM, seed=_MINHASH_SEED)
     minhash.update_batch(_shingles(text))
-    return minhash.hashvalues
+    return np.asarray(minhash.hashvalues, dtype=np.uint64)  # datasketch is untyped
 
 
 class LabelingSampler:
@@ -258,30 +258,15 @@ class LabelingSampler:
         threshold = self.percentile()
         n_recent = len(self._scores)
         self._remember(value)
-        if value < self.min_score:
-            return self._skip("below_min_score")
-        if threshold is not None and value < threshold:
-            return self._skip("below_percentile")
-        self._refill()
-        if self._tokens < 1.0:
-            return self._skip("budget")
+        gate = self._gate(value, threshold)
+        if gate is not None:
+            self._counts[gate] += 1
+            return None
         sketch = _sketch(text)
         if self._near_duplicate(sketch):
-            return self._skip("near_duplicate")
-        self._tokens -= 1.0
-        self._picked[self._picked_n % self.window] = sketch
-        self._picked_n += 1
-        self._counts["picked"] += 1
-        if threshold is None:
-            reason = (
-                f"{self.strategy} {value:.2f} >= min_score {self.min_score:.2f} "
-                f"(warming up: {n_recent} scores seen)"
-            )
-        else:
-            reason = (
-                f"{self.strategy} {value:.2f} >= p{self.at_percentile:g} {threshold:.2f} "
-                f"of the last {n_recent}"
-            )
+            self._counts["near_duplicate"] += 1
+            return None
+        self._pick(sketch)
         ranked = sorted(topk, key=lambda item: -float(item[1]))
         return {
             "request_id": uuid.uuid5(
@@ -295,13 +280,41 @@ class LabelingSampler:
             "topk": [{"intent": intent, "score": float(p)} for intent, p in ranked],
             "score": value,
             "strategy": self.strategy,
-            "reason": reason,
+            "reason": self._pick_reason(value, threshold, n_recent),
             "requested_at": self._clock(),
         }
 
-    def _skip(self, reason: str) -> None:
-        self._counts[reason] += 1
+    def _gate(self, value: float, threshold: float | None) -> str | None:
+        """The skip reason of a score that the floor, the percentile or the budget stops, else None.
+
+        The budget refills only once the score gates passed, as a pick would then spend it.
+        """
+        if value < self.min_score:
+            return "below_min_score"
+        if threshold is not None and value < threshold:
+            return "below_percentile"
+        self._refill()
+        if self._tokens < 1.0:
+            return "budget"
         return None
+
+    def _pick(self, sketch: np.ndarray) -> None:
+        """Spend a token and remember the picked text's sketch for the near-duplicate guard."""
+        self._tokens -= 1.0
+        self._picked[self._picked_n % self.window] = sketch
+        self._picked_n += 1
+        self._counts["picked"] += 1
+
+    def _pick_reason(self, value: float, threshold: float | None, n_recent: int) -> str:
+        if threshold is None:
+            return (
+                f"{self.strategy} {value:.2f} >= min_score {self.min_score:.2f} "
+                f"(warming up: {n_recent} scores seen)"
+            )
+        return (
+            f"{self.strategy} {value:.2f} >= p{self.at_percentile:g} {threshold:.2f} "
+            f"of the last {n_recent}"
+        )
 
     def _remember(self, value: float) -> None:
         self._seen += 1
@@ -443,49 +456,63 @@ def label_events_from_label_studio(
     events: list[dict[str, Any]] = []
     skipped: list[str] = []
     for index, task in enumerate(export):
-        if not isinstance(task, dict) or task.get("id") is None:
-            skipped.append(f"task #{index}: not a task with an id")
-            continue
-        name = f"task {task['id']}"
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
-        if not data.get("event_id") or not data.get("conversation_id"):
-            skipped.append(
-                f"{name}: data has no event_id or conversation_id (not exported by driftd?)"
-            )
-            continue
-        annotations = task.get("annotations") if isinstance(task.get("annotations"), list) else []
-        chosen = [
-            (k, a, intent)
-            for k, a in enumerate(annotations)
-            if (intent := _chosen_intent(a)) is not None
-        ]
-        if not chosen:
-            skipped.append(f"{name}: {_why_unusable(annotations)}")
-            continue
-        position, annotation, intent = chosen[-1]
-        annotation_id = annotation.get(
-            "id", f"n{position}"
-        )  # exports carry ids; the position is as stable for one file
-        event = {
-            "type": "label",
-            "event_id": f"ls-{task['id']}-{annotation_id}",
-            "conversation_id": data["conversation_id"],
-            "turn": data.get("turn", 0),
-            "ts": float(now),
-            "ref_event_id": data["event_id"],
-            "intent": intent,
-            "meta": {
-                "source": "label-studio",
-                "task_id": task["id"],
-                "annotation_id": annotation_id,
-                "request_id": data.get("request_id"),
-            },
-        }
-        decoded = decode_event(json.dumps(event).encode(), max_event_bytes)
-        if isinstance(decoded, Rejection):
-            skipped.append(
-                f"{name}: the label event is invalid: {decoded.reason} ({decoded.detail})"
-            )
-            continue
-        events.append(event)
+        try:
+            events.append(_label_event(task, index, now, max_event_bytes))
+        except _UnusableTask as unusable:
+            skipped.append(str(unusable))
     return events, skipped
+
+
+class _UnusableTask(Exception):
+    """A task of an export that gives no label event; the message names the task and why."""
+
+
+def _label_event(task: Any, index: int, now: float, max_event_bytes: int) -> dict[str, Any]:
+    """The checked ``label`` event of one exported task; raises _UnusableTask when it gives none."""
+    if not isinstance(task, dict) or task.get("id") is None:
+        raise _UnusableTask(f"task #{index}: not a task with an id")
+    name = f"task {task['id']}"
+    raw_data = task.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    if not data.get("event_id") or not data.get("conversation_id"):
+        raise _UnusableTask(
+            f"{name}: data has no event_id or conversation_id (not exported by driftd?)"
+        )
+    raw_annotations = task.get("annotations")
+    annotations: list[Any] = raw_annotations if isinstance(raw_annotations, list) else []
+    annotation_id, intent = _last_choice(name, annotations)
+    event = {
+        "type": "label",
+        "event_id": f"ls-{task['id']}-{annotation_id}",
+        "conversation_id": data["conversation_id"],
+        "turn": data.get("turn", 0),
+        "ts": float(now),
+        "ref_event_id": data["event_id"],
+        "intent": intent,
+        "meta": {
+            "source": "label-studio",
+            "task_id": task["id"],
+            "annotation_id": annotation_id,
+            "request_id": data.get("request_id"),
+        },
+    }
+    decoded = decode_event(json.dumps(event).encode(), max_event_bytes)
+    if isinstance(decoded, Rejection):
+        raise _UnusableTask(
+            f"{name}: the label event is invalid: {decoded.reason} ({decoded.detail})"
+        )
+    return event
+
+
+def _last_choice(name: str, annotations: list[Any]) -> tuple[Any, str]:
+    """(annotation id, intent) of the last annotation choosing one intent, else _UnusableTask."""
+    chosen = [
+        (k, a, intent)
+        for k, a in enumerate(annotations)
+        if (intent := _chosen_intent(a)) is not None
+    ]
+    if not chosen:
+        raise _UnusableTask(f"{name}: {_why_unusable(annotations)}")
+    position, annotation, intent = chosen[-1]
+    # exports carry ids; the position is as stable for one file
+    return annotation.get("id", f"n{position}"), intent

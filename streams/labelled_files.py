@@ -124,7 +124,8 @@ def _read_bytes(source: str, storage_options: dict[str, Any] | None) -> bytes:
             raise LabelledFileError(f"{source} is a directory, not a file")
     try:
         with fsspec.open(source, "rb", compression="infer", **(storage_options or {})) as fh:
-            return fh.read()
+            content: bytes = fh.read()  # fsspec is untyped; a binary file reads bytes
+            return content
     except FileNotFoundError:
         raise LabelledFileError(f"{source} does not exist") from None
     # unreadable, truncated gzip, bad URL, storage refused
@@ -235,7 +236,7 @@ def _parquet_columns(
     )
 
 
-def _as_text(source: str, table: pa.Table, role: str, column: str) -> list[Any]:
+def _as_text(source: str, table: pa.Table, role: str, column: str) -> list[str | None]:
     values = table.column(column)
     kind = values.type
     if pa.types.is_dictionary(kind):
@@ -253,7 +254,8 @@ def _as_text(source: str, table: pa.Table, role: str, column: str) -> list[Any]:
             f"{source}: the {role} column {column!r} holds {values.type} values, expected text"
         )
     try:
-        return pc.cast(values, pa.string()).to_pylist()
+        texts: list[str | None] = pc.cast(values, pa.string()).to_pylist()  # pyarrow is untyped
+        return texts
     except pa.ArrowInvalid:  # binary that is not UTF-8
         raise LabelledFileError(
             f"{source}: the {role} column {column!r} is not UTF-8 text"

@@ -16,7 +16,16 @@ INGEST_SINKS = ("warm", "dlq", "predictions")
 
 
 class StreamMetrics:
+    """The room's metrics, declared by concern; every known label series exists from the start."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._declare_events(registry)
+        self._declare_tiers(registry)
+        self._declare_ingest_health(registry)
+        self._declare_predictions(registry)
+        self._create_known_series()
+
+    def _declare_events(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
             "driftd_events_total",
             "Valid events received and stored, by event type (a redelivery counts "
@@ -35,6 +44,8 @@ class StreamMetrics:
             ["reason"],
             registry=registry,
         )
+
+    def _declare_tiers(self, registry: CollectorRegistry) -> None:
         self.tier_events = Gauge(
             "driftd_tier_events", "Events held per tier.", ["tier"], registry=registry
         )
@@ -55,6 +66,8 @@ class StreamMetrics:
             "Events deleted from cold at the end of their retention.",
             registry=registry,
         )
+
+    def _declare_ingest_health(self, registry: CollectorRegistry) -> None:
         self.store_errors = Counter(
             "driftd_store_errors_total",
             "Failed writes to warm, the DLQ or the predictions topic (retried; "
@@ -82,6 +95,14 @@ class StreamMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
+        self.batch_size = Histogram(
+            "driftd_ingest_batch_events",
+            "Records per ingest batch.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=registry,
+        )
+
+    def _declare_predictions(self, registry: CollectorRegistry) -> None:
         self.predictions = Counter(
             "driftd_predictions_total",
             "Utterances predicted in the stream and published on the predictions topic.",
@@ -92,12 +113,8 @@ class StreamMetrics:
             "Utterances stored without a prediction because no model was loaded yet.",
             registry=registry,
         )
-        self.batch_size = Histogram(
-            "driftd_ingest_batch_events",
-            "Records per ingest batch.",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
-            registry=registry,
-        )
+
+    def _create_known_series(self) -> None:
         # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
         for kind in ("utterance", "feedback", "label"):
             self.events.labels(kind)

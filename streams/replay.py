@@ -234,32 +234,10 @@ def plan_events(
     pool_source = [ex for ex in examples if ex.text]  # the schema refuses an empty utterance
     if not pool_source:
         raise ValueError("no examples to replay")
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0 (0 = one utterance per example), got {limit}")
-    if not 0.0 <= label_fraction <= 1.0:
-        raise ValueError(f"label_fraction must be within [0, 1], got {label_fraction}")
-    if label_delay < 0:
-        raise ValueError(f"label_delay must be >= 0, got {label_delay}")
-    if (start_ts is not None and start_ts < 0) or ts_step < 0:
-        raise ValueError(
-            "start_ts and ts_step must be >= 0 (event times are epoch seconds), "
-            f"got {start_ts} and {ts_step}"
-        )
+    _check_plan_arguments(limit, label_fraction, label_delay, start_ts, ts_step)
     count = limit or len(pool_source)
-
     rng = random.Random(seed)
-    order = list(range(len(pool_source)))
-    rng.shuffle(order)
-    pools = _Pools(pool_source, order)
-    for k, phase in enumerate(schedule.phases):
-        if phase.start >= count:
-            break  # never reached: an empty pool there is no error
-        if not pools.add(k, phase.intents):
-            raise ValueError(
-                f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches "
-                "no example of this split"
-            )
-
+    pools = _phase_pools(pool_source, schedule, rng, count)
     t0 = time.time() if start_ts is None else float(start_ts)
     return _generate(
         pools,
@@ -274,6 +252,43 @@ def plan_events(
         priority_of,
         dataset,
     )
+
+
+def _check_plan_arguments(
+    limit: int, label_fraction: float, label_delay: int, start_ts: float | None, ts_step: float
+) -> None:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 = one utterance per example), got {limit}")
+    if not 0.0 <= label_fraction <= 1.0:
+        raise ValueError(f"label_fraction must be within [0, 1], got {label_fraction}")
+    if label_delay < 0:
+        raise ValueError(f"label_delay must be >= 0, got {label_delay}")
+    if (start_ts is not None and start_ts < 0) or ts_step < 0:
+        raise ValueError(
+            "start_ts and ts_step must be >= 0 (event times are epoch seconds), "
+            f"got {start_ts} and {ts_step}"
+        )
+
+
+def _phase_pools(
+    examples: list[Example], schedule: DriftSchedule, rng: random.Random, count: int
+) -> _Pools:
+    """Shuffle ``examples`` once with ``rng`` and give each phase reached before ``count`` its pool.
+
+    Raises ValueError for a reached phase that allows no example.
+    """
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    pools = _Pools(examples, order)
+    for k, phase in enumerate(schedule.phases):
+        if phase.start >= count:
+            break  # never reached: an empty pool there is no error
+        if not pools.add(k, phase.intents):
+            raise ValueError(
+                f"drift phase {k} ({phase.start}={','.join(phase.names)}) matches "
+                "no example of this split"
+            )
+    return pools
 
 
 def _generate(
@@ -374,8 +389,8 @@ def _reap(pending: list[asyncio.Future[Any]]) -> list[asyncio.Future[Any]]:
     for fut in pending:
         if not fut.done():
             still.append(fut)
-        elif fut.exception() is not None:
-            raise fut.exception()  # type: ignore[misc]
+        elif (error := fut.exception()) is not None:
+            raise error
     return still
 
 
@@ -407,37 +422,48 @@ async def replay(
         **(client_options or {}),
     }
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
-    chunk = _chunk_size(rate)
-    counts = {"utterance": 0, "label": 0}
-    other = 0
     await producer.start()
     try:
         with tqdm(total=total, unit="ev", desc=f"replay -> {topic}", disable=not progress) as bar:
-            started = time.perf_counter()
-            pending: list[asyncio.Future[Any]] = []
-            sent = in_chunk = 0
-            for sent, event in enumerate(events, start=1):
-                value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-                key = str(event["conversation_id"]).encode("utf-8")
-                pending.append(await producer.send(topic, value=value, key=key))
-                kind = event.get("type")
-                if kind in counts:
-                    counts[kind] += 1
-                else:
-                    other += 1
-                in_chunk += 1
-                if in_chunk == chunk:
-                    bar.update(in_chunk)
-                    in_chunk = 0
-                    pending = _reap(pending)
-                    # sleep(0) still yields when unlimited, so
-                    # the sender task ships batches as we go.
-                    await asyncio.sleep(_pace_delay(started, sent, rate, time.perf_counter()))
-            bar.update(in_chunk)
-            await asyncio.gather(*pending)
-            seconds = time.perf_counter() - started
+            return await _send_paced(producer, topic, events, rate, bar)
     finally:
         await producer.stop()
+
+
+async def _send_paced(
+    producer: AIOKafkaProducer,
+    topic: str,
+    events: Iterable[dict[str, Any]],
+    rate: float,
+    bar: tqdm[Any],
+) -> ReplayStats:
+    """Send ``events`` in chunks paced to ``rate``; return once the broker acknowledged them all."""
+    chunk = _chunk_size(rate)
+    counts = {"utterance": 0, "label": 0}
+    other = 0
+    started = time.perf_counter()
+    pending: list[asyncio.Future[Any]] = []
+    in_chunk = 0
+    for sent, event in enumerate(events, start=1):
+        value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        key = str(event["conversation_id"]).encode("utf-8")
+        pending.append(await producer.send(topic, value=value, key=key))
+        kind = event.get("type")
+        if kind in counts:
+            counts[kind] += 1
+        else:
+            other += 1
+        in_chunk += 1
+        if in_chunk == chunk:
+            bar.update(in_chunk)
+            in_chunk = 0
+            pending = _reap(pending)
+            # sleep(0) still yields when unlimited, so
+            # the sender task ships batches as we go.
+            await asyncio.sleep(_pace_delay(started, sent, rate, time.perf_counter()))
+    bar.update(in_chunk)
+    await asyncio.gather(*pending)
+    seconds = time.perf_counter() - started
     return ReplayStats(
         utterances=counts["utterance"], labels=counts["label"], seconds=seconds, other=other
     )

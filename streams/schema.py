@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 __all__ = [
     "EVENT_SCHEMA_PATH",
@@ -113,8 +113,7 @@ class UtteranceEvent(_EventBase):
 
 
 class FeedbackEvent(_EventBase):
-    """A signal about an earlier prediction: whether
-    it was right, and optionally the right intent."""
+    """A signal about an earlier prediction: was it right, and optionally the right intent."""
 
     type: Literal["feedback"]
     ref_event_id: Identifier = Field(
@@ -132,8 +131,7 @@ class FeedbackEvent(_EventBase):
 
 
 class LabelEvent(_EventBase):
-    """A ground-truth intent for an earlier utterance,
-    typically from a human labeller and often late."""
+    """The true intent of an earlier utterance, typically from a human labeller, often late."""
 
     type: Literal["label"]
     ref_event_id: Identifier = Field(description="event_id of the utterance this label is for.")
@@ -175,7 +173,7 @@ def _reason_for(error_type: str) -> str:
     return "invalid_value"
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "<payload>"
     return f"{where}: {error['msg']}"
 

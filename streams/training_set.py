@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import accumulate, groupby
 
 import numpy as np
 import pyarrow as pa
@@ -87,7 +87,7 @@ def _round_robin(group_sizes: list[int], size: int, seed: int) -> list[int]:
     items spread as evenly as possible over the groups: each round
     takes one random item from every group that still has some."""
     rng = np.random.default_rng(seed)
-    offsets = np.concatenate(([0], np.cumsum(group_sizes)[:-1])).astype(int) if group_sizes else []
+    offsets = list(accumulate(group_sizes[:-1], initial=0)) if group_sizes else []
     pools = [
         list(offset + rng.permutation(n))
         for offset, n in zip(offsets, group_sizes, strict=True)
@@ -187,11 +187,16 @@ def _labelled(event: StoredEvent) -> bool:
 def labelled_examples(events: Sequence[StoredEvent]) -> list[LabelledExample]:
     """The labelled examples in a batch of just-stored
     events (those whose utterance text is known)."""
-    return [
-        LabelledExample(e.ref_text, e.intent, e.ts, e.ref_event_id, "hot")
-        for e in events
-        if _labelled(e) and e.ref_text
-    ]  # type: ignore[arg-type]
+    return [example for e in events if (example := _hot_example(e)) is not None]
+
+
+def _hot_example(event: StoredEvent) -> LabelledExample | None:
+    """The example a just-stored label or feedback makes; None without an intent or known text."""
+    if event.type not in _LABEL_RANK or event.intent is None or event.ref_event_id is None:
+        return None
+    if not event.ref_text:
+        return None
+    return LabelledExample(event.ref_text, event.intent, event.ts, event.ref_event_id, "hot")
 
 
 def merge_recent(
@@ -264,7 +269,8 @@ def _files_to_scan(
 ) -> list[str]:
     if scan_rows is None or sum(rows for _, rows, _ in files) <= scan_rows:
         return [path for path, _, _ in files]
-    chosen, total = [], 0
+    chosen: list[str] = []
+    total = 0
     for i in np.random.default_rng(seed).permutation(len(files)):
         path, rows, _ = files[i]
         if chosen and total + rows > scan_rows:

@@ -28,11 +28,20 @@ _JOINER_COUNTS = {
 
 
 class MonitorMetrics:
+    """Online-evaluation and decay metrics, declared by concern; known series exist from start."""
+
     def __init__(
         self,
         registry: CollectorRegistry,
         signals: Iterable[str] = (*DETECTORS, *LABEL_FREE_SIGNALS, *POOR_QUALITY_TRIGGERS),
     ) -> None:
+        self._declare_outcomes(registry)
+        self._declare_accuracy(registry)
+        self._declare_decay(registry)
+        self._create_known_series(tuple(signals))
+        self._synced: dict[str, int] = {}
+
+    def _declare_outcomes(self, registry: CollectorRegistry) -> None:
         self.outcomes = Counter(
             "driftd_outcomes_total",
             "Labelled outcomes evaluated (a prediction joined with its label or "
@@ -53,6 +62,8 @@ class MonitorMetrics:
             ["side"],
             registry=registry,
         )
+
+    def _declare_accuracy(self, registry: CollectorRegistry) -> None:
         self.live_accuracy = Gauge(
             "driftd_live_accuracy",
             "Live accuracy of the serving model: EWMA and last-N window.",
@@ -65,6 +76,8 @@ class MonitorMetrics:
             "decay reference; 0 until known).",
             registry=registry,
         )
+
+    def _declare_decay(self, registry: CollectorRegistry) -> None:
         self.signal = Gauge(
             "driftd_decay_signal",
             "1 while a decay signal has fired and counts towards the next decision, else 0.",
@@ -90,6 +103,8 @@ class MonitorMetrics:
             ["signal"],
             registry=registry,
         )
+
+    def _create_known_series(self, signals: tuple[str, ...]) -> None:
         # Every known series exists from the start, so rates and alerts see 0 rather than nothing.
         for correct in ("true", "false"):
             self.outcomes.labels(correct)
@@ -104,7 +119,6 @@ class MonitorMetrics:
             self.decision_signals.labels(name)
         for name in LABEL_FREE_SIGNALS:
             self.label_free.labels(name)
-        self._synced: dict[str, int] = {}
 
     def join(self, result: str, n: int = 1) -> None:
         if result not in JOIN_RESULTS:

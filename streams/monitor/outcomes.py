@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ["AccuracyWindow", "Outcome", "OutcomeJoiner"]
 
@@ -48,6 +49,10 @@ class _Label:
     correct: bool | None
     ts: float
     arrived: float
+
+
+# what waits for its other half: a prediction for its label, a label for its prediction
+_Waiting = TypeVar("_Waiting", _Prediction, _Label)
 
 
 class OutcomeJoiner:
@@ -150,20 +155,22 @@ class OutcomeJoiner:
         """Drop what waited longer than the horizon; returns
         how many predictions and labels were dropped."""
         cutoff = (self._clock() if now is None else now) - self.horizon_s
-        dropped = 0
-        for pending, key in (
-            (self._predictions, "expired_predictions"),
-            (self._labels, "expired_labels"),
-        ):
-            while pending and next(iter(pending.values())).arrived <= cutoff:
-                pending.popitem(last=False)
-                self._counts[key] += 1
-                dropped += 1
+        dropped = self._expire_waiting(self._predictions, "expired_predictions", cutoff)
+        dropped += self._expire_waiting(self._labels, "expired_labels", cutoff)
         while self._joined and next(iter(self._joined.values())) <= cutoff:
             self._joined.popitem(last=False)
         return dropped
 
-    def _bound(self, pending: OrderedDict, key: str) -> None:
+    def _expire_waiting(self, pending: OrderedDict[str, _Waiting], key: str, cutoff: float) -> int:
+        """Drop the entries of ``pending`` (oldest first) that arrived by ``cutoff``; count them."""
+        dropped = 0
+        while pending and next(iter(pending.values())).arrived <= cutoff:
+            pending.popitem(last=False)
+            self._counts[key] += 1
+            dropped += 1
+        return dropped
+
+    def _bound(self, pending: OrderedDict[str, _Waiting], key: str) -> None:
         while len(pending) > self.max_pending:
             pending.popitem(last=False)
             self._counts[key] += 1

@@ -17,10 +17,11 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..jsonsafe import json_safe
+from .config import MonitorConfig
 from .detectors import DETECTORS, ErrorDetector, EwmaDecayDetector, RiverDetector
 from .metrics import MonitorMetrics
 from .outcomes import AccuracyWindow, Outcome
@@ -33,145 +34,6 @@ log = logging.getLogger("driftd.monitor")
 
 SIGNALS = (*DETECTORS, *LABEL_FREE_SIGNALS)  # the ones `signals` may list
 ALL_SIGNALS = (*SIGNALS, *POOR_QUALITY_TRIGGERS)  # and the always-on poor-quality triggers
-MODES = ("any", "all")
-
-
-@dataclass(frozen=True)
-class MonitorConfig:
-    """Every field of the decay policy. The EWMA defaults are
-    measured with ``bench/loop.py --sections detection``.
-
-    At ~0.88 accuracy an EWMA with alpha 0.02 (an effective window of ~100 outcomes)
-    wanders below a 10% drop line by noise alone (hundreds of false alarms over 20 seeds
-    x 9,000 drift-free events); alpha 0.003 with a 500-outcome reference peaked at 0.60
-    of the way to the line there and still detected the CLINC150/BANKING77 abrupt drifts
-    within 127 labelled events. The label-free defaults trade speed for quiet the same
-    way: with alpha 0.01 and a 300-prediction reference the low-confidence share (~25% of
-    traffic for these models) crossed its line on drift-free traffic in 1 of 20 seeds.
-    """
-
-    signals: tuple[str, ...] = ("ewma",)
-    # "any": one listed signal suffices; "all": each must have fired since the last reset/decision
-    mode: str = "any"
-    # Samples since reset before any decision: labelled outcomes,
-    # or predictions when only label-free signals are listed.
-    min_samples: int = 200
-    cooldown_s: float = 300.0  # no decision within this long of the previous one
-    ewma_alpha: float = 0.003  # EWMA weight of the newest outcome (~1/alpha outcomes of memory)
-    ewma_relative_drop: float = 0.10  # fire below reference * (1 - this)
-    ewma_warmup: int = 500  # outcomes after a reset whose mean accuracy is the reference
-    ewma_hysteresis: float = 0.5  # re-arm above reference * (1 - relative_drop * this)
-    adwin_delta: float = 0.002
-    page_hinkley_threshold: float = 50.0
-    page_hinkley_min_instances: int = 30
-    label_free_alpha: float = 0.005
-    low_confidence: float = 0.5
-    oos_intents: tuple[str, ...] = ("oos",)
-    label_free_warmup: int = 500
-    label_free_relative_change: float = 0.15
-    window_size: int = 500  # outcomes in the live accuracy window
-    # Poor-quality triggers (streams/monitor/triggers.py),
-    # decided whatever `signals` and `mode` say; 0 turns one off.
-    min_accuracy: float = 0.5  # window accuracy below this (after min_samples outcomes) is poor
-    unknown_intent_min: int = 30  # labelled outcomes of intents the model has no output for
-
-    def __post_init__(self) -> None:
-        # Config files give lists; the dataclass is frozen and hashable, so store tuples.
-        for name in ("signals", "oos_intents"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{name} must be a list of strings, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
-        if not self.signals:
-            raise ValueError(f"signals must name at least one of {', '.join(SIGNALS)}")
-        unknown = [s for s in self.signals if s not in SIGNALS]
-        if unknown or len(set(self.signals)) != len(self.signals):
-            raise ValueError(
-                f"signals must be distinct names among {', '.join(SIGNALS)}, got "
-                f"{list(self.signals)!r}"
-            )
-        checks: list[tuple[str, bool, str]] = [
-            ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
-            ("min_samples", _is_int(self.min_samples) and self.min_samples >= 0, "an int >= 0"),
-            (
-                "cooldown_s",
-                _is_num(self.cooldown_s) and 0 <= self.cooldown_s < math.inf,
-                "a finite number >= 0",
-            ),
-            ("ewma_alpha", _is_num(self.ewma_alpha) and 0 < self.ewma_alpha <= 1, "in (0, 1]"),
-            (
-                "ewma_relative_drop",
-                _is_num(self.ewma_relative_drop) and 0 < self.ewma_relative_drop < 1,
-                "in (0, 1)",
-            ),
-            ("ewma_warmup", _is_int(self.ewma_warmup) and self.ewma_warmup >= 1, "an int >= 1"),
-            (
-                "ewma_hysteresis",
-                _is_num(self.ewma_hysteresis) and 0 <= self.ewma_hysteresis <= 1,
-                "in [0, 1]",
-            ),
-            ("adwin_delta", _is_num(self.adwin_delta) and 0 < self.adwin_delta < 1, "in (0, 1)"),
-            (
-                "page_hinkley_threshold",
-                _is_num(self.page_hinkley_threshold) and 0 < self.page_hinkley_threshold < math.inf,
-                "a finite number > 0",
-            ),
-            (
-                "page_hinkley_min_instances",
-                _is_int(self.page_hinkley_min_instances) and self.page_hinkley_min_instances >= 1,
-                "an int >= 1",
-            ),
-            (
-                "label_free_alpha",
-                _is_num(self.label_free_alpha) and 0 < self.label_free_alpha <= 1,
-                "in (0, 1]",
-            ),
-            (
-                "low_confidence",
-                _is_num(self.low_confidence) and 0 <= self.low_confidence <= 1,
-                "in [0, 1]",
-            ),
-            (
-                "label_free_warmup",
-                _is_int(self.label_free_warmup) and self.label_free_warmup >= 1,
-                "an int >= 1",
-            ),
-            (
-                "label_free_relative_change",
-                _is_num(self.label_free_relative_change)
-                and 0 < self.label_free_relative_change < 1,
-                "in (0, 1)",
-            ),
-            ("window_size", _is_int(self.window_size) and self.window_size >= 1, "an int >= 1"),
-            (
-                "min_accuracy",
-                _is_num(self.min_accuracy) and 0 <= self.min_accuracy <= 1,
-                "in [0, 1]",
-            ),
-            (
-                "unknown_intent_min",
-                _is_int(self.unknown_intent_min) and self.unknown_intent_min >= 0,
-                "an int >= 0",
-            ),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-
-    @property
-    def needs_labels(self) -> bool:
-        return any(s in DETECTORS for s in self.signals)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 @dataclass(frozen=True)
@@ -395,7 +257,8 @@ class DecayMonitor:
         """Current state for a status endpoint, JSON-safe (unknown numbers are None, not NaN).
         Per-intent accuracy: the ``worst_intents``
         weakest intents with 5+ outcomes in the window."""
-        return json_safe(self._snapshot(worst_intents))
+        snapshot: dict[str, Any] = json_safe(self._snapshot(worst_intents))  # a dict stays one
+        return snapshot
 
     def _snapshot(self, worst_intents: int) -> dict[str, Any]:
         ewma = self.detectors["ewma"]

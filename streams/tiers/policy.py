@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["PRIORITIES", "TierPolicy", "TierRule"]
 
@@ -23,7 +24,7 @@ class TierPolicy:
         self,
         hot_max_age_s: float,
         warm_retention_s: float,
-        overrides: dict[str, dict] | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.default = TierRule(True, hot_max_age_s, warm_retention_s)
         self._rules = {p: self.default for p in PRIORITIES}
