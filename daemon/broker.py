@@ -127,10 +127,10 @@ class EmbeddedBroker:
             self.storage,
         ]
         # The child keeps its own copy of the log's descriptor; ours closes once it has started.
-        with open(self.log_path, "ab") if self.log_path else nullcontext() as log:
-            self._proc = subprocess.Popen(
+        with open(self.log_path, "ab") if self.log_path else nullcontext() as log_file:
+            proc = self._proc = subprocess.Popen(
                 cmd,
-                stdout=log if log is not None else subprocess.DEVNULL,
+                stdout=log_file if log_file is not None else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
@@ -138,16 +138,16 @@ class EmbeddedBroker:
             )
         deadline = time.monotonic() + timeout_s
         while not _port_open(self.host, self.port):
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 raise BrokerError(
-                    f"tansu exited with code {self._proc.returncode} at start; see "
+                    f"tansu exited with code {proc.returncode} at start; see "
                     f"{self.log_path or 'its output'}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
                 raise BrokerError(f"tansu did not open {self.bootstrap} within {timeout_s}s")
             time.sleep(0.02)
-        log.info("embedded broker (tansu) listening on %s, pid %d", self.bootstrap, self._proc.pid)
+        log.info("embedded broker (tansu) listening on %s, pid %d", self.bootstrap, proc.pid)
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -174,7 +174,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     broker and web endpoint of tests and benches)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # (host, port) for AF_INET
+        return port
 
 
 def _port_open(host: str, port: int) -> bool:

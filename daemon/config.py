@@ -32,10 +32,12 @@ from pydantic_settings import (
 )
 
 from models.checkpoints import KNOWN as KNOWN_CHECKPOINTS
+from models.names import ArchitectureName, ConflictPolicy, DistributedBackend, Precision
 from streams.datasets import DATASETS
-from streams.labelled_files import LabelledFileError, file_format, is_url
-from streams.monitor import MonitorConfig
+from streams.labeling_names import StrategyName
+from streams.monitor.config import MonitorConfig
 from streams.redact import DEFAULT_PATTERNS, Redactor, check_pattern
+from streams.schema import Priority
 
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 
@@ -53,23 +55,23 @@ class _Section(BaseModel):
 
 class DaemonSettings(_Section):
     data_dir: Path = Field(
-        Path("var"),
+        default=Path("var"),
         description="Root of all local state (warm store, cold files, faust data). Relative "
         "paths are taken from the working directory.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Log level (changes on SIGHUP)."
+        default="INFO", description="Log level (changes on SIGHUP)."
     )
     log_format: Literal["text", "json"] = Field(
-        "text",
+        default="text",
         description='"json": one JSON object per line (timestamp, level, logger, message), for '
         "log shippers (changes on SIGHUP).",
     )
     stats_interval_s: float = Field(
-        10.0, gt=0, description="How often the daemon logs its ingest and tier counts."
+        default=10.0, gt=0, description="How often the daemon logs its ingest and tier counts."
     )
     trim_interval_s: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         description="How often freed heap memory is handed back to the OS (glibc malloc_trim); "
         "without it RSS stays at the high-water mark of every fine-tune and swap. "
@@ -79,14 +81,16 @@ class DaemonSettings(_Section):
 
 class KafkaSettings(_Section):
     bootstrap: str = Field(
-        "embedded",
+        default="embedded",
         min_length=1,
         description='"embedded" starts the bundled Tansu broker on 127.0.0.1; anything else is '
         "a host:port[,host:port] list of a real cluster.",
     )
-    embedded_port: int = Field(19092, ge=1, le=65535, description="Port of the embedded broker.")
+    embedded_port: int = Field(
+        default=19092, ge=1, le=65535, description="Port of the embedded broker."
+    )
     embedded_storage: str = Field(
-        "memory://tansu/",
+        default="memory://tansu/",
         pattern=r"^(memory|s3)://[^/\s]+/?$",
         description='Storage engine of the embedded broker: "memory://tansu/" keeps '
         'nothing across its restart; "s3://BUCKET/" keeps records and '
@@ -94,36 +98,44 @@ class KafkaSettings(_Section):
         "credentials from the environment).",
     )
     group_id: str = Field(
-        "driftd",
+        default="driftd",
         min_length=1,
         description="Consumer group id; replicas with the same id share the partitions.",
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Passed to the Kafka client as is."
+        default="PLAINTEXT", description="Passed to the Kafka client as is."
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
+        default="PLAIN", description="SASL mechanism when the protocol is SASL_*."
     )
-    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_username: str | None = Field(default=None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(
-        None, description="SASL password (prefer the env variable; never logged)."
+        default=None, description="SASL password (prefer the env variable; never logged)."
     )
-    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
-    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
-    ssl_keyfile: Path | None = Field(None, description="Client key for mutual TLS.")
-    session_timeout_s: float = Field(10.0, gt=0, description="Consumer group session timeout.")
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(
+        default=None, description="Client certificate for mutual TLS."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="Client key for mutual TLS.")
+    session_timeout_s: float = Field(
+        default=10.0, gt=0, description="Consumer group session timeout."
+    )
     rebalance_timeout_s: float = Field(
-        10.0,
+        default=10.0,
         gt=0,
         description="Consumer group rebalance timeout. Group joins take about half of it on "
         "the embedded broker.",
     )
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer group heartbeat interval.")
+    heartbeat_interval_s: float = Field(
+        default=1.0, gt=0, description="Consumer group heartbeat interval."
+    )
     commit_interval_s: float = Field(
-        1.0, gt=0, description="How often acknowledged (durably stored) offsets are committed."
+        default=1.0,
+        gt=0,
+        description="How often acknowledged (durably stored) offsets are committed.",
     )
     probe_interval_s: float = Field(
-        2.0,
+        default=2.0,
         gt=0,
         description="How often a metadata request checks that the cluster is reachable "
         "(driftd_broker_up).",
@@ -147,63 +159,68 @@ class KafkaSettings(_Section):
 
 class TopicSettings(_Section):
     input: str = Field(
-        "conversations", min_length=1, description="Topic the conversation events arrive on."
+        default="conversations",
+        min_length=1,
+        description="Topic the conversation events arrive on.",
     )
     dlq: str = Field(
-        "conversations.dlq",
+        default="conversations.dlq",
         min_length=1,
         description="Dead-letter topic for malformed events (original bytes + reason header).",
     )
     predictions: str = Field(
-        "predictions",
+        default="predictions",
         min_length=1,
         description="Topic the live model's predictions are published on.",
     )
     model_updates: str = Field(
-        "model-updates", min_length=1, description="Topic new model versions are announced on."
+        default="model-updates",
+        min_length=1,
+        description="Topic new model versions are announced on.",
     )
     quality: str = Field(
-        "quality",
+        default="quality",
         min_length=1,
         description="Topic the replicas that do not train forward their decay decisions and "
         "labelled examples on, for the trainer (docs/scaling.md).",
     )
     labeling_requests: str = Field(
-        "labeling-requests",
+        default="labeling-requests",
         min_length=1,
         description="Topic the labelling requests (the predictions most worth a human label) "
         "are published on; `driftd labels export` reads it.",
     )
     partitions: int = Field(
-        4,
+        default=4,
         ge=1,
         le=1024,
         description="Partition count of the input topic (created explicitly with it).",
     )
     replication_factor: int = Field(
-        1, ge=1, description="Replication factor for topics driftd creates."
+        default=1, ge=1, description="Replication factor for topics driftd creates."
     )
 
 
 class IngestSettings(_Section):
     max_event_bytes: int = Field(
-        65536, ge=256, description="Larger payloads go to the DLQ as too_large."
+        default=65536, ge=256, description="Larger payloads go to the DLQ as too_large."
     )
     batch_size: int = Field(
-        1000, ge=1, le=100000, description="Events decoded and stored per batch."
+        default=1000, ge=1, le=100000, description="Events decoded and stored per batch."
     )
     batch_timeout_s: float = Field(
-        0.2, gt=0, description="A partial batch is flushed after this long."
+        default=0.2, gt=0, description="A partial batch is flushed after this long."
     )
     store_user_id: Literal["pseudonymised", "clear", "drop"] = Field(
-        "pseudonymised", description="How user_id is stored: a keyed hash, in clear, or not at all."
+        default="pseudonymised",
+        description="How user_id is stored: a keyed hash, in clear, or not at all.",
     )
     user_id_salt: SecretStr = Field(
-        SecretStr("driftd-default-salt"),
+        default=SecretStr("driftd-default-salt"),
         description="Key of the user_id hash; set your own in production.",
     )
     null_key: Literal["dlq", "accept"] = Field(
-        "dlq",
+        default="dlq",
         description="A valid event in a record with no key (producers key by conversation_id): "
         '"dlq" dead-letters it as missing_key, "accept" stores it.',
     )
@@ -259,42 +276,48 @@ class PrivacySettings(_Section):
 
 
 class PriorityRule(_Section):
-    priority: Literal["low", "normal", "high"] = Field(
-        description="Events with this priority follow this rule."
+    priority: Priority = Field(description="Events with this priority follow this rule.")
+    hot: bool = Field(
+        default=True, description="Whether these events are kept in the hot tier at all."
     )
-    hot: bool = Field(True, description="Whether these events are kept in the hot tier at all.")
     hot_max_age_s: float | None = Field(
-        None, gt=0, description="Overrides tiers.hot_max_age_s for these events."
+        default=None, gt=0, description="Overrides tiers.hot_max_age_s for these events."
     )
     warm_retention_s: float | None = Field(
-        None, gt=0, description="Overrides tiers.warm_retention_s for these events."
+        default=None, gt=0, description="Overrides tiers.warm_retention_s for these events."
     )
 
 
 class TierSettings(_Section):
     hot_max_events: int = Field(
-        100_000, ge=1, description="Hot tier capacity; the oldest events are evicted beyond it."
+        default=100_000,
+        ge=1,
+        description="Hot tier capacity; the oldest events are evicted beyond it.",
     )
     hot_max_age_s: float = Field(
-        900.0, gt=0, description="Events leave the hot tier after this age (they stay in warm)."
+        default=900.0,
+        gt=0,
+        description="Events leave the hot tier after this age (they stay in warm).",
     )
     warm_retention_s: float = Field(
-        7 * 86400.0,
+        default=7 * 86400.0,
         gt=0,
         description="Events older than this move from warm (SQLite) to cold (Parquet).",
     )
     cold_retention_s: float | None = Field(
-        None, gt=0, description="Cold files older than this are deleted; unset keeps them forever."
+        default=None,
+        gt=0,
+        description="Cold files older than this are deleted; unset keeps them forever.",
     )
     redelivery_horizon_s: float = Field(
-        86400.0,
+        default=86400.0,
         gt=0,
         description="How long the keys of events demoted to cold are remembered, so a Kafka "
         "redelivery of them stores nothing; a consumer-group reset further back "
         "than this stores them again.",
     )
     cold_url: str = Field(
-        "",
+        default="",
         description="Where Parquet files go: a path, file:// or s3:// URL (through fsspec). "
         "Empty means <data_dir>/cold.",
     )
@@ -305,15 +328,17 @@ class TierSettings(_Section):
         "variables.",
     )
     warm_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL",
+        default="FULL",
         description="SQLite synchronous mode: FULL survives power loss, NORMAL only process "
         "crashes.",
     )
     maintenance_interval_s: float = Field(
-        5.0, gt=0, description="How often hot eviction and warm->cold demotion run."
+        default=5.0, gt=0, description="How often hot eviction and warm->cold demotion run."
     )
     demotion_batch: int = Field(
-        50_000, ge=1, description="Most events moved to one cold file per maintenance round."
+        default=50_000,
+        ge=1,
+        description="Most events moved to one cold file per maintenance round.",
     )
     rules: list[PriorityRule] = Field(
         default_factory=lambda: [
@@ -344,54 +369,55 @@ class TierSettings(_Section):
 
 class WebSettings(_Section):
     host: str = Field(
-        "127.0.0.1",
+        default="127.0.0.1",
         description="Address of the HTTP endpoint (/metrics, /healthz, /readyz). Loopback "
         "unless you mean it.",
     )
     port: int = Field(
-        8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one."
+        default=8780, ge=0, le=65535, description="Port of the HTTP endpoint; 0 picks a free one."
     )
     admin_token: SecretStr | None = Field(
-        None,
+        default=None,
         description="Bearer token of the admin routes (/admin/v1/...); unset disables them. "
         "Prefer the env variable.",
     )
     tls_certfile: Path | None = Field(
-        None,
+        default=None,
         description="PEM certificate (chain) of the HTTP endpoint; set with tls_keyfile to "
         "serve https only. Unset: plain http.",
     )
     tls_keyfile: Path | None = Field(
-        None, description="PEM private key of tls_certfile (unencrypted; keep it mode 0600)."
+        default=None,
+        description="PEM private key of tls_certfile (unencrypted; keep it mode 0600).",
     )
     tls_min_version: Literal["TLSv1.2", "TLSv1.3"] = Field(
-        "TLSv1.2", description="Oldest TLS version the endpoint accepts."
+        default="TLSv1.2", description="Oldest TLS version the endpoint accepts."
     )
     tls_cafile: Path | None = Field(
-        None,
+        default=None,
         description="CA bundle the driftd CLI (status, learning) verifies the endpoint with, "
         "host name included; unset: it trusts tls_certfile itself (pinned).",
     )
     feedback_horizon_s: float = Field(
-        3600.0,
+        default=3600.0,
         gt=0,
         description="How long a /v1/predict answer takes feedback (POST /v1/feedback with its "
         "prediction_id); later: 410.",
     )
     feedback_max_pending: int = Field(
-        50_000,
+        default=50_000,
         ge=1,
         description="Most served predictions kept in memory for feedback; beyond, the oldest "
         "go (their feedback: 410).",
     )
     feedback_publish_timeout_s: float = Field(
-        10.0,
+        default=10.0,
         gt=0,
         description="Longest wait for the broker to acknowledge a feedback's events; then 503 "
         "(nothing acknowledged, retry).",
     )
     monitor_http_predictions: bool = Field(
-        True,
+        default=True,
         description="Predictions served over HTTP and reported on count in live accuracy and "
         "decay detection; off: their feedback is training data only.",
     )
@@ -434,12 +460,12 @@ def _check_fsspec_protocol(url: str) -> None:
 
 class ModelSettings(_Section):
     registry_dir: Path | None = Field(
-        None,
+        default=None,
         description="Model registry root (versioned, checksummed). Unset: "
         "<daemon.data_dir>/registry.",
     )
     registry_url: str = Field(
-        "",
+        default="",
         pattern=r"^$|^[a-z][a-z0-9+.-]*://\S+$",
         description="Shared registry for replicas on several hosts: an s3:// (or other "
         "fsspec) URL holding the versions and CURRENT; registry_dir is then "
@@ -452,12 +478,12 @@ class ModelSettings(_Section):
         "variables.",
     )
     bootstrap: bool = Field(
-        True,
+        default=True,
         description="Train a first model from bootstrap_source when the registry is empty; "
         "off: serve nothing until a version is activated.",
     )
     bootstrap_source: str = Field(
-        "",
+        default="",
         description="What the first model is trained on when the registry is empty: a "
         "shipped dataset name (see bootstrap_dataset; bootstrap_groups "
         "applies), or a labelled .csv, .jsonl or .parquet file, as a path or "
@@ -465,7 +491,7 @@ class ModelSettings(_Section):
         'is "embedded" (the demo), nothing against another broker.',
     )
     bootstrap_dataset: str = Field(
-        "clinc150",
+        default="clinc150",
         description="Shipped dataset the empty bootstrap_source trains on with the embedded "
         "broker: clinc150, banking77, snips, or another name in "
         "streams.datasets.DATASETS.",
@@ -482,10 +508,12 @@ class ModelSettings(_Section):
         "Not applied to a file.",
     )
     bootstrap_text_column: str = Field(
-        "text", min_length=1, description="Column of the texts in a bootstrap_source file."
+        default="text", min_length=1, description="Column of the texts in a bootstrap_source file."
     )
     bootstrap_intent_column: str = Field(
-        "intent", min_length=1, description="Column of the intents in a bootstrap_source file."
+        default="intent",
+        min_length=1,
+        description="Column of the intents in a bootstrap_source file.",
     )
     bootstrap_storage_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -493,25 +521,29 @@ class ModelSettings(_Section):
         'bootstrap_source, e.g. {endpoint_url = "http://minio:9000"}. Credentials: '
         "prefer the AWS_* environment variables.",
     )
-    top_k: int = Field(3, ge=1, le=20, description="Intents returned per prediction by default.")
-    max_batch: int = Field(256, ge=1, le=4096, description="Most texts in one /v1/predict request.")
-    max_text_chars: int = Field(2000, ge=1, description="Longest text /v1/predict accepts.")
+    top_k: int = Field(
+        default=3, ge=1, le=20, description="Intents returned per prediction by default."
+    )
+    max_batch: int = Field(
+        default=256, ge=1, le=4096, description="Most texts in one /v1/predict request."
+    )
+    max_text_chars: int = Field(default=2000, ge=1, description="Longest text /v1/predict accepts.")
     sync_interval_s: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         description="How often a replica checks the registry's CURRENT and swaps to it if "
         "another replica changed it (a missed model-updates record, a replica that "
         "was down); 0: only on model-updates records.",
     )
-    architecture: Literal["bag_of_ngrams", "transformer", "encoder"] = Field(
-        "bag_of_ngrams",
+    architecture: ArchitectureName = Field(
+        default="bag_of_ngrams",
         description="Architecture of a model trained from scratch: the CPU-fast bag of "
         'n-grams, the small transformer meant for a GPU, or "encoder", a '
         "pretrained sentence encoder (models.encoder) with a classification "
         "head. Fine-tunes keep the incumbent's.",
     )
     encoder: str = Field(
-        "",
+        default="",
         description='The pretrained checkpoint of architecture "encoder": "minilm" '
         "(all-MiniLM-L6-v2, English, installed by scripts/venv.sh) or the path "
         "of a local Hugging Face checkpoint directory (config.json, "
@@ -520,14 +552,14 @@ class ModelSettings(_Section):
         "offline, never downloaded.",
     )
     encoder_sha256: str = Field(
-        "",
+        default="",
         pattern=r"^$|^[0-9a-fA-F]{64}$",
         description="sha256 of a local checkpoint's model.safetensors: loading refuses other "
         "weights. Empty: not checked (every version's manifest records it either "
         'way); "minilm" is always checked against its pinned hash.',
     )
     encoder_max_len: int = Field(
-        64,
+        default=64,
         ge=8,
         le=512,
         description="Most tokens per text (the special tokens included) that the encoder "
@@ -563,6 +595,10 @@ class ModelSettings(_Section):
     def _source_is_dataset_or_file(cls, source: str) -> str:
         if not source or source in DATASETS:
             return source
+        # here, not at the top: streams.labelled_files loads pyarrow (and numpy), too heavy for
+        # every CLI command that reads the settings
+        from streams.labelled_files import LabelledFileError, file_format, is_url
+
         try:
             file_format(source)
         except LabelledFileError:
@@ -576,154 +612,48 @@ class ModelSettings(_Section):
         return source
 
 
-# the decay policy's defaults live beside its code (measured by bench/loop.py)
-_MONITOR = MonitorConfig()
-Signal = Literal["ewma", "adwin", "page_hinkley", "confidence", "low_confidence_share", "oos_share"]
+class MonitorSettings(MonitorConfig):
+    """The [monitor] section: the decay policy's fields (defined once, with their defaults and
+    bounds, in streams.monitor.MonitorConfig) and how long outcomes wait to be joined."""
 
-
-class MonitorSettings(_Section):
-    signals: list[Signal] = Field(
-        list(_MONITOR.signals),
-        min_length=1,
-        description="Signals that count toward a decay decision: ewma (accuracy EWMA vs "
-        "reference), adwin, page_hinkley (river, on the error stream), confidence, "
-        "low_confidence_share, oos_share (label-free).",
-    )
-    mode: Literal["any", "all"] = Field(
-        _MONITOR.mode,
-        description="any: one listed signal decides; all: every listed signal must have fired.",
-    )
-    min_samples: int = Field(
-        _MONITOR.min_samples,
-        ge=0,
-        description="Labelled outcomes of the serving model before any decision.",
-    )
-    cooldown_s: float = Field(
-        60.0, ge=0, description="No decay decision within this long of the previous one."
-    )
     label_horizon_s: float = Field(
-        3600.0,
+        default=3600.0,
         gt=0,
         description="How long a prediction waits for its label (and a label for its "
         "prediction) before it is dropped.",
     )
-    ewma_alpha: float = Field(
-        _MONITOR.ewma_alpha,
-        gt=0,
-        le=1,
-        description="EWMA weight of the newest outcome (about 1/alpha outcomes of memory).",
-    )
-    ewma_relative_drop: float = Field(
-        _MONITOR.ewma_relative_drop,
-        gt=0,
-        lt=1,
-        description="Decay when the accuracy EWMA falls below reference * (1 - this).",
-    )
-    ewma_warmup: int = Field(
-        _MONITOR.ewma_warmup,
-        ge=1,
-        description="Outcomes after a model change whose mean accuracy becomes the reference.",
-    )
-    ewma_hysteresis: float = Field(
-        _MONITOR.ewma_hysteresis,
-        ge=0,
-        le=1,
-        description="Re-armed only above reference * (1 - relative_drop * this).",
-    )
-    adwin_delta: float = Field(
-        _MONITOR.adwin_delta, gt=0, lt=1, description="river ADWIN confidence parameter."
-    )
-    page_hinkley_threshold: float = Field(
-        _MONITOR.page_hinkley_threshold, gt=0, description="river PageHinkley threshold."
-    )
-    page_hinkley_min_instances: int = Field(
-        _MONITOR.page_hinkley_min_instances, ge=1, description="river PageHinkley warm-up."
-    )
-    label_free_alpha: float = Field(
-        _MONITOR.label_free_alpha, gt=0, le=1, description="EWMA weight of the label-free signals."
-    )
-    low_confidence: float = Field(
-        _MONITOR.low_confidence,
-        ge=0,
-        le=1,
-        description="A prediction below this confidence counts as low-confidence.",
-    )
-    oos_intents: list[str] = Field(
-        list(_MONITOR.oos_intents), description="Intents that mean out of scope."
-    )
-    label_free_warmup: int = Field(
-        _MONITOR.label_free_warmup,
-        ge=1,
-        description="Predictions after a model change that set the label-free references.",
-    )
-    label_free_relative_change: float = Field(
-        _MONITOR.label_free_relative_change,
-        gt=0,
-        lt=1,
-        description="Relative change of a label-free signal that fires it.",
-    )
-    window_size: int = Field(
-        _MONITOR.window_size,
-        ge=1,
-        description="Labelled outcomes in the live accuracy window (metrics, status).",
-    )
-    min_accuracy: float = Field(
-        _MONITOR.min_accuracy,
-        ge=0,
-        le=1,
-        description="Poor-quality trigger, decided whatever signals and mode say: a window "
-        "accuracy below this floor (after min_samples labelled outcomes) "
-        "starts a fine-tune even though accuracy never dropped (a model wrong "
-        "from the start). 0 turns it off.",
-    )
-    unknown_intent_min: int = Field(
-        _MONITOR.unknown_intent_min,
-        ge=0,
-        description="Poor-quality trigger: this many labelled outcomes (since the model "
-        "started serving) whose true intent the model has no output for start "
-        "a fine-tune (a new intent, a new taxonomy). 0 turns it off.",
-    )
 
     def to_config(self) -> MonitorConfig:
-        return MonitorConfig(**self.model_dump(exclude={"label_horizon_s"}))
+        """The policy's part, validated again (a ``model_copy(update=...)`` skips validation)."""
+        return MonitorConfig.model_validate(self.model_dump(exclude={"label_horizon_s"}))
 
 
-class LearningSettings(_Section):
-    enabled: bool = Field(
-        True,
-        description="Fine-tune when decay is confirmed (or on a manual trigger); off: detect "
-        "and report only.",
-    )
-    role: Literal["auto", "trainer", "follower"] = Field(
-        "auto",
-        description='Which replica of the consumer group fine-tunes: "auto" is the one '
-        "that owns partition 0 of the input topic (it moves on failover; a "
-        'single replica always owns it), "trainer" always, "follower" never. A '
-        "replica that is not the trainer forwards its decay decisions and "
-        "labelled examples on topics.quality.",
-    )
+class LearningDataSettings(_Section):
+    """[learning] fields that choose the training data: the window, replay from cold, the
+    holdout, hygiene and pseudo-labels."""
+
     window_s: float = Field(
-        86400.0,
+        default=86400.0,
         gt=0,
         description="Recent labelled events (hot + warm) of this many seconds, by event time, "
         "make the training data.",
     )
     replay_ratio: float = Field(
-        0.3,
+        default=0.3,
         ge=0,
         le=10,
         description="Replay examples sampled from cold per recent example (guards against "
         "forgetting).",
     )
     holdout_fraction: float = Field(
-        0.1,
+        default=0.1,
         gt=0,
         lt=0.5,
         description="Share of the recent labelled events kept out of training to judge the "
         "candidate (see holdout_span).",
     )
     holdout_span: int = Field(
-        1,
+        default=1,
         ge=1,
         le=20,
         description="1 keeps the newest labelled events out as one block (holdout, and the "
@@ -735,46 +665,46 @@ class LearningSettings(_Section):
         "is what the gate should judge.",
     )
     replay_scan_rows: int = Field(
-        2_000_000,
+        default=2_000_000,
         ge=1000,
         description="Most cold rows read to draw the replay sample. When cold holds more, "
         "whole files are chosen at random under the fine-tune's seed, so the "
         "parent's memory stays bounded as history grows.",
     )
     replay_eval_fraction: float = Field(
-        0.2,
+        default=0.2,
         ge=0,
         lt=1,
         description="Share of the replay sample kept out of training to measure forgetting.",
     )
     replay_class_cap: float = Field(
-        2.0,
+        default=2.0,
         ge=1,
         description="No intent keeps more than this many times its fair share (size / intents) "
         "of the replay sample; the rest is dropped before training (a few frequent "
         "intents would otherwise fill the sample when the others are rare in cold).",
     )
     hygiene: bool = Field(
-        True,
+        default=True,
         description="Clean the training examples before every fine-tune (models/hygiene.py): "
         "normalise text, drop empties, holdout leaks, exact and near duplicates, "
         "resolve label conflicts; the manifest records what was removed and why.",
     )
     near_duplicate_threshold: float = Field(
-        0.9,
+        default=0.9,
         ge=0,
         le=1,
         description="Estimated Jaccard similarity of word 3-shingles above which two examples "
         "with the same intent are near duplicates (the newest is kept); 0 or 1 "
         "turns near-duplicate removal off.",
     )
-    label_conflicts: Literal["majority", "drop"] = Field(
-        "majority",
+    label_conflicts: ConflictPolicy = Field(
+        default="majority",
         description='A text labelled with different intents: "majority" keeps the majority '
         'intent (a tie drops the text), "drop" drops every example of it.',
     )
     pseudo_labels: bool = Field(
-        False,
+        default=False,
         description="Also train on confident predictions of recent unlabelled utterances, at "
         "pseudo_label_weight (models/pseudo.py). The confidence threshold is "
         "measured on the fine-tune's validation split (human labels), and the "
@@ -783,118 +713,138 @@ class LearningSettings(_Section):
         "gated on or used for decay detection.",
     )
     pseudo_label_weight: float = Field(
-        0.3,
+        default=0.3,
         gt=0,
         le=1,
         description="Loss weight of a pseudo-labelled example (a human label weighs 1).",
     )
     pseudo_label_precision: float = Field(
-        0.95,
+        default=0.95,
         gt=0,
         le=1,
         description="The threshold is the lowest confidence at which the candidate's "
         "predictions on its validation split were right at least this often.",
     )
     pseudo_label_ratio: float = Field(
-        1.0, ge=0, le=10, description="Most pseudo-labels per human-labelled training example."
+        default=1.0,
+        ge=0,
+        le=10,
+        description="Most pseudo-labels per human-labelled training example.",
     )
     min_labelled: int = Field(
-        300,
+        default=300,
         ge=10,
         description="Fewest labelled examples a fine-tune starts with; against an incumbent "
         "also enough for the gate's holdout of 50 at holdout_fraction (500 at 0.1).",
     )
     max_examples: int = Field(
-        30000, ge=100, description="Most recent labelled examples used (the newest are kept)."
+        default=30000,
+        ge=100,
+        description="Most recent labelled examples used (the newest are kept).",
     )
+
+
+class LearningRunSettings(_Section):
+    """[learning] fields of a fine-tune run: when it may start, how long it may take, and
+    where and how it runs."""
+
     cooldown_s: float = Field(
-        30.0,
+        default=30.0,
         ge=0,
         description="Least time between the end of one fine-tune that trained (not a skipped "
         "one) and the start of the next automatic one.",
     )
     timeout_s: float = Field(
-        600.0,
+        default=600.0,
         gt=0,
         description="A fine-tune still running after this long is killed (no swap, a failure "
         "metric).",
     )
     threads: int = Field(
-        1,
+        default=1,
         ge=1,
         le=256,
         description="Torch threads of the fine-tune child; the rest of the cores keep ingesting.",
     )
     distributed_processes: int = Field(
-        1,
+        default=1,
         ge=1,
         le=64,
         description="Fine-tune under torchrun with this many DDP workers (each with `threads` "
         "torch threads); 1 trains in one child process. The same gate and registry "
         "steps follow; rank 0 judges.",
     )
-    distributed_backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto",
+    distributed_backend: DistributedBackend = Field(
+        default="auto",
         description='torch.distributed backend of the workers: "auto" is NCCL when CUDA is '
         "present, else gloo.",
     )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description='"auto" (CUDA when present), "cpu" or "cuda[:N]".',
+    )
+    precision: Precision = Field(
+        default="auto",
+        description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 '
+        "on CPU.",
+    )
+
+
+class LearningOptimiserSettings(_Section):
+    """[learning] fields of the optimisation itself: epochs, learning rate, batches,
+    early stopping, and which layers of an encoder train."""
+
     epochs: int = Field(
-        10,
+        default=10,
         ge=1,
         le=200,
         description="Most epochs per fine-tune (early stopping on a validation split may stop "
         "sooner).",
     )
     lr: float | None = Field(
-        None,
+        default=None,
         gt=0,
         description="Peak learning rate (AdamW); unset: the architecture's default scaled by "
         "sqrt(examples per step / 64).",
     )
     batch_size: int = Field(
-        256,
+        default=256,
         ge=1,
         le=65536,
         description="Examples per micro-batch (large batches: far fewer optimiser steps over "
         "the embedding table, so much faster on CPU).",
     )
     accumulation_steps: int = Field(
-        1, ge=1, le=1024, description="Micro-batches per optimiser step (gradient accumulation)."
+        default=1,
+        ge=1,
+        le=1024,
+        description="Micro-batches per optimiser step (gradient accumulation).",
     )
-    clip_norm: float = Field(1.0, ge=0, description="Gradient norm clip; 0 turns it off.")
+    clip_norm: float = Field(default=1.0, ge=0, description="Gradient norm clip; 0 turns it off.")
     warmup_ratio: float = Field(
-        0.06,
+        default=0.06,
         ge=0,
         lt=1,
         description="Share of steps with a linear learning-rate warm-up before the cosine decay.",
     )
     curriculum: bool = Field(
-        False,
+        default=False,
         description="The first epoch of a fine-tune goes easy to hard, by the incumbent's loss "
         "on each example (later epochs are shuffled).",
     )
     validation_fraction: float = Field(
-        0.03,
+        default=0.03,
         ge=0,
         lt=0.5,
         description="Share of the training examples (the newest, spread as holdout_span says) "
         "kept out for early stopping; 0 trains every epoch and keeps the last.",
     )
     patience: int = Field(
-        3, ge=1, description="Epochs without a lower validation loss before early stopping."
-    )
-    device: str = Field(
-        "auto",
-        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-        description='"auto" (CUDA when present), "cpu" or "cuda[:N]".',
-    )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto",
-        description='"auto": bf16 AMP on CUDA where supported, else fp16 with GradScaler; fp32 '
-        "on CPU.",
+        default=3, ge=1, description="Epochs without a lower validation loss before early stopping."
     )
     encoder_trainable_layers: int | None = Field(
-        None,
+        default=None,
         ge=-1,
         description='Architecture "encoder": the top encoder layers a fine-tune trains '
         "(the lower ones and the embeddings stay frozen); 0 trains the head "
@@ -903,7 +853,7 @@ class LearningSettings(_Section):
         "CUDA, 0 on CPU.",
     )
     encoder_head_epochs: int = Field(
-        40,
+        default=40,
         ge=1,
         le=1000,
         description="Epochs of a fine-tune that trains an encoder's head alone "
@@ -911,8 +861,13 @@ class LearningSettings(_Section):
         "sentence embeddings, milliseconds for a few thousand labels, and the "
         "head needs more of them than a network does (learning.epochs).",
     )
+
+
+class LearningGateSettings(_Section):
+    """[learning] fields of the gate a candidate must pass to replace the incumbent."""
+
     gate_margin: float = Field(
-        0.005,
+        default=0.005,
         ge=-0.1,
         le=1,
         description="Holdout accuracy the candidate must gain over the incumbent "
@@ -922,7 +877,7 @@ class LearningSettings(_Section):
         "into rejections).",
     )
     followup_gate_margin: float = Field(
-        -0.01,
+        default=-0.01,
         ge=-0.1,
         le=1,
         description="The same for follow-ups. Their incumbent is the previous candidate of "
@@ -931,36 +886,46 @@ class LearningSettings(_Section):
         "holdout of a few hundred labels).",
     )
     forgetting_epsilon: float = Field(
-        0.02,
+        default=0.02,
         ge=0,
         le=1,
         description="Replay accuracy the candidate may lose against the incumbent (absolute).",
     )
     latency_ratio: float = Field(
-        1.5, ge=1, description="Candidate p99 (one text) may be this multiple of the incumbent's..."
+        default=1.5,
+        ge=1,
+        description="Candidate p99 (one text) may be this multiple of the incumbent's...",
     )
     latency_budget_ms: float | None = Field(
-        None,
+        default=None,
         gt=0,
         description="...or under this absolute p99 budget; unset: the architecture's (5 ms for "
         "the bag of n-grams and the transformer, 25 ms for the encoder).",
     )
+
+
+class LearningRecoverySettings(_Section):
+    """[learning] fields of what follows a decay: follow-up retrains, and the canary that
+    watches a swap and rolls it back."""
+
     followup_labels: int = Field(
-        1500,
+        default=1500,
         ge=0,
         description="After a decay, retrain each time this many new labels arrived since the "
         "last fine-tune ended, until followup_patience rejections in a row or "
         "max_followups (recovery); 0 turns follow-ups off.",
     )
-    max_followups: int = Field(6, ge=0, description="Most follow-up retrains after one decay.")
+    max_followups: int = Field(
+        default=6, ge=0, description="Most follow-up retrains after one decay."
+    )
     followup_patience: int = Field(
-        2,
+        default=2,
         ge=1,
         description="Follow-ups stop after this many consecutive gate rejections (nothing left "
         "to gain).",
     )
     followup_quiet_s: float = Field(
-        60.0,
+        default=60.0,
         ge=0,
         description="After a decay, when labels stop arriving for this long and at least a "
         "quarter of followup_labels came since the last fine-tune took its "
@@ -968,10 +933,12 @@ class LearningSettings(_Section):
         "turns it off.",
     )
     canary_labels: int = Field(
-        300, ge=0, description="Labelled outcomes watched after a swap; 0 turns the canary off."
+        default=300,
+        ge=0,
+        description="Labelled outcomes watched after a swap; 0 turns the canary off.",
     )
     canary_margin: float = Field(
-        0.05,
+        default=0.05,
         ge=0,
         le=1,
         description="Roll back when the new model's canary accuracy is this much below the "
@@ -979,34 +946,60 @@ class LearningSettings(_Section):
     )
 
 
+class LearningSettings(
+    LearningRecoverySettings,
+    LearningGateSettings,
+    LearningOptimiserSettings,
+    LearningRunSettings,
+    LearningDataSettings,
+):
+    """The [learning] section: the field groups above (one table, one env prefix
+    DRIFTD_LEARNING__), and whether and on which replica learning runs. The groups are listed
+    last-first because pydantic collects fields base by base in reverse MRO order."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Fine-tune when decay is confirmed (or on a manual trigger); off: detect "
+        "and report only.",
+    )
+    role: Literal["auto", "trainer", "follower"] = Field(
+        default="auto",
+        description='Which replica of the consumer group fine-tunes: "auto" is the one '
+        "that owns partition 0 of the input topic (it moves on failover; a "
+        'single replica always owns it), "trainer" always, "follower" never. A '
+        "replica that is not the trainer forwards its decay decisions and "
+        "labelled examples on topics.quality.",
+    )
+
+
 class LabelingSettings(_Section):
     enabled: bool = Field(
-        False,
+        default=False,
         description="Publish labelling requests for the most uncertain predictions on "
         "topics.labeling_requests (`driftd labels export | import` take them to "
         "Label Studio and back).",
     )
-    strategy: Literal["least_confidence", "margin", "entropy", "random"] = Field(
-        "margin",
+    strategy: StrategyName = Field(
+        default="margin",
         description="Uncertainty score of a prediction: least_confidence (1 - p1), margin (1 - "
         "(p1 - p2)) or entropy (normalised, over the top-k); random (a hash of the "
         "event id) is the baseline they are measured against.",
     )
     budget_per_hour: int = Field(
-        100,
+        default=100,
         ge=0,
         description="Most labelling requests an hour (a token bucket holding a sixth of it, so "
         "the hour cannot go at once); 0 requests nothing.",
     )
     min_score: float = Field(
-        0.3,
+        default=0.3,
         ge=0,
         le=1,
         description="A prediction is requested only with at least this uncertainty score, and "
         "at least the `percentile` of the last `window` scores.",
     )
     percentile: float = Field(
-        80.0,
+        default=80.0,
         ge=0,
         lt=100,
         description="Running percentile of the last `window` scores a prediction must "
@@ -1015,7 +1008,7 @@ class LabelingSettings(_Section):
         "queue most uncertain first (`driftd labels export` orders it so).",
     )
     diversity_threshold: float = Field(
-        0.8,
+        default=0.8,
         ge=0,
         le=1,
         description="Estimated Jaccard similarity of word 3-shingles (MinHash) with one of the "
@@ -1023,7 +1016,7 @@ class LabelingSettings(_Section):
         "duplicate and not requested; 0 turns the guard off.",
     )
     window: int = Field(
-        500,
+        default=500,
         ge=1,
         description="Recent scores the percentile is taken over, and recent requested texts "
         "the diversity guard compares with.",
@@ -1032,27 +1025,31 @@ class LabelingSettings(_Section):
 
 class ReplaySettings(_Section):
     dataset: str = Field(
-        "clinc150",
+        default="clinc150",
         description="Shipped dataset the demo (and driftd replay without --file) replays: "
         "clinc150, banking77, snips, or another name in streams.datasets.DATASETS.",
     )
     data_dir: Path | None = Field(
-        None, description="Where the datasets are; unset uses the copy shipped in data/."
+        default=None, description="Where the datasets are; unset uses the copy shipped in data/."
     )
-    rate: float = Field(800.0, ge=0, description="Events per second; 0 means as fast as possible.")
-    limit: int = Field(30000, ge=0, description="Utterances to send; 0 means the whole split.")
+    rate: float = Field(
+        default=800.0, ge=0, description="Events per second; 0 means as fast as possible."
+    )
+    limit: int = Field(
+        default=30000, ge=0, description="Utterances to send; 0 means the whole split."
+    )
     label_fraction: float = Field(
-        0.5, ge=0, le=1, description="Share of utterances that later get a label event."
+        default=0.5, ge=0, le=1, description="Share of utterances that later get a label event."
     )
     label_delay: int = Field(
-        200, ge=0, description="A label is sent this many utterances after its utterance."
+        default=200, ge=0, description="A label is sent this many utterances after its utterance."
     )
     schedule: str = Field(
-        "0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;3000=*",
+        default="0=banking,credit_cards,kitchen_and_dining,home,auto_and_commute;3000=*",
         description="Drift schedule: <utterance index>=<domains or intents, comma separated, * "
         "for all>;...",
     )
-    seed: int = Field(7, description="Seed of the replay order.")
+    seed: int = Field(default=7, description="Seed of the replay order.")
 
     @field_validator("dataset")
     @classmethod

@@ -132,6 +132,21 @@ def write_timeline_png(settings: Settings, data_dir: Path) -> Path | None:
     )
 
 
+SUMMARY_METRICS = (
+    "driftd_events_total",
+    "driftd_dlq_total",
+    "driftd_tier_events",
+    "driftd_demotions_total",
+    "driftd_cold_files",
+    "driftd_predictions_total",
+    "driftd_outcomes_total",
+    "driftd_decay_decisions_total",
+    "driftd_finetune_runs_total",
+    "driftd_finetune_results_total",
+    "driftd_live_accuracy",
+)
+
+
 def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
     data_dir = settings.daemon.data_dir / "demo"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -147,89 +162,13 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
         f"drifts ({settings.replay.schedule}); watch the daemon detect it, "
         "fine-tune, gate and swap."
     )
-
     with EmbeddedBroker(port, log_path=data_dir / "broker.log") as broker:
         ensure_topics_sync(broker.bootstrap, topic_specs(settings))
-        env = {
-            **os.environ,
-            **DEMO_TIER_ENV,
-            "DRIFTD_KAFKA__BOOTSTRAP": bootstrap,
-            "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
-            # named explicitly: the child sees a host:port broker,
-            # and only "embedded" implies the demo dataset
-            "DRIFTD_MODELS__BOOTSTRAP_SOURCE": settings.models.bootstrap_source
-            or settings.models.bootstrap_dataset,
-        }
-        daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
-        wait_for(
-            lambda: json.load(
-                urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2)
-            )["ready"],
-            180,
-            "the daemon to be ready (first run: training the bootstrap model)",
-            daemon,
-        )
+        daemon = _start_daemon(settings, bootstrap, data_dir, metrics_url)
         try:
-            stats = replay_dataset(settings, settings.replay, "train", bootstrap, progress=True)
-            asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
-            sent = stats.sent
-            print(
-                f"driftd demo: sent {stats.utterances} utterances + {stats.labels} "
-                f"labels of {settings.replay.dataset} and {malformed} malformed "
-                "payloads"
-            )
-
-            def all_stored() -> bool:
-                samples = scrape(metrics_url)  # once per poll
-                return (
-                    family_total(samples, "driftd_events_total") >= sent
-                    and family_total(samples, "driftd_dlq_total") >= malformed
-                )
-
-            wait_for(all_stored, 120, "every event to be stored", daemon)
-            print(
-                "driftd demo: every event is stored; waiting for them to age from "
-                "hot through warm into cold ..."
-            )
-            wait_for(
-                lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent,
-                90,
-                "demotion to cold",
-                daemon,
-            )
-            wait_for(
-                lambda: scrape(metrics_url).get("driftd_finetune_running", 0) == 0,
-                300,
-                "the last fine-tune to finish",
-                daemon,
-            )
-            _show_predictions(metrics_url.replace("/metrics", "/v1/predict"))
-            final = scrape(metrics_url)
-            print("driftd demo: summary from /metrics")
-            for name in (
-                "driftd_events_total",
-                "driftd_dlq_total",
-                "driftd_tier_events",
-                "driftd_demotions_total",
-                "driftd_cold_files",
-                "driftd_predictions_total",
-                "driftd_outcomes_total",
-                "driftd_decay_decisions_total",
-                "driftd_finetune_runs_total",
-                "driftd_finetune_results_total",
-                "driftd_live_accuracy",
-            ):
-                for key, value in sorted(final.items()):
-                    if key == name or key.startswith(name + "{"):
-                        print(f"  {key:55s} {value:>10.0f}")
+            _drive(settings, bootstrap, metrics_url, malformed, daemon)
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                code = daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                code = daemon.wait()
-            print(f"driftd demo: daemon stopped (exit code {code})")
+            code = _stop(daemon)
     png = write_timeline_png(settings, data_dir)
     if png is not None:
         print(
@@ -238,4 +177,92 @@ def run_demo(settings: Settings, malformed: int = 25, keep: bool = True) -> int:
         )
     if not keep:
         shutil.rmtree(data_dir, ignore_errors=True)
+    return code
+
+
+def _start_daemon(
+    settings: Settings, bootstrap: str, data_dir: Path, metrics_url: str
+) -> subprocess.Popen[bytes]:
+    """``driftd run`` against the demo's broker and data directory, once it is ready."""
+    env = {
+        **os.environ,
+        **DEMO_TIER_ENV,
+        "DRIFTD_KAFKA__BOOTSTRAP": bootstrap,
+        "DRIFTD_DAEMON__DATA_DIR": str(data_dir),
+        # named explicitly: the child sees a host:port broker,
+        # and only "embedded" implies the demo dataset
+        "DRIFTD_MODELS__BOOTSTRAP_SOURCE": settings.models.bootstrap_source
+        or settings.models.bootstrap_dataset,
+    }
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env)
+    wait_for(
+        lambda: json.load(
+            urllib.request.urlopen(metrics_url.replace("/metrics", "/readyz"), timeout=2)
+        )["ready"],
+        180,
+        "the daemon to be ready (first run: training the bootstrap model)",
+        daemon,
+    )
+    return daemon
+
+
+def _drive(
+    settings: Settings,
+    bootstrap: str,
+    metrics_url: str,
+    malformed: int,
+    daemon: subprocess.Popen[bytes],
+) -> None:
+    """Replay the drifting stream and some malformed payloads, wait until every event is stored,
+    in cold and learnt from, then show predictions and a summary."""
+    stats = replay_dataset(settings, settings.replay, "train", bootstrap, progress=True)
+    asyncio.run(_send_malformed(bootstrap, settings.topics.input, malformed))
+    sent = stats.sent
+    print(
+        f"driftd demo: sent {stats.utterances} utterances + {stats.labels} "
+        f"labels of {settings.replay.dataset} and {malformed} malformed "
+        "payloads"
+    )
+
+    def all_stored() -> bool:
+        samples = scrape(metrics_url)  # once per poll
+        return (
+            family_total(samples, "driftd_events_total") >= sent
+            and family_total(samples, "driftd_dlq_total") >= malformed
+        )
+
+    wait_for(all_stored, 120, "every event to be stored", daemon)
+    print(
+        "driftd demo: every event is stored; "
+        "waiting for them to age from hot through warm into cold ..."
+    )
+    wait_for(
+        lambda: scrape(metrics_url).get("driftd_tier_events{tier=cold}", 0) >= sent,
+        90,
+        "demotion to cold",
+        daemon,
+    )
+    wait_for(
+        lambda: scrape(metrics_url).get("driftd_finetune_running", 0) == 0,
+        300,
+        "the last fine-tune to finish",
+        daemon,
+    )
+    _show_predictions(metrics_url.replace("/metrics", "/v1/predict"))
+    final = scrape(metrics_url)
+    print("driftd demo: summary from /metrics")
+    for name in SUMMARY_METRICS:
+        for key, value in sorted(final.items()):
+            if key == name or key.startswith(name + "{"):
+                print(f"  {key:55s} {value:>10.0f}")
+
+
+def _stop(daemon: subprocess.Popen[bytes]) -> int:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        code = daemon.wait(15)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        code = daemon.wait()
+    print(f"driftd demo: daemon stopped (exit code {code})")
     return code

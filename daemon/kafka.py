@@ -17,11 +17,12 @@ __all__ = ["aiokafka_options", "faust_credentials"]
 def _ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     if "SSL" not in kafka.security_protocol:
         return None
-    return create_ssl_context(
+    context: ssl.SSLContext = create_ssl_context(  # aiokafka's helper is untyped
         cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
         certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
         keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
     )
+    return context
 
 
 def aiokafka_options(kafka: KafkaSettings) -> dict[str, Any]:

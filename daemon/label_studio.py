@@ -17,9 +17,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from aiokafka.structs import ConsumerRecord
 
 # Kafka clients, faust (daemon.kafka) and datasketch (streams.labeling) are imported where
 # used: every `driftd` command loads this module, and most of them need none of those.
@@ -76,6 +79,13 @@ async def read_requests(
     """Every labelling request on ``topic`` from its start to its end now (first of
     each event_id kept), and a reason per record that is not one. Raises LabelsError
     when the topic does not exist or the end is not reached within ``timeout_s``."""
+    return parse_requests(await _read_topic(bootstrap, topic, client_options, timeout_s))
+
+
+async def _read_topic(
+    bootstrap: str, topic: str, client_options: dict[str, Any], timeout_s: float
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from its start to its end as of now."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
@@ -96,7 +106,7 @@ async def read_requests(
         # Each partition's end is the high watermark of the first fetch response for it, not
         # ListOffsets: Tansu (the embedded broker) answers that with the start of the last batch.
         ends: dict[TopicPartition, int] = {}
-        records = []
+        records: list[ConsumerRecord[bytes, bytes]] = []
         deadline = time.monotonic() + timeout_s
         while len(ends) < len(partitions) or [
             tp for tp in partitions if await consumer.position(tp) < ends[tp]
@@ -118,6 +128,14 @@ async def read_requests(
             )
     finally:
         await consumer.stop()
+    return records
+
+
+def parse_requests(
+    records: list[ConsumerRecord[bytes, bytes]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The labelling requests among ``records`` in time order (first of each event_id kept),
+    and a reason per record that is not one."""
     requests: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     for record in sorted(records, key=lambda r: (r.timestamp, r.partition, r.offset)):

@@ -72,6 +72,11 @@ class LearningMetrics:
             " for too little data; 0 when none waits.",
             registry=registry,
         )
+        self._expose_every_label()
+
+    def _expose_every_label(self) -> None:
+        """Each trigger, result and reason is exported from the start, at 0, so rates and
+        alerts see the series before its first increment."""
         for trigger in TRIGGERS:
             self.runs.labels(trigger)
         for result in FINETUNE_RESULTS:

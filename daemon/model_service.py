@@ -257,10 +257,8 @@ def _dataset_examples(settings: Settings, name: str) -> tuple[list[str], list[st
 
 
 class ModelService(mode.Service):
-    def __init__(
-        self, settings: Settings, server: ModelServer, registry: Registry, **kwargs: object
-    ) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, settings: Settings, server: ModelServer, registry: Registry) -> None:
+        super().__init__()
         self.settings = settings
         self.server = server
         self.registry = registry
@@ -330,7 +328,8 @@ class ModelService(mode.Service):
 
     def _load_from_registry(self) -> bool:
         current = self.registry.current()
-        candidates = [current] + [v for v in reversed(self.registry.versions()) if v != current]
+        others = [v for v in reversed(self.registry.versions()) if v != current]
+        candidates = others if current is None else [current, *others]
         for version in candidates:
             try:
                 self.server.load_and_swap(self.registry, version)

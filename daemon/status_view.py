@@ -106,15 +106,7 @@ def _training(training: dict[str, Any]) -> list[str]:
 
 def render_status(status: dict[str, Any], where: str) -> str:
     lines = [f"driftd at {where}: pid {status['pid']}, up {_age(status['uptime_s'])}"]
-    model = status.get("model")
-    if model is None:
-        lines.append("model      none loaded yet")
-    else:
-        lines.append(
-            f"model      {model['version']} ({model['intents']} intents), published "
-            f"{_age(model['age_s'])} ago; registry current "
-            f"{model['registry_current']}"
-        )
+    lines.append(_model_line(status.get("model")))
     q = status["quality"]
     samples = q["samples"]
     lines.append(
@@ -145,17 +137,7 @@ def render_status(status: dict[str, Any], where: str) -> str:
         f"ingest     {ingest['events']:.0f} events stored, "
         f"{ingest['dead_lettered']:.0f} dead-lettered{paused}"
     )
-    broker = status.get("broker") or {}
-    if broker.get("up") is False:
-        lines.append(
-            f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: "
-            f"{broker['last_error']} ({broker['outages']} outages so far)"
-        )
-    else:
-        lines.append(
-            f"broker     {'reachable' if broker.get('up') else 'not probed yet'} "
-            f"({broker.get('outages', 0)} outages so far)"
-        )
+    lines.append(_broker_line(status.get("broker") or {}))
     lag = status.get("consumer_lag") or {}
     lines.append(
         "lag        "
@@ -167,3 +149,25 @@ def render_status(status: dict[str, Any], where: str) -> str:
     )
     lines.extend(_training(status["training"]))
     return "\n".join(lines)
+
+
+def _model_line(model: dict[str, Any] | None) -> str:
+    if model is None:
+        return "model      none loaded yet"
+    return (
+        f"model      {model['version']} ({model['intents']} intents), published "
+        f"{_age(model['age_s'])} ago; registry current "
+        f"{model['registry_current']}"
+    )
+
+
+def _broker_line(broker: dict[str, Any]) -> str:
+    if broker.get("up") is False:
+        return (
+            f"broker     UNREACHABLE for {_age(broker['down_for_s'])}: "
+            f"{broker['last_error']} ({broker['outages']} outages so far)"
+        )
+    return (
+        f"broker     {'reachable' if broker.get('up') else 'not probed yet'} "
+        f"({broker.get('outages', 0)} outages so far)"
+    )

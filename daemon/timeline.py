@@ -19,7 +19,10 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 __all__ = ["MARK_KINDS", "Mark", "TimelineRecorder", "render_png"]
 
@@ -241,10 +244,32 @@ def render_png(
     if x_hi <= x_lo:
         x_hi = x_lo + 1
 
-    # Shade each model-version segment, labelled at the top of the axes.
-    if len(rec.segments) > 1 or (rec.segments and rec.segments[0][1]):
-        bounds = [x for x, _ in rec.segments[1:]] + [x_hi]
-        for i, ((start, version), end) in enumerate(zip(rec.segments, bounds, strict=True)):
+    _shade_segments(ax, rec.segments, x_hi)
+
+    ax.plot(xs, ys, color="tab:blue", lw=1.5, label=f"accuracy (last {rec.window})")
+
+    if reference is not None:
+        ax.axhline(reference, color="0.4", ls="--", lw=1, label=f"reference {reference:.2f}")
+
+    _draw_marks(ax, rec.marks)
+
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("labelled events")
+    ax.set_ylabel("windowed accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+
+    return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+
+
+def _shade_segments(ax: Axes, segments: list[tuple[int, str]], x_hi: float) -> None:
+    """Shade each model-version segment, labelled at the top of the axes."""
+    if len(segments) > 1 or (segments and segments[0][1]):
+        bounds = [x for x, _ in segments[1:]] + [x_hi]
+        for i, ((start, version), end) in enumerate(zip(segments, bounds, strict=True)):
             ax.axvspan(
                 start, end, color=_SEGMENT_SHADES[i % len(_SEGMENT_SHADES)], alpha=0.08, lw=0
             )
@@ -260,27 +285,14 @@ def render_png(
                     clip_on=True,
                 )
 
-    ax.plot(xs, ys, color="tab:blue", lw=1.5, label=f"accuracy (last {rec.window})")
 
-    if reference is not None:
-        ax.axhline(reference, color="0.4", ls="--", lw=1, label=f"reference {reference:.2f}")
-
+def _draw_marks(ax: Axes, marks: list[Mark]) -> None:
+    """A vertical line per mark (swap, decay, ...), each kind once in the legend."""
     seen: set[str] = set()
     order = {kind: i for i, kind in enumerate(_MARK_STYLES)}
-    for m in sorted(rec.marks, key=lambda m: order.get(m.kind, len(order))):
+    for m in sorted(marks, key=lambda m: order.get(m.kind, len(order))):
         colour, style, legend = _MARK_STYLES.get(m.kind, ("0.5", ":", m.kind))
         ax.axvline(
             m.at_event, color=colour, ls=style, lw=1.5, label=None if m.kind in seen else legend
         )
         seen.add(m.kind)
-
-    ax.set_xlim(x_lo, x_hi)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("labelled events")
-    ax.set_ylabel("windowed accuracy")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
-    fig.tight_layout()
-
-    return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=dpi))

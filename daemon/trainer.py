@@ -116,8 +116,11 @@ class TrainerProcess:
         self, job: FineTuneJob, timeout_s: float, on_progress: Callable[[dict[str, Any]], None]
     ) -> FineTuneResult:
         loop = asyncio.get_running_loop()
-        # The collectors read progress in a worker thread; the callback belongs to the event loop.
-        progress = lambda update: loop.call_soon_threadsafe(on_progress, update)  # noqa: E731 - a one-line adapter
+
+        def progress(update: dict[str, Any]) -> None:
+            # the collectors read progress in a worker thread; the callback belongs to the loop
+            loop.call_soon_threadsafe(on_progress, update)
+
         if self.processes > 1:
             return await self._run_torchrun(job, timeout_s, progress)
         ctx = multiprocessing.get_context("spawn")
@@ -200,7 +203,8 @@ class TrainerProcess:
             if kind == "progress":
                 on_progress(payload)
             elif kind == "result":
-                return payload
+                result: FineTuneResult = payload  # the child sends ("result", FineTuneResult)
+                return result
             else:
                 reason, detail = payload
                 raise TrainingFailed(reason, detail)
@@ -286,7 +290,8 @@ class TrainerProcess:
             (pickle.loads(p.read_bytes()) for p in records), key=lambda r: r[0] != "result"
         ):
             if kind == "result":
-                return payload
+                result: FineTuneResult = payload  # rank 0 writes ("result", FineTuneResult)
+                return result
             reason, detail = payload
             raise TrainingFailed(reason, detail)
         tail = (workdir / "output.log").read_bytes()[-2000:].decode(errors="replace")

@@ -59,29 +59,52 @@ def train(
     counted). The new version becomes CURRENT with
     --activate, or when the registry has none; a running daemon swaps to a new CURRENT within
     models.sync_interval_s (one that serves nothing yet loads it in the same interval)."""
-    from typing import get_args
-
     from models.registry_mirror import open_registry
-    from streams.labelled_files import LabelledFileError, read_labelled
-
-    from ..config import ModelSettings
 
     settings = load(config)
     m = settings.models
     # the bar tells the epochs; the quantizer's advice is noise here
     setup_logging("ERROR", settings.daemon.log_format)
-    known = get_args(ModelSettings.model_fields["architecture"].annotation)
+    architecture = _checked_architecture(architecture, settings)
+    data = _read(source, text_column, intent_column, settings)
+    registry = open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options)
+    try:
+        trained = _train_with_bar(data, registry, architecture, holdout, seed, progress, settings)
+    except CheckpointError as exc:
+        fail("train", exc, 2)
+    typer.echo(_accuracy_line(trained, holdout))
+    _register(trained, registry, activate, settings)
+
+
+def _checked_architecture(architecture: str | None, settings: Settings) -> str:
+    """--architecture, or models.architecture; exits 2 on an unknown one or a missing encoder."""
+    from typing import get_args
+
+    from models.names import ArchitectureName
+
+    known = get_args(ArchitectureName)
     if architecture is not None and architecture not in known:
         fail("train", f"--architecture {architecture!r} is not one of {', '.join(known)}", 2)
-    if (architecture or m.architecture) == "encoder" and not m.encoder:
+    chosen = architecture or settings.models.architecture
+    if chosen == "encoder" and not settings.models.encoder:
         fail(
             "train",
             '--architecture encoder needs models.encoder ("minilm" or a checkpoint directory)',
             2,
         )
+    return chosen
+
+
+def _read(source: str, text_column: str, intent_column: str, settings: Settings) -> LabelledData:
+    """The labelled file, with what was read said on stdout; exits 2 on an unusable file."""
+    from streams.labelled_files import LabelledFileError, read_labelled
+
     try:
         data = read_labelled(
-            source, text_column, intent_column, storage_options=m.bootstrap_storage_options
+            source,
+            text_column,
+            intent_column,
+            storage_options=settings.models.bootstrap_storage_options,
         )
     except LabelledFileError as exc:
         fail("train", exc, 2)
@@ -89,32 +112,34 @@ def train(
     typer.echo(
         f"read {len(data)} examples of {len(data.intent_counts())} intents from {source}{skipped}"
     )
-    registry = open_registry(settings.registry_dir, m.registry_url, m.registry_storage_options)
-    try:
-        trained = _train_with_bar(
-            data, registry, architecture or m.architecture, holdout, seed, progress, settings
-        )
-    except CheckpointError as exc:
-        fail("train", exc, 2)
+    return data
+
+
+def _accuracy_line(trained: TrainedVersion, holdout: float) -> str:
     if trained.holdout_accuracy is None:
-        typer.echo(
+        return (
             f"holdout accuracy: not measured (--holdout {holdout:g} leaves no example out); "
             f"trained on {trained.train_examples}"
         )
-    else:
-        typer.echo(
-            f"holdout accuracy {trained.holdout_accuracy:.4f} on "
-            f"{trained.holdout_examples} examples "
-            f"({holdout:.0%} of each intent; the INT8 model as it "
-            f"serves), trained on {trained.train_examples}"
-        )
+    return (
+        f"holdout accuracy {trained.holdout_accuracy:.4f} on "
+        f"{trained.holdout_examples} examples "
+        f"({holdout:.0%} of each intent; the INT8 model as it "
+        f"serves), trained on {trained.train_examples}"
+    )
+
+
+def _register(
+    trained: TrainedVersion, registry: Registry, activate: bool, settings: Settings
+) -> None:
+    """Make the new version CURRENT (with --activate, or when none is) and say what happened."""
     version, current, where = trained.manifest.version, registry.current(), settings.registry_dir
     if activate or current is None:
         registry.set_current(version)
         typer.echo(
             f"registered {version} in {where}; it is CURRENT now "
             "(a running daemon on this registry swaps to it within "
-            f"models.sync_interval_s = {m.sync_interval_s:g}s)"
+            f"models.sync_interval_s = {settings.models.sync_interval_s:g}s)"
         )
     else:
         typer.echo(

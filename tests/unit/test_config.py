@@ -406,3 +406,83 @@ def test_driftd_run_with_a_bad_value_stops_with_exit_code_2_before_starting_anyt
         and "DRIFTD_TIERS__HOT_MAX_EVENTS" in result.stderr
     )
     assert not (tmp_path / "state").exists()  # failed before touching any state
+
+
+# --- one source per setting and per name ---------------------------------------------------------
+
+
+def _choices(section: type[BaseModel], key: str) -> set[object]:
+    return set(typing.get_args(section.model_fields[key].annotation))
+
+
+def test_the_config_offers_exactly_the_registered_names() -> None:
+    """The Literals of the settings are the registries' names (registries load torch/numpy, the
+    settings must not, so the names are declared apart and checked here)."""
+    from daemon.config import LearningSettings, ModelSettings, PriorityRule
+    from models.architectures import ARCHITECTURES
+    from models.distributed import BACKENDS
+    from models.hygiene import CONFLICT_POLICIES
+    from models.train import PRECISIONS
+    from streams.monitor import DETECTORS, LABEL_FREE_SIGNALS, POOR_QUALITY_TRIGGERS, SIGNALS
+    from streams.monitor.config import DetectorName, LabelFreeSignalName, SignalName, TriggerName
+    from streams.replay import PRIORITIES
+
+    assert _choices(ModelSettings, "architecture") == set(ARCHITECTURES)
+    assert _choices(LearningSettings, "label_conflicts") == set(CONFLICT_POLICIES)
+    assert _choices(LearningSettings, "distributed_backend") == set(BACKENDS)
+    assert _choices(LearningSettings, "precision") == set(PRECISIONS)
+    assert _choices(PriorityRule, "priority") == set(PRIORITIES)
+    assert set(typing.get_args(DetectorName)) == set(DETECTORS)
+    assert set(typing.get_args(LabelFreeSignalName)) == set(LABEL_FREE_SIGNALS)
+    assert set(typing.get_args(SignalName)) == set(SIGNALS)
+    assert set(typing.get_args(TriggerName)) == set(POOR_QUALITY_TRIGGERS)
+
+
+def test_the_monitor_section_is_the_policys_config() -> None:
+    from streams.monitor import MonitorConfig
+
+    monitor = load_settings(None).monitor
+    assert isinstance(monitor, MonitorConfig)
+    assert monitor.to_config() == MonitorConfig()  # the same defaults: one declaration
+    assert set(type(monitor).model_fields) - set(MonitorConfig.model_fields) == {"label_horizon_s"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[monitor]\nmin_samples = -1\n", ["min_samples must be an int >= 0", "-1"]),
+        ("[monitor]\newma_alpha = 0.0\n", ["ewma_alpha must be in (0, 1]", "0.0"]),
+        ('[monitor]\nsignals = ["ewma", "cusum"]\n', ["signals must be distinct names among"]),
+        ('[monitor]\nmode = "most"\n', ["mode must be one of any, all", "'most'"]),
+        ("[monitor]\nlabel_horizon_s = 0\n", ["label_horizon_s must be a finite number > 0"]),
+    ],
+    ids=["min_samples", "ewma_alpha", "signals", "mode", "label_horizon_s"],
+)
+def test_a_bad_monitor_value_names_key_and_expectation(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    message = config_error(tmp_path, text)
+    key = text.split("\n")[1].split(" =")[0]
+    for part in [f"monitor.{key}", f"DRIFTD_MONITOR__{key.upper()}", *expected]:
+        assert part in message, f"{part!r} missing from: {message}"
+
+
+def test_an_unknown_monitor_key_is_an_error(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "[monitor]\ncooldown = 5\n")
+    assert "monitor.cooldown" in message and "unknown setting" in message
+
+
+def test_monitor_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTD_MONITOR__COOLDOWN_S", "5")
+    monkeypatch.setenv("DRIFTD_MONITOR__SIGNALS", '["ewma", "adwin"]')
+    monitor = load_settings(None).monitor
+    assert monitor.cooldown_s == 5.0 and monitor.signals == ("ewma", "adwin")
+
+
+def test_loading_the_settings_imports_neither_torch_nor_numpy() -> None:
+    code = "import sys, daemon.config; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -3,8 +3,6 @@ and a monitor retuned without losing its state."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from daemon.config import load_settings
@@ -56,14 +54,14 @@ def test_a_lower_threshold_fires_on_the_state_kept_across_the_retune():
     clock = Clock()
     monitor, traffic = _drifted_monitor(clock)
     # Accuracy 0.9 -> 0.75, a ~17% relative drop: below a 10% line soon, not below a 30% line.
-    strict = dataclasses.replace(MonitorConfig(**STEADY), ewma_relative_drop=0.30)
+    strict = MonitorConfig(**STEADY).replace(ewma_relative_drop=0.30)
     monitor.reconfigure(strict)
     assert traffic.run(400, error=0.25) == []
     ewma = monitor.detectors["ewma"]
     reference, level, seen = ewma.reference, ewma.ewma, ewma.n_seen
     assert reference is not None and 0.85 < reference < 0.95 and level < reference * 0.9
 
-    restarted = monitor.reconfigure(dataclasses.replace(strict, ewma_relative_drop=0.10))
+    restarted = monitor.reconfigure(strict.replace(ewma_relative_drop=0.10))
     assert restarted == []
     ewma = monitor.detectors["ewma"]
     # state kept, threshold new
@@ -83,9 +81,7 @@ def test_changing_a_river_detector_parameter_restarts_only_that_detector():
     monitor, _ = _drifted_monitor(clock)
     adwin_seen = monitor.detectors["adwin"].n_seen
     ph_seen = monitor.detectors["page_hinkley"].n_seen
-    restarted = monitor.reconfigure(
-        dataclasses.replace(monitor.config, page_hinkley_threshold=80.0)
-    )
+    restarted = monitor.reconfigure(monitor.config.replace(page_hinkley_threshold=80.0))
     assert restarted == ["page_hinkley"]
     assert monitor.detectors["page_hinkley"].n_seen == 0 and ph_seen == 300
     assert monitor.detectors["adwin"].n_seen == adwin_seen == 300
@@ -97,9 +93,7 @@ def test_a_smaller_window_keeps_the_newest_outcomes_and_policy_fields_apply():
     monitor, _ = _drifted_monitor(clock)
     newest = [correct for _, correct in list(monitor.window._items)[-100:]]
     monitor.reconfigure(
-        dataclasses.replace(
-            monitor.config, window_size=100, cooldown_s=5.0, signals=("ewma", "adwin")
-        )
+        monitor.config.replace(window_size=100, cooldown_s=5.0, signals=("ewma", "adwin"))
     )
     assert monitor.window.count == 100
     assert monitor.window.accuracy == pytest.approx(sum(newest) / 100)
@@ -111,7 +105,5 @@ def test_an_invalid_new_value_is_refused_and_the_monitor_is_unchanged():
     monitor, _ = _drifted_monitor(clock)
     config, ewma = monitor.config, monitor.detectors["ewma"]
     with pytest.raises(ValueError):
-        monitor.reconfigure(
-            dataclasses.replace(MonitorConfig(**FAST), ewma_alpha=0.05, min_samples=-1)
-        )
+        monitor.reconfigure(MonitorConfig(**FAST).replace(ewma_alpha=0.05, min_samples=-1))
     assert monitor.config is config and monitor.detectors["ewma"] is ewma
