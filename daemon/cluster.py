@@ -33,8 +33,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any, Protocol
 
 import mode
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -47,17 +48,35 @@ from streams.jsonsafe import json_safe
 from streams.monitor import Decision
 from streams.training_set import LabelledExample
 
-from .config import Settings
-from .learning import LearningLoop
+from .config import LearningSettings, Settings
 from .model_loader import model_loader
+from .producer import Send
 
-__all__ = ["DECISION_MAX_AGE_S", "ReplicaLink", "replica_id"]
+__all__ = [
+    "DECISION_MAX_AGE_S",
+    "QualityForwarder",
+    "ReplicaLink",
+    "ReplicaMetrics",
+    "TrainerRole",
+    "replica_id",
+]
 
 log = logging.getLogger("driftd.cluster")
 
 # a forwarded decision older than this (a new trainer rereading the topic) is history, not a trigger
 DECISION_MAX_AGE_S = 300.0
 _EXAMPLES_PER_RECORD = 500  # keeps a record far below Kafka's 1 MB default
+
+# the ingest consumer's (topic, partition)s: faust's TPs are such tuples
+Assignment = Callable[[], AbstractSet[tuple[str, int]]]
+
+
+class PeerLearning(Protocol):
+    """What the trainer's learning loop takes from the other replicas (daemon.learning)."""
+
+    def add_peer_examples(self, examples: Sequence[LabelledExample]) -> None: ...
+
+    def receive_decision(self, decision: Decision) -> None: ...
 
 
 def replica_id() -> str:
@@ -101,72 +120,49 @@ class ReplicaMetrics:
         )
 
 
-class ReplicaLink(mode.Service):
-    """Forwards to the trainer, feeds the trainer, and
-    keeps this replica on the registry's CURRENT."""
+class TrainerRole:
+    """Whether this replica is the group's trainer: ``learning.role``, or under ``"auto"``
+    whether it owns partition 0 of the input topic (``assignment``: the ingest consumer's)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        bootstrap: str,
-        kafka_options: dict[str, Any],
-        learning: LearningLoop,
-        server: ModelServer,
-        registry: Registry,
-        swap_lock: asyncio.Lock,
-        send: Callable[[str, bytes, bytes], Any],
-        assignment: Callable[[], set[tuple[str, int]]],
-        metrics_registry: CollectorRegistry,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.settings, self.bootstrap, self.kafka_options = settings, bootstrap, kafka_options
-        self.learning, self.server, self.registry, self.swap_lock = (
-            learning,
-            server,
-            registry,
-            swap_lock,
-        )
-        self._send, self._assignment = send, assignment
-        self._background = BackgroundTasks()  # the quality records being published
-        self.metrics = ReplicaMetrics(metrics_registry)
-        self.id = replica_id()
-        self._quality = TopicPartition(settings.topics.quality, 0)
-        self._updates = TopicPartition(settings.topics.model_updates, 0)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._was_trainer: bool | None = None
-        # a CURRENT that failed to load: not retried until CURRENT changes
-        self._refused: str | None = None
-        # CURRENT as last read by the sync (for the status route)
-        self.registry_current: str | None = None
-        self._sync_now = asyncio.Event()
+    def __init__(self, settings: Settings, assignment: Assignment) -> None:
+        self.input_topic = settings.topics.input
+        self.learning = settings.learning
+        self._assignment = assignment
 
-    # -- role
-    # ----------------------------------------------------------------------------------------
+    def reconfigure(self, settings: LearningSettings) -> None:
+        """SIGHUP: the new ``learning.role`` takes effect at the next question."""
+        self.learning = settings
 
     def is_trainer(self) -> bool:
-        role = self.learning.learning.role  # read live: [learning] changes on SIGHUP
-        if role != "auto":
-            return role == "trainer"
-        try:
-            return (self.settings.topics.input, 0) in self._assignment()
-        except Exception:  # noqa: BLE001 - the consumer is not up yet: no partition, no role
-            return False
+        if self.learning.role != "auto":
+            return self.learning.role == "trainer"
+        return 0 in self.input_partitions()
 
-    def status(self) -> dict[str, Any]:
+    def input_partitions(self) -> list[int]:
         try:
-            partitions = sorted(p for t, p in self._assignment() if t == self.settings.topics.input)
-        except Exception:  # noqa: BLE001 - not assigned yet
-            partitions = []
+            assigned = self._assignment()
+        except Exception:  # noqa: BLE001 - the consumer is not up yet: no partition, no role
+            return []
+        return sorted(p for t, p in assigned if t == self.input_topic)
+
+    def status(self, replica: str) -> dict[str, Any]:
         return {
-            "id": self.id,
-            "role": self.learning.learning.role,
+            "id": replica,
+            "role": self.learning.role,
             "trainer": self.is_trainer(),
-            "input_partitions": partitions,
+            "input_partitions": self.input_partitions(),
         }
 
-    # -- follower -> trainer
-    # --------------------------------------------------------------------------
+
+class QualityForwarder:
+    """A follower's side of ``topics.quality``: its decay decisions
+    and labelled examples, as records for the trainer."""
+
+    def __init__(self, topic: str, replica: str, send: Send, metrics: ReplicaMetrics) -> None:
+        self.topic, self.replica = topic, replica
+        self._send = send
+        self.metrics = metrics
+        self._background = BackgroundTasks()  # the quality records being published
 
     def forward(self, kind: str, payload: Any) -> None:
         """Called in the event loop by the learning loop; the
@@ -176,7 +172,7 @@ class ReplicaLink(mode.Service):
             records = [
                 {
                     "kind": "decision",
-                    "replica": self.id,
+                    "replica": self.replica,
                     "at": decision.at,
                     "signals": list(decision.signals),
                     "evidence": json_safe(decision.evidence),
@@ -188,7 +184,7 @@ class ReplicaLink(mode.Service):
             records = [
                 {
                     "kind": "examples",
-                    "replica": self.id,
+                    "replica": self.replica,
                     "examples": [
                         [e.text, e.intent, e.ts, e.utterance_id]
                         for e in examples[i : i + _EXAMPLES_PER_RECORD]
@@ -201,12 +197,56 @@ class ReplicaLink(mode.Service):
 
     async def _publish(self, kind: str, value: bytes) -> None:
         try:
-            await (await self._send(self.settings.topics.quality, self.id.encode(), value))
+            await (await self._send(self.topic, self.replica.encode(), value))
             self.metrics.forwarded.labels(kind).inc()
         except Exception as exc:  # noqa: BLE001 - the trainer misses one record; this replica goes on
-            log.error(
-                "could not forward a %s record on %s: %s", kind, self.settings.topics.quality, exc
-            )
+            log.error("could not forward a %s record on %s: %s", kind, self.topic, exc)
+
+
+class ReplicaLink(mode.Service):
+    """Feeds the trainer what the followers forward, and
+    keeps this replica on the registry's CURRENT."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        kafka_options: dict[str, Any],
+        learning: PeerLearning,
+        role: TrainerRole,
+        server: ModelServer,
+        registry: Registry,
+        swap_lock: asyncio.Lock,
+        replica: str,
+        metrics: ReplicaMetrics,
+        **kwargs: Any,
+    ) -> None:
+        """``replica``: this process's id (``replica_id``), as its ``QualityForwarder`` signs."""
+        super().__init__(**kwargs)
+        self.settings, self.bootstrap, self.kafka_options = settings, bootstrap, kafka_options
+        self.learning, self.role, self.server, self.registry, self.swap_lock = (
+            learning,
+            role,
+            server,
+            registry,
+            swap_lock,
+        )
+        self.metrics = metrics
+        self.id = replica
+        self._quality = TopicPartition(settings.topics.quality, 0)
+        self._updates = TopicPartition(settings.topics.model_updates, 0)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._was_trainer: bool | None = None
+        # a CURRENT that failed to load: not retried until CURRENT changes
+        self._refused: str | None = None
+        # CURRENT as last read by the sync (for the status route)
+        self.registry_current: str | None = None
+        self._sync_now = asyncio.Event()
+
+    def status(self) -> dict[str, Any]:
+        return self.role.status(self.id)
+
+    # -- the trainer's side of topics.quality -------------------------------------------------
 
     def _receive_quality(self, value: bytes) -> None:
         try:
@@ -326,7 +366,7 @@ class ReplicaLink(mode.Service):
 
     async def _follow_role(self) -> None:
         assert self._consumer is not None
-        trainer = self.is_trainer()
+        trainer = self.role.is_trainer()
         if trainer == self._was_trainer:
             return
         self._was_trainer = trainer
@@ -334,7 +374,7 @@ class ReplicaLink(mode.Service):
         if trainer:
             log.warning(
                 "this replica is the trainer (learning.role = %s): reading %s from its start",
-                self.learning.learning.role,
+                self.role.learning.role,
                 self.settings.topics.quality,
             )
             await self._consumer.seek_to_beginning(self._quality)

@@ -15,11 +15,11 @@ committed and nothing is lost: the log still has it. The other partitions go on.
 ``driftd_partition_stalled`` and an error log line name the partition and offset
 (alert DriftdPartitionStalled); docs/metrics.md says what an operator can do.
 
-faust lets an app bring its own transport: ``app.transport = StallingTransport(...)``
-(daemon/app.py) gives it this consumer. The one narrow override is ``_fetch_records``
-of faust's aiokafka consumer thread, whose drain loop (``fetched_records`` below)
-follows aiokafka 0.14.0's ``Fetcher.fetched_records`` (pinned in pyproject.toml) with
-one change: a partition that raises is stalled, not the whole fetch.
+faust lets an app bring its own transport: ``StallingApp`` (built in daemon/app.py) makes
+``StallingTransport`` its transport, and so gives it this consumer. The one narrow override
+is ``_fetch_records`` of faust's aiokafka consumer thread, whose drain loop
+(``fetched_records`` below) follows aiokafka 0.14.0's ``Fetcher.fetched_records``
+(pinned in pyproject.toml) with one change: a partition that raises is stalled, not the whole fetch.
 """
 
 from __future__ import annotations
@@ -32,12 +32,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import faust
 from aiokafka.consumer.fetcher import FetchResult
 from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TransportT
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["PartitionStalls", "Stall", "StallingTransport", "drain_partition", "fetched_records"]
+__all__ = [
+    "PartitionStalls",
+    "Stall",
+    "StallingApp",
+    "StallingTransport",
+    "drain_partition",
+    "fetched_records",
+]
 
 log = logging.getLogger("driftd.consumer")
 
@@ -192,15 +201,23 @@ async def fetched_records(
         if drained or not timeout:
             return drained
 
-        waiter = fetcher._create_fetch_waiter()
-        done, pending = await asyncio.wait([waiter], timeout=timeout)
-        if not done or fetcher._closed:
-            if pending:
-                pending.pop().cancel()
+        if not await _wait_for_fetch(fetcher, timeout):
             return {}
-        if waiter.done():
-            waiter.result()  # authorisation errors
         timeout = max(0, timeout - (time.monotonic() - start_time))
+
+
+async def _wait_for_fetch(fetcher: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` for the next fetch result; False when
+    none came or the fetcher closed (aiokafka's wait, unchanged)."""
+    waiter = fetcher._create_fetch_waiter()
+    done, pending = await asyncio.wait([waiter], timeout=timeout)
+    if not done or fetcher._closed:
+        if pending:
+            pending.pop().cancel()
+        return False
+    if waiter.done():
+        waiter.result()  # authorisation errors
+    return True
 
 
 class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -218,7 +235,10 @@ class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         fetcher = consumer._fetcher
         if consumer._closed or fetcher._closed:
             raise ConsumerStoppedError()
-        stalls: PartitionStalls = self.consumer.transport.stalls
+        transport = self.consumer.transport
+        if not isinstance(transport, StallingTransport):
+            raise TypeError(f"{type(self).__name__} needs StallingTransport, not {transport!r}")
+        stalls = transport.stalls
         if stalls.keys():
             paused = {(tp.topic, tp.partition) for tp in consumer.paused()}
             # a rebalance assigned it afresh (or to another replica)
@@ -258,3 +278,16 @@ class StallingTransport(faust_aiokafka.Transport):
     def __init__(self, url: Any, app: Any, *, stalls: PartitionStalls, **kwargs: Any) -> None:
         super().__init__(url, app, **kwargs)
         self.stalls = stalls
+
+
+class StallingApp(faust.App):
+    """A faust app whose transport is ``StallingTransport``, recording in ``stalls``."""
+
+    def __init__(self, *args: Any, stalls: PartitionStalls, **kwargs: Any) -> None:
+        self._stalls = (
+            stalls  # before faust's __init__: whatever it builds may ask for the transport
+        )
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> TransportT:
+        return StallingTransport(self.conf.broker_consumer, self, stalls=self._stalls)

@@ -22,12 +22,14 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from streams.ingest import SERVED_PREDICTION_FIELD
 from streams.schema import Rejection, decode_event
+
+from .producer import Send
 
 __all__ = [
     "FeedbackRefused",
@@ -43,9 +45,6 @@ __all__ = [
 PREDICTION_ID = re.compile(r"[0-9a-f]{32}")
 MAX_INTENT_CHARS = 128  # streams.schema's limit on an intent
 SOURCE_META = {"source": "http"}
-
-# (topic, key, value) -> awaitable of the broker's ack
-Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 
 
 class FeedbackRefused(Exception):

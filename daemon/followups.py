@@ -209,6 +209,16 @@ class FollowUpPolicy:
         enough = self.labels_since_start >= max(1, self.settings.followup_labels // 4)
         return self.settings.followup_quiet_s > 0 and self.followups_left > 0 and enough
 
+    def snapshot(self) -> dict[str, Any]:
+        """The policy's part of the learning loop's status."""
+        return {
+            "state": self.state.value,
+            "followups_left": self.followups_left,
+            "labels_since_start": self.labels_since_start,
+            "followup_pending": self.episode_labels_waiting(),
+            "awaiting": self.awaiting_status(),
+        }
+
     def awaiting_status(self) -> dict[str, Any] | None:
         if self.awaiting is None:
             return None

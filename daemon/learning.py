@@ -61,33 +61,7 @@ class Forward(Protocol):
     def __call__(self, kind: str, payload: Any) -> None: ...
 
 
-class _PartAttribute:
-    """One part's attribute under the name the loop had for
-    it before the split (callers and tests use them)."""
-
-    def __init__(self, part: str, name: str, convert: Callable[[Any], Any] | None = None) -> None:
-        self.part, self.name, self.convert = part, name, convert
-
-    def __get__(self, loop: Any, owner: type | None = None) -> Any:
-        return self if loop is None else getattr(getattr(loop, self.part), self.name)
-
-    def __set__(self, loop: Any, value: Any) -> None:
-        setattr(
-            getattr(loop, self.part),
-            self.name,
-            value if self.convert is None else self.convert(value),
-        )
-
-
 class LearningLoop:
-    state = _PartAttribute("followups", "state", FineTuneState)
-    last_run = _PartAttribute("runner", "last_run")
-    announce = _PartAttribute("promoter", "announce")
-    _followups_left = _PartAttribute("followups", "followups_left")
-    _labels_since_start = _PartAttribute("followups", "labels_since_start")
-    _awaiting = _PartAttribute("followups", "awaiting")
-    _finished_at = _PartAttribute("followups", "finished_at")
-
     def __init__(
         self,
         settings: Settings,
@@ -142,19 +116,11 @@ class LearningLoop:
             mark=self.feed.mark,
             promote=self._promote,
         )
-        # What the daemon and its admin routes read.
-        self.monitor, self.joiner, self.timeline = (
-            self.feed.monitor,
-            self.feed.joiner,
-            self.feed.timeline,
-        )
-        self.trainer, self.history = self.runner.trainer, self.runner.history
         self.last_decision: Decision | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    # -- the ingest hook and the replicas
-    # ------------------------------------------------------------
+    # -- the ingest hook and the replicas ----------------------------------------------------
 
     def observe_batch(
         self,
@@ -247,7 +213,7 @@ class LearningLoop:
     def request(self, trigger: str = "manual") -> tuple[bool, str]:
         """Manual trigger (admin API, CLI): starts unless one runs already; ignores the cooldown."""
         if self.followups.state != FineTuneState.IDLE:
-            return False, f"a fine-tune is already running (pid {self.trainer.pid})"
+            return False, f"a fine-tune is already running (pid {self.runner.trainer.pid})"
         if not self.is_trainer():
             role = self.learning.role
             return False, (
@@ -278,8 +244,7 @@ class LearningLoop:
     ) -> tuple[FineTuneJob | None, dict[str, int]]:
         return await self.jobs.build(incumbent, trigger)
 
-    # -- promotion, canary, rollback
-    # -----------------------------------------------------------------
+    # -- promotion, canary, rollback -----------------------------------------------------------
 
     async def _promote(
         self, result: FineTuneResult, incumbent: str | None, trigger: str, run: dict[str, Any]
@@ -300,8 +265,7 @@ class LearningLoop:
             self.feed.mark("rollback", self.clock(), previous)
             self._follow_serving_version()
 
-    # -- settings and status
-    # ---------------------------------------------------------------------------
+    # -- settings and status -------------------------------------------------------------------
 
     def reconfigure(self, settings: Settings) -> list[str]:
         """Take new [monitor] and [learning] settings at run time (SIGHUP);
@@ -317,38 +281,29 @@ class LearningLoop:
         return restarted
 
     def status(self) -> dict[str, Any]:
-        decision = self.last_decision
-        return json_safe(
+        """What the admin route /admin/v1/learning and ``driftd status`` show."""
+        status: dict[str, Any] = json_safe(
             {
-                "state": self.followups.state.value,
-                "pid": self.trainer.pid,
+                **self.followups.snapshot(),
+                "pid": self.runner.trainer.pid,
                 "serving": self.server.version,
                 "trainer": self.is_trainer(),
                 "peer_examples": len(self.jobs.peer_examples),
-                "followups_left": self.followups.followups_left,
-                "labels_since_start": self.followups.labels_since_start,
-                "followup_pending": self.followups.episode_labels_waiting(),
                 "labels_since_swap": self.feed.labels_since_swap,
-                "awaiting": self.followups.awaiting_status(),
                 "canary": self.canary.snapshot(),
-                "monitor": self.monitor.snapshot(),
-                "joiner": self.joiner.counts,
-                "last_decision": None
-                if decision is None
-                else {
-                    "at": decision.at,
-                    "signals": list(decision.signals),
-                    "describe": decision.describe(),
-                },
+                "monitor": self.feed.monitor.snapshot(),
+                "joiner": self.feed.joiner.counts,
+                "last_decision": _decision_summary(self.last_decision),
                 "last_run": self.runner.last_run,
-                "runs": len(self.history),
+                "runs": len(self.runner.history),
             }
         )
+        return status
 
     def save_timeline(self, path: Path) -> None:
         """The outcome timeline as JSON (``daemon.timeline.render_png``
         draws it; the demo adds the drift onset)."""
-        self.timeline.save_json(path)
+        self.feed.timeline.save_json(path)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -356,3 +311,9 @@ class LearningLoop:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+
+def _decision_summary(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {"at": decision.at, "signals": list(decision.signals), "describe": decision.describe()}

@@ -1,5 +1,5 @@
 """The daemon's HTTP surface: /metrics, /healthz, /readyz,
-plus the routes the daemon adds (predict, admin).
+plus the route sets the daemon adds (daemon.http_routes, daemon.admin_routes).
 
 Runs on aiohttp inside the daemon's event loop, bound to 127.0.0.1 unless configured
 otherwise; https only (TLS 1.2 at least) when web.tls_certfile and web.tls_keyfile are set.
@@ -7,18 +7,23 @@ otherwise; https only (TLS 1.2 at least) when web.tls_certfile and web.tls_keyfi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import mode
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["WebService"]
+__all__ = ["RouteSet", "WebService"]
 
 log = logging.getLogger(__name__)
+
+
+class RouteSet(Protocol):
+    def add_routes(self, app: web.Application) -> None: ...
 
 
 class WebService(mode.Service):
@@ -28,12 +33,12 @@ class WebService(mode.Service):
         port: int,
         registry: CollectorRegistry,
         readiness: Callable[[], dict[str, bool]],
-        add_routes: Callable[[web.Application], None] | None = None,
+        routes: Sequence[RouteSet] = (),
         ssl_context: ssl.SSLContext | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.add_routes = add_routes
+        self.routes = routes
         self.host = host
         self.port = port
         self.registry = registry
@@ -47,8 +52,8 @@ class WebService(mode.Service):
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        if self.add_routes is not None:
-            self.add_routes(app)
+        for routes in self.routes:
+            routes.add_routes(app)
         return app
 
     async def on_start(self) -> None:
@@ -56,7 +61,10 @@ class WebService(mode.Service):
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
-        self.bound_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        server = site._server
+        if not isinstance(server, asyncio.Server):
+            raise RuntimeError(f"{site.name} did not start a listening server")
+        self.bound_port = server.sockets[0].getsockname()[1]  # the real port when 0 was asked
         scheme = "https" if self.ssl_context is not None else "http"
         log.info(
             "HTTP endpoint on %s://%s:%d (/metrics /healthz /readyz)",

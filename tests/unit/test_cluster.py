@@ -12,8 +12,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from daemon.cluster import DECISION_MAX_AGE_S, ReplicaLink
+from daemon.cluster import (
+    DECISION_MAX_AGE_S,
+    QualityForwarder,
+    ReplicaLink,
+    ReplicaMetrics,
+    TrainerRole,
+    replica_id,
+)
 from daemon.config import load_settings
+from daemon.followups import FineTuneState
 from daemon.learning import LearningLoop
 from models.finetune import FineTuneJob, run_fine_tune
 from models.registry import Registry
@@ -66,30 +74,34 @@ class Replica:
         )
         self.server = server or ModelServer()
         self.registry = registry or Registry(tmp_path / "registry")
-        self.loop = LearningLoop(  # as daemon/app.py wires them: the loop asks the link, built next
+        self.owned: set[tuple[str, int]] = set()
+        self.sent: list[dict[str, Any]] = []
+        # as daemon/app.py wires them: the role and the forwarder first, then the loop, the link
+        self.role = TrainerRole(self.settings, assignment=lambda: self.owned)
+        replica, metrics = replica_id(), ReplicaMetrics(CollectorRegistry())
+        forwarder = QualityForwarder(self.settings.topics.quality, replica, self._send, metrics)
+        self.loop = LearningLoop(
             self.settings,
             store=None,
             server=self.server,
             registry=self.registry,
             metrics_registry=CollectorRegistry(),
-            announce=None,  # type: ignore[arg-type]
+            announce=None,
             swap_lock=asyncio.Lock(),
-            is_trainer=lambda: self.link.is_trainer(),
-            forward=lambda kind, payload: self.link.forward(kind, payload),
+            is_trainer=self.role.is_trainer,
+            forward=forwarder.forward,
         )
-        self.owned: set[tuple[str, int]] = set()
-        self.sent: list[dict[str, Any]] = []
         self.link = ReplicaLink(
             self.settings,
             "127.0.0.1:1",
             {},
             self.loop,
+            self.role,
             self.server,
             self.registry,
             asyncio.Lock(),
-            send=self._send,
-            assignment=lambda: self.owned,
-            metrics_registry=CollectorRegistry(),
+            replica=replica,
+            metrics=metrics,
         )
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> Any:
@@ -105,13 +117,13 @@ def test_under_auto_the_owner_of_input_partition_0_trains_and_the_role_follows_t
 ) -> None:
     async def scenario() -> None:
         replica = Replica(tmp_path)
-        assert not replica.link.is_trainer()  # nothing assigned yet
+        assert not replica.role.is_trainer()  # nothing assigned yet
         replica.owned = {(replica.settings.topics.input, 1), (replica.settings.topics.input, 2)}
-        assert not replica.link.is_trainer()
+        assert not replica.role.is_trainer()
         replica.owned.add((replica.settings.topics.input, 0))
-        assert replica.link.is_trainer() and replica.loop.status()["trainer"]
+        assert replica.role.is_trainer() and replica.loop.status()["trainer"]
         for role, expected in (("trainer", True), ("follower", False)):
-            assert Replica(tmp_path / role, role).link.is_trainer() is expected
+            assert Replica(tmp_path / role, role).role.is_trainer() is expected
         follower = Replica(tmp_path / "f", "follower")
         started, message = follower.loop.request()
         assert not started and "not the trainer" in message
@@ -141,7 +153,7 @@ def test_a_follower_forwards_decisions_and_labelled_examples_and_the_trainer_act
         kinds = [r["kind"] for r in follower.sent]
         assert kinds == ["examples", "decision"], kinds
         assert follower.sent[0]["examples"] == [["i want my money back", "refund", 1001.0, "u1"]]
-        assert not starts and follower.loop.state == "idle"
+        assert not starts and follower.loop.followups.state == "idle"
 
         for record in follower.sent:
             trainer.link._receive_quality(json.dumps(record).encode())
@@ -149,8 +161,8 @@ def test_a_follower_forwards_decisions_and_labelled_examples_and_the_trainer_act
         assert [t for t, _ in starts] == ["decay"] and starts[0][1].signals == ("ewma",)
 
         stale = {**follower.sent[1], "at": time.time() - DECISION_MAX_AGE_S - 1}
-        trainer.loop.state = "idle"
-        trainer.loop._finished_at = 0.0
+        trainer.loop.followups.state = FineTuneState.IDLE
+        trainer.loop.followups.finished_at = 0.0
         trainer.link._receive_quality(json.dumps(stale).encode())
         own = {**follower.sent[1], "replica": trainer.link.id}
         trainer.link._receive_quality(json.dumps(own).encode())
@@ -189,7 +201,7 @@ def test_a_replica_swaps_to_the_registrys_current_and_refuses_a_corrupt_one(tmp_
                 incumbent_dir=None,
                 settings=TrainSettings(epochs=2, batch_size=32),
             )
-        ).files  # type: ignore[return-value]
+        ).files
 
     registry = Registry(tmp_path / "registry")
     v1 = registry.publish(version(0), parent=None, info={}).version

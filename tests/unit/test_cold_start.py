@@ -66,10 +66,10 @@ def test_with_no_model_the_loop_counts_labels_toward_the_first_model(tmp_path: P
         store=None,
         server=ModelServer(),
         registry=Registry(tmp_path / "registry"),
-        metrics_registry=metrics,  # type: ignore[arg-type]
+        metrics_registry=metrics,
         announce=None,
         swap_lock=None,
-    )  # type: ignore[arg-type]
+    )
     loop.observe_batch(labels(0, 120), [])
     # a label whose utterance was never stored teaches nothing
     loop.observe_batch(labels(200, 50, with_text=False), [])
@@ -82,7 +82,7 @@ def test_with_no_model_the_loop_counts_labels_toward_the_first_model(tmp_path: P
     }
     assert metrics.get_sample_value("driftd_finetune_labels_waiting") == 180.0
     loop.observe_batch(labels(400, 300), [])
-    assert loop.state == "idle", "learning.enabled is off: it reports, never trains"
+    assert loop.followups.state == "idle", "learning.enabled is off: it reports, never trains"
     assert loop.status()["awaiting"]["labels"] == 420
     assert metrics.get_sample_value("driftd_finetune_labels_waiting") == 0.0
     assert metrics.get_sample_value("driftd_finetune_runs_total", {"trigger": "cold_start"}) == 0.0
@@ -95,10 +95,10 @@ def test_status_shows_the_wait_and_the_triggers(tmp_path: Path) -> None:
         store=None,
         server=ModelServer(),
         registry=Registry(tmp_path / "registry"),
-        metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
+        metrics_registry=CollectorRegistry(),
         announce=None,
         swap_lock=None,
-    )  # type: ignore[arg-type]
+    )
     loop.observe_batch(labels(0, 42), [])
     training = loop.status()
     monitor = training.pop("monitor")
@@ -162,7 +162,7 @@ def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_whe
         announce=None,
         swap_lock=None,
         clock=lambda: now[0],
-    )  # type: ignore[arg-type]
+    )
     started: list[str] = []
 
     async def scenario() -> None:
@@ -171,7 +171,7 @@ def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_whe
             # a real run against the real, empty store: skipped for want of labels
             await loop._fine_tune("decay", None)
             assert (
-                loop.last_run["result"] == "skipped"
+                loop.runner.last_run["result"] == "skipped"
                 and loop.status()["awaiting"]["trigger"] == "decay"
             )
             loop._start = lambda trigger, decision: started.append(trigger)  # type: ignore[method-assign]  # the trigger, not a real run
@@ -182,7 +182,7 @@ def test_a_skipped_run_starts_no_cooldown_and_a_wait_that_ends_in_one_starts_whe
 
             started.clear()
             # a skipped follow-up, 0 s after a real fine-tune ended
-            loop._awaiting, loop._finished_at = ("followup", 300), now[0]
+            loop.followups.awaiting, loop.followups.finished_at = ("followup", 300), now[0]
             loop.observe_batch(labels(1000, 300), [])
             assert not started and loop.status()["awaiting"] is not None, (
                 "inside learning.cooldown_s"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from daemon.app import _guarded_timer
+from daemon.housekeeping import guarded_timer
 from tests.integration.harness import REPO
 
 
@@ -56,7 +56,7 @@ def test_a_failing_timer_body_is_logged_once_a_minute_and_never_raises(caplog):
             raise OSError(24, "Too many open files")
 
     app = _Timers()
-    guarded = _guarded_timer(app, 10.0, "driftd.test")(flaky)
+    guarded = guarded_timer(app, 10.0, "driftd.test")(flaky)
     assert app.registered["driftd.test"] == (10.0, guarded) and guarded.__name__ == "flaky"
     for _ in range(5):
         asyncio.run(guarded())  # raises nothing, although the body did three times

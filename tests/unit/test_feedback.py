@@ -23,7 +23,7 @@ from daemon.feedback import (
     feedback_events,
     parse_feedback,
 )
-from daemon.predict_api import PredictApi
+from daemon.http_routes import PredictRoutes
 from models.classifier import ClassifierConfig
 from models.export import build_version_files
 from models.featurize import HashingFeaturizer
@@ -200,7 +200,7 @@ def ingest_reports(tmp_path: Path, *, observe_served: bool) -> Reports:
         None,
         metrics,
         predict=predict,
-        publish_prediction=publish,  # type: ignore[arg-type]
+        publish_prediction=publish,
         observe=lambda valid, pairs: observed.append((valid, pairs)),
         observe_served=observe_served,
     )
@@ -311,15 +311,14 @@ def serve(
     settings = load_settings(daemon={"data_dir": str(tmp_path)}, web=web_settings)
     server = ModelServer()
     server.load_and_swap(registry, "v000001")
-    api = PredictApi(
+    routes = PredictRoutes(
         settings,
         server,
-        registry,
         metrics or CollectorRegistry(),
         publish=broker.send if broker else None,
     )
     app = web.Application()
-    api.add_routes(app)
+    routes.add_routes(app)
     return TestClient(TestServer(app))
 
 

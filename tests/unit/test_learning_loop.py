@@ -103,7 +103,7 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
             metrics_registry=CollectorRegistry(),
             announce=announce,
             swap_lock=asyncio.Lock(),
-        )  # type: ignore[arg-type]
+        )
         # v1 was right on its last outcomes: the canary's baseline is 1.0
         feed(loop, 0, 200, v1, correct=True)
         candidate = run_fine_tune(
@@ -130,7 +130,7 @@ def test_promotion_is_published_announced_served_and_a_failing_canary_rolls_back
                 break
         assert server.version == v1 and registry.current() == v1
         assert loop.metrics.rollbacks._value.get() == 1
-        assert any(m.kind == "rollback" for m in loop.timeline.marks)
+        assert any(m.kind == "rollback" for m in loop.feed.timeline.marks)
 
     asyncio.run(scenario())
     server.close(timeout=5)
@@ -149,20 +149,20 @@ def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) ->
         store=None,
         server=ModelServer(),
         registry=Registry(tmp_path / "registry"),
-        metrics_registry=CollectorRegistry(),  # type: ignore[arg-type]
+        metrics_registry=CollectorRegistry(),
         announce=None,
         swap_lock=None,
         clock=lambda: now[0],
-    )  # type: ignore[arg-type]
+    )
     started: list[str] = []
     loop._start = lambda trigger, decision: started.append(trigger)  # type: ignore[method-assign]  # the trigger, not a real run
     feed(loop, 0, 300, "v1", correct=True)
     loop.settle()
     assert not started, "no decay episode: nothing to follow up"
 
-    loop._followups_left = 2  # what a decay decision leaves behind
+    loop.followups.followups_left = 2  # what a decay decision leaves behind
     feed(loop, 1000, 200, "v1", correct=True)
-    loop._labels_since_start = 200  # the last fine-tune took its data before these
+    loop.followups.labels_since_start = 200  # the last fine-tune took its data before these
     now[0] += 61
     loop.settle()
     assert not started, "200 labels are under a quarter of followup_labels"
@@ -173,7 +173,7 @@ def test_a_quiet_stream_gets_the_episodes_last_labels_learned(tmp_path: Path) ->
     assert not started, "labels arrived 59 s ago: the stream is not quiet yet"
     now[0] += 2
     loop.settle()
-    assert started == ["followup"] and loop._followups_left == 1
+    assert started == ["followup"] and loop.followups.followups_left == 1
 
 
 def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and_recorded(
@@ -218,10 +218,9 @@ def test_injected_duplicates_conflicts_and_leaks_are_removed_before_training_and
             server=ModelServer(),
             registry=registry,
             metrics_registry=CollectorRegistry(),
-            announce=None,
+            announce=lambda key, value: _done(),
             swap_lock=asyncio.Lock(),
-        )  # type: ignore[arg-type]
-        loop.announce = lambda key, value: _done()  # type: ignore[assignment]
+        )
         return await loop._promote(result, None, "manual", {"data": {}})
 
     async def _done():
@@ -294,10 +293,10 @@ def test_a_fine_tune_refuses_to_warm_start_from_an_incumbent_whose_training_file
             metrics_registry=CollectorRegistry(),
             announce=None,
             swap_lock=asyncio.Lock(),
-        )  # type: ignore[arg-type]
+        )
         # store=None: reaching the data query would fail differently
         await loop._fine_tune("manual", None)
-        run = loop.history[-1]
+        run = loop.runner.history[-1]
         assert run["result"] == "failed" and "model.pt has sha256" in run["detail"], run
         assert loop.metrics.failures.labels("error")._value.get() == 1
 
