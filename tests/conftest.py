@@ -1,9 +1,11 @@
-"""Shared fixtures, and each test's marker, set from its folder (unit, integration, quality, stress).
+"""Shared fixtures, and each test's marker, set from
+its folder (unit, integration, quality, stress).
 
-Integration tests talk to one real embedded broker per session, on a free port; each test uses its own topics
-and consumer group (the broker cannot really delete topics). ``s3`` is a local S3-compatible server (moto) on
-loopback; it yields the fsspec storage options that reach it. ``shared_across_workers`` computes an
-expensive value once per run, whichever xdist worker asks first."""
+Integration tests talk to one real embedded broker per session, on a free port;
+each test uses its own topics and consumer group (the broker cannot really
+delete topics). ``s3`` is a local S3-compatible server (moto) on loopback; it
+yields the fsspec storage options that reach it. ``shared_across_workers``
+computes an expensive value once per run, whichever xdist worker asks first."""
 
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ FOLDER_MARKERS = (
 T = TypeVar("T")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One torch thread per worker: two workers of two threads each on 2 cores made an in-process training run
-    # 2x slower than one thread each (measured beside two CPU hogs), and 4x+ slower on a loaded CI machine.
+    # One torch thread per worker: two workers of two threads each on 2
+    # cores made an in-process training run 2x slower than one thread each
+    # (measured beside two CPU hogs), and 4x+ slower on a loaded CI machine.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -44,7 +47,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = item.path.relative_to(TESTS).parts[0]
         if folder not in FOLDER_MARKERS:
             raise pytest.UsageError(
-                f"{item.nodeid}: tests live in tests/{{{','.join(FOLDER_MARKERS)}}}/, which sets their marker"
+                f"{item.nodeid}: tests live in "
+                f"tests/{{{','.join(FOLDER_MARKERS)}}}/, which sets their marker"
             )
         item.add_marker(folder)
 
@@ -80,8 +84,9 @@ def s3(monkeypatch: pytest.MonkeyPatch):
 def shared_across_workers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[[str, Callable[[], T]], T]:
-    """``get(name, compute)``: ``compute()``'s value, computed by the first worker that asks and pickled for the
-    others (a module's tests are spread over workers, so a module-scoped fixture would run once per worker)."""
+    """``get(name, compute)``: ``compute()``'s value, computed by the first
+    worker that asks and pickled for the others (a module's tests are spread
+    over workers, so a module-scoped fixture would run once per worker)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the run's temp root, shared by every worker

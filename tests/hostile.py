@@ -877,7 +877,7 @@ def check_decoder(cases: Iterable[Case], max_bytes: int, tally: Tally | None = N
     tally = tally or Tally()
     for case in cases:
         try:
-            result = decode_event(case.raw, max_bytes)  # type: ignore[arg-type]
+            result = decode_event(case.raw, max_bytes)
         except BaseException as exc:  # noqa: BLE001 - this is what the harness looks for
             tally.add(
                 case.kind,
@@ -2316,7 +2316,7 @@ def post_body(
     """POST one body to /v1/predict; any 200/400/413/422
     with JSON is fine, anything else is a failure."""
     case = HttpCase(name, _post(body), frozenset({200, 400, 413, 422}), timeout=timeout)
-    answer = raw_http(port, case.request, timeout)  # type: ignore[arg-type]
+    answer = raw_http(port, case.request, timeout)
     report.record(group, name, answer, check_answer(case, answer))
     return answer
 
@@ -2364,7 +2364,7 @@ def slowloris(
     ok = frozenset({200})
     for i in range(probes):
         case = HttpCase(f"normal request during slowloris #{i}", _post(valid), ok, timeout=5)
-        answer = raw_http(port, case.request, case.timeout)  # type: ignore[arg-type]
+        answer = raw_http(port, case.request, case.timeout)
         report.record("during slowloris", case.name, answer, check_answer(case, answer))
         slowest = max(slowest, answer.elapsed)
         time.sleep(duration_s / probes)
@@ -2498,7 +2498,7 @@ def connection_flood(
     try:
         time.sleep(3)
         result["alive_after"] = daemon.proc is not None and daemon.proc.poll() is None
-        result["exit_code"] = None if result["alive_after"] else daemon.proc.returncode  # type: ignore[union-attr]
+        result["exit_code"] = None if result["alive_after"] else daemon.proc.returncode
         result["healthz_after"] = _probe(daemon.web_port)
         if result["alive_after"]:
             values = [

@@ -214,7 +214,7 @@ def conversation_key(payload: bytes | None) -> bytes | None:
     """The key a producer gives an event: its conversation_id (None for a payload without one; a
     valid event with no key goes to the DLQ as missing_key under the default ingest.null_key)."""
     try:
-        conversation = json.loads(payload)["conversation_id"]  # type: ignore[arg-type]
+        conversation = json.loads(payload)["conversation_id"]
         return conversation.encode() if isinstance(conversation, str) else None
     # not an event (a lone surrogate: ValueError)
     except (TypeError, ValueError, KeyError, IndexError, RecursionError):

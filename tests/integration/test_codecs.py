@@ -122,7 +122,7 @@ def confluent_produce(
         producer.poll(0)
     assert producer.flush(30) == 0, "librdkafka could not deliver everything in 30 s"
     assert not errors and None not in positions, errors[:3]
-    return positions  # type: ignore[return-value]
+    return positions
 
 
 async def committed_offset(bootstrap: str, group: str, topic: str, partition: int) -> int | None:

@@ -29,7 +29,7 @@ def version_files(seed: int) -> dict[str, bytes]:
         incumbent_dir=None,
         settings=TrainSettings(epochs=2, batch_size=32),
     )
-    return run_fine_tune(job).files  # type: ignore[return-value]
+    return run_fine_tune(job).files
 
 
 def test_a_host_serves_what_another_published_and_never_takes_in_a_partial_or_damaged_one(

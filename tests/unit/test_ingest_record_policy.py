@@ -17,7 +17,7 @@ from streams.tiers import TieredStore, TierPolicy
 
 
 def record(offset: int, key: bytes | None, value: bytes | None) -> RawRecord:
-    return RawRecord("conversations", 0, offset, key, value, 1_700_000_000.0)  # type: ignore[arg-type]
+    return RawRecord("conversations", 0, offset, key, value, 1_700_000_000.0)
 
 
 def utterance(i: int) -> bytes:

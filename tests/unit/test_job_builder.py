@@ -34,7 +34,7 @@ def builder(tmp_path: Path, store: TieredStore | None, **learning: object) -> Jo
         daemon={"data_dir": str(tmp_path)},
         learning={"replay_ratio": 0, "min_labelled": 100, "holdout_fraction": 0.1, **learning},
     )
-    return JobBuilder(settings, store, Registry(tmp_path / "registry"), lambda: NOW)  # type: ignore[arg-type]
+    return JobBuilder(settings, store, Registry(tmp_path / "registry"), lambda: NOW)
 
 
 def test_too_few_labelled_examples_build_no_job_and_an_incumbent_needs_enough_for_the_gates_holdout(

@@ -353,7 +353,7 @@ def requests_for_tasks() -> list[dict]:
         s.offer("u-2", "c-2", "what's the weather", "v000003", [("weather", 0.5), ("oos", 0.45)]),
     ]
     assert all(made)
-    return made  # type: ignore[return-value]
+    return made
 
 
 def test_label_studio_tasks_format() -> None:

@@ -50,7 +50,7 @@ def write_parquet(path: Path, columns: dict[str, list]) -> Path:
 
 def error(source: Path | str, **kwargs: object) -> str:
     with pytest.raises(LabelledFileError) as caught:
-        read_labelled(str(source), **kwargs)  # type: ignore[arg-type]
+        read_labelled(str(source), **kwargs)
     message = str(caught.value)
     assert "\n" not in message, message  # one line for the operator
     return message

@@ -36,7 +36,7 @@ def event(i: int, kind: str, **fields: object) -> StoredEvent:
         kafka_ts=0.0,
         ingested_at=0.0,
     )
-    return StoredEvent(**{**base, **fields})  # type: ignore[arg-type]
+    return StoredEvent(**{**base, **fields})
 
 
 class Heard:

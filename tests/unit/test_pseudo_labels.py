@@ -249,7 +249,7 @@ def test_the_daemon_offers_only_unlabelled_utterances_and_evaluates_on_human_lab
         announce=None,
         swap_lock=None,
         clock=lambda: 1_000_000.0 + 1000,
-    )  # type: ignore[arg-type]
+    )
     job, counts = asyncio.run(loop._build_job(None, "manual"))
     labelled_texts = {f"{t} #{i}" for i, t in enumerate(texts) if i % 7 < 4}
     unlabelled_texts = {f"{t} #{i}" for i, t in enumerate(texts) if i % 7 >= 4}

@@ -230,7 +230,7 @@ def test_every_reason_is_covered_at_least_twice() -> None:
 
 
 def test_tombstone_is_not_json() -> None:
-    result = decode_event(None, LIMIT)  # type: ignore[arg-type]
+    result = decode_event(None, LIMIT)
     assert isinstance(result, Rejection) and result.reason == "not_json"
 
 

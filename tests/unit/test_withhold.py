@@ -100,7 +100,7 @@ def test_the_learning_loop_holds_out_a_spread_of_the_newest_labels(
         announce=None,
         swap_lock=None,
         clock=lambda: 1_000_000.0 + 2000,
-    )  # type: ignore[arg-type]
+    )
     job, counts = asyncio.run(loop._build_job(None, "manual"))
     store.close_now()
     assert job is not None and job.withhold_span == span
