@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_model, exit_on_sigterm, positive_int
 from bench.loop import print_table
 from bench.processes import BenchDaemon
+from streams.labeling import UNCERTAINTY_STRATEGIES
 
 TOKEN = "bench-labeling-token"
 GOAL_RATIO = 0.6
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strategy",
         default="margin",
-        choices=("margin", "least_confidence", "entropy"),
+        choices=UNCERTAINTY_STRATEGIES,
         help="the uncertainty strategy (default margin)",
     )
     parser.add_argument(
