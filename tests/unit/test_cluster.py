@@ -30,32 +30,12 @@ from models.train import TrainSettings
 from streams.monitor import Decision
 from streams.tiers import StoredEvent
 from streams.training_set import LabelledExample, merge_recent
+from tests.stored_events import stored_event
 from tests.toy_intents import examples
 
 
 def stored(i: int, kind: str, **fields: Any) -> StoredEvent:
-    base = dict(
-        topic="t",
-        partition=0,
-        offset=i,
-        event_id=f"{kind}{i}",
-        type=kind,
-        ts=1000.0 + i,
-        conversation_id=f"c{i}",
-        turn=0,
-        priority="normal",
-        channel=None,
-        user_ref=None,
-        text=None,
-        ref_event_id=None,
-        intent=None,
-        correct=None,
-        ref_text=None,
-        payload=b"{}",
-        kafka_ts=0.0,
-        ingested_at=0.0,
-    )
-    return StoredEvent(**{**base, **fields})
+    return stored_event(i, kind, **{"ts": 1000.0 + i, **fields})
 
 
 class Replica:

@@ -18,37 +18,12 @@ from models.registry import Registry
 from models.serving import ModelServer
 from models.train import TrainSettings
 from streams.datasets import load_examples
-from streams.tiers import StoredEvent
+from tests.stored_events import stored_event as event
 from tests.toy_intents import examples
 
 
 def pairs(n: int, seed: int) -> tuple[list[str], list[str]]:
     return examples(["refund", "track", "cancel"], n, seed)
-
-
-def event(i: int, kind: str, **fields: object) -> StoredEvent:
-    base = dict(
-        topic="t",
-        partition=0,
-        offset=i,
-        event_id=f"{kind}{i}",
-        type=kind,
-        ts=float(i),
-        conversation_id=f"c{i}",
-        turn=0,
-        priority="normal",
-        channel=None,
-        user_ref=None,
-        text=None,
-        ref_event_id=None,
-        intent=None,
-        correct=None,
-        ref_text=None,
-        payload=b"{}",
-        kafka_ts=0.0,
-        ingested_at=0.0,
-    )
-    return StoredEvent(**{**base, **fields})
 
 
 def feed(loop: LearningLoop, start: int, n: int, version: str, correct: bool) -> None:

@@ -11,32 +11,7 @@ from prometheus_client import CollectorRegistry
 from daemon.config import load_settings
 from daemon.outcome_feed import OutcomeFeed
 from streams.monitor import Decision, MonitorMetrics, Outcome
-from streams.tiers import StoredEvent
-
-
-def event(i: int, kind: str, **fields: object) -> StoredEvent:
-    base = dict(
-        topic="t",
-        partition=0,
-        offset=i,
-        event_id=f"{kind}{i}",
-        type=kind,
-        ts=float(i),
-        conversation_id=f"c{i}",
-        turn=0,
-        priority="normal",
-        channel=None,
-        user_ref=None,
-        text=None,
-        ref_event_id=None,
-        intent=None,
-        correct=None,
-        ref_text=None,
-        payload=b"{}",
-        kafka_ts=0.0,
-        ingested_at=0.0,
-    )
-    return StoredEvent(**{**base, **fields})
+from tests.stored_events import stored_event as event
 
 
 class Heard:
