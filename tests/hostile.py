@@ -2455,29 +2455,18 @@ def connection_flood(
     (``nofile``, as its hard limit too, so that the daemon cannot raise it), held
     across the daemon's 10-second timers, then closed. Returns what happened."""
     import resource
-    import subprocess
-    import sys
 
-    from tests.integration.harness import REPO, DaemonProcess, unique
-
-    class Limited(DaemonProcess):
-        def start(self) -> DaemonProcess:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "daemon", "run"],
-                    env=self.env,
-                    cwd=REPO,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
-                )
-            return self
+    from tests.integration.harness import DaemonProcess, unique
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < connections + 200:  # the client side needs them too
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections + 500), hard))
-    daemon = Limited(bootstrap, root / "state", unique("hostile-flood"))
+    daemon = DaemonProcess(
+        bootstrap,
+        root / "state",
+        unique("hostile-flood"),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
+    )
     daemon.start()
     result: dict[str, Any] = {"nofile": nofile, "connections": connections, "hold_s": hold_s}
     socks: list[socket.socket] = []

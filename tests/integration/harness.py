@@ -62,8 +62,11 @@ class DaemonProcess:
         extra_env: dict[str, str] | None = None,
         group: str | None = None,
         log_path: Path | None = None,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # run in the child before the daemon starts (die with the bench, a lower fd limit...)
+        self.preexec_fn = preexec_fn
         self.topic = topic
         self.dlq = f"{topic}.dlq"
         self.web_port = free_port()
@@ -100,6 +103,8 @@ class DaemonProcess:
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn,
             )
         return self
 
