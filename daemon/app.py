@@ -15,11 +15,13 @@ systemd the daemon reports READY, WATCHDOG, RELOADING and STOPPING itself (daemo
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +30,19 @@ import mode
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
 
 from models.registry_mirror import open_registry
-from models.serving import ModelServer, NoModel
+from models.serving import ModelServer
 from streams.ingest import IngestAgent, UserIdPolicy
 from streams.metrics import StreamMetrics
 from streams.tiers import StoredEvent, TieredStore, TierPolicy
 
 from . import systemd
 from .admin_routes import AdminRoutes
+from .batch_ingest import BatchIngest, StallingBatchConsumer
 from .broker import EmbeddedBroker, TopicSpec, ensure_topics_sync
 from .broker_probe import BrokerProbe
 from .cluster import QualityForwarder, ReplicaLink, ReplicaMetrics, TrainerRole, replica_id
 from .config import ConfigError, KafkaSettings, Settings, load_settings
-from .consumer import PartitionStalls, StallingApp
+from .consumer import PartitionStalls
 from .daemon_status import DaemonStatus
 from .housekeeping import Housekeeping, consumer_lag
 from .http_routes import PredictRoutes
@@ -53,12 +56,20 @@ from .producer import DeadLetters, Producer
 from .reload import diff_settings
 from .services import LearningService, LifecycleService, StoreService
 from .serving_metrics import ServingCollector
+from .stream_predictor import StreamPredictor
 from .tls import server_context
 from .web import WebService
 
 __all__ = ["Daemon", "topic_specs"]
 
 log = logging.getLogger("driftd")
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young-generation collections (_tune_interpreter)
+
+
+def faust_app_id(group_id: str) -> str:
+    """faust's app (its timers, services and leader topic) has a consumer group of its own: the
+    input topic's group is the hot path's (daemon.batch_ingest), whose assignor differs."""
+    return f"{group_id}.app"
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -72,7 +83,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.model_updates, 1, rf),
         TopicSpec(t.quality, 1, rf),
         TopicSpec(t.labeling_requests, 1, rf),
-        TopicSpec(f"{settings.kafka.group_id}-__assignor-__leader", 1, rf),
+        TopicSpec(f"{faust_app_id(settings.kafka.group_id)}-__assignor-__leader", 1, rf),
     ]
 
 
@@ -93,8 +104,7 @@ class Daemon:
         )
         # partitions stopped at a batch the consumer cannot read
         self.partition_stalls = PartitionStalls(self.metrics_registry)
-        self.app = _build_app(settings, self.bootstrap, self.partition_stalls)
-        self.input_topic = _input_topic(self.app, settings)
+        self.app = _build_app(settings, self.bootstrap)
         self.producer = Producer(self.app)
         # a replaced session's memory goes back to the OS at once, not at the next trim
         self.model_server = ModelServer(on_retired=trim_heap)
@@ -104,12 +114,26 @@ class Daemon:
             settings.models.registry_url,
             settings.models.registry_storage_options,
         )
+        self.stream_predictor = StreamPredictor(
+            self.model_server,
+            self.model_registry.root,
+            settings.models.top_k,
+            in_child=settings.models.stream_prediction == "process",
+        )
         swap_lock = asyncio.Lock()  # admin activations and the learning loop's swaps, one at a time
         self.role, self.learning, self.replica_link = self._build_learning(swap_lock)
         self.labeling = LabelingRequests(settings, self.producer.send, self.metrics_registry)
         self.ingest = self._build_ingest()
+        self.batch_ingest = BatchIngest(
+            settings.topics.input,
+            self.ingest,
+            partial(_ingest_consumer, settings, self.bootstrap, self.partition_stalls),
+            self.metrics_registry,
+            batch_size=settings.ingest.batch_size,
+            batch_timeout_s=settings.ingest.batch_timeout_s,
+        )
         self.status = DaemonStatus(
-            self.app,
+            self.batch_ingest.assignment,
             self.store_service,
             self.metrics,
             self.model_server,
@@ -132,7 +156,7 @@ class Daemon:
         s = self.settings
         replica, metrics = replica_id(), ReplicaMetrics(self.metrics_registry)
         # late: the ingest consumer exists once the app asks for it
-        role = TrainerRole(s, assignment=lambda: self.app.consumer.assignment())
+        role = TrainerRole(s, assignment=lambda: self.batch_ingest.assignment())
         forwarder = QualityForwarder(s.topics.quality, replica, self.producer.send, metrics)
         learning = LearningLoop(
             s,
@@ -169,10 +193,12 @@ class Daemon:
             null_key=cfg.null_key,
             users=UserIdPolicy(cfg.store_user_id, cfg.user_id_salt.get_secret_value().encode()),
             redactor=s.privacy.redactor(),
-            predict=self._predict_stream,
-            publish_prediction=self.producer.to(s.topics.predictions),
+            predict=self.stream_predictor.predict,
+            publish_prediction=self.producer.batches_to(s.topics.predictions, s.topics.partitions),
             observe=self._observe_batch,
             observe_served=s.web.monitor_http_predictions,
+            # late: the hot path is built on this agent
+            on_blocked=lambda blocked: self.batch_ingest.blocked(blocked),
         )
 
     def _build_web(self, swap_lock: asyncio.Lock) -> WebService:
@@ -200,35 +226,26 @@ class Daemon:
 
     def _register(self) -> None:
         """The services, the ingest agent and the timers, started and stopped with the app."""
-        s, app, ingest = self.settings, self.app, self.ingest
+        s, app = self.settings, self.app
         timeline_path = s.daemon.data_dir / "timeline.json"
         for service in (
             self.store_service,
             ModelService(s, self.model_server, self.model_registry),
+            self.stream_predictor,
             self.replica_link,
             self.web,
             self.broker_probe,
             LearningService(self.learning, timeline_path),
             LifecycleService(self.reload),
+            self.batch_ingest,
         ):
             _start_with(app, service)
-
-        @app.agent(self.input_topic, name="driftd.ingest")
-        async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
-            await ingest.consume(stream, s.ingest.batch_size, s.ingest.batch_timeout_s)
 
         Housekeeping(
             s, self.store_service, self.metrics, self.learning, self.consumer_lag, timeline_path
         ).register(app)
 
     # -- what the parts call back ----------------------------------------------------------------
-
-    def _predict_stream(self, texts: list[str]) -> list[dict[str, Any]] | None:
-        try:
-            predictions = self.model_server.predict(texts, top_k=self.settings.models.top_k)
-        except NoModel:
-            return None
-        return [p.to_dict() for p in predictions]
 
     def _observe_batch(
         self,
@@ -241,7 +258,7 @@ class Daemon:
         self.labeling.observe([pair for pair in predicted if pair[1].get("source") != "http"])
 
     def consumer_lag(self) -> dict[int, int]:
-        return consumer_lag(self.app, self.ingest)
+        return consumer_lag(self.batch_ingest.consumer, self.ingest)
 
     def reload(self) -> bool:
         """SIGHUP: re-read config.toml and the environment,
@@ -291,11 +308,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        # Background threads (store writer, model loading, stream prediction)
-        # run Python too; CPython lets one keep the GIL for up to the switch
-        # interval, which the event loop's requests then wait out. 1 ms instead
-        # of 5 bounds that wait (swap-time p99) for a few % more GIL hand-offs.
-        sys.setswitchinterval(0.001)
+        _tune_interpreter()
         before, after = raise_open_file_limit()
         if after != before:
             log.info("open-file limit raised from %d to %d", before, after)
@@ -319,6 +332,18 @@ class Daemon:
                 self.store.close_now()
             if broker is not None:
                 broker.stop()
+
+
+def _tune_interpreter() -> None:
+    # Background threads (store writer, model loading) run Python too; CPython lets one keep the
+    # GIL for up to the switch interval, which the event loop's requests then wait out. 1 ms
+    # instead of 5 bounds that wait (swap-time p99) for a few % more GIL hand-offs.
+    sys.setswitchinterval(0.001)
+    # The hot tier and the monitors keep hundreds of thousands of objects alive, which each
+    # young-generation collection traverses again: at the default threshold (700 allocations)
+    # bench/ingest.py ran 10-20% slower. Few of the hot path's objects form cycles, so
+    # collecting less often costs little memory.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _metrics_registry() -> CollectorRegistry:
@@ -358,14 +383,15 @@ def _build_store(settings: Settings, metrics: StreamMetrics) -> TieredStore:
     )
 
 
-def _build_app(settings: Settings, bootstrap: str, stalls: PartitionStalls) -> StallingApp:
-    """The faust app; an unreadable batch stalls its partition, not the worker (daemon.consumer)."""
+def _build_app(settings: Settings, bootstrap: str) -> faust.App:
+    """The faust app: its services, timers and producer."""
     s = settings
     data_dir: Path = s.daemon.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    return StallingApp(
-        s.kafka.group_id,
-        stalls=stalls,
+    # The input topic is read by daemon.batch_ingest, which stalls an unreadable batch's partition;
+    # faust's own consumer reads only its leader topic.
+    return faust.App(
+        faust_app_id(s.kafka.group_id),
         broker=f"kafka://{bootstrap.replace(',', ';kafka://')}",
         broker_credentials=faust_credentials(s.kafka),
         datadir=str(data_dir / "faust"),
@@ -379,19 +405,29 @@ def _build_app(settings: Settings, bootstrap: str, stalls: PartitionStalls) -> S
         broker_heartbeat_interval=s.kafka.heartbeat_interval_s,
         broker_commit_interval=s.kafka.commit_interval_s,
         producer_acks=-1,
+        # a fetch's predictions for one partition go out as one record batch, not a dozen
+        producer_max_batch_size=256 * 1024,
         stream_wait_empty=False,
         logging_config=None,
     )
 
 
-def _input_topic(app: faust.App, settings: Settings) -> faust.TopicT:
-    return app.topic(
-        settings.topics.input,
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        key_serializer="raw",
-        partitions=settings.topics.partitions,
+def _ingest_consumer(
+    settings: Settings, bootstrap: str, stalls: PartitionStalls
+) -> StallingBatchConsumer:
+    """The input topic's consumer, in the daemon's group, committing by hand (BatchIngest)."""
+    k = settings.kafka
+    return StallingBatchConsumer(
+        stalls=stalls,
+        bootstrap_servers=bootstrap,
+        group_id=k.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(k.session_timeout_s * 1000),
+        rebalance_timeout_ms=int(k.rebalance_timeout_s * 1000),
+        heartbeat_interval_ms=int(k.heartbeat_interval_s * 1000),
+        max_poll_records=settings.ingest.batch_size,
+        **aiokafka_options(k),
     )
 
 

@@ -206,7 +206,10 @@ class IngestSettings(_Section):
         default=65536, ge=256, description="Larger payloads go to the DLQ as too_large."
     )
     batch_size: int = Field(
-        default=1000, ge=1, le=100000, description="Events decoded and stored per batch."
+        default=2000,
+        ge=1,
+        le=100000,
+        description="Most events decoded, stored and predicted per batch (one fetch).",
     )
     batch_timeout_s: float = Field(
         default=0.2, gt=0, description="A partial batch is flushed after this long."
@@ -523,6 +526,12 @@ class ModelSettings(_Section):
     )
     top_k: int = Field(
         default=3, ge=1, le=20, description="Intents returned per prediction by default."
+    )
+    stream_prediction: Literal["process", "thread"] = Field(
+        default="process",
+        description='Where the stream\'s utterances are predicted: "process", a child process '
+        "on another core, so featurising does not take the event loop's GIL from ingest "
+        '(daemon/stream_predictor); "thread", a worker thread of the daemon.',
     )
     max_batch: int = Field(
         default=256, ge=1, le=4096, description="Most texts in one /v1/predict request."

@@ -1,25 +1,22 @@
-"""faust's Kafka consumer, made to stall one partition
-on a record batch it cannot read instead of dying.
+"""The input consumer's drain, made to stall one partition on a record batch it cannot read
+instead of failing the whole fetch.
 
-aiokafka decompresses and parses a partition's records only when faust drains them
+aiokafka decompresses and parses a partition's records only when they are drained
 (``Fetcher.fetched_records``). A batch it cannot read (an unknown codec, a codec whose library is
 missing, a compressed payload that does not decompress, a bad CRC or record structure) raises there,
-out of the whole fetch: faust's consumer thread crashes the worker ("We experienced a crash!"), and
-retrying only raises again, since the same bytes come back. Records already drained from other
-partitions in that call would be lost from the return while their positions had moved on.
+out of the whole fetch, and retrying only raises again, since the same bytes come back. Records
+already drained from other partitions in that call would be lost from the return while their
+positions had moved on.
 
 Here each partition is drained on its own. The records before an unreadable batch are returned; the
-partition is paused in aiokafka at the batch (faust never resumes an aiokafka
-pause; a rebalance starts it afresh), so nothing at or after it is consumed or
-committed and nothing is lost: the log still has it. The other partitions go on.
-``driftd_partition_stalled`` and an error log line name the partition and offset
-(alert DriftdPartitionStalled); docs/metrics.md says what an operator can do.
+partition is paused in aiokafka at the batch (a rebalance starts it afresh), so nothing at or after
+it is consumed or committed and nothing is lost: the log still has it. The other partitions go on.
+``driftd_partition_stalled`` and an error log line name the partition and offset (alert
+DriftdPartitionStalled); docs/metrics.md says what an operator can do.
 
-faust lets an app bring its own transport: ``StallingApp`` (built in daemon/app.py) makes
-``StallingTransport`` its transport, and so gives it this consumer. The one narrow override
-is ``_fetch_records`` of faust's aiokafka consumer thread, whose drain loop
-(``fetched_records`` below) follows aiokafka 0.14.0's ``Fetcher.fetched_records``
-(pinned in pyproject.toml) with one change: a partition that raises is stalled, not the whole fetch.
+``daemon.batch_ingest.StallingBatchConsumer.getmany`` calls ``fetched_records`` below, which
+follows aiokafka 0.14.0's ``Fetcher.fetched_records`` (pinned in pyproject.toml) with one change:
+a partition that raises is stalled, not the whole fetch.
 """
 
 from __future__ import annotations
@@ -32,18 +29,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import faust
 from aiokafka.consumer.fetcher import FetchResult
-from aiokafka.errors import ConsumerStoppedError
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TransportT
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 __all__ = [
     "PartitionStalls",
     "Stall",
-    "StallingApp",
-    "StallingTransport",
     "drain_partition",
     "fetched_records",
 ]
@@ -132,18 +123,26 @@ class PartitionStalls:
 def drain_partition(
     result: FetchResult, max_records: int | None
 ) -> tuple[list[Any], BaseException | None]:
-    """Up to ``max_records`` records of one partition's fetch result, one at
-    a time so that the position moves past each record returned and no
-    further: on an unreadable batch, the records before it and the error."""
+    """Up to ``max_records`` records of one partition's fetch result (aiokafka's
+    ``FetchResult.getall``, which loses the records before an error): on an unreadable batch,
+    the records before it and the error, with the position just after the last one returned."""
+    if not result.check_assignment(result._topic_partition) or not result.has_more():
+        return [], None  # no longer assigned, or paused
     records: list[Any] = []
+    partition_records = result._partition_records
     try:
-        while max_records is None or len(records) < max_records:
-            record = result.getone()  # None once drained (or no longer assigned/paused)
-            if record is None:
-                break
+        for record in partition_records:
             records.append(record)
+            if max_records is not None and len(records) >= max_records:
+                result._update_position()
+                return records, None
     except Exception as exc:  # noqa: BLE001 - whatever the batch raises, only its partition stops
+        if records:
+            state = result._assignment.state_value(result._topic_partition)
+            state.consumed_to(records[-1].offset + 1)
         return records, exc
+    result._update_position()  # drained: as getall does
+    result._partition_records = None
     return records, None
 
 
@@ -218,76 +217,3 @@ async def _wait_for_fetch(fetcher: Any, timeout: float) -> bool:
     if waiter.done():
         waiter.result()  # authorisation errors
     return True
-
-
-class StallingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka consumer thread with the per-partition drain (module docstring)."""
-
-    async def _fetch_records(
-        self,
-        consumer: Any,
-        active_partitions: Any,
-        timeout: float | None = None,
-        max_records: int | None = None,
-    ) -> Any:
-        if not self.consumer.flow_active:
-            return {}
-        fetcher = consumer._fetcher
-        if consumer._closed or fetcher._closed:
-            raise ConsumerStoppedError()
-        transport = self.consumer.transport
-        if not isinstance(transport, StallingTransport):
-            raise TypeError(f"{type(self).__name__} needs StallingTransport, not {transport!r}")
-        stalls = transport.stalls
-        if stalls.keys():
-            paused = {(tp.topic, tp.partition) for tp in consumer.paused()}
-            # a rebalance assigned it afresh (or to another replica)
-            for topic, partition in stalls.keys() - paused:
-                stalls.clear(
-                    topic,
-                    partition,
-                    "revoked or assigned again: read again from the committed offset",
-                )
-
-        def on_unreadable(tp: Any, offset: int, error: BaseException) -> None:
-            # aiokafka fetches it no more; faust never resumes it (a rebalance does)
-            consumer.pause(tp)
-            stalls.stall(tp.topic, tp.partition, offset, error)
-
-        with fetcher._subscriptions.fetch_context():
-            return await fetched_records(
-                fetcher,
-                active_partitions,
-                timeout=timeout or 0,
-                max_records=max_records,
-                on_unreadable=on_unreadable,
-            )
-
-
-class StallingConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> StallingConsumerThread:
-        return StallingConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class StallingTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport with ``StallingConsumer``;
-    ``stalls`` records what stands still."""
-
-    Consumer = StallingConsumer
-
-    def __init__(self, url: Any, app: Any, *, stalls: PartitionStalls, **kwargs: Any) -> None:
-        super().__init__(url, app, **kwargs)
-        self.stalls = stalls
-
-
-class StallingApp(faust.App):
-    """A faust app whose transport is ``StallingTransport``, recording in ``stalls``."""
-
-    def __init__(self, *args: Any, stalls: PartitionStalls, **kwargs: Any) -> None:
-        self._stalls = (
-            stalls  # before faust's __init__: whatever it builds may ask for the transport
-        )
-        super().__init__(*args, **kwargs)
-
-    def _new_transport(self) -> TransportT:
-        return StallingTransport(self.conf.broker_consumer, self, stalls=self._stalls)

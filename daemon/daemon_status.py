@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import faust
-
 from models.registry import Registry
 from models.registry_mirror import MirroredRegistry
 from models.serving import ModelServer
@@ -26,7 +24,7 @@ __all__ = ["DaemonStatus"]
 class DaemonStatus:
     def __init__(
         self,
-        app: faust.App,
+        assignment: Callable[[], set[Any]],
         store_service: StoreService,
         metrics: StreamMetrics,
         server: ModelServer,
@@ -36,7 +34,7 @@ class DaemonStatus:
         broker_probe: BrokerProbe,
         lag: Callable[[], dict[int, int]],
     ) -> None:
-        self.app, self.store_service, self.metrics = app, store_service, metrics
+        self.assignment, self.store_service, self.metrics = assignment, store_service, metrics
         self.server, self.registry, self.learning = server, registry, learning
         self.replica_link, self.broker_probe, self.lag = replica_link, broker_probe, lag
         self.started_at = time.time()
@@ -46,7 +44,7 @@ class DaemonStatus:
         opened = self.store_service.opened
         return {
             "store_open": opened,
-            "consumer_assigned": bool(self.app.consumer.assignment()) if opened else False,
+            "consumer_assigned": bool(self.assignment()) if opened else False,
             "model_loaded": self.server.ready,
         }
 

@@ -64,12 +64,14 @@ def counter_total(counter: MetricWrapperBase) -> float:
     return float(sum(s.value for s in metric_samples(counter) if s.name.endswith("_total")))
 
 
-def consumer_lag(app: faust.App, ingest: IngestAgent) -> dict[int, int]:
+def consumer_lag(consumer: Any, ingest: IngestAgent) -> dict[int, int]:
     """Records behind the high watermark, per assigned
     input partition (known once a fetch saw it)."""
-    lags = {}
-    for tp in app.consumer.assignment():
-        highwater = app.consumer.highwater(tp)
+    lags: dict[int, int] = {}
+    if consumer is None:
+        return lags
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
         if highwater is None:
             continue
         position = ingest.next_offsets.get((tp.topic, tp.partition))

@@ -165,6 +165,17 @@ def _token_id_cache(
     return token_ids
 
 
+@lru_cache(maxsize=8)
+def _bigram_id_cache(buckets: int) -> Callable[[str, str], int]:
+    """The memo of a token bigram's id: skewed like words, so most of a text's are cached."""
+
+    @lru_cache(maxsize=1 << 16)
+    def bigram_id(a: str, b: str) -> int:
+        return _hash(f"b:{a} {b}", buckets)
+
+    return bigram_id
+
+
 @dataclass(frozen=True)
 class HashingFeaturizer:
     """Defaults are version 2's, tuned with bench/multilingual.py;
@@ -195,6 +206,7 @@ class HashingFeaturizer:
             else _token_id_cache(self.buckets, self.char_ngrams, self.run_ngrams)
         )
         object.__setattr__(self, "_word_ids", memo)
+        object.__setattr__(self, "_bigram_id", _bigram_id_cache(self.buckets))
 
     def __reduce__(
         self,
@@ -226,7 +238,8 @@ class HashingFeaturizer:
         for kind, token in tokens:
             ids.extend(token_ids(kind, token))
         if self.word_bigrams:
-            ids.extend(self._hash(f"b:{a} {b}") for (_, a), (_, b) in itertools.pairwise(tokens))
+            bigram_id = self._bigram_id  # type: ignore[attr-defined]  # set in __post_init__
+            ids.extend(bigram_id(a, b) for (_, a), (_, b) in itertools.pairwise(tokens))
         return ids[: self.max_features]
 
     def _features_v1(self, text: str) -> list[int]:
@@ -236,7 +249,8 @@ class HashingFeaturizer:
         for word in words:
             ids.extend(word_ids(word))
         if self.word_bigrams:
-            ids.extend(self._hash(f"b:{a} {b}") for a, b in itertools.pairwise(words))
+            bigram_id = self._bigram_id  # type: ignore[attr-defined]  # set in __post_init__
+            ids.extend(bigram_id(a, b) for a, b in itertools.pairwise(words))
         return ids[: self.max_features]
 
     def batch(self, texts: Sequence[str]) -> np.ndarray:

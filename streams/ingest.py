@@ -1,13 +1,13 @@
 """Ingest: decode and validate each record, dead-letter
 the malformed ones, store the rest in the tiers.
 
-The faust agent takes records in batches. A batch is acknowledged (so its offsets may be committed)
-only after faust's ``take_events`` regains control, and this module makes sure that happens only
-once every valid record is durable in warm and every malformed one is delivered to the DLQ:
-storage failures are retried (consumption pauses meanwhile: backpressure), and a cancellation at
-shutdown waits for the batch in flight before it lets go. One bad record never stops the daemon: a
-tombstone (no value) and, under ingest.null_key = "dlq",
-a valid event without a record key go to the DLQ too.
+The daemon's hot path (daemon/batch_ingest) hands it one fetch at a time: ``prepare`` decodes,
+validates and redacts the batch (CPU only), ``deliver`` dead-letters, stores, predicts and
+publishes it and returns only once every valid record is durable in warm, every malformed one is
+on the DLQ and every prediction is acknowledged; only then are its offsets committed. Failing sinks
+are retried (``on_blocked`` pauses consumption meanwhile: backpressure), never skipped. One bad
+record never stops the daemon: a tombstone (no value) and, under ingest.null_key = "dlq", a valid
+event without a record key go to the DLQ too.
 
 Personal data is handled before a valid event goes anywhere: the configured patterns
 (streams.redact) are replaced in its text, meta and unknown fields, and user_id is
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import time
 from collections import Counter
@@ -33,7 +32,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .metrics import StreamMetrics
+import orjson
+
+from .metrics import StreamMetrics, observe_all
 from .redact import Redactor
 from .schema import Event, Rejection, decode_event
 from .tiers import StoredEvent, TieredStore
@@ -45,6 +46,7 @@ __all__ = [
     "IngestAgent",
     "PredictionSink",
     "Predictor",
+    "PreparedBatch",
     "RawRecord",
     "UserIdPolicy",
     "served_prediction",
@@ -82,19 +84,6 @@ class RawRecord:
     timestamp: float  # seconds
     headers: Sequence[tuple[str, bytes]] = ()
 
-    @classmethod
-    def from_message(cls, message: Any) -> RawRecord:
-        """From a faust Message (or anything with the same attributes)."""
-        return cls(
-            message.topic,
-            message.partition,
-            message.offset,
-            message.key,
-            message.value,
-            message.timestamp,
-            tuple(message.headers or ()),
-        )
-
 
 # texts -> prediction dicts, None: no model yet
 Predictor = Callable[[list[str]], "list[dict[str, Any]] | None"]
@@ -105,8 +94,12 @@ BatchObserver = Callable[
 
 
 class PredictionSink(Protocol):
-    async def __call__(self, key: bytes, value: bytes) -> Awaitable[Any]:
-        """Queue one prediction record; the returned awaitable resolves once the broker has it."""
+    async def __call__(
+        self, partition: int, records: Sequence[tuple[bytes, bytes]]
+    ) -> Awaitable[Any]:
+        """Queue (key, value) records in this order on the predictions topic's partition for
+        the input's ``partition`` (record batches, not one send each); the returned awaitable
+        resolves once the broker has them all."""
 
 
 class DeadLetterSink(Protocol):
@@ -191,6 +184,20 @@ def served_prediction(event: Event) -> dict[str, Any] | None:
     return {**top, "top_k": [top], "model_version": version, "source": "http"}
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A decoded batch (``IngestAgent.prepare``): its records, the valid events, the rejections,
+    the utterances already answered over HTTP with their served predictions, and the model call
+    for the others, already started."""
+
+    records: Sequence[RawRecord]
+    valid: list[StoredEvent]
+    rejected: list[tuple[RawRecord, Rejection]]
+    served: list[tuple[StoredEvent, dict[str, Any]]]
+    to_predict: list[StoredEvent]  # the other utterances
+    predictions: asyncio.Future[list[dict[str, Any]] | None] | None  # theirs, under way
+
+
 @dataclass
 class IngestAgent:
     store: TieredStore
@@ -212,22 +219,27 @@ class IngestAgent:
     # pass served HTTP predictions to ``observe`` (web.monitor_http_predictions)
     observe_served: bool = True
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # for the lag gauge
+    # backpressure: called with True when a sink starts failing, False once every sink works again
+    on_blocked: Callable[[bool], None] | None = None
+    _blocked_sinks: set[str] = field(default_factory=set)
 
-    async def consume(self, stream: Any, batch_size: int, batch_timeout_s: float) -> None:
-        """The faust agent body: ``app.agent(topic)(lambda s: ingest.consume(s, ...))``."""
-        async for events in stream.take_events(batch_size, batch_timeout_s):
-            batch = asyncio.ensure_future(
-                self.handle([RawRecord.from_message(e.message) for e in events])
-            )
-            try:
-                await asyncio.shield(batch)
-            except asyncio.CancelledError:
-                # Shutdown: take_events acks this batch as soon as we return, so finish it first.
-                await batch
-                raise
+    def _set_blocked(self, sink: str, blocked: bool) -> None:
+        before = bool(self._blocked_sinks)
+        if blocked:
+            self._blocked_sinks.add(sink)
+        else:
+            self._blocked_sinks.discard(sink)
+        if self.on_blocked is not None and bool(self._blocked_sinks) != before:
+            self.on_blocked(bool(self._blocked_sinks))
 
     async def handle(self, records: Sequence[RawRecord]) -> tuple[int, int]:
         """Store the valid records and dead-letter the rest; returns (stored, dead-lettered)."""
+        return await self.deliver(self.prepare(records))
+
+    def prepare(self, records: Sequence[RawRecord]) -> PreparedBatch:
+        """Decode, validate and redact a batch and start its model call. Nothing is stored or
+        sent yet: a caller may prepare the next batch while the previous one is delivered, and
+        may drop a prepared batch."""
         now = self.clock()
         valid: list[StoredEvent] = []
         rejected: list[tuple[RawRecord, Rejection]] = []
@@ -251,6 +263,15 @@ class IngestAgent:
                 ):
                     served.append((stored, prediction))
         served_ids = {id(event) for event, _ in served}
+        unserved = [e for e in valid if e.type == "utterance" and id(e) not in served_ids]
+        return PreparedBatch(
+            records, valid, rejected, served, unserved, self._start_predicting(unserved)
+        )
+
+    async def deliver(self, batch: PreparedBatch) -> tuple[int, int]:
+        """Dead-letter, store, predict and publish a prepared batch, then observe it; returns
+        (stored, dead-lettered) once every sink has it (retried until then: backpressure)."""
+        records, valid, rejected, served = batch.records, batch.valid, batch.rejected, batch.served
 
         _, inserted, predicted = await asyncio.gather(
             self._retry(
@@ -258,9 +279,7 @@ class IngestAgent:
                 self._delivery_attempt(rejected, lambda r: self.dead_letter(*r), "dead letter(s)"),
             ),
             self._retry("warm", lambda: self.store.write(valid)),
-            self._predict_and_publish(
-                [e for e in valid if e.type == "utterance" and id(e) not in served_ids]
-            ),
+            self._publish_predictions(batch.to_predict, batch.predictions),
         )
         # the outcome judges exactly what the HTTP client was told
         if served and self.observe_served:
@@ -271,9 +290,7 @@ class IngestAgent:
             self.metrics.events.labels(kind).inc(count)
         for reason, count in Counter(rejection.reason for _, rejection in rejected).items():
             self.metrics.dlq.labels(reason).inc(count)
-        observe = self.metrics.ingest_latency.observe
-        for event in valid:
-            observe(max(0.0, stored_at - event.kafka_ts))
+        observe_all(self.metrics.ingest_latency, [max(0.0, stored_at - e.kafka_ts) for e in valid])
         if len(valid) > inserted:
             self.metrics.duplicates.inc(len(valid) - inserted)
         self.metrics.batch_size.observe(len(records))
@@ -286,33 +303,52 @@ class IngestAgent:
                 log.exception("the batch observer failed on a batch of %d events", len(valid))
         return len(valid), len(rejected)
 
-    async def _predict_and_publish(
+    def _start_predicting(
         self, utterances: list[StoredEvent]
-    ) -> list[tuple[StoredEvent, dict[str, Any]]]:
-        """One model call for the batch's utterances (in a worker
-        thread), then one record each on `predictions`."""
+    ) -> asyncio.Future[list[dict[str, Any]] | None] | None:
+        """One model call for the batch's utterances, started in a worker thread as soon as the
+        batch is prepared, so it runs while the previous batch is delivered."""
         if not utterances or self.predict is None or self.publish_prediction is None:
-            return []
-        predictions = await asyncio.get_running_loop().run_in_executor(
+            return None
+        return asyncio.get_running_loop().run_in_executor(
             None, self.predict, [e.text or "" for e in utterances]
         )
+
+    async def _publish_predictions(
+        self,
+        utterances: list[StoredEvent],
+        predicting: asyncio.Future[list[dict[str, Any]] | None] | None,
+    ) -> list[tuple[StoredEvent, dict[str, Any]]]:
+        """The batch's predictions on `predictions`, in record batches per input partition and
+        in its order."""
+        if predicting is None or self.publish_prediction is None:
+            return []
+        try:
+            predictions = await predicting
+        except Exception:  # a model that fails must not stop ingest: stored, not predicted
+            log.exception(
+                "predicting %d utterances failed; they are stored unpredicted", len(utterances)
+            )
+            predictions = None
         if predictions is None:
             self.metrics.predictions_skipped.inc(len(utterances))
             return []
-        records = [
-            (
-                e.conversation_id.encode(),
-                json.dumps(
-                    {"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}
-                ).encode(),
+        # Each input partition's predictions go out together, in event order: one item (and
+        # one record batch or a few) per partition instead of one send per utterance.
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for e, p in zip(utterances, predictions, strict=True):
+            value = {"event_id": e.event_id, "conversation_id": e.conversation_id, "ts": e.ts, **p}
+            by_partition.setdefault(e.partition, []).append(
+                (e.conversation_id.encode(), orjson.dumps(value))
             )
-            for e, p in zip(utterances, predictions, strict=True)
-        ]
         publish = self.publish_prediction
         await self._retry(
-            "predictions", self._delivery_attempt(records, lambda kv: publish(*kv), "prediction(s)")
+            "predictions",
+            self._delivery_attempt(
+                list(by_partition.items()), lambda item: publish(*item), "prediction batch(es)"
+            ),
         )
-        self.metrics.predictions.inc(len(records))
+        self.metrics.predictions.inc(len(utterances))
         return list(zip(utterances, predictions, strict=True))
 
     @staticmethod
@@ -353,6 +389,7 @@ class IngestAgent:
                 failures += 1
                 self.metrics.store_errors.labels(sink).inc()
                 self.metrics.ingest_blocked.labels(sink).set(1)
+                self._set_blocked(sink, True)
                 log.error(
                     "writing to %s failed (attempt %d), consumption paused, retrying in %.1fs: %s",
                     sink,
@@ -365,6 +402,7 @@ class IngestAgent:
                 continue
             if failures:
                 self.metrics.ingest_blocked.labels(sink).set(0)
+                self._set_blocked(sink, False)
                 log.warning(
                     "writing to %s works again after %d failed attempts (%.1f s "
                     "paused); consumption resumes",

@@ -5,14 +5,35 @@ Labels are bounded: event types, rejection reasons, tiers and partitions, never 
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .schema import RECORD_REJECTION_REASONS, REJECTION_REASONS
 
-__all__ = ["INGEST_SINKS", "StreamMetrics"]
+__all__ = ["INGEST_SINKS", "StreamMetrics", "observe_all"]
 
 # where a batch must land before its offsets may be committed
 INGEST_SINKS = ("warm", "dlq", "predictions")
+
+
+def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
+    """``histogram.observe(v)`` for every value, one increment per bucket rather than per value:
+    ingest observes every event. prometheus-client (pinned) has no bulk call, so this uses its
+    ``_upper_bounds``, ``_buckets`` (each value counts in its first bucket that holds it; the
+    exposition makes them cumulative) and ``_sum``; tests/unit/test_stream_metrics.py checks
+    the result against ``observe``."""
+    bounds = histogram._upper_bounds
+    tally: Tally[int] = Tally()
+    total = 0.0
+    for value in values:
+        tally[bisect_left(bounds, value)] += 1
+        total += value
+    for bucket, count in tally.items():
+        histogram._buckets[bucket].inc(count)
+    histogram._sum.inc(total)
 
 
 class StreamMetrics:

@@ -7,6 +7,7 @@ The signal names are Literals here; tests check them against the detector and si
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -179,7 +180,7 @@ class MonitorConfig(BaseModel):
             raise _invalid("signals", f"be distinct names among {names}, got {list(signals)!r}")
         return signals
 
-    @property
+    @cached_property  # read per streamed event (DecayMonitor._decide); the config is frozen
     def needs_labels(self) -> bool:
         return any(s in get_args(DetectorName) for s in self.signals)
 

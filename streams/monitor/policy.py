@@ -89,7 +89,15 @@ class DecayMonitor:
         )
         self.decisions = 0
         self.last_decision: Decision | None = None
+        # labelled gauge children, looked up once: observe_* run once per streamed event
+        self._children: dict[tuple[str, str], Any] = {}
         self.reset()
+
+    def _child(self, family: str, label: str) -> Any:
+        child = self._children.get((family, label))
+        if child is None:
+            child = self._children[(family, label)] = getattr(self.metrics, family).labels(label)
+        return child
 
     def reconfigure(self, config: MonitorConfig) -> list[str]:
         """Apply new thresholds at run time (SIGHUP) without forgetting what was learned.
@@ -166,7 +174,7 @@ class DecayMonitor:
             self._latch(name)
         if self.metrics is not None:
             for name, value in self.label_free.values().items():
-                self.metrics.label_free.labels(name).set(value)
+                self._child("label_free", name).set(value)
         return self._decide()
 
     def observe_outcome(self, outcome: Outcome) -> Decision | None:
@@ -186,9 +194,9 @@ class DecayMonitor:
         if self.metrics is not None:
             ewma = self.detectors["ewma"]
             assert isinstance(ewma, EwmaDecayDetector)
-            self.metrics.outcomes.labels("true" if outcome.correct else "false").inc()
-            self.metrics.live_accuracy.labels("ewma").set(ewma.ewma)
-            self.metrics.live_accuracy.labels("window").set(self.window.accuracy)
+            self._child("outcomes", "true" if outcome.correct else "false").inc()
+            self._child("live_accuracy", "ewma").set(ewma.ewma)
+            self._child("live_accuracy", "window").set(self.window.accuracy)
             if ewma.reference is not None:
                 self.metrics.reference_accuracy.set(ewma.reference)
         return self._decide()
@@ -203,6 +211,11 @@ class DecayMonitor:
         return self.labelled if self.config.needs_labels else self.predictions
 
     def _decide(self) -> Decision | None:
+        if not self._fired:
+            return None  # the common case, per event: nothing latched, nothing to decide
+        now = self._clock()
+        if self.last_decision is not None and now - self.last_decision.at < self.config.cooldown_s:
+            return None  # latched signals wait for the cooldown's end
         listed = tuple(s for s in self.config.signals if s in self._fired)
         decayed = bool(listed) and (
             self.config.mode == "any" or len(listed) == len(self.config.signals)
@@ -217,9 +230,6 @@ class DecayMonitor:
         if not decayed and not poor:
             return None
         fired = (listed if decayed else ()) + poor
-        now = self._clock()
-        if self.last_decision is not None and now - self.last_decision.at < self.config.cooldown_s:
-            return None
         decision = Decision(now, fired, self._evidence(), self.labelled)
         self.last_decision = decision
         self.decisions += 1

@@ -46,6 +46,12 @@ class HotTier:
                 self._utterances[event.event_id] = event
         evicted = 0
         while self._count > self.max_events:
+            queues = [q for q in self._queues.values() if q]
+            if len(queues) == 1:  # the common case, one priority: its oldest go, no comparing
+                excess = self._count - self.max_events
+                for _ in range(excess):
+                    self._forget(queues[0].popitem(last=False)[1])
+                return evicted + excess
             self._pop_oldest()
             evicted += 1
         return evicted

@@ -190,6 +190,11 @@ def stored_event_ids(data_dir: Path) -> Counter[str]:
     return Counter(event_id for (event_id,) in _stored_rows(data_dir, ("event_id",)))
 
 
+def stored_positions(data_dir: Path) -> list[tuple[str, int, int]]:
+    """(event_id, partition, offset) of every row warm and cold hold."""
+    return _stored_rows(data_dir, ("event_id", "partition", "offset"))
+
+
 def stored_keys(data_dir: Path) -> Counter[tuple[int, int]]:
     """Every (partition, offset) held by warm and cold, with multiplicity."""
     return Counter(_stored_rows(data_dir, ("partition", "offset")))

@@ -176,6 +176,11 @@ def test_malformed_payloads_go_to_the_dlq_with_their_reason_and_valid_ones_are_s
             assert src_topic == topic and int(partition) >= 0 and int(offset) >= 0
             assert headers["driftd-detail"]
 
+        # the lag gauge is set by a 1-s timer once a fetch has seen the partition's high watermark
+        daemon.wait_until(
+            lambda: "driftd_consumer_lag{partition=0}" in daemon.metrics(), 10, "the lag gauge"
+        )
+        metrics = daemon.metrics()
         for name in (
             "driftd_tier_events{tier=hot}",
             "driftd_tier_events{tier=warm}",

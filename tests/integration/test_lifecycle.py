@@ -59,8 +59,9 @@ def test_sigkill_at_five_moments_then_restart_stores_every_event_exactly_once(br
     first = DaemonProcess(broker.bootstrap, data_dir, topic, extra_env=CHURN).start()
     first.wait_ready()  # creates the topics with their partition counts before anything produces
 
+    # The stream (48 s) outlasts the five kills, so that each restart has events left to ingest.
     producer = threading.Thread(
-        target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, rate=1500)),
+        target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, rate=500)),
         daemon=True,
     )
     producer.start()

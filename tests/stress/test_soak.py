@@ -35,6 +35,9 @@ from tests.integration.harness import DaemonProcess, produce, stored_event_ids, 
 from tests.integration.test_learning_loop import CLINC_SEED_DOMAINS, events_of, publish_seed_model
 
 EVENTS = int(os.environ.get("SOAK_EVENTS", "1000000"))
+# Paced, so that the run holds its fine-tunes and swaps: the batched hot path ingests an
+# unpaced stream in about a minute.
+RATE = 3000
 WARM_UP = EVENTS * 9 // 20
 LEVEL_WINDOW_S = 60
 TOKEN = "soak-admin-token-0123456789"
@@ -104,7 +107,9 @@ def test_a_million_events_with_periodic_fine_tunes_and_swaps_hold_memory_files_a
     try:
         daemon.wait_ready(timeout_s=90, model=True)
         producer = threading.Thread(
-            target=lambda: asyncio.run(produce(broker.bootstrap, topic, payloads, keys=keys)),
+            target=lambda: asyncio.run(
+                produce(broker.bootstrap, topic, payloads, keys=keys, rate=RATE)
+            ),
             daemon=True,
         )
         producer.start()

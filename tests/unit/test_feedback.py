@@ -190,7 +190,7 @@ def ingest_reports(tmp_path: Path, *, observe_served: bool) -> Reports:
         top = {"intent": "greet", "confidence": 0.99}
         return [{**top, "top_k": [top], "model_version": "v000009"} for _ in texts]
 
-    async def publish(key: bytes, value: bytes) -> Any:
+    async def publish(partition: int, records: list[tuple[bytes, bytes]]) -> Any:
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future

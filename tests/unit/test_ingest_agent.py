@@ -47,7 +47,12 @@ def utterance(i: int, **extra) -> dict:
 
 
 def make_agent(
-    tmp_path, *, store_failures: int = 0, dlq_failures: int = 0, users: UserIdPolicy | None = None
+    tmp_path,
+    *,
+    store_failures: int = 0,
+    dlq_failures: int = 0,
+    users: UserIdPolicy | None = None,
+    **options,
 ):
     metrics = StreamMetrics(CollectorRegistry())
     store = FlakyStore(
@@ -79,6 +84,7 @@ def make_agent(
         users=users or UserIdPolicy(),
         retry_initial_s=0.01,
         retry_max_s=0.02,
+        **options,
     )
     return agent, store, metrics, delivered
 
@@ -90,6 +96,51 @@ def store_errors(metrics: StreamMetrics, sink: str) -> float:
         for s in family.samples
         if s.name == "driftd_store_errors_total" and s.labels == {"sink": sink}
     )
+
+
+def prediction_sink():
+    """A predictions sink that records (partition, [(key, value)]) per call."""
+    calls: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+
+    async def publish(partition, records):
+        calls.append((partition, list(records)))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    return publish, calls
+
+
+def test_predictions_go_out_per_input_partition_in_offset_order(tmp_path):
+    publish, calls = prediction_sink()
+
+    def predict(texts):
+        return [{"intent": t, "confidence": 0.9, "top_k": [], "model_version": "v1"} for t in texts]
+
+    agent, *_ = make_agent(tmp_path, predict=predict, publish_prediction=publish)
+    records = [
+        RawRecord("conversations", i % 3, i, b"k", json.dumps(utterance(i)).encode(), 1.0)
+        for i in range(12)
+    ]
+    asyncio.run(agent.handle(records))
+    assert sorted(partition for partition, _ in calls) == [0, 1, 2]  # one call each
+    for partition, published in calls:
+        intents = [json.loads(value)["intent"] for _, value in published]
+        assert intents == [f"hello {i}" for i in range(partition, 12, 3)]
+
+
+def test_a_failing_model_leaves_the_batch_stored_and_unpredicted(tmp_path, caplog):
+    publish, calls = prediction_sink()
+
+    def predict(texts):
+        raise RuntimeError("the session broke")
+
+    agent, store, metrics, _ = make_agent(tmp_path, predict=predict, publish_prediction=publish)
+    stored, rejected = asyncio.run(agent.handle([record(0, utterance(0)), record(1, utterance(1))]))
+    assert (stored, rejected) == (2, 0) and store.warm.count == 2 and calls == []
+    (family,) = metrics.predictions_skipped.collect()
+    assert [s.value for s in family.samples if s.name.endswith("_total")] == [2]
+    assert "the session broke" in caplog.text
 
 
 def test_failed_writes_are_retried_until_stored_and_counted(tmp_path):

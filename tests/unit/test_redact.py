@@ -8,6 +8,8 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.config import ENV_PREFIX, ConfigError, load_settings
 from streams.ingest import RawRecord, UserIdPolicy, to_stored
@@ -109,6 +111,23 @@ def test_phone_numbers_national_and_international(number: str) -> None:
 )
 def test_plain_numbers_dates_and_handles_are_left_alone(text: str) -> None:
     assert DEFAULT.text(text) is text  # unchanged, and not even copied
+
+
+# The same patterns, each wrapped in a group, so no precondition applies: every text is scanned.
+SCANNED = Redactor((name, f"(?:{regex})", new) for name, regex, new in DEFAULT_PATTERNS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789٣@ .-+()/abcé_x\n"), max_size=40))
+def test_the_cheap_preconditions_never_skip_a_text_the_patterns_match(text: str) -> None:
+    assert DEFAULT.text(text) == SCANNED.text(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["+1 555 0100 123", "tel 0301234567", "x@y.de", "٣٣٣٣٣٣٣٣٣٣", "ring 555-123-4567"]
+)
+def test_texts_that_meet_a_precondition_are_scanned_and_redacted(text: str) -> None:
+    assert DEFAULT.text(text) == SCANNED.text(text) != text
 
 
 def test_several_matches_of_several_kinds_in_one_text() -> None:
@@ -288,8 +307,8 @@ def test_ingest_stores_and_predicts_redacted_text_and_dead_letters_original_byte
             for _ in texts
         ]
 
-    async def publish(key, value):
-        published.append(value)
+    async def publish(partition, records):
+        published.extend(value for _, value in records)
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future

@@ -314,6 +314,27 @@ def test_decode_valid_events_stay_valid_or_get_a_reason(fields: dict[str, Any]) 
         assert result.type == (fields.get("type") or "utterance")
 
 
+@pytest.mark.parametrize(
+    "number", [b"NaN", b"-Infinity", b"Infinity", b"1e400", b"-2.5E+308", b"1" + b"0" * 400 + b".0"]
+)
+@pytest.mark.parametrize("where", ["meta", "unknown"])
+def test_non_finite_numbers_in_free_form_fields_are_refused(number: bytes, where: str) -> None:
+    value = b'{"deep": [1, {"x": ' + number + b"}]}"
+    field = b'"meta": ' + value if where == "meta" else b'"extra": ' + value
+    payload = encode(UTTERANCE)[:-1] + b", " + field + b"}"
+    result = decode_event(payload, LIMIT)
+    assert isinstance(result, Rejection) and result.reason == "not_json", result
+
+
+def test_large_but_finite_numbers_in_free_form_fields_are_kept() -> None:
+    payload = encode({**UTTERANCE, "meta": {"big": 1e300, "text": "1e400 in a string"}})
+    event = decode_event(payload, LIMIT)
+    assert not isinstance(event, Rejection) and event.meta == {
+        "big": 1e300,
+        "text": "1e400 in a string",
+    }
+
+
 # --- (e) the documented examples are valid
 # ---------------------------------------------------------
 
