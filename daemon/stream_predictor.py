@@ -9,8 +9,9 @@ The child loads a version from the registry's local directory the first time it 
 (``LoadedModel.load``: verified and probed, as the server's own copy was) and keeps the last two,
 so the batches in flight across a hot swap are answered by the version they were sent with. The
 version is read from the ``ModelServer`` per batch, so the stream follows the swaps the server
-makes. If the child fails (it died, or cannot load the version) the batch is predicted in the
-daemon's process instead and the child is started afresh on the next batch.
+makes. If the child fails (it died, cannot load the version, or gave no answer within
+``timeout_s``: it is then killed) the batch is predicted in the daemon's process instead, and a new
+child serves the next batch.
 ``models.stream_prediction = "thread"`` predicts in the daemon's process always.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -46,12 +48,14 @@ class StreamPredictor(mode.Service):
         top_k: int,
         *,
         in_child: bool = True,
+        timeout_s: float = 120.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.server, self.registry_root, self.top_k = server, registry_root, top_k
-        self.in_child = in_child
+        self.in_child, self.timeout_s = in_child, timeout_s
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # batches are predicted from more than one worker thread
 
     async def on_start(self) -> None:
         if self.in_child:
@@ -67,9 +71,20 @@ class StreamPredictor(mode.Service):
         return next(iter(processes), None)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        """Stop using ``pool`` (failed or hung); its child is killed, the next batch starts a new
+        one. A newer pool another thread started meanwhile is kept."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        for process in list(getattr(pool, "_processes", {}).values()):  # no public kill
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]] | None:
         """Blocking: ingest calls it in a worker thread."""
@@ -77,12 +92,20 @@ class StreamPredictor(mode.Service):
         if version is None:
             return None
         if self.in_child:
-            asked = (self.registry_root, version, texts, self.top_k)
+            pool = self._child()
             try:
-                return self._child().submit(_predict, *asked).result()
+                future = pool.submit(_predict, self.registry_root, version, texts, self.top_k)
+                return future.result(timeout=self.timeout_s)
             except BrokenProcessPool:
                 log.warning("the stream prediction child died; this batch is predicted here")
-                self.close()
+                self._discard(pool)
+            except TimeoutError:
+                log.warning(
+                    "the stream prediction child gave no answer in %.0f s; it is replaced, "
+                    "this batch is predicted here",
+                    self.timeout_s,
+                )
+                self._discard(pool)
             except Exception as exc:  # noqa: BLE001 - whatever failed there, the server's copy serves
                 log.warning("stream prediction in the child failed (%s); predicted here", exc)
         try:
@@ -91,13 +114,14 @@ class StreamPredictor(mode.Service):
             return None
 
     def _child(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=die_with_parent,
-            )
-        return self._pool
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=die_with_parent,
+                )
+            return self._pool
 
 
 # --- in the child ---------------------------------------------------------------------------------

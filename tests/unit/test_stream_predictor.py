@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -70,6 +71,22 @@ def test_a_child_that_dies_costs_no_batch_and_is_started_again(registry) -> None
         assert predictor.predict(TEXTS) == expected  # answered here meanwhile
         assert predictor.predict(TEXTS) == expected  # by a new child
         assert predictor.child_pid not in (None, pid)
+    finally:
+        predictor.close()
+        server.close()
+
+
+def test_a_child_that_hangs_is_replaced_and_the_batch_predicted_here(registry) -> None:
+    server = serving(registry, registry.versions()[0])
+    predictor = started(StreamPredictor(server, registry.root, top_k=3, timeout_s=10))
+    try:
+        expected = [p.to_dict() for p in server.predict(TEXTS, top_k=3)]
+        assert predictor.predict(TEXTS) == expected
+        hung = predictor.child_pid
+        predictor._child().submit(time.sleep, 60)  # the one child is busy for a minute
+        assert predictor.predict(TEXTS) == expected  # after 10 s, here
+        assert predictor.predict(TEXTS) == expected  # by a new child
+        assert predictor.child_pid not in (None, hung)
     finally:
         predictor.close()
         server.close()
