@@ -114,25 +114,13 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 def plan_clinc_events(n: int) -> Iterator[dict[str, Any]]:
     """n CLINC150 events as the replay plans them: utterances and their late labels."""
-    from daemon.config import ReplaySettings
-    from streams.datasets import groups, load_examples
-    from streams.replay import DriftSchedule, plan_events
+    from daemon.config import ReplaySettings, Settings
+    from daemon.replaying import replay_plan
 
     r = ReplaySettings()
-    examples = load_examples(r.dataset, "train", r.data_dir)
-    schedule = DriftSchedule.parse(
-        r.schedule, groups(r.dataset, r.data_dir), {e.intent for e in examples}
-    )
     # labels follow about half of the utterances; cut at n below
     utterances = int(n / (1 + r.label_fraction)) + 1000
-    events = plan_events(
-        examples,
-        schedule,
-        limit=utterances,
-        label_fraction=r.label_fraction,
-        label_delay=r.label_delay,
-        seed=r.seed,
-    )
+    events = replay_plan(Settings(), r.model_copy(update={"limit": utterances}), "train").events
     return itertools.islice(events, n)
 
 

@@ -41,8 +41,8 @@ __all__ = [
 
 log = logging.getLogger("driftd.consumer")
 
-# (topic, partition, offset of the first record not
-# read, the error): called in the consumer's thread
+# (topic, partition, offset of the first record not read, the error): called from the batch
+# consumer's getmany, in the event loop
 OnUnreadable = Callable[[Any, int, BaseException], None]
 
 
@@ -57,7 +57,7 @@ class Stall:
 
 class PartitionStalls:
     """Which partitions stand still at an unreadable batch: metrics, log lines and
-    ``driftd status``. Written from faust's consumer thread, read from the event loop."""
+    ``driftd status``. Written by the ingest consumer, read by metrics and status."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.stalled_gauge = Gauge(

@@ -272,7 +272,6 @@ class IngestAgent:
         """Dead-letter, store, predict and publish a prepared batch, then observe it; returns
         (stored, dead-lettered) once every sink has it (retried until then: backpressure)."""
         records, valid, rejected, served = batch.records, batch.valid, batch.rejected, batch.served
-
         _, inserted, predicted = await asyncio.gather(
             self._retry(
                 "dlq",
